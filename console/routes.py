@@ -1,0 +1,17 @@
+"""Mounts every app's /v1 router on the one NinjaAPI."""
+
+from ninja import NinjaAPI
+
+
+def register_routers(api: NinjaAPI) -> None:
+    if getattr(api, "_galley_routers", False):
+        return
+    api._galley_routers = True  # type: ignore[attr-defined]
+    # Each app's api.py exposes `router`; imported here so urls.py stays declarative.
+    from agents.api import router as agents_router
+    from sessions.api import router as sessions_router
+    from vaults.api import router as vaults_router
+
+    api.add_router("/", agents_router)
+    api.add_router("/", sessions_router)
+    api.add_router("/", vaults_router)

@@ -1,0 +1,27 @@
+from collections.abc import Iterator
+
+import pytest
+
+from tests.live import LiveGalley, live_galley
+
+
+@pytest.fixture(scope="session")
+def live() -> Iterator[LiveGalley]:
+    """One live server (web and worker) shared by the SDK contract tests of a run."""
+    with live_galley() as server:
+        yield server
+
+
+@pytest.fixture
+def workspace(db):  # type: ignore[no-untyped-def]
+    from accounts.services import workspace_get_default
+
+    return workspace_get_default()
+
+
+@pytest.fixture
+def api_key(workspace):  # type: ignore[no-untyped-def]
+    from accounts.services import api_key_create
+
+    _key, raw = api_key_create(name="test", workspace=workspace)
+    return raw

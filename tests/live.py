@@ -1,0 +1,124 @@
+"""A live Galley for integration tests: `manage.py serve` (Daphne and a real Celery worker) in its
+own process group, on a fresh database (a temp SQLite file, or a new PostgreSQL database when
+DATABASE_URL points at PostgreSQL) and its own Redis key prefix when REDIS_URL is set."""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import anthropic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _database(data_dir: Path) -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        yield f"sqlite:///{data_dir / 'galley.sqlite3'}"
+        return
+    import psycopg
+
+    name = "galley_live_" + secrets.token_hex(4)
+    parsed = urlparse(url)
+    admin_url = urlunparse(parsed._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunparse(parsed._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class LiveGalley:
+    def __init__(self, base_url: str, api_key: str, env: dict[str, str], data_dir: Path) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.env = env
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def client(self, **kwargs: Any) -> anthropic.Anthropic:
+        options: dict[str, Any] = {"max_retries": 0, "_strict_response_validation": True, "timeout": 30}
+        options.update(kwargs)
+        return anthropic.Anthropic(base_url=self.base_url, api_key=self.api_key, **options)
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=check,
+            capture_output=True, text=True, timeout=120,
+        )
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before answering")
+        try:
+            urllib.request.urlopen(url + "/v1/openapi.json", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the server did not answer in time")
+
+
+@contextmanager
+def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True) -> Iterator[LiveGalley]:
+    with tempfile.TemporaryDirectory(prefix="galley-live-") as tmp:
+        data_dir = Path(tmp)
+        with _database(data_dir) as database_url:
+            env = dict(os.environ)
+            env.update(
+                {
+                    "DJANGO_SETTINGS_MODULE": "console.settings",
+                    "GALLEY_DATA_DIR": str(data_dir),
+                    "DATABASE_URL": database_url,
+                    "GALLEY_REDIS_PREFIX": "galley-test-" + secrets.token_hex(4),
+                    "GALLEY_SSE_HEARTBEAT_SECONDS": "1",
+                    "PYTHONUNBUFFERED": "1",
+                }
+            )
+            env.pop("ANTHROPIC_API_KEY", None)
+            env.pop("ANTHROPIC_BASE_URL", None)
+            env.update(extra_env or {})
+            port = free_port()
+            live = LiveGalley(f"http://127.0.0.1:{port}", "", env, data_dir)
+            live.manage("migrate", "--noinput")
+            live.api_key = live.manage("create_api_key", "live-tests").stdout.strip().splitlines()[-1]
+            args = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            if not worker:
+                args.append("--no-worker")
+            log = open(data_dir / "serve.log", "wb")
+            proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            live.proc = proc
+            try:
+                _wait_until_up(live.base_url, proc)
+                yield live
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                log.close()
