@@ -61,3 +61,37 @@ def events_mark_processed(*, session_id: str, event_ids: list[str], when: dateti
     return Event.objects.filter(session_id=session_id, id__in=event_ids, processed_at=None).update(
         processed_at=when or timezone.now()
     )
+
+
+def session_set_status(
+    *,
+    session: Session,
+    status: str,
+    stop_reason: dict[str, Any] | None = None,
+    extra_events: list[NewEvent] | None = None,
+) -> list[Event]:
+    """Change a session's status and append the matching `session.status_*` event (in the caller's
+    transaction). Running time is counted only while the status is `running` (spec 16)."""
+    assert transaction.get_connection().in_atomic_block, "session_set_status needs a transaction"
+    now = timezone.now()
+    fields = {"status": status, "updated_at": now}
+    if session.running_since is not None and status != "running":
+        fields["active_seconds"] = session.active_seconds + (now - session.running_since).total_seconds()
+        fields["running_since"] = None
+    if status == "running" and session.running_since is None:
+        fields["running_since"] = now
+    if status == "idle":
+        fields["stop_reason"] = stop_reason or {"type": "end_turn"}
+    Session.objects.filter(pk=session.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(session, name, value)
+    event_type = {
+        "running": "session.status_running",
+        "idle": "session.status_idle",
+        "rescheduling": "session.status_rescheduled",
+        "terminated": "session.status_terminated",
+    }[status]
+    payload: dict[str, Any] = {}
+    if status == "idle":
+        payload["stop_reason"] = fields["stop_reason"]
+    return events_append(session=session, events=[*(extra_events or []), NewEvent(event_type, payload)])
