@@ -1,0 +1,323 @@
+"""Sessions, events and threads through the /v1 API in-process (Django test client, real DB)."""
+
+import json
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from accounts.models import ApiKey, Workspace
+from agents.models import Environment
+from sessions.models import Event, Session, SessionThread
+from sessions.services import events_append, NewEvent
+from tests.session_fixtures import make_agent, make_environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Api:
+    def __init__(self, raw_key: str) -> None:
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {raw_key}"}
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self.client.get(f"/v1{path}", query, headers=self.headers)
+
+    def post(self, path: str, body: Any = None, raw: bytes | None = None) -> Any:
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        return self.client.post(f"/v1{path}", data, content_type="application/json", headers=self.headers)
+
+    def delete(self, path: str) -> Any:
+        return self.client.delete(f"/v1{path}", headers=self.headers)
+
+
+@pytest.fixture
+def api(api_key: str) -> Api:
+    return Api(api_key)
+
+
+@pytest.fixture
+def agent(workspace):  # type: ignore[no-untyped-def]
+    return make_agent(workspace, versions=2)
+
+
+@pytest.fixture
+def environment(workspace):  # type: ignore[no-untyped-def]
+    return make_environment(workspace)
+
+
+def _create(api: Api, agent, environment, **extra: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    response = api.post("/sessions", {"agent": agent.id, "environment_id": environment.id, **extra})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def _error(response: Any, status: int) -> str:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["type"] == "error" and body["request_id"].startswith("req_")
+    return str(body["error"]["message"])
+
+
+def test_a_session_created_with_a_string_agent_pins_the_latest_version_and_starts_idle(api, agent, environment):
+    body = _create(api, agent, environment, title="t", metadata={"k": "v"})
+    assert body["id"].startswith("sesn_") and body["type"] == "session"
+    assert body["status"] == "idle"
+    assert body["agent"]["version"] == 2 and body["agent"]["id"] == agent.id
+    assert body["vault_ids"] == [] and body["resources"] == [] and body["outcome_evaluations"] == []
+    assert body["usage"]["list_cost"] == {"amount": "0", "currency": "USD"}
+    assert body["deployment_id"] is None and body["archived_at"] is None
+    session = Session.objects.get(pk=body["id"])
+    assert session.api_key is not None
+    assert SessionThread.objects.filter(session=session, parent=None).count() == 1
+    assert not Event.objects.filter(session=session).exists()
+
+
+def test_a_pinned_version_is_used_and_a_missing_version_is_named(api, agent, environment):
+    response = api.post("/sessions", {"agent": {"type": "agent", "id": agent.id, "version": 1},
+                                      "environment_id": environment.id})
+    assert response.json()["agent"]["version"] == 1
+    message = _error(api.post("/sessions", {"agent": {"type": "agent", "id": agent.id, "version": 7},
+                                            "environment_id": environment.id}), 404)
+    assert "@7" in message
+
+
+def test_initial_events_start_the_session_running_in_order(api, agent, environment):
+    body = _create(api, agent, environment, initial_events=[
+        {"type": "user.message", "content": [{"type": "text", "text": "hi"}]},
+        {"type": "user.define_outcome", "description": "d", "rubric": {"type": "text", "content": "r"}},
+    ])
+    assert body["status"] == "running"
+    events = list(Event.objects.filter(session_id=body["id"]).order_by("seq"))
+    assert [e.type for e in events] == ["user.message", "user.define_outcome", "session.status_running"]
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[0].processed_at is None and events[1].processed_at is not None
+    assert events[1].payload["outcome_id"].startswith("outc_") and events[1].payload["max_iterations"] == 3
+    assert body["outcome_evaluations"][0]["result"] == "pending"
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"initial_events": [{"type": "user.interrupt"}]}, "initial_events[0].type"),
+    ({"initial_events": [{"type": "user.message", "content": [{"type": "redacted"}]}]}, "initial_events[0].content[0].type"),
+    ({"initial_events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}] * 51}, "initial_events"),
+    ({"resources": [{"type": "floppy"}]}, "resources[0].type"),
+    ({"metadata": {"k": 1}}, "metadata.k"),
+    ({"budget": {"type": "limit", "max_list_cost": {"amount": "1.5", "currency": "USD"}}}, "budget.max_list_cost.amount"),
+    ({"agent": {"type": "agent_with_overrides", "id": "agent_x"}}, "agent"),
+])
+def test_bad_create_bodies_are_rejected_naming_the_field_and_write_nothing(api, agent, environment, bad, field):
+    body = {"agent": agent.id, "environment_id": environment.id, **bad}
+    message = _error(api.post("/sessions", body), 400)
+    assert message.startswith(field)
+    assert not Session.objects.exists() and not Event.objects.exists()
+
+
+def test_an_archived_environment_is_rejected_and_another_workspaces_is_not_found(api, agent, environment):
+    Environment.objects.filter(pk=environment.pk).update(archived_at="2026-01-01T00:00:00Z")
+    response = api.post("/sessions", {"agent": agent.id, "environment_id": environment.id})
+    _error(response, 400)
+    assert response.json()["error"]["details"]["error_code"] == "environment_archived"
+    other = make_environment(Workspace.objects.create(name="other"), name="o")
+    _error(api.post("/sessions", {"agent": agent.id, "environment_id": other.id}), 404)
+
+
+def test_sending_a_message_echoes_it_and_starts_an_idle_session(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    response = api.post(f"/sessions/{sid}/events", {"events": [
+        {"type": "user.message", "content": [{"type": "text", "text": "hello"}]}]})
+    assert response.status_code == 200, response.content
+    [echo] = response.json()["data"]
+    assert echo["id"].startswith("sevt_") and echo["processed_at"] is None
+    assert echo["content"] == [{"type": "text", "text": "hello"}]
+    listed = api.get(f"/sessions/{sid}/events").json()
+    assert [e["type"] for e in listed["data"]] == ["user.message", "session.status_running"]
+    assert listed["next_page"] is None
+    assert api.get(f"/sessions/{sid}").json()["status"] == "running"
+
+
+def test_an_interrupt_never_starts_a_session(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]})
+    assert Session.objects.get(pk=sid).status == "idle"
+    assert list(Event.objects.filter(session_id=sid).values_list("type", flat=True)) == ["user.interrupt"]
+
+
+@pytest.mark.parametrize("events, field", [
+    ([{"type": "user.bogus"}], "events[0].type"),
+    ([{"type": "user.message", "content": []}], "events[0].content"),
+    ([{"type": "user.message", "content": [{"type": "image", "source": {"type": "ftp"}}]}], "events[0].content[0].source.type"),
+    ([{"type": "user.message", "content": [{"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/html"}}]}], "events[0].content[0].source.media_type"),
+    ([{"type": "user.tool_confirmation", "tool_use_id": "sevt_nope", "result": "allow"}], "events[0].tool_use_id"),
+    ([{"type": "user.tool_confirmation", "tool_use_id": "sevt_x", "result": "allow", "deny_message": "no"}], "events[0].deny_message"),
+    ([{"type": "user.tool_confirmation", "tool_use_id": "sevt_x", "result": "maybe"}], "events[0].result"),
+    ([{"type": "user.custom_tool_result", "custom_tool_use_id": "sevt_nope"}], "events[0].custom_tool_use_id"),
+    ([{"type": "user.tool_result", "tool_use_id": "sevt_nope"}], "events[1].type"),
+    ([{"type": "user.define_outcome", "description": "d", "rubric": {"type": "text", "content": "r"}, "max_iterations": 21}], "events[0].max_iterations"),
+    ([{"type": "system.message", "content": [{"type": "text", "text": "a"}]}, {"type": "user.interrupt"}], "events[0]"),
+    ([{"type": "user.interrupt"}, {"type": "system.message", "content": []}], "events[1].content"),
+    ([], "events"),
+])
+def test_bad_events_are_rejected_naming_the_field_and_nothing_is_written(api, agent, environment, events, field):
+    sid = _create(api, agent, environment)["id"]
+    if field == "events[1].type":  # user.tool_result on a cloud environment, after a valid event
+        events = [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}, *events]
+    message = _error(api.post(f"/sessions/{sid}/events", {"events": events}), 400)
+    assert message.startswith(field), message
+    assert not Event.objects.filter(session_id=sid).exists()
+    assert Session.objects.get(pk=sid).status == "idle"
+
+
+def test_tool_confirmation_and_custom_tool_results_name_awaiting_events(api, agent, environment):
+    from django.db import transaction
+
+    sid = _create(api, agent, environment)["id"]
+    with transaction.atomic():
+        ask, custom = events_append(session=sid, events=[
+            NewEvent("agent.tool_use", {"name": "bash", "input": {}, "evaluated_permission": "ask"}),
+            NewEvent("agent.custom_tool_use", {"name": "lookup", "input": {}, "session_thread_id": "sthr_child"}),
+        ])
+    response = api.post(f"/sessions/{sid}/events", {"events": [
+        {"type": "user.tool_confirmation", "tool_use_id": ask.id, "result": "deny", "deny_message": "no"},
+        {"type": "user.custom_tool_result", "custom_tool_use_id": custom.id,
+         "content": [{"type": "text", "text": "42"}]},
+    ]})
+    assert response.status_code == 200, response.content
+    confirmation, result = response.json()["data"]
+    assert confirmation["processed_at"] is None and result["processed_at"] is not None
+    assert result["session_thread_id"] == "sthr_child" and result["is_error"] is False
+    again = api.post(f"/sessions/{sid}/events", {"events": [
+        {"type": "user.tool_confirmation", "tool_use_id": ask.id, "result": "allow"}]})
+    assert "not awaiting confirmation" in _error(again, 400)
+
+
+def test_user_tool_result_is_accepted_for_self_hosted_environments(api, agent, workspace):
+    from django.db import transaction
+
+    env = make_environment(workspace, name="sh", self_hosted=True)
+    sid = _create(api, agent, env)["id"]
+    with transaction.atomic():
+        [use] = events_append(session=sid, events=[NewEvent("agent.tool_use", {"name": "bash", "input": {}})])
+    response = api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.tool_result", "tool_use_id": use.id}]})
+    assert response.status_code == 200, response.content
+    assert response.json()["data"][0]["processed_at"] is not None
+
+
+def test_events_list_filters_types_orders_and_pages(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    for n in range(5):
+        api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.message", "content": [{"type": "text", "text": str(n)}]}]})
+    only = api.get(f"/sessions/{sid}/events", **{"types[]": "user.message"}).json()["data"]
+    assert [e["content"][0]["text"] for e in only] == ["0", "1", "2", "3", "4"]
+    first = api.get(f"/sessions/{sid}/events", limit=2, order="desc").json()
+    assert [e["type"] for e in first["data"]] == ["user.message", "user.message"]
+    seen = [e["id"] for e in first["data"]]
+    page = first["next_page"]
+    while page:
+        body = api.get(f"/sessions/{sid}/events", limit=2, order="desc", page=page).json()
+        seen += [e["id"] for e in body["data"]]
+        page = body["next_page"]
+    assert len(seen) == 6 and len(set(seen)) == 6
+    _error(api.get(f"/sessions/{sid}/events", **{"types[]": "agent.nope"}), 400)
+    _error(api.get(f"/sessions/{sid}/events", page="page_garbage"), 400)
+    _error(api.get(f"/sessions/{sid}/events", limit=1001), 400)
+    _error(api.get(f"/sessions/{sid}/events", **{"created_at[gte]": "yesterday"}), 400)
+
+
+def test_session_list_filters_and_pages_both_ways(api, agent, environment, workspace):
+    other_agent = make_agent(workspace, name="other")
+    ids = [_create(api, agent, environment)["id"] for _ in range(3)]
+    _create(api, other_agent, environment)
+    listed = api.get("/sessions", agent_id=agent.id, limit=2).json()
+    assert [s["id"] for s in listed["data"]] == ids[::-1][:2] and listed["prev_page"] is None
+    second = api.get("/sessions", agent_id=agent.id, limit=2, page=listed["next_page"]).json()
+    assert [s["id"] for s in second["data"]] == [ids[0]] and second["next_page"] is None
+    back = api.get("/sessions", agent_id=agent.id, limit=2, page=second["prev_page"]).json()
+    assert [s["id"] for s in back["data"]] == ids[::-1][:2]
+    assert len(api.get("/sessions", agent_id=agent.id, agent_version=2).json()["data"]) == 3
+    assert api.get("/sessions", agent_id=agent.id, agent_version=1).json()["data"] == []
+    _error(api.get("/sessions", agent_version=1), 400)
+    _error(api.get("/sessions", **{"statuses[]": "sleeping"}), 400)
+    assert len(api.get("/sessions", **{"statuses[]": "idle"}).json()["data"]) == 4
+
+
+def test_update_emits_only_the_changed_fields(api, agent, environment):
+    sid = _create(api, agent, environment, title="a", metadata={"keep": "1", "drop": "2"})["id"]
+    response = api.post(f"/sessions/{sid}", {"title": "b", "metadata": {"drop": None, "new": "3"}})
+    assert response.status_code == 200, response.content
+    assert response.json()["metadata"] == {"keep": "1", "new": "3"}
+    [updated] = Event.objects.filter(session_id=sid, type="session.updated")
+    assert updated.payload == {"title": "b", "metadata": {"keep": "1", "new": "3"}}
+    api.post(f"/sessions/{sid}", {"title": "b"})
+    assert Event.objects.filter(session_id=sid, type="session.updated").count() == 1
+    assert _error(api.post(f"/sessions/{sid}", {"vault_ids": []}), 400).startswith("vault_ids")
+    tools = [{"type": "custom", "name": "x", "input_schema": {"type": "object"}}]
+    assert api.post(f"/sessions/{sid}", {"agent": {"tools": tools}}).json()["agent"]["tools"] == tools
+    api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]})
+    _error(api.post(f"/sessions/{sid}", {"agent": {"tools": []}}), 409)
+
+
+def test_archive_terminates_and_makes_the_session_read_only(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    body = api.post(f"/sessions/{sid}/archive").json()
+    assert body["status"] == "terminated" and body["archived_at"] is not None
+    assert list(Event.objects.filter(session_id=sid).values_list("type", flat=True)) == ["session.status_terminated"]
+    response = api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]})
+    assert "archived" in _error(response, 409)
+    assert api.get("/sessions").json()["data"] == []
+    assert len(api.get("/sessions", include_archived="true").json()["data"]) == 1
+
+
+def test_delete_refuses_a_running_session_and_removes_an_idle_one(api, agent, environment):
+    sid = _create(api, agent, environment, initial_events=[
+        {"type": "user.message", "content": [{"type": "text", "text": "x"}]}])["id"]
+    _error(api.delete(f"/sessions/{sid}"), 409)
+    Session.objects.filter(pk=sid).update(status="idle")
+    assert api.delete(f"/sessions/{sid}").json() == {"id": sid, "type": "session_deleted"}
+    assert not Event.objects.filter(session_id=sid).exists()
+    _error(api.get(f"/sessions/{sid}"), 404)
+
+
+def test_threads_list_retrieve_and_primary_events(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]})
+    threads = api.get(f"/sessions/{sid}/threads").json()
+    [primary] = threads["data"]
+    assert primary["parent_thread_id"] is None and primary["status"] == "running"
+    assert primary["type"] == "session_thread" and threads["next_page"] is None
+    assert api.get(f"/sessions/{sid}/threads/{primary['id']}").json()["id"] == primary["id"]
+    events = api.get(f"/sessions/{sid}/threads/{primary['id']}/events").json()["data"]
+    assert [e["type"] for e in events] == ["user.message", "session.status_running"]
+    response = api.get(f"/sessions/{sid}/threads/sthr_01NOPE")
+    _error(response, 404)
+    assert response.json()["error"]["details"]["error_code"] == "thread_not_found"
+    _error(api.post(f"/sessions/{sid}/threads/{primary['id']}/archive"), 400)
+
+
+def test_another_workspaces_key_gets_404_on_every_session_route(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    thread = SessionThread.objects.get(session_id=sid)
+    _key, raw = ApiKey.generate(workspace=Workspace.objects.create(name="other"), name="o")
+    other = Api(raw)
+    tid = thread.pk
+    for response in [
+        other.get(f"/sessions/{sid}"), other.post(f"/sessions/{sid}", {"title": "x"}),
+        other.post(f"/sessions/{sid}/archive"), other.delete(f"/sessions/{sid}"),
+        other.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]}),
+        other.get(f"/sessions/{sid}/events"), other.get(f"/sessions/{sid}/events/stream"),
+        other.get(f"/sessions/{sid}/threads"), other.get(f"/sessions/{sid}/threads/{tid}"),
+        other.post(f"/sessions/{sid}/threads/{tid}/archive"), other.get(f"/sessions/{sid}/threads/{tid}/events"),
+        other.get(f"/sessions/{sid}/threads/{tid}/stream"),
+    ]:
+        _error(response, 404)
+    assert other.get("/sessions").json()["data"] == []
+    assert Session.objects.get(pk=sid).title is None and not Event.objects.exists()
+
+
+def test_wrong_prefixes_bad_json_and_oversized_bodies_get_4xx_in_the_error_shape(api, agent, environment, settings):
+    sid = _create(api, agent, environment)["id"]
+    _error(api.get("/sessions/agent_01X"), 404)
+    _error(api.post(f"/sessions/{sid}/events", raw=b"{not json"), 400)
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    big = {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x" * 5000}]}]}
+    _error(api.post(f"/sessions/{sid}/events", big), 413)
+    assert not Event.objects.filter(session_id=sid).exists()
