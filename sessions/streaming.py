@@ -177,7 +177,10 @@ async def sse_events(
     the poll interval, and read again. Previews are forwarded only when asked for, for this thread."""
     from asgiref.sync import sync_to_async
 
+    from django.utils import timezone
+
     from console.ids import new_id
+    from console.wire import iso
 
     # Off the shared sync thread: a stream's reads must not queue behind (or block) API requests.
     read = sync_to_async(_read_log, thread_sensitive=False)
@@ -198,7 +201,8 @@ async def sse_events(
                 if row.type in CLOSING_TYPES:
                     return
             if not exists:
-                gone = {"id": new_id("sevt"), "type": "session.deleted", "processed_at": None}
+                # The deletion removed the log; the hint carrying the real event was missed or lost.
+                gone = {"id": new_id("sevt"), "type": "session.deleted", "processed_at": iso(timezone.now())}
                 yield sse_frame("session.deleted", gone)
                 return
             if len(rows) == _READ_BATCH:
