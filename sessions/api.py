@@ -188,7 +188,9 @@ def _stream(request: HttpRequest, session: Session, thread: SessionThread | None
 
 @router.get("/sessions/{session_id}/events/stream")
 def events_stream(request: HttpRequest, session_id: str) -> HttpResponse:
-    return _stream(request, _session(request, session_id), None)
+    session = _session(request, session_id)
+    # The session stream is the primary thread's: its previews may be tagged with the primary's id.
+    return _stream(request, session, SessionThread.objects.filter(session=session, parent=None).first())
 
 
 # --- threads ----------------------------------------------------------------------------------------

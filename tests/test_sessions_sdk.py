@@ -165,3 +165,56 @@ def test_threads_list_and_retrieve(client, ids):
     with pytest.raises(anthropic.NotFoundError) as info:
         client.beta.sessions.threads.retrieve("sthr_01NOPE", session_id=session.id)
     assert info.value.body["error"]["details"]["error_code"] == "thread_not_found"
+
+
+def test_last_event_id_replays_the_log_after_that_event(client, ids):
+    session = client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"])
+    client.beta.sessions.events.send(session.id, events=[MESSAGE])
+    client.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
+    with client.beta.sessions.events.stream(session.id, extra_headers={"Last-Event-ID": "1"}) as stream:
+        seen = _read_until(stream, "user.interrupt")
+    assert [e.type for e in seen] == ["session.status_running", "user.interrupt"]
+
+
+def test_a_stream_sees_events_another_process_appends_and_closes_on_termination(live, client, ids):
+    session = client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"])
+    code = (
+        "from django.db import transaction\n"
+        "from sessions.models import Session\n"
+        "from sessions.services import NewEvent, events_append, session_set_status\n"
+        "with transaction.atomic():\n"
+        f"    s = Session.objects.select_for_update().get(pk={session.id!r})\n"
+        "    events_append(session=s, events=[NewEvent('agent.message', {'content': [{'type': 'text', 'text': 'hi'}]})])\n"
+        "    session_set_status(session=s, status='terminated')\n"
+    )
+    with client.beta.sessions.events.stream(session.id) as stream:
+        live.manage("shell", "-c", code)
+        seen = list(stream)  # ends when the server closes the stream after session.status_terminated
+    assert [e.type for e in seen] == ["agent.message", "session.status_terminated"]
+    assert seen[0].content[0].text == "hi"
+
+
+def test_a_closed_stream_leaves_no_subscription_behind(live, client, ids):
+    import os
+    import time
+
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        pytest.skip("subscriptions are only observable from outside the server through Redis")
+    import redis
+
+    session = client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"])
+    channel = f"{live.env['GALLEY_REDIS_PREFIX']}:session:{session.id}"
+    probe = redis.Redis.from_url(redis_url)
+
+    def count() -> int:
+        return int(dict(probe.pubsub_numsub(channel))[channel.encode()])
+
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(session.id, events=[MESSAGE])
+        _read_until(stream, "user.message")
+        assert count() == 1
+    deadline = time.monotonic() + 5
+    while count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count() == 0
