@@ -7,7 +7,7 @@ Bodies and query strings are read by hand: the SDK sends bracketed names (`statu
 import json
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
 from console.errors import bad_request, not_found
@@ -81,7 +81,9 @@ def _event_deltas(request: HttpRequest) -> frozenset[str]:
         raise bad_request("event_deltas: at most 100 values are allowed.")
     for value in values:
         if value not in schemas.DELTA_TYPES:
-            raise bad_request(f"event_deltas: {value!r} cannot be previewed; use agent.message or agent.thinking.")
+            raise bad_request(
+                f"event_deltas: {value!r} cannot be previewed; use agent.message or agent.thinking."
+            )
     return frozenset(values)
 
 
@@ -91,7 +93,9 @@ def _event_deltas(request: HttpRequest) -> frozenset[str]:
 @router.post("/sessions")
 def session_create(request: HttpRequest) -> HttpResponse:
     session = services.session_create(
-        workspace=request.workspace, body=_json_body(request), api_key=request.auth  # type: ignore[attr-defined]
+        workspace=request.workspace,  # type: ignore[attr-defined]
+        body=_json_body(request),
+        api_key=request.auth,  # type: ignore[attr-defined]
     )
     return JsonResponse(services.session_wire(session))
 
@@ -148,8 +152,9 @@ def events_send(request: HttpRequest, session_id: str) -> HttpResponse:
     return JsonResponse({"data": [row.wire() for row in rows]})
 
 
-def _events_page(request: HttpRequest, session: Session, thread: SessionThread | None, *,
-                 filters: bool) -> HttpResponse:
+def _events_page(
+    request: HttpRequest, session: Session, thread: SessionThread | None, *, filters: bool
+) -> HttpResponse:
     page = services.events_list(
         session=session,
         thread=thread,
@@ -167,7 +172,7 @@ def events_list(request: HttpRequest, session_id: str) -> HttpResponse:
     return _events_page(request, _session(request, session_id), None, filters=True)
 
 
-def _stream(request: HttpRequest, session: Session, thread: SessionThread | None) -> HttpResponse:
+def _stream(request: HttpRequest, session: Session, thread: SessionThread | None) -> HttpResponseBase:
     deltas = _event_deltas(request)
     # Live only by default (spec 8): start after the last event committed at connect time.
     # Last-Event-ID (our `id:` lines carry the seq) resumes after that event instead.
@@ -179,7 +184,9 @@ def _stream(request: HttpRequest, session: Session, thread: SessionThread | None
         except ValueError:
             raise bad_request(f"Last-Event-ID: expected an event sequence number, got {resume!r}.") from None
     primary = thread is None or thread.parent_id is None
-    body = streaming.sse_events(session_id=session.pk, thread=thread, primary=primary, after_seq=after, deltas=deltas)
+    body = streaming.sse_events(
+        session_id=session.pk, thread=thread, primary=primary, after_seq=after, deltas=deltas
+    )
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -187,7 +194,7 @@ def _stream(request: HttpRequest, session: Session, thread: SessionThread | None
 
 
 @router.get("/sessions/{session_id}/events/stream")
-def events_stream(request: HttpRequest, session_id: str) -> HttpResponse:
+def events_stream(request: HttpRequest, session_id: str) -> HttpResponseBase:
     session = _session(request, session_id)
     # The session stream is the primary thread's: its previews may be tagged with the primary's id.
     return _stream(request, session, SessionThread.objects.filter(session=session, parent=None).first())
@@ -200,7 +207,9 @@ def events_stream(request: HttpRequest, session_id: str) -> HttpResponse:
 def thread_list(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
     page = services.thread_list(
-        session=session, statuses=_list_param(request, "statuses"), limit=_int_param(request, "limit"),
+        session=session,
+        statuses=_list_param(request, "statuses"),
+        limit=_int_param(request, "limit"),
         page=request.GET.get("page") or None,
     )
     return JsonResponse(page_body(page, [services.thread_wire(t, session=session) for t in page.items]))
@@ -226,6 +235,6 @@ def thread_events_list(request: HttpRequest, session_id: str, thread_id: str) ->
 
 
 @router.get("/sessions/{session_id}/threads/{thread_id}/stream")
-def thread_events_stream(request: HttpRequest, session_id: str, thread_id: str) -> HttpResponse:
+def thread_events_stream(request: HttpRequest, session_id: str, thread_id: str) -> HttpResponseBase:
     session = _session(request, session_id)
     return _stream(request, session, _thread(session, thread_id))

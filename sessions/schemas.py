@@ -23,12 +23,20 @@ CLIENT_EVENT_TYPES = (
 INITIAL_EVENT_TYPES = ("user.message", "user.define_outcome")
 # Events that give an idle session something to do (user.interrupt never starts a session).
 ACTIONABLE_TYPES = frozenset(
-    {"user.message", "user.define_outcome", "user.tool_confirmation", "user.custom_tool_result", "user.tool_result"}
+    {
+        "user.message",
+        "user.define_outcome",
+        "user.tool_confirmation",
+        "user.custom_tool_result",
+        "user.tool_result",
+    }
 )
 # Stored with processed_at set: the server acts on them when they arrive (spec 7.1).
 PROCESSED_ON_RECEIPT = frozenset({"user.define_outcome", "user.custom_tool_result", "user.tool_result"})
 # Accepted while a session is paused at its budget (spec 7.1 "settle" events).
-SETTLE_TYPES = frozenset({"user.tool_confirmation", "user.tool_result", "user.custom_tool_result", "user.interrupt"})
+SETTLE_TYPES = frozenset(
+    {"user.tool_confirmation", "user.tool_result", "user.custom_tool_result", "user.interrupt"}
+)
 DELTA_TYPES = ("agent.message", "agent.thinking")
 MAX_INITIAL_EVENTS = 50
 MAX_OUTCOME_ITERATIONS = 20
@@ -119,8 +127,11 @@ def _source(value: Any, where: str, kinds: tuple[str, ...]) -> dict[str, Any]:
     media_type = _required(src, "media_type", where)
     if media_type != "text/plain":
         raise bad_request(f"{where}.media_type: a text source must be 'text/plain'.")
-    return {"type": "text", "data": _str(_required(src, "data", where), f"{where}.data", allow_empty=True),
-            "media_type": "text/plain"}
+    return {
+        "type": "text",
+        "data": _str(_required(src, "data", where), f"{where}.data", allow_empty=True),
+        "media_type": "text/plain",
+    }
 
 
 def _block(value: Any, where: str, kinds: tuple[str, ...]) -> dict[str, Any]:
@@ -131,14 +142,23 @@ def _block(value: Any, where: str, kinds: tuple[str, ...]) -> dict[str, Any]:
     if kind not in kinds:
         raise bad_request(f"{where}.type: must be one of {', '.join(kinds)}, got {kind!r}.")
     if kind == "text":
-        return {"type": "text", "text": _str(_required(block, "text", where), f"{where}.text", allow_empty=True)}
+        return {
+            "type": "text",
+            "text": _str(_required(block, "text", where), f"{where}.text", allow_empty=True),
+        }
     if kind == "image":
-        return {"type": "image", "source": _source(_required(block, "source", where), f"{where}.source",
-                                                   ("base64", "url", "file"))}
+        return {
+            "type": "image",
+            "source": _source(
+                _required(block, "source", where), f"{where}.source", ("base64", "url", "file")
+            ),
+        }
     if kind == "document":
         out: dict[str, Any] = {
             "type": "document",
-            "source": _source(_required(block, "source", where), f"{where}.source", ("base64", "text", "url", "file")),
+            "source": _source(
+                _required(block, "source", where), f"{where}.source", ("base64", "text", "url", "file")
+            ),
         }
         for key in ("title", "context"):
             if block.get(key) is not None:
@@ -170,7 +190,9 @@ def _result_content(body: dict[str, Any], where: str) -> list[dict[str, Any]]:
 # --- client events -------------------------------------------------------------------------------
 
 
-def check_client_event(value: Any, where: str, *, allowed: tuple[str, ...] = CLIENT_EVENT_TYPES) -> dict[str, Any]:
+def check_client_event(
+    value: Any, where: str, *, allowed: tuple[str, ...] = CLIENT_EVENT_TYPES
+) -> dict[str, Any]:
     """Validate one client event and return its normalized body (`type` plus the spec's fields).
     Cross-row checks (tool_use ids, thread ids, the environment kind) are the service's job."""
     body = _obj(value, where)
@@ -178,12 +200,17 @@ def check_client_event(value: Any, where: str, *, allowed: tuple[str, ...] = CLI
     if not isinstance(kind, str) or not kind:
         raise bad_request(f"{where}.type: field required.")
     if kind not in CLIENT_EVENT_TYPES:
-        raise bad_request(f"{where}.type: unknown event type {kind!r}; clients may send {', '.join(CLIENT_EVENT_TYPES)}.")
+        raise bad_request(
+            f"{where}.type: unknown event type {kind!r}; clients may send {', '.join(CLIENT_EVENT_TYPES)}."
+        )
     if kind not in allowed:
         raise bad_request(f"{where}.type: {kind!r} is not allowed here; only {', '.join(allowed)}.")
     if kind == "user.message":
         content = _list(_required(body, "content", where), f"{where}.content", min_items=1)
-        blocks = [_block(item, f"{where}.content[{i}]", ("text", "image", "document")) for i, item in enumerate(content)]
+        blocks = [
+            _block(item, f"{where}.content[{i}]", ("text", "image", "document"))
+            for i, item in enumerate(content)
+        ]
         return {"type": kind, "content": blocks}
     if kind == "user.interrupt":
         out: dict[str, Any] = {"type": kind}
@@ -194,8 +221,11 @@ def check_client_event(value: Any, where: str, *, allowed: tuple[str, ...] = CLI
         result = _required(body, "result", where)
         if result not in ("allow", "deny"):
             raise bad_request(f"{where}.result: must be 'allow' or 'deny', got {result!r}.")
-        out = {"type": kind, "tool_use_id": _str(_required(body, "tool_use_id", where), f"{where}.tool_use_id"),
-               "result": result}
+        out = {
+            "type": kind,
+            "tool_use_id": _str(_required(body, "tool_use_id", where), f"{where}.tool_use_id"),
+            "result": result,
+        }
         if body.get("deny_message") is not None:
             if result != "deny":
                 raise bad_request(f"{where}.deny_message: only allowed when result is 'deny'.")
@@ -204,7 +234,9 @@ def check_client_event(value: Any, where: str, *, allowed: tuple[str, ...] = CLI
     if kind == "user.custom_tool_result":
         return {
             "type": kind,
-            "custom_tool_use_id": _str(_required(body, "custom_tool_use_id", where), f"{where}.custom_tool_use_id"),
+            "custom_tool_use_id": _str(
+                _required(body, "custom_tool_use_id", where), f"{where}.custom_tool_use_id"
+            ),
             "content": _result_content(body, where),
             "is_error": bool(_optional_bool(body, "is_error", where)),
         }
@@ -218,18 +250,28 @@ def check_client_event(value: Any, where: str, *, allowed: tuple[str, ...] = CLI
     if kind == "user.define_outcome":
         rubric = _obj(_required(body, "rubric", where), f"{where}.rubric")
         if rubric.get("type") == "text":
-            rubric_out = {"type": "text", "content": _str(_required(rubric, "content", f"{where}.rubric"),
-                                                          f"{where}.rubric.content")}
+            rubric_out = {
+                "type": "text",
+                "content": _str(_required(rubric, "content", f"{where}.rubric"), f"{where}.rubric.content"),
+            }
         elif rubric.get("type") == "file":
-            rubric_out = {"type": "file", "file_id": _str(_required(rubric, "file_id", f"{where}.rubric"),
-                                                          f"{where}.rubric.file_id")}
+            rubric_out = {
+                "type": "file",
+                "file_id": _str(_required(rubric, "file_id", f"{where}.rubric"), f"{where}.rubric.file_id"),
+            }
         else:
             raise bad_request(f"{where}.rubric.type: must be 'text' or 'file', got {rubric.get('type')!r}.")
         iterations = body.get("max_iterations")
         if iterations is None:
             iterations = DEFAULT_OUTCOME_ITERATIONS
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or not 1 <= iterations <= MAX_OUTCOME_ITERATIONS:
-            raise bad_request(f"{where}.max_iterations: must be an integer from 1 to {MAX_OUTCOME_ITERATIONS}.")
+        if (
+            not isinstance(iterations, int)
+            or isinstance(iterations, bool)
+            or not 1 <= iterations <= MAX_OUTCOME_ITERATIONS
+        ):
+            raise bad_request(
+                f"{where}.max_iterations: must be an integer from 1 to {MAX_OUTCOME_ITERATIONS}."
+            )
         return {
             "type": kind,
             "description": _str(_required(body, "description", where), f"{where}.description"),
@@ -238,11 +280,15 @@ def check_client_event(value: Any, where: str, *, allowed: tuple[str, ...] = CLI
         }
     # system.message
     content = _list(_required(body, "content", where), f"{where}.content", min_items=1, max_items=1000)
-    return {"type": kind, "content": [_block(item, f"{where}.content[{i}]", ("text",)) for i, item in enumerate(content)]}
+    return {
+        "type": kind,
+        "content": [_block(item, f"{where}.content[{i}]", ("text",)) for i, item in enumerate(content)],
+    }
 
 
-def check_client_events(value: Any, where: str, *, allowed: tuple[str, ...] = CLIENT_EVENT_TYPES,
-                        max_items: int | None = None) -> list[dict[str, Any]]:
+def check_client_events(
+    value: Any, where: str, *, allowed: tuple[str, ...] = CLIENT_EVENT_TYPES, max_items: int | None = None
+) -> list[dict[str, Any]]:
     items = _list(value, where, min_items=1, max_items=max_items)
     events = [check_client_event(item, f"{where}[{i}]", allowed=allowed) for i, item in enumerate(items)]
     system = [i for i, event in enumerate(events) if event["type"] == "system.message"]
@@ -260,7 +306,9 @@ def check_budget(value: Any, where: str = "budget") -> dict[str, Any]:
     cost = _obj(_required(budget, "max_list_cost", where), f"{where}.max_list_cost")
     amount = cost.get("amount")
     if not isinstance(amount, str) or not amount.isdigit() or not amount.isascii():
-        raise bad_request(f"{where}.max_list_cost.amount: must be a string of digits (minor units), got {amount!r}.")
+        raise bad_request(
+            f"{where}.max_list_cost.amount: must be a string of digits (minor units), got {amount!r}."
+        )
     if cost.get("currency", "USD") != "USD":
         raise bad_request(f"{where}.max_list_cost.currency: only 'USD' is supported.")
     return {"type": "limit", "max_list_cost": {"amount": str(int(amount)), "currency": "USD"}}

@@ -2,7 +2,7 @@
 in the same transaction as the state change it records (style.md 5)."""
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -149,7 +149,9 @@ def _vault_get(*, workspace: Workspace, vault_id: str) -> Vault:
 
 def session_list_cost(session: Session) -> dict[str, str]:
     """List cost: priced tokens plus $0.08 per running session-hour, in whole cents (spec 16)."""
-    runtime_micros = Decimal(str(session.active_seconds_now())) * RUNTIME_USD_PER_HOUR * Decimal(1_000_000) / 3600
+    runtime_micros = (
+        Decimal(str(session.active_seconds_now())) * RUNTIME_USD_PER_HOUR * Decimal(1_000_000) / 3600
+    )
     cents = ((Decimal(session.token_cost_micros) + runtime_micros) / Decimal(10_000)).quantize(
         Decimal(1), rounding=ROUND_HALF_UP
     )
@@ -183,17 +185,25 @@ def _outcome_evaluations(session: Session) -> list[dict[str, Any]]:
     """One entry per user.define_outcome, advanced by the span.outcome_evaluation_* events."""
     rows = Event.objects.filter(
         session=session,
-        type__in=["user.define_outcome", "span.outcome_evaluation_start", "span.outcome_evaluation_ongoing",
-                  "span.outcome_evaluation_end"],
+        type__in=[
+            "user.define_outcome",
+            "span.outcome_evaluation_start",
+            "span.outcome_evaluation_ongoing",
+            "span.outcome_evaluation_end",
+        ],
     ).order_by("seq")
     outcomes: dict[str, dict[str, Any]] = {}
     for row in rows:
         payload = row.payload
         if row.type == "user.define_outcome":
             outcomes[payload["outcome_id"]] = {
-                "type": "outcome_evaluation", "outcome_id": payload["outcome_id"],
-                "description": payload.get("description", ""), "iteration": 0, "result": "pending",
-                "explanation": None, "completed_at": None,
+                "type": "outcome_evaluation",
+                "outcome_id": payload["outcome_id"],
+                "description": payload.get("description", ""),
+                "iteration": 0,
+                "result": "pending",
+                "explanation": None,
+                "completed_at": None,
             }
             continue
         entry = outcomes.get(payload.get("outcome_id", ""))
@@ -256,7 +266,9 @@ def thread_wire(thread: SessionThread, *, session: Session | None = None) -> dic
             "active_seconds": round(active, 3),
             "duration_seconds": _duration_seconds(thread.created_at, frozen),
             "startup_seconds": 0.0,
-        } if started else None,
+        }
+        if started
+        else None,
         "usage": None,
         "workflow_run_id": None,
         "created_at": iso(thread.created_at),
@@ -307,7 +319,9 @@ def _check_resources(value: Any) -> list[dict[str, Any]]:
             raise bad_request(f"resources[{index}]: expected an object.")
         kind = item.get("type")
         if kind not in _RESOURCE_TYPES:
-            raise bad_request(f"resources[{index}].type: must be one of {', '.join(_RESOURCE_TYPES)}, got {kind!r}.")
+            raise bad_request(
+                f"resources[{index}].type: must be one of {', '.join(_RESOURCE_TYPES)}, got {kind!r}."
+            )
         raise bad_request(f"resources[{index}]: {kind} resources are not supported yet.")
     return []
 
@@ -342,21 +356,24 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
         raise bad_request("vault_ids: must not repeat a vault.")
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
     _check_resources(body.get("resources"))
-    initial = []
+    initial: list[dict[str, Any]] = []
     if body.get("initial_events") is not None:
         if body["initial_events"] == []:
             initial = []
         else:
             initial = schemas.check_client_events(
-                body["initial_events"], "initial_events", allowed=schemas.INITIAL_EVENT_TYPES,
+                body["initial_events"],
+                "initial_events",
+                allowed=schemas.INITIAL_EVENT_TYPES,
                 max_items=schemas.MAX_INITIAL_EVENTS,
             )
 
     version = _resolve_agent(workspace=workspace, value=body["agent"])
     environment = _environment_get(workspace=workspace, environment_id=environment_id)
     if environment.is_archived:
-        raise bad_request(f"environment_id: environment {environment.pk!r} is archived.",
-                          error_code="environment_archived")
+        raise bad_request(
+            f"environment_id: environment {environment.pk!r} is archived.", error_code="environment_archived"
+        )
     for index, vault_id in enumerate(vault_ids):
         try:
             vault = _vault_get(workspace=workspace, vault_id=vault_id)
@@ -369,13 +386,28 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(
-            id=new_id("sesn"), workspace=workspace, api_key=api_key, agent=version.agent,
-            agent_version=version.version, agent_snapshot=snapshot, environment=environment, title=title,
-            metadata=metadata, vault_ids=vault_ids, budget=budget, created_at=now, updated_at=now,
+            id=new_id("sesn"),
+            workspace=workspace,
+            api_key=api_key,
+            agent=version.agent,
+            agent_version=version.version,
+            agent_snapshot=snapshot,
+            environment=environment,
+            title=title,
+            metadata=metadata,
+            vault_ids=vault_ids,
+            budget=budget,
+            created_at=now,
+            updated_at=now,
         )
         SessionThread.objects.create(
-            id=new_id("sthr"), session=session, parent=None, agent_name=snapshot.get("name", ""),
-            agent_snapshot=snapshot, created_at=now, updated_at=now,
+            id=new_id("sthr"),
+            session=session,
+            parent=None,
+            agent_name=snapshot.get("name", ""),
+            agent_snapshot=snapshot,
+            created_at=now,
+            updated_at=now,
         )
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
@@ -401,7 +433,7 @@ def parse_timestamp(value: str, where: str) -> datetime:
     if parsed is None:
         raise bad_request(f"{where}: {value!r} is not an RFC 3339 timestamp.")
     if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, timezone.UTC)
+        parsed = timezone.make_aware(parsed, UTC)
     return parsed
 
 
@@ -455,8 +487,9 @@ def _check_writable(session: Session) -> None:
 
 
 def _check_tools(value: Any, where: str) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(item, dict) and isinstance(item.get("type"), str)
-                                              for item in value):
+    if not isinstance(value, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("type"), str) for item in value
+    ):
         raise bad_request(f"{where}: expected a list of objects with a `type`.")
     return value
 
@@ -482,7 +515,11 @@ def session_update(*, session: Session, body: dict[str, Any]) -> Session:
         for key in ("tools", "mcp_servers"):
             if key in agent_patch:
                 _check_tools(agent_patch[key], f"agent.{key}")
-    if "title" in body and body["title"] is not None and (not isinstance(body["title"], str) or len(body["title"]) > 512):
+    if (
+        "title" in body
+        and body["title"] is not None
+        and (not isinstance(body["title"], str) or len(body["title"]) > 512)
+    ):
         raise bad_request("title: must be a string of at most 512 characters or null.")
     if "metadata" in body and body["metadata"] is not None and not isinstance(body["metadata"], dict):
         raise bad_request("metadata: expected an object.")
@@ -500,7 +537,9 @@ def session_update(*, session: Session, body: dict[str, Any]) -> Session:
                 changed["metadata"] = merged
         if agent_patch:
             if session.status == "running":
-                raise conflict("agent: a running session's tools cannot change; interrupt it or wait for idle.")
+                raise conflict(
+                    "agent: a running session's tools cannot change; interrupt it or wait for idle."
+                )
             snapshot = dict(session.agent_snapshot)
             for key in ("tools", "mcp_servers"):
                 if key in agent_patch:
@@ -513,13 +552,17 @@ def session_update(*, session: Session, body: dict[str, Any]) -> Session:
                     changed["budget"] = None
             else:
                 if session.budget is None:
-                    raise bad_request("budget: a budget cannot be added to a session created without one.",
-                                      error_code="budget_create_only")
+                    raise bad_request(
+                        "budget: a budget cannot be added to a session created without one.",
+                        error_code="budget_create_only",
+                    )
                 assert new_budget is not None
                 spent = int(session_list_cost(session)["amount"])
                 if int(new_budget["max_list_cost"]["amount"]) <= spent:
-                    raise bad_request(f"budget.max_list_cost.amount: must exceed the cost so far ({spent}).",
-                                      error_code="budget_not_raised")
+                    raise bad_request(
+                        f"budget.max_list_cost.amount: must exceed the cost so far ({spent}).",
+                        error_code="budget_not_raised",
+                    )
                 if new_budget != session.budget:
                     changed["budget"] = new_budget
         if not changed:
@@ -532,7 +575,11 @@ def session_update(*, session: Session, body: dict[str, Any]) -> Session:
         if "agent" in changed:
             SessionThread.objects.filter(session=session, parent=None).update(agent_snapshot=changed["agent"])
         events_append(session=session, events=[NewEvent("session.updated", changed)])
-        if "budget" in changed and session.status == "idle" and (session.stop_reason or {}).get("type") == "budget_reached":
+        if (
+            "budget" in changed
+            and session.status == "idle"
+            and (session.stop_reason or {}).get("type") == "budget_reached"
+        ):
             transaction.on_commit(lambda: _kick(session.pk))
     return session
 
@@ -581,34 +628,46 @@ def _kick(session_id: str) -> None:
 def _check_references(*, session: Session, events: list[dict[str, Any]], environment: Environment) -> None:
     """Cross-row checks: ids must name events of this session that still await an answer."""
     answered_confirmations = set(
-        Event.objects.filter(session=session, type="user.tool_confirmation").values_list("payload__tool_use_id", flat=True)
+        Event.objects.filter(session=session, type="user.tool_confirmation").values_list(
+            "payload__tool_use_id", flat=True
+        )
     )
     answered_custom = set(
-        Event.objects.filter(session=session, type="user.custom_tool_result")
-        .values_list("payload__custom_tool_use_id", flat=True)
+        Event.objects.filter(session=session, type="user.custom_tool_result").values_list(
+            "payload__custom_tool_use_id", flat=True
+        )
     )
     seen: set[str] = set()
     for index, event in enumerate(events):
         where = f"events[{index}]"
         kind = event["type"]
         if kind == "user.tool_confirmation":
-            target = Event.objects.filter(session=session, pk=event["tool_use_id"],
-                                          type__in=["agent.tool_use", "agent.mcp_tool_use"]).first()
+            target = Event.objects.filter(
+                session=session, pk=event["tool_use_id"], type__in=["agent.tool_use", "agent.mcp_tool_use"]
+            ).first()
             if target is None:
-                raise bad_request(f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use or "
-                                  "agent.mcp_tool_use event of this session.")
-            if target.payload.get("evaluated_permission") != "ask" or target.pk in answered_confirmations \
-                    or target.pk in seen:
+                raise bad_request(
+                    f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use or "
+                    "agent.mcp_tool_use event of this session."
+                )
+            if (
+                target.payload.get("evaluated_permission") != "ask"
+                or target.pk in answered_confirmations
+                or target.pk in seen
+            ):
                 raise bad_request(f"{where}.tool_use_id: {target.pk!r} is not awaiting confirmation.")
             seen.add(target.pk)
             if target.payload.get("session_thread_id"):
                 event["session_thread_id"] = target.payload["session_thread_id"]
         elif kind == "user.custom_tool_result":
-            target = Event.objects.filter(session=session, pk=event["custom_tool_use_id"],
-                                          type="agent.custom_tool_use").first()
+            target = Event.objects.filter(
+                session=session, pk=event["custom_tool_use_id"], type="agent.custom_tool_use"
+            ).first()
             if target is None:
-                raise bad_request(f"{where}.custom_tool_use_id: {event['custom_tool_use_id']!r} is not an "
-                                  "agent.custom_tool_use event of this session.")
+                raise bad_request(
+                    f"{where}.custom_tool_use_id: {event['custom_tool_use_id']!r} is not an "
+                    "agent.custom_tool_use event of this session."
+                )
             if target.pk in answered_custom or target.pk in seen:
                 raise bad_request(f"{where}.custom_tool_use_id: {target.pk!r} was already answered.")
             seen.add(target.pk)
@@ -616,18 +675,29 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
                 event["session_thread_id"] = target.payload["session_thread_id"]
         elif kind == "user.tool_result":
             if not environment.is_self_hosted:
-                raise bad_request(f"{where}.type: user.tool_result is only accepted for self_hosted environments.")
-            target = Event.objects.filter(session=session, pk=event["tool_use_id"], type="agent.tool_use").first()
+                raise bad_request(
+                    f"{where}.type: user.tool_result is only accepted for self_hosted environments."
+                )
+            target = Event.objects.filter(
+                session=session, pk=event["tool_use_id"], type="agent.tool_use"
+            ).first()
             if target is None:
-                raise bad_request(f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use event "
-                                  "of this session.")
+                raise bad_request(
+                    f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use event "
+                    "of this session."
+                )
         elif kind == "user.interrupt" and event.get("session_thread_id"):
             if not SessionThread.objects.filter(session=session, pk=event["session_thread_id"]).exists():
-                raise ApiError(404, f"{where}.session_thread_id: thread {event['session_thread_id']!r} was not found.",
-                               error_code="thread_not_found")
+                raise ApiError(
+                    404,
+                    f"{where}.session_thread_id: thread {event['session_thread_id']!r} was not found.",
+                    error_code="thread_not_found",
+                )
 
 
-def _append_client_events(*, session: Session, events: list[dict[str, Any]], environment: Environment) -> list[Event]:
+def _append_client_events(
+    *, session: Session, events: list[dict[str, Any]], environment: Environment
+) -> list[Event]:
     """Append validated client events and, if they give an idle session work, start it. Runs in the
     caller's transaction with the session row locked."""
     _check_references(session=session, events=events, environment=environment)
@@ -638,7 +708,9 @@ def _append_client_events(*, session: Session, events: list[dict[str, Any]], env
             payload["outcome_id"] = new_id("outc")
         new.append(NewEvent(event["type"], payload, processed=event["type"] in schemas.PROCESSED_ON_RECEIPT))
     rows = events_append(session=session, events=new)
-    if session.status in ("idle", "rescheduling") and any(e["type"] in schemas.ACTIONABLE_TYPES for e in events):
+    if session.status in ("idle", "rescheduling") and any(
+        e["type"] in schemas.ACTIONABLE_TYPES for e in events
+    ):
         session_set_status(session=session, status="running")
     session_id = session.pk
     transaction.on_commit(lambda: _kick(session_id))
@@ -651,14 +723,18 @@ def events_send(*, session: Session, events: list[dict[str, Any]]) -> list[Event
         session = Session.objects.select_for_update().select_related("environment").get(pk=session.pk)
         _check_writable(session)
         if session.status == "terminated":
-            raise conflict(f"session {session.pk!r} is terminated and accepts no events.",
-                           error_code="session_terminated")
+            raise conflict(
+                f"session {session.pk!r} is terminated and accepts no events.",
+                error_code="session_terminated",
+            )
         paused = session.status == "idle" and (session.stop_reason or {}).get("type") == "budget_reached"
         if paused:
             for index, event in enumerate(checked):
                 if event["type"] not in schemas.SETTLE_TYPES:
-                    raise bad_request(f"events[{index}].type: the session is paused at its budget; only "
-                                      "tool confirmations, tool results and interrupts are accepted.")
+                    raise bad_request(
+                        f"events[{index}].type: the session is paused at its budget; only "
+                        "tool confirmations, tool results and interrupts are accepted."
+                    )
         return _append_client_events(session=session, events=checked, environment=session.environment)
 
 
@@ -693,8 +769,14 @@ def events_list(
     return paginate(qs, fields=("seq", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
 
 
-def events_after(*, session_id: str, thread: SessionThread | None, after_seq: int, upto_seq: int | None = None,
-                 limit: int = 500) -> list[Event]:
+def events_after(
+    *,
+    session_id: str,
+    thread: SessionThread | None,
+    after_seq: int,
+    upto_seq: int | None = None,
+    limit: int = 500,
+) -> list[Event]:
     qs = Event.objects.filter(session_id=session_id, seq__gt=after_seq).filter(_primary_filter(thread))
     if upto_seq is not None:
         qs = qs.filter(seq__lte=upto_seq)
@@ -711,8 +793,9 @@ def thread_get(*, session: Session, thread_id: str) -> SessionThread:
     return thread
 
 
-def thread_list(*, session: Session, statuses: list[str] | None = None, limit: int | None = None,
-                page: str | None = None) -> Page:
+def thread_list(
+    *, session: Session, statuses: list[str] | None = None, limit: int | None = None, page: str | None = None
+) -> Page:
     for status in statuses or []:
         if status not in schemas.SESSION_STATUSES:
             raise bad_request(f"statuses: unknown status {status!r}.")
@@ -736,7 +819,9 @@ def thread_archive(*, session: Session, thread: SessionThread) -> SessionThread:
             raise conflict(f"thread {thread.pk!r} is {thread.status}; only an idle thread can be archived.")
         now = timezone.now()
         # Conditional: a harness step may have started the thread since we read it.
-        if not SessionThread.objects.filter(pk=thread.pk, status="idle").update(archived_at=now, updated_at=now):
+        if not SessionThread.objects.filter(pk=thread.pk, status="idle").update(
+            archived_at=now, updated_at=now
+        ):
             raise conflict(f"thread {thread.pk!r} is no longer idle.")
         thread.archived_at = now
         thread.updated_at = now

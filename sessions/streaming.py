@@ -32,7 +32,7 @@ def _redis() -> Any:
     if _sync_client is None:
         import redis
 
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL)
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL or "")
     return _sync_client
 
 
@@ -155,8 +155,9 @@ def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int,
             return [], after, False
         if last_seq <= after:
             return [], after, True
-        rows = events_after(session_id=session_id, thread=thread, after_seq=after, upto_seq=last_seq,
-                            limit=_READ_BATCH)
+        rows = events_after(
+            session_id=session_id, thread=thread, after_seq=after, upto_seq=last_seq, limit=_READ_BATCH
+        )
     except (OperationalError, InterfaceError):
         log.warning("a stream could not read the log; retrying", exc_info=True)
         connection.close()
@@ -176,7 +177,6 @@ async def sse_events(
     """Stream the log of one session (or thread) from `after_seq`: read, then wait for a wake-up or
     the poll interval, and read again. Previews are forwarded only when asked for, for this thread."""
     from asgiref.sync import sync_to_async
-
     from django.utils import timezone
 
     from console.ids import new_id

@@ -27,12 +27,17 @@ def agent_definition(name: str = "helper", **extra: Any) -> dict[str, Any]:
 def make_agent(workspace: Workspace, *, name: str = "helper", versions: int = 1) -> Agent:
     agent = Agent.objects.create(id=new_id("agent"), workspace=workspace, name=name, current_version=versions)
     for number in range(1, versions + 1):
-        AgentVersion.objects.create(agent=agent, version=number,
-                                    definition=agent_definition(name, system=f"You are helpful (v{number})."))
+        AgentVersion.objects.create(
+            agent=agent,
+            version=number,
+            definition=agent_definition(name, system=f"You are helpful (v{number})."),
+        )
     return agent
 
 
-def make_environment(workspace: Workspace, *, name: str = "default", self_hosted: bool = False) -> Environment:
+def make_environment(
+    workspace: Workspace, *, name: str = "default", self_hosted: bool = False
+) -> Environment:
     config: dict[str, Any] = (
         {"type": "self_hosted"}
         if self_hosted

@@ -9,7 +9,7 @@ from django.test import Client
 from accounts.models import ApiKey, Workspace
 from agents.models import Environment
 from sessions.models import Event, Session, SessionThread
-from sessions.services import events_append, NewEvent
+from sessions.services import NewEvent, events_append
 from tests.session_fixtures import make_agent, make_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,7 +59,9 @@ def _error(response: Any, status: int) -> str:
     return str(body["error"]["message"])
 
 
-def test_a_session_created_with_a_string_agent_pins_the_latest_version_and_starts_idle(api, agent, environment):
+def test_a_session_created_with_a_string_agent_pins_the_latest_version_and_starts_idle(
+    api, agent, environment
+):
     body = _create(api, agent, environment, title="t", metadata={"k": "v"})
     assert body["id"].startswith("sesn_") and body["type"] == "session"
     assert body["status"] == "idle"
@@ -74,19 +76,31 @@ def test_a_session_created_with_a_string_agent_pins_the_latest_version_and_start
 
 
 def test_a_pinned_version_is_used_and_a_missing_version_is_named(api, agent, environment):
-    response = api.post("/sessions", {"agent": {"type": "agent", "id": agent.id, "version": 1},
-                                      "environment_id": environment.id})
+    response = api.post(
+        "/sessions",
+        {"agent": {"type": "agent", "id": agent.id, "version": 1}, "environment_id": environment.id},
+    )
     assert response.json()["agent"]["version"] == 1
-    message = _error(api.post("/sessions", {"agent": {"type": "agent", "id": agent.id, "version": 7},
-                                            "environment_id": environment.id}), 404)
+    message = _error(
+        api.post(
+            "/sessions",
+            {"agent": {"type": "agent", "id": agent.id, "version": 7}, "environment_id": environment.id},
+        ),
+        404,
+    )
     assert "@7" in message
 
 
 def test_initial_events_start_the_session_running_in_order(api, agent, environment):
-    body = _create(api, agent, environment, initial_events=[
-        {"type": "user.message", "content": [{"type": "text", "text": "hi"}]},
-        {"type": "user.define_outcome", "description": "d", "rubric": {"type": "text", "content": "r"}},
-    ])
+    body = _create(
+        api,
+        agent,
+        environment,
+        initial_events=[
+            {"type": "user.message", "content": [{"type": "text", "text": "hi"}]},
+            {"type": "user.define_outcome", "description": "d", "rubric": {"type": "text", "content": "r"}},
+        ],
+    )
     assert body["status"] == "running"
     events = list(Event.objects.filter(session_id=body["id"]).order_by("seq"))
     assert [e.type for e in events] == ["user.message", "user.define_outcome", "session.status_running"]
@@ -96,16 +110,30 @@ def test_initial_events_start_the_session_running_in_order(api, agent, environme
     assert body["outcome_evaluations"][0]["result"] == "pending"
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"initial_events": [{"type": "user.interrupt"}]}, "initial_events[0].type"),
-    ({"initial_events": [{"type": "user.message", "content": [{"type": "redacted"}]}]}, "initial_events[0].content[0].type"),
-    ({"initial_events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}] * 51}, "initial_events"),
-    ({"resources": [{"type": "floppy"}]}, "resources[0].type"),
-    ({"metadata": {"k": 1}}, "metadata.k"),
-    ({"budget": {"type": "limit", "max_list_cost": {"amount": "1.5", "currency": "USD"}}}, "budget.max_list_cost.amount"),
-    ({"agent": {"type": "agent_with_overrides", "id": "agent_x"}}, "agent"),
-])
-def test_bad_create_bodies_are_rejected_naming_the_field_and_write_nothing(api, agent, environment, bad, field):
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"initial_events": [{"type": "user.interrupt"}]}, "initial_events[0].type"),
+        (
+            {"initial_events": [{"type": "user.message", "content": [{"type": "redacted"}]}]},
+            "initial_events[0].content[0].type",
+        ),
+        (
+            {"initial_events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}] * 51},
+            "initial_events",
+        ),
+        ({"resources": [{"type": "floppy"}]}, "resources[0].type"),
+        ({"metadata": {"k": 1}}, "metadata.k"),
+        (
+            {"budget": {"type": "limit", "max_list_cost": {"amount": "1.5", "currency": "USD"}}},
+            "budget.max_list_cost.amount",
+        ),
+        ({"agent": {"type": "agent_with_overrides", "id": "agent_x"}}, "agent"),
+    ],
+)
+def test_bad_create_bodies_are_rejected_naming_the_field_and_write_nothing(
+    api, agent, environment, bad, field
+):
     body = {"agent": agent.id, "environment_id": environment.id, **bad}
     message = _error(api.post("/sessions", body), 400)
     assert message.startswith(field)
@@ -123,8 +151,10 @@ def test_an_archived_environment_is_rejected_and_another_workspaces_is_not_found
 
 def test_sending_a_message_echoes_it_and_starts_an_idle_session(api, agent, environment):
     sid = _create(api, agent, environment)["id"]
-    response = api.post(f"/sessions/{sid}/events", {"events": [
-        {"type": "user.message", "content": [{"type": "text", "text": "hello"}]}]})
+    response = api.post(
+        f"/sessions/{sid}/events",
+        {"events": [{"type": "user.message", "content": [{"type": "text", "text": "hello"}]}]},
+    )
     assert response.status_code == 200, response.content
     [echo] = response.json()["data"]
     assert echo["id"].startswith("sevt_") and echo["processed_at"] is None
@@ -142,22 +172,78 @@ def test_an_interrupt_never_starts_a_session(api, agent, environment):
     assert list(Event.objects.filter(session_id=sid).values_list("type", flat=True)) == ["user.interrupt"]
 
 
-@pytest.mark.parametrize("events, field", [
-    ([{"type": "user.bogus"}], "events[0].type"),
-    ([{"type": "user.message", "content": []}], "events[0].content"),
-    ([{"type": "user.message", "content": [{"type": "image", "source": {"type": "ftp"}}]}], "events[0].content[0].source.type"),
-    ([{"type": "user.message", "content": [{"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/html"}}]}], "events[0].content[0].source.media_type"),
-    ([{"type": "user.tool_confirmation", "tool_use_id": "sevt_nope", "result": "allow"}], "events[0].tool_use_id"),
-    ([{"type": "user.tool_confirmation", "tool_use_id": "sevt_x", "result": "allow", "deny_message": "no"}], "events[0].deny_message"),
-    ([{"type": "user.tool_confirmation", "tool_use_id": "sevt_x", "result": "maybe"}], "events[0].result"),
-    ([{"type": "user.custom_tool_result", "custom_tool_use_id": "sevt_nope"}], "events[0].custom_tool_use_id"),
-    ([{"type": "user.tool_result", "tool_use_id": "sevt_nope"}], "events[1].type"),
-    ([{"type": "user.define_outcome", "description": "d", "rubric": {"type": "text", "content": "r"}, "max_iterations": 21}], "events[0].max_iterations"),
-    ([{"type": "system.message", "content": [{"type": "text", "text": "a"}]}, {"type": "user.interrupt"}], "events[0]"),
-    ([{"type": "user.interrupt"}, {"type": "system.message", "content": []}], "events[1].content"),
-    ([], "events"),
-])
-def test_bad_events_are_rejected_naming_the_field_and_nothing_is_written(api, agent, environment, events, field):
+@pytest.mark.parametrize(
+    "events, field",
+    [
+        ([{"type": "user.bogus"}], "events[0].type"),
+        ([{"type": "user.message", "content": []}], "events[0].content"),
+        (
+            [{"type": "user.message", "content": [{"type": "image", "source": {"type": "ftp"}}]}],
+            "events[0].content[0].source.type",
+        ),
+        (
+            [
+                {
+                    "type": "user.message",
+                    "content": [
+                        {
+                            "type": "document",
+                            "source": {"type": "text", "data": "x", "media_type": "text/html"},
+                        }
+                    ],
+                }
+            ],
+            "events[0].content[0].source.media_type",
+        ),
+        (
+            [{"type": "user.tool_confirmation", "tool_use_id": "sevt_nope", "result": "allow"}],
+            "events[0].tool_use_id",
+        ),
+        (
+            [
+                {
+                    "type": "user.tool_confirmation",
+                    "tool_use_id": "sevt_x",
+                    "result": "allow",
+                    "deny_message": "no",
+                }
+            ],
+            "events[0].deny_message",
+        ),
+        (
+            [{"type": "user.tool_confirmation", "tool_use_id": "sevt_x", "result": "maybe"}],
+            "events[0].result",
+        ),
+        (
+            [{"type": "user.custom_tool_result", "custom_tool_use_id": "sevt_nope"}],
+            "events[0].custom_tool_use_id",
+        ),
+        ([{"type": "user.tool_result", "tool_use_id": "sevt_nope"}], "events[1].type"),
+        (
+            [
+                {
+                    "type": "user.define_outcome",
+                    "description": "d",
+                    "rubric": {"type": "text", "content": "r"},
+                    "max_iterations": 21,
+                }
+            ],
+            "events[0].max_iterations",
+        ),
+        (
+            [
+                {"type": "system.message", "content": [{"type": "text", "text": "a"}]},
+                {"type": "user.interrupt"},
+            ],
+            "events[0]",
+        ),
+        ([{"type": "user.interrupt"}, {"type": "system.message", "content": []}], "events[1].content"),
+        ([], "events"),
+    ],
+)
+def test_bad_events_are_rejected_naming_the_field_and_nothing_is_written(
+    api, agent, environment, events, field
+):
     sid = _create(api, agent, environment)["id"]
     if field == "events[1].type":  # user.tool_result on a cloud environment, after a valid event
         events = [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}, *events]
@@ -172,21 +258,42 @@ def test_tool_confirmation_and_custom_tool_results_name_awaiting_events(api, age
 
     sid = _create(api, agent, environment)["id"]
     with transaction.atomic():
-        ask, custom = events_append(session=sid, events=[
-            NewEvent("agent.tool_use", {"name": "bash", "input": {}, "evaluated_permission": "ask"}),
-            NewEvent("agent.custom_tool_use", {"name": "lookup", "input": {}, "session_thread_id": "sthr_child"}),
-        ])
-    response = api.post(f"/sessions/{sid}/events", {"events": [
-        {"type": "user.tool_confirmation", "tool_use_id": ask.id, "result": "deny", "deny_message": "no"},
-        {"type": "user.custom_tool_result", "custom_tool_use_id": custom.id,
-         "content": [{"type": "text", "text": "42"}]},
-    ]})
+        ask, custom = events_append(
+            session=sid,
+            events=[
+                NewEvent("agent.tool_use", {"name": "bash", "input": {}, "evaluated_permission": "ask"}),
+                NewEvent(
+                    "agent.custom_tool_use",
+                    {"name": "lookup", "input": {}, "session_thread_id": "sthr_child"},
+                ),
+            ],
+        )
+    response = api.post(
+        f"/sessions/{sid}/events",
+        {
+            "events": [
+                {
+                    "type": "user.tool_confirmation",
+                    "tool_use_id": ask.id,
+                    "result": "deny",
+                    "deny_message": "no",
+                },
+                {
+                    "type": "user.custom_tool_result",
+                    "custom_tool_use_id": custom.id,
+                    "content": [{"type": "text", "text": "42"}],
+                },
+            ]
+        },
+    )
     assert response.status_code == 200, response.content
     confirmation, result = response.json()["data"]
     assert confirmation["processed_at"] is None and result["processed_at"] is not None
     assert result["session_thread_id"] == "sthr_child" and result["is_error"] is False
-    again = api.post(f"/sessions/{sid}/events", {"events": [
-        {"type": "user.tool_confirmation", "tool_use_id": ask.id, "result": "allow"}]})
+    again = api.post(
+        f"/sessions/{sid}/events",
+        {"events": [{"type": "user.tool_confirmation", "tool_use_id": ask.id, "result": "allow"}]},
+    )
     assert "not awaiting confirmation" in _error(again, 400)
 
 
@@ -197,7 +304,9 @@ def test_user_tool_result_is_accepted_for_self_hosted_environments(api, agent, w
     sid = _create(api, agent, env)["id"]
     with transaction.atomic():
         [use] = events_append(session=sid, events=[NewEvent("agent.tool_use", {"name": "bash", "input": {}})])
-    response = api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.tool_result", "tool_use_id": use.id}]})
+    response = api.post(
+        f"/sessions/{sid}/events", {"events": [{"type": "user.tool_result", "tool_use_id": use.id}]}
+    )
     assert response.status_code == 200, response.content
     assert response.json()["data"][0]["processed_at"] is not None
 
@@ -205,7 +314,10 @@ def test_user_tool_result_is_accepted_for_self_hosted_environments(api, agent, w
 def test_events_list_filters_types_orders_and_pages(api, agent, environment):
     sid = _create(api, agent, environment)["id"]
     for n in range(5):
-        api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.message", "content": [{"type": "text", "text": str(n)}]}]})
+        api.post(
+            f"/sessions/{sid}/events",
+            {"events": [{"type": "user.message", "content": [{"type": "text", "text": str(n)}]}]},
+        )
     only = api.get(f"/sessions/{sid}/events", **{"types[]": "user.message"}).json()["data"]
     assert [e["content"][0]["text"] for e in only] == ["0", "1", "2", "3", "4"]
     first = api.get(f"/sessions/{sid}/events", limit=2, order="desc").json()
@@ -252,7 +364,10 @@ def test_update_emits_only_the_changed_fields(api, agent, environment):
     assert _error(api.post(f"/sessions/{sid}", {"vault_ids": []}), 400).startswith("vault_ids")
     tools = [{"type": "custom", "name": "x", "input_schema": {"type": "object"}}]
     assert api.post(f"/sessions/{sid}", {"agent": {"tools": tools}}).json()["agent"]["tools"] == tools
-    api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]})
+    api.post(
+        f"/sessions/{sid}/events",
+        {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]},
+    )
     _error(api.post(f"/sessions/{sid}", {"agent": {"tools": []}}), 409)
 
 
@@ -260,7 +375,9 @@ def test_archive_terminates_and_makes_the_session_read_only(api, agent, environm
     sid = _create(api, agent, environment)["id"]
     body = api.post(f"/sessions/{sid}/archive").json()
     assert body["status"] == "terminated" and body["archived_at"] is not None
-    assert list(Event.objects.filter(session_id=sid).values_list("type", flat=True)) == ["session.status_terminated"]
+    assert list(Event.objects.filter(session_id=sid).values_list("type", flat=True)) == [
+        "session.status_terminated"
+    ]
     response = api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]})
     assert "archived" in _error(response, 409)
     assert api.get("/sessions").json()["data"] == []
@@ -268,8 +385,12 @@ def test_archive_terminates_and_makes_the_session_read_only(api, agent, environm
 
 
 def test_delete_refuses_a_running_session_and_removes_an_idle_one(api, agent, environment):
-    sid = _create(api, agent, environment, initial_events=[
-        {"type": "user.message", "content": [{"type": "text", "text": "x"}]}])["id"]
+    sid = _create(
+        api,
+        agent,
+        environment,
+        initial_events=[{"type": "user.message", "content": [{"type": "text", "text": "x"}]}],
+    )["id"]
     _error(api.delete(f"/sessions/{sid}"), 409)
     Session.objects.filter(pk=sid).update(status="idle")
     assert api.delete(f"/sessions/{sid}").json() == {"id": sid, "type": "session_deleted"}
@@ -279,7 +400,10 @@ def test_delete_refuses_a_running_session_and_removes_an_idle_one(api, agent, en
 
 def test_threads_list_retrieve_and_primary_events(api, agent, environment):
     sid = _create(api, agent, environment)["id"]
-    api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]})
+    api.post(
+        f"/sessions/{sid}/events",
+        {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]},
+    )
     threads = api.get(f"/sessions/{sid}/threads").json()
     [primary] = threads["data"]
     assert primary["parent_thread_id"] is None and primary["status"] == "running"
@@ -300,12 +424,17 @@ def test_another_workspaces_key_gets_404_on_every_session_route(api, agent, envi
     other = Api(raw)
     tid = thread.pk
     for response in [
-        other.get(f"/sessions/{sid}"), other.post(f"/sessions/{sid}", {"title": "x"}),
-        other.post(f"/sessions/{sid}/archive"), other.delete(f"/sessions/{sid}"),
+        other.get(f"/sessions/{sid}"),
+        other.post(f"/sessions/{sid}", {"title": "x"}),
+        other.post(f"/sessions/{sid}/archive"),
+        other.delete(f"/sessions/{sid}"),
         other.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]}),
-        other.get(f"/sessions/{sid}/events"), other.get(f"/sessions/{sid}/events/stream"),
-        other.get(f"/sessions/{sid}/threads"), other.get(f"/sessions/{sid}/threads/{tid}"),
-        other.post(f"/sessions/{sid}/threads/{tid}/archive"), other.get(f"/sessions/{sid}/threads/{tid}/events"),
+        other.get(f"/sessions/{sid}/events"),
+        other.get(f"/sessions/{sid}/events/stream"),
+        other.get(f"/sessions/{sid}/threads"),
+        other.get(f"/sessions/{sid}/threads/{tid}"),
+        other.post(f"/sessions/{sid}/threads/{tid}/archive"),
+        other.get(f"/sessions/{sid}/threads/{tid}/events"),
         other.get(f"/sessions/{sid}/threads/{tid}/stream"),
     ]:
         _error(response, 404)
@@ -313,7 +442,9 @@ def test_another_workspaces_key_gets_404_on_every_session_route(api, agent, envi
     assert Session.objects.get(pk=sid).title is None and not Event.objects.exists()
 
 
-def test_wrong_prefixes_bad_json_and_oversized_bodies_get_4xx_in_the_error_shape(api, agent, environment, settings):
+def test_wrong_prefixes_bad_json_and_oversized_bodies_get_4xx_in_the_error_shape(
+    api, agent, environment, settings
+):
     sid = _create(api, agent, environment)["id"]
     _error(api.get("/sessions/agent_01X"), 404)
     _error(api.post(f"/sessions/{sid}/events", raw=b"{not json"), 400)

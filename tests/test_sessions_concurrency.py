@@ -24,8 +24,10 @@ def _drop_reader_connections():  # type: ignore[no-untyped-def]
     yield
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture
@@ -45,8 +47,13 @@ def test_concurrent_appends_get_gapless_seqs_and_a_reader_never_sees_a_gap(sessi
         try:
             for r in range(rounds):
                 with transaction.atomic():
-                    events_append(session=session.pk, events=[NewEvent("agent.message", {"content": [], "w": n, "r": r})
-                                                              for _ in range(per_append)])
+                    events_append(
+                        session=session.pk,
+                        events=[
+                            NewEvent("agent.message", {"content": [], "w": n, "r": r})
+                            for _ in range(per_append)
+                        ],
+                    )
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
         finally:
@@ -66,13 +73,17 @@ def test_concurrent_appends_get_gapless_seqs_and_a_reader_never_sees_a_gap(sessi
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)] + [threading.Thread(target=read)]
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)] + [
+        threading.Thread(target=read)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
     assert not errors, errors
-    assert sorted(Event.objects.filter(session=session).values_list("seq", flat=True)) == list(range(1, total + 1))
+    assert sorted(Event.objects.filter(session=session).values_list("seq", flat=True)) == list(
+        range(1, total + 1)
+    )
     assert seen == list(range(1, total + 1))
     assert Session.objects.get(pk=session.pk).last_seq == total
 
@@ -83,7 +94,11 @@ def _subscribers(session_id: str) -> int:
 
         client = redis.Redis.from_url(settings.REDIS_URL)
         try:
-            return int(dict(client.pubsub_numsub(streaming._channel(session_id)))[streaming._channel(session_id).encode()])
+            return int(
+                dict(client.pubsub_numsub(streaming._channel(session_id)))[
+                    streaming._channel(session_id).encode()
+                ]
+            )
         finally:
             client.close()
     return len(streaming._local.get(session_id, ()))
@@ -120,17 +135,23 @@ def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(sessio
     async def scenario() -> tuple[list[bytes], list[bytes]]:
         asked: list[bytes] = []
         plain: list[bytes] = []
-        with_deltas = streaming.sse_events(session_id=session.pk, thread=None, primary=True, after_seq=0,
-                                           deltas=frozenset({"agent.message"}))
+        with_deltas = streaming.sse_events(
+            session_id=session.pk, thread=None, primary=True, after_seq=0, deltas=frozenset({"agent.message"})
+        )
         without = streaming.sse_events(session_id=session.pk, thread=None, primary=True, after_seq=0)
-        tasks = [asyncio.create_task(_collect(with_deltas, asked, "session.status_terminated")),
-                 asyncio.create_task(_collect(without, plain, "session.status_terminated"))]
+        tasks = [
+            asyncio.create_task(_collect(with_deltas, asked, "session.status_terminated")),
+            asyncio.create_task(_collect(without, plain, "session.status_terminated")),
+        ]
         await asyncio.sleep(0.5)
         for frame in [
             {"type": "event_start", "event": {"type": "agent.thinking", "id": "sevt_T"}},
             {"type": "event_start", "event": {"type": "agent.message", "id": "sevt_M"}},
-            {"type": "event_delta", "event_id": "sevt_M", "delta": {"type": "content_delta", "index": 0,
-                                                                      "content": {"type": "text", "text": "Hi"}}},
+            {
+                "type": "event_delta",
+                "event_id": "sevt_M",
+                "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": "Hi"}},
+            },
             {"type": "event_delta", "event_id": "sevt_T", "delta": {}},
         ]:
             await asyncio.to_thread(streaming.publish_preview, session.pk, "sthr_other", frame)
@@ -138,8 +159,13 @@ def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(sessio
 
         def finish() -> None:
             with transaction.atomic():
-                events_append(session=session.pk, events=[NewEvent("agent.message", {"content": []}, id="sevt_M"),
-                                                          NewEvent("session.status_terminated")])
+                events_append(
+                    session=session.pk,
+                    events=[
+                        NewEvent("agent.message", {"content": []}, id="sevt_M"),
+                        NewEvent("session.status_terminated"),
+                    ],
+                )
             connection.close()
 
         await asyncio.to_thread(finish)
@@ -150,8 +176,14 @@ def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(sessio
     kinds = [f.split(b"\n", 1)[0] for f in asked if f.startswith(b"event:")]
     assert b"event: ping" in kinds
     assert [k for k in kinds if k != b"event: ping"] == [
-        b"event: event_start", b"event: event_delta", b"event: agent.message", b"event: session.status_terminated"]
+        b"event: event_start",
+        b"event: event_delta",
+        b"event: agent.message",
+        b"event: session.status_terminated",
+    ]
     assert b'"sevt_M"' in asked[[i for i, f in enumerate(asked) if f.startswith(b"event: event_start")][0]]
-    plain_kinds = [f.split(b"\n", 1)[0] for f in plain if f.startswith(b"event:") and not f.startswith(b"event: ping")]
+    plain_kinds = [
+        f.split(b"\n", 1)[0] for f in plain if f.startswith(b"event:") and not f.startswith(b"event: ping")
+    ]
     assert plain_kinds == [b"event: agent.message", b"event: session.status_terminated"]
     assert any(b"\nid: " in f for f in plain)

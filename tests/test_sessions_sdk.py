@@ -37,8 +37,12 @@ def _read_until(stream: Iterator[Any], last_type: str, limit: int = 50) -> list[
 
 
 def test_create_pins_versions_and_retrieve_round_trips(client, ids):
-    pinned = client.beta.sessions.create(agent={"type": "agent", "id": ids["agent"], "version": 1},
-                                         environment_id=ids["environment"], title="pinned", metadata={"a": "b"})
+    pinned = client.beta.sessions.create(
+        agent={"type": "agent", "id": ids["agent"], "version": 1},
+        environment_id=ids["environment"],
+        title="pinned",
+        metadata={"a": "b"},
+    )
     latest = client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"])
     assert pinned.agent.version == 1 and latest.agent.version == 2
     assert pinned.status == "idle" and pinned.vault_ids == [] and pinned.resources == []
@@ -47,20 +51,26 @@ def test_create_pins_versions_and_retrieve_round_trips(client, ids):
     assert got.usage.list_cost is not None and got.usage.list_cost.amount == "0"
     assert got.stats.active_seconds == 0
     with pytest.raises(anthropic.NotFoundError):
-        client.beta.sessions.create(agent={"type": "agent", "id": ids["agent"], "version": 9},
-                                    environment_id=ids["environment"])
+        client.beta.sessions.create(
+            agent={"type": "agent", "id": ids["agent"], "version": 9}, environment_id=ids["environment"]
+        )
 
 
 def test_list_filters_and_auto_pagination_terminates(client, ids):
-    created = [client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"],
-                                           metadata={"batch": "list"}).id for _ in range(3)]
+    created = [
+        client.beta.sessions.create(
+            agent=ids["agent"], environment_id=ids["environment"], metadata={"batch": "list"}
+        ).id
+        for _ in range(3)
+    ]
     page = client.beta.sessions.list(limit=2, agent_id=ids["agent"], statuses=["idle"])
     listed = [s.id for s in page]  # auto-pagination follows next_page until null
     assert set(created) <= set(listed) and len(listed) == len(set(listed))
     first = client.beta.sessions.list(limit=2, order="asc")
     assert first.prev_page is None if hasattr(first, "prev_page") else True
-    later = client.beta.sessions.list(created_at_gte=client.beta.sessions.retrieve(created[-1]).created_at,
-                                      agent_id=ids["agent"])
+    later = client.beta.sessions.list(
+        created_at_gte=client.beta.sessions.retrieve(created[-1]).created_at, agent_id=ids["agent"]
+    )
     assert created[-1] in [s.id for s in later.data]
     with pytest.raises(anthropic.BadRequestError):
         client.beta.sessions.list(agent_version=1)
@@ -160,8 +170,9 @@ def test_threads_list_and_retrieve(client, ids):
         client.beta.sessions.events.send(session.id, events=[MESSAGE])
         seen = _read_until(stream, "session.status_running")
     assert [e.type for e in seen][:2] == ["user.message", "session.status_running"]
-    assert [e.type for e in client.beta.sessions.threads.events.list(threads[0].id, session_id=session.id)][:2] == [
-        "user.message", "session.status_running"]
+    assert [e.type for e in client.beta.sessions.threads.events.list(threads[0].id, session_id=session.id)][
+        :2
+    ] == ["user.message", "session.status_running"]
     with pytest.raises(anthropic.NotFoundError) as info:
         client.beta.sessions.threads.retrieve("sthr_01NOPE", session_id=session.id)
     assert info.value.body["error"]["details"]["error_code"] == "thread_not_found"
@@ -184,7 +195,8 @@ def test_a_stream_sees_events_another_process_appends_and_closes_on_termination(
         "from sessions.services import NewEvent, events_append, session_set_status\n"
         "with transaction.atomic():\n"
         f"    s = Session.objects.select_for_update().get(pk={session.id!r})\n"
-        "    events_append(session=s, events=[NewEvent('agent.message', {'content': [{'type': 'text', 'text': 'hi'}]})])\n"
+        "    hi = {'content': [{'type': 'text', 'text': 'hi'}]}\n"
+        "    events_append(session=s, events=[NewEvent('agent.message', hi)])\n"
         "    session_set_status(session=s, status='terminated')\n"
     )
     with client.beta.sessions.events.stream(session.id) as stream:
