@@ -1,6 +1,7 @@
 """Session workflows. The event log is insert-only and numbered per session; every append happens
 in the same transaction as the state change it records (style.md 5)."""
 
+import importlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -306,6 +307,52 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
     return _agent_version_get(agent=agent, version=version)
 
 
+def _session_snapshot(version: AgentVersion) -> dict[str, Any]:
+    """`session.agent`: the version's snapshot with a coordinator roster resolved to the members'
+    full definitions (spec 9; the agent itself shows only {type, id, version} per member)."""
+    snapshot = version.snapshot()
+    roster = snapshot.get("multiagent")
+    if isinstance(roster, dict) and roster.get("type") == "coordinator":
+        members = []
+        for entry in roster.get("agents", []):
+            if isinstance(entry, dict) and entry.get("type") == "agent":
+                member = AgentVersion.objects.filter(
+                    agent_id=str(entry.get("id")), version=int(entry.get("version") or 0)
+                ).first()
+                if member is None:
+                    raise bad_request(
+                        f"agent: roster member {entry.get('id')!r} version {entry.get('version')} "
+                        "no longer exists."
+                    )
+                members.append({k: v for k, v in member.snapshot().items() if k != "multiagent"})
+            else:
+                members.append(entry)
+        snapshot["multiagent"] = {**roster, "agents": members}
+    return snapshot
+
+
+def _resolve_agent_patch(patch: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Replace tools / mcp_servers in a session's agent snapshot, resolved the way agents are."""
+    definition: Any = None
+    try:  # the agents app's resolvers (resolved defaults, MCP references), once it has them
+        definition = importlib.import_module("agents.definition")
+    except ImportError:  # pragma: no cover - until then the shapes are only checked
+        pass
+    out = dict(snapshot)
+    for key in ("tools", "mcp_servers"):
+        if key not in patch:
+            continue
+        if definition is None:
+            out[key] = _check_tools(patch[key], f"agent.{key}")
+        elif key == "tools":
+            out[key] = definition.resolve_tools(patch[key], "agent.tools")
+        else:
+            out[key] = definition.resolve_mcp_servers(patch[key], "agent.mcp_servers")
+    if definition is not None:
+        definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
+    return out
+
+
 _RESOURCE_TYPES = ("github_repository", "file", "memory_store")
 
 
@@ -382,7 +429,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
         if vault.archived_at is not None:
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
-    snapshot = version.snapshot()
+    snapshot = _session_snapshot(version)
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(
@@ -540,10 +587,7 @@ def session_update(*, session: Session, body: dict[str, Any]) -> Session:
                 raise conflict(
                     "agent: a running session's tools cannot change; interrupt it or wait for idle."
                 )
-            snapshot = dict(session.agent_snapshot)
-            for key in ("tools", "mcp_servers"):
-                if key in agent_patch:
-                    snapshot[key] = agent_patch[key]
+            snapshot = _resolve_agent_patch(agent_patch, session.agent_snapshot)
             if snapshot != session.agent_snapshot:
                 changed["agent"] = snapshot
         if "budget" in body:

@@ -363,7 +363,8 @@ def test_update_emits_only_the_changed_fields(api, agent, environment):
     assert Event.objects.filter(session_id=sid, type="session.updated").count() == 1
     assert _error(api.post(f"/sessions/{sid}", {"vault_ids": []}), 400).startswith("vault_ids")
     tools = [{"type": "custom", "name": "x", "input_schema": {"type": "object"}}]
-    assert api.post(f"/sessions/{sid}", {"agent": {"tools": tools}}).json()["agent"]["tools"] == tools
+    [tool] = api.post(f"/sessions/{sid}", {"agent": {"tools": tools}}).json()["agent"]["tools"]
+    assert (tool["type"], tool["name"]) == ("custom", "x")
     api.post(
         f"/sessions/{sid}/events",
         {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]},
@@ -452,3 +453,87 @@ def test_wrong_prefixes_bad_json_and_oversized_bodies_get_4xx_in_the_error_shape
     big = {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x" * 5000}]}]}
     _error(api.post(f"/sessions/{sid}/events", big), 413)
     assert not Event.objects.filter(session_id=sid).exists()
+
+
+def _child_thread(session_id: str, status: str = "idle") -> SessionThread:
+    from console.ids import new_id
+
+    primary = SessionThread.objects.get(session_id=session_id, parent=None)
+    return SessionThread.objects.create(
+        id=new_id("sthr"),
+        session_id=session_id,
+        parent=primary,
+        agent_name="worker",
+        agent_snapshot=primary.agent_snapshot,
+        status=status,
+    )
+
+
+def test_child_threads_keep_their_own_events_and_archive_only_when_idle(api, agent, environment):
+    from django.db import transaction
+
+    sid = _create(api, agent, environment)["id"]
+    child = _child_thread(sid)
+    busy = _child_thread(sid, status="running")
+    with transaction.atomic():
+        events_append(
+            session=sid,
+            events=[
+                NewEvent("agent.message", {"content": []}, thread=child),
+                NewEvent("session.thread_created", {"session_thread_id": child.pk, "agent_name": "worker"}),
+            ],
+        )
+    assert [e["type"] for e in api.get(f"/sessions/{sid}/threads/{child.pk}/events").json()["data"]] == [
+        "agent.message"
+    ]
+    assert [e["type"] for e in api.get(f"/sessions/{sid}/events").json()["data"]] == [
+        "session.thread_created"
+    ]
+    listed = api.get(f"/sessions/{sid}/threads", **{"statuses[]": "running"}).json()["data"]
+    assert [t["id"] for t in listed] == [busy.pk]
+    assert len(api.get(f"/sessions/{sid}/threads", limit=1).json()["data"]) == 1
+    _error(api.post(f"/sessions/{sid}/threads/{busy.pk}/archive"), 409)
+    archived = api.post(f"/sessions/{sid}/threads/{child.pk}/archive").json()
+    assert archived["archived_at"] is not None and archived["parent_thread_id"] is not None
+
+
+def test_events_created_at_filters_compare_processed_at(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    api.post(
+        f"/sessions/{sid}/events",
+        {"events": [{"type": "user.message", "content": [{"type": "text", "text": "q"}]}]},
+    )
+    running = Event.objects.get(session_id=sid, type="session.status_running")
+    after = api.get(f"/sessions/{sid}/events", **{"created_at[gte]": running.processed_at.isoformat()}).json()
+    assert [e["type"] for e in after["data"]] == ["session.status_running"]  # the queued message has none
+
+
+def test_concurrent_sends_to_an_idle_session_start_it_exactly_once(api, agent, environment, api_key):
+    import threading
+
+    from django.db import connection
+
+    sid = _create(api, agent, environment)["id"]
+    codes: list[int] = []
+
+    def send() -> None:
+        try:
+            response = Api(api_key).post(
+                f"/sessions/{sid}/events",
+                {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]},
+            )
+            codes.append(response.status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert codes == [200] * 6
+    types = list(Event.objects.filter(session_id=sid).order_by("seq").values_list("type", flat=True))
+    assert types.count("session.status_running") == 1 and types.count("user.message") == 6
+    assert list(Event.objects.filter(session_id=sid).order_by("seq").values_list("seq", flat=True)) == list(
+        range(1, 8)
+    )
