@@ -537,3 +537,57 @@ def test_concurrent_sends_to_an_idle_session_start_it_exactly_once(api, agent, e
     assert list(Event.objects.filter(session_id=sid).order_by("seq").values_list("seq", flat=True)) == list(
         range(1, 8)
     )
+
+
+def test_the_session_object_validates_against_the_sdk_model_with_a_resolved_roster(
+    api, workspace, environment
+):
+    from anthropic.types.beta import BetaManagedAgentsSession
+    from anthropic.types.beta.sessions import BetaManagedAgentsSessionThread
+
+    from agents.models import AgentVersion
+
+    member = make_agent(workspace, name="researcher")
+    lead = make_agent(workspace, name="lead")
+    AgentVersion.objects.filter(agent=lead).update(
+        definition={
+            **AgentVersion.objects.get(agent=lead).definition,
+            "multiagent": {
+                "type": "coordinator",
+                "agents": [{"type": "agent", "id": member.id, "version": 1}],
+            },
+        }
+    )
+    body = _create(
+        api,
+        lead,
+        environment,
+        budget={"type": "limit", "max_list_cost": {"amount": "2500", "currency": "USD"}},
+        initial_events=[
+            {
+                "type": "user.define_outcome",
+                "description": "d",
+                "rubric": {"type": "file", "file_id": "file_1"},
+                "max_iterations": 5,
+            }
+        ],
+    )
+    session = BetaManagedAgentsSession.model_validate(body, strict=False)
+    assert session.agent.multiagent is not None
+    [resolved] = body["agent"]["multiagent"]["agents"]
+    assert resolved["name"] == "researcher" and resolved["system"] and "multiagent" not in resolved
+    assert body["budget"]["max_list_cost"]["amount"] == "2500"
+    assert body["outcome_evaluations"][0]["description"] == "d"
+    [thread] = api.get(f"/sessions/{body['id']}/threads").json()["data"]
+    BetaManagedAgentsSessionThread.model_validate(thread)
+
+
+def test_list_cost_adds_runtime_at_eight_cents_an_hour_to_token_cost(api, agent, environment):
+    from sessions.services import session_list_cost
+
+    sid = _create(api, agent, environment)["id"]
+    Session.objects.filter(pk=sid).update(token_cost_micros=1_234_567, active_seconds=3600.0, input_tokens=7)
+    session = Session.objects.get(pk=sid)
+    assert session_list_cost(session) == {"amount": "131", "currency": "USD"}  # $1.234567 + $0.08
+    usage = api.get(f"/sessions/{sid}").json()["usage"]
+    assert usage["list_cost"]["amount"] == "131" and usage["input_tokens"] == 7 and usage["active_seconds"] == 3600.0
