@@ -1,5 +1,10 @@
 """/v1 sessions, events, streams and threads (spec 5, 7, 8, 9). Thin: parse, one service call, render.
 
+Threads: events of the primary thread are stored with `thread` null (or the primary's id); a child
+thread's events carry its id. So `GET .../events`, the session stream and the primary thread's
+`.../threads/{tid}/events` and `/stream` all show the same events, and a child thread's routes show
+only its own. The primary thread's status and timing are its session's.
+
 Bodies and query strings are read by hand: the SDK sends bracketed names (`statuses[]`,
 `created_at[gte]`) and every rejection must name the field in the spec's error shape.
 """

@@ -212,7 +212,15 @@ async def sse_events(
                 if now >= next_beat:
                     yield b'event: ping\ndata: {"type":"ping"}\n\n'
                     next_beat = now + heartbeat
-                message = await sub.get(min(poll, max(0.0, next_beat - now)))
+                wait = min(poll, max(0.0, next_beat - now))
+                try:
+                    message = await sub.get(wait)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the bus is only a hint: without it, keep polling the log
+                    log.warning("stream wake-ups failed for %s; polling", session_id, exc_info=True)
+                    await asyncio.sleep(wait)
+                    message = None
                 if message is None:
                     break
                 kind = message.get("kind")

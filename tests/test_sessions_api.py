@@ -440,6 +440,8 @@ def test_another_workspaces_key_gets_404_on_every_session_route(api, agent, envi
     ]:
         _error(response, 404)
     assert other.get("/sessions").json()["data"] == []
+    anonymous = Client().get(f"/v1/sessions/{sid}/events/stream")
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "authentication_error"
     assert Session.objects.get(pk=sid).title is None and not Event.objects.exists()
 
 
@@ -590,4 +592,8 @@ def test_list_cost_adds_runtime_at_eight_cents_an_hour_to_token_cost(api, agent,
     session = Session.objects.get(pk=sid)
     assert session_list_cost(session) == {"amount": "131", "currency": "USD"}  # $1.234567 + $0.08
     usage = api.get(f"/sessions/{sid}").json()["usage"]
-    assert usage["list_cost"]["amount"] == "131" and usage["input_tokens"] == 7 and usage["active_seconds"] == 3600.0
+    assert (
+        usage["list_cost"]["amount"] == "131"
+        and usage["input_tokens"] == 7
+        and usage["active_seconds"] == 3600.0
+    )
