@@ -118,7 +118,9 @@ def session_list(request: HttpRequest) -> HttpResponse:
         limit=_int_param(request, "limit"),
         page=request.GET.get("page") or None,
     )
-    return JsonResponse(page_body(page, [services.session_wire(s) for s in page.items], with_prev=True))
+    outcomes = services.outcome_evaluations_by_session([s.pk for s in page.items])
+    data = [services.session_wire(s, outcomes=outcomes[s.pk]) for s in page.items]
+    return JsonResponse(page_body(page, data, with_prev=True))
 
 
 @router.get("/sessions/{session_id}")

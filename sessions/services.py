@@ -182,19 +182,23 @@ def _duration_seconds(created_at: datetime, frozen_at: datetime | None) -> float
     return round(max(0.0, (end - created_at).total_seconds()), 3)
 
 
-def _outcome_evaluations(session: Session) -> list[dict[str, Any]]:
-    """One entry per user.define_outcome, advanced by the span.outcome_evaluation_* events."""
-    rows = Event.objects.filter(
-        session=session,
-        type__in=[
-            "user.define_outcome",
-            "span.outcome_evaluation_start",
-            "span.outcome_evaluation_ongoing",
-            "span.outcome_evaluation_end",
-        ],
-    ).order_by("seq")
-    outcomes: dict[str, dict[str, Any]] = {}
+_OUTCOME_TYPES = (
+    "user.define_outcome",
+    "span.outcome_evaluation_start",
+    "span.outcome_evaluation_ongoing",
+    "span.outcome_evaluation_end",
+)
+
+
+def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """One entry per user.define_outcome, advanced by the span.outcome_evaluation_* events, for
+    several sessions in one query (lists render many sessions)."""
+    rows = Event.objects.filter(session_id__in=session_ids, type__in=_OUTCOME_TYPES).order_by(
+        "session_id", "seq"
+    )
+    by_session: dict[str, dict[str, dict[str, Any]]] = {sid: {} for sid in session_ids}
     for row in rows:
+        outcomes = by_session[row.session_id]
         payload = row.payload
         if row.type == "user.define_outcome":
             outcomes[payload["outcome_id"]] = {
@@ -217,10 +221,10 @@ def _outcome_evaluations(session: Session) -> list[dict[str, Any]]:
             entry["completed_at"] = iso(row.processed_at or row.created_at)
         else:
             entry["result"] = "evaluating"
-    return list(outcomes.values())
+    return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
 
 
-def session_wire(session: Session) -> dict[str, Any]:
+def session_wire(session: Session, *, outcomes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     frozen = session.updated_at if session.status == "terminated" else None
     return {
         "id": session.pk,
@@ -232,7 +236,9 @@ def session_wire(session: Session) -> dict[str, Any]:
         "metadata": session.metadata,
         "vault_ids": list(session.vault_ids or []),
         "resources": [],
-        "outcome_evaluations": _outcome_evaluations(session),
+        "outcome_evaluations": (
+            outcomes if outcomes is not None else outcome_evaluations_by_session([session.pk])[session.pk]
+        ),
         "stats": {
             "active_seconds": round(session.active_seconds_now(), 3),
             "duration_seconds": _duration_seconds(session.created_at, frozen),

@@ -597,3 +597,35 @@ def test_list_cost_adds_runtime_at_eight_cents_an_hour_to_token_cost(api, agent,
         and usage["input_tokens"] == 7
         and usage["active_seconds"] == 3600.0
     )
+
+
+def test_outcome_evaluations_follow_the_evaluation_spans(api, agent, environment):
+    from django.db import transaction
+
+    define = {"type": "user.define_outcome", "description": "d", "rubric": {"type": "text", "content": "r"}}
+    sid = _create(api, agent, environment, initial_events=[define])["id"]
+    outcome_id = Event.objects.get(session_id=sid, type="user.define_outcome").payload["outcome_id"]
+    with transaction.atomic():
+        events_append(
+            session=sid,
+            events=[NewEvent("span.outcome_evaluation_start", {"outcome_id": outcome_id, "iteration": 0})],
+        )
+    assert api.get(f"/sessions/{sid}").json()["outcome_evaluations"][0]["result"] == "evaluating"
+    with transaction.atomic():
+        events_append(
+            session=sid,
+            events=[
+                NewEvent(
+                    "span.outcome_evaluation_end",
+                    {"outcome_id": outcome_id, "iteration": 1, "result": "satisfied", "explanation": "ok"},
+                )
+            ],
+        )
+    [listed] = api.get("/sessions").json()["data"]
+    [evaluation] = listed["outcome_evaluations"]
+    assert (evaluation["result"], evaluation["iteration"], evaluation["explanation"]) == (
+        "satisfied",
+        1,
+        "ok",
+    )
+    assert evaluation["completed_at"] is not None
