@@ -629,3 +629,47 @@ def test_outcome_evaluations_follow_the_evaluation_spans(api, agent, environment
         "ok",
     )
     assert evaluation["completed_at"] is not None
+
+
+def test_vault_ids_must_name_vaults_of_the_workspace(api, agent, environment, workspace):
+    from console.ids import new_id
+    from vaults.models import Vault
+
+    mine = Vault.objects.create(id=new_id("vlt"), workspace=workspace, display_name="mine")
+    theirs = Vault.objects.create(
+        id=new_id("vlt"), workspace=Workspace.objects.create(name="x"), display_name="t"
+    )
+    assert _create(api, agent, environment, vault_ids=[mine.pk])["vault_ids"] == [mine.pk]
+    body = {"agent": agent.id, "environment_id": environment.id}
+    assert theirs.pk in _error(api.post("/sessions", {**body, "vault_ids": [theirs.pk]}), 404)
+    _error(api.post("/sessions", {**body, "vault_ids": [mine.pk, mine.pk]}), 400)
+    assert Session.objects.count() == 1
+
+
+def test_budget_updates_follow_the_rules(api, agent, environment):
+    def budget(amount: str) -> dict[str, Any]:
+        return {"type": "limit", "max_list_cost": {"amount": amount, "currency": "USD"}}
+
+    plain = _create(api, agent, environment)["id"]
+    response = api.post(f"/sessions/{plain}", {"budget": budget("100")})
+    _error(response, 400)
+    assert response.json()["error"]["details"]["error_code"] == "budget_create_only"
+    sid = _create(api, agent, environment, budget=budget("100"))["id"]
+    Session.objects.filter(pk=sid).update(token_cost_micros=2_000_000)  # $2.00 spent
+    _error(api.post(f"/sessions/{sid}", {"budget": budget("150")}), 400)
+    assert api.post(f"/sessions/{sid}", {"budget": budget("500")}).json()["budget"] == budget("500")
+    assert api.post(f"/sessions/{sid}", {"budget": None}).json()["budget"] is None
+    assert [
+        e.payload for e in Event.objects.filter(session_id=sid, type="session.updated").order_by("seq")
+    ] == [
+        {"budget": budget("500")},
+        {"budget": None},
+    ]
+
+
+def test_a_terminated_session_accepts_no_events(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    Session.objects.filter(pk=sid).update(status="terminated")
+    assert "terminated" in _error(
+        api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]}), 409
+    )
