@@ -12,7 +12,7 @@ from sessions.models import Event, Session, SessionThread
 from sessions.services import NewEvent, events_append
 from tests.session_fixtures import make_agent, make_environment
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 class Api:
@@ -510,6 +510,7 @@ def test_events_created_at_filters_compare_processed_at(api, agent, environment)
     assert [e["type"] for e in after["data"]] == ["session.status_running"]  # the queued message has none
 
 
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_sends_to_an_idle_session_start_it_exactly_once(api, agent, environment, api_key):
     import threading
 
