@@ -85,7 +85,10 @@ def environments_list(
     request: HttpRequest, limit: int | None = None, page: str | None = None, include_archived: bool = False
 ) -> dict[str, Any]:
     found = services.environment_list(
-        workspace=request.workspace, include_archived=include_archived, limit=limit, page=page  # type: ignore[attr-defined]
+        workspace=request.workspace,
+        include_archived=include_archived,
+        limit=limit,
+        page=page,  # type: ignore[attr-defined]
     )
     return page_body(found, [services.environment_wire(e) for e in found.items])
 
@@ -97,9 +100,13 @@ def environments_retrieve(request: HttpRequest, environment_id: str) -> dict[str
 
 
 @router.post("/environments/{environment_id}")
-def environments_update(request: HttpRequest, environment_id: str, params: EnvironmentUpdateParams) -> dict[str, Any]:
+def environments_update(
+    request: HttpRequest, environment_id: str, params: EnvironmentUpdateParams
+) -> dict[str, Any]:
     environment = services.environment_get(workspace=request.workspace, environment_id=environment_id)  # type: ignore[attr-defined]
-    return services.environment_wire(services.environment_update(environment=environment, body=body_of(params)))
+    return services.environment_wire(
+        services.environment_update(environment=environment, body=body_of(params))
+    )
 
 
 @router.delete("/environments/{environment_id}")

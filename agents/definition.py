@@ -22,7 +22,9 @@ DESCRIPTION_MAX = 2048
 SYSTEM_MAX = 100_000
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_DOMAIN = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_DOMAIN = re.compile(
+    r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
 
 
 # --- small typed readers ------------------------------------------------------------------------------
@@ -97,7 +99,9 @@ def resolve_effort(value: Any, field: str) -> dict[str, str]:
     return {"type": str(level)}
 
 
-def resolve_model(value: Any, *, current: dict[str, Any] | None = None, field: str = "model") -> dict[str, Any]:
+def resolve_model(
+    value: Any, *, current: dict[str, Any] | None = None, field: str = "model"
+) -> dict[str, Any]:
     """A model string or config object -> {id, effort:{type}, speed, inference_geo}. On update the
     object replaces the stored one, except that an omitted effort keeps the stored effort."""
     if isinstance(value, str):
@@ -153,7 +157,9 @@ def _resolve_default_config(value: Any, field: str, *, default_policy: str) -> d
     return {
         "enabled": enabled,
         "permission_policy": (
-            resolve_policy(policy, f"{field}.permission_policy") if policy is not None else {"type": default_policy}
+            resolve_policy(policy, f"{field}.permission_policy")
+            if policy is not None
+            else {"type": default_policy}
         ),
     }
 
@@ -249,7 +255,11 @@ def _resolve_builtin_config(
     only_keys(data, ("name", "type", "enabled", "permission_policy", *extras), field)
     if data.get("type") is not None and data["type"] != name:
         raise bad_request(f"{field}.type: must be {name!r} (the tool's name), got {data['type']!r}.")
-    enabled = default["enabled"] if data.get("enabled") is None else expect_bool(data["enabled"], f"{field}.enabled")
+    enabled = (
+        default["enabled"]
+        if data.get("enabled") is None
+        else expect_bool(data["enabled"], f"{field}.enabled")
+    )
     policy = data.get("permission_policy")
     resolved: dict[str, Any] = {
         "name": name,
@@ -272,13 +282,17 @@ def _resolve_builtin_config(
         resolved["max_content_tokens"] = tokens
         resolved["url_sources"] = _resolve_url_sources(data.get("url_sources"), f"{field}.url_sources")
     if name == "web_search":
-        resolved["user_location"] = _resolve_user_location(data.get("user_location"), f"{field}.user_location")
+        resolved["user_location"] = _resolve_user_location(
+            data.get("user_location"), f"{field}.user_location"
+        )
     return resolved
 
 
 def _resolve_agent_toolset(data: dict[str, Any], field: str) -> dict[str, Any]:
     only_keys(data, ("type", "default_config", "configs"), field)
-    default = _resolve_default_config(data.get("default_config"), f"{field}.default_config", default_policy="always_allow")
+    default = _resolve_default_config(
+        data.get("default_config"), f"{field}.default_config", default_policy="always_allow"
+    )
     given: dict[str, dict[str, Any]] = {}
     for i, raw in enumerate(expect_list(data.get("configs") or [], f"{field}.configs")):
         entry = expect_dict(raw, f"{field}.configs[{i}]")
@@ -289,7 +303,9 @@ def _resolve_agent_toolset(data: dict[str, Any], field: str) -> dict[str, Any]:
             )
         if name in given:
             raise bad_request(f"{field}.configs[{i}].name: {name!r} is configured twice.")
-        given[str(name)] = _resolve_builtin_config(entry, f"{field}.configs[{i}]", name=str(name), default=default)
+        given[str(name)] = _resolve_builtin_config(
+            entry, f"{field}.configs[{i}]", name=str(name), default=default
+        )
     configs = [
         given.get(name) or _resolve_builtin_config({}, f"{field}.configs", name=name, default=default)
         for name in BUILTIN_TOOLS
@@ -300,7 +316,9 @@ def _resolve_agent_toolset(data: dict[str, Any], field: str) -> dict[str, Any]:
 def _resolve_mcp_toolset(data: dict[str, Any], field: str) -> dict[str, Any]:
     only_keys(data, ("type", "mcp_server_name", "default_config", "configs"), field)
     server = expect_str(data.get("mcp_server_name"), f"{field}.mcp_server_name", min_len=1, max_len=255)
-    default = _resolve_default_config(data.get("default_config"), f"{field}.default_config", default_policy="always_ask")
+    default = _resolve_default_config(
+        data.get("default_config"), f"{field}.default_config", default_policy="always_ask"
+    )
     configs = []
     seen: set[str] = set()
     for i, raw in enumerate(expect_list(data.get("configs") or [], f"{field}.configs")):
@@ -315,7 +333,9 @@ def _resolve_mcp_toolset(data: dict[str, Any], field: str) -> dict[str, Any]:
         configs.append(
             {
                 "name": name,
-                "enabled": default["enabled"] if enabled is None else expect_bool(enabled, f"{field}.configs[{i}].enabled"),
+                "enabled": default["enabled"]
+                if enabled is None
+                else expect_bool(enabled, f"{field}.configs[{i}].enabled"),
                 "permission_policy": (
                     resolve_policy(policy, f"{field}.configs[{i}].permission_policy")
                     if policy is not None
@@ -330,7 +350,9 @@ def _resolve_custom_tool(data: dict[str, Any], field: str) -> dict[str, Any]:
     only_keys(data, ("type", "name", "description", "input_schema"), field)
     name = expect_str(data.get("name"), f"{field}.name", min_len=1)
     if not _TOOL_NAME.match(name):
-        raise bad_request(f"{field}.name: must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-', got {name!r}.")
+        raise bad_request(
+            f"{field}.name: must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-', got {name!r}."
+        )
     description = expect_str(data.get("description"), f"{field}.description", min_len=1, max_len=10_000)
     schema = expect_dict(data.get("input_schema"), f"{field}.input_schema")
     if schema.get("type") != "object":
@@ -354,7 +376,9 @@ def resolve_tools(value: Any, field: str = "tools") -> list[dict[str, Any]]:
     def claim(name: str, where: str) -> None:
         if name in names:
             raise ApiError(
-                400, f"{where}: tool name {name!r} conflicts with {names[name]}.", error_code="tool_name_conflict"
+                400,
+                f"{where}: tool name {name!r} conflicts with {names[name]}.",
+                error_code="tool_name_conflict",
             )
         names[name] = where
 
@@ -422,7 +446,9 @@ def check_mcp_references(tools: list[dict[str, Any]], servers: list[dict[str, An
             used.add(tool["mcp_server_name"])
     for i, server in enumerate(servers):
         if server["name"] not in used:
-            raise bad_request(f"mcp_servers[{i}]: server {server['name']!r} is not referenced by any mcp_toolset.")
+            raise bad_request(
+                f"mcp_servers[{i}]: server {server['name']!r} is not referenced by any mcp_toolset."
+            )
 
 
 def resolve_skills(value: Any, field: str = "skills") -> list[dict[str, Any]]:
@@ -440,7 +466,9 @@ def resolve_skills(value: Any, field: str = "skills") -> list[dict[str, Any]]:
         kind = require_type(data, where, ("anthropic", "custom"))
         skill_id = expect_str(data.get("skill_id"), f"{where}.skill_id", min_len=1, max_len=128)
         if kind == "anthropic" and skill_id not in ANTHROPIC_SKILLS:
-            raise bad_request(f"{where}.skill_id: must be one of {', '.join(ANTHROPIC_SKILLS)}, got {skill_id!r}.")
+            raise bad_request(
+                f"{where}.skill_id: must be one of {', '.join(ANTHROPIC_SKILLS)}, got {skill_id!r}."
+            )
         if kind == "custom" and not skill_id.startswith("skill_"):
             raise bad_request(f"{where}.skill_id: custom skill ids start with 'skill_', got {skill_id!r}.")
         version = data.get("version")

@@ -19,8 +19,16 @@ from console.wire import check_metadata, iso, patch_metadata
 
 MAX_ROSTER = 20
 _AGENT_FIELDS = (
-    "name", "description", "system", "model", "tools", "mcp_servers", "skills", "multiagent",
-    "execution_identity", "metadata",
+    "name",
+    "description",
+    "system",
+    "model",
+    "tools",
+    "mcp_servers",
+    "skills",
+    "multiagent",
+    "execution_identity",
+    "metadata",
 )
 
 
@@ -103,7 +111,10 @@ def _resolve_roster(
             d.only_keys(entry, ("type", "model"), where)
             if advisor is not None:
                 raise bad_request(f"{where}: at most one advisor is allowed.")
-            advisor = {"type": "advisor", "model": d.expect_str(entry.get("model"), f"{where}.model", min_len=1)}
+            advisor = {
+                "type": "advisor",
+                "model": d.expect_str(entry.get("model"), f"{where}.model", min_len=1),
+            }
             continue
         if entry_type == "self" or entry.get("id") == self_id:
             d.only_keys(entry, ("type", "id", "version"), where)
@@ -117,7 +128,11 @@ def _resolve_roster(
         if member_id in seen:
             raise bad_request(f"{where}.id: {member_id!r} is listed more than once.")
         seen.add(member_id)
-        member = Agent.objects.filter(workspace=workspace, id=member_id).first() if has_prefix(member_id, "agent") else None
+        member = (
+            Agent.objects.filter(workspace=workspace, id=member_id).first()
+            if has_prefix(member_id, "agent")
+            else None
+        )
         if member is None:
             raise bad_request(f"{where}.id: agent {member_id!r} was not found.")
         if member.is_archived:
@@ -170,7 +185,9 @@ def _resolve_fields(
         out["metadata"] = check_metadata(d.expect_dict(metadata, "metadata")) if metadata is not None else {}
     elif "metadata" in body:
         patch = body["metadata"]
-        out["metadata"] = patch_metadata(current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None)
+        out["metadata"] = patch_metadata(
+            current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None
+        )
     d.check_mcp_references(out["tools"], out["mcp_servers"])
     return {key: out.get(key) for key in _AGENT_FIELDS}
 
@@ -182,7 +199,12 @@ def agent_create(*, workspace: Workspace, body: dict[str, Any]) -> Agent:
     now = timezone.now()
     with transaction.atomic():
         agent = Agent.objects.create(
-            id=agent_id, workspace=workspace, name=definition["name"], current_version=1, created_at=now, updated_at=now
+            id=agent_id,
+            workspace=workspace,
+            name=definition["name"],
+            current_version=1,
+            created_at=now,
+            updated_at=now,
         )
         AgentVersion.objects.create(agent=agent, version=1, definition=definition, created_at=now)
     return agent
@@ -260,18 +282,24 @@ def agent_list(
         qs = qs.filter(created_at__gte=created_at_gte)
     if created_at_lte is not None:
         qs = qs.filter(created_at__lte=created_at_lte)
-    return paginate(qs, fields=("created_at", "id"), limit=check_limit(limit, default=20, maximum=100), page=page)
+    return paginate(
+        qs, fields=("created_at", "id"), limit=check_limit(limit, default=20, maximum=100), page=page
+    )
 
 
 def agent_latest_versions(agents: list[Agent]) -> list[AgentVersion]:
-    rows = AgentVersion.objects.filter(agent__in=agents, version=F("agent__current_version")).select_related("agent")
+    rows = AgentVersion.objects.filter(agent__in=agents, version=F("agent__current_version")).select_related(
+        "agent"
+    )
     by_agent = {row.agent_id: row for row in rows}
     return [by_agent[agent.id] for agent in agents]
 
 
 def agent_versions_list(*, agent: Agent, limit: int | None = None, page: str | None = None) -> Page:
     qs = AgentVersion.objects.filter(agent=agent).select_related("agent")
-    return paginate(qs, fields=("version", "id"), limit=check_limit(limit, default=20, maximum=100), page=page)
+    return paginate(
+        qs, fields=("version", "id"), limit=check_limit(limit, default=20, maximum=100), page=page
+    )
 
 
 # --- environments ---------------------------------------------------------------------------------------
@@ -306,7 +334,11 @@ def _resolve_networking(value: Any, current: dict[str, Any] | None) -> dict[str,
     d.only_keys(data, ("type", "allowed_hosts", "allow_mcp_servers", "allow_package_managers"), field)
     base = current if current and current.get("type") == "limited" else {}
     resolved = {"type": "limited"}
-    for key, default in (("allowed_hosts", []), ("allow_mcp_servers", False), ("allow_package_managers", False)):
+    for key, default in (
+        ("allowed_hosts", []),
+        ("allow_mcp_servers", False),
+        ("allow_package_managers", False),
+    ):
         raw = data.get(key)
         resolved[key] = base.get(key, default) if raw is None else raw
     hosts = d.expect_list(resolved["allowed_hosts"], f"{field}.allowed_hosts")
@@ -375,7 +407,9 @@ def environment_validate_config(config: dict[str, Any]) -> None:
         for i, entry in enumerate(packages[manager]):
             text = d.expect_str(entry, f"config.packages.{manager}[{i}]", min_len=1, max_len=214)
             if not _PACKAGE.match(text):
-                raise bad_request(f"config.packages.{manager}[{i}]: {text!r} is not a package name (with an optional version).")
+                raise bad_request(
+                    f"config.packages.{manager}[{i}]: {text!r} is not a package name (with an optional version)."
+                )
             total += 1
     if total > MAX_PACKAGES:
         raise bad_request(f"config.packages: at most {MAX_PACKAGES} packages are allowed, got {total}.")
@@ -426,7 +460,11 @@ def environment_create(*, workspace: Workspace, body: dict[str, Any]) -> Environ
     _check_body_keys(body, _ENV_FIELDS)
     name = d.expect_str(body.get("name"), "name", min_len=1, max_len=256)
     config = environment_resolve_config(body.get("config"))
-    metadata = check_metadata(d.expect_dict(body["metadata"], "metadata")) if body.get("metadata") is not None else {}
+    metadata = (
+        check_metadata(d.expect_dict(body["metadata"], "metadata"))
+        if body.get("metadata") is not None
+        else {}
+    )
     environment = Environment(
         id=new_id("env"),
         workspace=workspace,
@@ -452,7 +490,9 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
         env = Environment.objects.select_for_update().get(pk=environment.pk)
         if env.is_archived:
             raise ApiError(
-                400, f"Environment {env.id!r} is archived and cannot be updated.", error_code="environment_archived"
+                400,
+                f"Environment {env.id!r} is archived and cannot be updated.",
+                error_code="environment_archived",
             )
         if body.get("name") is not None:
             env.name = d.expect_str(body["name"], "name", min_len=1, max_len=256)
@@ -461,7 +501,9 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
         if "config" in body:
             env.config = environment_resolve_config(body["config"], current=env.config)
         if "metadata" in body and body["metadata"] is not None:
-            env.metadata = patch_metadata(env.metadata, d.expect_dict(body["metadata"], "metadata"), empty_deletes=True)
+            env.metadata = patch_metadata(
+                env.metadata, d.expect_dict(body["metadata"], "metadata"), empty_deletes=True
+            )
         if "scope" in body:
             env.scope = _check_scope(body["scope"])
         if Environment.objects.filter(workspace=env.workspace, name=env.name).exclude(pk=env.pk).exists():
@@ -477,7 +519,9 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
 
 def environment_archive(*, environment: Environment) -> Environment:
     now = timezone.now()
-    Environment.objects.filter(pk=environment.pk, archived_at__isnull=True).update(archived_at=now, updated_at=now)
+    Environment.objects.filter(pk=environment.pk, archived_at__isnull=True).update(
+        archived_at=now, updated_at=now
+    )
     environment.refresh_from_db()
     return environment
 
@@ -503,4 +547,6 @@ def environment_list(
     qs = Environment.objects.filter(workspace=workspace)
     if not include_archived:
         qs = qs.filter(archived_at__isnull=True)
-    return paginate(qs, fields=("created_at", "id"), limit=check_limit(limit, default=20, maximum=100), page=page)
+    return paginate(
+        qs, fields=("created_at", "id"), limit=check_limit(limit, default=20, maximum=100), page=page
+    )

@@ -19,7 +19,9 @@ def other_workspace_client(live) -> anthropic.Anthropic:  # type: ignore[no-unty
         "ws = Workspace.objects.create(name='Other'); print(api_key_create(name='other', workspace=ws)[1])"
     )
     raw = live.manage("shell", "-c", code).stdout.strip().splitlines()[-1]
-    return anthropic.Anthropic(base_url=live.base_url, api_key=raw, max_retries=0, _strict_response_validation=True)
+    return anthropic.Anthropic(
+        base_url=live.base_url, api_key=raw, max_retries=0, _strict_response_validation=True
+    )
 
 
 def without_volatile(obj: dict[str, Any]) -> dict[str, Any]:
@@ -45,13 +47,26 @@ def test_quickstart_agent_lifecycle(live):
     )
     assert agent.id.startswith("agent_") and agent.version == 1
     assert agent.model.id == "claude-opus-4-7" and agent.model.speed == "standard"
-    assert [c.name for c in agent.tools[0].configs] == ["bash", "edit", "read", "write", "glob", "grep", "web_fetch", "web_search"]
+    assert [c.name for c in agent.tools[0].configs] == [
+        "bash",
+        "edit",
+        "read",
+        "write",
+        "glob",
+        "grep",
+        "web_fetch",
+        "web_search",
+    ]
 
     raw = client.beta.agents.with_raw_response.retrieve(agent.id)
     assert_golden("agent_quickstart", raw.text())
 
-    updated = client.beta.agents.update(agent.id, version=agent.version, system="You are terse.", metadata={"team": "core"})
-    assert updated.version == 2 and updated.system == "You are terse." and updated.metadata == {"team": "core"}
+    updated = client.beta.agents.update(
+        agent.id, version=agent.version, system="You are terse.", metadata={"team": "core"}
+    )
+    assert (
+        updated.version == 2 and updated.system == "You are terse." and updated.metadata == {"team": "core"}
+    )
     same = client.beta.agents.update(agent.id, version=2, system="You are terse.")
     assert same.version == 2
 
@@ -78,7 +93,9 @@ def test_quickstart_agent_lifecycle(live):
 
 def test_version_conflict_is_raised_once_without_retries(live):
     attempts: list[int] = []
-    client = live.client(max_retries=2, http_client=httpx2.Client(event_hooks={"request": [lambda r: attempts.append(1)]}))
+    client = live.client(
+        max_retries=2, http_client=httpx2.Client(event_hooks={"request": [lambda r: attempts.append(1)]})
+    )
     agent = client.beta.agents.create(name="racer", model="claude-sonnet-4-6")
     client.beta.agents.update(agent.id, system="v2")
     attempts.clear()
@@ -118,8 +135,12 @@ def test_tool_name_conflict_carries_its_error_code(live):
     client = live.client()
     with pytest.raises(anthropic.BadRequestError) as info:
         client.beta.agents.create(
-            name="x", model="m",
-            tools=[{"type": "agent_toolset_20260401"}, {"type": "custom", "name": "read", "description": "d", "input_schema": {"type": "object"}}],
+            name="x",
+            model="m",
+            tools=[
+                {"type": "agent_toolset_20260401"},
+                {"type": "custom", "name": "read", "description": "d", "input_schema": {"type": "object"}},
+            ],
         )
     assert info.value.body["error"]["details"]["error_code"] == "tool_name_conflict"
 
@@ -155,7 +176,11 @@ def test_environment_lifecycle(live):
         name="data-science",
         config={
             "type": "cloud",
-            "networking": {"type": "limited", "allowed_hosts": ["api.example.com"], "allow_package_managers": True},
+            "networking": {
+                "type": "limited",
+                "allowed_hosts": ["api.example.com"],
+                "allow_package_managers": True,
+            },
             "packages": {"pip": ["pandas"]},
         },
     )
@@ -169,8 +194,12 @@ def test_environment_lifecycle(live):
         client.beta.environments.update(env.id, config={"type": "self_hosted"})
     assert info.value.body["error"]["details"]["error_code"] == "invalid_config_type_change"
 
-    updated = client.beta.environments.update(env.id, description="pandas box", metadata={"owner": "me"},
-                                              config={"type": "cloud", "packages": {"pip": ["pandas", "numpy"]}})
+    updated = client.beta.environments.update(
+        env.id,
+        description="pandas box",
+        metadata={"owner": "me"},
+        config={"type": "cloud", "packages": {"pip": ["pandas", "numpy"]}},
+    )
     assert updated.description == "pandas box"
     assert updated.config.networking.allowed_hosts == ["api.example.com"]
     assert updated.config.packages.pip == ["pandas", "numpy"]
@@ -193,6 +222,7 @@ def test_limited_packages_without_package_managers_is_a_400(live):
     client = live.client()
     with pytest.raises(anthropic.BadRequestError) as info:
         client.beta.environments.create(
-            name="locked", config={"type": "cloud", "networking": {"type": "limited"}, "packages": {"pip": ["pandas"]}}
+            name="locked",
+            config={"type": "cloud", "networking": {"type": "limited"}, "packages": {"pip": ["pandas"]}},
         )
     assert "allow_package_managers" in info.value.message

@@ -29,7 +29,12 @@ def error_of(call: Any) -> ApiError:
 
 def test_a_model_string_resolves_to_the_full_model_object(workspace):
     out = wire(make(workspace))
-    assert out["model"] == {"id": "claude-opus-4-7", "effort": {"type": "high"}, "speed": "standard", "inference_geo": None}
+    assert out["model"] == {
+        "id": "claude-opus-4-7",
+        "effort": {"type": "high"},
+        "speed": "standard",
+        "inference_geo": None,
+    }
     assert out["version"] == 1
     assert out["execution_identity"] == {"type": "service_account"}
     assert out["tools"] == [] and out["skills"] == [] and out["multiagent"] is None
@@ -51,7 +56,10 @@ def test_agent_toolset_echoes_all_eight_tools_resolved(workspace):
             {
                 "type": "agent_toolset_20260401",
                 "default_config": {"permission_policy": {"type": "always_ask"}},
-                "configs": [{"name": "bash", "permission_policy": {"type": "always_allow"}}, {"name": "web_search", "enabled": False}],
+                "configs": [
+                    {"name": "bash", "permission_policy": {"type": "always_allow"}},
+                    {"name": "web_search", "enabled": False},
+                ],
             }
         ],
     )
@@ -78,7 +86,14 @@ def test_toolset_default_policy_is_always_allow(workspace):
         ({"name": "web_fetch", "allowed_domains": ["a.com"], "blocked_domains": ["b.com"]}, "configs[0]"),
         ({"name": "web_fetch", "blocked_domains": [f"d{i}.com" for i in range(65)]}, "blocked_domains"),
         (
-            {"name": "web_fetch", "url_sources": {"user_input": "none", "client_tool_results": "none", "server_tool_results": {"type": "none"}}},
+            {
+                "name": "web_fetch",
+                "url_sources": {
+                    "user_input": "none",
+                    "client_tool_results": "none",
+                    "server_tool_results": {"type": "none"},
+                },
+            },
             "url_sources",
         ),
         ({"name": "bash", "allowed_domains": ["a.com"]}, "configs[0].allowed_domains"),
@@ -96,9 +111,23 @@ def test_web_fetch_extra_config_is_kept(workspace):
         {
             "type": "agent_toolset_20260401",
             "configs": [
-                {"name": "web_fetch", "allowed_domains": ["Docs.Example.com"], "max_content_tokens": 5000,
-                 "url_sources": {"user_input": "all", "client_tool_results": {"type": "only", "tools": [{"type": "tool_reference", "name": "bash"}]}}},
-                {"name": "web_search", "blocked_domains": ["spam.com"], "user_location": {"type": "approximate", "city": "Paris"}},
+                {
+                    "name": "web_fetch",
+                    "allowed_domains": ["Docs.Example.com"],
+                    "max_content_tokens": 5000,
+                    "url_sources": {
+                        "user_input": "all",
+                        "client_tool_results": {
+                            "type": "only",
+                            "tools": [{"type": "tool_reference", "name": "bash"}],
+                        },
+                    },
+                },
+                {
+                    "name": "web_search",
+                    "blocked_domains": ["spam.com"],
+                    "user_location": {"type": "approximate", "city": "Paris"},
+                },
             ],
         }
     ]
@@ -117,16 +146,22 @@ def test_mcp_toolset_defaults_to_always_ask_and_needs_its_server(workspace):
     )
     toolset = wire(agent)["tools"][0]
     assert toolset["default_config"]["permission_policy"] == {"type": "always_ask"}
-    assert toolset["configs"] == [{"name": "search", "enabled": True, "permission_policy": {"type": "always_ask"}}]
+    assert toolset["configs"] == [
+        {"name": "search", "enabled": True, "permission_policy": {"type": "always_ask"}}
+    ]
     err = error_of(lambda: make(workspace, tools=[{"type": "mcp_toolset", "mcp_server_name": "nope"}]))
     assert err.status == 400 and "mcp_server_name" in err.message
-    err = error_of(lambda: make(workspace, mcp_servers=[{"type": "url", "name": "docs", "url": "https://x.example/mcp"}]))
+    err = error_of(
+        lambda: make(workspace, mcp_servers=[{"type": "url", "name": "docs", "url": "https://x.example/mcp"}])
+    )
     assert err.status == 400 and "mcp_servers[0]" in err.message and "not referenced" in err.message
 
 
 def test_mcp_servers_limits(workspace):
     servers = [{"type": "url", "name": "s", "url": "https://a.example"}] * 2
-    err = error_of(lambda: make(workspace, mcp_servers=servers, tools=[{"type": "mcp_toolset", "mcp_server_name": "s"}]))
+    err = error_of(
+        lambda: make(workspace, mcp_servers=servers, tools=[{"type": "mcp_toolset", "mcp_server_name": "s"}])
+    )
     assert "mcp_servers[1].name" in err.message
     many = [{"type": "url", "name": f"s{i}", "url": "https://a.example"} for i in range(21)]
     err = error_of(lambda: make(workspace, mcp_servers=many))
@@ -136,17 +171,30 @@ def test_mcp_servers_limits(workspace):
 def test_duplicate_tool_names_are_a_tool_name_conflict(workspace):
     schema = {"type": "object", "properties": {}}
     err = error_of(
-        lambda: make(workspace, tools=[{"type": "agent_toolset_20260401"}, {"type": "custom", "name": "bash", "description": "x", "input_schema": schema}])
+        lambda: make(
+            workspace,
+            tools=[
+                {"type": "agent_toolset_20260401"},
+                {"type": "custom", "name": "bash", "description": "x", "input_schema": schema},
+            ],
+        )
     )
     assert err.status == 400 and err.details["error_code"] == "tool_name_conflict"
     err = error_of(
-        lambda: make(workspace, tools=[{"type": "custom", "name": "t", "description": "x", "input_schema": schema}] * 2)
+        lambda: make(
+            workspace, tools=[{"type": "custom", "name": "t", "description": "x", "input_schema": schema}] * 2
+        )
     )
     assert err.details["error_code"] == "tool_name_conflict"
 
 
 def test_custom_tool_rules(workspace):
-    ok = {"type": "custom", "name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+    ok = {
+        "type": "custom",
+        "name": "get_weather",
+        "description": "Weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
     assert wire(make(workspace, tools=[ok]))["tools"] == [ok]
     for bad, field in [
         ({**ok, "name": "has space"}, "tools[0].name"),
@@ -160,33 +208,55 @@ def test_custom_tool_rules(workspace):
 
 def test_too_many_tools_is_rejected(workspace):
     schema = {"type": "object"}
-    tools = [{"type": "custom", "name": f"t{i}", "description": "x", "input_schema": schema} for i in range(257)]
+    tools = [
+        {"type": "custom", "name": f"t{i}", "description": "x", "input_schema": schema} for i in range(257)
+    ]
     err = error_of(lambda: make(workspace, tools=tools))
     assert "at most 256" in err.message
 
 
 def test_skills_resolve_version_as_string(workspace):
-    agent = make(workspace, skills=[{"type": "anthropic", "skill_id": "xlsx"}, {"type": "custom", "skill_id": "skill_abc", "version": "123"}])
+    agent = make(
+        workspace,
+        skills=[
+            {"type": "anthropic", "skill_id": "xlsx"},
+            {"type": "custom", "skill_id": "skill_abc", "version": "123"},
+        ],
+    )
     assert wire(agent)["skills"] == [
         {"type": "anthropic", "skill_id": "xlsx", "version": "latest"},
         {"type": "custom", "skill_id": "skill_abc", "version": "123"},
     ]
-    assert "skills[0].skill_id" in error_of(lambda: make(workspace, skills=[{"type": "anthropic", "skill_id": "zip"}])).message
+    assert (
+        "skills[0].skill_id"
+        in error_of(lambda: make(workspace, skills=[{"type": "anthropic", "skill_id": "zip"}])).message
+    )
 
 
 def test_coordinator_roster_resolves_and_enforces_depth_one(workspace):
     worker = make(workspace, name="worker")
-    lead = make(workspace, name="lead", multiagent={"type": "coordinator", "agents": [worker.id, {"type": "self"}]})
+    lead = make(
+        workspace, name="lead", multiagent={"type": "coordinator", "agents": [worker.id, {"type": "self"}]}
+    )
     roster = wire(lead)["multiagent"]
     assert roster == {
         "type": "coordinator",
-        "agents": [{"type": "agent", "id": worker.id, "version": 1}, {"type": "agent", "id": lead.id, "version": 1}],
+        "agents": [
+            {"type": "agent", "id": worker.id, "version": 1},
+            {"type": "agent", "id": lead.id, "version": 1},
+        ],
     }
     err = error_of(lambda: make(workspace, multiagent={"type": "coordinator", "agents": [lead.id]}))
     assert err.status == 400 and "one level deep" in err.message
-    err = error_of(lambda: make(workspace, multiagent={"type": "coordinator", "agents": [worker.id, worker.id]}))
+    err = error_of(
+        lambda: make(workspace, multiagent={"type": "coordinator", "agents": [worker.id, worker.id]})
+    )
     assert "more than once" in err.message
-    err = error_of(lambda: make(workspace, multiagent={"type": "coordinator", "agents": [{"type": "self"}, {"type": "self"}]}))
+    err = error_of(
+        lambda: make(
+            workspace, multiagent={"type": "coordinator", "agents": [{"type": "self"}, {"type": "self"}]}
+        )
+    )
     assert "more than once" in err.message
     err = error_of(lambda: make(workspace, multiagent={"type": "coordinator", "agents": []}))
     assert "1 to 20" in err.message
@@ -207,7 +277,9 @@ def test_roster_of_more_than_twenty_is_rejected(workspace):
 
 def test_update_bumps_version_and_keeps_omitted_fields(workspace):
     agent = make(workspace, system="be brief", metadata={"team": "a", "tier": "1"})
-    agent = services.agent_update(agent=agent, body={"version": 1, "description": "helps", "metadata": {"tier": None, "x": "y"}})
+    agent = services.agent_update(
+        agent=agent, body={"version": 1, "description": "helps", "metadata": {"tier": None, "x": "y"}}
+    )
     out = wire(agent)
     assert out["version"] == 2
     assert out["system"] == "be brief" and out["description"] == "helps"
@@ -220,19 +292,33 @@ def test_update_bumps_version_and_keeps_omitted_fields(workspace):
 def test_model_update_keeps_effort_but_clears_geo(workspace):
     agent = make(workspace, model={"id": "m", "effort": "low", "inference_geo": "eu"})
     agent = services.agent_update(agent=agent, body={"model": {"id": "m2"}})
-    assert wire(agent)["model"] == {"id": "m2", "effort": {"type": "low"}, "speed": "standard", "inference_geo": None}
+    assert wire(agent)["model"] == {
+        "id": "m2",
+        "effort": {"type": "low"},
+        "speed": "standard",
+        "inference_geo": None,
+    }
 
 
 def test_noop_update_does_not_bump_the_version(workspace):
     agent = make(workspace, tools=[{"type": "agent_toolset_20260401"}])
-    same = services.agent_update(agent=agent, body={"name": "Coding Assistant", "model": "claude-opus-4-7", "tools": [{"type": "agent_toolset_20260401"}]})
+    same = services.agent_update(
+        agent=agent,
+        body={
+            "name": "Coding Assistant",
+            "model": "claude-opus-4-7",
+            "tools": [{"type": "agent_toolset_20260401"}],
+        },
+    )
     assert same.current_version == 1
     assert AgentVersion.objects.filter(agent=agent).count() == 1
 
 
 def test_noop_update_of_a_self_referencing_coordinator_keeps_the_version(workspace):
     agent = make(workspace, multiagent={"type": "coordinator", "agents": [{"type": "self"}]})
-    same = services.agent_update(agent=agent, body={"multiagent": {"type": "coordinator", "agents": [{"type": "self"}]}})
+    same = services.agent_update(
+        agent=agent, body={"multiagent": {"type": "coordinator", "agents": [{"type": "self"}]}}
+    )
     assert same.current_version == 1
 
 
@@ -269,10 +355,17 @@ def test_list_hides_archived_and_filters_by_created_at(workspace):
     second = make(workspace, name="second")
     services.agent_archive(agent=first)
     assert [a.id for a in services.agent_list(workspace=workspace).items] == [second.id]
-    assert {a.id for a in services.agent_list(workspace=workspace, include_archived=True).items} == {first.id, second.id}
-    later = services.agent_list(workspace=workspace, include_archived=True, created_at_gte=second.created_at).items
+    assert {a.id for a in services.agent_list(workspace=workspace, include_archived=True).items} == {
+        first.id,
+        second.id,
+    }
+    later = services.agent_list(
+        workspace=workspace, include_archived=True, created_at_gte=second.created_at
+    ).items
     assert [a.id for a in later] == [second.id]
-    earlier = services.agent_list(workspace=workspace, include_archived=True, created_at_lte=first.created_at).items
+    earlier = services.agent_list(
+        workspace=workspace, include_archived=True, created_at_lte=first.created_at
+    ).items
     assert [a.id for a in earlier] == [first.id]
     err = error_of(lambda: services.agent_list(workspace=workspace, limit=101))
     assert err.status == 400 and "limit" in err.message
@@ -301,7 +394,9 @@ def test_concurrent_updates_keep_versions_contiguous(workspace):
     for t in threads:
         t.join(timeout=120)
     assert not errors
-    versions = list(AgentVersion.objects.filter(agent=agent).order_by("version").values_list("version", flat=True))
+    versions = list(
+        AgentVersion.objects.filter(agent=agent).order_by("version").values_list("version", flat=True)
+    )
     assert versions == list(range(1, 2 * rounds + 2))
     agent.refresh_from_db()
     assert agent.current_version == 2 * rounds + 1
@@ -329,4 +424,6 @@ def test_concurrent_updates_with_the_same_precondition_let_exactly_one_win(works
     for t in threads:
         t.join(timeout=60)
     assert sorted(outcomes, key=str) == [409, "ok"]
-    assert list(AgentVersion.objects.filter(agent=agent).values_list("version", flat=True).order_by("version")) == [1, 2]
+    assert list(
+        AgentVersion.objects.filter(agent=agent).values_list("version", flat=True).order_by("version")
+    ) == [1, 2]

@@ -30,16 +30,34 @@ def test_default_config_is_cloud_unrestricted_without_packages(workspace):
 
 
 def test_limited_networking_is_fully_resolved(workspace):
-    env = create(workspace, config={"type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]}})
+    env = create(
+        workspace,
+        config={"type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]}},
+    )
     assert env.config["networking"] == {
-        "type": "limited", "allowed_hosts": ["api.example.com"], "allow_mcp_servers": False, "allow_package_managers": False,
+        "type": "limited",
+        "allowed_hosts": ["api.example.com"],
+        "allow_mcp_servers": False,
+        "allow_package_managers": False,
     }
 
 
 def test_packages_under_limited_networking_need_package_managers(workspace):
-    err = error_of(lambda: create(workspace, config={"type": "cloud", "networking": {"type": "limited"}, "packages": {"pip": ["pandas"]}}))
+    err = error_of(
+        lambda: create(
+            workspace,
+            config={"type": "cloud", "networking": {"type": "limited"}, "packages": {"pip": ["pandas"]}},
+        )
+    )
     assert err.status == 400 and "allow_package_managers" in err.message
-    env = create(workspace, config={"type": "cloud", "networking": {"type": "limited", "allow_package_managers": True}, "packages": {"pip": ["pandas==2.2.0"]}})
+    env = create(
+        workspace,
+        config={
+            "type": "cloud",
+            "networking": {"type": "limited", "allow_package_managers": True},
+            "packages": {"pip": ["pandas==2.2.0"]},
+        },
+    )
     assert env.config["packages"] == {**EMPTY, "pip": ["pandas==2.2.0"]}
 
 
@@ -62,17 +80,36 @@ def test_duplicate_name_is_a_409(workspace):
 
 
 def test_update_preserves_omitted_config_fields(workspace):
-    env = create(workspace, config={"type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["a.com"], "allow_package_managers": True}, "packages": {"pip": ["pandas"], "npm": ["left-pad"]}})
-    env = services.environment_update(environment=env, body={"config": {"type": "cloud", "packages": {"pip": ["numpy"]}}})
+    env = create(
+        workspace,
+        config={
+            "type": "cloud",
+            "networking": {"type": "limited", "allowed_hosts": ["a.com"], "allow_package_managers": True},
+            "packages": {"pip": ["pandas"], "npm": ["left-pad"]},
+        },
+    )
+    env = services.environment_update(
+        environment=env, body={"config": {"type": "cloud", "packages": {"pip": ["numpy"]}}}
+    )
     assert env.config["networking"]["allowed_hosts"] == ["a.com"]
     assert env.config["packages"]["pip"] == ["numpy"] and env.config["packages"]["npm"] == ["left-pad"]
-    env = services.environment_update(environment=env, body={"config": {"type": "cloud", "networking": {"type": "limited", "allow_mcp_servers": True}}})
-    assert env.config["networking"] == {"type": "limited", "allowed_hosts": ["a.com"], "allow_mcp_servers": True, "allow_package_managers": True}
+    env = services.environment_update(
+        environment=env,
+        body={"config": {"type": "cloud", "networking": {"type": "limited", "allow_mcp_servers": True}}},
+    )
+    assert env.config["networking"] == {
+        "type": "limited",
+        "allowed_hosts": ["a.com"],
+        "allow_mcp_servers": True,
+        "allow_package_managers": True,
+    }
 
 
 def test_config_type_change_is_rejected_with_its_error_code(workspace):
     env = create(workspace)
-    err = error_of(lambda: services.environment_update(environment=env, body={"config": {"type": "self_hosted"}}))
+    err = error_of(
+        lambda: services.environment_update(environment=env, body={"config": {"type": "self_hosted"}})
+    )
     assert err.status == 400 and err.details["error_code"] == "invalid_config_type_change"
 
 
@@ -103,7 +140,12 @@ def test_delete_is_refused_while_sessions_use_it(workspace):
     agent = services.agent_create(workspace=workspace, body={"name": "a", "model": "m"})
     version = services.agent_version_get(agent=agent, version=None)
     Session.objects.create(
-        id="sesn_test", workspace=workspace, agent=agent, agent_version=1, agent_snapshot=version.snapshot(), environment=env
+        id="sesn_test",
+        workspace=workspace,
+        agent=agent,
+        agent_version=1,
+        agent_snapshot=version.snapshot(),
+        environment=env,
     )
     err = error_of(lambda: services.environment_delete(environment=env))
     assert err.status == 409 and "sessions" in err.message
@@ -114,12 +156,21 @@ def test_other_workspace_and_wrong_prefix_are_404(workspace):
     env = create(workspace)
     other = Workspace.objects.create(name="other")
     for ws, env_id in [(other, env.id), (workspace, "agent_x"), (workspace, "env_missing")]:
-        err = error_of(lambda ws=ws, env_id=env_id: services.environment_get(workspace=ws, environment_id=env_id))
-        assert err.status == 404 and env_id in err.message and err.details["error_code"] == "environment_not_found"
+        err = error_of(
+            lambda ws=ws, env_id=env_id: services.environment_get(workspace=ws, environment_id=env_id)
+        )
+        assert (
+            err.status == 404
+            and env_id in err.message
+            and err.details["error_code"] == "environment_not_found"
+        )
 
 
 def test_list_hides_archived_unless_asked(workspace):
     kept = create(workspace, name="kept")
     gone = services.environment_archive(environment=create(workspace, name="gone"))
     assert [e.id for e in services.environment_list(workspace=workspace).items] == [kept.id]
-    assert {e.id for e in services.environment_list(workspace=workspace, include_archived=True).items} == {kept.id, gone.id}
+    assert {e.id for e in services.environment_list(workspace=workspace, include_archived=True).items} == {
+        kept.id,
+        gone.id,
+    }
