@@ -1,7 +1,6 @@
 """Session workflows. The event log is insert-only and numbered per session; every append happens
 in the same transaction as the state change it records (style.md 5)."""
 
-import importlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -13,14 +12,16 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiKey, Workspace
-from agents.models import Agent, AgentVersion, Environment
+from agents import definition
+from agents.models import AgentVersion, Environment
+from agents.services import agent_get, agent_version_get, environment_get
 from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
 from sessions import schemas, streaming
 from sessions.models import Event, Session, SessionThread
-from vaults.models import Vault
+from vaults.services import vault_get
 
 
 @dataclass
@@ -111,38 +112,6 @@ def session_set_status(
 RUNTIME_USD_PER_HOUR = Decimal("0.08")
 # Only these close a stream (spec 8); session.deleted is never listed but always streamed.
 STREAM_CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"})
-
-
-# --- lookups in other apps (swap for agents/vaults services once they land) -----------------------
-
-
-def _agent_get(*, workspace: Workspace, agent_id: str) -> Agent:
-    agent = Agent.objects.filter(pk=agent_id, workspace=workspace).first()
-    if agent is None:
-        raise not_found("agent", agent_id)
-    return agent
-
-
-def _agent_version_get(*, agent: Agent, version: int | None) -> AgentVersion:
-    wanted = agent.current_version if version is None else version
-    row = AgentVersion.objects.filter(agent=agent, version=wanted).first()
-    if row is None:
-        raise not_found("agent version", f"{agent.pk}@{wanted}")
-    return row
-
-
-def _environment_get(*, workspace: Workspace, environment_id: str) -> Environment:
-    env = Environment.objects.filter(pk=environment_id, workspace=workspace).first()
-    if env is None:
-        raise not_found("environment", environment_id, error_code="environment_not_found")
-    return env
-
-
-def _vault_get(*, workspace: Workspace, vault_id: str) -> Vault:
-    vault = Vault.objects.filter(pk=vault_id, workspace=workspace).first()
-    if vault is None:
-        raise not_found("vault", vault_id)
-    return vault
 
 
 # --- wire --------------------------------------------------------------------------------------------
@@ -291,7 +260,7 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
     if isinstance(value, str):
         if not value:
             raise bad_request("agent: must not be empty.")
-        agent = _agent_get(workspace=workspace, agent_id=value)
+        agent = agent_get(workspace=workspace, agent_id=value)
         version = None
     elif isinstance(value, dict):
         kind = value.get("type")
@@ -305,12 +274,12 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
         version = value.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise bad_request("agent.version: must be an integer >= 1.")
-        agent = _agent_get(workspace=workspace, agent_id=agent_id)
+        agent = agent_get(workspace=workspace, agent_id=agent_id)
     else:
         raise bad_request("agent: expected an agent id string or an object {type, id, version}.")
     if agent.is_archived:
         raise bad_request(f"agent: agent {agent.pk!r} is archived; new sessions cannot use it.")
-    return _agent_version_get(agent=agent, version=version)
+    return agent_version_get(agent=agent, version=version)
 
 
 def _session_snapshot(version: AgentVersion) -> dict[str, Any]:
@@ -339,23 +308,12 @@ def _session_snapshot(version: AgentVersion) -> dict[str, Any]:
 
 def _resolve_agent_patch(patch: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
     """Replace tools / mcp_servers in a session's agent snapshot, resolved the way agents are."""
-    definition: Any = None
-    try:  # the agents app's resolvers (resolved defaults, MCP references), once it has them
-        definition = importlib.import_module("agents.definition")
-    except ImportError:  # pragma: no cover - until then the shapes are only checked
-        pass
     out = dict(snapshot)
-    for key in ("tools", "mcp_servers"):
-        if key not in patch:
-            continue
-        if definition is None:
-            out[key] = _check_tools(patch[key], f"agent.{key}")
-        elif key == "tools":
-            out[key] = definition.resolve_tools(patch[key], "agent.tools")
-        else:
-            out[key] = definition.resolve_mcp_servers(patch[key], "agent.mcp_servers")
-    if definition is not None:
-        definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
+    if "tools" in patch:
+        out["tools"] = definition.resolve_tools(patch["tools"], "agent.tools")
+    if "mcp_servers" in patch:
+        out["mcp_servers"] = definition.resolve_mcp_servers(patch["mcp_servers"], "agent.mcp_servers")
+    definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
     return out
 
 
@@ -422,14 +380,14 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             )
 
     version = _resolve_agent(workspace=workspace, value=body["agent"])
-    environment = _environment_get(workspace=workspace, environment_id=environment_id)
+    environment = environment_get(workspace=workspace, environment_id=environment_id)
     if environment.is_archived:
         raise bad_request(
             f"environment_id: environment {environment.pk!r} is archived.", error_code="environment_archived"
         )
     for index, vault_id in enumerate(vault_ids):
         try:
-            vault = _vault_get(workspace=workspace, vault_id=vault_id)
+            vault = vault_get(workspace=workspace, vault_id=vault_id)
         except ApiError:
             raise not_found("vault", vault_id) from None
         if vault.archived_at is not None:

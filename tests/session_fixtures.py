@@ -45,13 +45,3 @@ def make_environment(
     )
     return Environment.objects.create(id=new_id("env"), workspace=workspace, name=name, config=config)
 
-
-LIVE_SETUP = """
-from accounts.services import workspace_get_default
-from tests.session_fixtures import make_agent, make_environment
-ws = workspace_get_default()
-agent = make_agent(ws, name="live-agent", versions=2)
-env = make_environment(ws, name="live-env-{suffix}")
-selfh = make_environment(ws, name="live-selfhosted-{suffix}", self_hosted=True)
-print(agent.id, env.id, selfh.id)
-"""

@@ -88,7 +88,7 @@ def test_a_pinned_version_is_used_and_a_missing_version_is_named(api, agent, env
         ),
         404,
     )
-    assert "@7" in message
+    assert "version 7" in message
 
 
 def test_initial_events_start_the_session_running_in_order(api, agent, environment):
@@ -362,9 +362,11 @@ def test_update_emits_only_the_changed_fields(api, agent, environment):
     api.post(f"/sessions/{sid}", {"title": "b"})
     assert Event.objects.filter(session_id=sid, type="session.updated").count() == 1
     assert _error(api.post(f"/sessions/{sid}", {"vault_ids": []}), 400).startswith("vault_ids")
-    tools = [{"type": "custom", "name": "x", "input_schema": {"type": "object"}}]
+    tools = [{"type": "custom", "name": "x", "description": "d", "input_schema": {"type": "object"}}]
     [tool] = api.post(f"/sessions/{sid}", {"agent": {"tools": tools}}).json()["agent"]["tools"]
     assert (tool["type"], tool["name"]) == ("custom", "x")
+    bad_tool = {"agent": {"tools": [{"type": "custom", "name": "x"}]}}
+    assert _error(api.post(f"/sessions/{sid}", bad_tool), 400).startswith("agent.tools[0]")
     api.post(
         f"/sessions/{sid}/events",
         {"events": [{"type": "user.message", "content": [{"type": "text", "text": "x"}]}]},

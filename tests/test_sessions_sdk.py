@@ -10,16 +10,18 @@ import anthropic
 import pytest
 
 from tests.live import LiveGalley
-from tests.session_fixtures import LIVE_SETUP
 
 MESSAGE = {"type": "user.message", "content": [{"type": "text", "text": "hello"}]}
 
 
 @pytest.fixture(scope="module")
 def ids(live: LiveGalley) -> dict[str, str]:
-    out = live.manage("shell", "-c", LIVE_SETUP.format(suffix=secrets.token_hex(3))).stdout.split()
-    agent_id, env_id, self_hosted_id = out[-3:]
-    return {"agent": agent_id, "environment": env_id, "self_hosted": self_hosted_id}
+    client = live.client()
+    suffix = secrets.token_hex(3)
+    agent = client.beta.agents.create(name=f"session-agent-{suffix}", model="claude-sonnet-4-6", system="v1")
+    client.beta.agents.update(agent.id, system="v2")  # version 2 is the latest
+    env = client.beta.environments.create(name=f"session-env-{suffix}")
+    return {"agent": agent.id, "environment": env.id}
 
 
 @pytest.fixture
@@ -43,7 +45,11 @@ def test_create_pins_versions_and_retrieve_round_trips(client, ids):
         title="pinned",
         metadata={"a": "b"},
     )
-    latest = client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"])
+    vault = client.beta.vaults.create(display_name="session vault")
+    latest = client.beta.sessions.create(
+        agent=ids["agent"], environment_id=ids["environment"], vault_ids=[vault.id]
+    )
+    assert latest.vault_ids == [vault.id]
     assert pinned.agent.version == 1 and latest.agent.version == 2
     assert pinned.status == "idle" and pinned.vault_ids == [] and pinned.resources == []
     got = client.beta.sessions.retrieve(pinned.id)
@@ -80,8 +86,12 @@ def test_update_archive_and_delete(client, ids):
     session = client.beta.sessions.create(agent=ids["agent"], environment_id=ids["environment"], title="old")
     updated = client.beta.sessions.update(session.id, title="new", metadata={"x": "1"})
     assert updated.title == "new" and updated.metadata == {"x": "1"}
+    tooled = client.beta.sessions.update(session.id, agent={"tools": [{"type": "agent_toolset_20260401"}]})
+    assert [t.type for t in tooled.agent.tools] == ["agent_toolset_20260401"]
+    assert client.beta.agents.retrieve(ids["agent"]).tools == []  # the agent itself is untouched
     changes = [e for e in client.beta.sessions.events.list(session.id) if e.type == "session.updated"]
-    assert len(changes) == 1 and changes[0].title == "new"
+    assert len(changes) == 2 and changes[0].title == "new" and changes[0].agent is None
+    assert changes[1].agent is not None and changes[1].title is None
     archived = client.beta.sessions.archive(session.id)
     assert archived.archived_at is not None and archived.status == "terminated"
     with pytest.raises(anthropic.ConflictError):
