@@ -264,9 +264,7 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
         version = None
     elif isinstance(value, dict):
         kind = value.get("type")
-        if kind == "agent_with_overrides":
-            raise bad_request("agent: type 'agent_with_overrides' is not supported yet.")
-        if kind != "agent":
+        if kind not in ("agent", "agent_with_overrides"):
             raise bad_request(f"agent.type: must be 'agent' or 'agent_with_overrides', got {kind!r}.")
         agent_id = value.get("id")
         if not isinstance(agent_id, str) or not agent_id:
@@ -275,11 +273,44 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise bad_request("agent.version: must be an integer >= 1.")
         agent = agent_get(workspace=workspace, agent_id=agent_id)
+        if kind == "agent":
+            extra = sorted(set(value) - {"type", "id", "version"})
+        else:
+            extra = sorted(set(value) - {"type", "id", "version", *_OVERRIDABLE})
+        if extra:
+            raise bad_request(f"agent.{extra[0]}: unknown field for type {kind!r}.")
     else:
         raise bad_request("agent: expected an agent id string or an object {type, id, version}.")
     if agent.is_archived:
         raise bad_request(f"agent: agent {agent.pk!r} is archived; new sessions cannot use it.")
     return agent_version_get(agent=agent, version=version)
+
+
+_OVERRIDABLE = ("model", "system", "tools", "mcp_servers", "skills")
+
+
+def _apply_overrides(snapshot: dict[str, Any], value: Any) -> dict[str, Any]:
+    """`agent_with_overrides`: session-local replacements, resolved the way agent fields are. An
+    effort inside an overridden model is ignored (the agent's stays); inference_geo applies."""
+    if not isinstance(value, dict) or value.get("type") != "agent_with_overrides":
+        return snapshot
+    out = dict(snapshot)
+    if value.get("model") is not None:
+        model = definition.resolve_model(value["model"], current=snapshot["model"], field="agent.model")
+        model["effort"] = dict(snapshot["model"].get("effort") or {"type": definition.DEFAULT_EFFORT})
+        out["model"] = model
+    if "system" in value:
+        out["system"] = definition.optional_str(
+            value["system"], "agent.system", max_len=definition.SYSTEM_MAX
+        )
+    if value.get("tools") is not None:
+        out["tools"] = definition.resolve_tools(value["tools"], "agent.tools")
+    if value.get("mcp_servers") is not None:
+        out["mcp_servers"] = definition.resolve_mcp_servers(value["mcp_servers"], "agent.mcp_servers")
+    if value.get("skills") is not None:
+        out["skills"] = definition.resolve_skills(value["skills"], "agent.skills")
+    definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
+    return out
 
 
 def _session_snapshot(version: AgentVersion) -> dict[str, Any]:
@@ -393,7 +424,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
         if vault.archived_at is not None:
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
-    snapshot = _session_snapshot(version)
+    snapshot = _apply_overrides(_session_snapshot(version), body["agent"])
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(

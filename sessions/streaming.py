@@ -12,11 +12,16 @@ same channel, so on the embedded default they only reach subscribers in the publ
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
+
+from console.ids import new_id
+from console.wire import iso
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +179,34 @@ async def sse_events(
     after_seq: int,
     deltas: frozenset[str] = frozenset(),
 ) -> AsyncIterator[bytes]:
+    """The SSE body. A failure inside ends the stream with an `error` frame (the SDK raises it)
+    rather than a cut connection; the client reconnects and reads the log for what it missed."""
+    frames = _log_frames(
+        session_id=session_id, thread=thread, primary=primary, after_seq=after_seq, deltas=deltas
+    )
+    async with aclosing(frames):
+        try:
+            async for frame in frames:
+                yield frame
+        except Exception:
+            log.exception("the event stream for %s failed", session_id)
+            error = {
+                "type": "api_error",
+                "message": "The event stream failed; reconnect and list events to resume.",
+            }
+            yield sse_frame("error", {"type": "error", "error": error})
+
+
+async def _log_frames(
+    *,
+    session_id: str,
+    thread: Any,
+    primary: bool,
+    after_seq: int,
+    deltas: frozenset[str],
+) -> AsyncGenerator[bytes]:
     """Stream the log of one session (or thread) from `after_seq`: read, then wait for a wake-up or
     the poll interval, and read again. Previews are forwarded only when asked for, for this thread."""
-    from asgiref.sync import sync_to_async
-    from django.utils import timezone
-
-    from console.ids import new_id
-    from console.wire import iso
-
     # Off the shared sync thread: a stream's reads must not queue behind (or block) API requests.
     read = sync_to_async(_read_log, thread_sensitive=False)
     loop = asyncio.get_running_loop()

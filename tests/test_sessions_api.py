@@ -128,7 +128,7 @@ def test_initial_events_start_the_session_running_in_order(api, agent, environme
             {"budget": {"type": "limit", "max_list_cost": {"amount": "1.5", "currency": "USD"}}},
             "budget.max_list_cost.amount",
         ),
-        ({"agent": {"type": "agent_with_overrides", "id": "agent_x"}}, "agent"),
+        ({"agent": {"type": "robot", "id": "agent_x"}}, "agent.type"),
     ],
 )
 def test_bad_create_bodies_are_rejected_naming_the_field_and_write_nothing(
@@ -676,3 +676,34 @@ def test_a_terminated_session_accepts_no_events(api, agent, environment):
     assert "terminated" in _error(
         api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]}), 409
     )
+
+
+def test_agent_with_overrides_changes_only_this_sessions_snapshot(api, agent, environment):
+    from anthropic.types.beta import BetaManagedAgentsSession
+
+    overrides = {
+        "type": "agent_with_overrides",
+        "id": agent.id,
+        "version": 1,
+        "model": {"id": "claude-opus-4-7", "effort": {"type": "max"}, "inference_geo": "us"},
+        "system": "Be brief.",
+        "tools": [
+            {"type": "custom", "name": "lookup", "description": "d", "input_schema": {"type": "object"}}
+        ],
+    }
+    response = api.post("/sessions", {"agent": overrides, "environment_id": environment.id})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    BetaManagedAgentsSession.model_validate(body)
+    snapshot = body["agent"]
+    assert snapshot["version"] == 1 and snapshot["system"] == "Be brief."
+    assert snapshot["model"]["id"] == "claude-opus-4-7" and snapshot["model"]["inference_geo"] == "us"
+    assert snapshot["model"].get("effort") == agent.latest().definition["model"].get("effort")  # ignored
+    assert [t["name"] for t in snapshot["tools"]] == ["lookup"]
+    bad = {**overrides, "tools": [{"type": "custom", "name": "lookup"}]}
+    message = _error(api.post("/sessions", {"agent": bad, "environment_id": environment.id}), 400)
+    assert message.startswith("agent.tools[0]")
+    unknown = {**overrides, "name": "renamed"}
+    assert _error(
+        api.post("/sessions", {"agent": unknown, "environment_id": environment.id}), 400
+    ).startswith("agent.name")

@@ -56,6 +56,17 @@ def test_create_pins_versions_and_retrieve_round_trips(client, ids):
     assert got.id == pinned.id and got.title == "pinned" and got.metadata == {"a": "b"}
     assert got.usage.list_cost is not None and got.usage.list_cost.amount == "0"
     assert got.stats.active_seconds == 0
+    overridden = client.beta.sessions.create(
+        agent={
+            "type": "agent_with_overrides",
+            "id": ids["agent"],
+            "system": "override",
+            "model": "claude-opus-4-7",
+        },
+        environment_id=ids["environment"],
+    )
+    assert overridden.agent.system == "override" and overridden.agent.model.id == "claude-opus-4-7"
+    assert client.beta.agents.retrieve(ids["agent"]).system == "v2"
     with pytest.raises(anthropic.NotFoundError):
         client.beta.sessions.create(
             agent={"type": "agent", "id": ids["agent"], "version": 9}, environment_id=ids["environment"]
