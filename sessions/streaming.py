@@ -146,29 +146,32 @@ def sse_frame(event_type: str, data: dict[str, Any], seq: int | None = None) -> 
     return (text + "\n").encode()
 
 
-def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int, bool]:
-    """Events after `after` for the stream's thread, the seq read up to, and whether the session
-    still exists. The allocator row is read first: a committed last_seq implies its events are."""
+def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int, str | None]:
+    """Events after `after` for the stream's thread, the seq read up to, and the session's status
+    with that read (None once it is deleted). The allocator row is read first: a committed last_seq
+    implies its events are committed, so a reader never sees a gap."""
     from django.db import InterfaceError, OperationalError, connection
 
     from sessions.models import Session
     from sessions.services import events_after
 
     try:
-        last_seq = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).first()
-        if last_seq is None:
-            return [], after, False
+        head = Session.objects.filter(pk=session_id).values_list("last_seq", "status").first()
+        if head is None:
+            return [], after, None
+        last_seq, status = head
         if last_seq <= after:
-            return [], after, True
+            return [], after, status
         rows = events_after(
             session_id=session_id, thread=thread, after_seq=after, upto_seq=last_seq, limit=_READ_BATCH
         )
     except (OperationalError, InterfaceError):
         log.warning("a stream could not read the log; retrying", exc_info=True)
         connection.close()
-        return [], after, True
-    upto = rows[-1].seq if len(rows) == _READ_BATCH else last_seq
-    return rows, upto, True
+        return [], after, "unknown"
+    if len(rows) == _READ_BATCH:
+        return rows, rows[-1].seq, "reading"
+    return rows, last_seq, status
 
 
 async def sse_events(
@@ -219,18 +222,20 @@ async def _log_frames(
         yield b": connected\n\n"
         next_beat = loop.time() + heartbeat
         while True:
-            rows, last, exists = await read(session_id, thread, last)
+            rows, last, status = await read(session_id, thread, last)
             for row in rows:
                 yield sse_frame(row.type, row.wire(), row.seq)
                 previewing.discard(row.pk)
                 if row.type in CLOSING_TYPES:
                     return
-            if not exists:
+            if status is None:
                 # The deletion removed the log; the hint carrying the real event was missed or lost.
                 gone = {"id": new_id("sevt"), "type": "session.deleted", "processed_at": iso(timezone.now())}
                 yield sse_frame("session.deleted", gone)
                 return
-            if len(rows) == _READ_BATCH:
+            if status == "terminated":
+                return  # caught up with a session that can never produce another event
+            if status == "reading":
                 continue
             while True:
                 now = loop.time()

@@ -63,8 +63,8 @@ def test_concurrent_appends_get_gapless_seqs_and_a_reader_never_sees_a_gap(sessi
         last = 0
         try:
             for _ in range(20000):
-                rows, last, exists = streaming._read_log(session.pk, None, last)
-                assert exists
+                rows, last, status = streaming._read_log(session.pk, None, last)
+                assert status is not None
                 seen.extend(row.seq for row in rows)
                 if len(seen) >= total:
                     return

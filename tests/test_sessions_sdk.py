@@ -107,6 +107,8 @@ def test_update_archive_and_delete(client, ids):
     assert archived.archived_at is not None and archived.status == "terminated"
     with pytest.raises(anthropic.ConflictError):
         client.beta.sessions.events.send(session.id, events=[MESSAGE])
+    with client.beta.sessions.events.stream(session.id) as stream:
+        assert list(stream) == []  # terminated: nothing more can come, so the stream ends at once
     deleted = client.beta.sessions.delete(session.id)
     assert deleted.id == session.id and deleted.type == "session_deleted"
     with pytest.raises(anthropic.NotFoundError):
