@@ -3,6 +3,8 @@
 import anthropic
 import pytest
 
+from tests.fake_oauth import fake_oauth_server
+
 TOKEN = "secret-token-3f9a1c"
 
 
@@ -106,15 +108,35 @@ def test_oauth_and_environment_variable_credentials_parse_strictly(live):
         assert secret not in text
 
 
-def test_mcp_oauth_validate_answers_501_in_the_error_shape(live):
+def test_mcp_oauth_validate_probes_and_refreshes(live):
     client = live.client()
     vault = client.beta.vaults.create(display_name="v")
-    credential = client.beta.vaults.credentials.create(
-        vault.id, auth={"type": "mcp_oauth", "mcp_server_url": "https://m.example/mcp", "access_token": "a"}
+    with fake_oauth_server() as oauth:
+        credential = client.beta.vaults.credentials.create(
+            vault.id,
+            auth={
+                "type": "mcp_oauth",
+                "mcp_server_url": f"{oauth.base_url}/mcp",
+                "access_token": "stale-token",
+                "refresh": {
+                    "refresh_token": "rt-good",
+                    "client_id": "client-1",
+                    "token_endpoint": f"{oauth.base_url}/token",
+                    "token_endpoint_auth": {"type": "client_secret_basic", "client_secret": "cs-secret"},
+                },
+            },
+        )
+        result = client.beta.vaults.credentials.mcp_oauth_validate(credential.id, vault_id=vault.id)
+        assert result.status == "valid" and result.refresh.status == "succeeded"
+        assert result.credential_id == credential.id and result.vault_id == vault.id
+        assert result.has_refresh_token is True
+
+    other = client.beta.vaults.credentials.create(
+        vault.id, auth={"type": "static_bearer", "mcp_server_url": "https://m.example/mcp", "token": "t"}
     )
-    with pytest.raises(anthropic.InternalServerError) as info:
-        client.beta.vaults.credentials.mcp_oauth_validate(credential.id, vault_id=vault.id)
-    assert info.value.status_code == 501 and info.value.body["type"] == "error"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.beta.vaults.credentials.mcp_oauth_validate(other.id, vault_id=vault.id)
+    assert "mcp_oauth" in info.value.message
 
 
 def test_bad_credential_bodies_name_the_field(live):
