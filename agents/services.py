@@ -70,7 +70,10 @@ def agent_wire(version: AgentVersion) -> dict[str, Any]:
         "metadata": definition.get("metadata", {}),
         "version": version.version,
         "created_at": iso(agent.created_at),
-        "updated_at": iso(version.created_at),
+        # The latest version also reflects later changes to the agent row (archiving).
+        "updated_at": iso(
+            agent.updated_at if version.version == agent.current_version else version.created_at
+        ),
         "archived_at": iso(agent.archived_at),
     }
 
@@ -189,6 +192,15 @@ def _resolve_fields(
             current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None
         )
     d.check_mcp_references(out["tools"], out["mcp_servers"])
+    if out.get("multiagent"):
+        # A self entry always names the version it belongs to.
+        out["multiagent"] = {
+            **out["multiagent"],
+            "agents": [
+                {**a, "version": version} if a.get("type") == "agent" and a.get("id") == agent_id else a
+                for a in out["multiagent"]["agents"]
+            ],
+        }
     return {key: out.get(key) for key in _AGENT_FIELDS}
 
 

@@ -475,3 +475,29 @@ def test_the_unique_version_constraint_is_the_backstop(workspace):
     agent = make(workspace)
     with pytest.raises(IntegrityError), transaction.atomic():
         AgentVersion.objects.create(agent=agent, version=1, definition={})
+
+
+def test_a_self_entry_follows_the_agents_version(workspace):
+    worker = make(workspace, name="worker")
+    lead = make(
+        workspace, name="lead", multiagent={"type": "coordinator", "agents": [{"type": "self"}, worker.id]}
+    )
+    lead = services.agent_update(agent=lead, body={"system": "lead the team"})
+    roster = wire(lead)["multiagent"]["agents"]
+    assert roster == [
+        {"type": "agent", "id": lead.id, "version": 2},
+        {"type": "agent", "id": worker.id, "version": 1},
+    ]
+    assert wire(lead, 1)["multiagent"]["agents"][0]["version"] == 1
+
+
+def test_an_advisor_is_echoed_last_and_only_once(workspace):
+    worker = make(workspace, name="worker")
+    roster = {"type": "coordinator", "agents": [{"type": "advisor", "model": "claude-opus-4-7"}, worker.id]}
+    lead = make(workspace, name="lead", multiagent=roster)
+    assert wire(lead)["multiagent"]["agents"][-1] == {"type": "advisor", "model": "claude-opus-4-7"}
+    twice = {
+        "type": "coordinator",
+        "agents": [{"type": "advisor", "model": "a"}, {"type": "advisor", "model": "b"}],
+    }
+    assert "one advisor" in error_of(lambda: make(workspace, multiagent=twice)).message
