@@ -152,3 +152,22 @@ def test_bad_credential_bodies_name_the_field(live):
     assert "display_name" in info.value.message
     with pytest.raises(anthropic.NotFoundError):
         client.beta.vaults.credentials.retrieve("vcrd_nope", vault_id=vault.id)
+
+
+def test_another_workspaces_vaults_are_404(live):
+    from tests.test_agents_sdk_live import other_workspace_client
+
+    client = live.client()
+    other = other_workspace_client(live)
+    vault = client.beta.vaults.create(display_name="mine")
+    credential = client.beta.vaults.credentials.create(
+        vault.id, auth={"type": "static_bearer", "mcp_server_url": "https://iso.example/mcp", "token": "t"}
+    )
+    with pytest.raises(anthropic.NotFoundError):
+        other.beta.vaults.retrieve(vault.id)
+    with pytest.raises(anthropic.NotFoundError):
+        other.beta.vaults.credentials.retrieve(credential.id, vault_id=vault.id)
+    with pytest.raises(anthropic.NotFoundError):
+        other.beta.vaults.delete(vault.id)
+    assert vault.id not in [v.id for v in other.beta.vaults.list()]
+    assert client.beta.vaults.retrieve(vault.id).id == vault.id
