@@ -171,3 +171,33 @@ def test_another_workspaces_vaults_are_404(live):
         other.beta.vaults.delete(vault.id)
     assert vault.id not in [v.id for v in other.beta.vaults.list()]
     assert client.beta.vaults.retrieve(vault.id).id == vault.id
+
+
+def test_rotating_keys_under_a_running_server_keeps_credentials_usable(live):
+    client = live.client()
+    vault = client.beta.vaults.create(display_name="rotated")
+    credential = client.beta.vaults.credentials.create(
+        vault.id,
+        auth={
+            "type": "environment_variable",
+            "secret_name": "API_TOKEN",
+            "secret_value": "before",
+            "networking": {"type": "unrestricted"},
+        },
+    )
+    client.beta.vaults.credentials.update(credential.id, vault_id=vault.id, display_name="warm the key cache")
+    keys_before = (live.data_dir / "vault.keys").read_text().split()
+    out = live.manage("rotate_vault_keys").stdout
+    assert "Re-encrypted" in out
+    keys_after = (live.data_dir / "vault.keys").read_text().split()
+    assert len(keys_after) == len(keys_before) + 1 and keys_after[1:] == keys_before
+    # The server decrypts the re-encrypted secret (it re-reads the key file) to merge this update.
+    updated = client.beta.vaults.credentials.update(
+        credential.id,
+        vault_id=vault.id,
+        auth={
+            "type": "environment_variable",
+            "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]},
+        },
+    )
+    assert updated.auth.networking.type == "limited"
