@@ -93,3 +93,17 @@ def test_metadata_limits_on_agents(call):
         "post", "/v1/agents", json.dumps({"name": "a", "model": "m", "metadata": {"k": "v" * 513}})
     )
     assert response.status_code == 400 and "metadata.k" in response.json()["error"]["message"]
+
+
+def test_an_unknown_v1_post_path_is_a_json_404(api_key):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)  # as a real server does
+    response = client.post(
+        "/v1/agents/agent_x/teleport",
+        data="{}",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key}",
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
