@@ -96,3 +96,14 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def use_scripted_model(settings: Any, server: Any) -> None:
+    """Point the harness's Anthropic provider at a scripted model server."""
+    from sessions.harness.providers.anthropic import AnthropicProvider
+
+    settings.ANTHROPIC_API_KEY = "sk-test"
+    settings.ANTHROPIC_BASE_URL = server.base_url
+    settings.GALLEY_MODEL_RETRY_BASE_SECONDS = 0.01
+    settings.GALLEY_INTERRUPT_POLL_SECONDS = 0.05
+    AnthropicProvider._shared = None

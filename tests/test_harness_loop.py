@@ -6,7 +6,7 @@ import pytest
 
 from sessions.harness.providers.anthropic import AnthropicProvider
 from sessions.models import Session
-from tests.harness_helpers import custom_tool, events_of, log_types, make_session, say, send, step
+from tests.harness_helpers import custom_tool, events_of, log_types, make_session, say, send, step, use_scripted_model
 from tests.model_server import ScriptedModel, scripted_model, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -15,10 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
     with scripted_model() as server:
-        settings.ANTHROPIC_API_KEY = "sk-test"
-        settings.ANTHROPIC_BASE_URL = server.base_url
-        settings.GALLEY_MODEL_RETRY_BASE_SECONDS = 0.01
-        AnthropicProvider._shared = None
+        use_scripted_model(settings, server)
         yield server
         AnthropicProvider._shared = None
 
@@ -76,3 +73,124 @@ def test_custom_tool_idles_with_requires_action_and_resumes_on_the_result(model:
     assert second[2]["content"][0]["type"] == "tool_result"
     assert second[2]["content"][0]["tool_use_id"] == use.id
     assert second[2]["content"][0]["content"] == [{"type": "text", "text": "sunny, 21C"}]
+
+
+ASK_TOOLSET = {"type": "agent_toolset_20260401", "default_config": {"enabled": True,
+               "permission_policy": {"type": "always_ask"}}, "configs": []}
+
+
+def test_a_built_in_tool_call_gets_a_result_and_the_loop_continues(model: ScriptedModel) -> None:
+    from tests.harness_helpers import TOOLSET_ALL
+
+    session = make_session(tools=[TOOLSET_ALL])
+    model.push(tool_call("read", {"file_path": "missing-file.txt"}), text("That file does not exist."))
+    say(session, "Read missing-file.txt")
+    step(session)
+    assert log_types(session) == [
+        "user.message", "session.status_running", "span.model_request_start", "agent.tool_use",
+        "span.model_request_end", "agent.tool_result", "span.model_request_start", "agent.message",
+        "span.model_request_end", "session.status_idle",
+    ]
+    use = events_of(session, "agent.tool_use")[0]
+    assert use.payload["evaluated_permission"] == "allow"
+    assert use.payload["evaluation"] == {"type": "always_allow"}
+    result = events_of(session, "agent.tool_result")[0]
+    assert result.payload["tool_use_id"] == use.id and result.payload["is_error"] is True
+    assert sorted(t["name"] for t in model.requests[0]["tools"]) == sorted(
+        ["bash", "read", "write", "edit", "glob", "grep", "web_fetch", "web_search"])
+    assert model.requests[1]["messages"][-1]["content"][0]["tool_use_id"] == use.id
+
+
+def test_disabled_toolset_tools_are_not_offered(model: ScriptedModel) -> None:
+    toolset = {"type": "agent_toolset_20260401", "default_config": {"enabled": False,
+               "permission_policy": {"type": "always_allow"}},
+               "configs": [{"name": "grep", "type": "grep", "enabled": True,
+                            "permission_policy": {"type": "always_allow"}}]}
+    session = make_session(tools=[toolset, custom_tool("lookup")])
+    say(session, "hi")
+    step(session)
+    assert [t["name"] for t in model.requests[0]["tools"]] == ["grep", "lookup"]
+
+
+def test_always_ask_waits_for_confirmation_then_runs_on_allow(model: ScriptedModel) -> None:
+    session = make_session(tools=[ASK_TOOLSET])
+    model.push(tool_call("glob", {"pattern": "*.py"}), text("Listed."))
+    say(session, "List python files")
+    step(session)
+    use = events_of(session, "agent.tool_use")[0]
+    assert use.payload["evaluated_permission"] == "ask"
+    assert use.payload["evaluation"] == {"type": "always_ask"}
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
+        "type": "requires_action", "event_ids": [use.id]}
+    assert not events_of(session, "agent.tool_result")
+
+    confirmation = send(session, "user.tool_confirmation", {"tool_use_id": use.id, "result": "allow"})
+    step(session)
+    assert events_of(session, "agent.tool_result")[0].payload["tool_use_id"] == use.id
+    assert log_types(session)[-1] == "session.status_idle"
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert events_of(session, "user.tool_confirmation")[0].processed_at is not None
+    assert confirmation.id
+    assert len(model.requests) == 2
+
+
+def test_always_ask_deny_returns_the_denial_to_the_model(model: ScriptedModel) -> None:
+    session = make_session(tools=[ASK_TOOLSET])
+    model.push(tool_call("bash", {"command": "rm -rf /tmp/x"}), text("Understood, I will not."))
+    say(session, "Clean up")
+    step(session)
+    use = events_of(session, "agent.tool_use")[0]
+    send(session, "user.tool_confirmation", {"tool_use_id": use.id, "result": "deny",
+                                             "deny_message": "Never delete files."})
+    step(session)
+    result = events_of(session, "agent.tool_result")[0]
+    assert result.payload["is_error"] is True
+    assert "Never delete files." in result.payload["content"][0]["text"]
+    tool_result = model.requests[1]["messages"][-1]["content"][0]
+    assert tool_result["is_error"] is True and "Never delete files." in tool_result["content"][0]["text"]
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+
+
+def test_several_tool_calls_in_one_answer_are_all_handled(model: ScriptedModel) -> None:
+    from tests.model_server import Reply
+
+    session = make_session(tools=[custom_tool("alpha"), custom_tool("beta"), ASK_TOOLSET])
+    model.push(Reply(blocks=[
+        {"type": "text", "text": "Doing three things."},
+        {"type": "tool_use", "name": "alpha", "input": {"city": "A"}},
+        {"type": "tool_use", "name": "beta", "input": {"city": "B"}},
+        {"type": "tool_use", "name": "grep", "input": {"pattern": "x"}},
+    ]), text("All done."))
+    say(session, "go")
+    step(session)
+    alpha, beta = events_of(session, "agent.custom_tool_use")
+    grep = events_of(session, "agent.tool_use")[0]
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
+        "type": "requires_action", "event_ids": [alpha.id, beta.id, grep.id]}
+    send(session, "user.custom_tool_result", {"custom_tool_use_id": alpha.id,
+                                              "content": [{"type": "text", "text": "a"}]})
+    step(session)
+    # Resolving only some re-emits an idle listing the rest.
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
+        "type": "requires_action", "event_ids": [beta.id, grep.id]}
+    assert len(model.requests) == 1
+    send(session, "user.custom_tool_result", {"custom_tool_use_id": beta.id,
+                                              "content": [{"type": "text", "text": "b"}], "is_error": True})
+    send(session, "user.tool_confirmation", {"tool_use_id": grep.id, "result": "deny"})
+    step(session)
+    assert len(model.requests) == 2
+    results = model.requests[1]["messages"][-1]["content"]
+    assert [r["tool_use_id"] for r in results] == [alpha.id, beta.id, grep.id]
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+
+
+def test_an_unknown_tool_is_refused_and_the_model_told(model: ScriptedModel) -> None:
+    session = make_session(tools=[custom_tool("alpha")])
+    model.push(tool_call("nope", {}), text("ok"))
+    say(session, "go")
+    step(session)
+    use = events_of(session, "agent.tool_use")[0]
+    assert use.payload["evaluated_permission"] == "deny"
+    result = events_of(session, "agent.tool_result")[0]
+    assert result.payload["tool_use_id"] == use.id and result.payload["is_error"] is True
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}

@@ -10,6 +10,7 @@ CONTEXT_TYPES = (
     "agent.message", "agent.tool_use", "agent.custom_tool_use", "agent.tool_result",
     "span.model_request_start", "span.model_request_end",
 )
+TAKEN = ("user.message", "system.message", "user.interrupt")
 INTERRUPTED = "The user interrupted the session before this tool call completed."
 
 
@@ -35,10 +36,13 @@ class Context:
     uses: dict[str, ToolUse] = field(default_factory=dict)  # unresolved-or-not uses since the last interrupt
     open_span_id: str | None = None  # a span.model_request_start with no end (a crashed call)
     last_prompt_tokens: int = 0  # prompt size of the last completed model call
+    interrupted: bool = False  # an interrupt ended the turn and nothing came after it
+
 
     def add(self, role: str, blocks: list[dict[str, Any]], seq: int) -> None:
         if not blocks:
             return
+        self.interrupted = False
         if self.turns and self.turns[-1].role == role:
             self.turns[-1].blocks.extend(blocks)
         else:
@@ -48,7 +52,7 @@ class Context:
         return [use for use in self.uses.values() if not use.resolved]
 
     def needs_model(self) -> bool:
-        return bool(self.turns) and self.turns[-1].role == "user"
+        return bool(self.turns) and self.turns[-1].role == "user" and not self.interrupted
 
     def messages(self, summary: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -116,6 +120,10 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
             Event.objects.filter(session_id=session.pk, thread=None, type__in=CONTEXT_TYPES,
                                  seq__gt=session.context_summary_seq).order_by("seq")
         )
+    # Queued input joins the conversation when it is taken (processed_at), not when it was sent:
+    # a message sent during a model call belongs after that call's answer.
+    events = sorted(events, key=lambda e: (e.processed_at if e.type in TAKEN and e.processed_at else e.created_at,
+                                           e.seq))
     ctx = Context()
     for event in events:
         kind, payload = event.type, event.payload
@@ -150,6 +158,7 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
                       for u in ctx.unresolved()]
             ctx.add("user", closed, event.seq)
             ctx.uses.clear()
+            ctx.interrupted = True
         elif kind == "span.model_request_start":
             ctx.open_span_id = event.id
         elif kind == "span.model_request_end":

@@ -132,6 +132,7 @@ def _advance(session_id: str, state: StepState) -> bool:
             return True
         ctx = context_build(session=session)
         confirmed_now: set[str] = set()
+        denied = False
         now = timezone.now()
         for event in queued:
             if event.type == "user.tool_confirmation":
@@ -149,6 +150,7 @@ def _advance(session_id: str, state: StepState) -> bool:
                         "content": [{"type": "text", "text": f"Permission denied by the user: {note}"}],
                     })])
                     use.resolved = True
+                    denied = True
         if ctx.open_span_id is not None:
             # A model request whose worker died: close its span; the request runs again below.
             events_append(session=session, events=[NewEvent("span.model_request_end", {
@@ -185,7 +187,8 @@ def _advance(session_id: str, state: StepState) -> bool:
             return False
         else:
             messages = [e for e in queued if e.type in ("user.message", "system.message")]
-            wants_model = bool(messages) or (ctx.needs_model() and not state.ended_empty) or bool(recovered)
+            wants_model = (bool(messages) or denied or bool(recovered)
+                           or (ctx.needs_model() and not state.ended_empty))
             if not wants_model:
                 if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "end_turn":
                     session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
