@@ -194,3 +194,56 @@ def test_an_unknown_tool_is_refused_and_the_model_told(model: ScriptedModel) -> 
     result = events_of(session, "agent.tool_result")[0]
     assert result.payload["tool_use_id"] == use.id and result.payload["is_error"] is True
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+
+
+def test_a_tool_call_left_without_result_by_a_crash_is_resolved_explicitly(model: ScriptedModel) -> None:
+    """The log a SIGKILLed worker leaves mid-tool: tool_use events recorded, no results, an expired
+    lease. Read-only tools run again; side-effecting ones get an error saying the run was lost."""
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from sessions.models import Event
+    from sessions.services import NewEvent, events_append
+    from tests.harness_helpers import TOOLSET_ALL
+
+    session = make_session(tools=[TOOLSET_ALL])
+    say(session, "do things")
+    allow = {"evaluated_permission": "allow", "evaluation": {"type": "always_allow"}}
+    with transaction.atomic():
+        Event.objects.filter(session_id=session.pk).update(processed_at=timezone.now())
+        start = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]
+        read, bash = events_append(session=session, events=[
+            NewEvent("agent.tool_use", {"name": "read", "input": {"file_path": "a.txt"}, **allow}),
+            NewEvent("agent.tool_use", {"name": "bash", "input": {"command": "touch x"}, **allow}),
+            NewEvent("span.model_request_end", {"model_request_start_id": start.id, "model_usage": {
+                "input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0}}),
+        ])[:2]
+        Session.objects.filter(pk=session.pk).update(
+            lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1))
+    model.push(text("Recovered."))
+    step(session)
+    results = {e.payload["tool_use_id"]: e for e in events_of(session, "agent.tool_result")}
+    assert set(results) == {read.id, bash.id}
+    assert "was lost" in results[bash.id].payload["content"][0]["text"]
+    assert results[bash.id].payload["is_error"] is True
+    assert "was lost" not in str(results[read.id].payload)  # it ran again
+    assert len(model.requests) == 1
+    assert sorted(b["tool_use_id"] for b in model.requests[0]["messages"][-1]["content"]) == sorted([read.id, bash.id])
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+
+
+def test_a_live_lease_keeps_a_second_step_out(model: ScriptedModel) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    session = make_session()
+    say(session, "hi")
+    Session.objects.filter(pk=session.pk).update(lease_owner="other-worker",
+                                                 lease_expires_at=timezone.now() + timedelta(seconds=30))
+    step(session)
+    assert model.requests == []
+    assert log_types(session) == ["user.message", "session.status_running"]
