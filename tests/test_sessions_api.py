@@ -594,6 +594,8 @@ def test_list_cost_adds_runtime_at_eight_cents_an_hour_to_token_cost(api, agent,
     Session.objects.filter(pk=sid).update(token_cost_micros=1_234_567, active_seconds=3600.0, input_tokens=7)
     session = Session.objects.get(pk=sid)
     assert session_list_cost(session) == {"amount": "131", "currency": "USD"}  # $1.234567 + $0.08
+    session.web_search_requests = 100  # $10 per 1000 searches
+    assert session_list_cost(session)["amount"] == "231"
     usage = api.get(f"/sessions/{sid}").json()["usage"]
     assert (
         usage["list_cost"]["amount"] == "131"
