@@ -114,6 +114,8 @@ def session_list(request: HttpRequest) -> HttpResponse:
         created_at=_range(request, "created_at"),
         include_archived=_bool_param(request, "include_archived"),
         statuses=_list_param(request, "statuses"),
+        deployment_id=request.GET.get("deployment_id") or None,
+        memory_store_id=request.GET.get("memory_store_id") or None,
         order=request.GET.get("order") or "desc",
         limit=_int_param(request, "limit"),
         page=request.GET.get("page") or None,

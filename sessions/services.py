@@ -494,6 +494,8 @@ def session_list(
     created_at: dict[str, str | None] | None = None,
     include_archived: bool = False,
     statuses: list[str] | None = None,
+    deployment_id: str | None = None,
+    memory_store_id: str | None = None,
     order: str = "desc",
     limit: int | None = None,
     page: str | None = None,
@@ -515,6 +517,9 @@ def session_list(
         qs = qs.filter(archived_at=None)
     if statuses:
         qs = qs.filter(status__in=statuses)
+    if deployment_id or memory_store_id:
+        # No session is created from a deployment or mounts a memory store yet.
+        qs = qs.none()
     qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
     return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
 

@@ -350,6 +350,11 @@ def test_session_list_filters_and_pages_both_ways(api, agent, environment, works
     _error(api.get("/sessions", agent_version=1), 400)
     _error(api.get("/sessions", **{"statuses[]": "sleeping"}), 400)
     assert len(api.get("/sessions", **{"statuses[]": "idle"}).json()["data"]) == 4
+    assert api.get("/sessions", deployment_id="depl_01X").json() == {
+        "data": [],
+        "next_page": None,
+        "prev_page": None,
+    }
 
 
 def test_update_emits_only_the_changed_fields(api, agent, environment):
