@@ -109,10 +109,6 @@ def session_set_status(
 
 # === Sessions: create, read, update, archive, delete (spec 5) ======================================
 
-# Only these close a stream (spec 8); session.deleted is never listed but always streamed.
-STREAM_CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"})
-
-
 # --- wire --------------------------------------------------------------------------------------------
 
 
@@ -398,16 +394,13 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
     _check_resources(body.get("resources"))
     initial: list[dict[str, Any]] = []
-    if body.get("initial_events") is not None:
-        if body["initial_events"] == []:
-            initial = []
-        else:
-            initial = schemas.check_client_events(
-                body["initial_events"],
-                "initial_events",
-                allowed=schemas.INITIAL_EVENT_TYPES,
-                max_items=schemas.MAX_INITIAL_EVENTS,
-            )
+    if body.get("initial_events") not in (None, []):
+        initial = schemas.check_client_events(
+            body["initial_events"],
+            "initial_events",
+            allowed=schemas.INITIAL_EVENT_TYPES,
+            max_items=schemas.MAX_INITIAL_EVENTS,
+        )
 
     version = _resolve_agent(workspace=workspace, value=body["agent"])
     environment = environment_get(workspace=workspace, environment_id=environment_id)
@@ -416,10 +409,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             f"environment_id: environment {environment.pk!r} is archived.", error_code="environment_archived"
         )
     for index, vault_id in enumerate(vault_ids):
-        try:
-            vault = vault_get(workspace=workspace, vault_id=vault_id)
-        except ApiError:
-            raise not_found("vault", vault_id) from None
+        vault = vault_get(workspace=workspace, vault_id=vault_id)
         if vault.archived_at is not None:
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
