@@ -238,6 +238,14 @@ def test_an_interrupt_never_starts_a_session(api, agent, environment):
             "events[0]",
         ),
         ([{"type": "user.interrupt"}, {"type": "system.message", "content": []}], "events[1].content"),
+        (
+            [
+                {"type": "user.interrupt"},
+                {"type": "system.message", "content": [{"type": "text", "text": "a"}]},
+            ],
+            "events[1]",
+        ),
+        ([{"type": "system.message", "content": [{"type": "text", "text": "a"}]}], "events[0]"),
         ([], "events"),
     ],
 )
@@ -714,3 +722,14 @@ def test_agent_with_overrides_changes_only_this_sessions_snapshot(api, agent, en
     assert _error(
         api.post("/sessions", {"agent": unknown, "environment_id": environment.id}), 400
     ).startswith("agent.name")
+
+
+def test_a_system_message_after_a_user_message_is_accepted(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    events = [
+        {"type": "user.message", "content": [{"type": "text", "text": "q"}]},
+        {"type": "system.message", "content": [{"type": "text", "text": "Answer in French."}]},
+    ]
+    response = api.post(f"/sessions/{sid}/events", {"events": events})
+    assert response.status_code == 200, response.content
+    assert [e["type"] for e in response.json()["data"]] == ["user.message", "system.message"]
