@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "agents",
     "sessions.apps.AgentSessionsConfig",
     "vaults",
+    "files",
     "console",
 ]
 
