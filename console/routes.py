@@ -17,3 +17,7 @@ def register_routers(api: NinjaAPI) -> None:
     api.add_router("/", sessions_router)
     api.add_router("/", vaults_router)
     api.add_router("/", files_router)
+    # Last: 501 for the families nobody implements yet (real routers above take precedence).
+    from console.unsupported import router as unsupported_router
+
+    api.add_router("/", unsupported_router)
