@@ -55,7 +55,7 @@ def file_upload(request: HttpRequest) -> dict[str, Any]:
         length = 0
     if length > limit:
         raise ApiError(413, f"file: the request body is larger than the {limit}-byte limit.")
-    if not request.content_type.startswith("multipart/form-data"):
+    if not (request.content_type or "").startswith("multipart/form-data"):
         raise bad_request("file: send multipart/form-data with the file in a part named `file`.")
     try:
         upload = request.FILES.get("file")
@@ -82,7 +82,7 @@ def file_list(
     limit: int | None = None,
     page: str | None = None,
     scope_id: str | None = None,
-    ids: list[str] | None = Query(None, alias="ids[]"),  # type: ignore[arg-type]
+    ids: list[str] | None = Query(None, alias="ids[]"),  # type: ignore[arg-type]  # noqa: B008
 ) -> dict[str, Any]:
     return services.file_list(
         workspace=request.workspace,  # type: ignore[attr-defined]
@@ -120,7 +120,9 @@ def file_delete(request: HttpRequest, file_id: str) -> dict[str, Any]:
 
 
 @router.post("/sessions/{session_id}/resources", response=SessionResource, tags=["session resources"])
-def session_resource_add(request: HttpRequest, session_id: str, payload: SessionResourceParams) -> dict[str, Any]:
+def session_resource_add(
+    request: HttpRequest, session_id: str, payload: SessionResourceParams
+) -> dict[str, Any]:
     resource = services.session_resource_add(
         workspace=request.workspace,  # type: ignore[attr-defined]
         session_id=session_id,
@@ -169,7 +171,9 @@ def session_resource_update(
 
 
 @router.delete(
-    "/sessions/{session_id}/resources/{resource_id}", response=DeletedSessionResource, tags=["session resources"]
+    "/sessions/{session_id}/resources/{resource_id}",
+    response=DeletedSessionResource,
+    tags=["session resources"],
 )
 def session_resource_delete(request: HttpRequest, session_id: str, resource_id: str) -> dict[str, Any]:
     services.session_resource_delete(

@@ -10,7 +10,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -94,9 +94,8 @@ def check_expires_in(value: Any) -> int | None:
     except (TypeError, ValueError):
         raise bad_request(f"expires_in_seconds: must be an integer, got {str(value)[:40]!r}.") from None
     if not EXPIRES_MIN_SECONDS <= seconds <= EXPIRES_MAX_SECONDS:
-        raise bad_request(
-            f"expires_in_seconds: must be between {EXPIRES_MIN_SECONDS} and {EXPIRES_MAX_SECONDS}, got {seconds}."
-        )
+        low, high = EXPIRES_MIN_SECONDS, EXPIRES_MAX_SECONDS
+        raise bad_request(f"expires_in_seconds: must be between {low} and {high}, got {seconds}.")
     return seconds
 
 
@@ -270,9 +269,11 @@ def file_capture_outputs(*, session: Session, outputs_dir: Path) -> list[File]:
     """
     if not outputs_dir.is_dir():
         return []
-    existing = set(File.objects.filter(workspace_id=session.workspace_id, scope_id=session.id).values_list(
-        "filename", "sha256"
-    ))
+    existing = set(
+        File.objects.filter(workspace_id=session.workspace_id, scope_id=session.id).values_list(
+            "filename", "sha256"
+        )
+    )
     limit = settings.GALLEY_MAX_BODY_BYTES
     captured: list[File] = []
     seen = 0
@@ -394,7 +395,9 @@ def _check_checkout(value: Any, *, field: str) -> dict[str, str] | None:
         extra = set(value) - {"type", "name"}
         name = _check_string(value.get("name"), field=f"{field}.name", max_length=255)
         if extra or _CONTROL.search(name) or name.startswith("-"):
-            raise bad_request(f"{field}: a branch checkout is {{type: 'branch', name}} with a valid branch name.")
+            raise bad_request(
+                f"{field}: a branch checkout is {{type: 'branch', name}} with a valid branch name."
+            )
         return {"type": "branch", "name": name}
     if kind == "commit":
         sha = value.get("sha")
@@ -417,6 +420,10 @@ def _repo_name(url: str, *, field: str) -> str:
     return name
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 @dataclass
 class _Planned:
     type: str
@@ -429,42 +436,48 @@ class _Planned:
 
 def _plan(*, workspace: Workspace, spec: Any, field: str) -> _Planned:
     if not isinstance(spec, dict):
-        raise bad_request(f"{field}: must be an object.")
+        raise bad_request(f"{field or 'body'}: must be an object.")
     kind = spec.get("type")
     mount = spec.get("mount_path")
     if kind == "file":
         unknown = set(spec) - {"type", "file_id", "mount_path"}
         if unknown:
-            raise bad_request(f"{field}.{sorted(unknown)[0]}: is not a field of a file resource.")
-        file_id = _check_string(spec.get("file_id"), field=f"{field}.file_id", max_length=64)
+            raise bad_request(f"{_join(field, sorted(unknown)[0])}: is not a field of a file resource.")
+        file_id = _check_string(spec.get("file_id"), field=_join(field, "file_id"), max_length=64)
         file = File.objects.filter(workspace=workspace, id=file_id).first()
         if file is None:
-            raise ApiError(404, f"{field}.file_id: file {file_id!r} was not found.")
+            raise ApiError(404, f"{_join(field, 'file_id')}: file {file_id!r} was not found.")
         if file.is_expired():
-            raise bad_request(f"{field}.file_id: file {file_id!r} has expired.")
+            raise bad_request(f"{_join(field, 'file_id')}: file {file_id!r} has expired.")
         path = f"/mnt/session/uploads/{file_id}" if mount is None else mount
-        return _Planned(type="file", file=file, mount_path=_check_mount_path(path, field=f"{field}.mount_path"))
+        return _Planned(
+            type="file", file=file, mount_path=_check_mount_path(path, field=_join(field, "mount_path"))
+        )
     if kind == "github_repository":
         unknown = set(spec) - {"type", "url", "authorization_token", "checkout", "mount_path"}
         if unknown:
-            raise bad_request(f"{field}.{sorted(unknown)[0]}: is not a field of a github_repository resource.")
-        url = _check_string(spec.get("url"), field=f"{field}.url", max_length=2048)
-        repo = _repo_name(url, field=f"{field}.url")
+            raise bad_request(
+                f"{_join(field, sorted(unknown)[0])}: is not a field of a github_repository resource."
+            )
+        url = _check_string(spec.get("url"), field=_join(field, "url"), max_length=2048)
+        repo = _repo_name(url, field=_join(field, "url"))
         token = spec.get("authorization_token")
         if token is not None:
-            token = _check_string(token, field=f"{field}.authorization_token", max_length=4096)
-        checkout = _check_checkout(spec.get("checkout"), field=f"{field}.checkout")
+            token = _check_string(token, field=_join(field, "authorization_token"), max_length=4096)
+        checkout = _check_checkout(spec.get("checkout"), field=_join(field, "checkout"))
         path = f"/workspace/{repo}" if mount is None else mount
         return _Planned(
             type="github_repository",
             url=url,
             token=token,
             checkout=checkout,
-            mount_path=_check_mount_path(path, field=f"{field}.mount_path"),
+            mount_path=_check_mount_path(path, field=_join(field, "mount_path")),
         )
     if kind == "memory_store":
-        raise bad_request(f"{field}.type: memory_store resources are not supported by this Galley server yet.")
-    raise bad_request(f"{field}.type: must be 'file' or 'github_repository'.")
+        raise bad_request(
+            f"{_join(field, 'type')}: memory_store resources are not supported by this Galley server yet."
+        )
+    raise bad_request(f"{_join(field, 'type')}: must be 'file' or 'github_repository'.")
 
 
 def _check_writable(session: Session) -> None:
@@ -472,25 +485,30 @@ def _check_writable(session: Session) -> None:
         raise bad_request(f"session {session.id!r} is archived; its resources cannot change.")
 
 
-@transaction.atomic
-def session_resources_attach(*, session: Session, resources: list[dict[str, Any]], field: str = "resources") -> list[
-    SessionResource
-]:
-    """Validate every resource, then insert them all, or none (a bad one raises before any insert)."""
-    _check_writable(session)
+def session_resources_attach(*, session: Session, resources: list[dict[str, Any]]) -> list[SessionResource]:
+    """Validate every resource, then insert them all, or none (a bad one raises before any insert).
+    Errors name the entry, e.g. `resources[1].file_id`. For session create."""
     if not isinstance(resources, list):
-        raise bad_request(f"{field}: must be a list.")
+        raise bad_request("resources: must be a list.")
+    return _attach(session=session, resources=resources, prefix=lambda i: f"resources[{i}]")
+
+
+@transaction.atomic
+def _attach(*, session: Session, resources: list[Any], prefix: Callable[[int], str]) -> list[SessionResource]:
+    _check_writable(session)
     planned = [
-        _plan(workspace=session.workspace, spec=spec, field=f"{field}[{i}]") for i, spec in enumerate(resources)
+        _plan(workspace=session.workspace, spec=spec, field=prefix(i)) for i, spec in enumerate(resources)
     ]
     # Lock the session row so concurrent adds see each other's mount paths and counts.
     Session.objects.select_for_update().filter(pk=session.pk).values_list("pk", flat=True).first()
     taken = set(SessionResource.objects.filter(session=session).values_list("mount_path", flat=True))
     if len(taken) + len(planned) > RESOURCES_PER_SESSION_MAX:
-        raise bad_request(f"{field}: a session holds at most {RESOURCES_PER_SESSION_MAX} resources.")
+        raise bad_request(f"resources: a session holds at most {RESOURCES_PER_SESSION_MAX} resources.")
     for i, plan in enumerate(planned):
         if plan.mount_path in taken:
-            raise conflict(f"{field}[{i}].mount_path: {plan.mount_path!r} is already used in this session.")
+            raise conflict(
+                f"{_join(prefix(i), 'mount_path')}: {plan.mount_path!r} is already used in this session."
+            )
         taken.add(plan.mount_path)
     now = timezone.now()
     rows = [
@@ -508,7 +526,6 @@ def session_resources_attach(*, session: Session, resources: list[dict[str, Any]
         )
         for plan in planned
     ]
-    # One by one (not bulk_create) so each gets its own created_at order with the id tiebreak.
     for row in rows:
         row.save(force_insert=True)
     return rows
@@ -516,7 +533,7 @@ def session_resources_attach(*, session: Session, resources: list[dict[str, Any]
 
 def session_resource_add(*, workspace: Workspace, session_id: str, body: dict[str, Any]) -> SessionResource:
     session = session_get(workspace=workspace, session_id=session_id)
-    return session_resources_attach(session=session, resources=[body], field="body")[0]
+    return _attach(session=session, resources=[body], prefix=lambda _: "")[0]
 
 
 def session_resource_get(*, workspace: Workspace, session_id: str, resource_id: str) -> SessionResource:

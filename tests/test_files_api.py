@@ -30,7 +30,9 @@ def client(api_key: str) -> Client:
     return Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
 
 
-def upload(client: Client, name: str = "notes.txt", data: bytes = b"hello", ctype: str = "text/plain", **form: Any):
+def upload(
+    client: Client, name: str = "notes.txt", data: bytes = b"hello", ctype: str = "text/plain", **form: Any
+):
     return client.post("/v1/files", {"file": SimpleUploadedFile(name, data, content_type=ctype), **form})
 
 
@@ -119,7 +121,9 @@ def test_a_body_over_the_limit_is_rejected_with_413_and_nothing_is_kept(client, 
 
 def test_a_file_over_the_limit_is_rejected_while_streaming_and_nothing_is_kept(workspace, data_dir):
     with pytest.raises(services.ApiError) as info:
-        services.file_create(workspace=workspace, filename="big.bin", content=[b"x" * 600] * 4, max_bytes=2000)
+        services.file_create(
+            workspace=workspace, filename="big.bin", content=[b"x" * 600] * 4, max_bytes=2000
+        )
     assert info.value.status == 413
     assert stored_files(data_dir) == []
 

@@ -93,7 +93,9 @@ def test_core_endpoint_is_routed(client: Client, priority: str, method: str, pat
     [e for e in ENDPOINTS if e[0] not in ROUTED],
     ids=[f"{m} {p}" for pr, m, p in ENDPOINTS if pr not in ROUTED],
 )
-def test_optional_endpoint_answers_in_the_error_shape(client: Client, priority: str, method: str, path: str) -> None:
+def test_optional_endpoint_answers_in_the_error_shape(
+    client: Client, priority: str, method: str, path: str
+) -> None:
     response = call(client, method, fake_path(path))
     # Unbuilt: 501 (or the plain "No route" 404). Built later: a fake id is a 404, an empty body a 400.
     assert response.status_code in (400, 404, 501), f"{method} {path} answered {response.status_code}"

@@ -6,63 +6,97 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('agent_sessions', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("agent_sessions", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='File',
+            name="File",
             fields=[
-                ('id', models.CharField(editable=False, max_length=64, primary_key=True, serialize=False)),
-                ('filename', models.CharField(max_length=255)),
-                ('mime_type', models.CharField(max_length=255)),
-                ('size_bytes', models.BigIntegerField()),
-                ('sha256', models.CharField(max_length=64)),
-                ('downloadable', models.BooleanField(default=True)),
-                ('scope_id', models.CharField(blank=True, max_length=64, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('workspace', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='files', to='accounts.workspace')),
+                ("id", models.CharField(editable=False, max_length=64, primary_key=True, serialize=False)),
+                ("filename", models.CharField(max_length=255)),
+                ("mime_type", models.CharField(max_length=255)),
+                ("size_bytes", models.BigIntegerField()),
+                ("sha256", models.CharField(max_length=64)),
+                ("downloadable", models.BooleanField(default=True)),
+                ("scope_id", models.CharField(blank=True, max_length=64, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "workspace",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="files",
+                        to="accounts.workspace",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='SessionResource',
+            name="SessionResource",
             fields=[
-                ('id', models.CharField(editable=False, max_length=64, primary_key=True, serialize=False)),
-                ('type', models.CharField(choices=[('file', 'File'), ('github_repository', 'GitHub repository')], max_length=32)),
-                ('url', models.CharField(blank=True, max_length=2048, null=True)),
-                ('mount_path', models.CharField(max_length=1024)),
-                ('checkout', models.JSONField(blank=True, null=True)),
-                ('authorization_token_encrypted', models.TextField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('file', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='files.file')),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='resources', to='agent_sessions.session')),
+                ("id", models.CharField(editable=False, max_length=64, primary_key=True, serialize=False)),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[("file", "File"), ("github_repository", "GitHub repository")], max_length=32
+                    ),
+                ),
+                ("url", models.CharField(blank=True, max_length=2048, null=True)),
+                ("mount_path", models.CharField(max_length=1024)),
+                ("checkout", models.JSONField(blank=True, null=True)),
+                ("authorization_token_encrypted", models.TextField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "file",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="files.file",
+                    ),
+                ),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="resources",
+                        to="agent_sessions.session",
+                    ),
+                ),
             ],
         ),
         migrations.AddIndex(
-            model_name='file',
-            index=models.Index(fields=['workspace', 'created_at', 'id'], name='files_file_workspa_e05d6a_idx'),
+            model_name="file",
+            index=models.Index(
+                fields=["workspace", "created_at", "id"], name="files_file_workspa_e05d6a_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='file',
-            index=models.Index(fields=['workspace', 'scope_id', 'created_at', 'id'], name='files_file_workspa_51216a_idx'),
+            model_name="file",
+            index=models.Index(
+                fields=["workspace", "scope_id", "created_at", "id"], name="files_file_workspa_51216a_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='file',
-            index=models.Index(fields=['expires_at'], name='files_file_expires_9245a2_idx'),
+            model_name="file",
+            index=models.Index(fields=["expires_at"], name="files_file_expires_9245a2_idx"),
         ),
         migrations.AddIndex(
-            model_name='sessionresource',
-            index=models.Index(fields=['session', 'created_at', 'id'], name='files_sessi_session_101d5c_idx'),
+            model_name="sessionresource",
+            index=models.Index(fields=["session", "created_at", "id"], name="files_sessi_session_101d5c_idx"),
         ),
         migrations.AddConstraint(
-            model_name='sessionresource',
-            constraint=models.UniqueConstraint(fields=('session', 'mount_path'), name='uniq_session_resource_mount'),
+            model_name="sessionresource",
+            constraint=models.UniqueConstraint(
+                fields=("session", "mount_path"), name="uniq_session_resource_mount"
+            ),
         ),
     ]
