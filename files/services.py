@@ -521,10 +521,12 @@ def _attach(*, session: Session, resources: list[Any], prefix: Callable[[int], s
             mount_path=plan.mount_path,
             checkout=plan.checkout,
             authorization_token_encrypted=crypto.encrypt({"token": plan.token}) if plan.token else None,
-            created_at=now,
-            updated_at=now,
+            # A microsecond apart: lists order by (created_at, id) and ids are random within a
+            # millisecond, so this keeps the order the caller gave.
+            created_at=now + timedelta(microseconds=i),
+            updated_at=now + timedelta(microseconds=i),
         )
-        for plan in planned
+        for i, plan in enumerate(planned)
     ]
     for row in rows:
         row.save(force_insert=True)
