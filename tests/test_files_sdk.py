@@ -1,5 +1,8 @@
 """The official SDK (strict response validation) against a live server: files and session resources."""
 
+import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import anthropic
@@ -106,3 +109,19 @@ def test_sdk_session_resources_lifecycle(live: Any, session_id: str) -> None:
         client.beta.sessions.resources.retrieve(custom.id, session_id=session_id)
     with pytest.raises(anthropic.NotFoundError):
         client.beta.sessions.resources.add("sesn_missing", type="file", file_id=file.id)
+
+
+def test_a_malformed_multipart_body_gets_the_error_body_not_a_bare_400(live: Any) -> None:
+    # Twisted (under Daphne) would answer this itself with an empty 400; Galley's server turns that off.
+    boundary = "b0undary"
+    request = urllib.request.Request(
+        live.base_url + "/v1/files",
+        data=f"--{boundary}--\r\n".encode(),
+        method="POST",
+        headers={"x-api-key": live.api_key, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 400
+    body = json.loads(info.value.read())
+    assert body["type"] == "error" and body["error"]["message"].startswith("file:")
