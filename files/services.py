@@ -359,6 +359,14 @@ def session_resources_wire(session: Session) -> list[dict[str, Any]]:
     return [session_resource_wire(r) for r in rows]
 
 
+def session_resources_wire_many(session_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """`session.resources` for many sessions in one query (session lists)."""
+    wire: dict[str, list[dict[str, Any]]] = {sid: [] for sid in session_ids}
+    for row in SessionResource.objects.filter(session_id__in=session_ids).order_by("created_at", "id"):
+        wire[row.session_id].append(session_resource_wire(row))
+    return wire
+
+
 def session_resource_token(resource: SessionResource) -> str | None:
     """The plaintext authorization token, for the sandbox's clone step only."""
     if not resource.authorization_token_encrypted:
@@ -483,6 +491,22 @@ def _plan(*, workspace: Workspace, spec: Any, field: str) -> _Planned:
 def _check_writable(session: Session) -> None:
     if session.archived_at is not None:
         raise bad_request(f"session {session.id!r} is archived; its resources cannot change.")
+
+
+def session_resources_validate(*, workspace: Workspace, resources: Any) -> None:
+    """Check a session-create `resources` list before the session exists (same errors as attach)."""
+    if resources is None:
+        return
+    if not isinstance(resources, list):
+        raise bad_request("resources: must be a list.")
+    if len(resources) > RESOURCES_PER_SESSION_MAX:
+        raise bad_request(f"resources: a session holds at most {RESOURCES_PER_SESSION_MAX} resources.")
+    taken: set[str] = set()
+    for i, spec in enumerate(resources):
+        plan = _plan(workspace=workspace, spec=spec, field=f"resources[{i}]")
+        if plan.mount_path in taken:
+            raise conflict(f"resources[{i}].mount_path: {plan.mount_path!r} is already used in this session.")
+        taken.add(plan.mount_path)
 
 
 def session_resources_attach(*, session: Session, resources: list[dict[str, Any]]) -> list[SessionResource]:

@@ -252,3 +252,27 @@ def test_deleting_a_session_deletes_its_resources(session, file):
     services.session_resources_attach(session=session, resources=[{"type": "file", "file_id": file.id}])
     session.delete()
     assert SessionResource.objects.count() == 0
+
+
+def test_validate_checks_a_create_list_before_the_session_exists(workspace, file):
+    services.session_resources_validate(workspace=workspace, resources=None)
+    services.session_resources_validate(workspace=workspace, resources=[{"type": "file", "file_id": file.id}])
+    with pytest.raises(ApiError) as info:
+        services.session_resources_validate(workspace=workspace, resources=[{"type": "github_repository"}])
+    assert info.value.message.startswith("resources[0].url:")
+    with pytest.raises(ApiError) as info:
+        services.session_resources_validate(
+            workspace=workspace,
+            resources=[{"type": "file", "file_id": file.id}, {"type": "file", "file_id": file.id}],
+        )
+    assert info.value.status == 409
+    with pytest.raises(ApiError):
+        services.session_resources_validate(workspace=workspace, resources={"type": "file"})
+
+
+def test_wire_many_groups_resources_by_session(workspace, file):
+    first, second = make_session(workspace), make_session(workspace)
+    services.session_resources_attach(session=first, resources=[{"type": "file", "file_id": file.id}])
+    wire = services.session_resources_wire_many([first.id, second.id])
+    assert [r["file_id"] for r in wire[first.id]] == [file.id]
+    assert wire[second.id] == []
