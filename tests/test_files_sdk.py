@@ -125,3 +125,26 @@ def test_a_malformed_multipart_body_gets_the_error_body_not_a_bare_400(live: Any
     assert info.value.code == 400
     body = json.loads(info.value.read())
     assert body["type"] == "error" and body["error"]["message"].startswith("file:")
+
+
+def test_sdk_lists_a_sessions_captured_outputs_by_scope_id(live: Any, session_id: str) -> None:
+    capture = f"""
+import tempfile
+from pathlib import Path
+from files.services import file_capture_outputs
+from sessions.models import Session
+with tempfile.TemporaryDirectory() as tmp:
+    (Path(tmp) / "answer.json").write_text('{{"ok": true}}')
+    print(len(file_capture_outputs(session=Session.objects.get(id="{session_id}"), outputs_dir=Path(tmp))))
+"""
+    assert live.manage("shell", "-c", capture).stdout.strip().splitlines()[-1] == "1"
+    client = live.client()
+    outputs = client.beta.files.list(scope_id=session_id).data
+    assert [f.filename for f in outputs] == ["answer.json"]
+    assert (
+        outputs[0].scope is not None
+        and outputs[0].scope.id == session_id
+        and outputs[0].scope.type == "session"
+    )
+    assert outputs[0].mime_type == "application/json"
+    assert client.beta.files.download(outputs[0].id).read() == b'{"ok": true}'

@@ -21,7 +21,7 @@ from schemathesis.generation import GenerationMode
 from tests.live import LiveGalley, live_galley
 
 FUZZ_CASES = int(os.environ.get("GALLEY_FUZZ_CASES", "3000"))
-FUZZ_SECONDS = float(os.environ.get("GALLEY_FUZZ_SECONDS", "150"))
+FUZZ_SECONDS = float(os.environ.get("GALLEY_FUZZ_SECONDS", "120"))
 MIN_PER_MODE = 10
 
 
