@@ -250,24 +250,19 @@ def file_purge_expired(*, now: datetime | None = None) -> int:
     return count
 
 
-def _read_no_follow(path: Path) -> Iterable[bytes]:
-    # O_NOFOLLOW: the sandbox owns this directory and may swap a file for a symlink at any time.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return
-        while chunk := handle.read(_CHUNK):
-            yield chunk
-
-
 def file_capture_outputs(*, session: Session, outputs_dir: Path) -> list[File]:
     """Record the regular files under a session's outputs directory as session-scoped files.
 
     Called when a turn ends. A file already captured with the same name and content is not
-    recorded again; a changed file is recorded as a new file. Symlinks and special files are
-    skipped (never followed). The filename is the path relative to the outputs directory.
+    recorded again; a changed file is recorded as a new file. The filename is the path relative
+    to the outputs directory.
+
+    The sandbox owns this directory and may swap anything in it for a symlink or a FIFO at any
+    moment, so the walk goes by directory fds (os.fwalk never follows a symlink, even a swapped
+    one) and every file is opened relative to its directory with O_NOFOLLOW | O_NONBLOCK, then
+    checked on the open fd.
     """
-    if not outputs_dir.is_dir():
+    if outputs_dir.is_symlink() or not outputs_dir.is_dir():
         return []
     existing = set(
         File.objects.filter(workspace_id=session.workspace_id, scope_id=session.id).values_list(
@@ -277,49 +272,56 @@ def file_capture_outputs(*, session: Session, outputs_dir: Path) -> list[File]:
     limit = settings.GALLEY_MAX_BODY_BYTES
     captured: list[File] = []
     seen = 0
-    for root, dirs, names in os.walk(outputs_dir, followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(outputs_dir, follow_symlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
             seen += 1
             if seen > OUTPUTS_MAX_FILES:
                 return captured
-            path = Path(root) / name
-            try:
-                info = path.lstat()
-            except OSError:
-                continue
-            if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-                continue
-            # Uploads keep only the last path component; outputs keep their layout.
-            relative = _CONTROL.sub("", path.relative_to(outputs_dir).as_posix())[:_FILENAME_MAX]
-            digest = _sha256_of(path)
-            if digest is None or (relative, digest) in existing:
-                continue
-            try:
-                file = _file_store(
-                    workspace=session.workspace,
-                    filename=relative,
-                    mime_type=pick_mime_type(None, name),
-                    content=_read_no_follow(path),
-                    expires_in_seconds=None,
-                    scope_id=session.id,
-                    max_bytes=limit,
-                )
-            except (OSError, ApiError):
-                continue  # vanished, became a symlink, or grew past the limit mid-read
-            existing.add((file.filename, file.sha256))
-            captured.append(file)
+            relative = _CONTROL.sub("", os.path.relpath(os.path.join(dirpath, name), outputs_dir))
+            file = _capture_one(
+                session=session,
+                dirfd=dirfd,
+                name=name,
+                filename=relative[:_FILENAME_MAX],
+                existing=existing,
+                limit=limit,
+            )
+            if file is not None:
+                existing.add((file.filename, file.sha256))
+                captured.append(file)
     return captured
 
 
-def _sha256_of(path: Path) -> str | None:
-    digest = hashlib.sha256()
+def _capture_one(
+    *, session: Session, dirfd: int, name: str, filename: str, existing: set[tuple[str, str]], limit: int
+) -> File | None:
     try:
-        for chunk in _read_no_follow(path):
-            digest.update(chunk)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
     except OSError:
-        return None
-    return digest.hexdigest()
+        return None  # a symlink (ELOOP), vanished, or unreadable
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        digest = hashlib.sha256()
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+        if (filename, digest.hexdigest()) in existing:
+            return None
+        handle.seek(0)
+        try:
+            return _file_store(
+                workspace=session.workspace,
+                filename=filename,
+                mime_type=pick_mime_type(None, name),
+                content=iter(lambda: handle.read(_CHUNK), b""),
+                expires_in_seconds=None,
+                scope_id=session.id,
+                max_bytes=limit,
+            )
+        except (OSError, ApiError):
+            return None  # unreadable, or grew past the limit while being read
 
 
 # --- Session resources -----------------------------------------------------------------------------

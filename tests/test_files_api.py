@@ -221,6 +221,9 @@ def test_captured_outputs_are_session_scoped_and_listed_by_scope_id(client, work
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the agent")
     os.symlink(secret, outputs / "leak.txt")
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host" / "passwd").write_text("root:x:0:0")
+    os.symlink(tmp_path / "host", outputs / "hostdir")
     os.mkfifo(outputs / "pipe")
 
     captured = services.file_capture_outputs(session=session, outputs_dir=outputs)
@@ -239,3 +242,12 @@ def test_captured_outputs_are_session_scoped_and_listed_by_scope_id(client, work
     assert [f.filename for f in again] == ["summary.md"]
     assert client.get("/v1/files?scope_id=sesn_other").json()["data"] == []
     assert services.file_capture_outputs(session=session, outputs_dir=tmp_path / "missing") == []
+
+
+def test_an_outputs_dir_that_is_a_symlink_is_not_captured(workspace, tmp_path):
+    session = make_session(workspace)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.txt").write_text("host file")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "outputs")
+    assert services.file_capture_outputs(session=session, outputs_dir=tmp_path / "outputs") == []
+    assert File.objects.count() == 0
