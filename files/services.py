@@ -18,7 +18,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -527,7 +527,7 @@ def _attach(*, session: Session, resources: list[Any], prefix: Callable[[int], s
     ]
     # Lock the session row so concurrent adds see each other's mount paths and counts.
     Session.objects.select_for_update().filter(pk=session.pk).values_list("pk", flat=True).first()
-    taken = set(SessionResource.objects.filter(session=session).values_list("mount_path", flat=True))
+    taken = _mount_paths_taken(session)
     if len(taken) + len(planned) > RESOURCES_PER_SESSION_MAX:
         raise bad_request(f"resources: a session holds at most {RESOURCES_PER_SESSION_MAX} resources.")
     for i, plan in enumerate(planned):
@@ -554,9 +554,19 @@ def _attach(*, session: Session, resources: list[Any], prefix: Callable[[int], s
         )
         for i, plan in enumerate(planned)
     ]
-    for row in rows:
-        row.save(force_insert=True)
+    try:
+        with transaction.atomic():
+            for row in rows:
+                row.save(force_insert=True)
+    except IntegrityError:
+        # The unique (session, mount_path) constraint is the backstop if the lock above was
+        # not enough (a backend without SELECT ... FOR UPDATE and without immediate transactions).
+        raise conflict("mount_path: another request just used this mount path in this session.") from None
     return rows
+
+
+def _mount_paths_taken(session: Session) -> set[str]:
+    return set(SessionResource.objects.filter(session=session).values_list("mount_path", flat=True))
 
 
 def session_resource_add(*, workspace: Workspace, session_id: str, body: dict[str, Any]) -> SessionResource:

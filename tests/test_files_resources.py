@@ -276,3 +276,13 @@ def test_wire_many_groups_resources_by_session(workspace, file):
     wire = services.session_resources_wire_many([first.id, second.id])
     assert [r["file_id"] for r in wire[first.id]] == [file.id]
     assert wire[second.id] == []
+
+
+def test_a_mount_path_taken_by_a_concurrent_request_is_a_409_not_a_500(client, session, file, monkeypatch):
+    post(client, f"/v1/sessions/{session.id}/resources", {"type": "file", "file_id": file.id})
+    # Force the race: this request does not see the other's row before inserting.
+    monkeypatch.setattr(services, "_mount_paths_taken", lambda session: set())
+    response = post(client, f"/v1/sessions/{session.id}/resources", {"type": "file", "file_id": file.id})
+    assert response.status_code == 409
+    assert response.json()["error"]["message"].startswith("mount_path:")
+    assert SessionResource.objects.count() == 1
