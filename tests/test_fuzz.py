@@ -14,6 +14,7 @@ from typing import Any
 import hypothesis
 import pytest
 import schemathesis
+from django.test import Client
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -99,3 +100,35 @@ def test_generated_requests_get_no_server_error_and_well_formed_client_errors(
     assert ran >= min(FUZZ_CASES, len(operations) * 2 * MIN_PER_MODE) // 2, ran
     # Generated requests authenticate (the document carries the API key scheme): some succeed.
     assert sum(n for status, n in statuses.items() if status < 300) > 0, statuses
+
+
+# --- Regressions the fuzzer found (fast; they run without the slow marker) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("get", "/v1/files?ids[]=a%00b", None, "ids[]"),
+        ("get", "/v1/files/file_%00x", None, "path"),
+        ("post", "/v1/sessions/sesn_x/resources", '{"type": "file", "file_id": "f\\u0000"}', "file_id"),
+        ("post", "/v1/sessions/sesn_x/resources", '{"type": "file", "file_id": "\\ud800"}', "file_id"),
+        ("post", "/v1/agents", '{"tools": [{"name": "x\\u0000"}]}', "tools[0].name"),
+    ],
+)
+def test_text_no_database_can_store_is_a_400_naming_where_it_is(api_key, method, path, body, field):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    if body is None:
+        response = getattr(client, method)(path)
+    else:
+        response = getattr(client, method)(path, body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith(field + ":"), error["message"]
+
+
+def test_an_escaped_backslash_before_u0000_is_not_mistaken_for_nul(api_key):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    body = '{"type": "file", "file_id": "\\\\u0000"}'  # the JSON text \\u0000: a backslash, then "u0000"
+    response = client.post("/v1/sessions/sesn_x/resources", body, content_type="application/json")
+    assert response.status_code == 404  # reached the endpoint: the session does not exist
