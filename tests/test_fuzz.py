@@ -60,43 +60,47 @@ def test_generated_requests_get_no_server_error_and_well_formed_client_errors(
     assert operations, "the OpenAPI document lists no operations"
     assert "ApiKeyAuth" in schema.raw_schema["components"]["securitySchemes"]
     per_mode = max(MIN_PER_MODE, FUZZ_CASES // (2 * len(operations)))
-    deadline = time.monotonic() + FUZZ_SECONDS
-    # Bearer wins over x-api-key on the server, so generated (invalid) x-api-key values do not unauthenticate.
+    end = time.monotonic() + FUZZ_SECONDS
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    pairs = [(operation, mode) for operation in operations for mode in modes]
+    # Bearer wins over x-api-key on the server: generated (invalid) x-api-key values do not log us out.
     auth = {"Authorization": f"Bearer {fuzz_server.api_key}"}
     ran = 0
     statuses: Counter[int] = Counter()
     failures: list[str] = []
+    deadline = [end]
 
-    for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+    for index, (operation, mode) in enumerate(pairs):
+        # A fair share of the time left, so a slow operation cannot starve the ones after it.
+        deadline[0] = time.monotonic() + max(0.0, end - time.monotonic()) / (len(pairs) - index)
 
-            @hypothesis.settings(
-                max_examples=per_mode,
-                deadline=None,
-                database=None,
-                derandomize=True,  # the same cases every run: a failure reproduces
-                phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                suppress_health_check=list(HealthCheck),
+        @hypothesis.settings(
+            max_examples=per_mode,
+            deadline=None,
+            database=None,
+            derandomize=True,  # the same cases every run: a failure reproduces
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        )
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        def run(case: Any) -> None:
+            nonlocal ran
+            if time.monotonic() > deadline[0]:
+                return
+            ran += 1
+            response = case.call_and_validate(
+                base_url=base, headers=auth, checks=[not_a_server_error, error_shape], timeout=15
             )
-            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                nonlocal ran
-                if time.monotonic() > deadline:
-                    return
-                ran += 1
-                response = case.call_and_validate(
-                    base_url=base, headers=auth, checks=[not_a_server_error, error_shape], timeout=15
-                )
-                statuses[response.status_code] += 1
+            statuses[response.status_code] += 1
 
-            try:
-                run()
-            except Exception as exc:  # collect every operation's failure, then report them all
-                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+        try:
+            run()
+        except Exception as exc:  # collect every operation's failure, then report them all
+            failures.append(f"{operation.label} [{mode.value}]: {exc}")
 
     assert not failures, "\n\n".join(failures)
-    # The run must really have exercised the API (the time budget must not eat it all).
     print(f"fuzz: {ran} cases over {len(operations)} operations, statuses {dict(sorted(statuses.items()))}")
+    # The run must really have exercised the API (the time budget must not eat it all).
     assert ran >= min(FUZZ_CASES, len(operations) * 2 * MIN_PER_MODE) // 2, ran
     # Generated requests authenticate (the document carries the API key scheme): some succeed.
     assert sum(n for status, n in statuses.items() if status < 300) > 0, statuses
