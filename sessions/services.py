@@ -18,6 +18,7 @@ from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
+from files import services as file_services
 from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
@@ -188,7 +189,13 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
     return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
 
 
-def session_wire(session: Session, *, outcomes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def session_wire(
+    session: Session,
+    *,
+    outcomes: list[dict[str, Any]] | None = None,
+    resources: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The session object. Lists pass `outcomes` and `resources` fetched for the whole page."""
     frozen = session.updated_at if session.status == "terminated" else None
     return {
         "id": session.pk,
@@ -199,7 +206,7 @@ def session_wire(session: Session, *, outcomes: list[dict[str, Any]] | None = No
         "title": session.title,
         "metadata": session.metadata,
         "vault_ids": list(session.vault_ids or []),
-        "resources": [],
+        "resources": resources if resources is not None else file_services.session_resources_wire(session),
         "outcome_evaluations": (
             outcomes if outcomes is not None else outcome_evaluations_by_session([session.pk])[session.pk]
         ),
@@ -343,26 +350,6 @@ def _resolve_agent_patch(patch: dict[str, Any], snapshot: dict[str, Any]) -> dic
     return out
 
 
-_RESOURCE_TYPES = ("github_repository", "file", "memory_store")
-
-
-def _check_resources(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise bad_request("resources: expected a list.")
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise bad_request(f"resources[{index}]: expected an object.")
-        kind = item.get("type")
-        if kind not in _RESOURCE_TYPES:
-            raise bad_request(
-                f"resources[{index}].type: must be one of {', '.join(_RESOURCE_TYPES)}, got {kind!r}."
-            )
-        raise bad_request(f"resources[{index}]: {kind} resources are not supported yet.")
-    return []
-
-
 _CREATE_FIELDS = frozenset(
     {"agent", "environment_id", "title", "metadata", "vault_ids", "resources", "initial_events", "budget"}
 )
@@ -392,7 +379,8 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     if len(set(vault_ids)) != len(vault_ids):
         raise bad_request("vault_ids: must not repeat a vault.")
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
-    _check_resources(body.get("resources"))
+    resources = body.get("resources")
+    file_services.session_resources_validate(workspace=workspace, resources=resources)
     initial: list[dict[str, Any]] = []
     if body.get("initial_events") not in (None, []):
         initial = schemas.check_client_events(
@@ -440,6 +428,8 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             created_at=now,
             updated_at=now,
         )
+        if resources:
+            file_services.session_resources_attach(session=session, resources=resources)
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
     return session

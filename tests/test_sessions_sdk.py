@@ -253,3 +253,21 @@ def test_a_closed_stream_leaves_no_subscription_behind(live, client, ids):
     while count() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert count() == 0
+
+
+def test_file_resources_given_at_create_show_on_the_session(client, ids):
+    uploaded = client.beta.files.upload(file=("data.csv", b"a,b\n1,2\n", "text/csv"))
+    session = client.beta.sessions.create(
+        agent=ids["agent"],
+        environment_id=ids["environment"],
+        resources=[{"type": "file", "file_id": uploaded.id, "mount_path": "/mnt/session/uploads/data.csv"}],
+    )
+    assert [(r.type, r.file_id) for r in session.resources] == [("file", uploaded.id)]  # type: ignore[union-attr]
+    listed = next(s for s in client.beta.sessions.list(agent_id=ids["agent"]) if s.id == session.id)
+    assert [r.id for r in listed.resources] == [r.id for r in session.resources]
+    with pytest.raises(anthropic.NotFoundError):
+        client.beta.sessions.create(
+            agent=ids["agent"],
+            environment_id=ids["environment"],
+            resources=[{"type": "file", "file_id": "file_01NOPE"}],
+        )
