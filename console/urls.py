@@ -1,9 +1,11 @@
+from django.contrib.staticfiles.views import serve as static_serve
 from django.http import HttpRequest, HttpResponse
 from django.urls import path, re_path
 
 from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
+from console.views import admin, analytics, auth, overview, sessions
 
 register_routers(api)
 
@@ -12,7 +14,37 @@ def v1_not_found(request: HttpRequest, rest: str) -> HttpResponse:
     return error_response(request, ApiError(404, f"No route for {request.method} /v1/{rest}."))
 
 
+def static(request: HttpRequest, path: str) -> HttpResponse:
+    # Daphne serves the console's own assets (no CDN, no separate web server needed).
+    response = static_serve(request, path, insecure=True)
+    response["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+console_urlpatterns = [
+    path("", overview.overview),
+    path("login", auth.login_view),
+    path("logout", auth.logout_view),
+    path("sessions", sessions.session_list),
+    path("sessions/<str:session_id>", sessions.session_detail),
+    path("sessions/<str:session_id>/send", sessions.session_send),
+    path("sessions/<str:session_id>/interrupt", sessions.session_interrupt),
+    path("sessions/<str:session_id>/confirm", sessions.session_confirm),
+    path("sessions/<str:session_id>/custom-result", sessions.session_custom_result),
+    path("sessions/<str:session_id>/archive", sessions.session_archive),
+    path("sessions/<str:session_id>/trace", sessions.session_trace),
+    path("sessions/<str:session_id>/trace.json", sessions.session_trace_json),
+    path("analytics", analytics.analytics),
+    path("analytics.csv", analytics.analytics_csv),
+    path("api-keys", admin.api_keys),
+    path("api-keys/<str:key_id>/revoke", admin.api_key_revoke),
+    path("users", admin.users),
+    path("users/<int:membership_id>/role", admin.user_role),
+    re_path(r"^static/(?P<path>.+)$", static),
+]
+
 urlpatterns = [
+    *console_urlpatterns,
     path("v1/", api.urls),
-    re_path(r"^v1/(?P<rest>.*)$", v1_not_found),
+    re_path(r"^v1/(?P<rest>.*)$", v1_not_found),  # keep last
 ]
