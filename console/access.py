@@ -54,7 +54,9 @@ def forbidden(request: HttpRequest, message: str) -> HttpResponse:
     return HttpResponseForbidden(html)
 
 
-def console_view(role: str = Role.VIEWER) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+def console_view(
+    role: str = Role.VIEWER,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """Require a logged-in member with at least `role`; sets request.access."""
 
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -64,10 +66,14 @@ def console_view(role: str = Role.VIEWER) -> Callable[[Callable[..., HttpRespons
                 return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
             access = access_for(request.user)
             if access is None:
-                return forbidden(request, "Your account is not a member of any workspace. Ask an admin to add you.")
+                return forbidden(
+                    request, "Your account is not a member of any workspace. Ask an admin to add you."
+                )
             request.access = access  # type: ignore[attr-defined]
             if not access.allows(role):
-                return forbidden(request, f"This needs the {Role(role).label.lower()} role; you are a {access.role}.")
+                return forbidden(
+                    request, f"This needs the {Role(role).label.lower()} role; you are a {access.role}."
+                )
             return view(request, *args, **kwargs)
 
         return wrapper

@@ -18,10 +18,24 @@ from sessions.models import Session
 
 RUNTIME_MICROS_PER_HOUR = 80_000  # $0.08 per session-hour (spec)
 WEB_SEARCH_MICROS = 10_000  # $10 per 1,000 searches
-GROUPS = {"day": "Day", "agent": "Agent", "model": "Model", "environment": "Environment", "api_key": "API key"}
+GROUPS = {
+    "day": "Day",
+    "agent": "Agent",
+    "model": "Model",
+    "environment": "Environment",
+    "api_key": "API key",
+}
 
-_SUMS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_5m_tokens",
-         "cache_creation_1h_tokens", "web_search_requests", "token_cost_micros", "active_seconds")
+_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "web_search_requests",
+    "token_cost_micros",
+    "active_seconds",
+)
 
 
 @dataclass
@@ -54,7 +68,9 @@ class Totals:
         self.input_tokens += int(row.get("input_tokens") or 0)
         self.output_tokens += int(row.get("output_tokens") or 0)
         self.cache_read_input_tokens += int(row.get("cache_read_input_tokens") or 0)
-        self.cache_creation_tokens += int(row.get("cache_creation_5m_tokens") or 0) + int(row.get("cache_creation_1h_tokens") or 0)
+        self.cache_creation_tokens += int(row.get("cache_creation_5m_tokens") or 0) + int(
+            row.get("cache_creation_1h_tokens") or 0
+        )
         self.web_search_requests += int(row.get("web_search_requests") or 0)
         self.token_cost_micros += int(row.get("token_cost_micros") or 0)
         self.active_seconds += float(row.get("active_seconds") or 0.0)
@@ -103,7 +119,9 @@ def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: s
             totals.add(row)
             report.rows.append((f"{row['agent__name']} ({row['agent_id']})", totals))
     elif group == "environment":
-        for row in qs.values("environment_id", "environment__name").annotate(**_sums()).order_by("environment__name"):
+        for row in (
+            qs.values("environment_id", "environment__name").annotate(**_sums()).order_by("environment__name")
+        ):
             totals = Totals()
             totals.add(row)
             report.rows.append((str(row["environment__name"]), totals))
@@ -121,7 +139,9 @@ def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: s
         keys = {(r["agent_id"], r["agent_version"]) for r in per_version}
         models: dict[tuple[str, int], str] = {}
         agent_ids = {k[0] for k in keys}
-        for v in AgentVersion.objects.filter(agent_id__in=agent_ids).only("agent_id", "version", "definition"):
+        for v in AgentVersion.objects.filter(agent_id__in=agent_ids).only(
+            "agent_id", "version", "definition"
+        ):
             models[(v.agent_id, v.version)] = v.model_id
         by_model: dict[str, Totals] = {}
         for row in per_version:
@@ -158,8 +178,10 @@ def bar_chart(points: list[tuple[str, float]], *, label: str) -> SafeString:
         h = (height - 2 * pad) * (value / top)
         x = pad + i * slot + (slot - bar) / 2
         y = height - pad - h
-        parts.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}">'
-                     f"<title>{escape(key)}: {value:,.4f}</title></rect>")
+        parts.append(
+            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}">'
+            f"<title>{escape(key)}: {value:,.4f}</title></rect>"
+        )
         if i % step == 0:
             parts.append(f'<text x="{x:.1f}" y="{height - 10}">{escape(key[-12:])}</text>')
     parts.append(f'<text x="2" y="14">{escape(f"{top:,.2f}")}</text>')

@@ -29,7 +29,9 @@ def _load_access(user: Any, session_id: str) -> tuple[Access, Session] | None:
     return (access, session) if session is not None else None
 
 
-def _read(access: Access, session_id: str, after: int, status: str | None) -> tuple[list[dict[str, Any]], int, str]:
+def _read(
+    access: Access, session_id: str, after: int, status: str | None
+) -> tuple[list[dict[str, Any]], int, str]:
     """Messages for events after `after`, plus a status/actions message when the status changed."""
     session = Session.objects.get(pk=session_id)
     events = list(Event.objects.filter(session_id=session_id, seq__gt=after).order_by("seq")[:BATCH])
@@ -42,7 +44,8 @@ def _read(access: Access, session_id: str, after: int, status: str | None) -> tu
     state = f"{session.status}:{json.dumps(session.stop_reason, sort_keys=True)}"
     if state != status or events:
         actions_html = render_to_string(
-            "console/_actions.html", {"actions": pending_actions(session), "session": session, "access": access}
+            "console/_actions.html",
+            {"actions": pending_actions(session), "session": session, "access": access},
         )
         out.append({"status": session.status, "actions_html": actions_html})
     return out, last, state
@@ -57,7 +60,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         self.access = found[0]
         query = dict(
-            part.split("=", 1) for part in self.scope.get("query_string", b"").decode().split("&") if "=" in part
+            part.split("=", 1)
+            for part in self.scope.get("query_string", b"").decode().split("&")
+            if "=" in part
         )
         after = query.get("after", "0")
         self.after = int(after) if after.isdigit() else 0
@@ -78,7 +83,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         read = database_sync_to_async(_read)
         async with streaming.subscribe(self.session_id) as subscription:
             while True:
-                messages, self.after, new_status = await read(self.access, self.session_id, self.after, status)
+                messages, self.after, new_status = await read(
+                    self.access, self.session_id, self.after, status
+                )
                 status = new_status
                 for message in messages:
                     await self.send(text_data=json.dumps(message))

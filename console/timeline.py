@@ -22,16 +22,20 @@ _PRICES: list[tuple[str, Decimal, Decimal]] = [
 
 def step_cost_micros(model_id: str, usage: dict[str, Any]) -> int:
     """List cost of one model request in USD millionths (cache write 1.25x, cache read 0.1x)."""
-    for prefix, price_in, price_out in _PRICES:
-        if model_id.startswith(prefix):
-            break
-    else:
+    prices = next(((i, o) for prefix, i, o in _PRICES if model_id.startswith(prefix)), None)
+    if prices is None:
         return 0
+    price_in, price_out = prices
     tokens_in = Decimal(int(usage.get("input_tokens") or 0))
     tokens_out = Decimal(int(usage.get("output_tokens") or 0))
     cache_read = Decimal(int(usage.get("cache_read_input_tokens") or 0))
     cache_write = Decimal(int(usage.get("cache_creation_input_tokens") or 0))
-    micros = tokens_in * price_in + tokens_out * price_out + cache_read * price_in / 10 + cache_write * price_in * 5 / 4
+    micros = (
+        tokens_in * price_in
+        + tokens_out * price_out
+        + cache_read * price_in / 10
+        + cache_write * price_in * 5 / 4
+    )
     return int(micros)
 
 
@@ -65,9 +69,19 @@ def chat_item(event: Event) -> dict[str, Any] | None:
     """One chat bubble for an event, or None for events the chat does not show (spans, usage)."""
     p = event.payload
     t = event.type
-    item: dict[str, Any] = {"id": event.id, "seq": event.seq, "type": t, "at": event.created_at, "thread": event.thread_id}
+    item: dict[str, Any] = {
+        "id": event.id,
+        "seq": event.seq,
+        "type": t,
+        "at": event.created_at,
+        "thread": event.thread_id,
+    }
     if t in ("user.message", "system.message"):
-        return item | {"kind": "user", "who": "You" if t == "user.message" else "System", "text": content_text(p.get("content"))}
+        return item | {
+            "kind": "user",
+            "who": "You" if t == "user.message" else "System",
+            "text": content_text(p.get("content")),
+        }
     if t == "agent.message":
         return item | {"kind": "agent", "who": "Agent", "text": content_text(p.get("content"))}
     if t in ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use"):
@@ -76,29 +90,57 @@ def chat_item(event: Event) -> dict[str, Any] | None:
             name = f"{p.get('mcp_server_name', 'mcp')}.{name}"
         label = "Custom tool call" if t == "agent.custom_tool_use" else "Tool call"
         perm = p.get("evaluated_permission")
-        return item | {"kind": "tool", "who": f"{label}: {name}", "detail": pretty(p.get("input", {})), "permission": perm}
+        return item | {
+            "kind": "tool",
+            "who": f"{label}: {name}",
+            "detail": pretty(p.get("input", {})),
+            "permission": perm,
+        }
     if t in ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result", "user.tool_result"):
         who = "Tool result (error)" if p.get("is_error") else "Tool result"
-        return item | {"kind": "tool", "who": who, "detail": content_text(p.get("content")), "error": bool(p.get("is_error"))}
+        return item | {
+            "kind": "tool",
+            "who": who,
+            "detail": content_text(p.get("content")),
+            "error": bool(p.get("is_error")),
+        }
     if t == "user.tool_confirmation":
         verdict = "approved" if p.get("result") == "allow" else "denied"
-        return item | {"kind": "status", "text": f"You {verdict} a tool call." + (f" ({p['deny_message']})" if p.get("deny_message") else "")}
+        return item | {
+            "kind": "status",
+            "text": f"You {verdict} a tool call."
+            + (f" ({p['deny_message']})" if p.get("deny_message") else ""),
+        }
     if t == "user.interrupt":
         return item | {"kind": "status", "text": "You interrupted the agent."}
     if t == "session.error":
         err = p.get("error") or {}
-        return item | {"kind": "agent", "error": True, "who": f"Error: {err.get('type', 'error')}", "text": err.get("message", "")}
+        return item | {
+            "kind": "agent",
+            "error": True,
+            "who": f"Error: {err.get('type', 'error')}",
+            "text": err.get("message", ""),
+        }
     if t == "session.status_idle":
         reason = (p.get("stop_reason") or {}).get("type", "")
-        text = {"requires_action": "Waiting for your decision.", "end_turn": "Done.", "budget_reached": "Budget reached.",
-                "retries_exhausted": "Stopped after repeated errors.", "refusal": "The model refused."}.get(reason, "Idle.")
+        text = {
+            "requires_action": "Waiting for your decision.",
+            "end_turn": "Done.",
+            "budget_reached": "Budget reached.",
+            "retries_exhausted": "Stopped after repeated errors.",
+            "refusal": "The model refused.",
+        }.get(reason, "Idle.")
         return item | {"kind": "status", "text": text}
     if t == "session.status_terminated":
         return item | {"kind": "status", "text": "The session ended."}
     if t in ("agent.thread_message_sent", "agent.thread_message_received"):
         peer = p.get("to_agent_name") or p.get("from_agent_name") or "another agent"
         arrow = "to" if t.endswith("sent") else "from"
-        return item | {"kind": "tool", "who": f"Message {arrow} {peer}", "detail": content_text(p.get("content"))}
+        return item | {
+            "kind": "tool",
+            "who": f"Message {arrow} {peer}",
+            "detail": content_text(p.get("content")),
+        }
     if t == "session.thread_created":
         return item | {"kind": "status", "text": f"Started sub-agent {p.get('agent_name', '')}."}
     return None
@@ -115,13 +157,27 @@ def pending_actions(session: Session) -> list[dict[str, Any]]:
     for event in rows:
         p = event.payload
         kind = "custom" if event.type == "agent.custom_tool_use" else "confirm"
-        actions.append({"id": event.id, "kind": kind, "name": p.get("name", ""), "input": pretty(p.get("input", {})),
-                        "thread": p.get("session_thread_id") or ""})
+        actions.append(
+            {
+                "id": event.id,
+                "kind": kind,
+                "name": p.get("name", ""),
+                "input": pretty(p.get("input", {})),
+                "thread": p.get("session_thread_id") or "",
+            }
+        )
     return actions
 
 
-_KIND = {"span": "span", "agent.tool_use": "tool", "agent.tool_result": "tool", "agent.mcp_tool_use": "tool",
-         "agent.mcp_tool_result": "tool", "agent.custom_tool_use": "tool", "user.custom_tool_result": "tool"}
+_KIND = {
+    "span": "span",
+    "agent.tool_use": "tool",
+    "agent.tool_result": "tool",
+    "agent.mcp_tool_use": "tool",
+    "agent.mcp_tool_result": "tool",
+    "agent.custom_tool_use": "tool",
+    "user.custom_tool_result": "tool",
+}
 
 
 def trace_rows(session: Session, events: list[Event]) -> list[dict[str, Any]]:
@@ -133,13 +189,26 @@ def trace_rows(session: Session, events: list[Event]) -> list[dict[str, Any]]:
     for event in events:
         p = event.payload
         t = event.type
-        kind = _KIND.get(t) or ("span" if t.startswith("span.") else "error" if t.endswith("error") else
-                                "status" if ".status_" in t or t.startswith("session.") else "message")
+        kind = _KIND.get(t) or (
+            "span"
+            if t.startswith("span.")
+            else "error"
+            if t.endswith("error")
+            else "status"
+            if ".status_" in t or t.startswith("session.")
+            else "message"
+        )
         if p.get("is_error"):
             kind = "error"
         row: dict[str, Any] = {
-            "seq": event.seq, "id": event.id, "type": t, "kind": kind, "lane": event.thread_id or "main",
-            "at": event.created_at.isoformat(), "summary": "", "event": event.wire(),
+            "seq": event.seq,
+            "id": event.id,
+            "type": t,
+            "kind": kind,
+            "lane": event.thread_id or "main",
+            "at": event.created_at.isoformat(),
+            "summary": "",
+            "event": event.wire(),
         }
         if t == "span.model_request_start":
             starts[event.id] = event
@@ -149,19 +218,32 @@ def trace_rows(session: Session, events: list[Event]) -> list[dict[str, Any]]:
             start = starts.get(str(p.get("model_request_start_id")))
             if start is not None:
                 row["latency_ms"] = round((event.created_at - start.created_at).total_seconds() * 1000)
-            row["tokens"] = {k: int(usage.get(k) or 0) for k in
-                             ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}
+            row["tokens"] = {
+                k: int(usage.get(k) or 0)
+                for k in (
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                )
+            }
             row["cost"] = money(step_cost_micros(model_id, usage))
-            row["summary"] = f"Model request: {row['tokens']['input_tokens']} in / {row['tokens']['output_tokens']} out"
+            row["summary"] = (
+                f"Model request: {row['tokens']['input_tokens']} in / {row['tokens']['output_tokens']} out"
+            )
         elif t in ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use"):
             tool_starts[event.id] = event
             row["summary"] = f"Tool call {p.get('name', '')}"
         elif t in ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result"):
-            use_id = str(p.get("tool_use_id") or p.get("mcp_tool_use_id") or p.get("custom_tool_use_id") or "")
+            use_id = str(
+                p.get("tool_use_id") or p.get("mcp_tool_use_id") or p.get("custom_tool_use_id") or ""
+            )
             start = tool_starts.get(use_id)
             if start is not None:
                 row["duration_ms"] = round((event.created_at - start.created_at).total_seconds() * 1000)
-                row["summary"] = f"Result of {start.payload.get('name', 'tool')}" + (" (error)" if p.get("is_error") else "")
+                row["summary"] = f"Result of {start.payload.get('name', 'tool')}" + (
+                    " (error)" if p.get("is_error") else ""
+                )
             else:
                 row["summary"] = "Tool result"
         elif t in ("agent.message", "user.message", "system.message"):

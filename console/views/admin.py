@@ -26,10 +26,23 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             errors["name"] = "The name is too long (255 characters at most)."
         else:
             _key, raw_key = ApiKey.generate(workspace=workspace, name=name, created_by=request.user)
-    keys = ApiKey.objects.filter(workspace=workspace).select_related("created_by").order_by("revoked_at", "-created_at")
-    return render_page(request, "console/api_keys.html", {"nav": "api_keys", "keys": keys, "errors": errors,
-                                                           "raw_key": raw_key, "name": request.POST.get("name", "")},
-                       status=400 if errors else 200)
+    keys = (
+        ApiKey.objects.filter(workspace=workspace)
+        .select_related("created_by")
+        .order_by("revoked_at", "-created_at")
+    )
+    return render_page(
+        request,
+        "console/api_keys.html",
+        {
+            "nav": "api_keys",
+            "keys": keys,
+            "errors": errors,
+            "raw_key": raw_key,
+            "name": request.POST.get("name", ""),
+        },
+        status=400 if errors else 200,
+    )
 
 
 @require_POST
@@ -68,9 +81,12 @@ def users(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"User {username!r} created as {role}.")
             return HttpResponseRedirect("/users")
     members = Membership.objects.filter(workspace=workspace).select_related("user").order_by("user__username")
-    return render_page(request, "console/users.html", {"nav": "users", "members": members, "errors": errors,
-                                                        "form": form, "roles": Role.choices},
-                       status=400 if errors else 200)
+    return render_page(
+        request,
+        "console/users.html",
+        {"nav": "users", "members": members, "errors": errors, "form": form, "roles": Role.choices},
+        status=400 if errors else 200,
+    )
 
 
 @require_POST
@@ -78,7 +94,9 @@ def users(request: HttpRequest) -> HttpResponse:
 def user_role(request: HttpRequest, membership_id: int) -> HttpResponse:
     workspace = request.access.workspace  # type: ignore[attr-defined]
     role = request.POST.get("role", "")
-    membership = Membership.objects.filter(pk=membership_id, workspace=workspace).select_related("user").first()
+    membership = (
+        Membership.objects.filter(pk=membership_id, workspace=workspace).select_related("user").first()
+    )
     if membership is None:
         raise Http404("No such member")
     if role not in Role.values:

@@ -18,7 +18,11 @@ def _range(request: HttpRequest) -> tuple[dt.date, dt.date, list[str]]:
         errors.append("The end date is not a date (use YYYY-MM-DD).")
         end = today
     try:
-        start = dt.date.fromisoformat(request.GET["from"]) if request.GET.get("from") else end - dt.timedelta(days=29)
+        start = (
+            dt.date.fromisoformat(request.GET["from"])
+            if request.GET.get("from")
+            else end - dt.timedelta(days=29)
+        )
     except ValueError:
         errors.append("The start date is not a date (use YYYY-MM-DD).")
         start = end - dt.timedelta(days=29)
@@ -42,13 +46,23 @@ def _report(request: HttpRequest) -> tuple[Report, list[str]]:
 @console_view()
 def analytics(request: HttpRequest) -> HttpResponse:
     report, errors = _report(request)
-    chart = bar_chart([(key, dollars(t.cost_micros)) for key, t in report.rows],
-                      label=f"Spend in USD by {GROUPS[report.group].lower()}")
+    chart = bar_chart(
+        [(key, dollars(t.cost_micros)) for key, t in report.rows],
+        label=f"Spend in USD by {GROUPS[report.group].lower()}",
+    )
     rows = [{"key": key, "t": t, "cost": money(t.cost_micros)} for key, t in report.rows]
     top = [{"s": s, "cost": money(s.token_cost_micros)} for s in report.top_sessions]
     context = {
-        "nav": "analytics", "report": report, "errors": errors, "chart": chart, "rows": rows, "top": top,
-        "groups": GROUPS, "group_label": GROUPS[report.group], "total_cost": money(report.total.cost_micros), "query": request.GET.urlencode(),
+        "nav": "analytics",
+        "report": report,
+        "errors": errors,
+        "chart": chart,
+        "rows": rows,
+        "top": top,
+        "groups": GROUPS,
+        "group_label": GROUPS[report.group],
+        "total_cost": money(report.total.cost_micros),
+        "query": request.GET.urlencode(),
         "ratio": f"{report.total.cache_hit_ratio:.1%}",
     }
     return render_page(request, "console/analytics.html", context)
@@ -58,13 +72,39 @@ def analytics(request: HttpRequest) -> HttpResponse:
 def analytics_csv(request: HttpRequest) -> HttpResponse:
     report, _errors = _report(request)
     response = HttpResponse(content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="galley-cost-{report.start}-{report.end}-{report.group}.csv"'
+    response["Content-Disposition"] = (
+        f'attachment; filename="galley-cost-{report.start}-{report.end}-{report.group}.csv"'
+    )
     writer = csv.writer(response)
-    writer.writerow([report.group, "sessions", "input_tokens", "output_tokens", "cache_read_input_tokens",
-                     "cache_creation_input_tokens", "cache_hit_ratio", "runtime_hours", "web_search_requests",
-                     "token_cost_usd", "total_cost_usd"])
+    writer.writerow(
+        [
+            report.group,
+            "sessions",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "cache_hit_ratio",
+            "runtime_hours",
+            "web_search_requests",
+            "token_cost_usd",
+            "total_cost_usd",
+        ]
+    )
     for key, t in report.rows:
-        writer.writerow([key, t.sessions, t.input_tokens, t.output_tokens, t.cache_read_input_tokens,
-                         t.cache_creation_tokens, f"{t.cache_hit_ratio:.4f}", f"{t.runtime_hours:.4f}",
-                         t.web_search_requests, f"{dollars(t.token_cost_micros):.6f}", f"{dollars(t.cost_micros):.6f}"])
+        writer.writerow(
+            [
+                key,
+                t.sessions,
+                t.input_tokens,
+                t.output_tokens,
+                t.cache_read_input_tokens,
+                t.cache_creation_tokens,
+                f"{t.cache_hit_ratio:.4f}",
+                f"{t.runtime_hours:.4f}",
+                t.web_search_requests,
+                f"{dollars(t.token_cost_micros):.6f}",
+                f"{dollars(t.cost_micros):.6f}",
+            ]
+        )
     return response

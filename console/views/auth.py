@@ -8,7 +8,9 @@ from console.access import render_page
 
 
 def _safe_next(request: HttpRequest, target: str) -> str:
-    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, {request.get_host()}, require_https=request.is_secure()
+    ):
         return target
     return "/"
 
@@ -19,8 +21,12 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         login(request, form.get_user())
         return HttpResponseRedirect(_safe_next(request, next_url))
-    return render_page(request, "console/login.html", {"form": form, "next": next_url},
-                       status=400 if request.method == "POST" else 200)
+    return render_page(
+        request,
+        "console/login.html",
+        {"form": form, "next": next_url},
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 @require_POST

@@ -12,7 +12,9 @@ from sessions.models import Event, Session
 def overview(request: HttpRequest) -> HttpResponse:
     workspace = request.access.workspace  # type: ignore[attr-defined]
     sessions = Session.objects.filter(workspace=workspace, archived_at=None).select_related("agent")
-    running = list(sessions.filter(status__in=["running", "rescheduling"]).order_by("-created_at", "-id")[:10])
+    running = list(
+        sessions.filter(status__in=["running", "rescheduling"]).order_by("-created_at", "-id")[:10]
+    )
     recent = list(sessions.order_by("-created_at", "-id")[:10])
     errors = list(
         Event.objects.filter(type="session.error", session__workspace=workspace)

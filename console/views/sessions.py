@@ -20,9 +20,14 @@ CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
 
 
 def _session(request: HttpRequest, session_id: str) -> Session:
-    session = Session.objects.select_related("agent", "environment").filter(
-        pk=session_id, workspace=request.access.workspace  # type: ignore[attr-defined]
-    ).first()
+    session = (
+        Session.objects.select_related("agent", "environment")
+        .filter(
+            pk=session_id,
+            workspace=request.access.workspace,  # type: ignore[attr-defined]
+        )
+        .first()
+    )
     if session is None:
         raise Http404("No such session")
     return session
@@ -50,7 +55,9 @@ def session_list(request: HttpRequest) -> HttpResponse:
     if start:
         qs = qs.filter(created_at__gte=dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC))
     if end:
-        qs = qs.filter(created_at__lt=dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC))
+        qs = qs.filter(
+            created_at__lt=dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+        )
     meta = q.get("metadata", "").strip()
     if meta:
         key, _, value = (part.strip() for part in meta.partition("="))
@@ -130,7 +137,12 @@ def session_send(request: HttpRequest, session_id: str) -> HttpResponse:
     if not text:
         messages.error(request, "Write a message before sending.")
         return HttpResponseRedirect(f"/sessions/{session.pk}")
-    return _send(request, session, [{"type": "user.message", "content": [{"type": "text", "text": text}]}], "Message sent.")
+    return _send(
+        request,
+        session,
+        [{"type": "user.message", "content": [{"type": "text", "text": text}]}],
+        "Message sent.",
+    )
 
 
 @require_POST
@@ -148,8 +160,11 @@ def session_confirm(request: HttpRequest, session_id: str) -> HttpResponse:
     if result not in ("allow", "deny"):
         messages.error(request, "Choose approve or deny.")
         return HttpResponseRedirect(f"/sessions/{session.pk}")
-    event: dict[str, Any] = {"type": "user.tool_confirmation", "tool_use_id": request.POST.get("tool_use_id", ""),
-                             "result": result}
+    event: dict[str, Any] = {
+        "type": "user.tool_confirmation",
+        "tool_use_id": request.POST.get("tool_use_id", ""),
+        "result": result,
+    }
     if result == "deny" and request.POST.get("deny_message", "").strip():
         event["deny_message"] = request.POST["deny_message"].strip()
     if request.POST.get("session_thread_id"):
@@ -191,8 +206,11 @@ def session_archive(request: HttpRequest, session_id: str) -> HttpResponse:
 @console_view()
 def session_trace(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
-    return render_page(request, "console/session_trace.html", {"nav": "sessions", "session": session,
-                                                                "cost": money(session.token_cost_micros)})
+    return render_page(
+        request,
+        "console/session_trace.html",
+        {"nav": "sessions", "session": session, "cost": money(session.token_cost_micros)},
+    )
 
 
 @console_view()
