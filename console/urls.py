@@ -5,7 +5,7 @@ from django.urls import path, re_path
 from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
-from console.views import admin, analytics, auth, overview, sessions
+from console.views import admin, agents, analytics, auth, environments, overview, sessions, vaults
 
 register_routers(api)
 
@@ -25,6 +25,23 @@ console_urlpatterns = [
     path("", overview.overview),
     path("login", auth.login_view),
     path("logout", auth.logout_view),
+    path("agents", agents.agent_list),
+    path("agents/new", agents.agent_new),
+    path("agents/<str:agent_id>", agents.agent_detail),
+    path("agents/<str:agent_id>/edit", agents.agent_edit),
+    path("agents/<str:agent_id>/diff", agents.agent_diff),
+    path("agents/<str:agent_id>/archive", agents.agent_archive),
+    path("agents/<str:agent_id>/start", agents.agent_start_session),
+    path("environments", environments.environment_list),
+    path("environments/new", environments.environment_new),
+    path("environments/<str:environment_id>", environments.environment_detail),
+    path("environments/<str:environment_id>/edit", environments.environment_edit),
+    path("environments/<str:environment_id>/archive", environments.environment_archive),
+    path("vaults", vaults.vault_list),
+    path("vaults/<str:vault_id>", vaults.vault_detail),
+    path("vaults/<str:vault_id>/archive", vaults.vault_archive),
+    path("vaults/<str:vault_id>/credentials/<str:credential_id>/replace", vaults.credential_replace),
+    path("vaults/<str:vault_id>/credentials/<str:credential_id>/archive", vaults.credential_archive),
     path("sessions", sessions.session_list),
     path("sessions/<str:session_id>", sessions.session_detail),
     path("sessions/<str:session_id>/send", sessions.session_send),
