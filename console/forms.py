@@ -49,7 +49,7 @@ def error_field(exc: ApiError) -> tuple[str, str]:
         if head.startswith("config.packages"):
             return "packages", exc.message
         return match.group(1), exc.message
-    return "__all__", exc.message
+    return "form", exc.message
 
 
 def _lines(value: str) -> list[str]:

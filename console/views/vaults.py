@@ -103,7 +103,7 @@ def vault_detail(request: HttpRequest, vault_id: str) -> HttpResponse:
                 messages.success(request, "Credential saved. Its secret will not be shown again.")
                 return HttpResponseRedirect(f"/vaults/{vault.pk}")
             except ApiError as exc:
-                errors["__all__"] = exc.message
+                errors["form"] = exc.message
     credentials = vault.credentials.order_by("archived_at", "-created_at")
     # Only the public half (no secret field) reaches the template.
     form = {
