@@ -50,7 +50,8 @@ def analytics(request: HttpRequest) -> HttpResponse:
         [(key, dollars(t.cost_micros)) for key, t in report.rows],
         label=f"Spend in USD by {GROUPS[report.group].lower()}",
     )
-    rows = [{"key": key, "t": t, "cost": money(t.cost_micros)} for key, t in report.rows]
+    # The chart shows every day of the range; the table only days with sessions.
+    rows = [{"key": key, "t": t, "cost": money(t.cost_micros)} for key, t in report.rows if t.sessions]
     top = [{"s": s, "cost": money(s.token_cost_micros)} for s in report.top_sessions]
     context = {
         "nav": "analytics",
