@@ -153,9 +153,11 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.get_by_role("button", name="Expand all").click()
     assert page.locator(".lanes details[open]").count() == total
     assert page.locator(".tev.k-span .meta", has_text="latency").count() >= 2
-    _shot(page, "trace", full_page=False)
     page.get_by_role("button", name="Collapse all").click()
     assert page.locator(".lanes details[open]").count() == 0
+    page.locator(".tev.k-span").nth(1).locator("summary").click()  # open one model span
+    page.evaluate("window.scrollTo(0, 0)")
+    _shot(page, "trace", full_page=False)
     assert re.search(r"#seq-2$", page.url)
     page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")
     page.reload()
