@@ -350,3 +350,14 @@ def test_static_assets_are_served_locally(workspace):
     assert client.get("/static/console/console.css").status_code == 200
     page = client_for(workspace, Role.VIEWER).get("/").content.decode()
     assert "http://" not in page.replace("http://127.0.0.1", "") and "https://" not in page
+
+
+def test_session_filters_answer_htmx_with_the_results_partial(workspace):
+    make_session(workspace, title="needle")
+    make_session(workspace, title="haystack")
+    client = client_for(workspace, Role.VIEWER)
+    response = client.get("/sessions?q=needle", headers={"HX-Request": "true"})
+    body = response.content.decode()
+    assert body.startswith('<div id="results"') and "<html" not in body
+    assert "needle" in body and "haystack" not in body
+    assert "HX-Request" in response["Vary"]

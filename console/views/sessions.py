@@ -84,7 +84,8 @@ def session_list(request: HttpRequest) -> HttpResponse:
         "query": params.urlencode(),
         "filtered": any(q.get(k) for k in ("agent", "status", "from", "to", "metadata", "q")),
     }
-    return render_page(request, "console/session_list.html", context)
+    template = "console/_session_results.html" if request.htmx else "console/session_list.html"  # type: ignore[attr-defined]
+    return render_page(request, template, context)
 
 
 def chat_events(session: Session, *, before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
