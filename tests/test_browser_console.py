@@ -132,6 +132,7 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.wait_for_url(session_url)
     page.get_by_text("All done: the command printed hello-from-sandbox.").wait_for()
     page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'idle'")
+    page.wait_for_function("document.getElementById('session-usage').textContent.startsWith('2000 in')")
     assert page.get_by_text("You approved a tool call.").count() == 1
     _shot(page, "session")
 

@@ -96,6 +96,7 @@ def test_status_change_pushes_pending_confirmation(workspace):
             communicator, lambda m: "wants to run bash" in m.get("actions_html", "")
         )
         assert pushed[-1]["status"] == "idle"
+        assert pushed[-1]["usage"].startswith("0 in / 0 out tokens")
         assert f'value="{use.id}"' in pushed[-1]["actions_html"] and "Approve" in pushed[-1]["actions_html"]
         await communicator.disconnect()
 

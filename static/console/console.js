@@ -53,6 +53,10 @@
           var badge = document.getElementById("session-status");
           if (badge) { badge.textContent = data.status; badge.className = "badge " + data.status; }
         }
+        if (data.usage) {
+          var usage = document.getElementById("session-usage");
+          if (usage) usage.textContent = data.usage;
+        }
         if (data.actions_html !== undefined) {
           var actions = document.getElementById("actions");
           if (actions) { actions.outerHTML = data.actions_html; addCsrf(document.getElementById("actions")); }
