@@ -47,7 +47,8 @@ def _read(
             "console/_actions.html",
             {"actions": pending_actions(session), "session": session, "access": access},
         )
-        usage = f"{session.input_tokens} in / {session.output_tokens} out tokens · cost {money(session.token_cost_micros)}"
+        cost = money(session.token_cost_micros)
+        usage = f"{session.input_tokens} in / {session.output_tokens} out tokens · cost {cost}"
         out.append({"status": session.status, "actions_html": actions_html, "usage": usage})
     return out, last, state
 
