@@ -32,15 +32,29 @@ def _setup_django(data_dir: str) -> None:
 
 
 def _turn(index: int, start_id: str) -> list[tuple[str, dict[str, Any]]]:
-    usage = {"input_tokens": 1200, "output_tokens": 150, "cache_read_input_tokens": 800, "cache_creation_input_tokens": 0}
+    usage = {
+        "input_tokens": 1200,
+        "output_tokens": 150,
+        "cache_read_input_tokens": 800,
+        "cache_creation_input_tokens": 0,
+    }
     return [
         ("user.message", {"content": [{"type": "text", "text": f"Question {index}"}]}),
         ("session.status_running", {}),
         ("span.model_request_start", {}),
         ("agent.message", {"content": [{"type": "text", "text": f"Answer {index} " + "lorem ipsum " * 20}]}),
-        ("agent.tool_use", {"name": "bash", "input": {"command": f"echo {index}"}, "evaluated_permission": "allow"}),
-        ("agent.tool_result", {"tool_use_id": "x", "content": [{"type": "text", "text": str(index)}], "is_error": False}),
-        ("span.model_request_end", {"model_request_start_id": start_id, "is_error": False, "model_usage": usage}),
+        (
+            "agent.tool_use",
+            {"name": "bash", "input": {"command": f"echo {index}"}, "evaluated_permission": "allow"},
+        ),
+        (
+            "agent.tool_result",
+            {"tool_use_id": "x", "content": [{"type": "text", "text": str(index)}], "is_error": False},
+        ),
+        (
+            "span.model_request_end",
+            {"model_request_start_id": start_id, "is_error": False, "model_usage": usage},
+        ),
         ("agent.message", {"content": [{"type": "text", "text": "Done."}]}),
         ("session.status_idle", {"stop_reason": {"type": "end_turn"}}),
         ("span.model_request_start", {}),
@@ -63,20 +77,47 @@ def _seed() -> tuple[str, Any]:
     agents = []
     for i, model in enumerate(["claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-8"]):
         agent = Agent.objects.create(id=new_id("agent"), workspace=workspace, name=f"Agent {i}")
-        AgentVersion.objects.create(agent=agent, version=1, definition={
-            "name": agent.name, "model": {"id": model}, "tools": [], "mcp_servers": [], "skills": [],
-            "system": "Be brief.", "description": None, "multiagent": None, "metadata": {}})
+        AgentVersion.objects.create(
+            agent=agent,
+            version=1,
+            definition={
+                "name": agent.name,
+                "model": {"id": model},
+                "tools": [],
+                "mcp_servers": [],
+                "skills": [],
+                "system": "Be brief.",
+                "description": None,
+                "multiagent": None,
+                "metadata": {},
+            },
+        )
         agents.append(agent)
-    env = Environment.objects.create(id=new_id("env"), workspace=workspace, name="bench",
-                                     config={"type": "cloud", "networking": {"type": "unrestricted"}})
+    env = Environment.objects.create(
+        id=new_id("env"),
+        workspace=workspace,
+        name="bench",
+        config={"type": "cloud", "networking": {"type": "unrestricted"}},
+    )
     now = timezone.now()
 
     def session(agent: Agent, created: dt.datetime, events: int) -> Session:
         return Session(
-            id=new_id("sesn"), workspace=workspace, agent=agent, agent_version=1,
-            agent_snapshot=agent.latest().snapshot(), environment=env, title=None, created_at=created,
-            input_tokens=events * 120, output_tokens=events * 15, cache_read_input_tokens=events * 80,
-            token_cost_micros=events * 600, active_seconds=events * 0.5, last_seq=events, status="idle",
+            id=new_id("sesn"),
+            workspace=workspace,
+            agent=agent,
+            agent_version=1,
+            agent_snapshot=agent.latest().snapshot(),
+            environment=env,
+            title=None,
+            created_at=created,
+            input_tokens=events * 120,
+            output_tokens=events * 15,
+            cache_read_input_tokens=events * 80,
+            token_cost_micros=events * 600,
+            active_seconds=events * 0.5,
+            last_seq=events,
+            status="idle",
         )
 
     def events_for(s: Session, count: int) -> list[Event]:
@@ -91,15 +132,26 @@ def _seed() -> tuple[str, Any]:
                 event_id = new_id("sevt")
                 if type_ == "span.model_request_start":
                     start_id = event_id
-                rows.append(Event(id=event_id, session=s, seq=seq, type=type_, payload=payload, processed_at=s.created_at,
-                                  created_at=s.created_at + dt.timedelta(milliseconds=seq)))
+                rows.append(
+                    Event(
+                        id=event_id,
+                        session=s,
+                        seq=seq,
+                        type=type_,
+                        payload=payload,
+                        processed_at=s.created_at,
+                        created_at=s.created_at + dt.timedelta(milliseconds=seq),
+                    )
+                )
         return rows
 
     big = session(agents[0], now, BIG_SESSION_EVENTS)
     big.save(force_insert=True)
     Event.objects.bulk_create(events_for(big, BIG_SESSION_EVENTS), batch_size=2000)
-    spread = [session(agents[i % 3], now - dt.timedelta(minutes=43 * i), SPREAD_EVENTS_PER_SESSION)
-              for i in range(SPREAD_SESSIONS)]
+    spread = [
+        session(agents[i % 3], now - dt.timedelta(minutes=43 * i), SPREAD_EVENTS_PER_SESSION)
+        for i in range(SPREAD_SESSIONS)
+    ]
     Session.objects.bulk_create(spread, batch_size=500)
     batch: list[Event] = []
     for s in spread:
@@ -135,7 +187,10 @@ def run() -> list[tuple[str, float]]:
         ("session page, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}"))),
         ("trace replay page, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}/trace"))),
         ("trace JSON export, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}/trace.json"))),
-        ("analytics by day, 1,001 sessions / 110,000 events", _time(lambda: client.get("/analytics?group=day"))),
+        (
+            "analytics by day, 1,001 sessions / 110,000 events",
+            _time(lambda: client.get("/analytics?group=day")),
+        ),
         ("analytics by model", _time(lambda: client.get("/analytics?group=model"))),
         ("analytics CSV by agent", _time(lambda: client.get("/analytics.csv?group=agent"))),
         ("overview", _time(lambda: client.get("/"))),
@@ -148,7 +203,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="galley-bench-console-") as tmp:
         _setup_django(tmp)
         results = run()
-    print("Console (server time, median of %d runs, SQLite embedded default)" % RUNS)
+    print(f"Console (server time, median of {RUNS} runs, SQLite embedded default)")
     for name, seconds in results:
         print(f"  {name:<55} {seconds * 1000:9.1f} ms")
     slow = [name for name, seconds in results[1:] if seconds >= 1.0]
