@@ -1,5 +1,6 @@
 from django.contrib.staticfiles.views import serve as static_serve
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.urls import path, re_path
 
 from console.api import api, error_response
@@ -14,7 +15,7 @@ def v1_not_found(request: HttpRequest, rest: str) -> HttpResponse:
     return error_response(request, ApiError(404, f"No route for {request.method} /v1/{rest}."))
 
 
-def static(request: HttpRequest, path: str) -> HttpResponse:
+def static(request: HttpRequest, path: str) -> HttpResponseBase:
     # Daphne serves the console's own assets (no CDN, no separate web server needed).
     response = static_serve(request, path, insecure=True)
     response["Cache-Control"] = "public, max-age=300"
