@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
@@ -13,7 +14,7 @@ from django.db import transaction
 from accounts.models import Role, Workspace
 from console.ws_routes import websocket_urlpatterns
 from sessions.models import Session
-from sessions.services import NewEvent, events_append
+from sessions.services import NewEvent, events_append, session_set_status
 from tests.console_factories import add_events, make_session, make_user, text
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,7 +65,7 @@ def test_member_gets_backlog_then_new_events_live(workspace):
         assert "hello human" in live[-1]["html"] and 'class="msg agent"' in live[-1]["html"]
         await communicator.disconnect()
 
-    asyncio.run(scenario())
+    async_to_sync(scenario)()
 
 
 def test_status_change_pushes_pending_confirmation(workspace):
@@ -81,9 +82,11 @@ def test_status_change_pushes_pending_confirmation(workspace):
     user = make_user(workspace, Role.EDITOR)
 
     def go_idle() -> None:
-        Session.objects.filter(pk=session.pk).update(
-            status="idle", stop_reason={"type": "requires_action", "event_ids": [use.id]}
-        )
+        with transaction.atomic():
+            locked = Session.objects.select_for_update().get(pk=session.pk)
+            session_set_status(
+                session=locked, status="idle", stop_reason={"type": "requires_action", "event_ids": [use.id]}
+            )
 
     async def scenario() -> None:
         from channels.db import database_sync_to_async
@@ -100,7 +103,7 @@ def test_status_change_pushes_pending_confirmation(workspace):
         assert f'value="{use.id}"' in pushed[-1]["actions_html"] and "Approve" in pushed[-1]["actions_html"]
         await communicator.disconnect()
 
-    asyncio.run(scenario())
+    async_to_sync(scenario)()
 
 
 @pytest.mark.parametrize("who", ["anonymous", "other_workspace", "no_membership"])
@@ -120,4 +123,4 @@ def test_outsiders_are_refused(workspace, who):
         connected, code = await communicator.connect()
         assert not connected and code == 4403
 
-    asyncio.run(scenario())
+    async_to_sync(scenario)()
