@@ -270,3 +270,18 @@ def test_admin_manages_credentials_and_never_sees_the_secret(workspace):
 def test_anonymous_is_sent_to_login_for_forms(workspace):
     for url in ["/agents", "/agents/new", "/environments", "/environments/new", "/vaults"]:
         assert Client().get(url).status_code == 302
+
+
+def test_environment_build_section_polls_while_building(workspace):
+    env = make_environment(workspace)
+    Environment.objects.filter(pk=env.pk).update(build_status="building", build_log="Collecting pandas\n")
+    client = client_for(workspace, Role.VIEWER)
+    page = client.get(f"/environments/{env.pk}").content.decode()
+    assert 'hx-trigger="every 2s"' in page and "Collecting pandas" in page
+    partial = client.get(f"/environments/{env.pk}", headers={"HX-Request": "true"}).content.decode()
+    assert partial.startswith('<section id="build"') and "<html" not in partial
+    Environment.objects.filter(pk=env.pk).update(
+        build_status="failed", build_log="No matching distribution\n"
+    )
+    done = client.get(f"/environments/{env.pk}", headers={"HX-Request": "true"}).content.decode()
+    assert "hx-trigger" not in done and "No matching distribution" in done and "failed" in done

@@ -84,9 +84,11 @@ def environment_edit(request: HttpRequest, environment_id: str) -> HttpResponse:
 @console_view()
 def environment_detail(request: HttpRequest, environment_id: str) -> HttpResponse:
     env = _environment(request, environment_id)
+    # htmx polls the build section while a build runs.
+    template = "console/_environment_build.html" if request.htmx else "console/environment_detail.html"  # type: ignore[attr-defined]
     return render_page(
         request,
-        "console/environment_detail.html",
+        template,
         {"nav": "environments", "env": env, "f": forms.environment_form_state(env.config, env.name)},
     )
 
