@@ -14,10 +14,9 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Workspace
+from sessions.harness import pricing
 from sessions.models import Session
 
-RUNTIME_MICROS_PER_HOUR = 80_000  # $0.08 per session-hour (spec)
-WEB_SEARCH_MICROS = 10_000  # $10 per 1,000 searches
 GROUPS = {
     "day": "Day",
     "agent": "Agent",
@@ -55,8 +54,11 @@ class Totals:
 
     @property
     def cost_micros(self) -> int:
-        runtime = int(self.runtime_hours * RUNTIME_MICROS_PER_HOUR)
-        return self.token_cost_micros + runtime + self.web_search_requests * WEB_SEARCH_MICROS
+        return pricing.total_cost_micros(
+            token_cost_micros=self.token_cost_micros,
+            active_seconds=self.active_seconds,
+            web_search_requests=self.web_search_requests,
+        )
 
     @property
     def cache_hit_ratio(self) -> float:

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from console.access import Access, access_for
-from console.timeline import chat_item, money, pending_actions
+from console.timeline import chat_item, pending_actions, session_cost
 from sessions import streaming
 from sessions.models import Event, Session
 
@@ -47,7 +47,7 @@ def _read(
             "console/_actions.html",
             {"actions": pending_actions(session), "session": session, "access": access},
         )
-        cost = money(session.token_cost_micros)
+        cost = session_cost(session)
         usage = f"{session.input_tokens} in / {session.output_tokens} out tokens · cost {cost}"
         out.append({"status": session.status, "actions_html": actions_html, "usage": usage})
     return out, last, state

@@ -5,38 +5,20 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from sessions.harness import pricing
 from sessions.models import Event, Session
-
-# USD per million tokens (input, output) by model id prefix, from the spec's price table; the
-# session's `token_cost_micros` is the billed figure, this only prices one step for display.
-_PRICES: list[tuple[str, Decimal, Decimal]] = [
-    ("claude-fable-5", Decimal(10), Decimal(50)),
-    ("claude-opus-5-5", Decimal(4), Decimal(20)),
-    ("claude-opus", Decimal(5), Decimal(25)),
-    ("claude-sonnet-5", Decimal(2), Decimal(10)),
-    ("claude-sonnet", Decimal(3), Decimal(15)),
-    ("claude-haiku-5", Decimal("0.10"), Decimal("0.50")),
-    ("claude-haiku", Decimal(1), Decimal(5)),
-]
 
 
 def step_cost_micros(model_id: str, usage: dict[str, Any]) -> int:
-    """List cost of one model request in USD millionths (cache write 1.25x, cache read 0.1x)."""
-    prices = next(((i, o) for prefix, i, o in _PRICES if model_id.startswith(prefix)), None)
-    if prices is None:
-        return 0
-    price_in, price_out = prices
-    tokens_in = Decimal(int(usage.get("input_tokens") or 0))
-    tokens_out = Decimal(int(usage.get("output_tokens") or 0))
-    cache_read = Decimal(int(usage.get("cache_read_input_tokens") or 0))
-    cache_write = Decimal(int(usage.get("cache_creation_input_tokens") or 0))
-    micros = (
-        tokens_in * price_in
-        + tokens_out * price_out
-        + cache_read * price_in / 10
-        + cache_write * price_in * 5 / 4
+    """List cost of one model request in USD millionths, from the harness's price table."""
+    return pricing.token_cost_micros(
+        model=model_id,
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        # model_usage does not split cache writes by lifetime; price them as 5-minute writes.
+        cache_write_5m_tokens=int(usage.get("cache_creation_input_tokens") or 0),
     )
-    return int(micros)
 
 
 def money(micros: int | float) -> str:
@@ -44,6 +26,23 @@ def money(micros: int | float) -> str:
     if dollars and abs(dollars) < Decimal("0.01"):
         return f"${dollars:.4f}"
     return f"${dollars:,.2f}"
+
+
+def session_cost(session: Session) -> str:
+    """The session's list cost so far: tokens, running time and web searches."""
+    return money(
+        pricing.total_cost_micros(
+            token_cost_micros=session.token_cost_micros,
+            active_seconds=session.active_seconds_now(),
+            web_search_requests=session.web_search_requests,
+        )
+    )
+
+
+def with_costs(sessions: list[Session]) -> list[Session]:
+    for session in sessions:
+        session.cost = session_cost(session)  # type: ignore[attr-defined]
+    return sessions
 
 
 def content_text(content: Any) -> str:

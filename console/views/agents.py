@@ -13,6 +13,7 @@ from agents.models import Agent, AgentVersion, Environment
 from console import forms
 from console.access import console_view, render_page
 from console.errors import ApiError
+from console.timeline import with_costs
 
 
 def _agent(request: HttpRequest, agent_id: str) -> Agent:
@@ -130,7 +131,7 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
         "versions": versions,
         "environments": environments,
         "definition_json": json.dumps(latest.definition, indent=2, sort_keys=True),
-        "recent": agent.sessions.order_by("-created_at")[:10],
+        "recent": with_costs(list(agent.sessions.order_by("-created_at")[:10])),
         "tools": forms.agent_form_state(latest.definition),
     }
     return render_page(request, "console/agent_detail.html", context)

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 
 from console.access import console_view, render_page
 from console.analytics import spend_since, today_start
-from console.timeline import money
+from console.timeline import money, with_costs
 from sessions.models import Event, Session
 
 
@@ -24,8 +24,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     start = today_start()
     context = {
         "nav": "overview",
-        "running": running,
-        "recent": recent,
+        "running": with_costs(running),
+        "recent": with_costs(recent),
         "errors": errors,
         "spend_today": money(spend_since(workspace, start)),
         "spend_week": money(spend_since(workspace, start - dt.timedelta(days=6))),

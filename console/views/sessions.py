@@ -13,7 +13,7 @@ from accounts.models import Role
 from agents.models import Agent
 from console.access import console_view, render_page
 from console.errors import ApiError
-from console.timeline import chat_item, money, pending_actions, trace_rows
+from console.timeline import chat_item, pending_actions, session_cost, trace_rows, with_costs
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
@@ -71,8 +71,7 @@ def session_list(request: HttpRequest) -> HttpResponse:
         qs = qs.filter(Q(title__icontains=text) | Q(id__icontains=text) | Q(agent__name__icontains=text))
     qs = qs.order_by("-created_at", "-id")
     page = Paginator(qs, 25).get_page(q.get("page"))
-    for session in page.object_list:
-        session.cost = money(session.token_cost_micros)  # type: ignore[attr-defined]
+    with_costs(list(page.object_list))
     params = q.copy()
     params.pop("page", None)
     context = {
@@ -111,7 +110,7 @@ def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         "earlier": earlier,
         "last_seq": session.last_seq,
         "actions": pending_actions(session),
-        "cost": money(session.token_cost_micros),
+        "cost": session_cost(session),
         "paged": bool(before),
     }
     return render_page(request, "console/session_detail.html", context)
@@ -210,7 +209,7 @@ def session_trace(request: HttpRequest, session_id: str) -> HttpResponse:
     return render_page(
         request,
         "console/session_trace.html",
-        {"nav": "sessions", "session": session, "cost": money(session.token_cost_micros)},
+        {"nav": "sessions", "session": session, "cost": session_cost(session)},
     )
 
 
