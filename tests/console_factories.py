@@ -3,6 +3,7 @@
 import datetime as dt
 from typing import Any
 
+import pytest
 from django.test import Client
 from django.utils import timezone
 
@@ -104,3 +105,9 @@ def text(value: str) -> list[dict[str, str]]:
 
 
 ROLES = (Role.ADMIN, Role.EDITOR, Role.VIEWER)
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    """Console tests create many users; a slow hash only measures the hasher."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

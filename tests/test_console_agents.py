@@ -6,7 +6,7 @@ from django.test import Client
 
 from accounts.models import Role
 from agents.models import Agent, Environment
-from tests.console_factories import client_for, make_environment
+from tests.console_factories import client_for, fast_passwords, make_environment  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from accounts.models import Role, Workspace
 from console.ws_routes import websocket_urlpatterns
 from sessions.models import Session
 from sessions.services import NewEvent, events_append, session_set_status
-from tests.console_factories import add_events, make_session, make_user, text
+from tests.console_factories import add_events, fast_passwords, make_session, make_user, text  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

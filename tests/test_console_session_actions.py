@@ -7,7 +7,14 @@ from django.db import transaction
 from accounts.models import Role
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append, session_set_status
-from tests.console_factories import client_for, make_agent, make_environment, make_session, text
+from tests.console_factories import (  # noqa: F401
+    client_for,
+    fast_passwords,
+    make_agent,
+    make_environment,
+    make_session,
+    text,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -12,6 +12,7 @@ from tests.console_factories import (
     PASSWORD,
     add_events,
     client_for,
+    fast_passwords,  # noqa: F401
     make_agent,
     make_session,
     make_user,
