@@ -30,6 +30,11 @@
     });
   }
 
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.getAttribute("data-confirm"))) ev.preventDefault();
+  });
+
   // --- live chat -------------------------------------------------------------------------------
   function startChat(chat) {
     var sessionId = chat.dataset.session;
