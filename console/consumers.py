@@ -33,7 +33,9 @@ def _read(
     access: Access, session_id: str, after: int, status: str | None
 ) -> tuple[list[dict[str, Any]], int, str]:
     """Messages for events after `after`, plus a status/actions message when the status changed."""
-    session = Session.objects.get(pk=session_id)
+    session = Session.objects.filter(pk=session_id).first()
+    if session is None:
+        return [{"gone": True}], after, status or ""
     events = list(Event.objects.filter(session_id=session_id, seq__gt=after).order_by("seq")[:BATCH])
     out: list[dict[str, Any]] = []
     for event in events:
@@ -91,6 +93,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 status = new_status
                 for message in messages:
                     await self.send(text_data=json.dumps(message))
+                    if message.get("gone"):
+                        await self.close(code=4404)  # the session was deleted
+                        return
                 if messages and any("seq" in m for m in messages):
                     continue  # more may be waiting beyond this batch
                 # Embedded default: hints do not cross processes, so poll (no faster than 4 times a second).

@@ -124,3 +124,24 @@ def test_outsiders_are_refused(workspace, who):
         assert not connected and code == 4403
 
     async_to_sync(scenario)()
+
+
+def test_socket_closes_when_the_session_is_deleted(workspace):
+    session = make_session(workspace)
+    user = make_user(workspace, Role.VIEWER)
+
+    def delete() -> None:
+        Session.objects.filter(pk=session.pk).delete()
+
+    async def scenario() -> None:
+        from channels.db import database_sync_to_async
+
+        communicator = _communicator(user, session.pk)
+        assert (await communicator.connect())[0]
+        await _receive_until(communicator, lambda m: "actions_html" in m)
+        await database_sync_to_async(delete)()
+        await _receive_until(communicator, lambda m: m.get("gone") is True)
+        closed = await communicator.receive_output(timeout=5)
+        assert closed["type"] == "websocket.close" and closed["code"] == 4404
+
+    async_to_sync(scenario)()

@@ -40,13 +40,14 @@
     var sessionId = chat.dataset.session;
     var lastSeq = parseInt(chat.dataset.lastSeq || "0", 10);
     var state = document.getElementById("live-state");
-    var retry = 500;
+    var retry = 500, closed = false;
     function connect() {
       var scheme = location.protocol === "https:" ? "wss://" : "ws://";
       var ws = new WebSocket(scheme + location.host + "/ws/sessions/" + sessionId + "?after=" + lastSeq);
       ws.onopen = function () { retry = 500; if (state) state.textContent = "Live"; chat.dataset.connected = "1"; };
       ws.onmessage = function (msg) {
         var data = JSON.parse(msg.data);
+        if (data.gone) { closed = true; if (state) state.textContent = "This session was deleted."; return; }
         if (data.seq && data.seq <= lastSeq) return;
         if (data.html) {
           var empty = document.getElementById("chat-empty");
@@ -70,6 +71,7 @@
       };
       ws.onclose = function () {
         chat.dataset.connected = "";
+        if (closed) return;
         if (state) state.textContent = "Reconnecting…";
         setTimeout(connect, retry); retry = Math.min(retry * 2, 10000);
       };
