@@ -98,6 +98,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
                         return
                 if messages and any("seq" in m for m in messages):
                     continue  # more may be waiting beyond this batch
-                # Embedded default: hints do not cross processes, so poll (no faster than 4 times a second).
-                wait = 5.0 if settings.REDIS_URL else max(settings.GALLEY_SSE_POLL_SECONDS, 0.25)
+                # Embedded default: hints do not cross processes, so poll (no faster than 4 times a
+                # second). With Redis the hint usually wakes us; the 1 s read also catches row changes
+                # that append no event (a deleted session).
+                wait = 1.0 if settings.REDIS_URL else max(settings.GALLEY_SSE_POLL_SECONDS, 0.25)
                 await subscription.get(timeout=wait)
