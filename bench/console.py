@@ -4,12 +4,14 @@ Seeds one session with 10,000 events and 100,000 more events across 1,000 sessio
 the pages server-side with Django's test client (median of several runs, after one warm-up).
 Run alone with `python -m bench.console`; `make bench` runs it with the other benchmarks."""
 
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 BIG_SESSION_EVENTS = 10_000
@@ -186,7 +188,14 @@ def run() -> list[tuple[str, float]]:
         ("seed 110,000 events (not a page)", seeded),
         ("session page, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}"))),
         ("trace replay page, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}/trace"))),
-        ("trace JSON export, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}/trace.json"))),
+        (
+            "trace replay data, one page of 2,000 events",
+            _time(lambda: client.get(f"/sessions/{big_id}/trace.json")),
+        ),
+        (
+            "trace JSON export, all 10,000 events",
+            _time(lambda: client.get(f"/sessions/{big_id}/trace.json?download=1")),
+        ),
         (
             "analytics by day, 1,001 sessions / 110,000 events",
             _time(lambda: client.get("/analytics?group=day")),
@@ -206,6 +215,13 @@ def main() -> None:
     print(f"Console (server time, median of {RUNS} runs, SQLite embedded default)")
     for name, seconds in results:
         print(f"  {name:<55} {seconds * 1000:9.1f} ms")
+    out = Path(__file__).resolve().parent.parent / "var" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "console.json").write_text(
+        json.dumps(
+            {"runs": RUNS, "ms": {name: round(seconds * 1000, 1) for name, seconds in results}}, indent=2
+        )
+    )
     slow = [name for name, seconds in results[1:] if seconds >= 1.0]
     if slow:
         print("  over 1 s: " + ", ".join(slow))

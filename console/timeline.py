@@ -179,11 +179,25 @@ _KIND = {
 }
 
 
-def trace_rows(session: Session, events: list[Event]) -> list[dict[str, Any]]:
-    """The replay's rows: one per event, with latency and cost on model spans and duration on tools."""
+REFERENCE_KEYS = ("model_request_start_id", "tool_use_id", "mcp_tool_use_id", "custom_tool_use_id")
+
+
+def trace_references(events: list[Event]) -> set[str]:
+    """Ids of earlier events (span starts, tool uses) that events of this page point back to."""
+    ids = {e.id for e in events}
+    refs = {str(e.payload.get(key)) for e in events for key in REFERENCE_KEYS if e.payload.get(key)}
+    return refs - ids
+
+
+def trace_rows(
+    session: Session, events: list[Event], earlier: dict[str, Event] | None = None
+) -> list[dict[str, Any]]:
+    """The replay's rows: one per event, with latency and cost on model spans and duration on tools.
+    `earlier` holds referenced events from before this page, so a page boundary loses nothing."""
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
-    starts: dict[str, Event] = {}
-    tool_starts: dict[str, Event] = {}
+    before = earlier or {}
+    starts: dict[str, Event] = {k: v for k, v in before.items() if v.type == "span.model_request_start"}
+    tool_starts: dict[str, Event] = {k: v for k, v in before.items() if v.type != "span.model_request_start"}
     rows: list[dict[str, Any]] = []
     for event in events:
         p = event.payload

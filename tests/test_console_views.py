@@ -362,3 +362,27 @@ def test_session_filters_answer_htmx_with_the_results_partial(workspace):
     assert body.startswith('<div id="results"') and "<html" not in body
     assert "needle" in body and "haystack" not in body
     assert "HX-Request" in response["Vary"]
+
+
+def test_trace_json_pages_keep_latency_across_a_page_boundary(workspace, monkeypatch):
+    from console.views import sessions as session_views
+
+    monkeypatch.setattr(session_views, "TRACE_PAGE", 2)
+    session = make_session(workspace)
+    start = add_events(
+        session, [("user.message", {"content": text("hi")}), ("span.model_request_start", {})]
+    )[1]
+    usage = {"input_tokens": 10, "output_tokens": 5}
+    add_events(
+        session,
+        [("span.model_request_end", {"model_request_start_id": start.id, "model_usage": usage})],
+        at=start.created_at + dt.timedelta(milliseconds=400),
+    )
+    client = client_for(workspace, Role.VIEWER)
+    first = client.get(f"/sessions/{session.pk}/trace.json").json()
+    assert [r["seq"] for r in first["rows"]] == [1, 2] and first["next_after"] == 2
+    second = client.get(f"/sessions/{session.pk}/trace.json?after=2").json()
+    assert [r["seq"] for r in second["rows"]] == [3] and second["next_after"] is None
+    assert second["rows"][0]["latency_ms"] == 400
+    everything = client.get(f"/sessions/{session.pk}/trace.json?download=1").json()
+    assert [r["seq"] for r in everything["rows"]] == [1, 2, 3] and everything["next_after"] is None

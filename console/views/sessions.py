@@ -13,10 +13,18 @@ from accounts.models import Role
 from agents.models import Agent
 from console.access import console_view, render_page
 from console.errors import ApiError
-from console.timeline import chat_item, pending_actions, session_cost, trace_rows, with_costs
+from console.timeline import (
+    chat_item,
+    pending_actions,
+    session_cost,
+    trace_references,
+    trace_rows,
+    with_costs,
+)
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
+TRACE_PAGE = 2000  # events per trace.json page; the replay fetches pages until done
 
 
 def _session(request: HttpRequest, session_id: str) -> Session:
@@ -215,18 +223,28 @@ def session_trace(request: HttpRequest, session_id: str) -> HttpResponse:
 
 @console_view()
 def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The trace as JSON: pages of TRACE_PAGE events after `after` for the replay, or the whole log
+    with `download=1` (the export)."""
     session = _session(request, session_id)
-    events = list(Event.objects.filter(session=session).order_by("seq"))
-    threads = {t.id: t.agent_name for t in session.threads.all()}
+    download = bool(request.GET.get("download"))
+    after_text = request.GET.get("after", "0")
+    after = int(after_text) if after_text.isdigit() else 0
+    qs = Event.objects.filter(session=session, seq__gt=after).order_by("seq")
+    events = list(qs) if download else list(qs[: TRACE_PAGE + 1])
+    more = len(events) > TRACE_PAGE and not download
+    events = events[:TRACE_PAGE] if more else events
+    refs = trace_references(events)
+    earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else {}
     body = {
         "session_id": session.pk,
         "agent": session.agent_snapshot,
         "status": session.status,
-        "threads": threads,
-        "rows": trace_rows(session, events),
+        "threads": {t.id: t.agent_name for t in session.threads.all()},
+        "rows": trace_rows(session, events, earlier),
+        "next_after": events[-1].seq if more else None,
     }
     response = JsonResponse(body, json_dumps_params={"ensure_ascii": False})
-    if request.GET.get("download"):
+    if download:
         response["Content-Disposition"] = f'attachment; filename="{session.pk}-trace.json"'
     return response
 

@@ -178,8 +178,19 @@
       if (ev.key === "ArrowRight" || ev.key === "j") { stop(); show(current + 1); }
       else if (ev.key === "ArrowLeft" || ev.key === "k") { stop(); show(current - 1); }
     });
-    fetch(root.dataset.src, { credentials: "same-origin" }).then(function (r) { return r.json(); }).then(render)
-      .catch(function () { pos.textContent = "Could not load the trace."; });
+    // The log comes in pages; render once everything is here.
+    var all = null;
+    function load(after) {
+      fetch(root.dataset.src + "?after=" + after, { credentials: "same-origin" })
+        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+        .then(function (data) {
+          if (all === null) all = data; else all.rows = all.rows.concat(data.rows);
+          if (data.next_after) { pos.textContent = "Loading… " + all.rows.length + " events"; load(data.next_after); }
+          else render(all);
+        })
+        .catch(function () { pos.textContent = "Could not load the trace."; });
+    }
+    load(0);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
