@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from console.access import Access, access_for
 from console.timeline import chat_item, pending_actions, session_cost
 from sessions import streaming
-from sessions.models import Event, Session
+from sessions.models import Event, Session, SessionThread
 
 BATCH = 200
 
@@ -38,8 +38,13 @@ def _read(
         return [{"gone": True}], after, status or ""
     events = list(Event.objects.filter(session_id=session_id, seq__gt=after).order_by("seq")[:BATCH])
     out: list[dict[str, Any]] = []
+    threads = (
+        dict(SessionThread.objects.filter(session_id=session_id).values_list("id", "agent_name"))
+        if events
+        else {}
+    )
     for event in events:
-        item = chat_item(event)
+        item = chat_item(event, threads)
         html = render_to_string("console/_chat_item.html", {"item": item}) if item else ""
         out.append({"seq": event.seq, "type": event.type, "html": html})
     last = events[-1].seq if events else after

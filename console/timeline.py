@@ -64,8 +64,16 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
-def chat_item(event: Event) -> dict[str, Any] | None:
-    """One chat bubble for an event, or None for events the chat does not show (spans, usage)."""
+def chat_item(event: Event, threads: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """One chat bubble for an event, or None for events the chat does not show (spans, usage).
+    `threads` names sub-agent threads (id -> agent name) so their messages say who spoke."""
+    item = _chat_item(event)
+    if item is not None and event.thread_id and item.get("who") == "Agent":
+        item["who"] = (threads or {}).get(event.thread_id) or "Sub-agent"
+    return item
+
+
+def _chat_item(event: Event) -> dict[str, Any] | None:
     p = event.payload
     t = event.type
     item: dict[str, Any] = {

@@ -285,3 +285,25 @@ def test_environment_build_section_polls_while_building(workspace):
     )
     done = client.get(f"/environments/{env.pk}", headers={"HX-Request": "true"}).content.decode()
     assert "hx-trigger" not in done and "No matching distribution" in done and "failed" in done
+
+
+@pytest.mark.parametrize("role", [Role.EDITOR, Role.VIEWER])
+def test_only_admins_replace_or_archive_credentials(workspace, role):
+    from vaults.models import Credential, Vault
+
+    admin = client_for(workspace, Role.ADMIN)
+    admin.post("/vaults", {"display_name": "Prod"})
+    vault = Vault.objects.get()
+    admin.post(
+        f"/vaults/{vault.pk}",
+        {"type": "static_bearer", "mcp_server_url": "https://mcp.example.com/", "secret": "tok-1"},
+    )
+    credential = Credential.objects.get()
+    client = client_for(workspace, role)
+    base = f"/vaults/{vault.pk}/credentials/{credential.pk}"
+    assert client.post(f"{base}/replace", {"secret": "tok-evil"}).status_code == 403
+    assert client.post(f"{base}/archive").status_code == 403
+    assert client.post(f"/vaults/{vault.pk}", {"type": "static_bearer", "secret": "x"}).status_code == 403
+    credential.refresh_from_db()
+    assert credential.secret()["token"] == "tok-1" and credential.archived_at is None
+    assert Credential.objects.count() == 1

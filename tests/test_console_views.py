@@ -386,3 +386,17 @@ def test_trace_json_pages_keep_latency_across_a_page_boundary(workspace, monkeyp
     assert second["rows"][0]["latency_ms"] == 400
     everything = client.get(f"/sessions/{session.pk}/trace.json?download=1").json()
     assert [r["seq"] for r in everything["rows"]] == [1, 2, 3] and everything["next_after"] is None
+
+
+def test_sub_agent_messages_name_their_agent(workspace):
+    from sessions.models import SessionThread
+
+    session = make_session(workspace)
+    thread = SessionThread.objects.create(
+        id="sthr_2", session=session, agent_name="researcher", agent_snapshot={}
+    )
+    add_events(session, [("agent.message", {"content": text("found three papers")})], thread=thread)
+    add_events(session, [("agent.message", {"content": text("summary for you")})])
+    page = client_for(workspace, Role.VIEWER).get(f"/sessions/{session.pk}").content.decode()
+    assert '<span class="who">researcher</span><div class="text">found three papers' in page
+    assert '<span class="who">Agent</span><div class="text">summary for you' in page

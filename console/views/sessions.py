@@ -101,7 +101,8 @@ def chat_events(session: Session, *, before: int | None = None) -> tuple[list[di
         qs = qs.filter(seq__lt=before)
     rows = list(qs.order_by("-seq")[:CHAT_WINDOW])
     rows.reverse()
-    items = [item for item in (chat_item(e) for e in rows) if item is not None]
+    threads = dict(session.threads.values_list("id", "agent_name"))
+    items = [item for item in (chat_item(e, threads) for e in rows) if item is not None]
     earlier = rows[0].seq if rows and rows[0].seq > 1 else None
     return items, earlier
 
