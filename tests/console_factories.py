@@ -30,7 +30,7 @@ def make_agent(
     workspace: Workspace, name: str = "Helper", model: str = "claude-sonnet-4-6", **extra: Any
 ) -> Agent:
     agent = Agent.objects.create(id=new_id("agent"), workspace=workspace, name=name)
-    definition = {
+    definition: dict[str, Any] = {
         "name": name,
         "description": None,
         "system": "Be helpful.",

@@ -141,7 +141,9 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.wait_for_url(re.compile(r"/trace"))
     position = page.locator("#trace-pos")
     page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event ')")
-    total = int(re.search(r"of (\d+)", position.inner_text()).group(1))
+    found = re.search(r"of (\d+)", position.inner_text())
+    assert found is not None
+    total = int(found.group(1))
     assert total >= 8
     assert position.inner_text().startswith(f"Event {total} of {total}")
     page.get_by_role("button", name="Previous event").click()
