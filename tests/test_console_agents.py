@@ -100,6 +100,7 @@ def test_saving_makes_versions_and_the_diff_shows_changes(workspace):
     assert agent.current_version == 2
     stale = client.post(f"/agents/{agent.pk}/edit", agent_form(system="Old tab", version="1"))
     assert stale.status_code == 400 and b"version" in stale.content
+    assert f"/agents/{agent.pk}/diff?a=1&amp;b=2" in client.get(f"/agents/{agent.pk}").content.decode()
     diff = client.get(f"/agents/{agent.pk}/diff?a=1&b=2").content.decode()
     assert "You answer support tickets politely." in diff and "Be brief." in diff
     assert 'class="del"' in diff and 'class="add"' in diff
