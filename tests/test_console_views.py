@@ -400,3 +400,27 @@ def test_sub_agent_messages_name_their_agent(workspace):
     page = client_for(workspace, Role.VIEWER).get(f"/sessions/{session.pk}").content.decode()
     assert '<span class="who">researcher</span><div class="text">found three papers' in page
     assert '<span class="who">Agent</span><div class="text">summary for you' in page
+
+
+def test_every_console_route_requires_login(workspace):
+    """A guard for new routes: anything but login, logout and assets sends strangers to the login page."""
+    import re
+
+    from console.urls import console_urlpatterns
+
+    client = Client()
+    checked = 0
+    for pattern in console_urlpatterns:
+        route = str(pattern.pattern)
+        if route in ("login", "logout") or route.startswith("^static"):
+            continue
+        url = "/" + re.sub(
+            r"<(?:\w+:)?(\w+)>", lambda m: "1" if m.group(1) == "membership_id" else "x_1", route
+        )
+        for method in (client.get, client.post):
+            response = method(url)
+            assert response.status_code in (302, 405), (url, response.status_code)
+            if response.status_code == 302:
+                assert response["Location"].startswith("/login?next="), url
+        checked += 1
+    assert checked >= 30
