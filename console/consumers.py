@@ -46,7 +46,7 @@ def _read(
     for event in events:
         item = chat_item(event, threads)
         html = render_to_string("console/_chat_item.html", {"item": item}) if item else ""
-        out.append({"seq": event.seq, "type": event.type, "html": html})
+        out.append({"seq": event.seq, "id": event.id, "type": event.type, "html": html})
     last = events[-1].seq if events else after
     state = f"{session.status}:{json.dumps(session.stop_reason, sort_keys=True)}"
     if state != status or events:
@@ -58,6 +58,17 @@ def _read(
         usage = f"{session.input_tokens} in / {session.output_tokens} out tokens · cost {cost}"
         out.append({"status": session.status, "actions_html": actions_html, "usage": usage})
     return out, last, state
+
+
+def preview_message(frame: dict[str, Any]) -> dict[str, Any] | None:
+    """A typing preview for the page from a harness preview frame (agent text only)."""
+    if frame.get("type") == "event_start" and (frame.get("event") or {}).get("type") == "agent.message":
+        return {"preview": {"id": frame["event"].get("id"), "text": ""}}
+    if frame.get("type") == "event_delta":
+        content = (frame.get("delta") or {}).get("content") or {}
+        if content.get("type") == "text" and content.get("text"):
+            return {"preview": {"id": frame.get("event_id"), "text": content["text"]}}
+    return None
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
@@ -107,4 +118,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 # second). With Redis the hint usually wakes us; the 1 s read also catches row changes
                 # that append no event (a deleted session).
                 wait = 1.0 if settings.REDIS_URL else max(settings.GALLEY_SSE_POLL_SECONDS, 0.25)
-                await subscription.get(timeout=wait)
+                hint = await subscription.get(timeout=wait)
+                # Typing previews are passed straight through; they never touch the database.
+                while hint is not None and hint.get("kind") == "preview":
+                    preview = preview_message(hint.get("frame") or {})
+                    if preview is not None:
+                        await self.send(text_data=json.dumps(preview))
+                    hint = await subscription.get(timeout=wait)

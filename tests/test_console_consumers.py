@@ -145,3 +145,27 @@ def test_socket_closes_when_the_session_is_deleted(workspace):
         assert closed["type"] == "websocket.close" and closed["code"] == 4404
 
     async_to_sync(scenario)()
+
+
+def test_typing_previews_pass_through(workspace):
+    from sessions import streaming
+
+    session = make_session(workspace)
+    user = make_user(workspace, Role.VIEWER)
+
+    async def scenario() -> None:
+        communicator = _communicator(user, session.pk)
+        assert (await communicator.connect())[0]
+        await _receive_until(communicator, lambda m: "actions_html" in m)
+        await asyncio.sleep(0.05)
+        start = {"type": "event_start", "event": {"type": "agent.message", "id": "sevt_preview"}}
+        streaming.publish_preview(session.pk, None, start)
+        delta = {"content": {"type": "text", "text": "Hel"}}
+        streaming.publish_preview(
+            session.pk, None, {"type": "event_delta", "event_id": "sevt_preview", "delta": delta}
+        )
+        got = await _receive_until(communicator, lambda m: (m.get("preview") or {}).get("text") == "Hel")
+        assert got[-1]["preview"]["id"] == "sevt_preview"
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()

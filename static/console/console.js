@@ -41,6 +41,20 @@
     var lastSeq = parseInt(chat.dataset.lastSeq || "0", 10);
     var state = document.getElementById("live-state");
     var retry = 500, closed = false;
+    function showPreview(p) {
+      // The agent's text as it is written; replaced by the real message when it is logged.
+      if (!p.id) return;
+      var node = document.getElementById("preview-" + p.id);
+      if (!node) {
+        node = document.createElement("div");
+        node.className = "msg agent typing"; node.id = "preview-" + p.id;
+        node.innerHTML = '<span class="who">Agent (typing…)</span><div class="text"></div>';
+        var empty = document.getElementById("chat-empty");
+        if (empty) empty.remove();
+        chat.appendChild(node);
+      }
+      node.querySelector(".text").textContent += p.text;
+    }
     function connect() {
       var scheme = location.protocol === "https:" ? "wss://" : "ws://";
       var ws = new WebSocket(scheme + location.host + "/ws/sessions/" + sessionId + "?after=" + lastSeq);
@@ -48,7 +62,9 @@
       ws.onmessage = function (msg) {
         var data = JSON.parse(msg.data);
         if (data.gone) { closed = true; if (state) state.textContent = "This session was deleted."; return; }
+        if (data.preview) { showPreview(data.preview); return; }
         if (data.seq && data.seq <= lastSeq) return;
+        if (data.id) { var typing = document.getElementById("preview-" + data.id); if (typing) typing.remove(); }
         if (data.html) {
           var empty = document.getElementById("chat-empty");
           if (empty) empty.remove();
