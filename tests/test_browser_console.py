@@ -1,8 +1,10 @@
 """The console in a real headless Chromium against a live Galley (Daphne + a real Celery worker)
 and the scripted model: log in, build an agent with the form, start a session, watch the answer
 arrive live, approve a tool confirmation, step through the trace replay, open cost analytics.
-Saves a screenshot of every main page into docs/screenshots/."""
+Takes a screenshot of every main page: into var/screenshots/ on every run, and into docs/screenshots/
+(the README's pictures) when GALLEY_UPDATE_SCREENSHOTS=1 (`make screenshots`)."""
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,8 @@ from tests.model_server import ScriptedModel, scripted_model, text, tool_call
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+_ROOT = Path(__file__).resolve().parent.parent
+SHOTS = _ROOT / ("docs" if os.environ.get("GALLEY_UPDATE_SCREENSHOTS") == "1" else "var") / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
