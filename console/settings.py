@@ -137,7 +137,22 @@ ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL")
 
 # --- Sandboxes ------------------------------------------------------------------------------------
 GALLEY_SANDBOX_BACKEND = env_str("GALLEY_SANDBOX_BACKEND", "bwrap")
-GALLEY_SANDBOX_ROOT = DATA_DIR / "sandboxes"
+GALLEY_SANDBOX_ROOT = Path(env_str("GALLEY_SANDBOX_ROOT", str(DATA_DIR / "sandboxes")) or "").resolve()
+# The plain-process backend has no isolation: it runs only when this is also set.
+GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
+GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
+GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
+GALLEY_SANDBOX_OUTPUT_BYTES = env_int("GALLEY_SANDBOX_OUTPUT_BYTES", 100 * 1024, minimum=1024)
+GALLEY_SANDBOX_MEMORY_BYTES = env_int("GALLEY_SANDBOX_MEMORY_BYTES", 4 * 1024**3, minimum=64 * 1024**2)
+GALLEY_SANDBOX_CPU_SECONDS = env_int("GALLEY_SANDBOX_CPU_SECONDS", 3600, minimum=1)
+GALLEY_SANDBOX_MAX_PROCESSES = env_int("GALLEY_SANDBOX_MAX_PROCESSES", 256, minimum=8)
+GALLEY_SANDBOX_FILE_BYTES = env_int("GALLEY_SANDBOX_FILE_BYTES", 1024**3, minimum=1024**2)
+GALLEY_SANDBOX_WORKSPACE_BYTES = env_int("GALLEY_SANDBOX_WORKSPACE_BYTES", 5 * 1024**3, minimum=1024**2)
+GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()
+GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
+GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
+# web_search provider: a SearXNG instance's base URL (JSON output enabled); unset = the tool returns an error.
+GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
 
 # --- Auth, static, i18n ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
