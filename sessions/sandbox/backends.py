@@ -158,7 +158,7 @@ class BwrapBackend:
         ]
         if spec.package_dir is not None:
             args += ["--bind" if spec.writable_packages else "--ro-bind", str(spec.package_dir), PACKAGES]
-        args += ["--chdir", WORKSPACE]
+        args += ["--remount-ro", "/", "--chdir", WORKSPACE]
         for key, value in spec.env.items():
             args += ["--setenv", key, value]
         args += ["--", *argv]

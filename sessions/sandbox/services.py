@@ -43,6 +43,7 @@ class LiveSandbox:
     shell: Shell | None = None
     egress: Any = None  # sessions.sandbox.egress.EgressProxy when networking is limited
     limited: bool = False
+    rules: Any = None  # sessions.sandbox.egress.EgressRules when networking is limited
     lock: threading.Lock = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -165,7 +166,7 @@ def _start_shell(live: LiveSandbox) -> Shell:
 
         shutil.copyfile(BRIDGE_SOURCE, spec.state / "bridge.py")
         if live.egress is None:
-            live.egress = EgressProxy(session_id=live.session_id)
+            live.egress = EgressProxy(session_id=live.session_id, rules=live.rules)
         live.egress.listen(spec.state / "egress.sock", uid=spec.uid)
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"])
     return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
@@ -180,6 +181,11 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
             backend = backend_get()
             spec, limited = sandbox_spec(session=session, key=key, backend=backend)
             live = LiveSandbox(key=key, session_id=session.id, spec=spec, backend=backend, limited=limited)
+            if limited:
+                from sessions.sandbox.egress import egress_rules
+
+                live.rules = egress_rules(networking=environment_networking(session),
+                                          agent_snapshot=session.agent_snapshot or {})
             _registry[key] = live
             sandbox_provision(root=spec.root, uid=spec.uid)
         return live
