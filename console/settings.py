@@ -153,6 +153,8 @@ GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
 GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
 # web_search provider: a SearXNG instance's base URL (JSON output enabled); unset = the tool returns an error.
 GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
+# web_fetch refuses private and loopback addresses unless this is set.
+GALLEY_WEB_ALLOW_PRIVATE = env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
 
 # --- Auth, static, i18n ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

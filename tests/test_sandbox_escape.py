@@ -113,8 +113,8 @@ def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_session):
                                            "allow_package_managers": False, "allow_mcp_servers": False})
         port = service.port
         out = sh(session, f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{port}/ 2>&1; echo rc=$?; "
-                          f"curl -s -m 5 http://127.0.0.1:{port}/ 2>&1; echo; "
-                          f"curl -s -m 5 -p http://localhost:{port}/ 2>&1; echo; "
+                          f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY http://127.0.0.1:{port}/ 2>&1; echo; "
+                          f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY -p http://localhost:{port}/ 2>&1; echo; "
                           "curl -s -m 5 --noproxy '*' http://93.184.215.14/ 2>&1; echo rc=$?; "
                           "curl -s -m 5 http://example.com/ 2>&1; echo")
         assert "host-canary-42" not in out
