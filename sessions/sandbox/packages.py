@@ -1,6 +1,6 @@
 """Environment packages: pip and npm lists built once per distinct list into a cached prefix.
 
-The prefix `GALLEY_PACKAGES_ROOT/<key>/` (key = hash of the lists) holds `pip/` (a `pip install --prefix`) and
+The prefix `GALLEY_PACKAGES_ROOT/<key>/` (key = hash of the lists) holds `pip/` (a `pip install --target`) and
 `npm/` (an `npm install --prefix`). It is built inside a bubblewrap sandbox with the host network (installers run
 arbitrary code), then mounted read-only at /opt/galley/packages in every sandbox of the environment. apt, cargo,
 gem and go are refused at environment creation: they need root inside the image or toolchains we do not ship.
@@ -72,7 +72,7 @@ def package_key(lists: dict[str, list[str]]) -> str | None:
 
 
 def python_site_dir() -> str:
-    """Where `pip install --prefix P` puts modules for the sandbox's /usr/bin/python3, relative to P."""
+    """The sandbox python's lib directory name: part of the cache key, since built wheels depend on it."""
     return _site_dir_cache or _probe_site_dir()
 
 
@@ -163,7 +163,7 @@ def _finish(environment_id: str, status: str, log: str) -> None:
 
 
 def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> bool:
-    from sessions.sandbox.backends import PACKAGES, Limits, SandboxSpec, backend_get, sandbox_uid
+    from sessions.sandbox.backends import Limits, SandboxSpec, backend_get, sandbox_uid
     from sessions.sandbox.services import sandbox_provision
 
     backend = backend_get()
@@ -186,7 +186,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
     commands: list[list[str]] = []
     if lists["pip"]:
         cmd = ["/usr/bin/python3", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
-               "--no-warn-script-location", "--break-system-packages", "--prefix", f"{prefix}/pip"]
+               "--no-warn-script-location", "--break-system-packages", "--target", f"{prefix}/pip"]
         if settings.GALLEY_PIP_INDEX_URL:
             cmd += ["--index-url", settings.GALLEY_PIP_INDEX_URL]
         commands.append(cmd + ["--", *lists["pip"]])

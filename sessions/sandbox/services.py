@@ -117,9 +117,7 @@ def sandbox_spec(*, session: Session, key: str, backend: SandboxBackend) -> tupl
     if package_dir is not None:
         pkgs = backend.packages_path(probe)
         path = f"{pkgs}/pip/bin:{pkgs}/npm/node_modules/.bin:{path}"
-        from sessions.sandbox.packages import python_site_dir
-
-        env["PYTHONPATH"] = f"{pkgs}/pip/{python_site_dir()}"
+        env["PYTHONPATH"] = f"{pkgs}/pip"
         env["NODE_PATH"] = f"{pkgs}/npm/node_modules"
     env["PATH"] = path
     if limited:
