@@ -1,4 +1,5 @@
 """Shared fixtures for the sandbox tests: sessions in the test DB with real bubblewrap sandboxes."""
+
 import os
 import shutil
 import tempfile
@@ -35,17 +36,38 @@ def make_session(db: Any, sandbox_root: Path) -> Callable[..., Any]:
     from agents.models import Agent, Environment
     from sessions.models import Session
 
-    def make(*, networking: dict | None = None, tools: list | None = None, packages: dict | None = None,
-             build_status: str = "ready") -> Session:
+    def make(
+        *,
+        networking: dict | None = None,
+        tools: list | None = None,
+        packages: dict | None = None,
+        build_status: str = "ready",
+    ) -> Session:
         ws = workspace_get_default()
         agent = Agent.objects.create(id=new_id("agent"), workspace=ws, name="a")
-        config = {"type": "cloud", "networking": networking or {"type": "unrestricted"},
-                  "packages": {"type": "packages", "apt": [], "cargo": [], "gem": [], "go": [],
-                               "npm": [], "pip": [], **(packages or {})}}
-        env = Environment.objects.create(id=new_id("env"), workspace=ws, name=new_id("env"), config=config,
-                                         build_status=build_status)
+        config = {
+            "type": "cloud",
+            "networking": networking or {"type": "unrestricted"},
+            "packages": {
+                "type": "packages",
+                "apt": [],
+                "cargo": [],
+                "gem": [],
+                "go": [],
+                "npm": [],
+                "pip": [],
+                **(packages or {}),
+            },
+        }
+        env = Environment.objects.create(
+            id=new_id("env"), workspace=ws, name=new_id("env"), config=config, build_status=build_status
+        )
         return Session.objects.create(
-            id=new_id("sesn"), workspace=ws, agent=agent, agent_version=1, environment=env,
+            id=new_id("sesn"),
+            workspace=ws,
+            agent=agent,
+            agent_version=1,
+            environment=env,
             agent_snapshot={"tools": tools if tools is not None else [TOOLSET]},
         )
 

@@ -1,4 +1,5 @@
 """The escape suite: code inside a sandbox tries to reach what it must never see. Every attempt fails."""
+
 import os
 import socket
 import threading
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.sandbox_fixtures import make_session, run, sandbox_root, text  # noqa: F401
+from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
@@ -32,16 +33,25 @@ def test_server_environment_is_invisible(make_session, monkeypatch):
 def test_data_dir_database_vault_key_and_checkout_are_invisible(make_session, sandbox_root):
     session = make_session()
     paths = [
-        settings.DATA_DIR, Path(settings.GALLEY_VAULT_KEY_FILE), Path(settings.BASE_DIR),
-        Path(settings.BASE_DIR) / "manage.py", Path(settings.BASE_DIR) / "console" / "settings.py",
-        Path(str(settings.DATABASES["default"].get("NAME") or "/nonexistent")), sandbox_root,
-        Path(settings.GALLEY_SANDBOX_ROOT), Path("/root"), Path("/home"),
+        settings.DATA_DIR,
+        Path(settings.GALLEY_VAULT_KEY_FILE),
+        Path(settings.BASE_DIR),
+        Path(settings.BASE_DIR) / "manage.py",
+        Path(settings.BASE_DIR) / "console" / "settings.py",
+        Path(str(settings.DATABASES["default"].get("NAME") or "/nonexistent")),
+        sandbox_root,
+        Path(settings.GALLEY_SANDBOX_ROOT),
+        Path("/root"),
+        Path("/home"),
     ]
     for path in paths:
         out = sh(session, f"ls -la '{path}' >/dev/null 2>&1 && echo VISIBLE || echo hidden")
         assert out == "hidden", path
-    found = sh(session, "find / -xdev \\( -name manage.py -o -name 'vault.keys' -o -name '*.sqlite3' \\) "
-                        "2>/dev/null | grep -v '^/usr/' ; echo END")
+    found = sh(
+        session,
+        "find / -xdev \\( -name manage.py -o -name 'vault.keys' -o -name '*.sqlite3' \\) "
+        "2>/dev/null | grep -v '^/usr/' ; echo END",
+    )
     assert found == "END"
 
 
@@ -51,17 +61,24 @@ def test_another_sessions_workspace_is_invisible(make_session):
     attacker = make_session()
     victim_host = Path(settings.GALLEY_SANDBOX_ROOT) / victim.id / "workspace" / "secret.txt"
     assert victim_host.exists()
-    out = sh(attacker, f"cat '{victim_host}' /workspace/../{victim.id}/workspace/secret.txt 2>&1; "
-                       "grep -rs victim-secret-77 /workspace /tmp /run /opt /etc /proc/self/cwd 2>/dev/null | head -3; echo END")
-    assert "victim-secret-77" not in out.replace(f"grep -r victim-secret-77", "")
+    out = sh(
+        attacker,
+        f"cat '{victim_host}' /workspace/../{victim.id}/workspace/secret.txt 2>&1; "
+        "grep -rs victim-secret-77 /workspace /tmp /run /opt /etc /proc/self/cwd 2>/dev/null | head -3; "
+        "echo END",
+    )
+    assert "victim-secret-77" not in out.replace("grep -r victim-secret-77", "")
     out = run(attacker, "read", file_path=str(victim_host))
     assert out.is_error and "victim-secret-77" not in text(out)
 
 
 def test_writes_outside_the_workspace_fail_or_stay_inside(make_session):
     session = make_session()
-    out = sh(session, "for p in /usr/evil /etc/evil /bin/evil /lib/evil /proc/evil; do "
-                      "(echo x > $p) 2>/dev/null && echo WROTE:$p; done; echo END")
+    out = sh(
+        session,
+        "for p in /usr/evil /etc/evil /bin/evil /lib/evil /proc/evil; do "
+        "(echo x > $p) 2>/dev/null && echo WROTE:$p; done; echo END",
+    )
     assert out == "END"
     for path in ("/usr/evil", "/etc/evil", "/bin/evil", "/evil"):
         assert not os.path.exists(path)
@@ -75,8 +92,10 @@ def test_no_privileges_inside(make_session):
     assert "CapEff:\t0000000000000000" in status
     assert "CapBnd:\t0000000000000000" in status
     assert "NoNewPrivs:\t1" in status
-    out = sh(session, "unshare -r true 2>&1 && echo ESCALATED; su -c true root </dev/null 2>&1 "
-                      "&& echo ESCALATED; echo END")
+    out = sh(
+        session,
+        "unshare -r true 2>&1 && echo ESCALATED; su -c true root </dev/null 2>&1 && echo ESCALATED; echo END",
+    )
     assert "ESCALATED" not in out
     assert sh(session, "id -u; id -g") == "1000\n1000"
 
@@ -109,21 +128,33 @@ class _Listener:
 def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_session):
     service = _Listener()
     try:
-        session = make_session(networking={"type": "limited", "allowed_hosts": ["allowed.invalid"],
-                                           "allow_package_managers": False, "allow_mcp_servers": False})
+        session = make_session(
+            networking={
+                "type": "limited",
+                "allowed_hosts": ["allowed.invalid"],
+                "allow_package_managers": False,
+                "allow_mcp_servers": False,
+            }
+        )
         port = service.port
-        out = sh(session, f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{port}/ 2>&1; echo rc=$?; "
-                          f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY http://127.0.0.1:{port}/ 2>&1; echo; "
-                          f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY -p http://localhost:{port}/ 2>&1; echo; "
-                          "curl -s -m 5 --noproxy '*' http://93.184.215.14/ 2>&1; echo rc=$?; "
-                          "curl -s -m 5 http://example.com/ 2>&1; echo")
+        out = sh(
+            session,
+            f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{port}/ 2>&1; echo rc=$?; "
+            f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY http://127.0.0.1:{port}/ 2>&1; echo; "
+            f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY -p http://localhost:{port}/ 2>&1; echo; "
+            "curl -s -m 5 --noproxy '*' http://93.184.215.14/ 2>&1; echo rc=$?; "
+            "curl -s -m 5 http://example.com/ 2>&1; echo",
+        )
         assert "host-canary-42" not in out
         assert service.hits == 0
         assert "refused" in out and "not in this environment's allowed_hosts" in out
         assert "egress proxy refused a connection to example.com" in out
         # Python's own sockets cannot get out either.
-        out = sh(session, "python3 -c \"import socket; s=socket.socket(); s.settimeout(3); "
-                          f"s.connect(('127.0.0.1', {port}))\" 2>&1 | tail -1")
+        out = sh(
+            session,
+            'python3 -c "import socket; s=socket.socket(); s.settimeout(3); '
+            f"s.connect(('127.0.0.1', {port}))\" 2>&1 | tail -1",
+        )
         assert "refused" in out.lower() or "unreachable" in out.lower()
         assert service.hits == 0
     finally:

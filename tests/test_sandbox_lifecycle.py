@@ -1,10 +1,11 @@
 """Sandbox lifecycle: lazy start, idle reaping, removal on delete, and the unsafe development backend."""
+
 import logging
 
 import pytest
 
 from sessions.sandbox import services
-from tests.sandbox_fixtures import make_session, run, sandbox_root, text  # noqa: F401
+from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 

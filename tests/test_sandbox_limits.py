@@ -1,12 +1,13 @@
 """Limits: a fork bomb, a huge write, an endless loop, a flood of output and a memory hog are contained; the
 worker (this test process) stays alive and the session's next command works."""
+
 import os
 import time
 
 import pytest
 
 from sessions.sandbox import services
-from tests.sandbox_fixtures import make_session, run, sandbox_root, text  # noqa: F401
+from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -57,7 +58,9 @@ def test_ten_gigabyte_write_is_stopped_by_the_file_size_limit(make_session, sett
 def test_workspace_size_limit_is_reported(make_session, settings):
     settings.GALLEY_SANDBOX_WORKSPACE_BYTES = 8 * 1024 * 1024
     session = make_session()
-    out = run(session, "bash", command="head -c 5000000 /dev/zero > a; head -c 5000000 /dev/zero > b; echo done")
+    out = run(
+        session, "bash", command="head -c 5000000 /dev/zero > a; head -c 5000000 /dev/zero > b; echo done"
+    )
     assert out.is_error and "workspace size limit exceeded" in text(out)
     out = run(session, "write", file_path="c.txt", content="x" * 100)
     assert out.is_error and "size limit" in text(out)

@@ -1,4 +1,6 @@
-"""Networking: the egress proxy lets exactly the allowlist through; web_fetch and web_search honour their rules."""
+"""Networking: the egress proxy lets exactly the allowlist through; web_fetch and web_search honour their
+rules."""
+
 import json
 import threading
 from collections.abc import Iterator
@@ -7,12 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sessions.sandbox.egress import EgressRules, egress_decide
-from tests.sandbox_fixtures import make_session, run, sandbox_root, text  # noqa: F401
+from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
-PAGE = (b"<html><head><title>Fib page</title><style>.x{}</style><script>var secret=1</script></head>"
-        b"<body><h1>Fibonacci</h1><p>1, 1, 2, 3, 5</p></body></html>")
+PAGE = (
+    b"<html><head><title>Fib page</title><style>.x{}</style><script>var secret=1</script></head>"
+    b"<body><h1>Fibonacci</h1><p>1, 1, 2, 3, 5</p></body></html>"
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -20,10 +24,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.startswith("/search"):
-            body = json.dumps({"results": [
-                {"title": "Fibonacci number", "url": "https://en.wikipedia.org/wiki/Fibonacci", "content": "A seq"},
-                {"title": "Spam", "url": "https://spam.example/x", "content": "buy"},
-            ]}).encode()
+            body = json.dumps(
+                {
+                    "results": [
+                        {
+                            "title": "Fibonacci number",
+                            "url": "https://en.wikipedia.org/wiki/Fibonacci",
+                            "content": "A seq",
+                        },
+                        {"title": "Spam", "url": "https://spam.example/x", "content": "buy"},
+                    ]
+                }
+            ).encode()
             ctype = "application/json"
         elif self.path == "/redirect":
             self.send_response(302)
@@ -53,8 +65,12 @@ def server() -> Iterator[str]:
 
 
 def test_allowlist_decision():
-    rules = EgressRules(allowed_hosts=("api.example.com", "*.corp.test"), allow_package_managers=True,
-                        registries=("pypi.org",), mcp_hosts=("mcp.example",))
+    rules = EgressRules(
+        allowed_hosts=("api.example.com", "*.corp.test"),
+        allow_package_managers=True,
+        registries=("pypi.org",),
+        mcp_hosts=("mcp.example",),
+    )
     assert egress_decide("api.example.com", rules)[0]
     assert egress_decide("API.Example.com", rules)[0]
     assert egress_decide("x.y.corp.test", rules)[0]
@@ -66,19 +82,33 @@ def test_allowlist_decision():
 
 
 def test_limited_sandbox_reaches_allowed_host_over_http_and_connect(make_session, server):
-    session = make_session(networking={"type": "limited", "allowed_hosts": ["127.0.0.1"],
-                                       "allow_package_managers": False, "allow_mcp_servers": False})
+    session = make_session(
+        networking={
+            "type": "limited",
+            "allowed_hosts": ["127.0.0.1"],
+            "allow_package_managers": False,
+            "allow_mcp_servers": False,
+        }
+    )
     # 127.0.0.1 is in NO_PROXY (the sandbox's own loopback), so name the proxy explicitly.
     out = run(session, "bash", command=f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY http://{server}/page")
     assert "<h1>Fibonacci</h1>" in text(out), text(out)
-    out = run(session, "bash", command=f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY -p http://{server}/page")  # tunnelled through CONNECT
+    out = run(
+        session, "bash", command=f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY -p http://{server}/page"
+    )  # tunnelled through CONNECT
     assert "<h1>Fibonacci</h1>" in text(out), text(out)
-    out = run(session, "bash", command="python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', 3128)); "
-                                       f"s.sendall(b'GET http://{server}/page HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); "
-                                       "print(s.recv(100).split()[1].decode())\"")
+    out = run(
+        session,
+        "bash",
+        command="python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', 3128)); "
+        f"s.sendall(b'GET http://{server}/page HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); "
+        'print(s.recv(100).split()[1].decode())"',
+    )
     assert text(out) == "200"
     out = run(session, "bash", command="curl -s -m 5 http://localhost.localdomain/")
-    assert "refused" in text(out) and "[egress proxy refused a connection to localhost.localdomain" in text(out)
+    assert "refused" in text(out) and "[egress proxy refused a connection to localhost.localdomain" in text(
+        out
+    )
 
 
 def test_web_fetch_converts_html_and_follows_redirects(make_session, server, settings):
@@ -96,14 +126,24 @@ def test_web_fetch_converts_html_and_follows_redirects(make_session, server, set
 def test_web_fetch_refusals(make_session, server, settings):
     session = make_session()
     out = run(session, "web_fetch", url=f"http://{server}/page")
-    assert out.is_error and "private or loopback" in text(out)  # never the host's internal services by default
+    assert out.is_error and "private or loopback" in text(
+        out
+    )  # never the host's internal services by default
     settings.GALLEY_WEB_ALLOW_PRIVATE = True
-    tools = [{"type": "agent_toolset_20260401",
-              "configs": [{"name": "web_fetch", "blocked_domains": ["127.0.0.1"]}]}]
+    tools = [
+        {
+            "type": "agent_toolset_20260401",
+            "configs": [{"name": "web_fetch", "blocked_domains": ["127.0.0.1"]}],
+        }
+    ]
     out = run(make_session(tools=tools), "web_fetch", url=f"http://{server}/page")
     assert out.is_error and "blocked_domains" in text(out)
-    tools = [{"type": "agent_toolset_20260401",
-              "configs": [{"name": "web_fetch", "allowed_domains": ["example.com"]}]}]
+    tools = [
+        {
+            "type": "agent_toolset_20260401",
+            "configs": [{"name": "web_fetch", "allowed_domains": ["example.com"]}],
+        }
+    ]
     out = run(make_session(tools=tools), "web_fetch", url=f"http://{server}/page")
     assert out.is_error and "allowed_domains" in text(out)
     limited = make_session(networking={"type": "limited", "allowed_hosts": ["other.test"]})
@@ -121,8 +161,12 @@ def test_web_search_without_provider_is_a_clear_error(make_session, settings):
 
 def test_web_search_through_searxng_with_domain_filters(make_session, server, settings):
     settings.GALLEY_SEARXNG_URL = f"http://{server}"
-    tools = [{"type": "agent_toolset_20260401",
-              "configs": [{"name": "web_search", "blocked_domains": ["spam.example"]}]}]
+    tools = [
+        {
+            "type": "agent_toolset_20260401",
+            "configs": [{"name": "web_search", "blocked_domains": ["spam.example"]}],
+        }
+    ]
     session = make_session(tools=tools)
     out = run(session, "web_search", query="fibonacci")
     assert not out.is_error

@@ -1,4 +1,5 @@
 """Environment packages: a small pip and npm package built once into a cached prefix, mounted read-only."""
+
 import base64
 import hashlib
 import io
@@ -13,7 +14,7 @@ import pytest
 
 from console.errors import ApiError
 from sessions.sandbox.packages import packages_build, packages_request_build, validate_packages
-from tests.sandbox_fixtures import make_session, run, sandbox_root, text  # noqa: F401
+from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
@@ -22,11 +23,17 @@ def _wheel() -> bytes:
     files = {
         "galleydemo/__init__.py": b"VALUE = 42\n",
         "galleydemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: galleydemo\nVersion: 1.0\n",
-        "galleydemo-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "galleydemo-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
     }
-    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
-              for n, d in files.items()]
-    files["galleydemo-1.0.dist-info/RECORD"] = ("\n".join([*record, "galleydemo-1.0.dist-info/RECORD,,"]) + "\n").encode()
+    record = [
+        f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+        for n, d in files.items()
+    ]
+    files["galleydemo-1.0.dist-info/RECORD"] = (
+        "\n".join([*record, "galleydemo-1.0.dist-info/RECORD,,"]) + "\n"
+    ).encode()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for name, data in files.items():
@@ -37,8 +44,10 @@ def _wheel() -> bytes:
 def _npm_tarball() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in (("package/package.json", b'{"name": "galley-demo", "version": "1.0.0", "main": "index.js"}'),
-                           ("package/index.js", b"module.exports = { value: 7 };\n")):
+        for name, data in (
+            ("package/package.json", b'{"name": "galley-demo", "version": "1.0.0", "main": "index.js"}'),
+            ("package/index.js", b"module.exports = { value: 7 };\n"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -56,17 +65,33 @@ def registries(settings) -> Iterator[dict]:
             base = f"http://127.0.0.1:{self.server.server_address[1]}"
             if self.path.rstrip("/") == "/simple/galleydemo":
                 digest = hashlib.sha256(wheel).hexdigest()
-                body = (f'<html><body><a href="/files/galleydemo-1.0-py3-none-any.whl#sha256={digest}">'
-                        "galleydemo-1.0-py3-none-any.whl</a></body></html>").encode()
+                body = (
+                    f'<html><body><a href="/files/galleydemo-1.0-py3-none-any.whl#sha256={digest}">'
+                    "galleydemo-1.0-py3-none-any.whl</a></body></html>"
+                ).encode()
                 ctype = "text/html"
             elif self.path.startswith("/files/galleydemo"):
                 body, ctype = wheel, "application/octet-stream"
             elif self.path == "/npm/galley-demo":
                 integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
-                body = json.dumps({"name": "galley-demo", "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": {
-                    "name": "galley-demo", "version": "1.0.0", "main": "index.js",
-                    "dist": {"tarball": f"{base}/npm/galley-demo/-/galley-demo-1.0.0.tgz",
-                             "shasum": hashlib.sha1(tgz).hexdigest(), "integrity": integrity}}}}).encode()
+                body = json.dumps(
+                    {
+                        "name": "galley-demo",
+                        "dist-tags": {"latest": "1.0.0"},
+                        "versions": {
+                            "1.0.0": {
+                                "name": "galley-demo",
+                                "version": "1.0.0",
+                                "main": "index.js",
+                                "dist": {
+                                    "tarball": f"{base}/npm/galley-demo/-/galley-demo-1.0.0.tgz",
+                                    "shasum": hashlib.sha1(tgz).hexdigest(),
+                                    "integrity": integrity,
+                                },
+                            }
+                        },
+                    }
+                ).encode()
                 ctype = "application/json"
             elif self.path == "/npm/galley-demo/-/galley-demo-1.0.0.tgz":
                 body, ctype = tgz, "application/octet-stream"
@@ -100,8 +125,14 @@ def test_unsupported_managers_and_bad_names_are_refused():
     with pytest.raises(ApiError) as exc:
         validate_packages({"pip": ["--index-url=http://evil/"]})
     assert exc.value.status == 400 and "config.packages.pip[0]" in exc.value.message
-    validate_packages({"type": "packages", "pip": ["pandas==2.2.0", "requests[socks]>=2"], "npm": ["@scope/x@1.2.3"],
-                       "apt": []})
+    validate_packages(
+        {
+            "type": "packages",
+            "pip": ["pandas==2.2.0", "requests[socks]>=2"],
+            "npm": ["@scope/x@1.2.3"],
+            "apt": [],
+        }
+    )
 
 
 @pytest.mark.slow
@@ -116,9 +147,13 @@ def test_pip_and_npm_packages_are_built_once_and_mounted_read_only(make_session,
     assert status == "ready", env.build_log
     assert env.build_status == "ready" and "build succeeded" in env.build_log
     session.environment.refresh_from_db()
-    out = run(session, "bash", command="python3 -c 'import galleydemo; print(galleydemo.VALUE)'; "
-                                       "node -e 'console.log(require(\"galley-demo\").value)'; "
-                                       "touch /opt/galley/packages/pip/x 2>&1 | grep -c 'Read-only'")
+    out = run(
+        session,
+        "bash",
+        command="python3 -c 'import galleydemo; print(galleydemo.VALUE)'; "
+        "node -e 'console.log(require(\"galley-demo\").value)'; "
+        "touch /opt/galley/packages/pip/x 2>&1 | grep -c 'Read-only'",
+    )
     assert text(out) == "42\n7\n1", text(out)
     # A second environment with the same lists reuses the cache: no registry traffic.
     before = registries["requests"]

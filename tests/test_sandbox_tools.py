@@ -1,11 +1,12 @@
 """Each toolset tool against a real bubblewrap sandbox, through run_tool (the harness's entry point)."""
+
 import base64
 import threading
 import time
 
 import pytest
 
-from tests.sandbox_fixtures import make_session, run, sandbox_root, text  # noqa: F401
+from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
@@ -80,7 +81,9 @@ def test_bash_cancel_stops_within_a_second(make_session):
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
     started = time.monotonic()
-    out = run_tool(session=session, name="bash", tool_input={"command": "sleep 60"}, tool_use_id="t", cancel=cancel)
+    out = run_tool(
+        session=session, name="bash", tool_input={"command": "sleep 60"}, tool_use_id="t", cancel=cancel
+    )
     assert out.is_error and "interrupted" in text(out)
     assert time.monotonic() - started < 1.5
 
@@ -91,9 +94,15 @@ def test_write_read_edit_roundtrip_with_sandbox_paths(make_session):
     assert not out.is_error and "/workspace/pkg/fib.py" in text(out)
     assert text(run(session, "read", file_path="pkg/fib.py")) == "a = 1\nb = 2\nc = 3\n"
     assert text(run(session, "read", file_path="/workspace/pkg/fib.py", view_range=[2, 3])) == "b = 2\nc = 3"
-    assert not run(session, "edit", file_path="/workspace/pkg/fib.py", old_string="b = 2", new_string="b = 20").is_error
+    assert not run(
+        session, "edit", file_path="/workspace/pkg/fib.py", old_string="b = 2", new_string="b = 20"
+    ).is_error
     # The sandbox user owns what the worker wrote, so it can change it.
-    out = run(session, "bash", command="echo d = 4 >> pkg/fib.py && python3 -c 'exec(open(\"pkg/fib.py\").read()); print(b)'")
+    out = run(
+        session,
+        "bash",
+        command="echo d = 4 >> pkg/fib.py && python3 -c 'exec(open(\"pkg/fib.py\").read()); print(b)'",
+    )
     assert text(out) == "20", text(out)
 
 
@@ -101,10 +110,16 @@ def test_edit_errors_follow_the_spec(make_session):
     session = make_session()
     run(session, "write", file_path="x.txt", content="same same")
     out = run(session, "edit", file_path="x.txt", old_string="same", new_string="diff")
-    assert out.is_error and "appears 2 times" in text(out) and "/workspace/x.txt" not in text(out).replace("x.txt", "")
+    assert (
+        out.is_error
+        and "appears 2 times" in text(out)
+        and "/workspace/x.txt" not in text(out).replace("x.txt", "")
+    )
     out = run(session, "edit", file_path="x.txt", old_string="nope", new_string="diff")
     assert out.is_error and "not found" in text(out)
-    assert not run(session, "edit", file_path="x.txt", old_string="same", new_string="diff", replace_all=True).is_error
+    assert not run(
+        session, "edit", file_path="x.txt", old_string="same", new_string="diff", replace_all=True
+    ).is_error
     assert text(run(session, "read", file_path="x.txt")) == "diff diff"
 
 
@@ -143,8 +158,13 @@ def test_file_tools_refuse_paths_outside_the_sandbox(make_session):
 def test_disabled_tools_and_allow_listing(make_session):
     from sessions.sandbox.toolset import tool_definitions
 
-    tools = [{"type": "agent_toolset_20260401", "default_config": {"enabled": False},
-              "configs": [{"name": "read", "enabled": True}]}]
+    tools = [
+        {
+            "type": "agent_toolset_20260401",
+            "default_config": {"enabled": False},
+            "configs": [{"name": "read", "enabled": True}],
+        }
+    ]
     session = make_session(tools=tools)
     assert [d["name"] for d in tool_definitions(session.agent_snapshot)] == ["read"]
     out = run(session, "bash", command="echo hi")

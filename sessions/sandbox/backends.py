@@ -5,6 +5,7 @@ A backend turns a `SandboxSpec` (host directories, uid, network mode, limits) an
 plain-process backend exists only for development on machines without bubblewrap: it confines nothing, runs
 only when GALLEY_SANDBOX_ALLOW_UNSAFE is set, and says so loudly.
 """
+
 import hashlib
 import logging
 import os
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class SandboxError(RuntimeError):
-    """The sandbox could not be provided (misconfiguration, backend missing). Reported to the model as a tool error."""
+    """The sandbox could not be provided (misconfiguration, missing backend): a tool error for the model."""
+
 
 WORKSPACE = "/workspace"
 STATE = "/run/galley"  # per-sandbox state (saved cwd and exports, the egress socket, the bridge script)
@@ -32,9 +34,27 @@ UID_SPAN = 100_000
 
 # /etc entries a sandbox needs to resolve names, verify TLS and load libraries; the rest of /etc stays out.
 ETC_ENTRIES = (
-    "alternatives", "ca-certificates", "ca-certificates.conf", "gai.conf", "host.conf", "hosts", "ld.so.cache",
-    "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types", "nsswitch.conf", "os-release", "protocols",
-    "resolv.conf", "services", "ssl", "timezone", "bash.bashrc", "inputrc", "debian_version",
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gai.conf",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "protocols",
+    "resolv.conf",
+    "services",
+    "ssl",
+    "timezone",
+    "bash.bashrc",
+    "inputrc",
+    "debian_version",
 )
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -84,6 +104,14 @@ def sandbox_uid(key: str) -> int:
     return UID_BASE + int.from_bytes(digest[:4], "big") % UID_SPAN
 
 
+def rlimit_shell(limits: Limits) -> str:
+    """The limits as bash builtins (soft and hard, so they cannot be raised again): no extra exec at start."""
+    return (
+        f"ulimit -u {limits.max_processes} -v {limits.memory_bytes // 1024} -t {limits.cpu_seconds} "
+        f"-f {limits.file_bytes // 1024} -c 0 -n 1024"
+    )
+
+
 def rlimit_argv(limits: Limits) -> list[str]:
     prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
     return [
@@ -95,8 +123,6 @@ def rlimit_argv(limits: Limits) -> list[str]:
         "--core=0",
         "--nofile=1024",
         "--",
-        # Below the worker's priority: a busy sandbox slows itself before it slows the server.
-        shutil.which("nice") or "/usr/bin/nice", "-n", "10",
     ]
 
 
@@ -112,7 +138,11 @@ class SandboxBackend(Protocol):
 
     def packages_path(self, spec: SandboxSpec) -> str: ...
 
-    def command(self, spec: SandboxSpec, argv: list[str]) -> tuple[list[str], dict[str, Any]]: ...
+    def command(
+        self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
+        """argv and Popen kwargs; rlimits=False when the command sets them itself (the shell, via ulimit)."""
+        ...
 
 
 class BwrapBackend:
@@ -131,12 +161,26 @@ class BwrapBackend:
     def packages_path(self, spec: SandboxSpec) -> str:
         return PACKAGES
 
-    def command(self, spec: SandboxSpec, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    def command(
+        self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
         bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         args = [
-            bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
-            "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID), "--cap-drop", "ALL", "--disable-userns",
-            "--hostname", "sandbox",
+            bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--uid",
+            str(INSIDE_UID),
+            "--gid",
+            str(INSIDE_UID),
+            "--cap-drop",
+            "ALL",
+            "--disable-userns",
+            "--hostname",
+            "sandbox",
         ]
         if spec.share_network:
             args.append("--share-net")
@@ -151,12 +195,25 @@ class BwrapBackend:
             if os.path.exists(f"/etc/{entry}"):
                 args += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
         args += [
-            "--ro-bind", str(spec.root / "etc" / "passwd"), "/etc/passwd",
-            "--ro-bind", str(spec.root / "etc" / "group"), "/etc/group",
-            "--proc", "/proc", "--dev", "/dev",
-            "--bind", str(spec.workspace), WORKSPACE,
-            "--bind", str(spec.tmp), "/tmp",
-            "--bind", str(spec.state), STATE,
+            "--ro-bind",
+            str(spec.root / "etc" / "passwd"),
+            "/etc/passwd",
+            "--ro-bind",
+            str(spec.root / "etc" / "group"),
+            "/etc/group",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--bind",
+            str(spec.workspace),
+            WORKSPACE,
+            "--bind",
+            str(spec.tmp),
+            "/tmp",
+            "--bind",
+            str(spec.state),
+            STATE,
         ]
         if spec.package_dir is not None:
             args += ["--bind" if spec.writable_packages else "--ro-bind", str(spec.package_dir), PACKAGES]
@@ -165,9 +222,13 @@ class BwrapBackend:
             args += ["--setenv", key, value]
         args += ["--", *argv]
         kwargs: dict[str, Any] = {
-            "user": spec.uid, "group": spec.uid, "extra_groups": [], "env": {}, "start_new_session": True,
+            "user": spec.uid,
+            "group": spec.uid,
+            "extra_groups": [],
+            "env": {},
+            "start_new_session": True,
         }
-        return rlimit_argv(spec.limits) + args, kwargs
+        return (rlimit_argv(spec.limits) if rlimits else []) + args, kwargs
 
 
 class ProcessBackend:
@@ -188,10 +249,14 @@ class ProcessBackend:
     def packages_path(self, spec: SandboxSpec) -> str:
         return str(spec.package_dir or "")
 
-    def command(self, spec: SandboxSpec, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    def command(
+        self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
         logger.warning("UNSAFE sandbox backend: running agent code as a plain process with NO isolation")
-        return rlimit_argv(spec.limits) + argv, {
-            "env": dict(spec.env), "cwd": str(spec.workspace), "start_new_session": True,
+        return (rlimit_argv(spec.limits) if rlimits else []) + argv, {
+            "env": dict(spec.env),
+            "cwd": str(spec.workspace),
+            "start_new_session": True,
         }
 
 

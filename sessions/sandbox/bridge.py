@@ -2,6 +2,7 @@
 
 Standard library only (it runs under the sandbox's /usr/bin/python3). Usage: bridge.py PORT SOCKET READY_FILE
 """
+
 import socket
 import sys
 import threading

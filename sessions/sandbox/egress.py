@@ -1,9 +1,10 @@
 """The egress proxy of `limited` sandboxes: HTTP CONNECT and plain HTTP, one Unix socket per sandbox.
 
 The sandbox has no network of its own. A bridge inside it (bridge.py) forwards 127.0.0.1:3128 to this proxy's
-socket, which is bind-mounted into the sandbox. Each request's host goes through `egress_decide`; refusals answer
-403 with a clear message and are kept for the tool result (so the session log records them).
+socket, which is bind-mounted into the sandbox. Each request's host goes through `egress_decide`; refusals
+answer 403 with a clear message and are kept for the tool result (so the session log records them).
 """
+
 import ipaddress
 import logging
 import os
@@ -19,9 +20,21 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 PACKAGE_REGISTRIES = (
-    "pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "registry.yarnpkg.com", "crates.io",
-    "static.crates.io", "index.crates.io", "rubygems.org", "index.rubygems.org", "proxy.golang.org",
-    "sum.golang.org", "deb.debian.org", "security.debian.org", "archive.ubuntu.com", "security.ubuntu.com",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "registry.npmjs.org",
+    "registry.yarnpkg.com",
+    "crates.io",
+    "static.crates.io",
+    "index.crates.io",
+    "rubygems.org",
+    "index.rubygems.org",
+    "proxy.golang.org",
+    "sum.golang.org",
+    "deb.debian.org",
+    "security.debian.org",
+    "archive.ubuntu.com",
+    "security.ubuntu.com",
 )
 HEADER_LIMIT = 64 * 1024
 IDLE_SECONDS = 300.0
@@ -39,12 +52,14 @@ class EgressRules:
 def egress_rules(*, networking: dict, agent_snapshot: dict) -> EgressRules:
     mcp_hosts = tuple(
         (urlsplit(s.get("url", "")).hostname or "").lower()
-        for s in (agent_snapshot or {}).get("mcp_servers") or [] if isinstance(s, dict)
+        for s in (agent_snapshot or {}).get("mcp_servers") or []
+        if isinstance(s, dict)
     )
     registries = list(PACKAGE_REGISTRIES)
     for url in (settings.GALLEY_PIP_INDEX_URL, settings.GALLEY_NPM_REGISTRY):
-        if url and urlsplit(url).hostname:
-            registries.append(urlsplit(url).hostname.lower())
+        hostname = urlsplit(url).hostname if url else None
+        if hostname:
+            registries.append(hostname.lower())
     return EgressRules(
         allowed_hosts=tuple(h.lower() for h in networking.get("allowed_hosts") or []),
         allow_package_managers=bool(networking.get("allow_package_managers")),
@@ -82,7 +97,7 @@ def egress_decide(host: str, rules: EgressRules) -> tuple[bool, str]:
 
 
 def _resolve(host: str, port: int, rules: EgressRules) -> tuple[str | None, str]:
-    """The address to connect to. Private and loopback addresses only when the host is such a literal, allowed."""
+    """The address to connect to. A private or loopback address only for an allowed literal of it."""
     bare = host.strip("[]")
     try:
         infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
@@ -116,8 +131,9 @@ class EgressProxy:
             os.chown(path, uid, uid)
         listener.listen(64)
         self._listener = listener
-        threading.Thread(target=self._accept_loop, args=(listener,), daemon=True,
-                         name=f"egress-{self.session_id}").start()
+        threading.Thread(
+            target=self._accept_loop, args=(listener,), daemon=True, name=f"egress-{self.session_id}"
+        ).start()
 
     def close(self) -> None:
         self._closed.set()
@@ -138,8 +154,10 @@ class EgressProxy:
             self._denials.append((host, reason))
         logger.info("egress refused for session %s: %s (%s)", self.session_id, host, reason)
         body = f"Galley egress proxy: connection to {host} refused: {reason}\n".encode()
-        head = (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-                "X-Galley-Egress: refused\r\nConnection: close\r\n\r\n").encode()
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "X-Galley-Egress: refused\r\nConnection: close\r\n\r\n"
+        ).encode()
         try:
             client.sendall(head + body)
         except OSError:
@@ -195,17 +213,22 @@ class EgressProxy:
         else:
             url = urlsplit(target)
             if url.scheme != "http" or not url.hostname:
-                self._deny(client, url.hostname or target[:100], "only http:// URLs and CONNECT are proxied",
-                           "400 Bad Request")
+                self._deny(
+                    client,
+                    url.hostname or target[:100],
+                    "only http:// URLs and CONNECT are proxied",
+                    "400 Bad Request",
+                )
                 return
             upstream = self._open(client, url.hostname, url.port or 80)
             if upstream is None:
                 return
             path = (url.path or "/") + (f"?{url.query}" if url.query else "")
             headers = [
-                line for line in lines[1:]
-                if line.split(":", 1)[0].strip().lower() not in ("proxy-connection", "proxy-authorization",
-                                                                  "connection", "keep-alive")
+                line
+                for line in lines[1:]
+                if line.split(":", 1)[0].strip().lower()
+                not in ("proxy-connection", "proxy-authorization", "connection", "keep-alive")
             ]
             request = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close"]) + "\r\n\r\n"
             upstream.sendall(request.encode("latin-1") + rest)

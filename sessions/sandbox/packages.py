@@ -1,10 +1,12 @@
 """Environment packages: pip and npm lists built once per distinct list into a cached prefix.
 
 The prefix `GALLEY_PACKAGES_ROOT/<key>/` (key = hash of the lists) holds `pip/` (a `pip install --target`) and
-`npm/` (an `npm install --prefix`). It is built inside a bubblewrap sandbox with the host network (installers run
-arbitrary code), then mounted read-only at /opt/galley/packages in every sandbox of the environment. apt, cargo,
-gem and go are refused at environment creation: they need root inside the image or toolchains we do not ship.
+`npm/` (an `npm install --prefix`). It is built inside a bubblewrap sandbox with the host network (installers
+run arbitrary code), then mounted read-only at /opt/galley/packages in every sandbox of the environment. apt,
+cargo, gem and go are refused at environment creation: they need root inside the image or toolchains we do not
+ship.
 """
+
 import hashlib
 import json
 import logging
@@ -83,9 +85,16 @@ def _probe_site_dir() -> str:
     global _site_dir_cache
     try:
         out = subprocess.run(
-            ["/usr/bin/python3", "-I", "-c",
-             "import sys; print(f'lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages')"],
-            capture_output=True, text=True, timeout=10, check=True,
+            [
+                "/usr/bin/python3",
+                "-I",
+                "-c",
+                "import sys; print(f'lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages')",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
@@ -159,7 +168,9 @@ def packages_build(*, environment_id: str) -> str:
 def _finish(environment_id: str, status: str, log: str) -> None:
     if len(log) > LOG_LIMIT:
         log = log[: LOG_LIMIT // 2] + "\n[log truncated]\n" + log[-LOG_LIMIT // 2 :]
-    Environment.objects.filter(pk=environment_id).update(build_status=status, build_log=log, updated_at=timezone.now())
+    Environment.objects.filter(pk=environment_id).update(
+        build_status=status, build_log=log, updated_at=timezone.now()
+    )
 
 
 def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> bool:
@@ -178,22 +189,51 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
     sandbox_provision(root=build_root, uid=uid)
     limits = Limits.from_settings()
     spec = SandboxSpec(
-        root=build_root, uid=uid, share_network=True, limits=limits, package_dir=staging, writable_packages=True,
-        env={"HOME": backend.workspace_path(SandboxSpec(root=build_root, uid=uid, share_network=True, limits=limits)),
-             "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"},
+        root=build_root,
+        uid=uid,
+        share_network=True,
+        limits=limits,
+        package_dir=staging,
+        writable_packages=True,
+        env={
+            "HOME": backend.workspace_path(
+                SandboxSpec(root=build_root, uid=uid, share_network=True, limits=limits)
+            ),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+        },
     )
     prefix = backend.packages_path(spec)
     commands: list[list[str]] = []
     if lists["pip"]:
-        cmd = ["/usr/bin/python3", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
-               "--no-warn-script-location", "--break-system-packages", "--target", f"{prefix}/pip"]
+        cmd = [
+            "/usr/bin/python3",
+            "-m",
+            "pip",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--break-system-packages",
+            "--target",
+            f"{prefix}/pip",
+        ]
         if settings.GALLEY_PIP_INDEX_URL:
             cmd += ["--index-url", settings.GALLEY_PIP_INDEX_URL]
         commands.append(cmd + ["--", *lists["pip"]])
     if lists["npm"]:
         npm = shutil.which("npm") or "/usr/bin/npm"
-        cmd = [npm, "install", "--prefix", f"{prefix}/npm", "--no-audit", "--no-fund", "--no-update-notifier",
-               "--no-package-lock"]
+        cmd = [
+            npm,
+            "install",
+            "--prefix",
+            f"{prefix}/npm",
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--no-package-lock",
+        ]
         if settings.GALLEY_NPM_REGISTRY:
             cmd += ["--registry", settings.GALLEY_NPM_REGISTRY]
         commands.append(cmd + lists["npm"])
@@ -202,8 +242,14 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
             log.append("$ " + " ".join(cmd) + "\n")
             argv, kwargs = backend.command(spec, cmd)
             try:
-                done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      timeout=BUILD_TIMEOUT_SECONDS, **kwargs)
+                done = subprocess.run(
+                    argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=BUILD_TIMEOUT_SECONDS,
+                    **kwargs,
+                )
             except subprocess.TimeoutExpired:
                 log.append(f"timed out after {BUILD_TIMEOUT_SECONDS}s\n")
                 return False
@@ -218,7 +264,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
 
 
 def packages_wait(*, environment_id: str, timeout: float, cancel: Any = None) -> str:
-    """Block until the environment's build leaves `building` (or the timeout). Returns the status seen last."""
+    """Block until the environment's build leaves `building` (or the timeout). Returns the last status."""
     deadline = time.monotonic() + timeout
     while True:
         status = Environment.objects.filter(pk=environment_id).values_list("build_status", flat=True).first()

@@ -1,10 +1,11 @@
 """Sandbox lifecycle: directories on disk, the live shell registry of this worker process, reaping, removal.
 
-A session's sandbox is a directory `GALLEY_SANDBOX_ROOT/<session_id>/` holding `workspace/` (mounted at /workspace,
-the working directory), `tmp/` (its /tmp), `state/` (saved cwd and exports, the egress socket) and `etc/` (its
-passwd and group). The directory outlives every process; the processes (one bash in one bwrap) are started on the
-first tool call, kept per worker process, killed when idle, and restarted transparently.
+A session's sandbox is a directory `GALLEY_SANDBOX_ROOT/<session_id>/` holding `workspace/` (mounted at
+/workspace, the working directory), `tmp/` (its /tmp), `state/` (saved cwd and exports, the egress socket) and
+`etc/` (its passwd and group). The directory outlives every process; the processes (one bash in one bwrap) are
+started on the first tool call, kept per worker process, killed when idle, and restarted transparently.
 """
+
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from sessions.sandbox.backends import (
     SandboxBackend,
     SandboxSpec,
     backend_get,
+    rlimit_shell,
     sandbox_uid,
 )
 from sessions.sandbox.shell import Shell
@@ -97,8 +99,9 @@ def sandbox_spec(*, session: Session, key: str, backend: SandboxBackend) -> tupl
     uid = sandbox_uid(key) if os.geteuid() == 0 else os.geteuid()
     limited = environment_networking(session).get("type") == "limited"
     package_dir = package_dir_for(session.environment)
-    probe = SandboxSpec(root=root, uid=uid, share_network=not limited, limits=Limits.from_settings(),
-                        package_dir=package_dir)
+    probe = SandboxSpec(
+        root=root, uid=uid, share_network=not limited, limits=Limits.from_settings(), package_dir=package_dir
+    )
     workspace = backend.workspace_path(probe)
     path = SAFE_PATH
     env = {
@@ -125,8 +128,14 @@ def sandbox_spec(*, session: Session, key: str, backend: SandboxBackend) -> tupl
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env[name] = proxy
         env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
-    spec = SandboxSpec(root=root, uid=uid, share_network=not limited, limits=Limits.from_settings(), env=env,
-                       package_dir=package_dir)
+    spec = SandboxSpec(
+        root=root,
+        uid=uid,
+        share_network=not limited,
+        limits=Limits.from_settings(),
+        env=env,
+        package_dir=package_dir,
+    )
     return spec, limited
 
 
@@ -134,18 +143,35 @@ def _shell_init(live: LiveSandbox) -> str:
     backend, spec = live.backend, live.spec
     state = backend.state_path(spec)
     workspace = backend.workspace_path(spec)
-    lines = []
+    # Below the worker's priority once started: a busy sandbox slows itself before it slows the server.
+    lines = [rlimit_shell(spec.limits), "renice -n 10 -p $$ >/dev/null 2>&1 &"]
     if live.limited:
         lines.append(
             f"/usr/bin/python3 -I {state}/bridge.py {PROXY_PORT} {state}/egress.sock {state}/bridge.ready"
             " </dev/null >/dev/null 2>&1 &"
         )
-        lines.append(f"for __i in $(seq 200); do [ -e {state}/bridge.ready ] && break; sleep 0.01; done; unset __i")
-    lines.append(f"cd \"$(cat {state}/cwd 2>/dev/null)\" 2>/dev/null || cd {workspace}")
+        lines.append(
+            f"for __i in $(seq 200); do [ -e {state}/bridge.ready ] && break; sleep 0.01; done; unset __i"
+        )
+    lines.append(
+        f'{{ IFS= read -r __galley_cwd < {state}/cwd && cd "$__galley_cwd"; }} 2>/dev/null || cd {workspace}'
+    )
+    lines.append("unset __galley_cwd")
     lines.append(f"[ -f {state}/env ] && . {state}/env 2>/dev/null")
     # Variables the platform owns win over a restored copy (the environment may have changed since).
-    for name in ("PATH", "PYTHONPATH", "NODE_PATH", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-                 "NO_PROXY", "no_proxy", "HOME", "TMPDIR"):
+    for name in (
+        "PATH",
+        "PYTHONPATH",
+        "NODE_PATH",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "HOME",
+        "TMPDIR",
+    ):
         if name in spec.env:
             lines.append(f"export {name}='{spec.env[name]}'")
     return "\n".join(lines) + "\n"
@@ -166,7 +192,7 @@ def _start_shell(live: LiveSandbox) -> Shell:
         if live.egress is None:
             live.egress = EgressProxy(session_id=live.session_id, rules=live.rules)
         live.egress.listen(spec.state / "egress.sock", uid=spec.uid)
-    argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"])
+    argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
     return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
 
 
@@ -182,8 +208,9 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
             if limited:
                 from sessions.sandbox.egress import egress_rules
 
-                live.rules = egress_rules(networking=environment_networking(session),
-                                          agent_snapshot=session.agent_snapshot or {})
+                live.rules = egress_rules(
+                    networking=environment_networking(session), agent_snapshot=session.agent_snapshot or {}
+                )
             _registry[key] = live
             sandbox_provision(root=spec.root, uid=spec.uid)
         return live

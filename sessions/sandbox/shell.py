@@ -1,10 +1,12 @@
 """The persistent shell: one long-lived bash inside one long-lived sandbox, spoken to over pipes.
 
-Each command is sent as one `eval` of the exactly quoted command text, followed by a line that saves the working
-directory and exported variables to the sandbox's state directory and prints a per-shell sentinel with the exit
-code. Output (stdout and stderr merged) is read until the sentinel. Because the state is saved after every command,
-a respawned shell (after a timeout, a crash, a worker restart or an idle reap) restores `cd` and `export`.
+Each command is sent as one `eval` of the exactly quoted command text, followed by a line that saves the
+working directory and exported variables to the sandbox's state directory and prints a per-shell sentinel with
+the exit code. Output (stdout and stderr merged) is read until the sentinel. Because the state is saved after
+every command, a respawned shell (after a timeout, a crash, a worker restart or an idle reap) restores `cd`
+and `export`.
 """
+
 import os
 import re
 import secrets
@@ -39,7 +41,11 @@ class Shell:
         self._pattern = re.compile(b"\n" + self.sentinel.encode() + rb" (-?\d+)\n")
         self.state_dir = state_dir
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            bufsize=0,
             **popen_kwargs,
         )
         self.lock = threading.Lock()
@@ -87,7 +93,9 @@ class Shell:
         finally:
             self.last_used = time.monotonic()
 
-    def _exchange(self, script: str, *, timeout: float, cancel: threading.Event | None, cap: int) -> CommandResult:
+    def _exchange(
+        self, script: str, *, timeout: float, cancel: threading.Event | None, cap: int
+    ) -> CommandResult:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(script.encode())
@@ -103,21 +111,33 @@ class Shell:
         while True:
             if cancel is not None and cancel.is_set():
                 self.kill()
-                return CommandResult(output=_assemble(head, tail, total, cap), exit_code=None, cancelled=True,
-                                     truncated_bytes=max(0, total - cap))
+                return CommandResult(
+                    output=_assemble(head, tail, total, cap),
+                    exit_code=None,
+                    cancelled=True,
+                    truncated_bytes=max(0, total - cap),
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                return CommandResult(output=_assemble(head, tail, total, cap), exit_code=None, timed_out=True,
-                                     truncated_bytes=max(0, total - cap))
+                return CommandResult(
+                    output=_assemble(head, tail, total, cap),
+                    exit_code=None,
+                    timed_out=True,
+                    truncated_bytes=max(0, total - cap),
+                )
             ready, _, _ = select.select([fd], [], [], min(remaining, 0.1))
             if not ready:
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 self.kill()
-                return CommandResult(output=_assemble(head, tail, total, cap), exit_code=None, shell_died=True,
-                                     truncated_bytes=max(0, total - cap))
+                return CommandResult(
+                    output=_assemble(head, tail, total, cap),
+                    exit_code=None,
+                    shell_died=True,
+                    truncated_bytes=max(0, total - cap),
+                )
             total += len(chunk)
             room = cap - len(head)
             if room > 0:
@@ -135,7 +155,8 @@ class Shell:
                 # Everything from the sentinel's leading newline on is protocol, not output.
                 end = total - (len(window) - match.start())
                 return CommandResult(
-                    output=_assemble(head, tail, end, cap, stream_total=total), exit_code=int(match.group(1)),
+                    output=_assemble(head, tail, end, cap, stream_total=total),
+                    exit_code=int(match.group(1)),
                     truncated_bytes=max(0, end - cap),
                 )
 
@@ -149,5 +170,8 @@ def _assemble(head: bytearray, tail: bytearray, end: int, cap: int, stream_total
     tail_start = total - len(tail)
     kept = bytes(tail[: max(0, end - tail_start)])[-HEAD_TAIL_BYTES:]
     omitted = end - cap - len(kept)
-    marker = f"\n\n[output truncated: {omitted} bytes omitted out of {end}; showing the first {cap} and the last {len(kept)} bytes]\n\n"
+    marker = (
+        f"\n\n[output truncated: {omitted} bytes omitted out of {end}; "
+        f"showing the first {cap} and the last {len(kept)} bytes]\n\n"
+    )
     return head.decode(errors="replace") + marker + kept.decode(errors="replace")

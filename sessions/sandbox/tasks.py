@@ -10,7 +10,7 @@ def build_environment_packages(environment_id: str) -> str:
 
 @shared_task(name="sandbox.reap_idle")
 def reap_idle_sandboxes() -> int:
-    """Stops this worker's idle shells. Each worker also reaps on every tool call, so one beat entry suffices."""
+    """Stops this worker's idle shells (each worker also reaps on every tool call)."""
     from sessions.sandbox.services import sandbox_reap_idle
 
     return sandbox_reap_idle()

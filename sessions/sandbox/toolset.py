@@ -1,11 +1,12 @@
 """The tools of `agent_toolset_20260401`, run for the harness.
 
 bash runs in the session's persistent sandboxed shell. read, write, edit, glob and grep are the official SDK's
-reference implementations (`anthropic.lib.tools.agent_toolset`), run by the worker against the sandbox's workspace
-directory: their symlink-aware confinement keeps them inside it, and paths are translated between the sandbox's
-view (/workspace, /tmp) and the host directories so neither the model nor the log ever sees a host path.
-web_fetch and web_search run in the worker with their own domain rules.
+reference implementations (`anthropic.lib.tools.agent_toolset`), run by the worker against the sandbox's
+workspace directory: their symlink-aware confinement keeps them inside it, and paths are translated between
+the sandbox's view (/workspace, /tmp) and the host directories so neither the model nor the log ever sees a
+host path. web_fetch and web_search run in the worker with their own domain rules.
 """
+
 import logging
 import os
 import threading
@@ -47,16 +48,16 @@ def _text(text: str, is_error: bool = False) -> ToolOutcome:
 
 
 DESCRIPTIONS = {
-    "bash": "Run a command in a persistent bash shell inside the session's sandbox. The working directory and "
-    "exported variables persist between calls; the workspace is /workspace. `restart: true` restarts the shell. "
-    "`timeout_ms` bounds the command (default 120000).",
-    "read": "Read a file from the sandbox (absolute, or relative to /workspace). `view_range: [start, end]` reads "
-    "a range of lines (1-based, end -1 for the end). Images and PDFs come back as content blocks.",
+    "bash": "Run a command in a persistent bash shell inside the session's sandbox. The working directory "
+    "and exported variables persist between calls; the workspace is /workspace. `restart: true` restarts "
+    "the shell. `timeout_ms` bounds the command (default 120000).",
+    "read": "Read a file from the sandbox (absolute, or relative to /workspace). `view_range: [start, end]` "
+    "reads a range of lines (1-based, end -1 for the end). Images and PDFs come back as content blocks.",
     "write": "Write a file in the sandbox (overwriting it), creating parent directories as needed.",
     "edit": "Replace `old_string` with `new_string` in a file. `old_string` must occur exactly once unless "
     "`replace_all` is true.",
-    "glob": "List files matching a glob pattern (relative, e.g. `**/*.py`) under `path` (default /workspace), "
-    "newest first.",
+    "glob": "List files matching a glob pattern (relative, e.g. `**/*.py`) under `path` "
+    "(default /workspace), newest first.",
     "grep": "Search file contents for a regular expression under `path` (default /workspace); prints "
     "`file:line:text`.",
     "web_fetch": "Fetch a web page by URL and return its text content.",
@@ -78,8 +79,12 @@ WEB_SEARCH_SCHEMA = {
 def _sdk_tools() -> dict[str, Any]:
     ctx = AgentToolContext(workdir="/")
     return {
-        "bash": beta_bash_tool(ctx), "read": beta_read_tool(ctx), "write": beta_write_tool(ctx),
-        "edit": beta_edit_tool(ctx), "glob": beta_glob_tool(ctx), "grep": beta_grep_tool(ctx),
+        "bash": beta_bash_tool(ctx),
+        "read": beta_read_tool(ctx),
+        "write": beta_write_tool(ctx),
+        "edit": beta_edit_tool(ctx),
+        "glob": beta_glob_tool(ctx),
+        "grep": beta_grep_tool(ctx),
     }
 
 
@@ -118,8 +123,13 @@ def tool_definitions(agent_tools_config: Any) -> list[dict[str, Any]]:
 
 
 def run_tool(
-    *, session: Session, name: str, tool_input: dict[str, Any], tool_use_id: str,
-    cancel: threading.Event | None = None, thread_id: str | None = None,
+    *,
+    session: Session,
+    name: str,
+    tool_input: dict[str, Any],
+    tool_use_id: str,
+    cancel: threading.Event | None = None,
+    thread_id: str | None = None,
 ) -> ToolOutcome:
     """Run one toolset tool for the session. Never raises for a tool failure."""
     try:
@@ -162,19 +172,22 @@ def _await_packages(session: Session, cancel: threading.Event | None) -> ToolOut
 
     status = session.environment.build_status
     if status == BuildStatus.BUILDING:
-        status = packages_wait(environment_id=session.environment_id, timeout=PACKAGE_WAIT_SECONDS, cancel=cancel)
+        status = packages_wait(
+            environment_id=session.environment_id, timeout=PACKAGE_WAIT_SECONDS, cancel=cancel
+        )
         session.environment.refresh_from_db(fields=["build_status", "build_log"])
     if status == BuildStatus.FAILED:
         return _text(
             "the environment's packages failed to build; see the environment's build log. "
-            "Fix the package list and update the environment.", True,
+            "Fix the package list and update the environment.",
+            True,
         )
     if status == BuildStatus.BUILDING:
         return _text("the environment's packages are still building; try again shortly", True)
     return None
 
 
-# --- bash -------------------------------------------------------------------------------------------------------
+# --- bash ---------------------------------------------------------------------------------------------------
 
 
 def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | None) -> ToolOutcome:
@@ -232,8 +245,8 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
     used = workspace_bytes(live.spec.root, stop_after=limit)
     if used > limit:
         notes.append(
-            f"[workspace size limit exceeded: over {limit} bytes used in /workspace and /tmp; delete files to "
-            "continue]"
+            f"[workspace size limit exceeded: over {limit} bytes used in /workspace and /tmp; "
+            "delete files to continue]"
         )
         is_error = True
     text = output
@@ -242,7 +255,7 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
     return _text(text, is_error)
 
 
-# --- file tools (the SDK's reference implementations) ------------------------------------------------------------
+# --- file tools (the SDK's reference implementations) -------------------------------------------------------
 
 
 def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutcome:
@@ -258,14 +271,15 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
             return path
         for inside, host in ((in_ws, host_ws), (in_tmp, host_tmp)):
             if path == inside or path.startswith(inside.rstrip("/") + "/"):
-                return host + path[len(inside):]
+                return host + path[len(inside) :]
         if os.path.isabs(path):
             return "/nonexistent-outside-sandbox" + path  # never a host path: fails the confinement check
         return path
 
     def to_sandbox(text: str) -> str:
-        return text.replace(host_ws, in_ws).replace(host_tmp, in_tmp).replace(
-            "/nonexistent-outside-sandbox", "")
+        return (
+            text.replace(host_ws, in_ws).replace(host_tmp, in_tmp).replace("/nonexistent-outside-sandbox", "")
+        )
 
     args = dict(tool_input)
     for key in ("file_path", "path"):
@@ -276,8 +290,13 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
         if workspace_bytes(spec.root, stop_after=limit) + len(args["content"].encode()) > limit:
             return _text(f"write: workspace size limit ({limit} bytes) would be exceeded", True)
     ctx = AgentToolContext(workdir=host_ws, allowed_roots=[Path(host_tmp)])
-    factories = {"read": beta_read_tool, "write": beta_write_tool, "edit": beta_edit_tool,
-                 "glob": beta_glob_tool, "grep": beta_grep_tool}
+    factories = {
+        "read": beta_read_tool,
+        "write": beta_write_tool,
+        "edit": beta_edit_tool,
+        "glob": beta_glob_tool,
+        "grep": beta_grep_tool,
+    }
     tool = factories[name](ctx)
     try:
         result = anyio.run(tool.call, args)
@@ -289,20 +308,20 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
         _give_to_sandbox(Path(args["file_path"]), Path(host_ws), Path(host_tmp), spec.uid)
     if isinstance(result, str):
         return _text(to_sandbox(result))
-    blocks = []
+    blocks: list[dict[str, Any]] = []
     for block in result:
-        if isinstance(block, dict) and block.get("type") == "text":
-            blocks.append({"type": "text", "text": to_sandbox(block.get("text", "")) or "(empty)"})
-        else:
-            blocks.append(block)
+        item: dict[str, Any] = dict(block)
+        if item.get("type") == "text":
+            item = {"type": "text", "text": to_sandbox(str(item.get("text", ""))) or "(empty)"}
+        blocks.append(item)
     return ToolOutcome(content=blocks or [{"type": "text", "text": "(empty)"}], is_error=False)
 
 
 def _tool_error_text(exc: ToolError) -> str:
-    content = exc.content if hasattr(exc, "content") else str(exc)
+    content: Any = exc.content if hasattr(exc, "content") else str(exc)
     if isinstance(content, str):
         return content
-    return "\n".join(b.get("text", "") for b in content if isinstance(b, dict)) or str(exc)
+    return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict)) or str(exc)
 
 
 def _give_to_sandbox(target: Path, *roots_and_uid: Any) -> None:

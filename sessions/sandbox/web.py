@@ -1,10 +1,11 @@
 """web_fetch and web_search: run in the worker, outside the sandbox, with their own domain rules.
 
-Both honour the tool's `allowed_domains` / `blocked_domains` (a domain also covers its subdomains). web_fetch also
-obeys the environment's `limited` networking (the same decision as the egress proxy) and never fetches private or
-loopback addresses unless GALLEY_WEB_ALLOW_PRIVATE is set (tests, or a deliberately internal deployment).
-web_search goes through a provider interface; the one adapter speaks SearXNG's JSON API.
+Both honour the tool's `allowed_domains` / `blocked_domains` (a domain also covers its subdomains). web_fetch
+also obeys the environment's `limited` networking (the same decision as the egress proxy) and never fetches
+private or loopback addresses unless GALLEY_WEB_ALLOW_PRIVATE is set (tests, or a deliberately internal
+deployment). web_search goes through a provider interface; the one adapter speaks SearXNG's JSON API.
 """
+
 import base64
 import ipaddress
 import json
@@ -51,8 +52,30 @@ def domain_allowed(host: str, config: dict[str, Any]) -> tuple[bool, str]:
 
 class _TextExtractor(HTMLParser):
     SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article", "pre",
-             "blockquote", "table", "ul", "ol", "header", "footer", "title", "hr"}
+    BLOCK = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "tr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "section",
+        "article",
+        "pre",
+        "blockquote",
+        "table",
+        "ul",
+        "ol",
+        "header",
+        "footer",
+        "title",
+        "hr",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -159,13 +182,24 @@ def _render(url: str, body: bytes, content_type: str, charset: str, config: dict
     if len(body) > MAX_FETCH_BYTES:
         return _outcome(f"web_fetch: {url[:200]} is larger than {MAX_FETCH_BYTES} bytes", True)
     if content_type == "application/pdf":
-        return ToolOutcome(content=[
-            {"type": "text", "text": f"Fetched {url}"},
-            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-                                            "data": base64.standard_b64encode(body).decode()}},
-        ], is_error=False)
-    if not (content_type.startswith("text/") or content_type in ("application/json", "application/xml",
-                                                                  "application/xhtml+xml")):
+        return ToolOutcome(
+            content=[
+                {"type": "text", "text": f"Fetched {url}"},
+                {
+                    "type": "document",
+                    "source": {
+                        "type": "base64",
+                        "media_type": "application/pdf",
+                        "data": base64.standard_b64encode(body).decode(),
+                    },
+                },
+            ],
+            is_error=False,
+        )
+    if not (
+        content_type.startswith("text/")
+        or content_type in ("application/json", "application/xml", "application/xhtml+xml")
+    ):
         return _outcome(f"web_fetch: {url[:200]} is {content_type}, which cannot be shown as text", True)
     text = body.decode(charset, errors="replace")
     title = ""
@@ -179,7 +213,7 @@ def _render(url: str, body: bytes, content_type: str, charset: str, config: dict
     return _outcome(header + "\n" + text)
 
 
-# --- web_search ---------------------------------------------------------------------------------------------------
+# --- web_search ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -204,13 +238,19 @@ class SearxngProvider:
         if user_location and user_location.get("country"):
             params["language"] = f"all-{str(user_location['country']).upper()}"
         url = f"{self.base_url}/search?{urllib.parse.urlencode(params)}"
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+        request = urllib.request.Request(
+            url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
             data = json.loads(response.read(MAX_FETCH_BYTES))
         return [
-            SearchResult(title=str(r.get("title") or ""), url=str(r.get("url") or ""),
-                         snippet=str(r.get("content") or ""))
-            for r in data.get("results") or [] if isinstance(r, dict) and r.get("url")
+            SearchResult(
+                title=str(r.get("title") or ""),
+                url=str(r.get("url") or ""),
+                snippet=str(r.get("content") or ""),
+            )
+            for r in data.get("results") or []
+            if isinstance(r, dict) and r.get("url")
         ]
 
 
@@ -228,7 +268,8 @@ def web_search(*, session: Session, tool_input: dict[str, Any], config: dict[str
     if provider is None:
         return _outcome(
             "web_search: no search provider is configured on this server (an administrator can set "
-            "GALLEY_SEARXNG_URL to a SearXNG instance)", True,
+            "GALLEY_SEARXNG_URL to a SearXNG instance)",
+            True,
         )
     Session.objects.filter(pk=session.pk).update(web_search_requests=F("web_search_requests") + 1)
     try:
