@@ -172,3 +172,22 @@ def test_failed_build_is_reported_on_the_environment_and_to_the_tool(make_sessio
     assert "does-not-exist-galley" in session.environment.build_log
     out = run(session, "bash", command="echo hi")
     assert out.is_error and "failed to build" in text(out)
+
+
+def test_a_session_on_a_building_environment_waits_for_the_build(make_session):
+    from agents.models import Environment
+    from sessions.sandbox.toolset import run_tool
+
+    session = make_session(build_status="building")
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            run_tool(session=session, name="bash", tool_input={"command": "echo built"}, tool_use_id="t")
+        )
+    )
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive() and not results  # still waiting for the build
+    Environment.objects.filter(pk=session.environment_id).update(build_status="ready")
+    worker.join(10)
+    assert results and text(results[0]) == "built"
