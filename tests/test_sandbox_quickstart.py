@@ -1,5 +1,6 @@
-"""The quickstart's Fibonacci task, end to end through the harness and a scripted model: a script is written and
-run inside a real sandbox, and a second turn (on a fresh shell, as on another worker) reads the file back."""
+"""The quickstart's Fibonacci task, end to end through the harness and a scripted model: a script is written
+and run inside a real sandbox, and a second turn (on a fresh shell, as on another worker) reads the file
+back."""
 
 import pytest
 
@@ -42,7 +43,9 @@ def test_fibonacci_script_is_written_run_and_read_back(model) -> None:  # type: 
     h, m = harness_helpers, model_server
     session = h.make_session(tools=[h.TOOLSET_ALL])
     model.push(
-        m.tool_call("write", {"file_path": "/workspace/fib.py", "content": FIB}, say="I'll write the script."),
+        m.tool_call(
+            "write", {"file_path": "/workspace/fib.py", "content": FIB}, say="I'll write the script."
+        ),
         m.tool_call("bash", {"command": "python3 fib.py"}),
         m.text("The first ten Fibonacci numbers are 0 1 1 2 3 5 8 13 21 34."),
     )

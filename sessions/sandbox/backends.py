@@ -26,6 +26,7 @@ class SandboxError(RuntimeError):
 WORKSPACE = "/workspace"
 STATE = "/run/galley"  # per-sandbox state (saved cwd and exports, the egress socket, the bridge script)
 PACKAGES = "/opt/galley/packages"
+CA_BUNDLE = "/etc/galley/ca-bundle.crt"
 INSIDE_UID = 1000
 # Sandbox processes run as an unprivileged host uid derived from the session id, so RLIMIT_NPROC counts each
 # sandbox on its own and files a sandbox writes are never owned by the server's user.
@@ -85,6 +86,7 @@ class SandboxSpec:
     env: dict[str, str] = field(default_factory=dict)
     package_dir: Path | None = None  # built package prefix, mounted read-only at PACKAGES
     writable_packages: bool = False  # package builds write into package_dir
+    ca_bundle: Path | None = None  # CA bundle including the egress CA, mounted at CA_BUNDLE
 
     @property
     def workspace(self) -> Path:
@@ -217,6 +219,8 @@ class BwrapBackend:
         ]
         if spec.package_dir is not None:
             args += ["--bind" if spec.writable_packages else "--ro-bind", str(spec.package_dir), PACKAGES]
+        if spec.ca_bundle is not None:
+            args += ["--ro-bind", str(spec.ca_bundle), CA_BUNDLE]
         args += ["--remount-ro", "/", "--chdir", WORKSPACE]
         for key, value in spec.env.items():
             args += ["--setenv", key, value]

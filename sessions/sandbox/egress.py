@@ -10,9 +10,11 @@ import logging
 import os
 import select
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -37,6 +39,7 @@ PACKAGE_REGISTRIES = (
     "security.ubuntu.com",
 )
 HEADER_LIMIT = 64 * 1024
+BODY_INJECT_LIMIT = 10 * 1024 * 1024
 IDLE_SECONDS = 300.0
 
 
@@ -113,9 +116,10 @@ def _resolve(host: str, port: int, rules: EgressRules) -> tuple[str | None, str]
 
 
 class EgressProxy:
-    def __init__(self, *, session_id: str, rules: EgressRules) -> None:
+    def __init__(self, *, session_id: str, rules: EgressRules, slots: list[Any] | None = None) -> None:
         self.session_id = session_id
         self.rules = rules
+        self.slots = list(slots or [])  # sessions.sandbox.credentials.SecretSlot
         self._listener: socket.socket | None = None
         self._denials: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -203,11 +207,16 @@ class EgressProxy:
             return
         if method.upper() == "CONNECT":
             host, _, port_text = target.rpartition(":")
+            host = host.strip("[]")
             port = int(port_text) if port_text.isdigit() else 443
             upstream = self._open(client, host, port)
             if upstream is None:
                 return
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            slots = [slot for slot in self.slots if slot.applies_to(host)]
+            if slots and not rest:
+                self._intercept(client, upstream, host, slots)
+                return
             if rest:
                 upstream.sendall(rest)
         else:
@@ -224,15 +233,36 @@ class EgressProxy:
             if upstream is None:
                 return
             path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            headers = [
-                line
-                for line in lines[1:]
-                if line.split(":", 1)[0].strip().lower()
-                not in ("proxy-connection", "proxy-authorization", "connection", "keep-alive")
-            ]
-            request = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close"]) + "\r\n\r\n"
-            upstream.sendall(request.encode("latin-1") + rest)
+            slots = [slot for slot in self.slots if slot.applies_to(url.hostname)]
+            request, rest = _rewrite(client, f"{method} {path} {version}", lines[1:], rest, slots)
+            upstream.sendall(request + rest)
         _pipe(client, upstream)
+
+    def _intercept(self, client: socket.socket, upstream: socket.socket, host: str, slots: list[Any]) -> None:
+        """TLS to a host with credentials: terminate it here, inject, and open a verified TLS upstream."""
+        from sessions.sandbox.credentials import leaf_context, upstream_context
+
+        try:
+            inner = leaf_context(host).wrap_socket(client, server_side=True)
+            outer = upstream_context().wrap_socket(upstream, server_hostname=host)
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("egress TLS interception for %s failed: %s", host, exc)
+            client.close()
+            upstream.close()
+            return
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = inner.recv(65536)
+            if not chunk or len(data) > HEADER_LIMIT:
+                inner.close()
+                outer.close()
+                return
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        request, rest = _rewrite(inner, lines[0], lines[1:], rest, slots)
+        outer.sendall(request + rest)
+        _pipe(inner, outer)
 
     def _open(self, client: socket.socket, host: str, port: int) -> socket.socket | None:
         allowed, reason = egress_decide(host, self.rules)
@@ -250,13 +280,58 @@ class EgressProxy:
             return None
 
 
+def _rewrite(
+    client: socket.socket, request_line: str, header_lines: list[str], rest: bytes, slots: list[Any]
+) -> tuple[bytes, bytes]:
+    """The request head to send upstream (hop-by-hop headers dropped, one request per connection), with
+    credential placeholders replaced in the headers and, when enabled and the body has a length, the body."""
+    from sessions.sandbox.credentials import secret_value
+
+    hop = ("proxy-connection", "proxy-authorization", "connection", "keep-alive")
+    headers = [line for line in header_lines if line.split(":", 1)[0].strip().lower() not in hop]
+    length_text = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in headers
+            if line.split(":", 1)[0].strip().lower() == "content-length"
+        ),
+        None,
+    )
+    values: dict[str, str] = {}
+    for slot in slots:
+        if slot.header and any(slot.placeholder in line for line in headers):
+            values.setdefault(slot.placeholder, secret_value(slot.credential_id) or slot.placeholder)
+            headers = [line.replace(slot.placeholder, values[slot.placeholder]) for line in headers]
+    body_slots = [slot for slot in slots if slot.body]
+    if body_slots and length_text and length_text.isdigit() and int(length_text) <= BODY_INJECT_LIMIT:
+        length = int(length_text)
+        while len(rest) < length:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        body, rest = rest[:length], rest[length:]
+        for slot in body_slots:
+            if slot.placeholder.encode() in body:
+                value = values.get(slot.placeholder) or secret_value(slot.credential_id) or slot.placeholder
+                body = body.replace(slot.placeholder.encode(), value.encode())
+        headers = [line for line in headers if line.split(":", 1)[0].strip().lower() != "content-length"]
+        headers.append(f"Content-Length: {len(body)}")
+        rest = body + rest
+    head = "\r\n".join([request_line, *headers, "Connection: close"]) + "\r\n\r\n"
+    return head.encode("latin-1", errors="replace"), rest
+
+
 def _pipe(a: socket.socket, b: socket.socket) -> None:
     a.settimeout(None)
     b.settimeout(None)
-    sockets = [a, b]
+    sockets: list[Any] = [a, b]
     try:
         while True:
-            ready, _, _ = select.select(sockets, [], [], IDLE_SECONDS)
+            # TLS sockets may hold decrypted bytes that select() cannot see.
+            ready = [s for s in sockets if isinstance(s, ssl.SSLSocket) and s.pending()]
+            if not ready:
+                ready, _, _ = select.select(sockets, [], [], IDLE_SECONDS)
             if not ready:
                 return
             for s in ready:

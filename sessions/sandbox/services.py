@@ -19,8 +19,10 @@ from django.conf import settings
 
 from sessions.models import Session
 from sessions.sandbox.backends import (
+    CA_BUNDLE,
     INSIDE_UID,
     SAFE_PATH,
+    BwrapBackend,
     Limits,
     SandboxBackend,
     SandboxSpec,
@@ -46,10 +48,12 @@ class LiveSandbox:
     egress: Any = None  # sessions.sandbox.egress.EgressProxy when networking is limited
     limited: bool = False
     rules: Any = None  # sessions.sandbox.egress.EgressRules when networking is limited
+    slots: list[Any] = None  # type: ignore[assignment]  # sessions.sandbox.credentials.SecretSlot
     lock: threading.Lock = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.slots = self.slots or []
 
 
 _registry: dict[str, LiveSandbox] = {}
@@ -92,7 +96,10 @@ def environment_networking(session: Session) -> dict[str, Any]:
     return dict(config.get("networking") or {"type": "unrestricted"})
 
 
-def sandbox_spec(*, session: Session, key: str, backend: SandboxBackend) -> tuple[SandboxSpec, bool]:
+def sandbox_spec(
+    *, session: Session, key: str, backend: SandboxBackend
+) -> tuple[SandboxSpec, bool, list[Any]]:
+    from sessions.sandbox.credentials import ca_bundle_path, secret_slots
     from sessions.sandbox.packages import package_dir_for
 
     root = sandbox_root(key)
@@ -128,6 +135,22 @@ def sandbox_spec(*, session: Session, key: str, backend: SandboxBackend) -> tupl
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env[name] = proxy
         env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
+    # Vault environment_variable credentials: only a placeholder inside; the proxy substitutes the value.
+    slots = secret_slots(workspace_id=session.workspace_id, vault_ids=list(session.vault_ids or []))
+    for slot in slots:
+        env.setdefault(slot.secret_name, slot.placeholder)
+    ca_bundle = None
+    if slots and limited and isinstance(backend, BwrapBackend):
+        ca_bundle = ca_bundle_path()
+        for name in (
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "PIP_CERT",
+        ):
+            env[name] = CA_BUNDLE
     spec = SandboxSpec(
         root=root,
         uid=uid,
@@ -135,8 +158,9 @@ def sandbox_spec(*, session: Session, key: str, backend: SandboxBackend) -> tupl
         limits=Limits.from_settings(),
         env=env,
         package_dir=package_dir,
+        ca_bundle=ca_bundle,
     )
-    return spec, limited
+    return spec, limited, slots
 
 
 def _shell_init(live: LiveSandbox) -> str:
@@ -190,7 +214,7 @@ def _start_shell(live: LiveSandbox) -> Shell:
 
         shutil.copyfile(BRIDGE_SOURCE, spec.state / "bridge.py")
         if live.egress is None:
-            live.egress = EgressProxy(session_id=live.session_id, rules=live.rules)
+            live.egress = EgressProxy(session_id=live.session_id, rules=live.rules, slots=live.slots)
         live.egress.listen(spec.state / "egress.sock", uid=spec.uid)
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
     return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
@@ -203,8 +227,10 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
         live = _registry.get(key)
         if live is None:
             backend = backend_get()
-            spec, limited = sandbox_spec(session=session, key=key, backend=backend)
-            live = LiveSandbox(key=key, session_id=session.id, spec=spec, backend=backend, limited=limited)
+            spec, limited, slots = sandbox_spec(session=session, key=key, backend=backend)
+            live = LiveSandbox(
+                key=key, session_id=session.id, spec=spec, backend=backend, limited=limited, slots=slots
+            )
             if limited:
                 from sessions.sandbox.egress import egress_rules
 
