@@ -155,6 +155,8 @@ GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
 GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
 # web_fetch refuses private and loopback addresses unless this is set.
 GALLEY_WEB_ALLOW_PRIVATE = env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
+# CA file the egress proxy trusts for upstream TLS when it injects credentials (default: the system's).
+GALLEY_EGRESS_UPSTREAM_CA_FILE = env_str("GALLEY_EGRESS_UPSTREAM_CA_FILE")
 
 # --- Auth, static, i18n ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -61,3 +61,16 @@ def test_process_backend_runs_and_says_it_is_unsafe(make_session, settings, capl
     out = run(session, "write", file_path="a.txt", content="hello")
     assert not out.is_error
     assert text(run(session, "read", file_path="a.txt")) == "hello"
+
+
+def test_the_background_reaper_stops_idle_shells(make_session, settings):
+    import time
+
+    settings.GALLEY_SANDBOX_IDLE_SECONDS = 1.0
+    session = make_session()
+    run(session, "bash", command="true")
+    live = services._registry[session.id]
+    deadline = time.monotonic() + 8
+    while live.shell is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live.shell is None

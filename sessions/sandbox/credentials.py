@@ -214,5 +214,5 @@ def leaf_context(host: str) -> ssl.SSLContext:
 
 
 def upstream_context() -> ssl.SSLContext:
-    cafile = getattr(settings, "GALLEY_EGRESS_UPSTREAM_CA_FILE", None)
+    cafile = settings.GALLEY_EGRESS_UPSTREAM_CA_FILE
     return ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()

@@ -58,6 +58,25 @@ class LiveSandbox:
 
 _registry: dict[str, LiveSandbox] = {}
 _registry_lock = threading.Lock()
+_reaper_started = False
+
+
+def _start_reaper() -> None:
+    """One daemon thread per worker process stops idle shells, whether or not a beat schedule exists."""
+    global _reaper_started
+    if _reaper_started:
+        return
+    _reaper_started = True
+
+    def loop() -> None:
+        while True:
+            time.sleep(1.0)  # a scan of this process's registry: cheap
+            try:
+                sandbox_reap_idle()
+            except Exception:  # the reaper must outlive any one bad sandbox
+                logger.exception("idle sandbox reaper failed")
+
+    threading.Thread(target=loop, daemon=True, name="sandbox-reaper").start()
 
 
 def sandbox_root(session_id: str, thread_id: str | None = None) -> Path:
@@ -224,6 +243,7 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
     """This worker's live sandbox record for the session (no process is started here)."""
     key = session.id if thread_id is None else f"{session.id}.{thread_id}"
     with _registry_lock:
+        _start_reaper()
         live = _registry.get(key)
         if live is None:
             backend = backend_get()
