@@ -140,6 +140,9 @@ GALLEY_SANDBOX_BACKEND = env_str("GALLEY_SANDBOX_BACKEND", "bwrap")
 GALLEY_SANDBOX_ROOT = Path(env_str("GALLEY_SANDBOX_ROOT", str(DATA_DIR / "sandboxes")) or "").resolve()
 # The plain-process backend has no isolation: it runs only when this is also set.
 GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
+# `unrestricted` environments: "host" shares the host's network (its loopback services included); "proxy" gives
+# them the egress proxy of `limited` ones, allowing every public host and refusing private and loopback ones.
+GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "host") or "host"
 GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
 GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
 GALLEY_SANDBOX_OUTPUT_BYTES = env_int("GALLEY_SANDBOX_OUTPUT_BYTES", 100 * 1024, minimum=1024)

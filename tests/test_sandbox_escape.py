@@ -159,3 +159,21 @@ def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_session):
         assert service.hits == 0
     finally:
         service.sock.close()
+
+
+def test_unrestricted_through_the_proxy_cannot_reach_host_loopback(make_session, settings):
+    settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK = "proxy"
+    service = _Listener()
+    try:
+        session = make_session()  # unrestricted
+        port = service.port
+        out = sh(
+            session,
+            f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{port}/ 2>&1; echo rc=$?; "
+            f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY http://127.0.0.1:{port}/ 2>&1; echo; "
+            f"curl -s -m 5 --noproxy '' -x $HTTP_PROXY http://localhost:{port}/ 2>&1; echo",
+        )
+        assert "host-canary-42" not in out and service.hits == 0
+        assert "private or loopback address" in out
+    finally:
+        service.sock.close()

@@ -50,9 +50,12 @@ class EgressRules:
     allow_mcp_servers: bool = False
     mcp_hosts: tuple[str, ...] = ()
     registries: tuple[str, ...] = field(default_factory=tuple)
+    allow_public: bool = False  # `unrestricted` through the proxy: any host with a public address
 
 
 def egress_rules(*, networking: dict, agent_snapshot: dict) -> EgressRules:
+    if networking.get("type") != "limited":
+        return EgressRules(allow_public=True)
     mcp_hosts = tuple(
         (urlsplit(s.get("url", "")).hostname or "").lower()
         for s in (agent_snapshot or {}).get("mcp_servers") or []
@@ -89,6 +92,8 @@ def egress_decide(host: str, rules: EgressRules) -> tuple[bool, str]:
     host = host.lower().strip("[]")
     if not host:
         return False, "no host"
+    if rules.allow_public:
+        return True, ""
     patterns = list(rules.allowed_hosts)
     if rules.allow_package_managers:
         patterns += rules.registries

@@ -123,7 +123,11 @@ def sandbox_spec(
 
     root = sandbox_root(key)
     uid = sandbox_uid(key) if os.geteuid() == 0 else os.geteuid()
-    limited = environment_networking(session).get("type") == "limited"
+    # "limited" here means: no network of its own, egress through the proxy.
+    limited = (
+        environment_networking(session).get("type") == "limited"
+        or settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK == "proxy"
+    )
     package_dir = package_dir_for(session.environment)
     probe = SandboxSpec(
         root=root, uid=uid, share_network=not limited, limits=Limits.from_settings(), package_dir=package_dir
