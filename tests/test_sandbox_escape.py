@@ -177,3 +177,17 @@ def test_unrestricted_through_the_proxy_cannot_reach_host_loopback(make_session,
         assert "private or loopback address" in out
     finally:
         service.sock.close()
+
+
+def test_file_tools_run_with_the_sandboxs_view_and_user(make_session, sandbox_root):
+    session = make_session()
+    marker = f"galley-escape-{session.id}"
+    sh(session, "ln -s /tmp via-tmp")
+    out = run(session, "write", file_path="/workspace/via-tmp/" + marker, content="x")
+    assert not out.is_error, text(out)
+    assert not os.path.exists("/tmp/" + marker)  # the host's /tmp is not the sandbox's
+    assert (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).exists()
+    # What the worker wrote belongs to the sandbox's user, never to the server's.
+    owner = (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).stat().st_uid
+    assert owner != os.geteuid() or os.geteuid() != 0
+    assert sh(session, f"stat -c %u /tmp/{marker}") == "1000"

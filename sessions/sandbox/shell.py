@@ -59,6 +59,17 @@ class Shell:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def inner_pid(self) -> int:
+        """A process inside the sandbox's namespaces (bubblewrap's child); file tools enter its mounts."""
+        pid = self.proc.pid
+        try:
+            children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        except OSError:
+            children = []
+        if not children:
+            raise RuntimeError("the sandbox process has no child")
+        return int(children[0])
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:

@@ -1,20 +1,28 @@
 """The tools of `agent_toolset_20260401`, run for the harness.
 
 bash runs in the session's persistent sandboxed shell. read, write, edit, glob and grep are the official SDK's
-reference implementations (`anthropic.lib.tools.agent_toolset`), run by the worker against the sandbox's
-workspace directory: their symlink-aware confinement keeps them inside it, and paths are translated between
-the sandbox's view (/workspace, /tmp) and the host directories so neither the model nor the log ever sees a
-host path. web_fetch and web_search run in the worker with their own domain rules.
+reference implementations (`anthropic.lib.tools.agent_toolset`), run in a child of the worker that has
+entered the sandbox's mount namespace as the sandbox's user: they see the sandbox's paths (/workspace, /tmp)
+and nothing of the host, and their own symlink-aware confinement keeps them in /workspace and /tmp. web_fetch
+and web_search run in the worker with their own domain rules.
 """
 
+import base64
+import json
 import logging
 import os
+import select
+import signal
+import tempfile
 import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio._backends._asyncio  # noqa: F401 - imported before any fork, never inside the child
 from anthropic.lib.tools._beta_functions import ToolError
 from anthropic.lib.tools.agent_toolset import (
     AgentToolContext,
@@ -258,63 +266,167 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
 # --- file tools (the SDK's reference implementations) -------------------------------------------------------
 
 
+FILE_TOOLS = {
+    "read": beta_read_tool,
+    "write": beta_write_tool,
+    "edit": beta_edit_tool,
+    "glob": beta_glob_tool,
+    "grep": beta_grep_tool,
+}
+FILE_TOOL_TIMEOUT = 60.0
+
+
+def _call_sdk_tool(name: str, workdir: str, allowed_roots: list[str], args: dict[str, Any]) -> dict[str, Any]:
+    """Run one SDK file tool; {"result": ...} or {"error": text}."""
+    ctx = AgentToolContext(workdir=workdir, allowed_roots=[Path(r) for r in allowed_roots])
+    return _call_tool(FILE_TOOLS[name](ctx), name, args)
+
+
+def _call_tool(tool: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"result": anyio.run(tool.call, args)}
+    except ToolError as exc:
+        return {"error": _tool_error_text(exc)}
+    except (TypeError, ValueError) as exc:  # input validation by the SDK (pydantic)
+        return {"error": f"{name}: invalid input: {exc}"}
+
+
+_warm = False
+_warm_lock = threading.Lock()
+PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def _warm_up() -> None:
+    """Run every file tool path once in the worker, so the forked child (which cannot see the worker's files
+    once inside the sandbox's mount namespace) finds every module it needs already imported."""
+    global _warm
+    with _warm_lock:
+        if _warm:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "dot.png").write_bytes(base64.b64decode(PNG_1PX))
+            Path(tmp, "doc.pdf").write_bytes(b"%PDF-1.4\n%%EOF\n")
+            calls: list[tuple[str, dict[str, Any]]] = [
+                ("write", {"file_path": "d/a.txt", "content": "x\ny\n"}),
+                ("read", {"file_path": "d/a.txt"}),
+                ("read", {"file_path": "d/a.txt", "view_range": [1, 1]}),
+                ("read", {"file_path": "dot.png"}),
+                ("read", {"file_path": "doc.pdf"}),
+                ("read", {"file_path": "missing"}),
+                ("read", {"file_path": "/etc/hostname"}),
+                ("read", {"file_path": 5}),
+                ("edit", {"file_path": "d/a.txt", "old_string": "x", "new_string": "z"}),
+                ("edit", {"file_path": "d/a.txt", "old_string": "q", "new_string": "z"}),
+                ("edit", {"file_path": "d/a.txt", "old_string": "z", "new_string": "q", "replace_all": True}),
+                ("glob", {"pattern": "**/*.txt"}),
+                ("glob", {"pattern": "*.none", "path": "d"}),
+                ("grep", {"pattern": "q"}),
+                ("grep", {"pattern": "(", "path": "d"}),
+            ]
+            for name, args in calls:
+                _call_sdk_tool(name, tmp, [], args)
+        _warm = True
+
+
 def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutcome:
+    from sessions.sandbox.backends import BwrapBackend
     from sessions.sandbox.services import sandbox_provision, workspace_bytes
 
-    spec, backend = live.spec, live.backend
+    spec = live.spec
     sandbox_provision(root=spec.root, uid=spec.uid)
-    host_ws, host_tmp = str(spec.workspace), str(spec.tmp)
-    in_ws, in_tmp = backend.workspace_path(spec), backend.tmp_path(spec)
-
-    def to_host(path: Any) -> Any:
-        if not isinstance(path, str):
-            return path
-        for inside, host in ((in_ws, host_ws), (in_tmp, host_tmp)):
-            if path == inside or path.startswith(inside.rstrip("/") + "/"):
-                return host + path[len(inside) :]
-        if os.path.isabs(path):
-            return "/nonexistent-outside-sandbox" + path  # never a host path: fails the confinement check
-        return path
-
-    def to_sandbox(text: str) -> str:
-        return (
-            text.replace(host_ws, in_ws).replace(host_tmp, in_tmp).replace("/nonexistent-outside-sandbox", "")
-        )
-
-    args = dict(tool_input)
-    for key in ("file_path", "path"):
-        if key in args:
-            args[key] = to_host(args[key])
-    if name == "write" and isinstance(args.get("content"), str):
+    if name == "write" and isinstance(tool_input.get("content"), str):
         limit = settings.GALLEY_SANDBOX_WORKSPACE_BYTES
-        if workspace_bytes(spec.root, stop_after=limit) + len(args["content"].encode()) > limit:
+        if workspace_bytes(spec.root, stop_after=limit) + len(tool_input["content"].encode()) > limit:
             return _text(f"write: workspace size limit ({limit} bytes) would be exceeded", True)
-    ctx = AgentToolContext(workdir=host_ws, allowed_roots=[Path(host_tmp)])
-    factories = {
-        "read": beta_read_tool,
-        "write": beta_write_tool,
-        "edit": beta_edit_tool,
-        "glob": beta_glob_tool,
-        "grep": beta_grep_tool,
-    }
-    tool = factories[name](ctx)
-    try:
-        result = anyio.run(tool.call, args)
-    except ToolError as exc:
-        return _text(to_sandbox(_tool_error_text(exc)), True)
-    except (TypeError, ValueError) as exc:  # input validation by the SDK (pydantic)
-        return _text(to_sandbox(f"{name}: invalid input: {exc}"), True)
-    if name in ("write", "edit") and os.geteuid() == 0 and isinstance(args.get("file_path"), str):
-        _give_to_sandbox(Path(args["file_path"]), Path(host_ws), Path(host_tmp), spec.uid)
+    if isinstance(live.backend, BwrapBackend):
+        answer = _in_sandbox(live, name, tool_input)
+    else:
+        answer = _on_host(live, name, tool_input)
+    if "error" in answer:
+        return _text(answer["error"], True)
+    result = answer["result"]
     if isinstance(result, str):
-        return _text(to_sandbox(result))
-    blocks: list[dict[str, Any]] = []
-    for block in result:
-        item: dict[str, Any] = dict(block)
-        if item.get("type") == "text":
-            item = {"type": "text", "text": to_sandbox(str(item.get("text", ""))) or "(empty)"}
-        blocks.append(item)
+        return _text(result)
+    blocks = [dict(block) for block in result]
     return ToolOutcome(content=blocks or [{"type": "text", "text": "(empty)"}], is_error=False)
+
+
+def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """Run the SDK tool in a child process inside the sandbox's mount namespace, as the sandbox's uid.
+
+    The tool then sees exactly what bash sees (/workspace, /tmp, read-only system directories, nothing else)
+    and writes as the sandbox's user, so no symlink trick in the workspace makes the worker touch a host file.
+    """
+    from sessions.sandbox.services import sandbox_shell
+
+    with live.lock:
+        try:
+            shell = sandbox_shell(live)
+            inner = shell.inner_pid()
+            ns = os.open(f"/proc/{inner}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except (RuntimeError, OSError) as exc:
+            return {"error": f"{name}: the sandbox did not start: {exc}"}
+    uid = live.spec.uid
+    _warm_up()
+    tool = FILE_TOOLS[name](AgentToolContext(workdir="/workspace", allowed_roots=[Path("/tmp")]))
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only runs the tool
+        pid = os.fork()
+    if pid == 0:  # child: never returns
+        status = 0
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+            os.setns(ns, os.CLONE_NEWNS)
+            if os.geteuid() == 0:
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            os.chdir("/workspace")
+            answer = _call_tool(tool, name, dict(tool_input))
+            data = json.dumps(answer).encode()
+        except BaseException as exc:  # noqa: BLE001 - report anything to the parent, then exit
+            data = json.dumps(
+                {"error": f"{name}: failed in the sandbox: {type(exc).__name__}: {exc}"}
+            ).encode()
+            status = 1
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(write_end, view)
+                view = view[written:]
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    os.close(ns)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + FILE_TOOL_TIMEOUT
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([read_end], [], [], max(0.0, remaining))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                return {"error": f"{name}: timed out after {FILE_TOOL_TIMEOUT:g}s"}
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        return dict(json.loads(b"".join(chunks)))
+    except ValueError:
+        return {"error": f"{name}: the tool ended without an answer"}
+
+
+def _on_host(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """The unsafe development backend: the tool runs in the worker on the host directories."""
+    spec = live.spec
+    answer = _call_sdk_tool(name, str(spec.workspace), [str(spec.tmp)], dict(tool_input))
+    return answer
 
 
 def _tool_error_text(exc: ToolError) -> str:
@@ -322,23 +434,3 @@ def _tool_error_text(exc: ToolError) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict)) or str(exc)
-
-
-def _give_to_sandbox(target: Path, *roots_and_uid: Any) -> None:
-    """Files the worker wrote belong to the sandbox's uid, so the sandbox can change them later."""
-    *roots, uid = roots_and_uid
-    try:
-        real = target.resolve()
-    except OSError:
-        return
-    for root in roots:
-        root = Path(root).resolve()
-        if real == root or not real.is_relative_to(root):
-            continue
-        current = real
-        while current != root:
-            try:
-                os.chown(current, uid, uid, follow_symlinks=False)
-            except OSError:
-                pass
-            current = current.parent
