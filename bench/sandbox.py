@@ -55,7 +55,7 @@ def main() -> dict[str, Any]:
 
     settings.GALLEY_SANDBOX_ROOT = base / "sandboxes"
     from sessions.sandbox.services import _start_shell, sandbox_shell, sandbox_stop
-    from sessions.sandbox.toolset import _run_bash
+    from sessions.sandbox.toolset import _run_bash, _run_file_tool
 
     results: dict[str, Any] = {}
     try:
@@ -85,6 +85,13 @@ def main() -> dict[str, Any]:
             started = time.perf_counter()
             subprocess.run(["/bin/bash", "-c", "echo hi"], capture_output=True, check=True)
             plain.append(time.perf_counter() - started)
+        reads: list[float] = []
+        _run_bash(live, {"command": "seq 1 100 > numbers.txt"}, None)
+        for _ in range(CALLS // 4):
+            started = time.perf_counter()
+            outcome = _run_file_tool(live, "read", {"file_path": "/workspace/numbers.txt"})
+            reads.append(time.perf_counter() - started)
+            assert not outcome.is_error, outcome
         sandbox_stop(live)
 
         # 50 sandboxes busy at once, each starting cold and running a CPU-bound command.
@@ -119,6 +126,8 @@ def main() -> dict[str, Any]:
             "subprocess_p50": _pct(plain, 0.5),
             "subprocess_p95": _pct(plain, 0.95),
             "overhead_p50": _pct(tool, 0.5) - _pct(plain, 0.5),
+            "read_p50": _pct(reads, 0.5),
+            "read_p95": _pct(reads, 0.95),
             "busy_wall": wall,
             "busy_p50": _pct(latencies, 0.5),
             "busy_p95": _pct(latencies, 0.95),
@@ -141,6 +150,10 @@ def main() -> dict[str, Any]:
             f"{_ms(results['subprocess_p95'])} |"
         )
         print(f"| per-call overhead (bash tool - subprocess.run), p50 | {_ms(results['overhead_p50'])} | |")
+        print(
+            f"| read tool call (forked into the sandbox's mounts) | {_ms(results['read_p50'])} | "
+            f"{_ms(results['read_p95'])} |"
+        )
         print(
             f"| {BUSY} sandboxes busy at once (cold start + `{BUSY_COMMAND}`), per sandbox | "
             f"{_ms(results['busy_p50'])} | {_ms(results['busy_p95'])} |"
