@@ -74,3 +74,15 @@ def test_the_background_reaper_stops_idle_shells(make_session, settings):
     while live.shell is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert live.shell is None
+
+
+def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_session, settings, sandbox_root):
+    import os
+
+    private = sandbox_root / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    settings.GALLEY_SANDBOX_ROOT = private / "sandboxes"
+    out = run(make_session(), "bash", command="echo hi")
+    assert out.is_error and "not reachable by sandbox users" in text(out)
+    assert str(private) not in text(out)

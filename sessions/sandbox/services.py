@@ -25,6 +25,7 @@ from sessions.sandbox.backends import (
     BwrapBackend,
     Limits,
     SandboxBackend,
+    SandboxError,
     SandboxSpec,
     backend_get,
     rlimit_shell,
@@ -86,11 +87,28 @@ def sandbox_root(session_id: str, thread_id: str | None = None) -> Path:
     return Path(settings.GALLEY_SANDBOX_ROOT) / name
 
 
+def _check_traversable(base: Path) -> None:
+    """bubblewrap runs as the sandbox's uid: every parent of the sandbox root must let others through."""
+    for parent in base.parents:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o001:
+            logger.error("sandbox root %s is unreachable for sandbox users: %s lacks o+x", base, parent)
+            raise SandboxError(
+                "the server's sandbox directory is not reachable by sandbox users (a parent directory lacks "
+                "o+x); an administrator should set GALLEY_SANDBOX_ROOT elsewhere (see the server log)"
+            )
+
+
 def sandbox_provision(*, root: Path, uid: int) -> None:
     """Create the sandbox's directories (idempotent). Files inside belong to the sandbox's own uid."""
     base = Path(settings.GALLEY_SANDBOX_ROOT)
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o711)
+    if os.geteuid() == 0 and uid != 0:
+        _check_traversable(base)
     root.mkdir(exist_ok=True)
     os.chmod(root, 0o711)
     own = os.geteuid() == 0
