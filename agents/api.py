@@ -31,8 +31,8 @@ def agents_list(
     limit: int | None = None,
     page: str | None = None,
     include_archived: bool = False,
-    created_at_gte: datetime | None = Query(None, alias="created_at[gte]"),  # type: ignore[type-arg]
-    created_at_lte: datetime | None = Query(None, alias="created_at[lte]"),  # type: ignore[type-arg]
+    created_at_gte: datetime | None = Query(None, alias="created_at[gte]"),  # type: ignore[type-arg]  # noqa: B008
+    created_at_lte: datetime | None = Query(None, alias="created_at[lte]"),  # type: ignore[type-arg]  # noqa: B008
 ) -> dict[str, Any]:
     found = services.agent_list(
         workspace=request.workspace,  # type: ignore[attr-defined]
@@ -85,10 +85,10 @@ def environments_list(
     request: HttpRequest, limit: int | None = None, page: str | None = None, include_archived: bool = False
 ) -> dict[str, Any]:
     found = services.environment_list(
-        workspace=request.workspace,
+        workspace=request.workspace,  # type: ignore[attr-defined]
         include_archived=include_archived,
         limit=limit,
-        page=page,  # type: ignore[attr-defined]
+        page=page,
     )
     return page_body(found, [services.environment_wire(e) for e in found.items])
 

@@ -441,7 +441,8 @@ def check_mcp_references(tools: list[dict[str, Any]], servers: list[dict[str, An
         if tool["type"] == "mcp_toolset":
             if tool["mcp_server_name"] not in names:
                 raise bad_request(
-                    f"tools[{i}].mcp_server_name: no MCP server named {tool['mcp_server_name']!r} in mcp_servers."
+                    f"tools[{i}].mcp_server_name: no MCP server named {tool['mcp_server_name']!r} "
+                    "in mcp_servers."
                 )
             used.add(tool["mcp_server_name"])
     for i, server in enumerate(servers):

@@ -70,7 +70,10 @@ def agent_wire(version: AgentVersion) -> dict[str, Any]:
         "metadata": definition.get("metadata", {}),
         "version": version.version,
         "created_at": iso(agent.created_at),
-        "updated_at": iso(version.created_at),
+        # The latest version also reflects later changes to the agent row (archiving).
+        "updated_at": iso(
+            agent.updated_at if version.version == agent.current_version else version.created_at
+        ),
         "archived_at": iso(agent.archived_at),
     }
 
@@ -189,6 +192,15 @@ def _resolve_fields(
             current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None
         )
     d.check_mcp_references(out["tools"], out["mcp_servers"])
+    if out.get("multiagent"):
+        # A self entry always names the version it belongs to.
+        out["multiagent"] = {
+            **out["multiagent"],
+            "agents": [
+                {**a, "version": version} if a.get("type") == "agent" and a.get("id") == agent_id else a
+                for a in out["multiagent"]["agents"]
+            ],
+        }
     return {key: out.get(key) for key in _AGENT_FIELDS}
 
 
@@ -333,7 +345,7 @@ def _resolve_networking(value: Any, current: dict[str, Any] | None) -> dict[str,
         return {"type": "unrestricted"}
     d.only_keys(data, ("type", "allowed_hosts", "allow_mcp_servers", "allow_package_managers"), field)
     base = current if current and current.get("type") == "limited" else {}
-    resolved = {"type": "limited"}
+    resolved: dict[str, Any] = {"type": "limited"}
     for key, default in (
         ("allowed_hosts", []),
         ("allow_mcp_servers", False),
@@ -408,7 +420,8 @@ def environment_validate_config(config: dict[str, Any]) -> None:
             text = d.expect_str(entry, f"config.packages.{manager}[{i}]", min_len=1, max_len=214)
             if not _PACKAGE.match(text):
                 raise bad_request(
-                    f"config.packages.{manager}[{i}]: {text!r} is not a package name (with an optional version)."
+                    f"config.packages.{manager}[{i}]: {text!r} is not a package name "
+                    "(with an optional version)."
                 )
             total += 1
     if total > MAX_PACKAGES:
@@ -416,7 +429,8 @@ def environment_validate_config(config: dict[str, Any]) -> None:
     networking = config["networking"]
     if total and networking["type"] == "limited" and not networking["allow_package_managers"]:
         raise bad_request(
-            "config.networking.allow_package_managers: must be true to install packages under limited networking."
+            "config.networking.allow_package_managers: must be true to install packages "
+            "under limited networking."
         )
 
 
@@ -528,7 +542,8 @@ def environment_archive(*, environment: Environment) -> Environment:
 
 def environment_delete(*, environment: Environment) -> dict[str, Any]:
     in_use = conflict(
-        f"Environment {environment.id!r} is still used by sessions; delete them first or archive the environment."
+        f"Environment {environment.id!r} is still used by sessions; "
+        "delete them first or archive the environment."
     )
     if environment.sessions.exists():  # type: ignore[attr-defined]
         raise in_use

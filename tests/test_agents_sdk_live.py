@@ -226,3 +226,15 @@ def test_limited_packages_without_package_managers_is_a_400(live):
             config={"type": "cloud", "networking": {"type": "limited"}, "packages": {"pip": ["pandas"]}},
         )
     assert "allow_package_managers" in info.value.message
+
+
+def test_agent_list_pages_with_cursors(live):
+    client = live.client()
+    ids = {client.beta.agents.create(name=f"paged-{i}", model="m").id for i in range(3)}
+    first = client.beta.agents.list(limit=2)
+    assert len(first.data) == 2 and first.next_page
+    seen = [a.id for a in client.beta.agents.list(limit=2)]  # auto-pagination follows next_page
+    assert ids <= set(seen) and len(seen) == len(set(seen))
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.beta.agents.list(limit=101)
+    assert "limit" in info.value.message

@@ -427,3 +427,77 @@ def test_concurrent_updates_with_the_same_precondition_let_exactly_one_win(works
     assert list(
         AgentVersion.objects.filter(agent=agent).values_list("version", flat=True).order_by("version")
     ) == [1, 2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_waits_for_the_row_lock_held_by_another(workspace, monkeypatch):
+    """Thread A holds the agent row lock (mid-update) while B starts its update: B must wait and
+    then write version 3, never a second version 2."""
+    agent = make(workspace)
+    a_inside = threading.Event()
+    original = services._resolve_fields
+    finished: list[tuple[str, int]] = []
+    errors: list[BaseException] = []
+
+    def slow_resolve(**kwargs: Any) -> dict[str, Any]:
+        if threading.current_thread().name == "a":
+            a_inside.set()
+            threading.Event().wait(0.5)  # hold the lock while B arrives
+        return original(**kwargs)
+
+    monkeypatch.setattr(services, "_resolve_fields", slow_resolve)
+
+    def writer(system: str) -> None:
+        try:
+            if threading.current_thread().name == "b":
+                assert a_inside.wait(timeout=30)
+            updated = services.agent_update(agent=agent, body={"system": system})
+            finished.append((threading.current_thread().name, updated.current_version))
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(name,), name=name) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert sorted(finished) == [("a", 2), ("b", 3)]
+    agent.refresh_from_db()
+    assert wire(agent)["system"] == "b"
+
+
+def test_the_unique_version_constraint_is_the_backstop(workspace):
+    from django.db import IntegrityError, transaction
+
+    agent = make(workspace)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AgentVersion.objects.create(agent=agent, version=1, definition={})
+
+
+def test_a_self_entry_follows_the_agents_version(workspace):
+    worker = make(workspace, name="worker")
+    lead = make(
+        workspace, name="lead", multiagent={"type": "coordinator", "agents": [{"type": "self"}, worker.id]}
+    )
+    lead = services.agent_update(agent=lead, body={"system": "lead the team"})
+    roster = wire(lead)["multiagent"]["agents"]
+    assert roster == [
+        {"type": "agent", "id": lead.id, "version": 2},
+        {"type": "agent", "id": worker.id, "version": 1},
+    ]
+    assert wire(lead, 1)["multiagent"]["agents"][0]["version"] == 1
+
+
+def test_an_advisor_is_echoed_last_and_only_once(workspace):
+    worker = make(workspace, name="worker")
+    roster = {"type": "coordinator", "agents": [{"type": "advisor", "model": "claude-opus-4-7"}, worker.id]}
+    lead = make(workspace, name="lead", multiagent=roster)
+    assert wire(lead)["multiagent"]["agents"][-1] == {"type": "advisor", "model": "claude-opus-4-7"}
+    twice = {
+        "type": "coordinator",
+        "agents": [{"type": "advisor", "model": "a"}, {"type": "advisor", "model": "b"}],
+    }
+    assert "one advisor" in error_of(lambda: make(workspace, multiagent=twice)).message

@@ -174,3 +174,12 @@ def test_list_hides_archived_unless_asked(workspace):
         kept.id,
         gone.id,
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_with_one_name_give_one_environment_and_one_409(workspace):
+    from tests.concurrency import race
+
+    outcomes = race(lambda: create(workspace, name="twin").id)
+    assert sorted(outcomes, key=str).count(409) == 1
+    assert Environment.objects.filter(workspace=workspace, name="twin").count() == 1

@@ -3,6 +3,8 @@
 import anthropic
 import pytest
 
+from tests.fake_oauth import fake_oauth_server
+
 TOKEN = "secret-token-3f9a1c"
 
 
@@ -106,15 +108,35 @@ def test_oauth_and_environment_variable_credentials_parse_strictly(live):
         assert secret not in text
 
 
-def test_mcp_oauth_validate_answers_501_in_the_error_shape(live):
+def test_mcp_oauth_validate_probes_and_refreshes(live):
     client = live.client()
     vault = client.beta.vaults.create(display_name="v")
-    credential = client.beta.vaults.credentials.create(
-        vault.id, auth={"type": "mcp_oauth", "mcp_server_url": "https://m.example/mcp", "access_token": "a"}
+    with fake_oauth_server() as oauth:
+        credential = client.beta.vaults.credentials.create(
+            vault.id,
+            auth={
+                "type": "mcp_oauth",
+                "mcp_server_url": f"{oauth.base_url}/mcp",
+                "access_token": "stale-token",
+                "refresh": {
+                    "refresh_token": "rt-good",
+                    "client_id": "client-1",
+                    "token_endpoint": f"{oauth.base_url}/token",
+                    "token_endpoint_auth": {"type": "client_secret_basic", "client_secret": "cs-secret"},
+                },
+            },
+        )
+        result = client.beta.vaults.credentials.mcp_oauth_validate(credential.id, vault_id=vault.id)
+        assert result.status == "valid" and result.refresh.status == "succeeded"
+        assert result.credential_id == credential.id and result.vault_id == vault.id
+        assert result.has_refresh_token is True
+
+    other = client.beta.vaults.credentials.create(
+        vault.id, auth={"type": "static_bearer", "mcp_server_url": "https://m.example/mcp", "token": "t"}
     )
-    with pytest.raises(anthropic.InternalServerError) as info:
-        client.beta.vaults.credentials.mcp_oauth_validate(credential.id, vault_id=vault.id)
-    assert info.value.status_code == 501 and info.value.body["type"] == "error"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.beta.vaults.credentials.mcp_oauth_validate(other.id, vault_id=vault.id)
+    assert "mcp_oauth" in info.value.message
 
 
 def test_bad_credential_bodies_name_the_field(live):
@@ -130,3 +152,52 @@ def test_bad_credential_bodies_name_the_field(live):
     assert "display_name" in info.value.message
     with pytest.raises(anthropic.NotFoundError):
         client.beta.vaults.credentials.retrieve("vcrd_nope", vault_id=vault.id)
+
+
+def test_another_workspaces_vaults_are_404(live):
+    from tests.test_agents_sdk_live import other_workspace_client
+
+    client = live.client()
+    other = other_workspace_client(live)
+    vault = client.beta.vaults.create(display_name="mine")
+    credential = client.beta.vaults.credentials.create(
+        vault.id, auth={"type": "static_bearer", "mcp_server_url": "https://iso.example/mcp", "token": "t"}
+    )
+    with pytest.raises(anthropic.NotFoundError):
+        other.beta.vaults.retrieve(vault.id)
+    with pytest.raises(anthropic.NotFoundError):
+        other.beta.vaults.credentials.retrieve(credential.id, vault_id=vault.id)
+    with pytest.raises(anthropic.NotFoundError):
+        other.beta.vaults.delete(vault.id)
+    assert vault.id not in [v.id for v in other.beta.vaults.list()]
+    assert client.beta.vaults.retrieve(vault.id).id == vault.id
+
+
+def test_rotating_keys_under_a_running_server_keeps_credentials_usable(live):
+    client = live.client()
+    vault = client.beta.vaults.create(display_name="rotated")
+    credential = client.beta.vaults.credentials.create(
+        vault.id,
+        auth={
+            "type": "environment_variable",
+            "secret_name": "API_TOKEN",
+            "secret_value": "before",
+            "networking": {"type": "unrestricted"},
+        },
+    )
+    client.beta.vaults.credentials.update(credential.id, vault_id=vault.id, display_name="warm the key cache")
+    keys_before = (live.data_dir / "vault.keys").read_text().split()
+    out = live.manage("rotate_vault_keys").stdout
+    assert "Re-encrypted" in out
+    keys_after = (live.data_dir / "vault.keys").read_text().split()
+    assert len(keys_after) == len(keys_before) + 1 and keys_after[1:] == keys_before
+    # The server decrypts the re-encrypted secret (it re-reads the key file) to merge this update.
+    updated = client.beta.vaults.credentials.update(
+        credential.id,
+        vault_id=vault.id,
+        auth={
+            "type": "environment_variable",
+            "networking": {"type": "limited", "allowed_hosts": ["api.example.com"]},
+        },
+    )
+    assert updated.auth.networking.type == "limited"

@@ -281,3 +281,13 @@ def test_rotation_with_configured_keys(workspace, settings):
     credential.refresh_from_db()
     assert credential.secret() == {"token": "secret-token"}
     assert not settings.GALLEY_VAULT_KEY_FILE.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_credentials_for_one_url_give_exactly_one(workspace):
+    from tests.concurrency import race
+
+    v = vault(workspace)
+    outcomes = race(lambda: services.credential_create(vault=v, body={"auth": BEARER}).id)
+    assert outcomes.count(409) == 1
+    assert Credential.objects.filter(vault=v, archived_at__isnull=True).count() == 1

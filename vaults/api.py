@@ -5,7 +5,6 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router
 
-from console.errors import ApiError
 from console.pagination import page_body
 from vaults import services
 from vaults.schemas import (
@@ -110,5 +109,5 @@ def credentials_archive(request: HttpRequest, vault_id: str, credential_id: str)
 
 @router.post("/vaults/{vault_id}/credentials/{credential_id}/mcp_oauth_validate")
 def credentials_mcp_oauth_validate(request: HttpRequest, vault_id: str, credential_id: str) -> dict[str, Any]:
-    services.credential_get(vault=_vault(request, vault_id), credential_id=credential_id)
-    raise ApiError(501, "mcp_oauth_validate is not implemented by this server yet.")
+    credential = services.credential_get(vault=_vault(request, vault_id), credential_id=credential_id)
+    return services.credential_mcp_oauth_validate(credential=credential)

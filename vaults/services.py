@@ -2,6 +2,7 @@
 Credential.set_secret and never appear in a response, a log line or an error message."""
 
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +16,7 @@ from console.errors import bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
-from vaults import crypto
+from vaults import crypto, oauth
 from vaults.models import Credential, Vault
 
 AUTH_TYPES = ("static_bearer", "mcp_oauth", "environment_variable")
@@ -454,3 +455,74 @@ def vault_keys_rotate() -> int:
             secret_ciphertext=crypto.rotate(ciphertext)
         )
     return rotated
+
+
+# --- live validation of mcp_oauth credentials ---------------------------------------------------------
+
+
+def credential_mcp_oauth_validate(*, credential: Credential) -> dict[str, Any]:
+    """Probe the MCP server with the stored access token; on a 401/403 try the refresh_token grant,
+    keep the new tokens and probe again. Network calls run outside any transaction."""
+    if credential.auth_type != "mcp_oauth":
+        raise bad_request(
+            f"Credential {credential.id!r} is {credential.auth_type!r}; only mcp_oauth can be validated."
+        )
+    if credential.archived_at is not None:
+        raise bad_request(f"Credential {credential.id!r} is archived.")
+    public = credential.auth_public
+    secret = credential.secret()
+    secrets = [str(v) for v in secret.values()]
+    probe = oauth.probe_mcp(public["mcp_server_url"], secret["access_token"], secrets)
+    refresh: dict[str, Any] | None = None
+    status = "valid" if probe.ok else "unknown"
+    if probe.unauthorized:
+        status = "invalid"
+        if public.get("refresh") is None or not secret.get("refresh_token"):
+            refresh = {"status": "no_refresh_token", "http_response": None}
+        else:
+            result = oauth.refresh_tokens(public["refresh"], secret, secrets)
+            refresh = {
+                "status": result.status,
+                "http_response": result.response.wire() if result.response else None,
+            }
+            if result.status == "succeeded":
+                _store_refreshed_tokens(credential, result.tokens)
+                secret = credential.secret()
+                probe = oauth.probe_mcp(
+                    public["mcp_server_url"], secret["access_token"], [*secrets, *map(str, secret.values())]
+                )
+                status = "valid" if probe.ok else ("invalid" if probe.unauthorized else "unknown")
+    mcp_probe = None
+    if not probe.ok:
+        mcp_probe = {
+            "method": "initialize",
+            "http_response": probe.response.wire() if probe.response else None,
+        }
+    return {
+        "type": "vault_credential_validation",
+        "credential_id": credential.id,
+        "vault_id": credential.vault_id,
+        "status": status,
+        "has_refresh_token": bool(secret.get("refresh_token")),
+        "validated_at": iso(timezone.now()),
+        "mcp_probe": mcp_probe,
+        "refresh": refresh,
+    }
+
+
+def _store_refreshed_tokens(credential: Credential, tokens: dict[str, Any]) -> None:
+    with transaction.atomic():
+        locked = Credential.objects.select_for_update().get(pk=credential.pk)
+        secret = locked.secret()
+        secret["access_token"] = tokens["access_token"]
+        if isinstance(tokens.get("refresh_token"), str) and tokens["refresh_token"]:
+            secret["refresh_token"] = tokens["refresh_token"]  # the server rotated it
+        public = dict(locked.auth_public)
+        expires_in = tokens.get("expires_in")
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
+            public["expires_at"] = iso(timezone.now() + timedelta(seconds=float(expires_in)))
+        locked.auth_public = public
+        locked.set_secret(secret)
+        locked.updated_at = timezone.now()
+        locked.save(update_fields=["auth_public", "secret_ciphertext", "updated_at"])
+    credential.refresh_from_db()
