@@ -31,7 +31,7 @@ def sandbox_root(settings: Any) -> Iterator[Path]:
 
 
 @pytest.fixture
-def make_session(db: Any, sandbox_root: Path) -> Callable[..., Any]:
+def make_sandbox_session(db: Any, sandbox_root: Path) -> Callable[..., Any]:
     from accounts.services import workspace_get_default
     from agents.models import Agent, Environment
     from sessions.models import Session

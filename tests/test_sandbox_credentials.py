@@ -99,10 +99,10 @@ def upstreams(sandbox_root: Path, settings) -> Iterator[dict[str, int]]:  # type
     crypto.reset_cache()
 
 
-def _session_with_credentials(make_session):  # type: ignore[no-untyped-def]
+def _session_with_credentials(make_sandbox_session):  # type: ignore[no-untyped-def]
     from vaults import services as vaults
 
-    session = make_session(networking={"type": "limited", "allowed_hosts": ["127.0.0.1"]})
+    session = make_sandbox_session(networking={"type": "limited", "allowed_hosts": ["127.0.0.1"]})
     vault = vaults.vault_create(workspace=session.workspace, body={"display_name": "v"})
     vaults.credential_create(
         vault=vault,
@@ -132,8 +132,8 @@ def _session_with_credentials(make_session):  # type: ignore[no-untyped-def]
     return session
 
 
-def test_the_sandbox_only_ever_sees_placeholders(make_session, upstreams):  # type: ignore[no-untyped-def]
-    session = _session_with_credentials(make_session)
+def test_the_sandbox_only_ever_sees_placeholders(make_sandbox_session, upstreams):  # type: ignore[no-untyped-def]
+    session = _session_with_credentials(make_sandbox_session)
     out = text(
         run(session, "bash", command='echo "$API_TOKEN"; echo "$OTHER_TOKEN"; env; cat /proc/*/environ')
     )
@@ -143,9 +143,9 @@ def test_the_sandbox_only_ever_sees_placeholders(make_session, upstreams):  # ty
 
 
 def test_the_proxy_injects_into_headers_and_body_for_the_credentials_hosts(  # type: ignore[no-untyped-def]
-    make_session, upstreams
+    make_sandbox_session, upstreams
 ):
-    session = _session_with_credentials(make_session)
+    session = _session_with_credentials(make_sandbox_session)
     proxy = "--noproxy '' -x $HTTP_PROXY -s -m 10"
     headers = '-H "Authorization: Bearer $API_TOKEN" -H "X-Other: $OTHER_TOKEN"'
     out = run(

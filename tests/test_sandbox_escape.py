@@ -18,9 +18,9 @@ def sh(session, command: str) -> str:
     return text(out)
 
 
-def test_server_environment_is_invisible(make_session, monkeypatch):
+def test_server_environment_is_invisible(make_sandbox_session, monkeypatch):
     monkeypatch.setenv("GALLEY_ESCAPE_CANARY", "canary-4f1d9e")
-    session = make_session()
+    session = make_sandbox_session()
     out = sh(session, "env; cat /proc/1/environ /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; echo END")
     assert out.endswith("END")
     assert "canary-4f1d9e" not in out
@@ -30,8 +30,8 @@ def test_server_environment_is_invisible(make_session, monkeypatch):
     assert int(pids) < 10
 
 
-def test_data_dir_database_vault_key_and_checkout_are_invisible(make_session, sandbox_root):
-    session = make_session()
+def test_data_dir_database_vault_key_and_checkout_are_invisible(make_sandbox_session, sandbox_root):
+    session = make_sandbox_session()
     paths = [
         settings.DATA_DIR,
         Path(settings.GALLEY_VAULT_KEY_FILE),
@@ -55,10 +55,10 @@ def test_data_dir_database_vault_key_and_checkout_are_invisible(make_session, sa
     assert found == "END"
 
 
-def test_another_sessions_workspace_is_invisible(make_session):
-    victim = make_session()
+def test_another_sessions_workspace_is_invisible(make_sandbox_session):
+    victim = make_sandbox_session()
     sh(victim, "echo victim-secret-77 > secret.txt")
-    attacker = make_session()
+    attacker = make_sandbox_session()
     victim_host = Path(settings.GALLEY_SANDBOX_ROOT) / victim.id / "workspace" / "secret.txt"
     assert victim_host.exists()
     out = sh(
@@ -72,8 +72,8 @@ def test_another_sessions_workspace_is_invisible(make_session):
     assert out.is_error and "victim-secret-77" not in text(out)
 
 
-def test_writes_outside_the_workspace_fail_or_stay_inside(make_session):
-    session = make_session()
+def test_writes_outside_the_workspace_fail_or_stay_inside(make_sandbox_session):
+    session = make_sandbox_session()
     out = sh(
         session,
         "for p in /usr/evil /etc/evil /bin/evil /lib/evil /proc/evil; do "
@@ -86,8 +86,8 @@ def test_writes_outside_the_workspace_fail_or_stay_inside(make_session):
     assert out.is_error and not os.path.exists("/usr/evil")
 
 
-def test_no_privileges_inside(make_session):
-    session = make_session()
+def test_no_privileges_inside(make_sandbox_session):
+    session = make_sandbox_session()
     status = sh(session, "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status")
     assert "CapEff:\t0000000000000000" in status
     assert "CapBnd:\t0000000000000000" in status
@@ -125,10 +125,10 @@ class _Listener:
                 conn.close()
 
 
-def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_session):
+def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_sandbox_session):
     service = _Listener()
     try:
-        session = make_session(
+        session = make_sandbox_session(
             networking={
                 "type": "limited",
                 "allowed_hosts": ["allowed.invalid"],
@@ -161,11 +161,11 @@ def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_session):
         service.sock.close()
 
 
-def test_unrestricted_through_the_proxy_cannot_reach_host_loopback(make_session, settings):
+def test_unrestricted_through_the_proxy_cannot_reach_host_loopback(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK = "proxy"
     service = _Listener()
     try:
-        session = make_session()  # unrestricted
+        session = make_sandbox_session()  # unrestricted
         port = service.port
         out = sh(
             session,
@@ -179,8 +179,8 @@ def test_unrestricted_through_the_proxy_cannot_reach_host_loopback(make_session,
         service.sock.close()
 
 
-def test_file_tools_run_with_the_sandboxs_view_and_user(make_session, sandbox_root):
-    session = make_session()
+def test_file_tools_run_with_the_sandboxs_view_and_user(make_sandbox_session, sandbox_root):
+    session = make_sandbox_session()
     marker = f"galley-escape-{session.id}"
     sh(session, "ln -s /tmp via-tmp")
     out = run(session, "write", file_path="/workspace/via-tmp/" + marker, content="x")

@@ -10,8 +10,8 @@ from tests.sandbox_fixtures import run, text
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
 
-def test_no_process_before_the_first_tool_call_and_none_after_idle(make_session):
-    session = make_session()
+def test_no_process_before_the_first_tool_call_and_none_after_idle(make_sandbox_session):
+    session = make_sandbox_session()
     assert session.id not in services._registry
     run(session, "bash", command="cd /tmp; export IDLE=kept; echo f > /workspace/f")
     live = services._registry[session.id]
@@ -27,8 +27,8 @@ def test_no_process_before_the_first_tool_call_and_none_after_idle(make_session)
     assert text(out) == "/tmp\nkept\nf"
 
 
-def test_destroy_removes_the_workspace_and_kills_the_shell(make_session, settings):
-    session = make_session()
+def test_destroy_removes_the_workspace_and_kills_the_shell(make_sandbox_session, settings):
+    session = make_sandbox_session()
     run(session, "bash", command="echo data > keep.txt")
     root = settings.GALLEY_SANDBOX_ROOT / session.id
     assert (root / "workspace" / "keep.txt").exists()
@@ -39,20 +39,20 @@ def test_destroy_removes_the_workspace_and_kills_the_shell(make_session, setting
     assert session.id not in services._registry
 
 
-def test_process_backend_is_off_unless_explicitly_allowed(make_session, settings):
+def test_process_backend_is_off_unless_explicitly_allowed(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_BACKEND = "process"
     settings.GALLEY_SANDBOX_ALLOW_UNSAFE = False
-    out = run(make_session(), "bash", command="echo hi")
+    out = run(make_sandbox_session(), "bash", command="echo hi")
     assert out.is_error and "GALLEY_SANDBOX_ALLOW_UNSAFE" in text(out)
 
 
-def test_process_backend_runs_and_says_it_is_unsafe(make_session, settings, caplog):
+def test_process_backend_runs_and_says_it_is_unsafe(make_sandbox_session, settings, caplog):
     from sessions.sandbox.backends import backend_is_unsafe
 
     settings.GALLEY_SANDBOX_BACKEND = "process"
     settings.GALLEY_SANDBOX_ALLOW_UNSAFE = True
     assert backend_is_unsafe()
-    session = make_session()
+    session = make_sandbox_session()
     with caplog.at_level(logging.WARNING):
         out = run(session, "bash", command="cd sub 2>/dev/null || mkdir sub && cd sub; export X=1; echo ok")
     assert text(out) == "ok"
@@ -63,11 +63,11 @@ def test_process_backend_runs_and_says_it_is_unsafe(make_session, settings, capl
     assert text(run(session, "read", file_path="a.txt")) == "hello"
 
 
-def test_the_background_reaper_stops_idle_shells(make_session, settings):
+def test_the_background_reaper_stops_idle_shells(make_sandbox_session, settings):
     import time
 
     settings.GALLEY_SANDBOX_IDLE_SECONDS = 1.0
-    session = make_session()
+    session = make_sandbox_session()
     run(session, "bash", command="true")
     live = services._registry[session.id]
     deadline = time.monotonic() + 8
@@ -76,13 +76,13 @@ def test_the_background_reaper_stops_idle_shells(make_session, settings):
     assert live.shell is None
 
 
-def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_session, settings, sandbox_root):
+def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_sandbox_session, settings, sandbox_root):
     import os
 
     private = sandbox_root / "private"
     private.mkdir(mode=0o700)
     os.chmod(private, 0o700)
     settings.GALLEY_SANDBOX_ROOT = private / "sandboxes"
-    out = run(make_session(), "bash", command="echo hi")
+    out = run(make_sandbox_session(), "bash", command="echo hi")
     assert out.is_error and "not reachable by sandbox users" in text(out)
     assert str(private) not in text(out)

@@ -12,9 +12,9 @@ from tests.sandbox_fixtures import run, text
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_fork_bomb_is_contained(make_session, settings):
+def test_fork_bomb_is_contained(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_MAX_PROCESSES = 32
-    session = make_session()
+    session = make_sandbox_session()
     run(session, "bash", command="true")
     uid = services._registry[session.id].spec.uid
     started = time.monotonic()
@@ -43,9 +43,9 @@ def _processes_of(uid: int) -> int:
     return count
 
 
-def test_ten_gigabyte_write_is_stopped_by_the_file_size_limit(make_session, settings, sandbox_root):
+def test_ten_gigabyte_write_is_stopped_by_the_file_size_limit(make_sandbox_session, settings, sandbox_root):
     settings.GALLEY_SANDBOX_FILE_BYTES = 16 * 1024 * 1024
-    session = make_session()
+    session = make_sandbox_session()
     started = time.monotonic()
     out = run(session, "bash", command="dd if=/dev/zero of=big bs=1M count=10240 2>&1; echo rc=$?")
     assert "File size limit exceeded" in text(out) and "rc=153" in text(out)
@@ -55,9 +55,9 @@ def test_ten_gigabyte_write_is_stopped_by_the_file_size_limit(make_session, sett
     assert text(run(session, "bash", command="rm big; echo ok")) == "ok"
 
 
-def test_workspace_size_limit_is_reported(make_session, settings):
+def test_workspace_size_limit_is_reported(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_WORKSPACE_BYTES = 8 * 1024 * 1024
-    session = make_session()
+    session = make_sandbox_session()
     out = run(
         session, "bash", command="head -c 5000000 /dev/zero > a; head -c 5000000 /dev/zero > b; echo done"
     )
@@ -68,9 +68,9 @@ def test_workspace_size_limit_is_reported(make_session, settings):
     assert not run(session, "write", file_path="c.txt", content="x" * 100).is_error
 
 
-def test_endless_loop_hits_the_wall_clock_timeout(make_session, settings):
+def test_endless_loop_hits_the_wall_clock_timeout(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_TIMEOUT_SECONDS = 1.5
-    session = make_session()
+    session = make_sandbox_session()
     run(session, "bash", command="cd /tmp && export K=v")
     started = time.monotonic()
     out = run(session, "bash", command="while :; do :; done")
@@ -79,9 +79,9 @@ def test_endless_loop_hits_the_wall_clock_timeout(make_session, settings):
     assert text(run(session, "bash", command='pwd; echo "$K"')) == "/tmp\nv"
 
 
-def test_fifty_megabytes_of_output_is_truncated_with_a_marker(make_session, settings):
+def test_fifty_megabytes_of_output_is_truncated_with_a_marker(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_OUTPUT_BYTES = 100 * 1024
-    session = make_session()
+    session = make_sandbox_session()
     started = time.monotonic()
     out = run(session, "bash", command="head -c 50000000 /dev/zero | tr '\\0' a; echo; echo LAST-LINE")
     body = text(out)
@@ -92,9 +92,9 @@ def test_fifty_megabytes_of_output_is_truncated_with_a_marker(make_session, sett
     assert time.monotonic() - started < 20
 
 
-def test_memory_limit_fails_the_allocation_not_the_worker(make_session, settings):
+def test_memory_limit_fails_the_allocation_not_the_worker(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_MEMORY_BYTES = 512 * 1024 * 1024
-    session = make_session()
+    session = make_sandbox_session()
     out = run(session, "bash", command="python3 -c 'x = bytearray(2 * 1024**3)'")
     assert out.is_error and "MemoryError" in text(out)
     assert text(run(session, "bash", command="echo fine")) == "fine"

@@ -81,8 +81,8 @@ def test_allowlist_decision():
     assert not egress_decide("mcp.example", rules)[0]
 
 
-def test_limited_sandbox_reaches_allowed_host_over_http_and_connect(make_session, server):
-    session = make_session(
+def test_limited_sandbox_reaches_allowed_host_over_http_and_connect(make_sandbox_session, server):
+    session = make_sandbox_session(
         networking={
             "type": "limited",
             "allowed_hosts": ["127.0.0.1"],
@@ -111,9 +111,9 @@ def test_limited_sandbox_reaches_allowed_host_over_http_and_connect(make_session
     )
 
 
-def test_web_fetch_converts_html_and_follows_redirects(make_session, server, settings):
+def test_web_fetch_converts_html_and_follows_redirects(make_sandbox_session, server, settings):
     settings.GALLEY_WEB_ALLOW_PRIVATE = True
-    session = make_session()
+    session = make_sandbox_session()
     out = run(session, "web_fetch", url=f"http://{server}/redirect")
     assert not out.is_error, text(out)
     body = text(out)
@@ -123,8 +123,8 @@ def test_web_fetch_converts_html_and_follows_redirects(make_session, server, set
     assert session.web_fetch_requests == 1
 
 
-def test_web_fetch_refusals(make_session, server, settings):
-    session = make_session()
+def test_web_fetch_refusals(make_sandbox_session, server, settings):
+    session = make_sandbox_session()
     out = run(session, "web_fetch", url=f"http://{server}/page")
     assert out.is_error and "private or loopback" in text(
         out
@@ -136,7 +136,7 @@ def test_web_fetch_refusals(make_session, server, settings):
             "configs": [{"name": "web_fetch", "blocked_domains": ["127.0.0.1"]}],
         }
     ]
-    out = run(make_session(tools=tools), "web_fetch", url=f"http://{server}/page")
+    out = run(make_sandbox_session(tools=tools), "web_fetch", url=f"http://{server}/page")
     assert out.is_error and "blocked_domains" in text(out)
     tools = [
         {
@@ -144,22 +144,22 @@ def test_web_fetch_refusals(make_session, server, settings):
             "configs": [{"name": "web_fetch", "allowed_domains": ["example.com"]}],
         }
     ]
-    out = run(make_session(tools=tools), "web_fetch", url=f"http://{server}/page")
+    out = run(make_sandbox_session(tools=tools), "web_fetch", url=f"http://{server}/page")
     assert out.is_error and "allowed_domains" in text(out)
-    limited = make_session(networking={"type": "limited", "allowed_hosts": ["other.test"]})
+    limited = make_sandbox_session(networking={"type": "limited", "allowed_hosts": ["other.test"]})
     out = run(limited, "web_fetch", url=f"http://{server}/page")
     assert out.is_error and "allowed_hosts" in text(out)
     out = run(session, "web_fetch", url="file:///etc/passwd")
     assert out.is_error and "only http and https" in text(out)
 
 
-def test_web_search_without_provider_is_a_clear_error(make_session, settings):
+def test_web_search_without_provider_is_a_clear_error(make_sandbox_session, settings):
     settings.GALLEY_SEARXNG_URL = None
-    out = run(make_session(), "web_search", query="fibonacci")
+    out = run(make_sandbox_session(), "web_search", query="fibonacci")
     assert out.is_error and "no search provider is configured" in text(out)
 
 
-def test_web_search_through_searxng_with_domain_filters(make_session, server, settings):
+def test_web_search_through_searxng_with_domain_filters(make_sandbox_session, server, settings):
     settings.GALLEY_SEARXNG_URL = f"http://{server}"
     tools = [
         {
@@ -167,7 +167,7 @@ def test_web_search_through_searxng_with_domain_filters(make_session, server, se
             "configs": [{"name": "web_search", "blocked_domains": ["spam.example"]}],
         }
     ]
-    session = make_session(tools=tools)
+    session = make_sandbox_session(tools=tools)
     out = run(session, "web_search", query="fibonacci")
     assert not out.is_error
     assert text(out) == "1. Fibonacci number\n   https://en.wikipedia.org/wiki/Fibonacci\n   A seq"

@@ -136,8 +136,8 @@ def test_unsupported_managers_and_bad_names_are_refused():
 
 
 @pytest.mark.slow
-def test_pip_and_npm_packages_are_built_once_and_mounted_read_only(make_session, registries):
-    session = make_session(packages={"pip": ["galleydemo==1.0"], "npm": ["galley-demo@1.0.0"]})
+def test_pip_and_npm_packages_are_built_once_and_mounted_read_only(make_sandbox_session, registries):
+    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"], "npm": ["galley-demo@1.0.0"]})
     env = session.environment
     packages_request_build(environment=env)
     env.refresh_from_db()
@@ -157,14 +157,14 @@ def test_pip_and_npm_packages_are_built_once_and_mounted_read_only(make_session,
     assert text(out) == "42\n7\n1", text(out)
     # A second environment with the same lists reuses the cache: no registry traffic.
     before = registries["requests"]
-    other = make_session(packages={"pip": ["galleydemo==1.0"], "npm": ["galley-demo@1.0.0"]})
+    other = make_sandbox_session(packages={"pip": ["galleydemo==1.0"], "npm": ["galley-demo@1.0.0"]})
     packages_request_build(environment=other.environment)
     assert other.environment.build_status == "ready"
     assert registries["requests"] == before
 
 
-def test_failed_build_is_reported_on_the_environment_and_to_the_tool(make_session, registries):
-    session = make_session(packages={"pip": ["does-not-exist-galley==9"]})
+def test_failed_build_is_reported_on_the_environment_and_to_the_tool(make_sandbox_session, registries):
+    session = make_sandbox_session(packages={"pip": ["does-not-exist-galley==9"]})
     packages_request_build(environment=session.environment)
     assert packages_build(environment_id=session.environment.id) == "failed"
     session.environment.refresh_from_db()
@@ -174,11 +174,11 @@ def test_failed_build_is_reported_on_the_environment_and_to_the_tool(make_sessio
     assert out.is_error and "failed to build" in text(out)
 
 
-def test_a_session_on_a_building_environment_waits_for_the_build(make_session):
+def test_a_session_on_a_building_environment_waits_for_the_build(make_sandbox_session):
     from agents.models import Environment
     from sessions.sandbox.toolset import run_tool
 
-    session = make_session(build_status="building")
+    session = make_sandbox_session(build_status="building")
     results = []
     worker = threading.Thread(
         target=lambda: results.append(

@@ -1,15 +1,21 @@
-"""The quickstart's Fibonacci task, end to end through the harness and a scripted model: a script is written
-and run inside a real sandbox, and a second turn (on a fresh shell, as on another worker) reads the file
-back."""
+"""The quickstart's Fibonacci task, end to end through the official SDK against a live server (web + worker)
+with a scripted model: a script is written and run inside a real bubblewrap sandbox, and a second turn reads
+the file back."""
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sessions.sandbox import services
+from tests.live import LiveGalley, live_galley
+from tests.model_server import ScriptedModel, scripted_model, text, tool_call
 
-harness_helpers = pytest.importorskip("tests.harness_helpers")  # the harness (issue 3) lands separately
-model_server = pytest.importorskip("tests.model_server")
-
-pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 FIB = (
     "a, b = 0, 1\n"
@@ -21,47 +27,79 @@ FIB = (
 )
 
 
-@pytest.fixture
-def model(settings, sandbox_root):  # type: ignore[no-untyped-def]
-    from sessions.harness.providers.anthropic import AnthropicProvider
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[LiveGalley, ScriptedModel, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="galley-quickstart-"))
+    os.chmod(root, 0o711)  # sandboxes run as their own uid and must reach their workspace
+    try:
+        with scripted_model() as model:
+            env = {
+                "ANTHROPIC_API_KEY": "sk-test",
+                "ANTHROPIC_BASE_URL": model.base_url,
+                "GALLEY_SANDBOX_ROOT": str(root / "sandboxes"),
+            }
+            with live_galley(extra_env=env) as live:
+                yield live, model, root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
-    with model_server.scripted_model() as server:
-        harness_helpers.use_scripted_model(settings, server)
-        yield server
-        AnthropicProvider._shared = None
+
+def _wait_idle(client: Any, session_id: str, results: int, timeout: float = 60) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = list(client.beta.sessions.events.list(session_id, limit=100))
+        done = [e for e in events if e.type == "agent.tool_result"]
+        if len(done) >= results and events[-1].type == "session.status_idle":
+            return events
+        time.sleep(0.1)
+    raise AssertionError(f"the session did not finish: {[e.type for e in events]}")
 
 
-def _results(session):  # type: ignore[no-untyped-def]
-    return [e.payload for e in harness_helpers.events_of(session, "agent.tool_result")]
+def _text(result: Any) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
 
 
-def _text(payload: dict) -> str:
-    return "\n".join(b.get("text", "") for b in payload["content"] if b.get("type") == "text")
-
-
-def test_fibonacci_script_is_written_run_and_read_back(model) -> None:  # type: ignore[no-untyped-def]
-    h, m = harness_helpers, model_server
-    session = h.make_session(tools=[h.TOOLSET_ALL])
-    model.push(
-        m.tool_call(
-            "write", {"file_path": "/workspace/fib.py", "content": FIB}, say="I'll write the script."
-        ),
-        m.tool_call("bash", {"command": "python3 fib.py"}),
-        m.text("The first ten Fibonacci numbers are 0 1 1 2 3 5 8 13 21 34."),
+def test_fibonacci_script_is_written_run_and_read_back(server) -> None:  # type: ignore[no-untyped-def]
+    live, model, root = server
+    client = live.client()
+    environment = client.beta.environments.create(name="quickstart-env")
+    agent = client.beta.agents.create(
+        name="Coding Assistant",
+        model="claude-sonnet-4-6",
+        system="You write and run code.",
+        tools=[{"type": "agent_toolset_20260401"}],
     )
-    h.say(session, "Write a Python script that prints the first 10 Fibonacci numbers, then run it.")
-    h.step(session)
-    results = _results(session)
-    assert [r["is_error"] for r in results] == [False, False], results
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id, title="Fibonacci")
+    model.push(
+        tool_call("write", {"file_path": "/workspace/fib.py", "content": FIB}, say="I'll write the script."),
+        tool_call("bash", {"command": "python3 fib.py"}),
+        text("The first ten Fibonacci numbers are 0 1 1 2 3 5 8 13 21 34."),
+    )
+    client.beta.sessions.events.send(
+        session.id,
+        events=[
+            {
+                "type": "user.message",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "Write a script that prints the first 10 Fibonacci numbers and run it.",
+                    }
+                ],
+            }
+        ],
+    )
+    events = _wait_idle(client, session.id, results=2)
+    results = [e for e in events if e.type == "agent.tool_result"]
+    assert [r.is_error for r in results] == [False, False], [_text(r) for r in results]
     assert _text(results[1]) == "0 1 1 2 3 5 8 13 21 34"
-    assert (sandbox_path := services.sandbox_root(session.id) / "workspace" / "fib.py").read_text() == FIB
-    assert h.log_types(session)[-1] == "session.status_idle"
+    assert (root / "sandboxes" / session.id / "workspace" / "fib.py").read_text() == FIB
 
-    # The next turn may run on another worker: this one forgets its shell.
-    services.sandbox_stop(services._registry.pop(session.id))
-    model.push(m.tool_call("read", {"file_path": "fib.py"}), m.text("Here it is."))
-    h.say(session, "Show me the script.")
-    h.step(session)
-    results = _results(session)
-    assert not results[2]["is_error"] and _text(results[2]) == FIB
-    assert sandbox_path.exists()
+    model.push(tool_call("read", {"file_path": "fib.py"}), text("Here is the script."))
+    client.beta.sessions.events.send(
+        session.id,
+        events=[{"type": "user.message", "content": [{"type": "text", "text": "Show me the script."}]}],
+    )
+    events = _wait_idle(client, session.id, results=3)
+    results = [e for e in events if e.type == "agent.tool_result"]
+    assert not results[2].is_error and _text(results[2]) == FIB

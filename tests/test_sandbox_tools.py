@@ -11,24 +11,24 @@ from tests.sandbox_fixtures import run, text
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
 
-def test_bash_runs_in_workspace_as_unprivileged_user(make_session):
-    session = make_session()
+def test_bash_runs_in_workspace_as_unprivileged_user(make_sandbox_session):
+    session = make_sandbox_session()
     out = run(session, "bash", command="pwd; id -u; echo hello")
     assert not out.is_error, text(out)
     assert text(out).split("\n") == ["/workspace", "1000", "hello"]
 
 
-def test_bash_keeps_cwd_and_exports_between_calls(make_session):
-    session = make_session()
+def test_bash_keeps_cwd_and_exports_between_calls(make_sandbox_session):
+    session = make_sandbox_session()
     assert not run(session, "bash", command="mkdir -p sub && cd sub && export FOO=bar && LOCAL=1").is_error
     out = run(session, "bash", command='pwd; echo "$FOO"')
     assert text(out) == "/workspace/sub\nbar"
 
 
-def test_bash_state_survives_a_killed_sandbox_process(make_session):
+def test_bash_state_survives_a_killed_sandbox_process(make_sandbox_session):
     from sessions.sandbox import services
 
-    session = make_session()
+    session = make_sandbox_session()
     run(session, "bash", command="mkdir -p deep && cd deep && export KEEP=yes && echo data > f.txt")
     live = services._registry[session.id]
     live.shell.kill()  # as if the sandbox process died (or the worker restarted)
@@ -36,18 +36,18 @@ def test_bash_state_survives_a_killed_sandbox_process(make_session):
     assert text(out) == "/workspace/deep\nyes\ndata"
 
 
-def test_bash_state_survives_a_new_worker_process(make_session):
+def test_bash_state_survives_a_new_worker_process(make_sandbox_session):
     from sessions.sandbox import services
 
-    session = make_session()
+    session = make_sandbox_session()
     run(session, "bash", command="cd /tmp && export W=1 && echo x > /workspace/kept")
     services.sandbox_stop(services._registry.pop(session.id))  # a different worker knows nothing of it
     out = run(session, "bash", command='pwd; echo "$W"; cat /workspace/kept')
     assert text(out) == "/tmp\n1\nx"
 
 
-def test_bash_nonzero_exit_is_an_error_with_output(make_session):
-    session = make_session()
+def test_bash_nonzero_exit_is_an_error_with_output(make_sandbox_session):
+    session = make_sandbox_session()
     out = run(session, "bash", command="echo oops >&2; exit 3")
     assert out.is_error
     assert "oops" in text(out)
@@ -56,16 +56,16 @@ def test_bash_nonzero_exit_is_an_error_with_output(make_session):
     assert text(run(session, "bash", command="echo still-alive")) == "still-alive"
 
 
-def test_bash_restart_and_missing_command(make_session):
-    session = make_session()
+def test_bash_restart_and_missing_command(make_sandbox_session):
+    session = make_sandbox_session()
     run(session, "bash", command="export GONE=1; cd /tmp")
     assert text(run(session, "bash", restart=True)) == "bash session restarted"
     assert run(session, "bash").is_error
     assert "command is required" in text(run(session, "bash", command=""))
 
 
-def test_bash_timeout_ms_kills_the_command(make_session):
-    session = make_session()
+def test_bash_timeout_ms_kills_the_command(make_sandbox_session):
+    session = make_sandbox_session()
     started = time.monotonic()
     out = run(session, "bash", command="sleep 30", timeout_ms=500)
     assert out.is_error and "timed out after 0.5s" in text(out)
@@ -73,10 +73,10 @@ def test_bash_timeout_ms_kills_the_command(make_session):
     assert text(run(session, "bash", command="echo after")) == "after"
 
 
-def test_bash_cancel_stops_within_a_second(make_session):
+def test_bash_cancel_stops_within_a_second(make_sandbox_session):
     from sessions.sandbox.toolset import run_tool
 
-    session = make_session()
+    session = make_sandbox_session()
     run(session, "bash", command="true")
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
@@ -88,8 +88,8 @@ def test_bash_cancel_stops_within_a_second(make_session):
     assert time.monotonic() - started < 1.5
 
 
-def test_write_read_edit_roundtrip_with_sandbox_paths(make_session):
-    session = make_session()
+def test_write_read_edit_roundtrip_with_sandbox_paths(make_sandbox_session):
+    session = make_sandbox_session()
     out = run(session, "write", file_path="/workspace/pkg/fib.py", content="a = 1\nb = 2\nc = 3\n")
     assert not out.is_error and "/workspace/pkg/fib.py" in text(out)
     assert text(run(session, "read", file_path="pkg/fib.py")) == "a = 1\nb = 2\nc = 3\n"
@@ -106,8 +106,8 @@ def test_write_read_edit_roundtrip_with_sandbox_paths(make_session):
     assert text(out) == "20", text(out)
 
 
-def test_edit_errors_follow_the_spec(make_session):
-    session = make_session()
+def test_edit_errors_follow_the_spec(make_sandbox_session):
+    session = make_sandbox_session()
     run(session, "write", file_path="x.txt", content="same same")
     out = run(session, "edit", file_path="x.txt", old_string="same", new_string="diff")
     assert (
@@ -123,8 +123,8 @@ def test_edit_errors_follow_the_spec(make_session):
     assert text(run(session, "read", file_path="x.txt")) == "diff diff"
 
 
-def test_read_image_comes_back_as_an_image_block(make_session):
-    session = make_session()
+def test_read_image_comes_back_as_an_image_block(make_sandbox_session):
+    session = make_sandbox_session()
     png = base64.b64decode(
         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
     )
@@ -134,8 +134,8 @@ def test_read_image_comes_back_as_an_image_block(make_session):
     assert out.content[0]["type"] == "image" and out.content[0]["source"]["media_type"] == "image/png"
 
 
-def test_glob_and_grep_show_sandbox_paths(make_session, sandbox_root):
-    session = make_session()
+def test_glob_and_grep_show_sandbox_paths(make_sandbox_session, sandbox_root):
+    session = make_sandbox_session()
     run(session, "bash", command="mkdir -p src && echo 'def fib(n): pass' > src/a.py && echo 'x' > src/b.txt")
     out = text(run(session, "glob", pattern="**/*.py"))
     assert out == "/workspace/src/a.py"
@@ -144,8 +144,8 @@ def test_glob_and_grep_show_sandbox_paths(make_session, sandbox_root):
     assert str(sandbox_root) not in out
 
 
-def test_file_tools_refuse_paths_outside_the_sandbox(make_session):
-    session = make_session()
+def test_file_tools_refuse_paths_outside_the_sandbox(make_sandbox_session):
+    session = make_sandbox_session()
     for path in ("/etc/passwd", "../../../etc/passwd", "/workspace/../etc/hostname"):
         out = run(session, "read", file_path=path)
         assert out.is_error and "outside" in text(out), (path, text(out))
@@ -155,7 +155,7 @@ def test_file_tools_refuse_paths_outside_the_sandbox(make_session):
     assert run(session, "write", file_path="/etc/evil", content="x").is_error
 
 
-def test_disabled_tools_and_allow_listing(make_session):
+def test_disabled_tools_and_allow_listing(make_sandbox_session):
     from sessions.sandbox.toolset import tool_definitions
 
     tools = [
@@ -165,7 +165,7 @@ def test_disabled_tools_and_allow_listing(make_session):
             "configs": [{"name": "read", "enabled": True}],
         }
     ]
-    session = make_session(tools=tools)
+    session = make_sandbox_session(tools=tools)
     assert [d["name"] for d in tool_definitions(session.agent_snapshot)] == ["read"]
     out = run(session, "bash", command="echo hi")
     assert out.is_error and "disabled" in text(out)
