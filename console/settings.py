@@ -127,6 +127,8 @@ GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
 GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 5.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
+    # Each worker process also reaps its own idle shells every second; this covers workers with no sandbox thread.
+    "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
 }
 
 # --- API ------------------------------------------------------------------------------------------
