@@ -127,7 +127,7 @@ GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
 GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 5.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
-    # Each worker process also reaps its own idle shells every second; this covers workers with no sandbox thread.
+    # Each worker process also reaps its own idle shells every second; this is a backstop.
     "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
 }
 
@@ -168,8 +168,8 @@ GALLEY_SANDBOX_BACKEND = env_str("GALLEY_SANDBOX_BACKEND", "bwrap")
 GALLEY_SANDBOX_ROOT = Path(env_str("GALLEY_SANDBOX_ROOT", str(DATA_DIR / "sandboxes")) or "").resolve()
 # The plain-process backend has no isolation: it runs only when this is also set.
 GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
-# `unrestricted` environments: "host" shares the host's network (its loopback services included); "proxy" gives
-# them the egress proxy of `limited` ones, allowing every public host and refusing private and loopback ones.
+# `unrestricted` environments: "host" shares the host's network (its loopback services included); "proxy"
+# gives them the egress proxy of `limited` ones, allowing every public host, refusing private and loopback ones.
 GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "host") or "host"
 GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
 GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
