@@ -169,7 +169,7 @@ GALLEY_SANDBOX_ROOT = Path(env_str("GALLEY_SANDBOX_ROOT", str(DATA_DIR / "sandbo
 # The plain-process backend has no isolation: it runs only when this is also set.
 GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
 # `unrestricted` environments: "host" shares the host's network (its loopback services included); "proxy"
-# gives them the egress proxy of `limited` ones, allowing every public host, refusing private and loopback ones.
+# gives them the egress proxy of `limited` ones: every public host allowed, private and loopback refused.
 GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "host") or "host"
 GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
 GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
