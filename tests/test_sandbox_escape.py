@@ -10,7 +10,7 @@ from django.conf import settings
 
 from tests.sandbox_fixtures import run, text
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.django_db]
 
 
 def sh(session, command: str) -> str:

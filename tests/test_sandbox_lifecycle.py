@@ -7,7 +7,7 @@ import pytest
 from sessions.sandbox import services
 from tests.sandbox_fixtures import run, text
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.django_db]
 
 
 def test_no_process_before_the_first_tool_call_and_none_after_idle(make_sandbox_session):

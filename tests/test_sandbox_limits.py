@@ -9,7 +9,7 @@ import pytest
 from sessions.sandbox import services
 from tests.sandbox_fixtures import run, text
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.django_db]
 
 
 def test_fork_bomb_is_contained(make_sandbox_session, settings):

@@ -11,7 +11,7 @@ import pytest
 from sessions.sandbox.egress import EgressRules, egress_decide
 from tests.sandbox_fixtures import run, text
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.django_db]
 
 PAGE = (
     b"<html><head><title>Fib page</title><style>.x{}</style><script>var secret=1</script></head>"

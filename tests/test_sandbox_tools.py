@@ -8,7 +8,7 @@ import pytest
 
 from tests.sandbox_fixtures import run, text
 
-pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.sandbox, pytest.mark.django_db]
 
 
 def test_bash_runs_in_workspace_as_unprivileged_user(make_sandbox_session):
