@@ -86,3 +86,14 @@ def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_sandbox_session,
     out = run(make_sandbox_session(), "bash", command="echo hi")
     assert out.is_error and "not reachable by sandbox users" in text(out)
     assert str(private) not in text(out)
+
+
+def test_a_missing_bubblewrap_is_a_clear_tool_error(make_sandbox_session, monkeypatch):
+    import shutil
+
+    from sessions.sandbox import backends
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(backends.os.path, "exists", lambda path: False)
+    out = run(make_sandbox_session(), "bash", command="echo hi")
+    assert out.is_error and "bubblewrap is not installed" in text(out)

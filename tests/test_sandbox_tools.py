@@ -60,6 +60,7 @@ def test_bash_restart_and_missing_command(make_sandbox_session):
     session = make_sandbox_session()
     run(session, "bash", command="export GONE=1; cd /tmp")
     assert text(run(session, "bash", restart=True)) == "bash session restarted"
+    assert text(run(session, "bash", command='pwd; echo "[$GONE]"')) == "/workspace\n[]"
     assert run(session, "bash").is_error
     assert "command is required" in text(run(session, "bash", command=""))
 

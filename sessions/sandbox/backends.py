@@ -267,6 +267,10 @@ class ProcessBackend:
 def backend_get() -> SandboxBackend:
     name = settings.GALLEY_SANDBOX_BACKEND
     if name == "bwrap":
+        if shutil.which("bwrap") is None and not os.path.exists("/usr/bin/bwrap"):
+            raise SandboxError(
+                "bubblewrap is not installed on this worker (Debian/Ubuntu: apt-get install bubblewrap)"
+            )
         return BwrapBackend()
     if name == "process":
         if not settings.GALLEY_SANDBOX_ALLOW_UNSAFE:

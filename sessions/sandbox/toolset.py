@@ -206,6 +206,11 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
             if live.shell is not None:
                 live.shell.kill()
                 live.shell = None
+            for saved in ("cwd", "env"):  # a restart is a fresh shell: forget the saved state too
+                try:
+                    (live.spec.state / saved).unlink()
+                except FileNotFoundError:
+                    pass
             try:
                 sandbox_shell(live)
             except RuntimeError as exc:
@@ -384,6 +389,8 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
             os.chdir("/workspace")
+            os.environ.clear()  # nothing of the worker's environment goes near the sandbox
+            os.environ.update({"PATH": "/usr/bin:/bin", "HOME": "/workspace", "LANG": "C.UTF-8"})
             answer = _call_tool(tool, name, dict(tool_input))
             data = json.dumps(answer).encode()
         except BaseException as exc:  # noqa: BLE001 - report anything to the parent, then exit
