@@ -191,3 +191,20 @@ def test_file_tools_run_with_the_sandboxs_view_and_user(make_sandbox_session, sa
     owner = (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).stat().st_uid
     assert owner != os.geteuid() or os.geteuid() != 0
     assert sh(session, f"stat -c %u /tmp/{marker}") == "1000"
+
+
+def test_links_planted_in_the_state_directory_never_redirect_the_worker(make_sandbox_session, sandbox_root):
+    canary = sandbox_root / "host-canary.txt"
+    canary.write_text("original")
+    os.chmod(canary, 0o644)
+    session = make_sandbox_session(networking={"type": "limited", "allowed_hosts": []})
+    planted = sh(
+        session,
+        f"for n in bridge.py egress.sock bridge.ready; do ln -sf {canary} /run/galley/$n 2>&1; done; "
+        "touch /run/galley-egress/x 2>&1 | grep -c 'Read-only'",
+    )
+    assert planted.endswith("1")
+    run(session, "bash", restart=True)  # a new shell and a new proxy socket
+    assert sh(session, "echo again") == "again"
+    assert canary.read_text() == "original"
+    assert canary.stat().st_uid == os.geteuid() and canary.stat().st_mode & 0o777 == 0o644

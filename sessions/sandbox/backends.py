@@ -24,7 +24,10 @@ class SandboxError(RuntimeError):
 
 
 WORKSPACE = "/workspace"
-STATE = "/run/galley"  # per-sandbox state (saved cwd and exports, the egress socket, the bridge script)
+STATE = (
+    "/run/galley"  # per-sandbox state the sandbox may write (saved cwd and exports, the bridge's ready file)
+)
+EGRESS = "/run/galley-egress"  # read-only inside: the egress proxy's socket and the bridge script
 PACKAGES = "/opt/galley/packages"
 CA_BUNDLE = "/etc/galley/ca-bundle.crt"
 INSIDE_UID = 1000
@@ -100,6 +103,11 @@ class SandboxSpec:
     def state(self) -> Path:
         return self.root / "state"
 
+    @property
+    def egress(self) -> Path:
+        # Owned by the server and read-only inside: the worker never writes where the sandbox can plant links.
+        return self.root / "egress"
+
 
 def sandbox_uid(key: str) -> int:
     digest = hashlib.sha256(key.encode()).digest()
@@ -138,6 +146,8 @@ class SandboxBackend(Protocol):
 
     def state_path(self, spec: SandboxSpec) -> str: ...
 
+    def egress_path(self, spec: SandboxSpec) -> str: ...
+
     def packages_path(self, spec: SandboxSpec) -> str: ...
 
     def command(
@@ -159,6 +169,9 @@ class BwrapBackend:
 
     def state_path(self, spec: SandboxSpec) -> str:
         return STATE
+
+    def egress_path(self, spec: SandboxSpec) -> str:
+        return EGRESS
 
     def packages_path(self, spec: SandboxSpec) -> str:
         return PACKAGES
@@ -217,6 +230,8 @@ class BwrapBackend:
             str(spec.state),
             STATE,
         ]
+        if spec.egress.is_dir():
+            args += ["--ro-bind", str(spec.egress), EGRESS]
         if spec.package_dir is not None:
             args += ["--bind" if spec.writable_packages else "--ro-bind", str(spec.package_dir), PACKAGES]
         if spec.ca_bundle is not None:
@@ -249,6 +264,9 @@ class ProcessBackend:
 
     def state_path(self, spec: SandboxSpec) -> str:
         return str(spec.state)
+
+    def egress_path(self, spec: SandboxSpec) -> str:
+        return str(spec.egress)
 
     def packages_path(self, spec: SandboxSpec) -> str:
         return str(spec.package_dir or "")

@@ -1,9 +1,11 @@
 """Sandbox lifecycle: directories on disk, the live shell registry of this worker process, reaping, removal.
 
 A session's sandbox is a directory `GALLEY_SANDBOX_ROOT/<session_id>/` holding `workspace/` (mounted at
-/workspace, the working directory), `tmp/` (its /tmp), `state/` (saved cwd and exports, the egress socket) and
-`etc/` (its passwd and group). The directory outlives every process; the processes (one bash in one bwrap) are
-started on the first tool call, kept per worker process, killed when idle, and restarted transparently.
+/workspace, the working directory), `tmp/` (its /tmp), `state/` (saved cwd and exports), `egress/` (the
+proxy's socket and the bridge script, read-only inside) and `etc/` (its passwd and group). The directory
+outlives every process; the processes (one bash in one bwrap) are started on the first tool call, kept per
+worker process, killed when idle, and restarted transparently. The worker only ever writes into directories
+the sandbox cannot change (never following a link the sandbox may have planted).
 """
 
 import logging
@@ -118,6 +120,7 @@ def sandbox_provision(*, root: Path, uid: int) -> None:
         if own:
             os.chown(path, uid, uid)
         os.chmod(path, mode)
+    (root / "egress").mkdir(mode=0o711, exist_ok=True)
     etc = root / "etc"
     etc.mkdir(exist_ok=True)
     (etc / "passwd").write_text(
@@ -207,12 +210,13 @@ def sandbox_spec(
 def _shell_init(live: LiveSandbox) -> str:
     backend, spec = live.backend, live.spec
     state = backend.state_path(spec)
+    egress = backend.egress_path(spec)
     workspace = backend.workspace_path(spec)
     # Below the worker's priority once started: a busy sandbox slows itself before it slows the server.
     lines = [rlimit_shell(spec.limits), "renice -n 10 -p $$ >/dev/null 2>&1 &"]
     if live.limited:
         lines.append(
-            f"/usr/bin/python3 -I {state}/bridge.py {PROXY_PORT} {state}/egress.sock {state}/bridge.ready"
+            f"/usr/bin/python3 -I {egress}/bridge.py {PROXY_PORT} {egress}/egress.sock {state}/bridge.ready"
             " </dev/null >/dev/null 2>&1 &"
         )
         lines.append(
@@ -245,18 +249,18 @@ def _shell_init(live: LiveSandbox) -> str:
 def _start_shell(live: LiveSandbox) -> Shell:
     spec = live.spec
     sandbox_provision(root=spec.root, uid=spec.uid)
-    for stale in ("bridge.ready", "egress.sock"):
+    for stale in (spec.state / "bridge.ready", spec.egress / "egress.sock"):
         try:
-            (spec.state / stale).unlink()
+            stale.unlink()  # never follows a link the sandbox may have planted
         except FileNotFoundError:
             pass
     if live.limited:
         from sessions.sandbox.egress import EgressProxy
 
-        shutil.copyfile(BRIDGE_SOURCE, spec.state / "bridge.py")
+        shutil.copyfile(BRIDGE_SOURCE, spec.egress / "bridge.py")
         if live.egress is None:
             live.egress = EgressProxy(session_id=live.session_id, rules=live.rules, slots=live.slots)
-        live.egress.listen(spec.state / "egress.sock", uid=spec.uid)
+        live.egress.listen(spec.egress / "egress.sock", uid=spec.uid)
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
     return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
 
