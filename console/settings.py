@@ -168,9 +168,14 @@ GALLEY_SANDBOX_BACKEND = env_str("GALLEY_SANDBOX_BACKEND", "bwrap")
 GALLEY_SANDBOX_ROOT = Path(env_str("GALLEY_SANDBOX_ROOT", str(DATA_DIR / "sandboxes")) or "").resolve()
 # The plain-process backend has no isolation: it runs only when this is also set.
 GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
-# `unrestricted` environments: "host" shares the host's network (its loopback services included); "proxy"
-# gives them the egress proxy of `limited` ones: every public host allowed, private and loopback refused.
-GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "host") or "host"
+# `unrestricted` environments: "proxy" (the default) gives them the egress proxy of `limited` ones with
+# every public host allowed and private and loopback addresses refused, so agent code cannot reach the
+# database, Redis or the API on this host; "host" shares the host's network, loopback services included.
+GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "proxy") or "proxy"
+if GALLEY_SANDBOX_UNRESTRICTED_NETWORK not in ("proxy", "host"):
+    raise ConfigError(
+        f"GALLEY_SANDBOX_UNRESTRICTED_NETWORK must be 'proxy' or 'host', got {GALLEY_SANDBOX_UNRESTRICTED_NETWORK!r}"
+    )
 GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
 GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
 GALLEY_SANDBOX_OUTPUT_BYTES = env_int("GALLEY_SANDBOX_OUTPUT_BYTES", 100 * 1024, minimum=1024)

@@ -636,7 +636,14 @@ def session_delete(*, session: Session) -> dict[str, str]:
         session_id = session.pk
         session.delete()
         transaction.on_commit(lambda: streaming.publish_deleted(session_id, wire))
+        transaction.on_commit(lambda: _destroy_sandbox(session_id))
     return {"id": session_id, "type": "session_deleted"}
+
+
+def _destroy_sandbox(session_id: str) -> None:
+    from sessions.sandbox.services import sandbox_destroy
+
+    sandbox_destroy(session_id=session_id)
 
 
 # --- events ------------------------------------------------------------------------------------------

@@ -161,8 +161,8 @@ def test_limited_sandbox_reaches_neither_loopback_nor_other_hosts(make_sandbox_s
         service.sock.close()
 
 
-def test_unrestricted_through_the_proxy_cannot_reach_host_loopback(make_sandbox_session, settings):
-    settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK = "proxy"
+def test_unrestricted_by_default_cannot_reach_host_loopback(make_sandbox_session, settings):
+    assert settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK == "proxy"  # the default
     service = _Listener()
     try:
         session = make_sandbox_session()  # unrestricted
