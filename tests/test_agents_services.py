@@ -265,8 +265,6 @@ def test_coordinator_roster_resolves_and_enforces_depth_one(workspace):
     services.agent_archive(agent=worker)
     err = error_of(lambda: make(workspace, multiagent={"type": "coordinator", "agents": [worker.id]}))
     assert "archived" in err.message
-    err = error_of(lambda: make(workspace, multiagent={"type": "multiagent_20261001"}))
-    assert "not supported yet" in err.message
 
 
 def test_roster_of_more_than_twenty_is_rejected(workspace):
@@ -501,3 +499,90 @@ def test_an_advisor_is_echoed_last_and_only_once(workspace):
         "agents": [{"type": "advisor", "model": "a"}, {"type": "advisor", "model": "b"}],
     }
     assert "one advisor" in error_of(lambda: make(workspace, multiagent=twice)).message
+
+
+def test_multiagent_20261001_resolves_defaults(workspace):
+    worker = make(workspace, name="worker")
+    agent = make(
+        workspace,
+        multiagent={
+            "type": "multiagent_20261001",
+            "subagents": {"type": "enabled", "predefined_agents": [worker.id, {"type": "self"}]},
+        },
+    )
+    config = wire(agent)["multiagent"]
+    assert config == {
+        "type": "multiagent_20261001",
+        "advisor": {"type": "disabled"},
+        "subagents": {
+            "type": "enabled",
+            "inline_agents": {"type": "enabled"},
+            "predefined_agents": [
+                {"type": "agent", "id": worker.id, "version": 1},
+                {"type": "agent", "id": agent.id, "version": 1},
+            ],
+        },
+        "workflows": {"type": "enabled", "inline_agents": {"type": "enabled"}, "predefined_agents": []},
+    }
+
+
+def test_multiagent_20261001_updates_merge_level_by_level(workspace):
+    worker = make(workspace, name="worker")
+    agent = make(
+        workspace,
+        multiagent={
+            "type": "multiagent_20261001",
+            "advisor": {"type": "enabled", "model": "claude-opus-4-7"},
+            "subagents": {
+                "type": "enabled",
+                "inline_agents": {"type": "disabled"},
+                "predefined_agents": [worker.id],
+            },
+        },
+    )
+    agent = services.agent_update(
+        agent=agent, body={"multiagent": {"type": "multiagent_20261001", "workflows": {"type": "disabled"}}}
+    )
+    config = wire(agent)["multiagent"]
+    assert config["advisor"] == {"type": "enabled", "model": "claude-opus-4-7"}  # omitted: kept
+    assert config["subagents"]["inline_agents"] == {"type": "disabled"}
+    assert config["workflows"] == {"type": "disabled"}
+    agent = services.agent_update(
+        agent=agent,
+        body={
+            "multiagent": {
+                "type": "multiagent_20261001",
+                "advisor": None,
+                "subagents": {"type": "enabled", "inline_agents": None},
+            }
+        },
+    )
+    config = wire(agent)["multiagent"]
+    assert config["advisor"] == {"type": "disabled"}  # null: default
+    assert config["subagents"] == {
+        "type": "enabled",
+        "inline_agents": {"type": "enabled"},
+        "predefined_agents": [{"type": "agent", "id": worker.id, "version": 1}],
+    }
+    same = services.agent_update(agent=agent, body={"multiagent": {"type": "multiagent_20261001"}})
+    assert same.current_version == agent.current_version
+
+
+def test_multiagent_20261001_rules(workspace):
+    lead = make(workspace, name="lead", multiagent={"type": "coordinator", "agents": [{"type": "self"}]})
+    cases = [
+        (
+            {"subagents": {"type": "enabled", "inline_agents": {"type": "disabled"}}},
+            "multiagent.subagents.predefined_agents",
+        ),
+        ({"advisor": {"type": "enabled"}}, "multiagent.advisor.model"),
+        ({"workflows": {"inline_agents": {"type": "enabled"}}}, "multiagent.workflows.type"),
+        ({"subagents": {"type": "enabled", "predefined_agents": [lead.id]}}, "one level deep"),
+        ({"subagents": {"type": "enabled", "predefined_agents": ["agent_x"] * 21}}, "at most 20"),
+        ({"extra": 1}, "multiagent.extra"),
+    ]
+    for extra, needle in cases:
+        err = error_of(
+            lambda extra=extra: make(workspace, multiagent={"type": "multiagent_20261001", **extra})
+        )
+        assert err.status == 400 and needle in err.message, err.message

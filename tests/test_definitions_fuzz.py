@@ -78,6 +78,10 @@ KEYS = [
     "secret_name",
     "secret_value",
     "injection_location",
+    "subagents",
+    "workflows",
+    "inline_agents",
+    "predefined_agents",
     "header",
     "body",
     "display_name",
@@ -115,6 +119,9 @@ WORDS = [
     "approximate",
     "service_account",
     "aws_role",
+    "multiagent_20261001",
+    "enabled",
+    "disabled",
     "",
 ]
 
@@ -242,6 +249,20 @@ VALID_AGENT = {
     "execution_identity": {"type": "aws_role", "role_arn": "arn:aws:iam::1:role/x"},
     "metadata": {"k": "v"},
 }
+VALID_AGENT_V2 = {
+    "name": "n",
+    "model": "m",
+    "multiagent": {
+        "type": "multiagent_20261001",
+        "advisor": {"type": "enabled", "model": "m"},
+        "subagents": {
+            "type": "enabled",
+            "inline_agents": {"type": "disabled"},
+            "predefined_agents": [{"type": "self"}],
+        },
+        "workflows": {"type": "disabled"},
+    },
+}
 VALID_ENV = {
     "name": "env",
     "config": {
@@ -285,7 +306,7 @@ def mutated(draw: Any, template: dict[str, Any]) -> Any:
 @FUZZ
 @given(data=st.data())
 def test_mutated_valid_bodies_never_crash(workspace, data):
-    agent_body = data.draw(mutated(VALID_AGENT))
+    agent_body = data.draw(mutated(data.draw(st.sampled_from([VALID_AGENT, VALID_AGENT_V2]))))
     only_api_errors(lambda: agent_services.agent_create(workspace=workspace, body=agent_body))
     env_body = data.draw(mutated(VALID_ENV))
     if isinstance(env_body, dict):
@@ -298,6 +319,7 @@ def test_mutated_valid_bodies_never_crash(workspace, data):
 
 def test_the_fuzz_templates_are_valid(workspace):
     agent_services.agent_create(workspace=workspace, body=VALID_AGENT)
+    agent_services.agent_create(workspace=workspace, body=VALID_AGENT_V2)
     agent_services.environment_create(workspace=workspace, body=VALID_ENV)
     vault = vault_services.vault_create(workspace=workspace, body={"display_name": "v"})
     vault_services.credential_create(vault=vault, body=VALID_CREDENTIAL)
