@@ -130,17 +130,17 @@ def _resolve_agent_ref(
 
 
 def _resolve_multiagent(
-    *, workspace: Workspace, value: Any, stored: dict[str, Any] | None, self_id: str, self_version: int
+    *, workspace: Workspace, value: Any, self_id: str, self_version: int
 ) -> dict[str, Any] | None:
+    """multiagent -> {type:"coordinator", agents:[{type:"agent", id, version}, ..., advisor last]}."""
     if value is None:
         return None
     data = d.expect_dict(value, "multiagent")
-    kind = d.require_type(data, "multiagent", ("coordinator", "multiagent_20261001"))
-    if kind == "multiagent_20261001":
-        base = stored if stored and stored.get("type") == kind else None
-        return _resolve_multiagent_20261001(
-            workspace=workspace, data=data, base=base, self_id=self_id, self_version=self_version
-        )
+    if data.get("type") == "multiagent_20261001":
+        # Sessions expand only coordinator rosters and the harness runs no subagents or workflows
+        # from this form yet; accepting it would store a config nothing honours.
+        raise bad_request("multiagent.type: 'multiagent_20261001' is not supported yet; use 'coordinator'.")
+    d.require_type(data, "multiagent", ("coordinator",))
     d.only_keys(data, ("type", "agents"), "multiagent")
     entries = d.expect_list(data.get("agents"), "multiagent.agents")
     if not 1 <= len(entries) <= MAX_ROSTER:
@@ -174,87 +174,6 @@ def _resolve_multiagent(
     return {"type": "coordinator", "agents": roster}
 
 
-_ENABLED = {"type": "enabled"}
-
-
-def _default_member(name: str) -> dict[str, Any]:
-    if name == "advisor":
-        return {"type": "disabled"}
-    return {"type": "enabled", "inline_agents": dict(_ENABLED), "predefined_agents": []}
-
-
-def _resolve_multiagent_20261001(
-    *,
-    workspace: Workspace,
-    data: dict[str, Any],
-    base: dict[str, Any] | None,
-    self_id: str,
-    self_version: int,
-) -> dict[str, Any]:
-    """Members are merged level by level into a stored config of the same type: an omitted key keeps
-    its stored value, null takes the default, an object of another type replaces the stored one."""
-    d.only_keys(data, ("type", "advisor", "subagents", "workflows"), "multiagent")
-    out: dict[str, Any] = {"type": "multiagent_20261001"}
-    for name in ("advisor", "subagents", "workflows"):
-        where = f"multiagent.{name}"
-        stored = (base or {}).get(name)
-        if name not in data:
-            out[name] = dict(stored) if stored else _default_member(name)
-            continue
-        if data[name] is None:
-            out[name] = _default_member(name)
-            continue
-        member = d.expect_dict(data[name], where)
-        member_type = d.require_type(member, where, ("enabled", "disabled"))
-        if member_type == "disabled":
-            d.only_keys(member, ("type",), where)
-            out[name] = {"type": "disabled"}
-            continue
-        if name == "advisor":
-            d.only_keys(member, ("type", "model"), where)
-            out[name] = {
-                "type": "enabled",
-                "model": d.expect_str(member.get("model"), f"{where}.model", min_len=1),
-            }
-            continue
-        d.only_keys(member, ("type", "inline_agents", "predefined_agents"), where)
-        merged = dict(stored) if stored and stored.get("type") == "enabled" else _default_member(name)
-        if "inline_agents" in member:
-            inline = member["inline_agents"]
-            if inline is None:
-                merged["inline_agents"] = dict(_ENABLED)
-            else:
-                inline = d.expect_dict(inline, f"{where}.inline_agents")
-                d.only_keys(inline, ("type",), f"{where}.inline_agents")
-                merged["inline_agents"] = {
-                    "type": d.require_type(inline, f"{where}.inline_agents", ("enabled", "disabled"))
-                }
-        if "predefined_agents" in member:
-            entries = d.expect_list(member["predefined_agents"] or [], f"{where}.predefined_agents")
-            if len(entries) > MAX_ROSTER:
-                raise bad_request(
-                    f"{where}.predefined_agents: at most {MAX_ROSTER} agents, got {len(entries)}."
-                )
-            seen: set[str] = set()
-            merged["predefined_agents"] = [
-                _resolve_agent_ref(
-                    workspace=workspace,
-                    entry=entry,
-                    where=f"{where}.predefined_agents[{i}]",
-                    self_id=self_id,
-                    self_version=self_version,
-                    seen=seen,
-                )
-                for i, entry in enumerate(entries)
-            ]
-        if merged["inline_agents"]["type"] == "disabled" and not merged["predefined_agents"]:
-            raise bad_request(
-                f"{where}.predefined_agents: must name at least one agent when inline_agents is disabled."
-            )
-        out[name] = merged
-    return out
-
-
 def _with_self_version(
     multiagent: dict[str, Any] | None, agent_id: str, version: int
 ) -> dict[str, Any] | None:
@@ -268,14 +187,7 @@ def _with_self_version(
             for r in refs
         ]
 
-    if multiagent["type"] == "coordinator":
-        return {**multiagent, "agents": pin(multiagent["agents"])}
-    out = dict(multiagent)
-    for name in ("subagents", "workflows"):
-        member = out.get(name)
-        if member and member.get("type") == "enabled":
-            out[name] = {**member, "predefined_agents": pin(member["predefined_agents"])}
-    return out
+    return {**multiagent, "agents": pin(multiagent["agents"])}
 
 
 def _resolve_fields(
@@ -305,7 +217,6 @@ def _resolve_fields(
         out["multiagent"] = _resolve_multiagent(
             workspace=workspace,
             value=body.get("multiagent"),
-            stored=current.get("multiagent") if current else None,
             self_id=agent_id,
             self_version=version,
         )

@@ -313,26 +313,3 @@ def test_a_fully_loaded_agent_parses_strictly(live):
     assert [a.type for a in fetched.multiagent.agents] == ["agent", "agent", "advisor"]
     assert fetched.multiagent.agents[0].id == agent.id and fetched.multiagent.agents[1].version == 1
     assert fetched.execution_identity.type == "aws_role"
-
-
-def test_multiagent_20261001_parses_strictly_and_merges(live):
-    client = live.client()
-    worker = client.beta.agents.create(name="helper", model="claude-sonnet-4-6")
-    agent = client.beta.agents.create(
-        name="planner",
-        model="claude-opus-4-7",
-        multiagent={
-            "type": "multiagent_20261001",
-            "advisor": {"type": "enabled", "model": "claude-opus-4-7"},
-            "subagents": {"type": "enabled", "predefined_agents": [worker.id]},
-        },
-    )
-    assert agent.multiagent.type == "multiagent_20261001"
-    assert agent.multiagent.advisor.model == "claude-opus-4-7"
-    assert agent.multiagent.subagents.predefined_agents[0].id == worker.id
-    assert agent.multiagent.workflows.type == "enabled"
-    updated = client.beta.agents.update(
-        agent.id, version=1, multiagent={"type": "multiagent_20261001", "workflows": {"type": "disabled"}}
-    )
-    assert updated.version == 2
-    assert updated.multiagent.workflows.type == "disabled" and updated.multiagent.advisor.type == "enabled"

@@ -249,20 +249,6 @@ VALID_AGENT = {
     "execution_identity": {"type": "aws_role", "role_arn": "arn:aws:iam::1:role/x"},
     "metadata": {"k": "v"},
 }
-VALID_AGENT_V2 = {
-    "name": "n",
-    "model": "m",
-    "multiagent": {
-        "type": "multiagent_20261001",
-        "advisor": {"type": "enabled", "model": "m"},
-        "subagents": {
-            "type": "enabled",
-            "inline_agents": {"type": "disabled"},
-            "predefined_agents": [{"type": "self"}],
-        },
-        "workflows": {"type": "disabled"},
-    },
-}
 VALID_ENV = {
     "name": "env",
     "config": {
@@ -306,7 +292,7 @@ def mutated(draw: Any, template: dict[str, Any]) -> Any:
 @FUZZ
 @given(data=st.data())
 def test_mutated_valid_bodies_never_crash(workspace, data):
-    agent_body = data.draw(mutated(data.draw(st.sampled_from([VALID_AGENT, VALID_AGENT_V2]))))
+    agent_body = data.draw(mutated(VALID_AGENT))
     only_api_errors(lambda: agent_services.agent_create(workspace=workspace, body=agent_body))
     env_body = data.draw(mutated(VALID_ENV))
     if isinstance(env_body, dict):
@@ -319,7 +305,6 @@ def test_mutated_valid_bodies_never_crash(workspace, data):
 
 def test_the_fuzz_templates_are_valid(workspace):
     agent_services.agent_create(workspace=workspace, body=VALID_AGENT)
-    agent_services.agent_create(workspace=workspace, body=VALID_AGENT_V2)
     agent_services.environment_create(workspace=workspace, body=VALID_ENV)
     vault = vault_services.vault_create(workspace=workspace, body={"display_name": "v"})
     vault_services.credential_create(vault=vault, body=VALID_CREDENTIAL)
