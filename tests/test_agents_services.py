@@ -201,6 +201,11 @@ def test_custom_tool_rules(workspace):
         ({**ok, "name": "x" * 129}, "tools[0].name"),
         ({**ok, "input_schema": {"type": "array"}}, "tools[0].input_schema.type"),
         ({k: v for k, v in ok.items() if k != "description"}, "tools[0].description"),
+        (
+            {**ok, "input_schema": {"type": "object", "properties": {"x": {"maximum": float("nan")}}}},
+            "tools[0].input_schema",
+        ),
+        ({**ok, "input_schema": {"type": "object", "description": "x" * 70_000}}, "tools[0].input_schema"),
     ]:
         err = error_of(lambda bad=bad: make(workspace, tools=[bad]))
         assert err.status == 400 and field in err.message

@@ -130,7 +130,8 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(-3, 300),
     st.sampled_from(WORDS),
-    st.text(max_size=8),
+    # NUL and lone surrogates are refused before the services by the API layer (no database stores them).
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=8),
     st.floats(allow_nan=True),
 )
 json_values = st.recursive(
