@@ -5,6 +5,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, ProtectedError
 from django.utils import timezone
@@ -16,6 +17,10 @@ from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
+from sessions.sandbox.backends import backend_is_unsafe
+from sessions.sandbox.packages import packages_request_build, validate_packages
+
+BUILD_LOG_TAIL = 16_000  # characters of the package build log shown on the environment object
 
 MAX_ROSTER = 20
 _AGENT_FIELDS = (
@@ -453,6 +458,7 @@ def environment_validate_config(config: dict[str, Any]) -> None:
             "config.networking.allow_package_managers: must be true to install packages "
             "under limited networking."
         )
+    validate_packages(packages)  # which managers this server's sandboxes can install
 
 
 def environment_get(*, workspace: Workspace, environment_id: str) -> Environment:
@@ -473,6 +479,11 @@ def environment_wire(environment: Environment) -> dict[str, Any]:
         "config": environment.config,
         "metadata": environment.metadata,
         "scope": environment.scope,
+        # Galley extensions: the package build (issue 4) and how sandboxes are isolated on this server.
+        "build_status": environment.build_status,
+        "build_log": environment.build_log[-BUILD_LOG_TAIL:],
+        "sandbox_backend": settings.GALLEY_SANDBOX_BACKEND,
+        "sandbox_unsafe": backend_is_unsafe(),
         "created_at": iso(environment.created_at),
         "updated_at": iso(environment.updated_at),
         "archived_at": iso(environment.archived_at),
@@ -514,6 +525,7 @@ def environment_create(*, workspace: Workspace, body: dict[str, Any]) -> Environ
     try:
         with transaction.atomic():
             environment.save(force_insert=True)
+            packages_request_build(environment=environment)
     except IntegrityError:
         raise _name_taken(name) from None  # lost a race with a concurrent create
     return environment
@@ -533,8 +545,11 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
             env.name = d.expect_str(body["name"], "name", min_len=1, max_len=256)
         if "description" in body:
             env.description = d.optional_str(body["description"], "description", max_len=d.DESCRIPTION_MAX)
+        config_changed = False
         if "config" in body:
-            env.config = environment_resolve_config(body["config"], current=env.config)
+            new_config = environment_resolve_config(body["config"], current=env.config)
+            config_changed = new_config != env.config
+            env.config = new_config
         if "metadata" in body and body["metadata"] is not None:
             env.metadata = patch_metadata(
                 env.metadata, d.expect_dict(body["metadata"], "metadata"), empty_deletes=True
@@ -549,6 +564,8 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
                 env.save()
         except IntegrityError:
             raise _name_taken(env.name) from None
+        if config_changed:
+            packages_request_build(environment=env)
     return env
 
 

@@ -10,7 +10,7 @@ import httpx2
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
-VOLATILE = {"id", "created_at", "updated_at", "archived_at"}
+VOLATILE = {"build_status", "build_log", "id", "created_at", "updated_at", "archived_at"}
 
 
 def other_workspace_client(live) -> anthropic.Anthropic:  # type: ignore[no-untyped-def]
