@@ -386,10 +386,11 @@ class ResourceMount:
 
 def session_resource_mounts(session: Session) -> list[ResourceMount]:
     mounts: list[ResourceMount] = []
-    rows = SessionResource.objects.filter(session=session).order_by("created_at", "id")
+    rows = list(SessionResource.objects.filter(session=session).order_by("created_at", "id"))
+    files = File.objects.in_bulk([row.file_id for row in rows if row.file_id])
     for row in rows:
         if row.type == ResourceType.FILE:
-            file = File.objects.filter(pk=row.file_id).first()
+            file = files.get(row.file_id) if row.file_id else None
             usable = file is not None and not file.is_expired() and file.path.exists()
             source = file.path if usable and file is not None else None
             mounts.append(ResourceMount(row.id, row.type, row.mount_path, source=source))
