@@ -17,6 +17,7 @@ import schemathesis
 from django.test import Client
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
 from tests.live import LiveGalley, live_galley
@@ -56,7 +57,10 @@ def test_generated_requests_get_no_server_error_and_well_formed_client_errors(
 ) -> None:
     base = fuzz_server.base_url
     schema = schemathesis.openapi.from_url(f"{base}/v1/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
+        operations.append(result.ok())
     assert operations, "the OpenAPI document lists no operations"
     assert "ApiKeyAuth" in schema.raw_schema["components"]["securitySchemes"]
     per_mode = max(MIN_PER_MODE, FUZZ_CASES // (2 * len(operations)))
