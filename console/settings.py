@@ -6,6 +6,7 @@ from pathlib import Path
 import dj_database_url
 
 from console.env import ConfigError, env_bool, env_float, env_int, env_list, env_str, secret_file
+from sessions.harness.pricing import PriceTableError, parse_price_table
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("GALLEY_DATA_DIR", str(BASE_DIR / "var")) or "").resolve()
@@ -121,6 +122,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
+# The harness sweeper re-enqueues sessions whose step lease expired (a crashed worker) or whose
+# queued input was never picked up.
+GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 5.0, minimum=0.1)
+CELERY_BEAT_SCHEDULE = {
+    "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
+}
 
 # --- API ------------------------------------------------------------------------------------------
 GALLEY_MAX_BODY_BYTES = env_int("GALLEY_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
@@ -136,6 +143,23 @@ GALLEY_VAULT_KEY_FILE = DATA_DIR / "vault.keys"
 # --- Models ---------------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL")
+GALLEY_MODEL_MAX_TOKENS = env_int("GALLEY_MODEL_MAX_TOKENS", 8192, minimum=1)
+GALLEY_MODEL_TIMEOUT_SECONDS = env_float("GALLEY_MODEL_TIMEOUT_SECONDS", 600.0, minimum=1)
+# Retries of 429 / 529 / 5xx answers: attempts after the first, and the backoff (doubling, capped).
+GALLEY_MODEL_MAX_RETRIES = env_int("GALLEY_MODEL_MAX_RETRIES", 5, minimum=0)
+GALLEY_MODEL_RETRY_BASE_SECONDS = env_float("GALLEY_MODEL_RETRY_BASE_SECONDS", 1.0, minimum=0)
+GALLEY_MODEL_RETRY_MAX_SECONDS = env_float("GALLEY_MODEL_RETRY_MAX_SECONDS", 30.0, minimum=0)
+# Compact the context when the last request's prompt passed this many tokens (0: 80% of the
+# model's context window).
+GALLEY_COMPACTION_THRESHOLD_TOKENS = env_int("GALLEY_COMPACTION_THRESHOLD_TOKENS", 0, minimum=0)
+# A harness step holds its session's lease for this long and renews it every third of it.
+GALLEY_LEASE_SECONDS = env_float("GALLEY_LEASE_SECONDS", 30.0, minimum=0.5)
+# How often a running step looks for a user.interrupt (the spec asks for a stop within 2 s).
+GALLEY_INTERRUPT_POLL_SECONDS = env_float("GALLEY_INTERRUPT_POLL_SECONDS", 0.2, minimum=0.01)
+try:
+    GALLEY_PRICES = parse_price_table(env_str("GALLEY_PRICES_JSON"))
+except (PriceTableError, OSError) as exc:
+    raise ConfigError(str(exc)) from None
 
 # --- Sandboxes ------------------------------------------------------------------------------------
 GALLEY_SANDBOX_BACKEND = env_str("GALLEY_SANDBOX_BACKEND", "bwrap")
@@ -161,5 +185,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}, "daphne": {"level": "WARNING"}},
+    "loggers": {"django.request": {"level": "ERROR"}, "daphne": {"level": "WARNING"},
+                "httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

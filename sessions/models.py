@@ -50,6 +50,10 @@ class Session(models.Model):
     lease_owner = models.CharField(max_length=128, null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
 
+    # Compaction: events up to context_summary_seq are replaced in the model's context by the summary.
+    context_summary = models.TextField(null=True, blank=True)
+    context_summary_seq = models.BigIntegerField(default=0)
+
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     archived_at = models.DateTimeField(null=True, blank=True)
