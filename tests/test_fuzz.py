@@ -140,3 +140,19 @@ def test_an_escaped_backslash_before_u0000_is_not_mistaken_for_nul(api_key):
     body = '{"type": "file", "file_id": "\\\\u0000"}'  # the JSON text \\u0000: a backslash, then "u0000"
     response = client.post("/v1/sessions/sesn_x/resources", body, content_type="application/json")
     assert response.status_code == 404  # reached the endpoint: the session does not exist
+
+
+@pytest.mark.parametrize("path", ["/v1/agents", "/v1/sessions"])
+@pytest.mark.parametrize(
+    ("bound", "status"),
+    [
+        ("0267-02-15T03:17:00+23:27", 200),  # past PostgreSQL's +-15:59: converted to UTC first
+        ("0001-01-01T00:00:00+01:00", 400),  # before year 1 in UTC: out of range, named
+    ],
+)
+def test_created_at_bounds_with_any_python_offset_are_answered(api_key, path, bound, status):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    response = client.get(path, {"created_at[gte]": bound})
+    assert response.status_code == status, response.content
+    if status == 400:
+        assert response.json()["error"]["message"].startswith("created_at[gte]:")
