@@ -129,6 +129,7 @@ CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
     # Each worker process also reaps its own idle shells every second; this is a backstop.
     "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
+    "files-purge-expired": {"task": "files.purge_expired", "schedule": 3600.0},
 }
 
 # --- API ------------------------------------------------------------------------------------------
