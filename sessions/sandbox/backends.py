@@ -30,6 +30,7 @@ STATE = (
 EGRESS = "/run/galley-egress"  # read-only inside: the egress proxy's socket and the bridge script
 PACKAGES = "/opt/galley/packages"
 CA_BUNDLE = "/etc/galley/ca-bundle.crt"
+OUTPUTS = "/mnt/session/outputs"  # captured as session-scoped files (spec 3, 15)
 INSIDE_UID = 1000
 # Sandbox processes run as an unprivileged host uid derived from the session id, so RLIMIT_NPROC counts each
 # sandbox on its own and files a sandbox writes are never owned by the server's user.
@@ -90,6 +91,8 @@ class SandboxSpec:
     package_dir: Path | None = None  # built package prefix, mounted read-only at PACKAGES
     writable_packages: bool = False  # package builds write into package_dir
     ca_bundle: Path | None = None  # CA bundle including the egress CA, mounted at CA_BUNDLE
+    # Session resources: (host file, path inside), mounted read-only (spec 6).
+    mounts: tuple[tuple[str, str], ...] = ()
 
     @property
     def workspace(self) -> Path:
@@ -102,6 +105,10 @@ class SandboxSpec:
     @property
     def state(self) -> Path:
         return self.root / "state"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
 
     @property
     def egress(self) -> Path:
@@ -230,6 +237,10 @@ class BwrapBackend:
             str(spec.state),
             STATE,
         ]
+        if spec.outputs.is_dir():
+            args += ["--bind", str(spec.outputs), OUTPUTS]
+        for source, target in spec.mounts:
+            args += ["--ro-bind", source, target]
         if spec.egress.is_dir():
             args += ["--ro-bind", str(spec.egress), EGRESS]
         if spec.package_dir is not None:

@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def sandbox_provision(*, root: Path, uid: int) -> None:
     root.mkdir(exist_ok=True)
     os.chmod(root, 0o711)
     own = os.geteuid() == 0
-    for name, mode in (("workspace", 0o755), ("tmp", 0o700), ("state", 0o700)):
+    for name, mode in (("workspace", 0o755), ("tmp", 0o700), ("state", 0o700), ("outputs", 0o755)):
         path = root / name
         path.mkdir(exist_ok=True)
         if own:
@@ -203,8 +203,25 @@ def sandbox_spec(
         env=env,
         package_dir=package_dir,
         ca_bundle=ca_bundle,
+        mounts=resource_mounts(session),
     )
     return spec, limited, slots
+
+
+def resource_mounts(session: Session) -> tuple[tuple[str, str], ...]:
+    """The session's file resources as read-only mounts. Repository resources need a clone step on the
+    host, which this server does not do yet; they are not mounted."""
+    from files.services import session_resource_mounts
+
+    mounts = []
+    for mount in session_resource_mounts(session):
+        if mount.type != "file" or mount.source is None:
+            continue
+        # Stored files are private to the server (0600); the sandbox's user must read the mounted one.
+        # The bind is read-only, and only sandboxes the file is attached to can see it.
+        os.chmod(mount.source, 0o644)
+        mounts.append((str(mount.source), mount.mount_path))
+    return tuple(mounts)
 
 
 def _shell_init(live: LiveSandbox) -> str:
@@ -285,7 +302,14 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
                 )
             _registry[key] = live
             sandbox_provision(root=spec.root, uid=spec.uid)
-        return live
+    mounts = resource_mounts(session)
+    if mounts != live.spec.mounts:
+        # Resources were added or removed since the shell started: the next call starts a new shell
+        # (cwd and exported variables are restored from the state file) that mounts them.
+        with live.lock:
+            sandbox_stop(live)
+            live.spec = replace(live.spec, mounts=mounts)
+    return live
 
 
 def sandbox_shell(live: LiveSandbox) -> Shell:

@@ -165,8 +165,12 @@ def run_tool(
         sandbox_reap_idle()
         live = sandbox_get(session=session, thread_id=thread_id)
         if name == "bash":
-            return _run_bash(live, tool_input, cancel)
-        return _run_file_tool(live, name, tool_input)
+            outcome = _run_bash(live, tool_input, cancel)
+        else:
+            outcome = _run_file_tool(live, name, tool_input)
+        if name in WRITING_TOOLS:
+            _capture_outputs(session, live)
+        return outcome
     except SandboxError as exc:
         return _text(f"{name}: sandbox unavailable: {exc}", True)
     except Exception:
@@ -356,6 +360,20 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
     return ToolOutcome(content=blocks or [{"type": "text", "text": "(empty)"}], is_error=False)
 
 
+WRITING_TOOLS = frozenset({"bash", "write", "edit"})
+
+
+def _capture_outputs(session: Session, live: Any) -> None:
+    """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id)."""
+    from files.services import file_capture_outputs
+
+    try:
+        if live.spec.outputs.is_dir():
+            file_capture_outputs(session=session, outputs_dir=live.spec.outputs)
+    except Exception:  # capture must never turn a finished tool call into a failure
+        logger.exception("capturing outputs failed (session %s)", session.id)
+
+
 def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
     """Run the SDK tool in a child process inside the sandbox's mount namespace, as the sandbox's uid.
 
@@ -373,7 +391,9 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
             return {"error": f"{name}: the sandbox did not start: {exc}"}
     uid = live.spec.uid
     _warm_up()
-    tool = FILE_TOOLS[name](AgentToolContext(workdir="/workspace", allowed_roots=[Path("/tmp")]))
+    tool = FILE_TOOLS[name](
+        AgentToolContext(workdir="/workspace", allowed_roots=[Path("/tmp"), Path("/mnt/session")])
+    )
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only runs the tool
