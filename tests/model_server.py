@@ -52,6 +52,11 @@ def error(status: int, error_type: str = "api_error", message: str = "scripted e
     return Reply(status=status, error_type=error_type, error_message=message, **kwargs)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of sessions connect at once in the benchmarks
+    daemon_threads = True
+
+
 def default_responder(body: dict[str, Any]) -> Reply:
     return text("Done.")
 
@@ -66,7 +71,10 @@ class ScriptedModel:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.lock = threading.Lock()
         self._counter = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
+        self.timings: list[tuple[float, float]] = []  # (start, end) monotonic, per answered request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.server = _Server(("127.0.0.1", self.port), self._handler_class())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -108,6 +116,18 @@ class ScriptedModel:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                started = time.monotonic()
+                with model.lock:
+                    model.in_flight += 1
+                    model.max_in_flight = max(model.max_in_flight, model.in_flight)
+                try:
+                    self._answer(body)
+                finally:
+                    with model.lock:
+                        model.in_flight -= 1
+                        model.timings.append((started, time.monotonic()))
+
+            def _answer(self, body: dict[str, Any]) -> None:
                 if not self.path.startswith("/v1/messages"):
                     self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no route"}})
                     return
