@@ -11,5 +11,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# Task modules inside app subpackages (autodiscovery only looks at <app>.tasks).
-app.autodiscover_tasks(["sessions.harness"])
+# Task modules that live below an app package rather than at `<app>/tasks.py`.
+app.conf.imports = ("sessions.harness.tasks",)

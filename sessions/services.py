@@ -2,16 +2,26 @@
 in the same transaction as the state change it records (style.md 5)."""
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from console.ids import new_id
-from sessions import streaming
+from accounts.models import ApiKey, Workspace
+from agents import definition
+from agents.models import AgentVersion, Environment
+from agents.services import agent_get, agent_version_get, environment_get
+from console.errors import ApiError, bad_request, conflict, not_found
+from console.ids import has_prefix, new_id
+from console.pagination import Page, check_limit, paginate
+from console.wire import check_metadata, iso, patch_metadata
+from sessions import schemas, streaming
 from sessions.models import Event, Session, SessionThread
+from vaults.services import vault_get
 
 
 @dataclass
@@ -95,3 +105,737 @@ def session_set_status(
     if status == "idle":
         payload["stop_reason"] = fields["stop_reason"]
     return events_append(session=session, events=[*(extra_events or []), NewEvent(event_type, payload)])
+
+
+# === Sessions: create, read, update, archive, delete (spec 5) ======================================
+
+RUNTIME_USD_PER_HOUR = Decimal("0.08")
+# Only these close a stream (spec 8); session.deleted is never listed but always streamed.
+STREAM_CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"})
+
+
+# --- wire --------------------------------------------------------------------------------------------
+
+
+def session_list_cost(session: Session) -> dict[str, str]:
+    """List cost: priced tokens plus $0.08 per running session-hour, in whole cents (spec 16)."""
+    runtime_micros = (
+        Decimal(str(session.active_seconds_now())) * RUNTIME_USD_PER_HOUR * Decimal(1_000_000) / 3600
+    )
+    cents = ((Decimal(session.token_cost_micros) + runtime_micros) / Decimal(10_000)).quantize(
+        Decimal(1), rounding=ROUND_HALF_UP
+    )
+    return {"amount": str(int(cents)), "currency": "USD"}
+
+
+def _usage_wire(session: Session) -> dict[str, Any]:
+    return {
+        "input_tokens": session.input_tokens,
+        "output_tokens": session.output_tokens,
+        "cache_read_input_tokens": session.cache_read_input_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": session.cache_creation_5m_tokens,
+            "ephemeral_1h_input_tokens": session.cache_creation_1h_tokens,
+        },
+        "server_tool_use": {
+            "web_search_requests": session.web_search_requests,
+            "web_fetch_requests": session.web_fetch_requests,
+        },
+        "active_seconds": round(session.active_seconds_now(), 3),
+        "list_cost": session_list_cost(session),
+    }
+
+
+def _duration_seconds(created_at: datetime, frozen_at: datetime | None) -> float:
+    end = frozen_at or timezone.now()
+    return round(max(0.0, (end - created_at).total_seconds()), 3)
+
+
+_OUTCOME_TYPES = (
+    "user.define_outcome",
+    "span.outcome_evaluation_start",
+    "span.outcome_evaluation_ongoing",
+    "span.outcome_evaluation_end",
+)
+
+
+def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """One entry per user.define_outcome, advanced by the span.outcome_evaluation_* events, for
+    several sessions in one query (lists render many sessions)."""
+    rows = Event.objects.filter(session_id__in=session_ids, type__in=_OUTCOME_TYPES).order_by(
+        "session_id", "seq"
+    )
+    by_session: dict[str, dict[str, dict[str, Any]]] = {sid: {} for sid in session_ids}
+    for row in rows:
+        outcomes = by_session[row.session_id]
+        payload = row.payload
+        if row.type == "user.define_outcome":
+            outcomes[payload["outcome_id"]] = {
+                "type": "outcome_evaluation",
+                "outcome_id": payload["outcome_id"],
+                "description": payload.get("description", ""),
+                "iteration": 0,
+                "result": "pending",
+                "explanation": None,
+                "completed_at": None,
+            }
+            continue
+        entry = outcomes.get(payload.get("outcome_id", ""))
+        if entry is None:
+            continue
+        entry["iteration"] = int(payload.get("iteration", entry["iteration"]))
+        if row.type == "span.outcome_evaluation_end":
+            entry["result"] = payload.get("result", "failed")
+            entry["explanation"] = payload.get("explanation")
+            entry["completed_at"] = iso(row.processed_at or row.created_at)
+        else:
+            entry["result"] = "evaluating"
+    return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
+
+
+def session_wire(session: Session, *, outcomes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    frozen = session.updated_at if session.status == "terminated" else None
+    return {
+        "id": session.pk,
+        "type": "session",
+        "status": session.status,
+        "agent": session.agent_snapshot,
+        "environment_id": session.environment_id,
+        "title": session.title,
+        "metadata": session.metadata,
+        "vault_ids": list(session.vault_ids or []),
+        "resources": [],
+        "outcome_evaluations": (
+            outcomes if outcomes is not None else outcome_evaluations_by_session([session.pk])[session.pk]
+        ),
+        "stats": {
+            "active_seconds": round(session.active_seconds_now(), 3),
+            "duration_seconds": _duration_seconds(session.created_at, frozen),
+        },
+        "usage": _usage_wire(session),
+        "budget": session.budget,
+        "deployment_id": None,
+        "created_at": iso(session.created_at),
+        "updated_at": iso(session.updated_at),
+        "archived_at": iso(session.archived_at),
+    }
+
+
+def thread_wire(thread: SessionThread, *, session: Session | None = None) -> dict[str, Any]:
+    """A thread on the wire. The primary thread mirrors its session's status and timing, since
+    session_set_status moves the session (the primary thread's own row is not updated)."""
+    session = session or thread.session
+    primary = thread.parent_id is None
+    status = session.status if primary else thread.status
+    active = session.active_seconds_now() if primary else thread.active_seconds
+    started = active > 0 or status != "idle"
+    agent = {k: v for k, v in thread.agent_snapshot.items() if k != "multiagent"}
+    frozen = thread.archived_at or (session.updated_at if status == "terminated" else None)
+    return {
+        "id": thread.pk,
+        "type": "session_thread",
+        "session_id": thread.session_id,
+        "parent_thread_id": thread.parent_id,
+        "status": status,
+        "agent": agent,
+        "stats": {
+            "active_seconds": round(active, 3),
+            "duration_seconds": _duration_seconds(thread.created_at, frozen),
+            "startup_seconds": 0.0,
+        }
+        if started
+        else None,
+        "usage": None,
+        "workflow_run_id": None,
+        "created_at": iso(thread.created_at),
+        "updated_at": iso(session.updated_at if primary else thread.updated_at),
+        "archived_at": iso(thread.archived_at),
+    }
+
+
+# --- create ------------------------------------------------------------------------------------------
+
+
+def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
+    if isinstance(value, str):
+        if not value:
+            raise bad_request("agent: must not be empty.")
+        agent = agent_get(workspace=workspace, agent_id=value)
+        version = None
+    elif isinstance(value, dict):
+        kind = value.get("type")
+        if kind == "agent_with_overrides":
+            raise bad_request("agent: type 'agent_with_overrides' is not supported yet.")
+        if kind != "agent":
+            raise bad_request(f"agent.type: must be 'agent' or 'agent_with_overrides', got {kind!r}.")
+        agent_id = value.get("id")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise bad_request("agent.id: field required.")
+        version = value.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise bad_request("agent.version: must be an integer >= 1.")
+        agent = agent_get(workspace=workspace, agent_id=agent_id)
+    else:
+        raise bad_request("agent: expected an agent id string or an object {type, id, version}.")
+    if agent.is_archived:
+        raise bad_request(f"agent: agent {agent.pk!r} is archived; new sessions cannot use it.")
+    return agent_version_get(agent=agent, version=version)
+
+
+def _session_snapshot(version: AgentVersion) -> dict[str, Any]:
+    """`session.agent`: the version's snapshot with a coordinator roster resolved to the members'
+    full definitions (spec 9; the agent itself shows only {type, id, version} per member)."""
+    snapshot = version.snapshot()
+    roster = snapshot.get("multiagent")
+    if isinstance(roster, dict) and roster.get("type") == "coordinator":
+        members = []
+        for entry in roster.get("agents", []):
+            if isinstance(entry, dict) and entry.get("type") == "agent":
+                member = AgentVersion.objects.filter(
+                    agent_id=str(entry.get("id")), version=int(entry.get("version") or 0)
+                ).first()
+                if member is None:
+                    raise bad_request(
+                        f"agent: roster member {entry.get('id')!r} version {entry.get('version')} "
+                        "no longer exists."
+                    )
+                members.append({k: v for k, v in member.snapshot().items() if k != "multiagent"})
+            else:
+                members.append(entry)
+        snapshot["multiagent"] = {**roster, "agents": members}
+    return snapshot
+
+
+def _resolve_agent_patch(patch: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Replace tools / mcp_servers in a session's agent snapshot, resolved the way agents are."""
+    out = dict(snapshot)
+    if "tools" in patch:
+        out["tools"] = definition.resolve_tools(patch["tools"], "agent.tools")
+    if "mcp_servers" in patch:
+        out["mcp_servers"] = definition.resolve_mcp_servers(patch["mcp_servers"], "agent.mcp_servers")
+    definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
+    return out
+
+
+_RESOURCE_TYPES = ("github_repository", "file", "memory_store")
+
+
+def _check_resources(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad_request("resources: expected a list.")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise bad_request(f"resources[{index}]: expected an object.")
+        kind = item.get("type")
+        if kind not in _RESOURCE_TYPES:
+            raise bad_request(
+                f"resources[{index}].type: must be one of {', '.join(_RESOURCE_TYPES)}, got {kind!r}."
+            )
+        raise bad_request(f"resources[{index}]: {kind} resources are not supported yet.")
+    return []
+
+
+_CREATE_FIELDS = frozenset(
+    {"agent", "environment_id", "title", "metadata", "vault_ids", "resources", "initial_events", "budget"}
+)
+
+
+def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKey | None = None) -> Session:
+    if not isinstance(body, dict):
+        raise bad_request("body: expected a JSON object.")
+    unknown = sorted(set(body) - _CREATE_FIELDS)
+    if unknown:
+        raise bad_request(f"{unknown[0]}: unknown field.")
+    if body.get("agent") is None:
+        raise bad_request("agent: field required.")
+    environment_id = body.get("environment_id")
+    if not isinstance(environment_id, str) or not environment_id:
+        raise bad_request("environment_id: field required.")
+    title = body.get("title")
+    if title is not None and (not isinstance(title, str) or len(title) > 512):
+        raise bad_request("title: must be a string of at most 512 characters or null.")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise bad_request("metadata: expected an object.")
+    metadata = check_metadata(metadata)
+    vault_ids = body.get("vault_ids") or []
+    if not isinstance(vault_ids, list) or not all(isinstance(v, str) and v for v in vault_ids):
+        raise bad_request("vault_ids: expected a list of vault ids.")
+    if len(set(vault_ids)) != len(vault_ids):
+        raise bad_request("vault_ids: must not repeat a vault.")
+    budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
+    _check_resources(body.get("resources"))
+    initial: list[dict[str, Any]] = []
+    if body.get("initial_events") is not None:
+        if body["initial_events"] == []:
+            initial = []
+        else:
+            initial = schemas.check_client_events(
+                body["initial_events"],
+                "initial_events",
+                allowed=schemas.INITIAL_EVENT_TYPES,
+                max_items=schemas.MAX_INITIAL_EVENTS,
+            )
+
+    version = _resolve_agent(workspace=workspace, value=body["agent"])
+    environment = environment_get(workspace=workspace, environment_id=environment_id)
+    if environment.is_archived:
+        raise bad_request(
+            f"environment_id: environment {environment.pk!r} is archived.", error_code="environment_archived"
+        )
+    for index, vault_id in enumerate(vault_ids):
+        try:
+            vault = vault_get(workspace=workspace, vault_id=vault_id)
+        except ApiError:
+            raise not_found("vault", vault_id) from None
+        if vault.archived_at is not None:
+            raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
+
+    snapshot = _session_snapshot(version)
+    now = timezone.now()
+    with transaction.atomic():
+        session = Session.objects.create(
+            id=new_id("sesn"),
+            workspace=workspace,
+            api_key=api_key,
+            agent=version.agent,
+            agent_version=version.version,
+            agent_snapshot=snapshot,
+            environment=environment,
+            title=title,
+            metadata=metadata,
+            vault_ids=vault_ids,
+            budget=budget,
+            created_at=now,
+            updated_at=now,
+        )
+        SessionThread.objects.create(
+            id=new_id("sthr"),
+            session=session,
+            parent=None,
+            agent_name=snapshot.get("name", ""),
+            agent_snapshot=snapshot,
+            created_at=now,
+            updated_at=now,
+        )
+        if initial:
+            _append_client_events(session=session, events=initial, environment=environment)
+    return session
+
+
+# --- read ----------------------------------------------------------------------------------------------
+
+
+def session_get(*, workspace: Workspace, session_id: str) -> Session:
+    session = Session.objects.filter(pk=session_id, workspace=workspace).first()
+    if session is None:
+        raise not_found("session", session_id)
+    return session
+
+
+def parse_timestamp(value: str, where: str) -> datetime:
+    parsed = None
+    try:
+        parsed = parse_datetime(value.strip().replace(" ", "+"))
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise bad_request(f"{where}: {value!r} is not an RFC 3339 timestamp.")
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, UTC)
+    return parsed
+
+
+def _range_filter(qs: QuerySet[Any], column: str, bounds: dict[str, str | None], name: str) -> QuerySet[Any]:
+    for op in ("gt", "gte", "lt", "lte"):
+        raw = bounds.get(op)
+        if raw:
+            qs = qs.filter(**{f"{column}__{op}": parse_timestamp(raw, f"{name}[{op}]")})
+    return qs
+
+
+def session_list(
+    *,
+    workspace: Workspace,
+    agent_id: str | None = None,
+    agent_version: int | None = None,
+    created_at: dict[str, str | None] | None = None,
+    include_archived: bool = False,
+    statuses: list[str] | None = None,
+    order: str = "desc",
+    limit: int | None = None,
+    page: str | None = None,
+) -> Page:
+    if agent_version is not None and not agent_id:
+        raise bad_request("agent_version: only allowed together with agent_id.")
+    if order not in ("asc", "desc"):
+        raise bad_request(f"order: must be 'asc' or 'desc', got {order!r}.")
+    for status in statuses or []:
+        if status not in schemas.SESSION_STATUSES:
+            raise bad_request(f"statuses: unknown status {status!r}.")
+    size = check_limit(limit, default=20, maximum=100)
+    qs = Session.objects.filter(workspace=workspace)
+    if agent_id:
+        qs = qs.filter(agent_id=agent_id)
+    if agent_version is not None:
+        qs = qs.filter(agent_version=agent_version)
+    if not include_archived:
+        qs = qs.filter(archived_at=None)
+    if statuses:
+        qs = qs.filter(status__in=statuses)
+    qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
+    return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
+
+
+# --- update, archive, delete ------------------------------------------------------------------------
+
+
+def _check_writable(session: Session) -> None:
+    if session.is_archived:
+        raise conflict(f"session {session.pk!r} is archived and read-only.", error_code="session_archived")
+
+
+def _check_tools(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("type"), str) for item in value
+    ):
+        raise bad_request(f"{where}: expected a list of objects with a `type`.")
+    return value
+
+
+_UPDATE_FIELDS = frozenset({"title", "metadata", "agent", "budget", "vault_ids"})
+
+
+def session_update(*, session: Session, body: dict[str, Any]) -> Session:
+    if not isinstance(body, dict):
+        raise bad_request("body: expected a JSON object.")
+    unknown = sorted(set(body) - _UPDATE_FIELDS)
+    if unknown:
+        raise bad_request(f"{unknown[0]}: unknown field.")
+    if "vault_ids" in body:
+        raise bad_request("vault_ids: can only be set when the session is created.")
+    agent_patch = body.get("agent")
+    if agent_patch is not None:
+        if not isinstance(agent_patch, dict):
+            raise bad_request("agent: expected an object {tools?, mcp_servers?}.")
+        extra = sorted(set(agent_patch) - {"tools", "mcp_servers", "type"})
+        if extra:
+            raise bad_request(f"agent.{extra[0]}: only tools and mcp_servers can change mid-session.")
+        for key in ("tools", "mcp_servers"):
+            if key in agent_patch:
+                _check_tools(agent_patch[key], f"agent.{key}")
+    if (
+        "title" in body
+        and body["title"] is not None
+        and (not isinstance(body["title"], str) or len(body["title"]) > 512)
+    ):
+        raise bad_request("title: must be a string of at most 512 characters or null.")
+    if "metadata" in body and body["metadata"] is not None and not isinstance(body["metadata"], dict):
+        raise bad_request("metadata: expected an object.")
+    new_budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
+
+    with transaction.atomic():
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        _check_writable(session)
+        changed: dict[str, Any] = {}
+        if "title" in body and body["title"] != session.title:
+            changed["title"] = body["title"]
+        if body.get("metadata") is not None:
+            merged = patch_metadata(session.metadata, body["metadata"])
+            if merged != session.metadata:
+                changed["metadata"] = merged
+        if agent_patch:
+            if session.status == "running":
+                raise conflict(
+                    "agent: a running session's tools cannot change; interrupt it or wait for idle."
+                )
+            snapshot = _resolve_agent_patch(agent_patch, session.agent_snapshot)
+            if snapshot != session.agent_snapshot:
+                changed["agent"] = snapshot
+        if "budget" in body:
+            if body["budget"] is None:
+                if session.budget is not None:
+                    changed["budget"] = None
+            else:
+                if session.budget is None:
+                    raise bad_request(
+                        "budget: a budget cannot be added to a session created without one.",
+                        error_code="budget_create_only",
+                    )
+                assert new_budget is not None
+                spent = int(session_list_cost(session)["amount"])
+                if int(new_budget["max_list_cost"]["amount"]) <= spent:
+                    raise bad_request(
+                        f"budget.max_list_cost.amount: must exceed the cost so far ({spent}).",
+                        error_code="budget_not_raised",
+                    )
+                if new_budget != session.budget:
+                    changed["budget"] = new_budget
+        if not changed:
+            return session
+        fields = {("agent_snapshot" if k == "agent" else k): v for k, v in changed.items()}
+        fields["updated_at"] = timezone.now()
+        Session.objects.filter(pk=session.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(session, name, value)
+        if "agent" in changed:
+            SessionThread.objects.filter(session=session, parent=None).update(agent_snapshot=changed["agent"])
+        events_append(session=session, events=[NewEvent("session.updated", changed)])
+        if (
+            "budget" in changed
+            and session.status == "idle"
+            and (session.stop_reason or {}).get("type") == "budget_reached"
+        ):
+            transaction.on_commit(lambda: _kick(session.pk))
+    return session
+
+
+def session_archive(*, session: Session) -> Session:
+    with transaction.atomic():
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        if session.is_archived:
+            return session
+        now = timezone.now()
+        if session.status != "terminated":
+            session_set_status(session=session, status="terminated")
+        Session.objects.filter(pk=session.pk).update(archived_at=now, updated_at=now)
+        SessionThread.objects.filter(session=session, archived_at=None).update(archived_at=now)
+        session.archived_at = now
+        session.updated_at = now
+        transaction.on_commit(lambda: _kick(session.pk))
+    return session
+
+
+def session_delete(*, session: Session) -> dict[str, str]:
+    """Delete a session and its log. The `session.deleted` event cannot be read back from a log that
+    no longer exists, so it also goes straight to open streams (which then close); a stream that
+    misses it notices the session is gone on its next read."""
+    with transaction.atomic():
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        if session.status == "running":
+            raise conflict(f"session {session.pk!r} is running; interrupt it before deleting it.")
+        [event] = events_append(session=session, events=[NewEvent("session.deleted")])
+        wire = event.wire()
+        session_id = session.pk
+        session.delete()
+        transaction.on_commit(lambda: streaming.publish_deleted(session_id, wire))
+    return {"id": session_id, "type": "session_deleted"}
+
+
+# --- events ------------------------------------------------------------------------------------------
+
+
+def _kick(session_id: str) -> None:
+    from sessions.harness.dispatch import session_kick
+
+    session_kick(session_id)
+
+
+def _check_references(*, session: Session, events: list[dict[str, Any]], environment: Environment) -> None:
+    """Cross-row checks: ids must name events of this session that still await an answer."""
+    answered_confirmations = set(
+        Event.objects.filter(session=session, type="user.tool_confirmation").values_list(
+            "payload__tool_use_id", flat=True
+        )
+    )
+    answered_custom = set(
+        Event.objects.filter(session=session, type="user.custom_tool_result").values_list(
+            "payload__custom_tool_use_id", flat=True
+        )
+    )
+    seen: set[str] = set()
+    for index, event in enumerate(events):
+        where = f"events[{index}]"
+        kind = event["type"]
+        if kind == "user.tool_confirmation":
+            target = Event.objects.filter(
+                session=session, pk=event["tool_use_id"], type__in=["agent.tool_use", "agent.mcp_tool_use"]
+            ).first()
+            if target is None:
+                raise bad_request(
+                    f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use or "
+                    "agent.mcp_tool_use event of this session."
+                )
+            if (
+                target.payload.get("evaluated_permission") != "ask"
+                or target.pk in answered_confirmations
+                or target.pk in seen
+            ):
+                raise bad_request(f"{where}.tool_use_id: {target.pk!r} is not awaiting confirmation.")
+            seen.add(target.pk)
+            if target.payload.get("session_thread_id"):
+                event["session_thread_id"] = target.payload["session_thread_id"]
+        elif kind == "user.custom_tool_result":
+            target = Event.objects.filter(
+                session=session, pk=event["custom_tool_use_id"], type="agent.custom_tool_use"
+            ).first()
+            if target is None:
+                raise bad_request(
+                    f"{where}.custom_tool_use_id: {event['custom_tool_use_id']!r} is not an "
+                    "agent.custom_tool_use event of this session."
+                )
+            if target.pk in answered_custom or target.pk in seen:
+                raise bad_request(f"{where}.custom_tool_use_id: {target.pk!r} was already answered.")
+            seen.add(target.pk)
+            if target.payload.get("session_thread_id"):
+                event["session_thread_id"] = target.payload["session_thread_id"]
+        elif kind == "user.tool_result":
+            if not environment.is_self_hosted:
+                raise bad_request(
+                    f"{where}.type: user.tool_result is only accepted for self_hosted environments."
+                )
+            target = Event.objects.filter(
+                session=session, pk=event["tool_use_id"], type="agent.tool_use"
+            ).first()
+            if target is None:
+                raise bad_request(
+                    f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use event "
+                    "of this session."
+                )
+        elif kind == "user.interrupt" and event.get("session_thread_id"):
+            if not SessionThread.objects.filter(session=session, pk=event["session_thread_id"]).exists():
+                raise ApiError(
+                    404,
+                    f"{where}.session_thread_id: thread {event['session_thread_id']!r} was not found.",
+                    error_code="thread_not_found",
+                )
+
+
+def _append_client_events(
+    *, session: Session, events: list[dict[str, Any]], environment: Environment
+) -> list[Event]:
+    """Append validated client events and, if they give an idle session work, start it. Runs in the
+    caller's transaction with the session row locked."""
+    _check_references(session=session, events=events, environment=environment)
+    new: list[NewEvent] = []
+    for event in events:
+        payload = {k: v for k, v in event.items() if k != "type"}
+        if event["type"] == "user.define_outcome":
+            payload["outcome_id"] = new_id("outc")
+        new.append(NewEvent(event["type"], payload, processed=event["type"] in schemas.PROCESSED_ON_RECEIPT))
+    rows = events_append(session=session, events=new)
+    if session.status in ("idle", "rescheduling") and any(
+        e["type"] in schemas.ACTIONABLE_TYPES for e in events
+    ):
+        session_set_status(session=session, status="running")
+    session_id = session.pk
+    transaction.on_commit(lambda: _kick(session_id))
+    return rows
+
+
+def events_send(*, session: Session, events: list[dict[str, Any]]) -> list[Event]:
+    checked = schemas.check_client_events(events, "events")
+    with transaction.atomic():
+        session = Session.objects.select_for_update().select_related("environment").get(pk=session.pk)
+        _check_writable(session)
+        if session.status == "terminated":
+            raise conflict(
+                f"session {session.pk!r} is terminated and accepts no events.",
+                error_code="session_terminated",
+            )
+        paused = session.status == "idle" and (session.stop_reason or {}).get("type") == "budget_reached"
+        if paused:
+            for index, event in enumerate(checked):
+                if event["type"] not in schemas.SETTLE_TYPES:
+                    raise bad_request(
+                        f"events[{index}].type: the session is paused at its budget; only "
+                        "tool confirmations, tool results and interrupts are accepted."
+                    )
+        return _append_client_events(session=session, events=checked, environment=session.environment)
+
+
+def _primary_filter(thread: SessionThread | None) -> Q:
+    """Events of the primary thread are stored with thread null (or the primary's id); a child
+    thread's events carry its id."""
+    if thread is None or thread.parent_id is None:
+        return Q(thread__isnull=True) | Q(thread__parent__isnull=True)
+    return Q(thread=thread)
+
+
+def events_list(
+    *,
+    session: Session,
+    thread: SessionThread | None = None,
+    types: list[str] | None = None,
+    created_at: dict[str, str | None] | None = None,
+    order: str = "asc",
+    limit: int | None = None,
+    page: str | None = None,
+) -> Page:
+    if order not in ("asc", "desc"):
+        raise bad_request(f"order: must be 'asc' or 'desc', got {order!r}.")
+    for kind in types or []:
+        if kind not in schemas.FILTERABLE_EVENT_TYPES:
+            raise bad_request(f"types: unknown event type {kind!r}.")
+    size = check_limit(limit, default=1000, maximum=1000)
+    qs = Event.objects.filter(session=session).filter(_primary_filter(thread))
+    if types:
+        qs = qs.filter(type__in=types)
+    qs = _range_filter(qs, "processed_at", created_at or {}, "created_at")
+    return paginate(qs, fields=("seq", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
+
+
+def events_after(
+    *,
+    session_id: str,
+    thread: SessionThread | None,
+    after_seq: int,
+    upto_seq: int | None = None,
+    limit: int = 500,
+) -> list[Event]:
+    qs = Event.objects.filter(session_id=session_id, seq__gt=after_seq).filter(_primary_filter(thread))
+    if upto_seq is not None:
+        qs = qs.filter(seq__lte=upto_seq)
+    return list(qs.order_by("seq")[:limit])
+
+
+# --- threads -----------------------------------------------------------------------------------------
+
+
+def thread_get(*, session: Session, thread_id: str) -> SessionThread:
+    thread = SessionThread.objects.filter(session=session, pk=thread_id).first()
+    if thread is None:
+        raise not_found("thread", thread_id, error_code="thread_not_found")
+    return thread
+
+
+def thread_list(
+    *, session: Session, statuses: list[str] | None = None, limit: int | None = None, page: str | None = None
+) -> Page:
+    for status in statuses or []:
+        if status not in schemas.SESSION_STATUSES:
+            raise bad_request(f"statuses: unknown status {status!r}.")
+    size = check_limit(limit, default=1000, maximum=1000)
+    qs = SessionThread.objects.filter(session=session)
+    if statuses:
+        # The primary thread's status is its session's.
+        primary = Q(parent__isnull=True) & Q(session__status__in=statuses)
+        qs = qs.filter(primary | (Q(parent__isnull=False) & Q(status__in=statuses)))
+    return paginate(qs, fields=("created_at", "id"), limit=size, order="asc", page=page)
+
+
+def thread_archive(*, session: Session, thread: SessionThread) -> SessionThread:
+    if thread.parent_id is None:
+        raise bad_request("the primary thread cannot be archived; archive the session instead.")
+    with transaction.atomic():
+        thread = SessionThread.objects.select_for_update().get(pk=thread.pk)
+        if thread.archived_at is not None:
+            return thread
+        if thread.status != "idle":
+            raise conflict(f"thread {thread.pk!r} is {thread.status}; only an idle thread can be archived.")
+        now = timezone.now()
+        # Conditional: a harness step may have started the thread since we read it.
+        if not SessionThread.objects.filter(pk=thread.pk, status="idle").update(
+            archived_at=now, updated_at=now
+        ):
+            raise conflict(f"thread {thread.pk!r} is no longer idle.")
+        thread.archived_at = now
+        thread.updated_at = now
+    return thread
+
+
+def check_prefix(value: str, prefix: str, kind: str) -> None:
+    if not has_prefix(value, prefix):
+        raise not_found(kind, value, error_code="thread_not_found" if kind == "thread" else None)

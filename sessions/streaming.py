@@ -32,7 +32,7 @@ def _redis() -> Any:
     if _sync_client is None:
         import redis
 
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL)
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL or "")
     return _sync_client
 
 
@@ -54,6 +54,11 @@ def notify(session_id: str, seq: int) -> None:
 def publish_preview(session_id: str, thread_id: str | None, frame: dict[str, Any]) -> None:
     """Send a live preview frame (event_start / event_delta) to subscribers that asked for them."""
     _publish(session_id, {"kind": "preview", "thread_id": thread_id, "frame": frame})
+
+
+def publish_deleted(session_id: str, event: dict[str, Any]) -> None:
+    """Hand the `session.deleted` event to open streams: the log it would be read from is gone."""
+    _publish(session_id, {"kind": "deleted", "event": event})
 
 
 # --- in-process fan-out (embedded default; also what tests in one process see) -------------------
@@ -122,3 +127,119 @@ async def subscribe(session_id: str) -> AsyncIterator[Subscription]:
         _local_loops.pop(id(queue), None)
         if not _local.get(session_id):
             _local.pop(session_id, None)
+
+
+# --- the SSE response body (spec 8) ---------------------------------------------------------------
+CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"})
+_READ_BATCH = 500
+
+
+def sse_frame(event_type: str, data: dict[str, Any], seq: int | None = None) -> bytes:
+    text = f"event: {event_type}\ndata: {json.dumps(data, separators=(',', ':'))}\n"
+    if seq is not None:
+        text += f"id: {seq}\n"
+    return (text + "\n").encode()
+
+
+def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int, bool]:
+    """Events after `after` for the stream's thread, the seq read up to, and whether the session
+    still exists. The allocator row is read first: a committed last_seq implies its events are."""
+    from django.db import InterfaceError, OperationalError, connection
+
+    from sessions.models import Session
+    from sessions.services import events_after
+
+    try:
+        last_seq = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).first()
+        if last_seq is None:
+            return [], after, False
+        if last_seq <= after:
+            return [], after, True
+        rows = events_after(
+            session_id=session_id, thread=thread, after_seq=after, upto_seq=last_seq, limit=_READ_BATCH
+        )
+    except (OperationalError, InterfaceError):
+        log.warning("a stream could not read the log; retrying", exc_info=True)
+        connection.close()
+        return [], after, True
+    upto = rows[-1].seq if len(rows) == _READ_BATCH else last_seq
+    return rows, upto, True
+
+
+async def sse_events(
+    *,
+    session_id: str,
+    thread: Any,
+    primary: bool,
+    after_seq: int,
+    deltas: frozenset[str] = frozenset(),
+) -> AsyncIterator[bytes]:
+    """Stream the log of one session (or thread) from `after_seq`: read, then wait for a wake-up or
+    the poll interval, and read again. Previews are forwarded only when asked for, for this thread."""
+    from asgiref.sync import sync_to_async
+    from django.utils import timezone
+
+    from console.ids import new_id
+    from console.wire import iso
+
+    # Off the shared sync thread: a stream's reads must not queue behind (or block) API requests.
+    read = sync_to_async(_read_log, thread_sensitive=False)
+    loop = asyncio.get_running_loop()
+    heartbeat = float(settings.GALLEY_SSE_HEARTBEAT_SECONDS)
+    poll = float(settings.GALLEY_SSE_POLL_SECONDS)
+    thread_id = getattr(thread, "pk", None)
+    previewing: set[str] = set()
+    last = after_seq
+    async with subscribe(session_id) as sub:
+        yield b": connected\n\n"
+        next_beat = loop.time() + heartbeat
+        while True:
+            rows, last, exists = await read(session_id, thread, last)
+            for row in rows:
+                yield sse_frame(row.type, row.wire(), row.seq)
+                previewing.discard(row.pk)
+                if row.type in CLOSING_TYPES:
+                    return
+            if not exists:
+                # The deletion removed the log; the hint carrying the real event was missed or lost.
+                gone = {"id": new_id("sevt"), "type": "session.deleted", "processed_at": iso(timezone.now())}
+                yield sse_frame("session.deleted", gone)
+                return
+            if len(rows) == _READ_BATCH:
+                continue
+            while True:
+                now = loop.time()
+                if now >= next_beat:
+                    yield b'event: ping\ndata: {"type":"ping"}\n\n'
+                    next_beat = now + heartbeat
+                wait = min(poll, max(0.0, next_beat - now))
+                try:
+                    message = await sub.get(wait)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the bus is only a hint: without it, keep polling the log
+                    log.warning("stream wake-ups failed for %s; polling", session_id, exc_info=True)
+                    await asyncio.sleep(wait)
+                    message = None
+                if message is None:
+                    break
+                kind = message.get("kind")
+                if kind == "wake":
+                    if int(message.get("seq", 0)) > last:
+                        break
+                elif kind == "deleted":
+                    event = message.get("event") or {}
+                    yield sse_frame("session.deleted", event)
+                    return
+                elif kind == "preview" and deltas:
+                    frame = message.get("frame") or {}
+                    source = message.get("thread_id")
+                    if not (source == thread_id or (primary and source is None)):
+                        continue
+                    if frame.get("type") == "event_start":
+                        inner = frame.get("event") or {}
+                        if inner.get("type") in deltas:
+                            previewing.add(str(inner.get("id")))
+                            yield sse_frame("event_start", frame)
+                    elif frame.get("type") == "event_delta" and frame.get("event_id") in previewing:
+                        yield sse_frame("event_delta", frame)
