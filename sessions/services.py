@@ -3,7 +3,6 @@ in the same transaction as the state change it records (style.md 5)."""
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db import transaction
@@ -109,7 +108,6 @@ def session_set_status(
 
 # === Sessions: create, read, update, archive, delete (spec 5) ======================================
 
-RUNTIME_USD_PER_HOUR = Decimal("0.08")
 # Only these close a stream (spec 8); session.deleted is never listed but always streamed.
 STREAM_CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"})
 
@@ -118,14 +116,16 @@ STREAM_CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"
 
 
 def session_list_cost(session: Session) -> dict[str, str]:
-    """List cost: priced tokens plus $0.08 per running session-hour, in whole cents (spec 16)."""
-    runtime_micros = (
-        Decimal(str(session.active_seconds_now())) * RUNTIME_USD_PER_HOUR * Decimal(1_000_000) / 3600
+    """List cost: priced tokens, $0.08 per running session-hour and web searches, in whole cents
+    (spec 16). Prices come from sessions.harness.pricing (GALLEY_PRICES_JSON)."""
+    from sessions.harness import pricing
+
+    micros = pricing.total_cost_micros(
+        token_cost_micros=session.token_cost_micros,
+        active_seconds=session.active_seconds_now(),
+        web_search_requests=session.web_search_requests,
     )
-    cents = ((Decimal(session.token_cost_micros) + runtime_micros) / Decimal(10_000)).quantize(
-        Decimal(1), rounding=ROUND_HALF_UP
-    )
-    return {"amount": str(int(cents)), "currency": "USD"}
+    return {"amount": str(pricing.micros_to_cents(micros)), "currency": "USD"}
 
 
 def _usage_wire(session: Session) -> dict[str, Any]:
