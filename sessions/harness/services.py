@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from django.utils import timezone
 from console.ids import new_id
 from sessions import streaming
 from sessions.harness import pricing
-from sessions.harness.context import INTERRUPTED, Context, context_build
+from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from sessions.harness.keeper import StepHandle, keeper
 from sessions.harness.providers import ModelAnswer, ModelError, ModelRequest, ModelUsage, provider_for
 from sessions.harness.providers.base import ModelCancelled
@@ -54,6 +54,33 @@ class LeaseLost(Exception):
 class StepState:
     handle: StepHandle
     ended_empty: bool = False  # the model's last answer had nothing to record
+    # The session's primary-thread log as far as this step has read it: each move reads only
+    # what was appended since (one query), and our own processed_at marks are applied in place.
+    events: list[Event] = field(default_factory=list)
+    last_seq: int = 0
+    own_uses: set[str] = field(default_factory=set)  # allowed tool calls this step recorded
+
+    def refresh(self, session_id: str) -> None:
+        fresh = list(Event.objects.filter(session_id=session_id, seq__gt=self.last_seq).order_by("seq"))
+        if fresh:
+            self.last_seq = fresh[-1].seq
+            self.events.extend(e for e in fresh if e.thread_id is None)
+
+    def context(self, session: Session) -> Context:
+        return context_build(session=session, events=[
+            e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq])
+
+    def queued(self) -> list[Event]:
+        return [e for e in self.events if e.processed_at is None]
+
+
+def _mark_processed(events: list[Event]) -> None:
+    if not events:
+        return
+    now = timezone.now()
+    Event.objects.filter(pk__in=[e.pk for e in events]).update(processed_at=now)
+    for event in events:
+        event.processed_at = now
 
 
 # --- leases -----------------------------------------------------------------------------------------
@@ -125,32 +152,32 @@ def _advance(session_id: str, state: StepState) -> bool:
         session = _locked(session_id, owner)
         if session.status == Status.TERMINATED or session.archived_at is not None:
             return False
-        queued = list(Event.objects.filter(session_id=session_id, thread=None, processed_at=None).order_by("seq"))
+        state.refresh(session_id)
+        queued = state.queued()
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
         if interrupt is not None:
-            _take_interrupt(session, interrupt)
+            _take_interrupt(session, state, interrupt)
             return True
-        ctx = context_build(session=session)
+        ctx = state.context(session)
         confirmed_now: set[str] = set()
         denied = False
-        now = timezone.now()
-        for event in queued:
-            if event.type == "user.tool_confirmation":
-                Event.objects.filter(pk=event.pk).update(processed_at=now)
-                use = ctx.uses.get(event.payload.get("tool_use_id", ""))
-                if use is None or use.resolved or use.custom or use.permission != "ask":
-                    continue
-                if event.payload.get("result") == "allow":
-                    confirmed_now.add(use.event.id)
-                    use.confirmation = event
-                else:
-                    note = event.payload.get("deny_message") or "The user denied this tool call."
-                    events_append(session=session, events=[NewEvent("agent.tool_result", {
-                        "tool_use_id": use.event.id, "is_error": True,
-                        "content": [{"type": "text", "text": f"Permission denied by the user: {note}"}],
-                    })])
-                    use.resolved = True
-                    denied = True
+        confirmations = [e for e in queued if e.type == "user.tool_confirmation"]
+        _mark_processed(confirmations)
+        for event in confirmations:
+            use = ctx.uses.get(event.payload.get("tool_use_id", ""))
+            if use is None or use.resolved or use.custom or use.permission != "ask":
+                continue
+            if event.payload.get("result") == "allow":
+                confirmed_now.add(use.event.id)
+                use.confirmation = event
+            else:
+                note = event.payload.get("deny_message") or "The user denied this tool call."
+                events_append(session=session, events=[NewEvent("agent.tool_result", {
+                    "tool_use_id": use.event.id, "is_error": True,
+                    "content": [{"type": "text", "text": f"Permission denied by the user: {note}"}],
+                })])
+                use.resolved = True
+                denied = True
         if ctx.open_span_id is not None:
             # A model request whose worker died: close its span; the request runs again below.
             events_append(session=session, events=[NewEvent("span.model_request_end", {
@@ -168,6 +195,8 @@ def _advance(session_id: str, state: StepState) -> bool:
                     recovered.append(use.event)  # confirmed earlier, its run was lost
                 else:
                     pending.append(use.event.id)
+            elif use.event.id in state.own_uses:
+                run_now.append(use.event)  # recorded by this step, not run yet (a stale cancel)
             else:
                 recovered.append(use.event)  # allowed and recorded, but no result: a crashed run
         for event in recovered:
@@ -193,24 +222,19 @@ def _advance(session_id: str, state: StepState) -> bool:
                 if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "end_turn":
                     session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
                 return False
-            if messages:
-                Event.objects.filter(pk__in=[e.pk for e in messages]).update(processed_at=now)
-                for event in messages:
-                    event.processed_at = now
-                state.ended_empty = False
             if recovered:
-                return True  # results were written; rebuild and call the model
-            if session.status != Status.RUNNING:
-                session_set_status(session=session, status=Status.RUNNING)
+                return True  # results were written; read them back and call the model
+            # Queued messages join the context in the same transaction as the request's span.
+            state.ended_empty = False
     if run_now:
-        _run_tools(session_id, state, run_now)
+        _run_tools(session, state, run_now)
         return True
-    return _call_model(session_id, state)
+    return _call_model(session, state, take=messages)
 
 
-def _take_interrupt(session: Session, interrupt: Event) -> None:
+def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> None:
     """user.interrupt jumps the queue: close open tool calls and idle with end_turn (spec 7.1)."""
-    ctx = context_build(session=session)
+    ctx = state.context(session)
     closing = [
         NewEvent("agent.tool_result", {"tool_use_id": use.event.id, "is_error": True,
                                        "content": [{"type": "text", "text": INTERRUPTED}]})
@@ -221,7 +245,7 @@ def _take_interrupt(session: Session, interrupt: Event) -> None:
             "model_request_start_id": ctx.open_span_id, "is_error": True, "model_usage": ModelUsage().wire(),
         }))
     events_append(session=session, events=closing)
-    Event.objects.filter(pk=interrupt.pk).update(processed_at=timezone.now())
+    _mark_processed([interrupt])
     stop = session.stop_reason or {}
     if session.status != Status.IDLE or stop.get("type") != "end_turn" or closing:
         session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
@@ -229,8 +253,8 @@ def _take_interrupt(session: Session, interrupt: Event) -> None:
 
 # --- tools ----------------------------------------------------------------------------------------------
 
-def _run_tools(session_id: str, state: StepState, uses: list[Event]) -> None:
-    session = Session.objects.get(pk=session_id)
+def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
+    session_id = session.pk
     for use in uses:
         cancel = state.handle.fresh_cancel()
         if cancel.is_set():
@@ -239,10 +263,8 @@ def _run_tools(session_id: str, state: StepState, uses: list[Event]) -> None:
         outcome = run_builtin(session=session, name=use.payload.get("name", ""), tool_input=use.payload.get("input") or {},
                               tool_use_id=use.id, cancel=cancel)
         with transaction.atomic():
+            # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
             locked = _locked(session_id, state.handle.owner)
-            if Event.objects.filter(session_id=session_id, type="agent.tool_result",
-                                    payload__tool_use_id=use.id).exists():
-                continue  # an interrupt closed it while it ran
             events_append(session=locked, events=[NewEvent("agent.tool_result", {
                 "tool_use_id": use.id, "content": outcome.content, "is_error": outcome.is_error,
             })])
@@ -302,37 +324,43 @@ def compaction_threshold(model: str) -> int:
     return int(window * 0.8)
 
 
-def _call_model(session_id: str, state: StepState) -> bool:
+def _call_model(session: Session, state: StepState, *, take: list[Event]) -> bool:
+    session_id = session.pk
     owner = state.handle.owner
-    session = Session.objects.get(pk=session_id)
     agent = _agent(session)
     model = _model_id(agent)
     catalog = tool_catalog(agent)
-    ctx = context_build(session=session)
+    state.refresh(session_id)  # what this move appended (denials, closed spans)
+    taken_at = timezone.now()
+    for event in take:
+        event.processed_at = taken_at  # in the context from here; stored with the request's span
+    ctx = state.context(session)
     if ctx.last_prompt_tokens >= compaction_threshold(model) and len(ctx.turns) > 2:
-        if not _compact(session, state, ctx, model, catalog):
+        if not _compact(session, state, ctx, model, catalog, take=take):
             return True
-        session = Session.objects.get(pk=session_id)
-        ctx = context_build(session=session)
+        take = []
+        ctx = state.context(session)
     request = ModelRequest(
         model=model, system=agent.get("system"), tools=[spec.definition for spec in catalog.values()],
         messages=ctx.messages(session.context_summary), max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
     )
-    result = _model_request(session_id, state, request)
+    result = _model_request(session_id, state, request, take=take)
     if result is None:
         return True  # interrupted, or retried into a new state; the next move looks again
     if result is False:
         return False
     answer, span_id = result
     allowed = _record_answer(session_id, owner, answer, span_id, catalog)
+    state.own_uses.update(e.id for e in allowed)
     if not answer.blocks:
         state.ended_empty = True
     if allowed:
-        _run_tools(session_id, state, allowed)
+        _run_tools(session, state, allowed)
     return True
 
 
-def _model_request(session_id: str, state: StepState, request: ModelRequest) -> tuple[ModelAnswer, str] | bool | None:
+def _model_request(session_id: str, state: StepState, request: ModelRequest,
+                   take: list[Event] | None = None) -> tuple[ModelAnswer, str] | bool | None:
     """Call the model with visible retries. Returns (answer, span id), None to re-plan, False to stop."""
     owner = state.handle.owner
     provider = provider_for(request.model)
@@ -340,6 +368,9 @@ def _model_request(session_id: str, state: StepState, request: ModelRequest) -> 
     while True:
         with transaction.atomic():
             session = _locked(session_id, owner)
+            if take:
+                _mark_processed(take)
+                take = None
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
             span = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]
@@ -473,7 +504,8 @@ def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: st
 
 # --- compaction ------------------------------------------------------------------------------------------
 
-def _compact(session: Session, state: StepState, ctx: Context, model: str, catalog: dict[str, ToolSpec]) -> bool:
+def _compact(session: Session, state: StepState, ctx: Context, model: str, catalog: dict[str, ToolSpec],
+             *, take: list[Event]) -> bool:
     """Summarise older turns and replace them in the context (agent.thread_context_compacted).
 
     Keeps the tail the next request needs: the last user turn, and the assistant turn before it
@@ -494,7 +526,7 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
     request = ModelRequest(model=model, system=_agent(session).get("system"),
                            tools=[spec.definition for spec in catalog.values()], messages=messages,
                            max_tokens=settings.GALLEY_MODEL_MAX_TOKENS)
-    result = _model_request(session.pk, state, request)
+    result = _model_request(session.pk, state, request, take=take)
     if not isinstance(result, tuple):
         return False
     answer, span_id = result
@@ -505,6 +537,8 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
                                               NewEvent("agent.thread_context_compacted", {})])
         _usage_update(session.pk, answer.model, answer.usage)
         Session.objects.filter(pk=session.pk).update(context_summary=summary or None, context_summary_seq=boundary)
+    session.context_summary = summary or None
+    session.context_summary_seq = boundary
     return True
 
 
