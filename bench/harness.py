@@ -33,6 +33,10 @@ EXPECTED = [
 ]
 
 
+ROUNDS = 3  # tool rounds per session in the concurrency run (ROUNDS + 1 model calls of 1 s)
+EXPECTED_ROUNDS = EXPECTED[:3] + (EXPECTED[3:7] + ["span.model_request_start"]) * ROUNDS + EXPECTED[-3:]
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -124,12 +128,13 @@ def _wait_idle(session_ids: list[str], timeout: float) -> float:
     raise RuntimeError(f"{busy} sessions did not reach idle in {timeout}s")
 
 
-def _responder(delay: float) -> Any:
+def _responder(delay: float, rounds: int = 1) -> Any:
+    """Answers with `rounds` tool calls (one per answer), then a closing message."""
     from tests.model_server import text, tool_call
 
     def respond(body: dict[str, Any]) -> Any:
-        last = body["messages"][-1]["content"]
-        if any(block.get("type") == "tool_result" for block in last):
+        done = sum(1 for m in body["messages"] for b in m["content"] if b.get("type") == "tool_result")
+        if done >= rounds:
             return text("The file is missing; nothing else to do.", delay=delay)
         return tool_call("read", {"file_path": "notes.txt"}, say="Reading it.", delay=delay)
 
@@ -217,25 +222,34 @@ def _stats(values: list[float]) -> dict[str, float]:
 def _concurrency(model: Any, count: int) -> dict[str, Any]:
     from django.db import connection
 
+    from django.db import transaction
+
     from sessions.harness.dispatch import session_kick
     from sessions.models import Event, Session
-    from tests.harness_helpers import TOOLSET_ALL, make_session, say
+    from sessions.services import NewEvent, events_append, session_set_status
+    from tests.harness_helpers import TOOLSET_ALL, make_session
 
     sessions = [make_session(tools=[TOOLSET_ALL]) for _ in range(count)]
+    with transaction.atomic():  # the users' messages, as events.send stores them
+        for session in sessions:
+            events_append(session=session, events=[NewEvent(
+                "user.message", {"content": [{"type": "text", "text": "Read notes.txt"}]}, processed=False)])
+            session_set_status(session=session, status="running")
     model.max_in_flight = 0
     calls_before = len(model.timings)
     cpu_before = _worker_cpu_seconds()
     started = time.monotonic()
     for session in sessions:
-        say(session, "Read notes.txt")
         session_kick(session.pk)
     send_seconds = time.monotonic() - started
     ids = [s.pk for s in sessions]
     peak_running = 0
+    samples: list[int] = []
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         running = Session.objects.filter(pk__in=ids, lease_owner__isnull=False).count()
         peak_running = max(peak_running, running)
+        samples.append(model.in_flight)
         if not Session.objects.filter(pk__in=ids).exclude(status="idle").exists():
             break
         time.sleep(0.1)
@@ -245,7 +259,7 @@ def _concurrency(model: Any, count: int) -> dict[str, Any]:
     intact = 0
     for session_id in ids:
         types = list(Event.objects.filter(session_id=session_id).order_by("seq").values_list("type", flat=True))
-        intact += types == EXPECTED
+        intact += types == EXPECTED_ROUNDS
     connection.close()
     return {
         "sessions": count,
@@ -253,6 +267,8 @@ def _concurrency(model: Any, count: int) -> dict[str, Any]:
         "all_idle_seconds": round(elapsed, 2),
         "peak_sessions_holding_a_step": peak_running,
         "peak_concurrent_model_requests": model.max_in_flight,
+        "median_concurrent_model_requests": statistics.median(samples) if samples else 0,
+        "model_calls_per_session": ROUNDS + 1,
         "sessions_with_exact_log": intact,
         "worker_cpu_ms_per_model_call": round(cpu * 1000 / max(1, calls), 2),
     }
@@ -271,7 +287,7 @@ def main() -> None:
         _start_worker(stack, env, model.base_url)
         only = os.environ.get("GALLEY_BENCH_ONLY")
         if only == "concurrency":
-            model.responder = _responder(1.0)
+            model.responder = _responder(1.0, ROUNDS)
             results["concurrency_one_second_model"] = _concurrency(model, int(os.environ.get("GALLEY_BENCH_N", "50")))
             print(json.dumps(results, indent=2))
             return
@@ -281,6 +297,7 @@ def main() -> None:
         slow_turns = 3 if quick else 8
         results["one_second_model"] = {"platform": _platform_turns(model, slow_turns),
                                        "baseline": _baseline_turns(model, slow_turns)}
+        model.responder = _responder(1.0, ROUNDS)
         results["concurrency_one_second_model"] = _concurrency(model, 50 if quick else 250)
     for key in ("zero_latency", "one_second_model"):
         platform = results[key]["platform"]["overhead_per_model_call_ms"]["p50"]

@@ -59,6 +59,7 @@ class StepState:
     events: list[Event] = field(default_factory=list)
     last_seq: int = 0
     own_uses: set[str] = field(default_factory=set)  # allowed tool calls this step recorded
+    agent: dict[str, Any] = field(default_factory=dict)
 
     def refresh(self, session_id: str) -> None:
         fresh = list(Event.objects.filter(session_id=session_id, seq__gt=self.last_seq).order_by("seq"))
@@ -105,9 +106,14 @@ def session_lease_release(*, session_id: str, owner: str) -> None:
     Session.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner=None, lease_expires_at=None)
 
 
+# What a move reads of the session row (the agent snapshot is read once per step).
+ROW_FIELDS = ("id", "status", "stop_reason", "running_since", "active_seconds", "archived_at", "lease_owner",
+              "last_seq", "context_summary", "context_summary_seq")
+
+
 def _locked(session_id: str, owner: str) -> Session:
     """The session row, locked for this transaction, if our lease still holds it."""
-    session = Session.objects.select_for_update().get(pk=session_id)
+    session = Session.objects.select_for_update().only(*ROW_FIELDS).get(pk=session_id)
     if session.lease_owner != owner:
         raise LeaseLost(session_id)
     return session
@@ -129,6 +135,7 @@ def session_step(*, session_id: str) -> None:
             return
         handle = keeper.register(session_id, owner)
         state = StepState(handle)
+        state.agent = Session.objects.values_list("agent_snapshot", flat=True).get(pk=session_id) or {}
         try:
             while _advance(session_id, state):
                 pass
@@ -145,6 +152,21 @@ def session_step(*, session_id: str) -> None:
 
 def _advance(session_id: str, state: StepState) -> bool:
     """One persisted move. Returns False when the session waits for input."""
+    # Fast path, without the write lock: a running session with only new messages (or tool
+    # results) to send goes straight to the model; the request's own transaction re-checks the lease.
+    state.refresh(session_id)
+    session = Session.objects.only(*ROW_FIELDS).get(pk=session_id)
+    queued = state.queued()
+    if (session.status == Status.RUNNING and session.archived_at is None
+            and all(e.type in ("user.message", "system.message") for e in queued)):
+        ctx = state.context(session)
+        if ctx.open_span_id is None and not ctx.unresolved() and (queued or (ctx.needs_model() and not state.ended_empty)):
+            state.ended_empty = False
+            return _call_model(session, state, take=queued, refresh=False)
+    return _advance_locked(session_id, state)
+
+
+def _advance_locked(session_id: str, state: StepState) -> bool:
     owner = state.handle.owner
     run_now: list[Event] = []
     recovered: list[Event] = []
@@ -229,7 +251,7 @@ def _advance(session_id: str, state: StepState) -> bool:
     if run_now:
         _run_tools(session, state, run_now)
         return True
-    return _call_model(session, state, take=messages)
+    return _call_model(session, state, take=messages, refresh=True)
 
 
 def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> None:
@@ -306,10 +328,6 @@ class _Previews:
         })
 
 
-def _agent(session: Session) -> dict[str, Any]:
-    return session.agent_snapshot or {}
-
-
 def _model_id(agent: dict[str, Any]) -> str:
     model = agent.get("model")
     if isinstance(model, dict):
@@ -324,13 +342,14 @@ def compaction_threshold(model: str) -> int:
     return int(window * 0.8)
 
 
-def _call_model(session: Session, state: StepState, *, take: list[Event]) -> bool:
+def _call_model(session: Session, state: StepState, *, take: list[Event], refresh: bool) -> bool:
     session_id = session.pk
     owner = state.handle.owner
-    agent = _agent(session)
+    agent = state.agent
     model = _model_id(agent)
     catalog = tool_catalog(agent)
-    state.refresh(session_id)  # what this move appended (denials, closed spans)
+    if refresh:
+        state.refresh(session_id)  # what this move appended (denials, closed spans)
     taken_at = timezone.now()
     for event in take:
         event.processed_at = taken_at  # in the context from here; stored with the request's span
@@ -523,7 +542,7 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
         messages[-1]["content"].append({"type": "text", "text": COMPACT_PROMPT})
     else:
         messages.append({"role": "user", "content": [{"type": "text", "text": COMPACT_PROMPT}]})
-    request = ModelRequest(model=model, system=_agent(session).get("system"),
+    request = ModelRequest(model=model, system=state.agent.get("system"),
                            tools=[spec.definition for spec in catalog.values()], messages=messages,
                            max_tokens=settings.GALLEY_MODEL_MAX_TOKENS)
     result = _model_request(session.pk, state, request, take=take)

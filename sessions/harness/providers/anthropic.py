@@ -1,7 +1,6 @@
 """The Anthropic Messages API provider: streaming through the official SDK, with prompt caching
 marks on the stable prefix (tools, system) and on the conversation tail."""
 
-import copy
 import json
 import os
 import threading
@@ -117,23 +116,23 @@ class AnthropicProvider:
 def request_params(request: ModelRequest) -> dict[str, Any]:
     """Messages API parameters with cache breakpoints: the last tool, the system prompt (together
     the stable prefix) and the last block of the conversation (so the next turn reads it back)."""
-    params: dict[str, Any] = {
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": copy.deepcopy(request.messages),
-    }
+    # Copy only what gets a cache mark: deep copies of a long conversation cost more than the rest.
+    messages = list(request.messages)
+    params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
     if request.tools:
-        tools = copy.deepcopy(request.tools)
-        tools[-1]["cache_control"] = CACHE
+        tools = list(request.tools)
+        tools[-1] = {**tools[-1], "cache_control": CACHE}
         params["tools"] = tools
     if request.system:
         params["system"] = [{"type": "text", "text": request.system, "cache_control": CACHE}]
-    if params["messages"]:
-        last = params["messages"][-1]
-        if isinstance(last["content"], str):
-            last["content"] = [{"type": "text", "text": last["content"]}]
-        if last["content"]:
-            last["content"][-1]["cache_control"] = CACHE
+    if messages:
+        last = messages[-1]
+        content = last["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if content:
+            content = [*content[:-1], {**content[-1], "cache_control": CACHE}]
+        messages[-1] = {**last, "content": content}
     return params
 
 
