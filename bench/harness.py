@@ -27,9 +27,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "var" / "bench" / "harness.json"
 EXPECTED = [
-    "user.message", "session.status_running", "span.model_request_start", "agent.message", "agent.tool_use",
-    "span.model_request_end", "agent.tool_result", "span.model_request_start", "agent.message",
-    "span.model_request_end", "session.status_idle",
+    "user.message",
+    "session.status_running",
+    "span.model_request_start",
+    "agent.message",
+    "agent.tool_use",
+    "span.model_request_end",
+    "agent.tool_result",
+    "span.model_request_start",
+    "agent.message",
+    "span.model_request_end",
+    "session.status_idle",
 ]
 
 
@@ -77,12 +85,37 @@ def _start_worker(stack: ExitStack, env: dict[str, str], model_url: str) -> None
 
     log = open(Path(settings.DATA_DIR) / "worker.log", "wb")
     stack.callback(log.close)
-    worker_env = {**env, "ANTHROPIC_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": model_url, "PYTHONUNBUFFERED": "1"}
+    worker_env = {
+        **env,
+        "ANTHROPIC_API_KEY": "sk-bench",
+        "ANTHROPIC_BASE_URL": model_url,
+        "PYTHONUNBUFFERED": "1",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "--beat", "--pool", "threads",
-         "--concurrency", str(settings.GALLEY_WORKER_CONCURRENCY), "--loglevel", "WARNING",
-         "--without-gossip", "--without-mingle", "--schedule", str(Path(settings.DATA_DIR) / "beat")],
-        cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "--beat",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(settings.GALLEY_WORKER_CONCURRENCY),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--schedule",
+            str(Path(settings.DATA_DIR) / "beat"),
+        ],
+        cwd=ROOT,
+        env=worker_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def stop() -> None:
@@ -94,9 +127,8 @@ def _start_worker(stack: ExitStack, env: dict[str, str], model_url: str) -> None
     global WORKER_PID
     WORKER_PID = proc.pid
     # The worker is ready when it runs a step: kick a session and wait for it to idle.
-    from tests.harness_helpers import make_session, say
-
     from sessions.harness.dispatch import session_kick
+    from tests.harness_helpers import make_session, say
 
     session = make_session()
     say(session, "warm up")
@@ -157,7 +189,11 @@ def _platform_turns(model: Any, turns: int) -> dict[str, Any]:
         _wait_idle([session.pk], timeout=60)
         events = {e.type: e for e in Event.objects.filter(session_id=session.pk).order_by("-seq")}
         user = Event.objects.get(session_id=session.pk, type="user.message")
-        first = Event.objects.filter(session_id=session.pk, type="span.model_request_start").order_by("seq").first()
+        first = (
+            Event.objects.filter(session_id=session.pk, type="span.model_request_start")
+            .order_by("seq")
+            .first()
+        )
         assert first is not None and user.processed_at is not None
         turn = (events["session.status_idle"].created_at - user.processed_at).total_seconds()
         model_time = sum(end - start for start, end in model.timings[before:])
@@ -191,23 +227,39 @@ def _baseline_turns(model: Any, turns: int) -> dict[str, Any]:
     provider = AnthropicProvider(api_key="sk-bench", base_url=model.base_url)
     tools = [{"name": name, **spec} for name, spec in TOOLSET.items()]
     overheads: list[float] = []
-    for index in range(turns):
+    for _ in range(turns):
         before = len(model.timings)
         started = time.monotonic()
-        messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": "Read notes.txt"}]}]
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": [{"type": "text", "text": "Read notes.txt"}]}
+        ]
         while True:
-            answer = provider.complete(ModelRequest("claude-sonnet-4-6", "You are terse.", tools, messages, 8192),
-                                       listener=NoPreviews(), cancel=CancelToken())
+            answer = provider.complete(
+                ModelRequest("claude-sonnet-4-6", "You are terse.", tools, messages, 8192),
+                listener=NoPreviews(),
+                cancel=CancelToken(),
+            )
             messages.append({"role": "assistant", "content": answer.blocks})
             uses = [b for b in answer.blocks if b["type"] == "tool_use"]
             if not uses:
                 break
             results = []
             for use in uses:
-                run = run_builtin(session=None, name=use["name"], tool_input=use["input"], tool_use_id=use["id"],
-                                  cancel=None)
-                results.append({"type": "tool_result", "tool_use_id": use["id"], "content": run.content,
-                                "is_error": run.is_error})
+                run = run_builtin(
+                    session=None,
+                    name=use["name"],
+                    tool_input=use["input"],
+                    tool_use_id=use["id"],
+                    cancel=None,
+                )
+                results.append(
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": use["id"],
+                        "content": run.content,
+                        "is_error": run.is_error,
+                    }
+                )
             messages.append({"role": "user", "content": results})
         turn = time.monotonic() - started
         model_time = sum(end - start for start, end in model.timings[before:])
@@ -220,9 +272,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def _concurrency(model: Any, count: int) -> dict[str, Any]:
-    from django.db import connection
-
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from sessions.harness.dispatch import session_kick
     from sessions.models import Event, Session
@@ -232,8 +282,16 @@ def _concurrency(model: Any, count: int) -> dict[str, Any]:
     sessions = [make_session(tools=[TOOLSET_ALL]) for _ in range(count)]
     with transaction.atomic():  # the users' messages, as events.send stores them
         for session in sessions:
-            events_append(session=session, events=[NewEvent(
-                "user.message", {"content": [{"type": "text", "text": "Read notes.txt"}]}, processed=False)])
+            events_append(
+                session=session,
+                events=[
+                    NewEvent(
+                        "user.message",
+                        {"content": [{"type": "text", "text": "Read notes.txt"}]},
+                        processed=False,
+                    )
+                ],
+            )
             session_set_status(session=session, status="running")
     model.max_in_flight = 0
     calls_before = len(model.timings)
@@ -258,7 +316,9 @@ def _concurrency(model: Any, count: int) -> dict[str, Any]:
     calls = len(model.timings) - calls_before
     intact = 0
     for session_id in ids:
-        types = list(Event.objects.filter(session_id=session_id).order_by("seq").values_list("type", flat=True))
+        types = list(
+            Event.objects.filter(session_id=session_id).order_by("seq").values_list("type", flat=True)
+        )
         intact += types == EXPECTED_ROUNDS
     connection.close()
     return {
@@ -278,9 +338,11 @@ def main() -> None:
     from tests.model_server import scripted_model
 
     quick = os.environ.get("GALLEY_BENCH_QUICK") == "1"
-    results: dict[str, Any] = {"when": datetime.now().isoformat(timespec="seconds"),
-                               "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres")
-                               else "sqlite", "broker": "redis" if os.environ.get("REDIS_URL") else "filesystem"}
+    results: dict[str, Any] = {
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
+        "broker": "redis" if os.environ.get("REDIS_URL") else "filesystem",
+    }
     with ExitStack() as stack:
         env = _setup(stack)
         model = stack.enter_context(scripted_model(_responder(0.0)))
@@ -288,15 +350,22 @@ def main() -> None:
         only = os.environ.get("GALLEY_BENCH_ONLY")
         if only == "concurrency":
             model.responder = _responder(1.0, ROUNDS)
-            results["concurrency_one_second_model"] = _concurrency(model, int(os.environ.get("GALLEY_BENCH_N", "50")))
+            results["concurrency_one_second_model"] = _concurrency(
+                model, int(os.environ.get("GALLEY_BENCH_N", "50"))
+            )
             print(json.dumps(results, indent=2))
             return
         turns = 10 if quick else 40
-        results["zero_latency"] = {"platform": _platform_turns(model, turns), "baseline": _baseline_turns(model, turns)}
+        results["zero_latency"] = {
+            "platform": _platform_turns(model, turns),
+            "baseline": _baseline_turns(model, turns),
+        }
         model.responder = _responder(1.0)
         slow_turns = 3 if quick else 8
-        results["one_second_model"] = {"platform": _platform_turns(model, slow_turns),
-                                       "baseline": _baseline_turns(model, slow_turns)}
+        results["one_second_model"] = {
+            "platform": _platform_turns(model, slow_turns),
+            "baseline": _baseline_turns(model, slow_turns),
+        }
         model.responder = _responder(1.0, ROUNDS)
         results["concurrency_one_second_model"] = _concurrency(model, 50 if quick else 250)
     for key in ("zero_latency", "one_second_model"):

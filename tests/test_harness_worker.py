@@ -22,8 +22,12 @@ def model() -> Iterator[ScriptedModel]:
 
 
 def _worker_env(model: ScriptedModel, **extra: str) -> dict[str, str]:
-    return {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url,
-            "GALLEY_INTERRUPT_POLL_SECONDS": "0.05", **extra}
+    return {
+        "ANTHROPIC_API_KEY": "sk-test",
+        "ANTHROPIC_BASE_URL": model.base_url,
+        "GALLEY_INTERRUPT_POLL_SECONDS": "0.05",
+        **extra,
+    }
 
 
 def _status(session: Session) -> str:
@@ -52,7 +56,9 @@ def test_a_worker_runs_kicked_sessions_concurrently(model: ScriptedModel) -> Non
         _assert_log_is_whole(session)
 
 
-def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplicated(model: ScriptedModel) -> None:
+def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplicated(
+    model: ScriptedModel,
+) -> None:
     model.push(text("This answer never arrives.", delay=60), text("Recovered answer."))
     session = make_session()
     env = _worker_env(model, GALLEY_LEASE_SECONDS="2", GALLEY_SWEEP_SECONDS="0.5")
@@ -68,7 +74,9 @@ def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplic
         wait_for(lambda: _status(session) == "idle", timeout=30)
     types = log_types(session)
     assert types.count("user.message") == 1
-    assert [e.payload["content"][0]["text"] for e in events_of(session, "agent.message")] == ["Recovered answer."]
+    assert [e.payload["content"][0]["text"] for e in events_of(session, "agent.message")] == [
+        "Recovered answer."
+    ]
     first_end = events_of(session, "span.model_request_end")[0]
     assert first_end.payload["is_error"] is True
     assert types[-1] == "session.status_idle"

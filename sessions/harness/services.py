@@ -34,15 +34,20 @@ log = logging.getLogger(__name__)
 
 # Queued user events that give a step something to do.
 ACTIONABLE = ("user.message", "system.message", "user.interrupt", "user.tool_confirmation")
-LOST = "The worker running this tool stopped before it finished, so its result was lost. It was not run again " \
-       "because it may have had side effects; check its effects before retrying."
-COMPACT_PROMPT = (
-    "Summarise the conversation so far for your own later use: the user's goals and instructions, what has been "
-    "done, tool results that still matter, decisions made, and open work. Be complete but concise. Reply with the "
-    "summary only."
+LOST = (
+    "The worker running this tool stopped before it finished, so its result was lost. It was not run again "
+    "because it may have had side effects; check its effects before retrying."
 )
-ERROR_TYPES = {"rate_limited": "model_rate_limited_error", "overloaded": "model_overloaded_error",
-               "failed": "model_request_failed_error"}
+COMPACT_PROMPT = (
+    "Summarise the conversation so far for your own later use: the user's goals and instructions, "
+    "what has been done, tool results that still matter, decisions made, and open work. Be complete "
+    "but concise. Reply with the summary only."
+)
+ERROR_TYPES = {
+    "rate_limited": "model_rate_limited_error",
+    "overloaded": "model_overloaded_error",
+    "failed": "model_request_failed_error",
+}
 DEFAULT_CONTEXT_WINDOW = 200_000
 
 
@@ -68,8 +73,12 @@ class StepState:
             self.events.extend(e for e in fresh if e.thread_id is None)
 
     def context(self, session: Session) -> Context:
-        return context_build(session=session, events=[
-            e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq])
+        return context_build(
+            session=session,
+            events=[
+                e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq
+            ],
+        )
 
     def queued(self) -> list[Event]:
         return [e for e in self.events if e.processed_at is None]
@@ -85,6 +94,7 @@ def _mark_processed(events: list[Event]) -> None:
 
 
 # --- leases -----------------------------------------------------------------------------------------
+
 
 def _new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -107,8 +117,18 @@ def session_lease_release(*, session_id: str, owner: str) -> None:
 
 
 # What a move reads of the session row (the agent snapshot is read once per step).
-ROW_FIELDS = ("id", "status", "stop_reason", "running_since", "active_seconds", "archived_at", "lease_owner",
-              "last_seq", "context_summary", "context_summary_seq")
+ROW_FIELDS = (
+    "id",
+    "status",
+    "stop_reason",
+    "running_since",
+    "active_seconds",
+    "archived_at",
+    "lease_owner",
+    "last_seq",
+    "context_summary",
+    "context_summary_seq",
+)
 
 
 def _locked(session_id: str, owner: str) -> Session:
@@ -120,12 +140,15 @@ def _locked(session_id: str, owner: str) -> Session:
 
 
 def _has_work(session_id: str) -> bool:
-    return Event.objects.filter(
-        session_id=session_id, thread=None, processed_at=None, type__in=ACTIONABLE
-    ).exclude(session__status=Status.TERMINATED).exists()
+    return (
+        Event.objects.filter(session_id=session_id, thread=None, processed_at=None, type__in=ACTIONABLE)
+        .exclude(session__status=Status.TERMINATED)
+        .exists()
+    )
 
 
 # --- the step ------------------------------------------------------------------------------------------
+
 
 def session_step(*, session_id: str) -> None:
     """Run the session until it waits for the user. Safe to call twice: the lease admits one step."""
@@ -157,10 +180,17 @@ def _advance(session_id: str, state: StepState) -> bool:
     state.refresh(session_id)
     session = Session.objects.only(*ROW_FIELDS).get(pk=session_id)
     queued = state.queued()
-    if (session.status == Status.RUNNING and session.archived_at is None
-            and all(e.type in ("user.message", "system.message") for e in queued)):
+    if (
+        session.status == Status.RUNNING
+        and session.archived_at is None
+        and all(e.type in ("user.message", "system.message") for e in queued)
+    ):
         ctx = state.context(session)
-        if ctx.open_span_id is None and not ctx.unresolved() and (queued or (ctx.needs_model() and not state.ended_empty)):
+        if (
+            ctx.open_span_id is None
+            and not ctx.unresolved()
+            and (queued or (ctx.needs_model() and not state.ended_empty))
+        ):
             state.ended_empty = False
             return _call_model(session, state, take=queued, refresh=False)
     return _advance_locked(session_id, state)
@@ -194,17 +224,38 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
                 use.confirmation = event
             else:
                 note = event.payload.get("deny_message") or "The user denied this tool call."
-                events_append(session=session, events=[NewEvent("agent.tool_result", {
-                    "tool_use_id": use.event.id, "is_error": True,
-                    "content": [{"type": "text", "text": f"Permission denied by the user: {note}"}],
-                })])
+                events_append(
+                    session=session,
+                    events=[
+                        NewEvent(
+                            "agent.tool_result",
+                            {
+                                "tool_use_id": use.event.id,
+                                "is_error": True,
+                                "content": [
+                                    {"type": "text", "text": f"Permission denied by the user: {note}"}
+                                ],
+                            },
+                        )
+                    ],
+                )
                 use.resolved = True
                 denied = True
         if ctx.open_span_id is not None:
             # A model request whose worker died: close its span; the request runs again below.
-            events_append(session=session, events=[NewEvent("span.model_request_end", {
-                "model_request_start_id": ctx.open_span_id, "is_error": True, "model_usage": ModelUsage().wire(),
-            })])
+            events_append(
+                session=session,
+                events=[
+                    NewEvent(
+                        "span.model_request_end",
+                        {
+                            "model_request_start_id": ctx.open_span_id,
+                            "is_error": True,
+                            "model_usage": ModelUsage().wire(),
+                        },
+                    )
+                ],
+            )
             ctx.open_span_id = None
         pending: list[str] = []
         for use in ctx.unresolved():
@@ -225,9 +276,19 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             if event.payload.get("name") in READ_ONLY:
                 run_now.append(event)
             else:
-                events_append(session=session, events=[NewEvent("agent.tool_result", {
-                    "tool_use_id": event.id, "is_error": True, "content": [{"type": "text", "text": LOST}],
-                })])
+                events_append(
+                    session=session,
+                    events=[
+                        NewEvent(
+                            "agent.tool_result",
+                            {
+                                "tool_use_id": event.id,
+                                "is_error": True,
+                                "content": [{"type": "text", "text": LOST}],
+                            },
+                        )
+                    ],
+                )
         if run_now:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
@@ -238,8 +299,9 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             return False
         else:
             messages = [e for e in queued if e.type in ("user.message", "system.message")]
-            wants_model = (bool(messages) or denied or bool(recovered)
-                           or (ctx.needs_model() and not state.ended_empty))
+            wants_model = (
+                bool(messages) or denied or bool(recovered) or (ctx.needs_model() and not state.ended_empty)
+            )
             if not wants_model:
                 if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "end_turn":
                     session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
@@ -258,14 +320,27 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
     """user.interrupt jumps the queue: close open tool calls and idle with end_turn (spec 7.1)."""
     ctx = state.context(session)
     closing = [
-        NewEvent("agent.tool_result", {"tool_use_id": use.event.id, "is_error": True,
-                                       "content": [{"type": "text", "text": INTERRUPTED}]})
+        NewEvent(
+            "agent.tool_result",
+            {
+                "tool_use_id": use.event.id,
+                "is_error": True,
+                "content": [{"type": "text", "text": INTERRUPTED}],
+            },
+        )
         for use in ctx.unresolved()
     ]
     if ctx.open_span_id is not None:
-        closing.append(NewEvent("span.model_request_end", {
-            "model_request_start_id": ctx.open_span_id, "is_error": True, "model_usage": ModelUsage().wire(),
-        }))
+        closing.append(
+            NewEvent(
+                "span.model_request_end",
+                {
+                    "model_request_start_id": ctx.open_span_id,
+                    "is_error": True,
+                    "model_usage": ModelUsage().wire(),
+                },
+            )
+        )
     events_append(session=session, events=closing)
     _mark_processed([interrupt])
     stop = session.stop_reason or {}
@@ -275,6 +350,7 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
 
 # --- tools ----------------------------------------------------------------------------------------------
 
+
 def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
     session_id = session.pk
     for use in uses:
@@ -282,14 +358,29 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
         if cancel.is_set():
             return
         _release_connection()
-        outcome = run_builtin(session=session, name=use.payload.get("name", ""), tool_input=use.payload.get("input") or {},
-                              tool_use_id=use.id, cancel=cancel)
+        outcome = run_builtin(
+            session=session,
+            name=use.payload.get("name", ""),
+            tool_input=use.payload.get("input") or {},
+            tool_use_id=use.id,
+            cancel=cancel,
+        )
         with transaction.atomic():
             # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
             locked = _locked(session_id, state.handle.owner)
-            events_append(session=locked, events=[NewEvent("agent.tool_result", {
-                "tool_use_id": use.id, "content": outcome.content, "is_error": outcome.is_error,
-            })])
+            events_append(
+                session=locked,
+                events=[
+                    NewEvent(
+                        "agent.tool_result",
+                        {
+                            "tool_use_id": use.id,
+                            "content": outcome.content,
+                            "is_error": outcome.is_error,
+                        },
+                    )
+                ],
+            )
         if state.handle.cancel.is_set():
             return
 
@@ -302,6 +393,7 @@ def _release_connection() -> None:
 
 
 # --- the model -------------------------------------------------------------------------------------------
+
 
 class _Previews:
     """Publishes event_start / event_delta previews for text and thinking blocks as they stream."""
@@ -316,16 +408,23 @@ class _Previews:
         event_id = new_id("sevt")
         self.ids[index] = event_id
         kind = "agent.message" if block_type == "text" else "agent.thinking"
-        streaming.publish_preview(self.session_id, None, {"type": "event_start", "event": {"type": kind, "id": event_id}})
+        streaming.publish_preview(
+            self.session_id, None, {"type": "event_start", "event": {"type": kind, "id": event_id}}
+        )
 
     def text_delta(self, index: int, text: str) -> None:
         event_id = self.ids.get(index)
         if event_id is None or not text:
             return
-        streaming.publish_preview(self.session_id, None, {
-            "type": "event_delta", "event_id": event_id,
-            "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": text}},
-        })
+        streaming.publish_preview(
+            self.session_id,
+            None,
+            {
+                "type": "event_delta",
+                "event_id": event_id,
+                "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": text}},
+            },
+        )
 
 
 def _model_id(agent: dict[str, Any]) -> str:
@@ -360,13 +459,16 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
         take = []
         ctx = state.context(session)
     request = ModelRequest(
-        model=model, system=agent.get("system"), tools=[spec.definition for spec in catalog.values()],
-        messages=ctx.messages(session.context_summary), max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
+        model=model,
+        system=agent.get("system"),
+        tools=[spec.definition for spec in catalog.values()],
+        messages=ctx.messages(session.context_summary),
+        max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
     )
     result = _model_request(session_id, state, request, take=take)
     if result is None:
         return True  # interrupted, or retried into a new state; the next move looks again
-    if result is False:
+    if not isinstance(result, tuple):
         return False
     answer, span_id = result
     allowed = _record_answer(session_id, owner, answer, span_id, catalog)
@@ -378,8 +480,9 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
     return True
 
 
-def _model_request(session_id: str, state: StepState, request: ModelRequest,
-                   take: list[Event] | None = None) -> tuple[ModelAnswer, str] | bool | None:
+def _model_request(
+    session_id: str, state: StepState, request: ModelRequest, take: list[Event] | None = None
+) -> tuple[ModelAnswer, str] | bool | None:
     """Call the model with visible retries. Returns (answer, span id), None to re-plan, False to stop."""
     owner = state.handle.owner
     provider = provider_for(request.model)
@@ -413,12 +516,18 @@ def _model_request(session_id: str, state: StepState, request: ModelRequest,
             attempt += 1
             with transaction.atomic():
                 session = _locked(session_id, owner)
-                events_append(session=session, events=[
-                    _span_end(span.id, exc.usage, is_error=True),
-                    _error_event(exc, "retrying"),
-                ])
+                events_append(
+                    session=session,
+                    events=[
+                        _span_end(span.id, exc.usage, is_error=True),
+                        _error_event(exc, "retrying"),
+                    ],
+                )
                 session_set_status(session=session, status=Status.RESCHEDULING)
-            delay = min(settings.GALLEY_MODEL_RETRY_MAX_SECONDS, settings.GALLEY_MODEL_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+            delay = min(
+                settings.GALLEY_MODEL_RETRY_MAX_SECONDS,
+                settings.GALLEY_MODEL_RETRY_BASE_SECONDS * 2 ** (attempt - 1),
+            )
             if state.handle.cancel.wait(delay):
                 return None  # an interrupt arrived while we waited
 
@@ -431,9 +540,16 @@ def _span_end(span_id: str, usage: ModelUsage, *, is_error: bool = False) -> New
 
 
 def _error_event(exc: ModelError, retry_status: str) -> NewEvent:
-    return NewEvent("session.error", {"error": {
-        "type": ERROR_TYPES[exc.kind], "message": exc.message, "retry_status": {"type": retry_status},
-    }})
+    return NewEvent(
+        "session.error",
+        {
+            "error": {
+                "type": ERROR_TYPES[exc.kind],
+                "message": exc.message,
+                "retry_status": {"type": retry_status},
+            }
+        },
+    )
 
 
 def _close_span(session_id: str, owner: str, span_id: str) -> None:
@@ -445,21 +561,27 @@ def _close_span(session_id: str, owner: str, span_id: str) -> None:
 def _fail(session_id: str, owner: str, span_id: str, exc: ModelError, *, retry_status: str) -> None:
     with transaction.atomic():
         session = _locked(session_id, owner)
-        events_append(session=session, events=[_span_end(span_id, exc.usage, is_error=True),
-                                               _error_event(exc, retry_status)])
+        events_append(
+            session=session,
+            events=[_span_end(span_id, exc.usage, is_error=True), _error_event(exc, retry_status)],
+        )
         if retry_status == "terminal":
             session_set_status(session=session, status=Status.TERMINATED)
             return
         # "This turn is dead; queued inputs are flushed and the session returns to idle."
-        Event.objects.filter(session_id=session_id, processed_at=None, type__in=("user.message", "system.message")) \
-            .update(processed_at=timezone.now())
+        Event.objects.filter(
+            session_id=session_id, processed_at=None, type__in=("user.message", "system.message")
+        ).update(processed_at=timezone.now())
         session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "retries_exhausted"})
 
 
 def _usage_update(session_id: str, model: str, usage: ModelUsage) -> None:
     cost = pricing.token_cost_micros(
-        model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_input_tokens, cache_write_5m_tokens=usage.cache_creation_5m_tokens,
+        model=model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_input_tokens,
+        cache_write_5m_tokens=usage.cache_creation_5m_tokens,
         cache_write_1h_tokens=usage.cache_creation_1h_tokens,
     )
     Session.objects.filter(pk=session_id).update(
@@ -473,8 +595,9 @@ def _usage_update(session_id: str, model: str, usage: ModelUsage) -> None:
     )
 
 
-def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: str,
-                   catalog: dict[str, ToolSpec]) -> list[Event]:
+def _record_answer(
+    session_id: str, owner: str, answer: ModelAnswer, span_id: str, catalog: dict[str, ToolSpec]
+) -> list[Event]:
     """Append the answer's events and its span end in one transaction; return tool calls to run now."""
     events: list[NewEvent] = []
     refusals: list[int] = []
@@ -483,15 +606,23 @@ def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: st
         if kind == "thinking":
             events.append(NewEvent("agent.thinking", {}, id=answer.text_event_ids.get(index)))
         elif kind == "text" and block.get("text"):
-            events.append(NewEvent("agent.message", {"content": [{"type": "text", "text": block["text"]}]},
-                                   id=answer.text_event_ids.get(index)))
+            events.append(
+                NewEvent(
+                    "agent.message",
+                    {"content": [{"type": "text", "text": block["text"]}]},
+                    id=answer.text_event_ids.get(index),
+                )
+            )
         elif kind == "tool_use":
             name = block.get("name", "")
             spec = catalog.get(name)
             tool_input = block.get("input") or {}
             if spec is None or spec.kind == "mcp":
-                events.append(NewEvent("agent.tool_use", {"name": name, "input": tool_input,
-                                                          "evaluated_permission": "deny"}))
+                events.append(
+                    NewEvent(
+                        "agent.tool_use", {"name": name, "input": tool_input, "evaluated_permission": "deny"}
+                    )
+                )
                 refusals.append(len(events) - 1)
             elif spec.kind == "custom":
                 events.append(NewEvent("agent.custom_tool_use", {"name": name, "input": tool_input}))
@@ -500,31 +631,61 @@ def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: st
                 evaluation: dict[str, Any] = {"type": spec.policy}
                 if spec.policy == "auto":
                     evaluation["evaluated_permission"] = {"type": "allow"}
-                events.append(NewEvent("agent.tool_use", {
-                    "name": name, "input": tool_input, "evaluated_permission": "ask" if ask else "allow",
-                    "evaluation": evaluation,
-                }))
+                events.append(
+                    NewEvent(
+                        "agent.tool_use",
+                        {
+                            "name": name,
+                            "input": tool_input,
+                            "evaluated_permission": "ask" if ask else "allow",
+                            "evaluation": evaluation,
+                        },
+                    )
+                )
     for event in events:
         if event.id is None:
             event.id = new_id("sevt")
     for position in refusals:
         tool_use = events[position]
-        events.append(NewEvent("agent.tool_result", {
-            "tool_use_id": tool_use.id, "is_error": True,
-            "content": [{"type": "text", "text": f"Tool {tool_use.payload['name']!r} is not available in this session."}],
-        }))
+        events.append(
+            NewEvent(
+                "agent.tool_result",
+                {
+                    "tool_use_id": tool_use.id,
+                    "is_error": True,
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": f"Tool {tool_use.payload['name']!r} is not available in this session.",
+                        }
+                    ],
+                },
+            )
+        )
     events.append(_span_end(span_id, answer.usage))
     with transaction.atomic():
         session = _locked(session_id, owner)
         rows = events_append(session=session, events=events)
         _usage_update(session_id, answer.model, answer.usage)
-    return [row for row in rows if row.type == "agent.tool_use" and row.payload.get("evaluated_permission") == "allow"]
+    return [
+        row
+        for row in rows
+        if row.type == "agent.tool_use" and row.payload.get("evaluated_permission") == "allow"
+    ]
 
 
 # --- compaction ------------------------------------------------------------------------------------------
 
-def _compact(session: Session, state: StepState, ctx: Context, model: str, catalog: dict[str, ToolSpec],
-             *, take: list[Event]) -> bool:
+
+def _compact(
+    session: Session,
+    state: StepState,
+    ctx: Context,
+    model: str,
+    catalog: dict[str, ToolSpec],
+    *,
+    take: list[Event],
+) -> bool:
     """Summarise older turns and replace them in the context (agent.thread_context_compacted).
 
     Keeps the tail the next request needs: the last user turn, and the assistant turn before it
@@ -542,9 +703,13 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
         messages[-1]["content"].append({"type": "text", "text": COMPACT_PROMPT})
     else:
         messages.append({"role": "user", "content": [{"type": "text", "text": COMPACT_PROMPT}]})
-    request = ModelRequest(model=model, system=state.agent.get("system"),
-                           tools=[spec.definition for spec in catalog.values()], messages=messages,
-                           max_tokens=settings.GALLEY_MODEL_MAX_TOKENS)
+    request = ModelRequest(
+        model=model,
+        system=state.agent.get("system"),
+        tools=[spec.definition for spec in catalog.values()],
+        messages=messages,
+        max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
+    )
     result = _model_request(session.pk, state, request, take=take)
     if not isinstance(result, tuple):
         return False
@@ -552,10 +717,14 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
     summary = "\n".join(b.get("text", "") for b in answer.blocks if b.get("type") == "text").strip()
     with transaction.atomic():
         locked = _locked(session.pk, state.handle.owner)
-        events_append(session=locked, events=[_span_end(span_id, answer.usage),
-                                              NewEvent("agent.thread_context_compacted", {})])
+        events_append(
+            session=locked,
+            events=[_span_end(span_id, answer.usage), NewEvent("agent.thread_context_compacted", {})],
+        )
         _usage_update(session.pk, answer.model, answer.usage)
-        Session.objects.filter(pk=session.pk).update(context_summary=summary or None, context_summary_seq=boundary)
+        Session.objects.filter(pk=session.pk).update(
+            context_summary=summary or None, context_summary_seq=boundary
+        )
     session.context_summary = summary or None
     session.context_summary_seq = boundary
     return True
@@ -563,21 +732,24 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
 
 # --- the sweeper -----------------------------------------------------------------------------------------
 
+
 def sessions_sweep(*, limit: int = 500) -> list[str]:
     """Session ids that need a step and have no live one: a crashed worker's expired lease, or
     queued input whose kick was lost."""
     now = timezone.now()
     free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
     stuck = set(
-        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING))
-        .values_list("id", flat=True)[:limit]
+        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING)).values_list(
+            "id", flat=True
+        )[:limit]
     )
     waiting = set(
-        Event.objects.filter(processed_at=None, type__in=ACTIONABLE, thread=None,
-                             created_at__lt=now - timedelta(seconds=1))
+        Event.objects.filter(
+            processed_at=None, type__in=ACTIONABLE, thread=None, created_at__lt=now - timedelta(seconds=1)
+        )
         .exclude(session__status=Status.TERMINATED)
         .filter(Q(session__lease_owner__isnull=True) | Q(session__lease_expires_at__lt=now))
-        .values_list("session_id", flat=True).distinct()[:limit]
+        .values_list("session_id", flat=True)
+        .distinct()[:limit]
     )
     return sorted(stuck | waiting)
-

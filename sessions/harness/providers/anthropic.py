@@ -44,7 +44,9 @@ class AnthropicProvider:
                 )
             return cls._shared
 
-    def complete(self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event) -> ModelAnswer:
+    def complete(
+        self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event
+    ) -> ModelAnswer:
         if not self.api_key:
             raise ModelError("ANTHROPIC_API_KEY is not set on the server: the model cannot be called")
         params = request_params(request)
@@ -94,8 +96,9 @@ class AnthropicProvider:
                             try:
                                 block["input"] = json.loads(raw) if raw else {}
                             except ValueError:
-                                raise ModelError("the model sent tool input that is not valid JSON",
-                                                 retryable=True) from None
+                                raise ModelError(
+                                    "the model sent tool input that is not valid JSON", retryable=True
+                                ) from None
                     elif kind == "message_delta":
                         stop_reason = event.delta.stop_reason or stop_reason
                         _read_usage(usage, event.usage)

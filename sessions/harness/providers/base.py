@@ -55,8 +55,14 @@ ErrorKind = Literal["rate_limited", "overloaded", "failed"]
 class ModelError(Exception):
     """A failed model call. `retryable` errors (429, 529, 5xx, connection) are retried by the harness."""
 
-    def __init__(self, message: str, *, kind: ErrorKind = "failed", retryable: bool = False,
-                 usage: ModelUsage | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind = "failed",
+        retryable: bool = False,
+        usage: ModelUsage | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
@@ -74,7 +80,9 @@ class StreamListener(Protocol):
 
 
 class Provider(Protocol):
-    def complete(self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event) -> ModelAnswer: ...
+    def complete(
+        self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event
+    ) -> ModelAnswer: ...
 
 
 class CancelToken(threading.Event):
