@@ -46,6 +46,9 @@ class Keeper:
                 self._thread.start()
         return handle
 
+    def active_steps(self) -> int:
+        return len(self._steps)
+
     def unregister(self, handle: StepHandle) -> None:
         with self._lock:
             if self._steps.get(handle.session_id) is handle:

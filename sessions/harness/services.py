@@ -387,8 +387,11 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
 
 def _release_connection() -> None:
     # Long waits must not pin a database connection: hundreds of running sessions would exhaust
-    # PostgreSQL's connection limit. SQLite connections are cheap file handles, so keep them.
-    if not settings.IS_SQLITE and not connection.in_atomic_block:
+    # PostgreSQL's connection limit. Reconnecting costs milliseconds, so a worker with few running
+    # steps keeps its connections; SQLite connections are cheap file handles and always stay.
+    if settings.IS_SQLITE or connection.in_atomic_block:
+        return
+    if keeper.active_steps() > settings.GALLEY_HARNESS_KEEP_CONNECTIONS:
         connection.close()
 
 
