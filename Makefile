@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test test-fast bench fuzz lint typecheck clean
+.PHONY: setup run test test-fast bench fuzz screenshots lint typecheck clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || "$$(scripts/find-python.sh)" -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: setup
 
 fuzz: setup
 	$(PY) -m pytest -q tests/test_fuzz.py
+
+screenshots: setup
+	GALLEY_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_browser_console.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

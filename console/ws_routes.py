@@ -1,3 +1,9 @@
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from console.consumers import SessionConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/sessions/<str:session_id>", SessionConsumer.as_asgi()),
+]

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         env = dict(os.environ, DJANGO_SETTINGS_MODULE="console.settings")
         procs: list[subprocess.Popen[bytes]] = []
         web = [
-            python, "-m", "daphne", "--bind", options["host"], "--port", str(options["port"]),
+            python, "-m", "console.webserver", "--bind", options["host"], "--port", str(options["port"]),
             "--proxy-headers", "console.asgi:application",
         ]
         procs.append(subprocess.Popen(web, env=env))

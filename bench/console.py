@@ -1,0 +1,232 @@
+"""Console page timings on the embedded defaults (SQLite in a temp data dir).
+
+Seeds one session with 10,000 events and 100,000 more events across 1,000 sessions, then times
+the pages server-side with Django's test client (median of several runs, after one warm-up).
+Run alone with `python -m bench.console`; `make bench` runs it with the other benchmarks."""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BIG_SESSION_EVENTS = 10_000
+SPREAD_SESSIONS = 1_000
+SPREAD_EVENTS_PER_SESSION = 100
+RUNS = 5
+
+
+def _setup_django(data_dir: str) -> None:
+    os.environ["GALLEY_DATA_DIR"] = data_dir
+    os.environ["DATABASE_URL"] = f"sqlite:///{data_dir}/galley.sqlite3"
+    os.environ.pop("REDIS_URL", None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def _turn(index: int, start_id: str) -> list[tuple[str, dict[str, Any]]]:
+    usage = {
+        "input_tokens": 1200,
+        "output_tokens": 150,
+        "cache_read_input_tokens": 800,
+        "cache_creation_input_tokens": 0,
+    }
+    return [
+        ("user.message", {"content": [{"type": "text", "text": f"Question {index}"}]}),
+        ("session.status_running", {}),
+        ("span.model_request_start", {}),
+        ("agent.message", {"content": [{"type": "text", "text": f"Answer {index} " + "lorem ipsum " * 20}]}),
+        (
+            "agent.tool_use",
+            {"name": "bash", "input": {"command": f"echo {index}"}, "evaluated_permission": "allow"},
+        ),
+        (
+            "agent.tool_result",
+            {"tool_use_id": "x", "content": [{"type": "text", "text": str(index)}], "is_error": False},
+        ),
+        (
+            "span.model_request_end",
+            {"model_request_start_id": start_id, "is_error": False, "model_usage": usage},
+        ),
+        ("agent.message", {"content": [{"type": "text", "text": "Done."}]}),
+        ("session.status_idle", {"stop_reason": {"type": "end_turn"}}),
+        ("span.model_request_start", {}),
+    ]
+
+
+def _seed() -> tuple[str, Any]:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from accounts.models import Role
+    from accounts.services import user_create, workspace_get_default
+    from agents.models import Agent, AgentVersion, Environment
+    from console.ids import new_id
+    from sessions.models import Event, Session
+
+    workspace = workspace_get_default()
+    user = user_create(username="bench", password="bench-password-1", role=Role.VIEWER, workspace=workspace)
+    agents = []
+    for i, model in enumerate(["claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-8"]):
+        agent = Agent.objects.create(id=new_id("agent"), workspace=workspace, name=f"Agent {i}")
+        AgentVersion.objects.create(
+            agent=agent,
+            version=1,
+            definition={
+                "name": agent.name,
+                "model": {"id": model},
+                "tools": [],
+                "mcp_servers": [],
+                "skills": [],
+                "system": "Be brief.",
+                "description": None,
+                "multiagent": None,
+                "metadata": {},
+            },
+        )
+        agents.append(agent)
+    env = Environment.objects.create(
+        id=new_id("env"),
+        workspace=workspace,
+        name="bench",
+        config={"type": "cloud", "networking": {"type": "unrestricted"}},
+    )
+    now = timezone.now()
+
+    def session(agent: Agent, created: dt.datetime, events: int) -> Session:
+        return Session(
+            id=new_id("sesn"),
+            workspace=workspace,
+            agent=agent,
+            agent_version=1,
+            agent_snapshot=agent.latest().snapshot(),
+            environment=env,
+            title=None,
+            created_at=created,
+            input_tokens=events * 120,
+            output_tokens=events * 15,
+            cache_read_input_tokens=events * 80,
+            token_cost_micros=events * 600,
+            active_seconds=events * 0.5,
+            last_seq=events,
+            status="idle",
+        )
+
+    def events_for(s: Session, count: int) -> list[Event]:
+        rows: list[Event] = []
+        start_id = ""
+        seq = 0
+        while seq < count:
+            for type_, payload in _turn(seq, start_id):
+                if seq >= count:
+                    break
+                seq += 1
+                event_id = new_id("sevt")
+                if type_ == "span.model_request_start":
+                    start_id = event_id
+                rows.append(
+                    Event(
+                        id=event_id,
+                        session=s,
+                        seq=seq,
+                        type=type_,
+                        payload=payload,
+                        processed_at=s.created_at,
+                        created_at=s.created_at + dt.timedelta(milliseconds=seq),
+                    )
+                )
+        return rows
+
+    big = session(agents[0], now, BIG_SESSION_EVENTS)
+    big.save(force_insert=True)
+    Event.objects.bulk_create(events_for(big, BIG_SESSION_EVENTS), batch_size=2000)
+    spread = [
+        session(agents[i % 3], now - dt.timedelta(minutes=43 * i), SPREAD_EVENTS_PER_SESSION)
+        for i in range(SPREAD_SESSIONS)
+    ]
+    Session.objects.bulk_create(spread, batch_size=500)
+    batch: list[Event] = []
+    for s in spread:
+        batch.extend(events_for(s, SPREAD_EVENTS_PER_SESSION))
+        if len(batch) >= 10_000:
+            Event.objects.bulk_create(batch, batch_size=2000)
+            batch = []
+    Event.objects.bulk_create(batch, batch_size=2000)
+    return big.pk, user
+
+
+def _time(call: Callable[[], Any]) -> float:
+    call()  # warm-up: template loading, first queries
+    samples = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        response = call()
+        samples.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.status_code
+    return statistics.median(samples)
+
+
+def run() -> list[tuple[str, float]]:
+    from django.test import Client
+
+    seed_started = time.perf_counter()
+    big_id, user = _seed()
+    seeded = time.perf_counter() - seed_started
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(user)
+    results = [
+        ("seed 110,000 events (not a page)", seeded),
+        ("session page, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}"))),
+        ("trace replay page, 10,000 events", _time(lambda: client.get(f"/sessions/{big_id}/trace"))),
+        (
+            "trace replay data, one page of 2,000 events",
+            _time(lambda: client.get(f"/sessions/{big_id}/trace.json")),
+        ),
+        (
+            "trace JSON export, all 10,000 events",
+            _time(lambda: client.get(f"/sessions/{big_id}/trace.json?download=1")),
+        ),
+        (
+            "analytics by day, 1,001 sessions / 110,000 events",
+            _time(lambda: client.get("/analytics?group=day")),
+        ),
+        ("analytics by model", _time(lambda: client.get("/analytics?group=model"))),
+        ("analytics CSV by agent", _time(lambda: client.get("/analytics.csv?group=agent"))),
+        ("overview", _time(lambda: client.get("/"))),
+        ("sessions list, page 1", _time(lambda: client.get("/sessions"))),
+    ]
+    return results
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="galley-bench-console-") as tmp:
+        _setup_django(tmp)
+        results = run()
+    print(f"Console (server time, median of {RUNS} runs, SQLite embedded default)")
+    for name, seconds in results:
+        print(f"  {name:<55} {seconds * 1000:9.1f} ms")
+    out = Path(__file__).resolve().parent.parent / "var" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "console.json").write_text(
+        json.dumps(
+            {"runs": RUNS, "ms": {name: round(seconds * 1000, 1) for name, seconds in results}}, indent=2
+        )
+    )
+    slow = [name for name, seconds in results[1:] if seconds >= 1.0]
+    if slow:
+        print("  over 1 s: " + ", ".join(slow))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

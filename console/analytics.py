@@ -1,0 +1,195 @@
+"""Cost analytics over sessions. The session row is the rollup: the harness keeps its token
+counters, priced cost and running time up to date, so a report reads one row per session instead
+of every model-request event."""
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from accounts.models import Workspace
+from sessions.harness import pricing
+from sessions.models import Session
+
+GROUPS = {
+    "day": "Day",
+    "agent": "Agent",
+    "model": "Model",
+    "environment": "Environment",
+    "api_key": "API key",
+}
+
+_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "web_search_requests",
+    "token_cost_micros",
+    "active_seconds",
+)
+
+
+@dataclass
+class Totals:
+    sessions: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_tokens: int = 0
+    web_search_requests: int = 0
+    token_cost_micros: int = 0
+    active_seconds: float = 0.0
+
+    @property
+    def runtime_hours(self) -> float:
+        return self.active_seconds / 3600
+
+    @property
+    def cost_micros(self) -> int:
+        return pricing.total_cost_micros(
+            token_cost_micros=self.token_cost_micros,
+            active_seconds=self.active_seconds,
+            web_search_requests=self.web_search_requests,
+        )
+
+    @property
+    def cache_hit_ratio(self) -> float:
+        prompt = self.input_tokens + self.cache_read_input_tokens + self.cache_creation_tokens
+        return self.cache_read_input_tokens / prompt if prompt else 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.sessions += int(row.get("n") or 0)
+        self.input_tokens += int(row.get("input_tokens") or 0)
+        self.output_tokens += int(row.get("output_tokens") or 0)
+        self.cache_read_input_tokens += int(row.get("cache_read_input_tokens") or 0)
+        self.cache_creation_tokens += int(row.get("cache_creation_5m_tokens") or 0) + int(
+            row.get("cache_creation_1h_tokens") or 0
+        )
+        self.web_search_requests += int(row.get("web_search_requests") or 0)
+        self.token_cost_micros += int(row.get("token_cost_micros") or 0)
+        self.active_seconds += float(row.get("active_seconds") or 0.0)
+
+
+@dataclass
+class Report:
+    start: dt.date
+    end: dt.date
+    group: str
+    total: Totals = field(default_factory=Totals)
+    rows: list[tuple[str, Totals]] = field(default_factory=list)
+    top_sessions: list[Session] = field(default_factory=list)
+
+
+def _sums() -> dict[str, Any]:
+    from django.db.models import Count
+
+    aggregates: dict[str, Any] = {name: Sum(name) for name in _SUMS}
+    aggregates["n"] = Count("id")
+    return aggregates
+
+
+def sessions_in_range(workspace: Workspace, start: dt.date, end: dt.date) -> Any:
+    tz = dt.UTC
+    lo = dt.datetime.combine(start, dt.time.min, tzinfo=tz)
+    hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
+    return Session.objects.filter(workspace=workspace, created_at__gte=lo, created_at__lt=hi)
+
+
+def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: str) -> Report:
+    qs = sessions_in_range(workspace, start, end)
+    report = Report(start=start, end=end, group=group)
+    report.total.add(qs.aggregate(**_sums()))
+    if group == "day":
+        by_day: dict[str, Totals] = {}
+        for row in qs.annotate(day=TruncDate("created_at")).values("day").annotate(**_sums()).order_by("day"):
+            by_day.setdefault(str(row["day"]), Totals()).add(row)
+        day = start
+        while day <= end:  # every day appears, so the chart has no gaps
+            report.rows.append((day.isoformat(), by_day.get(day.isoformat(), Totals())))
+            day += dt.timedelta(days=1)
+    elif group == "agent":
+        for row in qs.values("agent_id", "agent__name").annotate(**_sums()).order_by("agent__name"):
+            totals = Totals()
+            totals.add(row)
+            report.rows.append((f"{row['agent__name']} ({row['agent_id']})", totals))
+    elif group == "environment":
+        for row in (
+            qs.values("environment_id", "environment__name").annotate(**_sums()).order_by("environment__name")
+        ):
+            totals = Totals()
+            totals.add(row)
+            report.rows.append((str(row["environment__name"]), totals))
+    elif group == "api_key":
+        for row in qs.values("api_key_id", "api_key__name").annotate(**_sums()).order_by("api_key__name"):
+            totals = Totals()
+            totals.add(row)
+            report.rows.append((str(row["api_key__name"] or "Console (no API key)"), totals))
+    elif group == "model":
+        # The model sits in the session's agent snapshot (JSON); grouping by agent version in SQL
+        # and mapping versions to models in Python keeps this portable across SQLite and PostgreSQL.
+        from agents.models import AgentVersion
+
+        per_version = list(qs.values("agent_id", "agent_version").annotate(**_sums()))
+        keys = {(r["agent_id"], r["agent_version"]) for r in per_version}
+        models: dict[tuple[str, int], str] = {}
+        agent_ids = {k[0] for k in keys}
+        for v in AgentVersion.objects.filter(agent_id__in=agent_ids).only(
+            "agent_id", "version", "definition"
+        ):
+            models[(v.agent_id, v.version)] = v.model_id
+        by_model: dict[str, Totals] = {}
+        for row in per_version:
+            name = models.get((row["agent_id"], row["agent_version"]), "") or "unknown"
+            by_model.setdefault(name, Totals()).add(row)
+        report.rows = sorted(by_model.items())
+    report.top_sessions = list(qs.select_related("agent").order_by("-token_cost_micros", "-created_at")[:10])
+    return report
+
+
+def spend_since(workspace: Workspace, since: dt.datetime) -> int:
+    totals = Totals()
+    totals.add(Session.objects.filter(workspace=workspace, created_at__gte=since).aggregate(**_sums()))
+    return totals.cost_micros
+
+
+def today_start() -> dt.datetime:
+    now = timezone.now()
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def bar_chart(points: list[tuple[str, float]], *, label: str) -> SafeString:
+    """An inline SVG bar chart (no script, works offline). `label` is the chart's accessible name."""
+    width, height, pad = 720, 220, 28
+    if not points:
+        return mark_safe("")
+    top = max((v for _k, v in points), default=0) or 1
+    slot = (width - pad) / len(points)
+    bar = max(1.0, slot * 0.7)
+    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">']
+    parts.append(f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" stroke="#d8dde3"/>')
+    step = max(1, len(points) // 10)
+    for i, (key, value) in enumerate(points):
+        h = (height - 2 * pad) * (value / top)
+        x = pad + i * slot + (slot - bar) / 2
+        y = height - pad - h
+        parts.append(
+            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}">'
+            f"<title>{escape(key)}: {value:,.4f}</title></rect>"
+        )
+        if i % step == 0:
+            parts.append(f'<text x="{x:.1f}" y="{height - 10}">{escape(key[-12:])}</text>')
+    parts.append(f'<text x="2" y="14">{escape(f"{top:,.2f}")}</text>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))
+
+
+def dollars(micros: int) -> float:
+    return float(Decimal(micros) / Decimal(1_000_000))

@@ -1,0 +1,264 @@
+"""Turn the console's plain HTML forms into API-shaped bodies, and API errors back into field
+messages. The services validate; these functions only translate."""
+
+import json
+import re
+from typing import Any
+
+from django.http import QueryDict
+
+from console.errors import ApiError
+
+MODELS = [
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6 (balanced)"),
+    ("claude-opus-4-8", "Claude Opus 4.8 (most capable)"),
+    ("claude-haiku-4-5", "Claude Haiku 4.5 (fast, low cost)"),
+    ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
+    ("claude-opus-5", "Claude Opus 5"),
+]
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+BUILTIN_TOOLS = [
+    ("bash", "Run shell commands"),
+    ("edit", "Edit files"),
+    ("read", "Read files"),
+    ("write", "Write files"),
+    ("glob", "Find files by name"),
+    ("grep", "Search inside files"),
+    ("web_fetch", "Fetch web pages"),
+    ("web_search", "Search the web"),
+]
+POLICIES = [
+    ("always_allow", "Run without asking"),
+    ("always_ask", "Ask me first"),
+    ("auto", "Ask only when risky"),
+]
+SKILLS = [("xlsx", "Spreadsheets"), ("docx", "Word documents"), ("pptx", "Slides"), ("pdf", "PDF files")]
+PACKAGE_MANAGERS = ("apt", "pip", "npm", "cargo", "gem", "go")
+EXTRA_ROWS = 2
+
+_FIELD = re.compile(r"^([A-Za-z_]+)(\[(\d+)\])?")
+
+
+def error_field(exc: ApiError) -> tuple[str, str]:
+    """('tools', message) from 'tools[2].name: ...' so the form can show it next to the field."""
+    match = _FIELD.match(exc.message)
+    if match and ":" in exc.message:
+        head = exc.message.split(":", 1)[0]
+        if head.startswith("config.networking"):
+            return "networking", exc.message
+        if head.startswith("config.packages"):
+            return "packages", exc.message
+        return match.group(1), exc.message
+    return "form", exc.message
+
+
+def _lines(value: str) -> list[str]:
+    return [line.strip() for line in value.replace(",", "\n").splitlines() if line.strip()]
+
+
+def _rows(post: QueryDict, prefix: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """Repeated rows named prefix-<i>-<field>; rows with every field blank are dropped."""
+    indexes = sorted(
+        {int(k.split("-")[1]) for k in post if k.startswith(prefix + "-") and k.split("-")[1].isdigit()}
+    )
+    rows = []
+    for i in indexes:
+        row = {f: post.get(f"{prefix}-{i}-{f}", "").strip() for f in fields}
+        if any(row[f] for f in fields if f not in ("policy", "version")):
+            rows.append(row)
+    return rows
+
+
+def agent_body(post: QueryDict) -> tuple[dict[str, Any], dict[str, str]]:
+    """The /v1/agents body for the agent form, and errors the form itself can tell (bad JSON)."""
+    errors: dict[str, str] = {}
+    model_id = post.get("model_other", "").strip() or post.get("model", "").strip()
+    body: dict[str, Any] = {
+        "name": post.get("name", "").strip(),
+        "description": post.get("description", "").strip() or None,
+        "system": post.get("system", "").strip() or None,
+        "model": {"id": model_id, "effort": {"type": post.get("effort") or "high"}},
+    }
+    if not body["name"]:
+        errors["name"] = "Give the agent a name."
+    if not model_id:
+        errors["model"] = "Choose a model."
+    tools: list[dict[str, Any]] = []
+    if post.get("toolset") == "on":
+        configs = [
+            {
+                "name": name,
+                "enabled": post.get(f"tool-{name}-enabled") == "on",
+                "permission_policy": {"type": post.get(f"tool-{name}-policy") or "always_allow"},
+            }
+            for name, _label in BUILTIN_TOOLS
+        ]
+        tools.append({"type": "agent_toolset_20260401", "configs": configs})
+    servers = []
+    for row in _rows(post, "mcp", ("name", "url", "policy")):
+        servers.append({"type": "url", "name": row["name"], "url": row["url"]})
+        tools.append(
+            {
+                "type": "mcp_toolset",
+                "mcp_server_name": row["name"],
+                "default_config": {"permission_policy": {"type": row["policy"] or "always_ask"}},
+            }
+        )
+    for i, row in enumerate(_rows(post, "custom", ("name", "description", "schema"))):
+        schema_text = row["schema"] or '{"type": "object", "properties": {}}'
+        try:
+            schema = json.loads(schema_text)
+        except ValueError as exc:
+            errors["tools"] = f"Custom tool {row['name'] or i + 1}: the inputs are not valid JSON ({exc})."
+            continue
+        tools.append(
+            {"type": "custom", "name": row["name"], "description": row["description"], "input_schema": schema}
+        )
+    body["tools"] = tools
+    body["mcp_servers"] = servers
+    body["skills"] = [
+        {"type": "anthropic", "skill_id": s} for s, _label in SKILLS if post.get(f"skill-{s}") == "on"
+    ]
+    roster = []
+    for row in _rows(post, "roster", ("agent", "version")):
+        entry: dict[str, Any] = {"type": "agent", "id": row["agent"]}
+        if row["version"]:
+            if not row["version"].isdigit():
+                errors["multiagent"] = (
+                    "A pinned version is a whole number (or leave it blank for the latest)."
+                )
+                continue
+            entry["version"] = int(row["version"])
+        roster.append(entry)
+    body["multiagent"] = {"type": "coordinator", "agents": roster} if roster else None
+    return body, errors
+
+
+def agent_form_state(definition: dict[str, Any] | None) -> dict[str, Any]:
+    """Template state for the agent form from a stored definition (None = a new agent)."""
+    d = definition or {}
+    model = d.get("model") or {"id": MODELS[0][0], "effort": {"type": "high"}}
+    toolset = next((t for t in d.get("tools", []) if t.get("type") == "agent_toolset_20260401"), None)
+    configs = {c["name"]: c for c in (toolset or {}).get("configs", [])}
+    builtin = [
+        {
+            "name": name,
+            "label": label,
+            "enabled": configs.get(name, {}).get("enabled", True),
+            "policy": configs.get(name, {}).get("permission_policy", {}).get("type", "always_allow"),
+        }
+        for name, label in BUILTIN_TOOLS
+    ]
+    policies = {
+        t["mcp_server_name"]: t.get("default_config", {})
+        .get("permission_policy", {})
+        .get("type", "always_ask")
+        for t in d.get("tools", [])
+        if t.get("type") == "mcp_toolset"
+    }
+    mcp = [
+        {"name": s["name"], "url": s["url"], "policy": policies.get(s["name"], "always_ask")}
+        for s in d.get("mcp_servers", [])
+    ]
+    custom = [
+        {
+            "name": t["name"],
+            "description": t.get("description", ""),
+            "schema": json.dumps(t.get("input_schema"), indent=2),
+        }
+        for t in d.get("tools", [])
+        if t.get("type") == "custom"
+    ]
+    roster = [
+        {"agent": a.get("id", ""), "version": a.get("version") or ""}
+        for a in (d.get("multiagent") or {}).get("agents", [])
+        if a.get("type") == "agent"
+    ]
+    known = {m for m, _ in MODELS}
+    return {
+        "name": d.get("name", ""),
+        "description": d.get("description") or "",
+        "system": d.get("system") or "",
+        "model": model.get("id", ""),
+        "model_other": "" if model.get("id") in known else model.get("id", ""),
+        "effort": (model.get("effort") or {}).get("type", "high"),
+        "toolset": toolset is not None or definition is None,
+        "builtin": builtin,
+        "mcp": mcp + [{"name": "", "url": "", "policy": "always_ask"}] * EXTRA_ROWS,
+        "custom": custom + [{"name": "", "description": "", "schema": ""}] * EXTRA_ROWS,
+        "roster": roster + [{"agent": "", "version": ""}] * EXTRA_ROWS,
+        "skills": {s.get("skill_id") for s in d.get("skills", [])},
+    }
+
+
+def form_state_from_post(post: QueryDict) -> dict[str, Any]:
+    """Re-show what the user typed after a failed save."""
+    state = agent_form_state(None)
+    state.update(
+        {k: post.get(k, "") for k in ("name", "description", "system", "model", "model_other", "effort")}
+    )
+    state["toolset"] = post.get("toolset") == "on"
+    state["builtin"] = [
+        {
+            "name": n,
+            "label": label,
+            "enabled": post.get(f"tool-{n}-enabled") == "on",
+            "policy": post.get(f"tool-{n}-policy", "always_allow"),
+        }
+        for n, label in BUILTIN_TOOLS
+    ]
+    state["mcp"] = (
+        _rows(post, "mcp", ("name", "url", "policy"))
+        + [{"name": "", "url": "", "policy": "always_ask"}] * EXTRA_ROWS
+    )
+    state["custom"] = (
+        _rows(post, "custom", ("name", "description", "schema"))
+        + [{"name": "", "description": "", "schema": ""}] * EXTRA_ROWS
+    )
+    state["roster"] = (
+        _rows(post, "roster", ("agent", "version")) + [{"agent": "", "version": ""}] * EXTRA_ROWS
+    )
+    state["skills"] = {s for s, _ in SKILLS if post.get(f"skill-{s}") == "on"}
+    return state
+
+
+def environment_body(post: QueryDict) -> tuple[dict[str, Any], dict[str, str]]:
+    errors: dict[str, str] = {}
+    name = post.get("name", "").strip()
+    if not name:
+        errors["name"] = "Give the environment a name."
+    if post.get("networking") == "limited":
+        networking: dict[str, Any] = {
+            "type": "limited",
+            "allowed_hosts": _lines(post.get("allowed_hosts", "")),
+            "allow_package_managers": post.get("allow_package_managers") == "on",
+            "allow_mcp_servers": post.get("allow_mcp_servers") == "on",
+        }
+    else:
+        networking = {"type": "unrestricted"}
+    packages: dict[str, Any] = {"type": "packages"}
+    for manager in PACKAGE_MANAGERS:
+        packages[manager] = _lines(post.get(f"packages-{manager}", "").replace(",", "\n"))
+    body = {
+        "name": name,
+        "description": post.get("description", "").strip() or None,
+        "config": {"type": "cloud", "networking": networking, "packages": packages},
+    }
+    return body, errors
+
+
+def environment_form_state(
+    config: dict[str, Any] | None, name: str = "", description: str = ""
+) -> dict[str, Any]:
+    c = config or {}
+    networking = c.get("networking") or {"type": "unrestricted"}
+    packages = c.get("packages") or {}
+    return {
+        "name": name,
+        "description": description or "",
+        "networking": networking.get("type", "unrestricted"),
+        "allowed_hosts": "\n".join(networking.get("allowed_hosts", [])),
+        "allow_package_managers": networking.get("allow_package_managers", False),
+        "allow_mcp_servers": networking.get("allow_mcp_servers", False),
+        "packages": [(m, "\n".join(packages.get(m, []))) for m in PACKAGE_MANAGERS],
+    }

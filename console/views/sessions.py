@@ -1,0 +1,260 @@
+import datetime as dt
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.views.decorators.http import require_POST
+
+from accounts.models import Role
+from agents.models import Agent
+from console.access import console_view, render_page
+from console.errors import ApiError
+from console.timeline import (
+    chat_item,
+    pending_actions,
+    session_cost,
+    trace_references,
+    trace_rows,
+    with_costs,
+)
+from sessions.models import Event, Session, Status
+
+CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
+TRACE_PAGE = 2000  # events per trace.json page; the replay fetches pages until done
+
+
+def _session(request: HttpRequest, session_id: str) -> Session:
+    session = (
+        Session.objects.select_related("agent", "environment")
+        .filter(
+            pk=session_id,
+            workspace=request.access.workspace,  # type: ignore[attr-defined]
+        )
+        .first()
+    )
+    if session is None:
+        raise Http404("No such session")
+    return session
+
+
+def _parse_date(value: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+@console_view()
+def session_list(request: HttpRequest) -> HttpResponse:
+    workspace = request.access.workspace  # type: ignore[attr-defined]
+    q = request.GET
+    qs = Session.objects.filter(workspace=workspace).select_related("agent")
+    if not q.get("archived"):
+        qs = qs.filter(archived_at=None)
+    if q.get("agent"):
+        qs = qs.filter(agent_id=q["agent"])
+    if q.get("status") in Status.values:
+        qs = qs.filter(status=q["status"])
+    start, end = _parse_date(q.get("from", "")), _parse_date(q.get("to", ""))
+    if start:
+        qs = qs.filter(created_at__gte=dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC))
+    if end:
+        qs = qs.filter(
+            created_at__lt=dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+        )
+    meta = q.get("metadata", "").strip()
+    if meta:
+        key, _, value = (part.strip() for part in meta.partition("="))
+        # `key=value` or just `key`; the key is checked so it cannot become a lookup path.
+        if key.replace("-", "_").isidentifier() and "__" not in key:
+            qs = qs.filter(**{f"metadata__{key}": value}) if value else qs.filter(metadata__has_key=key)
+        else:
+            qs = qs.none()
+    text = q.get("q", "").strip()
+    if text:
+        qs = qs.filter(Q(title__icontains=text) | Q(id__icontains=text) | Q(agent__name__icontains=text))
+    qs = qs.order_by("-created_at", "-id")
+    page = Paginator(qs, 25).get_page(q.get("page"))
+    with_costs(list(page.object_list))
+    params = q.copy()
+    params.pop("page", None)
+    context = {
+        "nav": "sessions",
+        "page": page,
+        "agents": Agent.objects.filter(workspace=workspace).order_by("name").only("id", "name"),
+        "statuses": Status.values,
+        "filters": q,
+        "query": params.urlencode(),
+        "filtered": any(q.get(k) for k in ("agent", "status", "from", "to", "metadata", "q")),
+    }
+    template = "console/_session_results.html" if request.htmx else "console/session_list.html"  # type: ignore[attr-defined]
+    return render_page(request, template, context)
+
+
+def chat_events(session: Session, *, before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    qs = Event.objects.filter(session=session)
+    if before:
+        qs = qs.filter(seq__lt=before)
+    rows = list(qs.order_by("-seq")[:CHAT_WINDOW])
+    rows.reverse()
+    threads = dict(session.threads.values_list("id", "agent_name"))
+    items = [item for item in (chat_item(e, threads) for e in rows) if item is not None]
+    earlier = rows[0].seq if rows and rows[0].seq > 1 else None
+    return items, earlier
+
+
+@console_view()
+def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session(request, session_id)
+    before = request.GET.get("before")
+    items, earlier = chat_events(session, before=int(before) if before and before.isdigit() else None)
+    context = {
+        "nav": "sessions",
+        "session": session,
+        "items": items,
+        "earlier": earlier,
+        "last_seq": session.last_seq,
+        "actions": pending_actions(session),
+        "cost": session_cost(session),
+        "paged": bool(before),
+    }
+    return render_page(request, "console/session_detail.html", context)
+
+
+def _send(request: HttpRequest, session: Session, events: list[dict[str, Any]], done: str) -> HttpResponse:
+    from sessions.services import events_send  # core-b's service: the API's validation path
+
+    try:
+        with transaction.atomic():
+            events_send(session=session, events=events)
+    except ApiError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done)
+    return HttpResponseRedirect(f"/sessions/{session.pk}")
+
+
+@require_POST
+@console_view(Role.EDITOR)
+def session_send(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session(request, session_id)
+    text = request.POST.get("text", "").strip()
+    if not text:
+        messages.error(request, "Write a message before sending.")
+        return HttpResponseRedirect(f"/sessions/{session.pk}")
+    return _send(
+        request,
+        session,
+        [{"type": "user.message", "content": [{"type": "text", "text": text}]}],
+        "Message sent.",
+    )
+
+
+@require_POST
+@console_view(Role.EDITOR)
+def session_interrupt(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session(request, session_id)
+    return _send(request, session, [{"type": "user.interrupt"}], "Interrupt sent.")
+
+
+@require_POST
+@console_view(Role.EDITOR)
+def session_confirm(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session(request, session_id)
+    result = request.POST.get("result")
+    if result not in ("allow", "deny"):
+        messages.error(request, "Choose approve or deny.")
+        return HttpResponseRedirect(f"/sessions/{session.pk}")
+    event: dict[str, Any] = {
+        "type": "user.tool_confirmation",
+        "tool_use_id": request.POST.get("tool_use_id", ""),
+        "result": result,
+    }
+    if result == "deny" and request.POST.get("deny_message", "").strip():
+        event["deny_message"] = request.POST["deny_message"].strip()
+    if request.POST.get("session_thread_id"):
+        event["session_thread_id"] = request.POST["session_thread_id"]
+    return _send(request, session, [event], "Approved." if result == "allow" else "Denied.")
+
+
+@require_POST
+@console_view(Role.EDITOR)
+def session_custom_result(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session(request, session_id)
+    event: dict[str, Any] = {
+        "type": "user.custom_tool_result",
+        "custom_tool_use_id": request.POST.get("custom_tool_use_id", ""),
+        "content": [{"type": "text", "text": request.POST.get("text", "")}],
+        "is_error": request.POST.get("is_error") == "on",
+    }
+    if request.POST.get("session_thread_id"):
+        event["session_thread_id"] = request.POST["session_thread_id"]
+    return _send(request, session, [event], "Answer sent.")
+
+
+@require_POST
+@console_view(Role.EDITOR)
+def session_archive(request: HttpRequest, session_id: str) -> HttpResponse:
+    from sessions.services import session_archive as archive
+
+    session = _session(request, session_id)
+    try:
+        with transaction.atomic():
+            archive(session=session)
+    except ApiError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Session archived.")
+    return HttpResponseRedirect(f"/sessions/{session.pk}")
+
+
+@console_view()
+def session_trace(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = _session(request, session_id)
+    return render_page(
+        request,
+        "console/session_trace.html",
+        {"nav": "sessions", "session": session, "cost": session_cost(session)},
+    )
+
+
+@console_view()
+def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The trace as JSON: pages of TRACE_PAGE events after `after` for the replay, or the whole log
+    with `download=1` (the export)."""
+    session = _session(request, session_id)
+    download = bool(request.GET.get("download"))
+    after_text = request.GET.get("after", "0")
+    after = int(after_text) if after_text.isdigit() else 0
+    qs = Event.objects.filter(session=session, seq__gt=after).order_by("seq")
+    events = list(qs) if download else list(qs[: TRACE_PAGE + 1])
+    more = len(events) > TRACE_PAGE and not download
+    events = events[:TRACE_PAGE] if more else events
+    refs = trace_references(events)
+    earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else {}
+    body = {
+        "session_id": session.pk,
+        "agent": session.agent_snapshot,
+        "status": session.status,
+        "threads": {t.id: t.agent_name for t in session.threads.all()},
+        "rows": trace_rows(session, events, earlier),
+        "next_after": events[-1].seq if more else None,
+    }
+    response = JsonResponse(body, json_dumps_params={"ensure_ascii": False})
+    if download:
+        response["Content-Disposition"] = f'attachment; filename="{session.pk}-trace.json"'
+    return response
+
+
+def render_chat_item(item: dict[str, Any]) -> str:
+    from django.template.loader import render_to_string
+
+    return render_to_string("console/_chat_item.html", {"item": item})
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

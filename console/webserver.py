@@ -1,0 +1,23 @@
+"""Daphne's command line with Twisted's own form parsing turned off (`python -m console.webserver`).
+
+Twisted parses every multipart/form-data POST body itself before Daphne hands the raw body to
+Django: a malformed body then gets a bare 400 without the API's error body, and each upload is
+parsed twice, once on the reactor thread that serves every other request. Django parses it anyway."""
+
+from typing import Any
+
+from daphne import http_protocol
+from daphne.cli import CommandLineInterface
+
+_daphne_init = http_protocol.WebRequest.__init__
+
+
+def _init_without_form_parsing(self: http_protocol.WebRequest, *args: Any, **kwargs: Any) -> None:
+    _daphne_init(self, *args, **kwargs)
+    self._parsePOSTFormSubmission = False
+
+
+http_protocol.WebRequest.__init__ = _init_without_form_parsing  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    CommandLineInterface.entrypoint()

@@ -1,0 +1,226 @@
+"""The console in a real headless Chromium against a live Galley (Daphne + a real Celery worker)
+and the scripted model: log in, build an agent with the form, start a session, watch the answer
+arrive live, approve a tool confirmation, step through the trace replay, open cost analytics.
+Takes a screenshot of every main page: into var/screenshots/ on every run, and into docs/screenshots/
+(the README's pictures) when GALLEY_UPDATE_SCREENSHOTS=1 (`make screenshots`)."""
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.live import LiveGalley, live_galley
+from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+_ROOT = Path(__file__).resolve().parent.parent
+SHOTS = _ROOT / ("docs" if os.environ.get("GALLEY_UPDATE_SCREENSHOTS") == "1" else "var") / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ADMIN_PASSWORD = "browser-test-password"
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ScriptedModel]:
+    with scripted_model() as scripted:
+        yield scripted
+
+
+@pytest.fixture(scope="module")
+def server(model: ScriptedModel) -> Iterator[LiveGalley]:
+    env = {"ANTHROPIC_API_KEY": "sk-ant-scripted", "ANTHROPIC_BASE_URL": model.base_url}
+    with live_galley(extra_env=env) as live:
+        live.manage(
+            "shell",
+            "-c",
+            (
+                "from accounts.services import user_create; "
+                f"user_create(username='admin', password='{ADMIN_PASSWORD}', role='admin'); "
+                f"user_create(username='viv', password='{ADMIN_PASSWORD}', role='viewer')"
+            ),
+        )
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _login(browser: Any, server: LiveGalley, username: str = "admin", width: int = 1280) -> Any:
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server.base_url + "/")
+    assert "/login" in page.url
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(server.base_url + "/")
+    return page
+
+
+def _shot(page: Any, name: str, *, full_page: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+
+
+def test_build_agent_run_session_approve_tool_and_replay(
+    browser: Any, server: LiveGalley, model: ScriptedModel
+):
+    page = _login(browser, server)
+    _shot(page, "overview-empty")
+    assert page.locator("#provider-banner").count() == 0  # a model provider is configured
+
+    # An environment, with the form.
+    page.goto(server.base_url + "/environments/new")
+    page.get_by_label("Name", exact=True).fill("default")
+    page.get_by_role("button", name="Create environment").click()
+    page.wait_for_url(re.compile(r"/environments/env_"))
+    _shot(page, "environment")
+
+    # An agent, with the form: bash needs approval.
+    page.goto(server.base_url + "/agents/new")
+    page.get_by_label("Name", exact=True).fill("Shell helper")
+    page.get_by_label("Instructions (system prompt)").fill("You help with shell tasks.")
+    page.get_by_label("Permission for bash").select_option("always_ask")
+    _shot(page, "agent-form")
+    page.get_by_role("button", name="Create agent").click()
+    page.wait_for_url(re.compile(r"/agents/agent_"))
+    assert page.locator("h1").inner_text().startswith("Shell helper")
+
+    # Start a session; the first answer comes after the page has loaded, so it arrives live.
+    model.push(
+        tool_call(
+            "bash",
+            {"command": "echo hello-from-sandbox"},
+            say="Let me run that.",
+            delay=1.5,
+            usage={"input_tokens": 900, "output_tokens": 40},
+        ),
+        text(
+            "All done: the command printed hello-from-sandbox.",
+            usage={"input_tokens": 1100, "output_tokens": 30},
+        ),
+    )
+    _shot(page, "agent")
+    page.get_by_label("Title").fill("Say hello")
+    page.get_by_label("First message").fill("Please run echo hello-from-sandbox")
+    page.get_by_role("button", name="Start session").click()
+    page.wait_for_url(re.compile(r"/sessions/sesn_"))
+    session_url = page.url
+    page.wait_for_selector("#chat[data-connected='1']")
+    page.get_by_text("Let me run that.").wait_for()
+    page.get_by_text("The agent wants to run bash.").wait_for()
+    _shot(page, "session-confirmation")
+
+    page.get_by_role("button", name="Approve").click()
+    page.wait_for_url(session_url)
+    page.get_by_text("All done: the command printed hello-from-sandbox.").wait_for()
+    page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'idle'")
+    page.wait_for_function("document.getElementById('session-usage').textContent.startsWith('2000 in')")
+    assert page.get_by_text("You approved a tool call.").count() == 1
+    _shot(page, "session")
+
+    # Trace replay: step, jump, expand, deep link.
+    page.get_by_role("link", name="Trace replay").click()
+    page.wait_for_url(re.compile(r"/trace"))
+    position = page.locator("#trace-pos")
+    page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event ')")
+    found = re.search(r"of (\d+)", position.inner_text())
+    assert found is not None
+    total = int(found.group(1))
+    assert total >= 8
+    assert position.inner_text().startswith(f"Event {total} of {total}")
+    page.get_by_role("button", name="Previous event").click()
+    assert position.inner_text().startswith(f"Event {total - 1} of")
+    page.get_by_role("button", name="First event").click()
+    assert position.inner_text().startswith("Event 1 of")
+    page.get_by_role("button", name="Next event").click()
+    assert position.inner_text().startswith("Event 2 of")
+    assert page.locator(".tev.current").count() == 1 and page.locator(".tev.future").count() == total - 2
+    page.get_by_role("button", name="Expand all").click()
+    assert page.locator(".lanes details[open]").count() == total
+    assert page.locator(".tev.k-span .meta", has_text="latency").count() >= 2
+    page.get_by_role("button", name="Collapse all").click()
+    assert page.locator(".lanes details[open]").count() == 0
+    page.locator(".tev.k-span").nth(1).locator("summary").click()  # open one model span
+    page.evaluate("window.scrollTo(0, 0)")
+    _shot(page, "trace", full_page=False)
+    assert re.search(r"#seq-2$", page.url)
+    page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")
+    page.reload()
+    page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event 3 of')")
+
+    # Cost analytics shows the session's spend.
+    page.goto(server.base_url + "/analytics")
+    assert page.locator("#total-cost").inner_text() != "$0.00"
+    assert page.locator("#cost-table tbody tr").count() >= 1
+    assert page.locator(".chart svg").count() == 1
+    _shot(page, "analytics")
+
+    for url, name in [
+        ("/", "overview"),
+        ("/sessions", "sessions"),
+        ("/agents", "agents"),
+        ("/environments", "environments"),
+        ("/api-keys", "api-keys"),
+        ("/users", "users"),
+        ("/vaults", "vaults"),
+    ]:
+        page.goto(server.base_url + url)
+        _shot(page, name)
+    page.close()
+
+
+def test_narrow_screen_and_viewer(browser: Any, server: LiveGalley):
+    page = _login(browser, server, username="viv", width=390)
+    page.goto(server.base_url + "/sessions")
+    rows = page.locator("table tbody tr")
+    if rows.count():
+        rows.first.get_by_role("link").click()
+        page.wait_for_url(re.compile(r"/sessions/sesn_"))
+        assert page.locator("#composer-text").count() == 0  # viewers read, never act
+        assert page.get_by_role("button", name="Approve").count() == 0
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, f"page overflows a narrow screen: {width}px"
+    _shot(page, "session-narrow")
+    page.goto(server.base_url + "/vaults")
+    assert page.get_by_text("This needs the admin role").count() == 1
+    page.close()
+
+
+def test_no_provider_banner_where_sessions_start(browser: Any):
+    with live_galley(worker=False) as live:
+        live.manage(
+            "shell",
+            "-c",
+            (
+                "from accounts.services import user_create; "
+                f"user_create(username='admin', password='{ADMIN_PASSWORD}', role='admin')"
+            ),
+        )
+        page = _login(browser, live)
+        banner = page.locator("#provider-banner")
+        assert "No model provider is configured" in banner.inner_text()
+        assert "ANTHROPIC_API_KEY" in banner.inner_text()
+        page.goto(live.base_url + "/agents/new")
+        assert page.locator("#provider-banner").count() == 1
+        page.close()
