@@ -156,7 +156,7 @@ def _wait_idle(session_ids: list[str], timeout: float) -> float:
         busy = Session.objects.filter(pk__in=session_ids).exclude(status="idle").count()
         if busy == 0:
             return time.monotonic() - started
-        time.sleep(0.002 if len(session_ids) == 1 else 0.05)
+        time.sleep(0.02 if len(session_ids) == 1 else 0.05)
     raise RuntimeError(f"{busy} sessions did not reach idle in {timeout}s")
 
 

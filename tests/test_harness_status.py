@@ -93,32 +93,34 @@ def test_exhausted_retries_idle_the_session_with_retries_exhausted(model: Script
 
 
 @pytest.mark.parametrize(
-    "status,error_type,needle",
+    "status,error_type,needle,ends",
     [
-        (401, "authentication_error", "API key"),
-        (404, "not_found_error", "Unknown model"),
-        (400, "invalid_request_error", "prompt is too long"),
+        (401, "authentication_error", "API key", "idle"),
+        (404, "not_found_error", "Unknown model", "idle"),
+        (400, "invalid_request_error", "prompt is too long", "terminated"),
     ],
 )
 def test_unrecoverable_model_errors_end_in_a_clear_error(
-    model: ScriptedModel, status: int, error_type: str, needle: str
+    model: ScriptedModel, status: int, error_type: str, needle: str, ends: str
 ) -> None:
+    """A bad key or an unknown model ends the turn (the session stays usable once fixed); a
+    request the model will never accept ends the session."""
     session = make_session()
     model.push(
-        error(
-            status,
-            error_type,
-            "prompt is too long: 250000 tokens > 200000 maximum" if status == 400 else "nope",
-        )
+        error(status, error_type, "prompt is too long: 250000 tokens > 200000 maximum" if status == 400 else "nope")
     )
     say(session, "hi")
     step(session)
     failure = events_of(session, "session.error")[0].payload["error"]
     assert failure["type"] == "model_request_failed_error"
-    assert failure["retry_status"] == {"type": "terminal"}
     assert needle in failure["message"]
-    assert log_types(session)[-1] == "session.status_terminated"
-    assert Session.objects.get(pk=session.pk).status == "terminated"
+    assert Session.objects.get(pk=session.pk).status == ends
+    if ends == "terminated":
+        assert failure["retry_status"] == {"type": "terminal"}
+        assert log_types(session)[-1] == "session.status_terminated"
+    else:
+        assert failure["retry_status"] == {"type": "exhausted"}
+        assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "retries_exhausted"}
     assert len(model.requests) == 1
 
 
@@ -137,7 +139,7 @@ def test_a_missing_api_key_is_a_clear_error_not_a_stuck_session(model: ScriptedM
             os.environ["ANTHROPIC_API_KEY"] = saved
     failure = events_of(session, "session.error")[0].payload["error"]
     assert "ANTHROPIC_API_KEY" in failure["message"]
-    assert Session.objects.get(pk=session.pk).status != "running"
+    assert Session.objects.get(pk=session.pk).status == "idle"
 
 
 def test_interrupt_stops_a_slow_model_request_within_two_seconds(model: ScriptedModel) -> None:

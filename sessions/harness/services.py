@@ -511,7 +511,7 @@ def _model_request(
             return None
         except ModelError as exc:
             if not exc.retryable:
-                _fail(session_id, owner, span.id, exc, retry_status="terminal")
+                _fail(session_id, owner, span.id, exc, retry_status="terminal" if exc.fatal else "exhausted")
                 return False
             if attempt >= settings.GALLEY_MODEL_MAX_RETRIES:
                 _fail(session_id, owner, span.id, exc, retry_status="exhausted")

@@ -181,8 +181,8 @@ def _model_error(exc: Exception) -> ModelError:
         if status == 404:
             return ModelError(f"Unknown model or endpoint (404): {message}")
         if status == 413:
-            return ModelError(f"The request is too large for the model (413): {message}")
-        return ModelError(f"The model request was rejected ({status}): {message}")
+            return ModelError(f"The request is too large for the model (413): {message}", fatal=True)
+        return ModelError(f"The model request was rejected ({status}): {message}", fatal=True)
     if isinstance(exc, (anthropic.APIConnectionError, anthropic.APITimeoutError)):
         return ModelError(f"Could not reach the model provider: {exc}", retryable=True)
     return ModelError(f"The model request failed: {type(exc).__name__}: {exc}", retryable=True)

@@ -53,7 +53,10 @@ ErrorKind = Literal["rate_limited", "overloaded", "failed"]
 
 
 class ModelError(Exception):
-    """A failed model call. `retryable` errors (429, 529, 5xx, connection) are retried by the harness."""
+    """A failed model call. `retryable` errors (429, 529, 5xx, connection) are retried by the harness.
+    A `fatal` one (a request the model will never accept, such as a context over its window) ends
+    the session; other failures (a missing or rejected API key, an unknown model) end the turn and
+    leave the session usable once the operator fixes the configuration."""
 
     def __init__(
         self,
@@ -61,12 +64,14 @@ class ModelError(Exception):
         *,
         kind: ErrorKind = "failed",
         retryable: bool = False,
+        fatal: bool = False,
         usage: ModelUsage | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.retryable = retryable
+        self.fatal = fatal
         self.usage = usage or ModelUsage()
 
 
