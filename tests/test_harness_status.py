@@ -107,7 +107,11 @@ def test_unrecoverable_model_errors_end_in_a_clear_error(
     request the model will never accept ends the session."""
     session = make_session()
     model.push(
-        error(status, error_type, "prompt is too long: 250000 tokens > 200000 maximum" if status == 400 else "nope")
+        error(
+            status,
+            error_type,
+            "prompt is too long: 250000 tokens > 200000 maximum" if status == 400 else "nope",
+        )
     )
     say(session, "hi")
     step(session)
@@ -120,7 +124,9 @@ def test_unrecoverable_model_errors_end_in_a_clear_error(
         assert log_types(session)[-1] == "session.status_terminated"
     else:
         assert failure["retry_status"] == {"type": "exhausted"}
-        assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "retries_exhausted"}
+        assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
+            "type": "retries_exhausted"
+        }
     assert len(model.requests) == 1
 
 
