@@ -35,7 +35,7 @@ class ToolUse:
 class Turn:
     role: str
     blocks: list[dict[str, Any]]
-    first_seq: int
+    first_seq: int  # the lowest seq among the turn's events (queued input can join late)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Context:
         self.interrupted = False
         if self.turns and self.turns[-1].role == role:
             self.turns[-1].blocks.extend(blocks)
+            self.turns[-1].first_seq = min(self.turns[-1].first_seq, seq)
         else:
             self.turns.append(Turn(role, list(blocks), seq))
 

@@ -699,7 +699,9 @@ def _compact(
         keep_from -= 1
     if keep_from <= 0:
         return True
-    boundary = turns[keep_from].first_seq - 1
+    # Everything from the kept turns on stays; seqs are not in context order (a message sent during
+    # a model call is taken after its answer), so cut below the lowest seq the kept turns hold.
+    boundary = min(turn.first_seq for turn in turns[keep_from:]) - 1
     older = Context(turns=turns[:keep_from])
     messages = older.messages(session.context_summary)
     if messages[-1]["role"] == "user":
