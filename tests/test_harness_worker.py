@@ -83,3 +83,29 @@ def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplic
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
     _assert_log_is_whole(session)
     assert Session.objects.get(pk=session.pk).lease_owner is None
+
+
+def test_an_interrupt_reaches_a_step_running_in_another_process_within_two_seconds(
+    model: ScriptedModel,
+) -> None:
+    import time
+
+    from tests.harness_helpers import send
+    from tests.model_server import Reply
+
+    model.push(Reply(blocks=[{"type": "text", "text": "slow " * 40}], chunk_delay=0.5))
+    session = make_session()
+    with celery_worker(_worker_env(model)):
+        say(session, "hi")
+        session_kick(session.pk)
+        wait_for(lambda: len(model.requests) == 1, timeout=20)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        send(session, "user.interrupt", {})
+        session_kick(session.pk)  # what events.send does; the step holding the lease notices first
+        wait_for(lambda: _status(session) == "idle", timeout=5)
+        elapsed = time.monotonic() - sent
+    assert elapsed < 2.0
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert not events_of(session, "agent.message")
+    _assert_log_is_whole(session)
