@@ -2,6 +2,7 @@
 11). Pure functions: every check names the offending field, and each resolver accepts its own output,
 so a stored definition can be re-resolved unchanged."""
 
+import json
 import re
 from typing import Any
 
@@ -20,6 +21,7 @@ MAX_DOMAINS = 64
 NAME_MAX = 256
 DESCRIPTION_MAX = 2048
 SYSTEM_MAX = 100_000
+MAX_INPUT_SCHEMA = 65_536
 
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _DOMAIN = re.compile(
@@ -355,6 +357,13 @@ def _resolve_custom_tool(data: dict[str, Any], field: str) -> dict[str, Any]:
         )
     description = expect_str(data.get("description"), f"{field}.description", min_len=1, max_len=10_000)
     schema = expect_dict(data.get("input_schema"), f"{field}.input_schema")
+    try:
+        # Free-form JSON that is stored as given: standard JSON only (no NaN/Infinity) and bounded.
+        encoded = json.dumps(schema, allow_nan=False)
+    except ValueError:
+        raise bad_request(f"{field}.input_schema: NaN and Infinity are not JSON numbers.") from None
+    if len(encoded) > MAX_INPUT_SCHEMA:
+        raise bad_request(f"{field}.input_schema: must be at most {MAX_INPUT_SCHEMA} bytes of JSON.")
     if schema.get("type") != "object":
         raise bad_request(f"{field}.input_schema.type: must be 'object'.")
     if schema.get("properties") is not None:

@@ -5,6 +5,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, ProtectedError
 from django.utils import timezone
@@ -16,6 +17,10 @@ from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
+from sessions.sandbox.backends import backend_is_unsafe
+from sessions.sandbox.packages import packages_request_build, validate_packages
+
+BUILD_LOG_TAIL = 16_000  # characters of the package build log shown on the environment object
 
 MAX_ROSTER = 20
 _AGENT_FIELDS = (
@@ -86,15 +91,59 @@ def _check_body_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
             raise bad_request(f"{key}: unknown field.")
 
 
-def _resolve_roster(
+def _resolve_agent_ref(
+    *, workspace: Workspace, entry: Any, where: str, self_id: str, self_version: int, seen: set[str]
+) -> dict[str, Any]:
+    """A roster entry naming an agent ("agent_..", {type:"agent", id, version?} or {type:"self"})
+    -> {type:"agent", id, version}. Members exist in the workspace, are not archived, have no
+    multiagent config of their own (one level deep) and are listed once."""
+    if isinstance(entry, str):
+        entry = {"type": "agent", "id": entry}
+    entry = d.expect_dict(entry, where)
+    entry_type = d.require_type(entry, where, ("agent", "self"))
+    d.only_keys(entry, ("type", "id", "version"), where)
+    if entry_type == "self" or entry.get("id") == self_id:
+        if self_id in seen:
+            raise bad_request(f"{where}: the agent itself is listed more than once.")
+        seen.add(self_id)
+        return {"type": "agent", "id": self_id, "version": self_version}
+    member_id = d.expect_str(entry.get("id"), f"{where}.id", min_len=1)
+    if member_id in seen:
+        raise bad_request(f"{where}.id: {member_id!r} is listed more than once.")
+    seen.add(member_id)
+    member = (
+        Agent.objects.filter(workspace=workspace, id=member_id).first()
+        if has_prefix(member_id, "agent")
+        else None
+    )
+    if member is None:
+        raise bad_request(f"{where}.id: agent {member_id!r} was not found.")
+    if member.is_archived:
+        raise bad_request(f"{where}.id: agent {member_id!r} is archived.")
+    version = entry.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise bad_request(f"{where}.version: must be a positive integer.")
+    pinned = AgentVersion.objects.filter(agent=member, version=version or member.current_version).first()
+    if pinned is None:
+        raise bad_request(f"{where}.version: agent {member_id!r} has no version {version}.")
+    if pinned.definition.get("multiagent"):
+        raise bad_request(
+            f"{where}.id: agent {member_id!r} has its own multiagent configuration; "
+            "rosters are one level deep."
+        )
+    return {"type": "agent", "id": member_id, "version": pinned.version}
+
+
+def _resolve_multiagent(
     *, workspace: Workspace, value: Any, self_id: str, self_version: int
 ) -> dict[str, Any] | None:
     """multiagent -> {type:"coordinator", agents:[{type:"agent", id, version}, ..., advisor last]}."""
     if value is None:
         return None
     data = d.expect_dict(value, "multiagent")
-    kind = data.get("type")
-    if kind == "multiagent_20261001":
+    if data.get("type") == "multiagent_20261001":
+        # Sessions expand only coordinator rosters and the harness runs no subagents or workflows
+        # from this form yet; accepting it would store a config nothing honours.
         raise bad_request("multiagent.type: 'multiagent_20261001' is not supported yet; use 'coordinator'.")
     d.require_type(data, "multiagent", ("coordinator",))
     d.only_keys(data, ("type", "agents"), "multiagent")
@@ -106,11 +155,7 @@ def _resolve_roster(
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         where = f"multiagent.agents[{i}]"
-        if isinstance(entry, str):
-            entry = {"type": "agent", "id": entry}
-        entry = d.expect_dict(entry, where)
-        entry_type = d.require_type(entry, where, ("agent", "self", "advisor"))
-        if entry_type == "advisor":
+        if isinstance(entry, dict) and entry.get("type") == "advisor":
             d.only_keys(entry, ("type", "model"), where)
             if advisor is not None:
                 raise bad_request(f"{where}: at most one advisor is allowed.")
@@ -119,41 +164,35 @@ def _resolve_roster(
                 "model": d.expect_str(entry.get("model"), f"{where}.model", min_len=1),
             }
             continue
-        if entry_type == "self" or entry.get("id") == self_id:
-            d.only_keys(entry, ("type", "id", "version"), where)
-            if self_id in seen:
-                raise bad_request(f"{where}: the agent itself is listed more than once.")
-            seen.add(self_id)
-            roster.append({"type": "agent", "id": self_id, "version": self_version})
-            continue
-        d.only_keys(entry, ("type", "id", "version"), where)
-        member_id = d.expect_str(entry.get("id"), f"{where}.id", min_len=1)
-        if member_id in seen:
-            raise bad_request(f"{where}.id: {member_id!r} is listed more than once.")
-        seen.add(member_id)
-        member = (
-            Agent.objects.filter(workspace=workspace, id=member_id).first()
-            if has_prefix(member_id, "agent")
-            else None
-        )
-        if member is None:
-            raise bad_request(f"{where}.id: agent {member_id!r} was not found.")
-        if member.is_archived:
-            raise bad_request(f"{where}.id: agent {member_id!r} is archived.")
-        version = entry.get("version")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-            raise bad_request(f"{where}.version: must be a positive integer.")
-        pinned = AgentVersion.objects.filter(agent=member, version=version or member.current_version).first()
-        if pinned is None:
-            raise bad_request(f"{where}.version: agent {member_id!r} has no version {version}.")
-        if pinned.definition.get("multiagent"):
-            raise bad_request(
-                f"{where}.id: agent {member_id!r} has its own multiagent roster; rosters are one level deep."
+        roster.append(
+            _resolve_agent_ref(
+                workspace=workspace,
+                entry=entry,
+                where=where,
+                self_id=self_id,
+                self_version=self_version,
+                seen=seen,
             )
-        roster.append({"type": "agent", "id": member_id, "version": pinned.version})
+        )
     if advisor is not None:
-        roster.append(advisor)
+        roster.append(advisor)  # the advisor is echoed last
     return {"type": "coordinator", "agents": roster}
+
+
+def _with_self_version(
+    multiagent: dict[str, Any] | None, agent_id: str, version: int
+) -> dict[str, Any] | None:
+    """The config with every reference to the agent itself pinned to `version`."""
+    if not multiagent:
+        return multiagent
+
+    def pin(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {**r, "version": version} if r.get("type") == "agent" and r.get("id") == agent_id else r
+            for r in refs
+        ]
+
+    return {**multiagent, "agents": pin(multiagent["agents"])}
 
 
 def _resolve_fields(
@@ -180,8 +219,11 @@ def _resolve_fields(
     if current is None or "execution_identity" in body:
         out["execution_identity"] = d.resolve_execution_identity(body.get("execution_identity"))
     if current is None or "multiagent" in body:
-        out["multiagent"] = _resolve_roster(
-            workspace=workspace, value=body.get("multiagent"), self_id=agent_id, self_version=version
+        out["multiagent"] = _resolve_multiagent(
+            workspace=workspace,
+            value=body.get("multiagent"),
+            self_id=agent_id,
+            self_version=version,
         )
     if current is None:
         metadata = body.get("metadata")
@@ -192,15 +234,8 @@ def _resolve_fields(
             current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None
         )
     d.check_mcp_references(out["tools"], out["mcp_servers"])
-    if out.get("multiagent"):
-        # A self entry always names the version it belongs to.
-        out["multiagent"] = {
-            **out["multiagent"],
-            "agents": [
-                {**a, "version": version} if a.get("type") == "agent" and a.get("id") == agent_id else a
-                for a in out["multiagent"]["agents"]
-            ],
-        }
+    # A self entry always names the version it belongs to.
+    out["multiagent"] = _with_self_version(out.get("multiagent"), agent_id, version)
     return {key: out.get(key) for key in _AGENT_FIELDS}
 
 
@@ -256,17 +291,8 @@ def agent_update(*, agent: Agent, body: dict[str, Any]) -> Agent:
 
 
 def _same_definition(new: dict[str, Any], old: dict[str, Any], agent_id: str, old_v: int, new_v: int) -> bool:
-    """A self entry in the roster names the version being written; compare it as the old one."""
-    new = dict(new)
-    roster = new.get("multiagent")
-    if roster:
-        new["multiagent"] = {
-            **roster,
-            "agents": [
-                {**a, "version": old_v} if a.get("id") == agent_id and a.get("version") == new_v else a
-                for a in roster["agents"]
-            ],
-        }
+    """A self entry names the version being written; compare it as the current one."""
+    new = {**new, "multiagent": _with_self_version(new.get("multiagent"), agent_id, old_v)}
     return new == {key: old.get(key) for key in _AGENT_FIELDS}
 
 
@@ -432,6 +458,7 @@ def environment_validate_config(config: dict[str, Any]) -> None:
             "config.networking.allow_package_managers: must be true to install packages "
             "under limited networking."
         )
+    validate_packages(packages)  # which managers this server's sandboxes can install
 
 
 def environment_get(*, workspace: Workspace, environment_id: str) -> Environment:
@@ -452,6 +479,11 @@ def environment_wire(environment: Environment) -> dict[str, Any]:
         "config": environment.config,
         "metadata": environment.metadata,
         "scope": environment.scope,
+        # Galley extensions: the package build (issue 4) and how sandboxes are isolated on this server.
+        "build_status": environment.build_status,
+        "build_log": environment.build_log[-BUILD_LOG_TAIL:],
+        "sandbox_backend": settings.GALLEY_SANDBOX_BACKEND,
+        "sandbox_unsafe": backend_is_unsafe(),
         "created_at": iso(environment.created_at),
         "updated_at": iso(environment.updated_at),
         "archived_at": iso(environment.archived_at),
@@ -493,6 +525,7 @@ def environment_create(*, workspace: Workspace, body: dict[str, Any]) -> Environ
     try:
         with transaction.atomic():
             environment.save(force_insert=True)
+            packages_request_build(environment=environment)
     except IntegrityError:
         raise _name_taken(name) from None  # lost a race with a concurrent create
     return environment
@@ -512,8 +545,11 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
             env.name = d.expect_str(body["name"], "name", min_len=1, max_len=256)
         if "description" in body:
             env.description = d.optional_str(body["description"], "description", max_len=d.DESCRIPTION_MAX)
+        config_changed = False
         if "config" in body:
-            env.config = environment_resolve_config(body["config"], current=env.config)
+            new_config = environment_resolve_config(body["config"], current=env.config)
+            config_changed = new_config != env.config
+            env.config = new_config
         if "metadata" in body and body["metadata"] is not None:
             env.metadata = patch_metadata(
                 env.metadata, d.expect_dict(body["metadata"], "metadata"), empty_deletes=True
@@ -528,6 +564,8 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
                 env.save()
         except IntegrityError:
             raise _name_taken(env.name) from None
+        if config_changed:
+            packages_request_build(environment=env)
     return env
 
 

@@ -12,4 +12,4 @@ app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Task modules that live below an app package rather than at `<app>/tasks.py`.
-app.conf.imports = ("sessions.harness.tasks",)
+app.conf.imports = ("sessions.harness.tasks", "sessions.sandbox.tasks")

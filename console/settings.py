@@ -127,6 +127,8 @@ GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
 GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 5.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
+    # Each worker process also reaps its own idle shells every second; this is a backstop.
+    "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
 }
 
 # --- API ------------------------------------------------------------------------------------------
@@ -166,7 +168,34 @@ except (PriceTableError, OSError) as exc:
 
 # --- Sandboxes ------------------------------------------------------------------------------------
 GALLEY_SANDBOX_BACKEND = env_str("GALLEY_SANDBOX_BACKEND", "bwrap")
-GALLEY_SANDBOX_ROOT = DATA_DIR / "sandboxes"
+GALLEY_SANDBOX_ROOT = Path(env_str("GALLEY_SANDBOX_ROOT", str(DATA_DIR / "sandboxes")) or "").resolve()
+# The plain-process backend has no isolation: it runs only when this is also set.
+GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
+# `unrestricted` environments: "proxy" (the default) gives them the egress proxy of `limited` ones with
+# every public host allowed and private and loopback addresses refused, so agent code cannot reach the
+# database, Redis or the API on this host; "host" shares the host's network, loopback services included.
+GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "proxy") or "proxy"
+if GALLEY_SANDBOX_UNRESTRICTED_NETWORK not in ("proxy", "host"):
+    raise ConfigError(
+        f"GALLEY_SANDBOX_UNRESTRICTED_NETWORK must be 'proxy' or 'host', got {GALLEY_SANDBOX_UNRESTRICTED_NETWORK!r}"
+    )
+GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
+GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
+GALLEY_SANDBOX_OUTPUT_BYTES = env_int("GALLEY_SANDBOX_OUTPUT_BYTES", 100 * 1024, minimum=1024)
+GALLEY_SANDBOX_MEMORY_BYTES = env_int("GALLEY_SANDBOX_MEMORY_BYTES", 4 * 1024**3, minimum=64 * 1024**2)
+GALLEY_SANDBOX_CPU_SECONDS = env_int("GALLEY_SANDBOX_CPU_SECONDS", 3600, minimum=1)
+GALLEY_SANDBOX_MAX_PROCESSES = env_int("GALLEY_SANDBOX_MAX_PROCESSES", 256, minimum=8)
+GALLEY_SANDBOX_FILE_BYTES = env_int("GALLEY_SANDBOX_FILE_BYTES", 1024**3, minimum=1024**2)
+GALLEY_SANDBOX_WORKSPACE_BYTES = env_int("GALLEY_SANDBOX_WORKSPACE_BYTES", 5 * 1024**3, minimum=1024**2)
+GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()
+GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
+GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
+# web_search provider: a SearXNG instance's base URL (JSON output enabled); unset = the tool returns an error.
+GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
+# web_fetch refuses private and loopback addresses unless this is set.
+GALLEY_WEB_ALLOW_PRIVATE = env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
+# CA file the egress proxy trusts for upstream TLS when it injects credentials (default: the system's).
+GALLEY_EGRESS_UPSTREAM_CA_FILE = env_str("GALLEY_EGRESS_UPSTREAM_CA_FILE")
 
 # --- Auth, static, i18n ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

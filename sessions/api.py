@@ -18,6 +18,7 @@ from ninja import Router
 from console.errors import bad_request, not_found
 from console.ids import has_prefix
 from console.pagination import page_body
+from files import services as file_services
 from sessions import schemas, services, streaming
 from sessions.models import Session, SessionThread
 
@@ -114,12 +115,16 @@ def session_list(request: HttpRequest) -> HttpResponse:
         created_at=_range(request, "created_at"),
         include_archived=_bool_param(request, "include_archived"),
         statuses=_list_param(request, "statuses"),
+        deployment_id=request.GET.get("deployment_id") or None,
+        memory_store_id=request.GET.get("memory_store_id") or None,
         order=request.GET.get("order") or "desc",
         limit=_int_param(request, "limit"),
         page=request.GET.get("page") or None,
     )
-    outcomes = services.outcome_evaluations_by_session([s.pk for s in page.items])
-    data = [services.session_wire(s, outcomes=outcomes[s.pk]) for s in page.items]
+    ids = [s.pk for s in page.items]
+    outcomes = services.outcome_evaluations_by_session(ids)
+    resources = file_services.session_resources_wire_many(ids)
+    data = [services.session_wire(s, outcomes=outcomes[s.pk], resources=resources[s.pk]) for s in page.items]
     return JsonResponse(page_body(page, data, with_prev=True))
 
 

@@ -37,6 +37,9 @@ PROCESSED_ON_RECEIPT = frozenset({"user.define_outcome", "user.custom_tool_resul
 SETTLE_TYPES = frozenset(
     {"user.tool_confirmation", "user.tool_result", "user.custom_tool_result", "user.interrupt"}
 )
+_BEFORE_SYSTEM = frozenset(
+    {"user.message", "user.tool_result", "user.custom_tool_result", "user.tool_confirmation"}
+)
 DELTA_TYPES = ("agent.message", "agent.thinking")
 MAX_INITIAL_EVENTS = 50
 MAX_OUTCOME_ITERATIONS = 20
@@ -296,6 +299,11 @@ def check_client_events(
         raise bad_request(f"{where}[{system[1]}]: at most one system.message is allowed per request.")
     if system and system[0] != len(events) - 1:
         raise bad_request(f"{where}[{system[0]}]: a system.message must be the last event of the request.")
+    if system and (system[0] == 0 or events[system[0] - 1]["type"] not in _BEFORE_SYSTEM):
+        raise bad_request(
+            f"{where}[{system[0]}]: a system.message must follow a user.message or a tool result "
+            "in the same request."
+        )
     return events
 
 

@@ -18,7 +18,9 @@ from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
+from files import services as file_services
 from sessions import schemas, streaming
+from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
 from vaults.services import vault_get
 
@@ -108,18 +110,12 @@ def session_set_status(
 
 # === Sessions: create, read, update, archive, delete (spec 5) ======================================
 
-# Only these close a stream (spec 8); session.deleted is never listed but always streamed.
-STREAM_CLOSING_TYPES = frozenset({"session.status_terminated", "session.deleted"})
-
-
 # --- wire --------------------------------------------------------------------------------------------
 
 
 def session_list_cost(session: Session) -> dict[str, str]:
-    """List cost: priced tokens, $0.08 per running session-hour and web searches, in whole cents
-    (spec 16). Prices come from sessions.harness.pricing (GALLEY_PRICES_JSON)."""
-    from sessions.harness import pricing
-
+    """List cost: priced tokens, runtime while running and web searches, in whole cents (spec 16;
+    prices from sessions/harness/pricing.py)."""
     micros = pricing.total_cost_micros(
         token_cost_micros=session.token_cost_micros,
         active_seconds=session.active_seconds_now(),
@@ -193,7 +189,13 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
     return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
 
 
-def session_wire(session: Session, *, outcomes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def session_wire(
+    session: Session,
+    *,
+    outcomes: list[dict[str, Any]] | None = None,
+    resources: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The session object. Lists pass `outcomes` and `resources` fetched for the whole page."""
     frozen = session.updated_at if session.status == "terminated" else None
     return {
         "id": session.pk,
@@ -204,7 +206,7 @@ def session_wire(session: Session, *, outcomes: list[dict[str, Any]] | None = No
         "title": session.title,
         "metadata": session.metadata,
         "vault_ids": list(session.vault_ids or []),
-        "resources": [],
+        "resources": resources if resources is not None else file_services.session_resources_wire(session),
         "outcome_evaluations": (
             outcomes if outcomes is not None else outcome_evaluations_by_session([session.pk])[session.pk]
         ),
@@ -264,9 +266,7 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
         version = None
     elif isinstance(value, dict):
         kind = value.get("type")
-        if kind == "agent_with_overrides":
-            raise bad_request("agent: type 'agent_with_overrides' is not supported yet.")
-        if kind != "agent":
+        if kind not in ("agent", "agent_with_overrides"):
             raise bad_request(f"agent.type: must be 'agent' or 'agent_with_overrides', got {kind!r}.")
         agent_id = value.get("id")
         if not isinstance(agent_id, str) or not agent_id:
@@ -275,11 +275,44 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise bad_request("agent.version: must be an integer >= 1.")
         agent = agent_get(workspace=workspace, agent_id=agent_id)
+        if kind == "agent":
+            extra = sorted(set(value) - {"type", "id", "version"})
+        else:
+            extra = sorted(set(value) - {"type", "id", "version", *_OVERRIDABLE})
+        if extra:
+            raise bad_request(f"agent.{extra[0]}: unknown field for type {kind!r}.")
     else:
         raise bad_request("agent: expected an agent id string or an object {type, id, version}.")
     if agent.is_archived:
         raise bad_request(f"agent: agent {agent.pk!r} is archived; new sessions cannot use it.")
     return agent_version_get(agent=agent, version=version)
+
+
+_OVERRIDABLE = ("model", "system", "tools", "mcp_servers", "skills")
+
+
+def _apply_overrides(snapshot: dict[str, Any], value: Any) -> dict[str, Any]:
+    """`agent_with_overrides`: session-local replacements, resolved the way agent fields are. An
+    effort inside an overridden model is ignored (the agent's stays); inference_geo applies."""
+    if not isinstance(value, dict) or value.get("type") != "agent_with_overrides":
+        return snapshot
+    out = dict(snapshot)
+    if value.get("model") is not None:
+        model = definition.resolve_model(value["model"], current=snapshot["model"], field="agent.model")
+        model["effort"] = dict(snapshot["model"].get("effort") or {"type": definition.DEFAULT_EFFORT})
+        out["model"] = model
+    if "system" in value:
+        out["system"] = definition.optional_str(
+            value["system"], "agent.system", max_len=definition.SYSTEM_MAX
+        )
+    if value.get("tools") is not None:
+        out["tools"] = definition.resolve_tools(value["tools"], "agent.tools")
+    if value.get("mcp_servers") is not None:
+        out["mcp_servers"] = definition.resolve_mcp_servers(value["mcp_servers"], "agent.mcp_servers")
+    if value.get("skills") is not None:
+        out["skills"] = definition.resolve_skills(value["skills"], "agent.skills")
+    definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
+    return out
 
 
 def _session_snapshot(version: AgentVersion) -> dict[str, Any]:
@@ -317,26 +350,6 @@ def _resolve_agent_patch(patch: dict[str, Any], snapshot: dict[str, Any]) -> dic
     return out
 
 
-_RESOURCE_TYPES = ("github_repository", "file", "memory_store")
-
-
-def _check_resources(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise bad_request("resources: expected a list.")
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise bad_request(f"resources[{index}]: expected an object.")
-        kind = item.get("type")
-        if kind not in _RESOURCE_TYPES:
-            raise bad_request(
-                f"resources[{index}].type: must be one of {', '.join(_RESOURCE_TYPES)}, got {kind!r}."
-            )
-        raise bad_request(f"resources[{index}]: {kind} resources are not supported yet.")
-    return []
-
-
 _CREATE_FIELDS = frozenset(
     {"agent", "environment_id", "title", "metadata", "vault_ids", "resources", "initial_events", "budget"}
 )
@@ -366,18 +379,16 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     if len(set(vault_ids)) != len(vault_ids):
         raise bad_request("vault_ids: must not repeat a vault.")
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
-    _check_resources(body.get("resources"))
+    resources = body.get("resources")
+    file_services.session_resources_validate(workspace=workspace, resources=resources)
     initial: list[dict[str, Any]] = []
-    if body.get("initial_events") is not None:
-        if body["initial_events"] == []:
-            initial = []
-        else:
-            initial = schemas.check_client_events(
-                body["initial_events"],
-                "initial_events",
-                allowed=schemas.INITIAL_EVENT_TYPES,
-                max_items=schemas.MAX_INITIAL_EVENTS,
-            )
+    if body.get("initial_events") not in (None, []):
+        initial = schemas.check_client_events(
+            body["initial_events"],
+            "initial_events",
+            allowed=schemas.INITIAL_EVENT_TYPES,
+            max_items=schemas.MAX_INITIAL_EVENTS,
+        )
 
     version = _resolve_agent(workspace=workspace, value=body["agent"])
     environment = environment_get(workspace=workspace, environment_id=environment_id)
@@ -386,14 +397,11 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             f"environment_id: environment {environment.pk!r} is archived.", error_code="environment_archived"
         )
     for index, vault_id in enumerate(vault_ids):
-        try:
-            vault = vault_get(workspace=workspace, vault_id=vault_id)
-        except ApiError:
-            raise not_found("vault", vault_id) from None
+        vault = vault_get(workspace=workspace, vault_id=vault_id)
         if vault.archived_at is not None:
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
-    snapshot = _session_snapshot(version)
+    snapshot = _apply_overrides(_session_snapshot(version), body["agent"])
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(
@@ -420,6 +428,8 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             created_at=now,
             updated_at=now,
         )
+        if resources:
+            file_services.session_resources_attach(session=session, resources=resources)
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
     return session
@@ -464,6 +474,8 @@ def session_list(
     created_at: dict[str, str | None] | None = None,
     include_archived: bool = False,
     statuses: list[str] | None = None,
+    deployment_id: str | None = None,
+    memory_store_id: str | None = None,
     order: str = "desc",
     limit: int | None = None,
     page: str | None = None,
@@ -485,6 +497,9 @@ def session_list(
         qs = qs.filter(archived_at=None)
     if statuses:
         qs = qs.filter(status__in=statuses)
+    if deployment_id or memory_store_id:
+        # No session is created from a deployment or mounts a memory store yet.
+        qs = qs.none()
     qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
     return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
 
@@ -621,7 +636,14 @@ def session_delete(*, session: Session) -> dict[str, str]:
         session_id = session.pk
         session.delete()
         transaction.on_commit(lambda: streaming.publish_deleted(session_id, wire))
+        transaction.on_commit(lambda: _destroy_sandbox(session_id))
     return {"id": session_id, "type": "session_deleted"}
+
+
+def _destroy_sandbox(session_id: str) -> None:
+    from sessions.sandbox.services import sandbox_destroy
+
+    sandbox_destroy(session_id=session_id)
 
 
 # --- events ------------------------------------------------------------------------------------------

@@ -12,11 +12,16 @@ same channel, so on the embedded default they only reach subscribers in the publ
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
+
+from console.ids import new_id
+from console.wire import iso
 
 log = logging.getLogger(__name__)
 
@@ -141,29 +146,32 @@ def sse_frame(event_type: str, data: dict[str, Any], seq: int | None = None) -> 
     return (text + "\n").encode()
 
 
-def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int, bool]:
-    """Events after `after` for the stream's thread, the seq read up to, and whether the session
-    still exists. The allocator row is read first: a committed last_seq implies its events are."""
+def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int, str | None]:
+    """Events after `after` for the stream's thread, the seq read up to, and the session's status
+    with that read (None once it is deleted). The allocator row is read first: a committed last_seq
+    implies its events are committed, so a reader never sees a gap."""
     from django.db import InterfaceError, OperationalError, connection
 
     from sessions.models import Session
     from sessions.services import events_after
 
     try:
-        last_seq = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).first()
-        if last_seq is None:
-            return [], after, False
+        head = Session.objects.filter(pk=session_id).values_list("last_seq", "status").first()
+        if head is None:
+            return [], after, None
+        last_seq, status = head
         if last_seq <= after:
-            return [], after, True
+            return [], after, status
         rows = events_after(
             session_id=session_id, thread=thread, after_seq=after, upto_seq=last_seq, limit=_READ_BATCH
         )
     except (OperationalError, InterfaceError):
         log.warning("a stream could not read the log; retrying", exc_info=True)
         connection.close()
-        return [], after, True
-    upto = rows[-1].seq if len(rows) == _READ_BATCH else last_seq
-    return rows, upto, True
+        return [], after, "unknown"
+    if len(rows) == _READ_BATCH:
+        return rows, rows[-1].seq, "reading"
+    return rows, last_seq, status
 
 
 async def sse_events(
@@ -174,14 +182,34 @@ async def sse_events(
     after_seq: int,
     deltas: frozenset[str] = frozenset(),
 ) -> AsyncIterator[bytes]:
+    """The SSE body. A failure inside ends the stream with an `error` frame (the SDK raises it)
+    rather than a cut connection; the client reconnects and reads the log for what it missed."""
+    frames = _log_frames(
+        session_id=session_id, thread=thread, primary=primary, after_seq=after_seq, deltas=deltas
+    )
+    async with aclosing(frames):
+        try:
+            async for frame in frames:
+                yield frame
+        except Exception:
+            log.exception("the event stream for %s failed", session_id)
+            error = {
+                "type": "api_error",
+                "message": "The event stream failed; reconnect and list events to resume.",
+            }
+            yield sse_frame("error", {"type": "error", "error": error})
+
+
+async def _log_frames(
+    *,
+    session_id: str,
+    thread: Any,
+    primary: bool,
+    after_seq: int,
+    deltas: frozenset[str],
+) -> AsyncGenerator[bytes]:
     """Stream the log of one session (or thread) from `after_seq`: read, then wait for a wake-up or
     the poll interval, and read again. Previews are forwarded only when asked for, for this thread."""
-    from asgiref.sync import sync_to_async
-    from django.utils import timezone
-
-    from console.ids import new_id
-    from console.wire import iso
-
     # Off the shared sync thread: a stream's reads must not queue behind (or block) API requests.
     read = sync_to_async(_read_log, thread_sensitive=False)
     loop = asyncio.get_running_loop()
@@ -194,18 +222,20 @@ async def sse_events(
         yield b": connected\n\n"
         next_beat = loop.time() + heartbeat
         while True:
-            rows, last, exists = await read(session_id, thread, last)
+            rows, last, status = await read(session_id, thread, last)
             for row in rows:
                 yield sse_frame(row.type, row.wire(), row.seq)
                 previewing.discard(row.pk)
                 if row.type in CLOSING_TYPES:
                     return
-            if not exists:
+            if status is None:
                 # The deletion removed the log; the hint carrying the real event was missed or lost.
                 gone = {"id": new_id("sevt"), "type": "session.deleted", "processed_at": iso(timezone.now())}
                 yield sse_frame("session.deleted", gone)
                 return
-            if len(rows) == _READ_BATCH:
+            if status == "terminated":
+                return  # caught up with a session that can never produce another event
+            if status == "reading":
                 continue
             while True:
                 now = loop.time()

@@ -4,6 +4,8 @@ import pytest
 
 from tests.live import LiveGalley, live_galley
 
+pytest_plugins = ["tests.sandbox_fixtures"]  # sandbox_root, make_sandbox_session
+
 
 @pytest.fixture(scope="session")
 def live() -> Iterator[LiveGalley]:

@@ -12,7 +12,12 @@ def agent_definition(name: str = "helper", **extra: Any) -> dict[str, Any]:
         "name": name,
         "description": None,
         "system": "You are helpful.",
-        "model": {"id": "claude-sonnet-4-6", "speed": "standard"},
+        "model": {
+            "id": "claude-sonnet-4-6",
+            "effort": {"type": "high"},
+            "speed": "standard",
+            "inference_geo": None,
+        },
         "tools": [],
         "mcp_servers": [],
         "skills": [],
@@ -44,4 +49,3 @@ def make_environment(
         else {"type": "cloud", "networking": {"type": "unrestricted"}, "packages": {"type": "packages"}}
     )
     return Environment.objects.create(id=new_id("env"), workspace=workspace, name=name, config=config)
-

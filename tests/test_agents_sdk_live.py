@@ -10,7 +10,7 @@ import httpx2
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
-VOLATILE = {"id", "created_at", "updated_at", "archived_at"}
+VOLATILE = {"build_status", "build_log", "id", "created_at", "updated_at", "archived_at"}
 
 
 def other_workspace_client(live) -> anthropic.Anthropic:  # type: ignore[no-untyped-def]
@@ -238,3 +238,78 @@ def test_agent_list_pages_with_cursors(live):
     with pytest.raises(anthropic.BadRequestError) as info:
         client.beta.agents.list(limit=101)
     assert "limit" in info.value.message
+
+
+def test_a_fully_loaded_agent_parses_strictly(live):
+    """Every resolved shape (toolset extras, MCP, custom tools, skills, roster, identity) against the
+    SDK's strict models."""
+    client = live.client()
+    worker = client.beta.agents.create(name="worker", model="claude-sonnet-4-6")
+    agent = client.beta.agents.create(
+        name="lead",
+        model={"id": "claude-opus-4-7", "effort": "xhigh", "speed": "fast", "inference_geo": "us"},
+        description="Leads",
+        tools=[
+            {
+                "type": "agent_toolset_20260401",
+                "default_config": {"enabled": False},
+                "configs": [
+                    {"name": "bash", "enabled": True, "permission_policy": {"type": "auto"}},
+                    {
+                        "name": "web_fetch",
+                        "enabled": True,
+                        "blocked_domains": ["evil.example"],
+                        "max_content_tokens": 4000,
+                        "url_sources": {
+                            "user_input": "all",
+                            "client_tool_results": {
+                                "type": "except",
+                                "tools": [{"type": "tool_reference", "name": "x"}],
+                            },
+                            "server_tool_results": "none",
+                        },
+                    },
+                    {
+                        "name": "web_search",
+                        "allowed_domains": ["docs.example"],
+                        "user_location": {"type": "approximate", "country": "FR"},
+                    },
+                ],
+            },
+            {
+                "type": "mcp_toolset",
+                "mcp_server_name": "linear",
+                "default_config": {"permission_policy": {"type": "always_allow"}},
+            },
+            {
+                "type": "custom",
+                "name": "lookup",
+                "description": "Look up",
+                "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        ],
+        mcp_servers=[{"type": "url", "name": "linear", "url": "https://mcp.linear.example/mcp"}],
+        skills=[
+            {"type": "anthropic", "skill_id": "xlsx"},
+            {"type": "custom", "skill_id": "skill_01abc", "version": "v3"},
+        ],
+        multiagent={
+            "type": "coordinator",
+            "agents": [{"type": "self"}, worker.id, {"type": "advisor", "model": "claude-opus-4-7"}],
+        },
+        execution_identity={"type": "aws_role", "role_arn": "arn:aws:iam::123456789012:role/agent"},
+        metadata={"team": "core"},
+    )
+    fetched = client.beta.agents.retrieve(agent.id)
+    assert fetched.model.effort.type == "xhigh" and fetched.model.inference_geo == "us"
+    toolset = fetched.tools[0]
+    configs = {c.name: c for c in toolset.configs}
+    assert configs["bash"].enabled and not configs["read"].enabled
+    assert configs["web_fetch"].url_sources.server_tool_results.type == "none"
+    assert configs["web_search"].user_location.country == "FR"
+    assert fetched.tools[1].default_config.permission_policy.type == "always_allow"
+    assert fetched.tools[2].input_schema.properties == {"q": {"type": "string"}}
+    assert [s.version for s in fetched.skills] == ["latest", "v3"]
+    assert [a.type for a in fetched.multiagent.agents] == ["agent", "agent", "advisor"]
+    assert fetched.multiagent.agents[0].id == agent.id and fetched.multiagent.agents[1].version == 1
+    assert fetched.execution_identity.type == "aws_role"

@@ -201,6 +201,11 @@ def test_custom_tool_rules(workspace):
         ({**ok, "name": "x" * 129}, "tools[0].name"),
         ({**ok, "input_schema": {"type": "array"}}, "tools[0].input_schema.type"),
         ({k: v for k, v in ok.items() if k != "description"}, "tools[0].description"),
+        (
+            {**ok, "input_schema": {"type": "object", "properties": {"x": {"maximum": float("nan")}}}},
+            "tools[0].input_schema",
+        ),
+        ({**ok, "input_schema": {"type": "object", "description": "x" * 70_000}}, "tools[0].input_schema"),
     ]:
         err = error_of(lambda bad=bad: make(workspace, tools=[bad]))
         assert err.status == 400 and field in err.message
@@ -265,8 +270,6 @@ def test_coordinator_roster_resolves_and_enforces_depth_one(workspace):
     services.agent_archive(agent=worker)
     err = error_of(lambda: make(workspace, multiagent={"type": "coordinator", "agents": [worker.id]}))
     assert "archived" in err.message
-    err = error_of(lambda: make(workspace, multiagent={"type": "multiagent_20261001"}))
-    assert "not supported yet" in err.message
 
 
 def test_roster_of_more_than_twenty_is_rejected(workspace):
@@ -501,3 +504,8 @@ def test_an_advisor_is_echoed_last_and_only_once(workspace):
         "agents": [{"type": "advisor", "model": "a"}, {"type": "advisor", "model": "b"}],
     }
     assert "one advisor" in error_of(lambda: make(workspace, multiagent=twice)).message
+
+
+def test_multiagent_20261001_is_refused_until_sessions_run_it(workspace):
+    err = error_of(lambda: make(workspace, multiagent={"type": "multiagent_20261001"}))
+    assert err.status == 400 and "not supported yet" in err.message

@@ -183,3 +183,20 @@ def test_concurrent_creates_with_one_name_give_one_environment_and_one_409(works
     outcomes = race(lambda: create(workspace, name="twin").id)
     assert sorted(outcomes, key=str).count(409) == 1
     assert Environment.objects.filter(workspace=workspace, name="twin").count() == 1
+
+
+def test_packages_the_sandboxes_cannot_install_are_refused_at_create(workspace):
+    config = {"type": "cloud", "packages": {"apt": ["curl"]}}
+    err = error_of(lambda: create(workspace, config=config))
+    assert err.status == 400 and err.message.startswith("config.packages.apt")
+    assert not Environment.objects.exists()
+
+
+def test_an_environment_with_packages_is_building_until_its_build_finishes(workspace, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        env = create(workspace, config={"type": "cloud", "packages": {"pip": ["tiny-package==1.0"]}})
+    out = services.environment_wire(env)
+    assert out["build_status"] == "building" and out["sandbox_unsafe"] is False
+    assert len(callbacks) == 1  # the build task is enqueued after commit
+    plain = services.environment_wire(create(workspace, name="plain"))
+    assert plain["build_status"] == "ready"

@@ -128,7 +128,7 @@ def test_initial_events_start_the_session_running_in_order(api, agent, environme
             {"budget": {"type": "limit", "max_list_cost": {"amount": "1.5", "currency": "USD"}}},
             "budget.max_list_cost.amount",
         ),
-        ({"agent": {"type": "agent_with_overrides", "id": "agent_x"}}, "agent"),
+        ({"agent": {"type": "robot", "id": "agent_x"}}, "agent.type"),
     ],
 )
 def test_bad_create_bodies_are_rejected_naming_the_field_and_write_nothing(
@@ -238,6 +238,14 @@ def test_an_interrupt_never_starts_a_session(api, agent, environment):
             "events[0]",
         ),
         ([{"type": "user.interrupt"}, {"type": "system.message", "content": []}], "events[1].content"),
+        (
+            [
+                {"type": "user.interrupt"},
+                {"type": "system.message", "content": [{"type": "text", "text": "a"}]},
+            ],
+            "events[1]",
+        ),
+        ([{"type": "system.message", "content": [{"type": "text", "text": "a"}]}], "events[0]"),
         ([], "events"),
     ],
 )
@@ -350,6 +358,11 @@ def test_session_list_filters_and_pages_both_ways(api, agent, environment, works
     _error(api.get("/sessions", agent_version=1), 400)
     _error(api.get("/sessions", **{"statuses[]": "sleeping"}), 400)
     assert len(api.get("/sessions", **{"statuses[]": "idle"}).json()["data"]) == 4
+    assert api.get("/sessions", deployment_id="depl_01X").json() == {
+        "data": [],
+        "next_page": None,
+        "prev_page": None,
+    }
 
 
 def test_update_emits_only_the_changed_fields(api, agent, environment):
@@ -594,6 +607,8 @@ def test_list_cost_adds_runtime_at_eight_cents_an_hour_to_token_cost(api, agent,
     Session.objects.filter(pk=sid).update(token_cost_micros=1_234_567, active_seconds=3600.0, input_tokens=7)
     session = Session.objects.get(pk=sid)
     assert session_list_cost(session) == {"amount": "131", "currency": "USD"}  # $1.234567 + $0.08
+    session.web_search_requests = 100  # $10 per 1000 searches
+    assert session_list_cost(session)["amount"] == "231"
     usage = api.get(f"/sessions/{sid}").json()["usage"]
     assert (
         usage["list_cost"]["amount"] == "131"
@@ -676,3 +691,45 @@ def test_a_terminated_session_accepts_no_events(api, agent, environment):
     assert "terminated" in _error(
         api.post(f"/sessions/{sid}/events", {"events": [{"type": "user.interrupt"}]}), 409
     )
+
+
+def test_agent_with_overrides_changes_only_this_sessions_snapshot(api, agent, environment):
+    from anthropic.types.beta import BetaManagedAgentsSession
+
+    overrides = {
+        "type": "agent_with_overrides",
+        "id": agent.id,
+        "version": 1,
+        "model": {"id": "claude-opus-4-7", "effort": {"type": "max"}, "inference_geo": "us"},
+        "system": "Be brief.",
+        "tools": [
+            {"type": "custom", "name": "lookup", "description": "d", "input_schema": {"type": "object"}}
+        ],
+    }
+    response = api.post("/sessions", {"agent": overrides, "environment_id": environment.id})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    BetaManagedAgentsSession.model_validate(body)
+    snapshot = body["agent"]
+    assert snapshot["version"] == 1 and snapshot["system"] == "Be brief."
+    assert snapshot["model"]["id"] == "claude-opus-4-7" and snapshot["model"]["inference_geo"] == "us"
+    assert snapshot["model"].get("effort") == agent.latest().definition["model"].get("effort")  # ignored
+    assert [t["name"] for t in snapshot["tools"]] == ["lookup"]
+    bad = {**overrides, "tools": [{"type": "custom", "name": "lookup"}]}
+    message = _error(api.post("/sessions", {"agent": bad, "environment_id": environment.id}), 400)
+    assert message.startswith("agent.tools[0]")
+    unknown = {**overrides, "name": "renamed"}
+    assert _error(
+        api.post("/sessions", {"agent": unknown, "environment_id": environment.id}), 400
+    ).startswith("agent.name")
+
+
+def test_a_system_message_after_a_user_message_is_accepted(api, agent, environment):
+    sid = _create(api, agent, environment)["id"]
+    events = [
+        {"type": "user.message", "content": [{"type": "text", "text": "q"}]},
+        {"type": "system.message", "content": [{"type": "text", "text": "Answer in French."}]},
+    ]
+    response = api.post(f"/sessions/{sid}/events", {"events": events})
+    assert response.status_code == 200, response.content
+    assert [e["type"] for e in response.json()["data"]] == ["user.message", "system.message"]

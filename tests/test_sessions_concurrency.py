@@ -63,8 +63,8 @@ def test_concurrent_appends_get_gapless_seqs_and_a_reader_never_sees_a_gap(sessi
         last = 0
         try:
             for _ in range(20000):
-                rows, last, exists = streaming._read_log(session.pk, None, last)
-                assert exists
+                rows, last, status = streaming._read_log(session.pk, None, last)
+                assert status is not None
                 seen.extend(row.seq for row in rows)
                 if len(seen) >= total:
                     return
@@ -187,3 +187,21 @@ def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(sessio
     ]
     assert plain_kinds == [b"event: agent.message", b"event: session.status_terminated"]
     assert any(b"\nid: " in f for f in plain)
+
+
+def test_a_failing_read_ends_the_stream_with_an_error_frame_and_releases_it(session, monkeypatch):
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(streaming, "_read_log", broken)
+
+    async def scenario() -> list[bytes]:
+        frames: list[bytes] = []
+        gen = streaming.sse_events(session_id=session.pk, thread=None, primary=True, after_seq=0)
+        await asyncio.wait_for(_collect(gen, frames), 5)
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert frames[-1].startswith(b"event: error\ndata: ") and b'"api_error"' in frames[-1]
+    assert b"boom" not in frames[-1]
+    assert _subscribers(session.pk) == 0

@@ -56,6 +56,17 @@ def test_create_pins_versions_and_retrieve_round_trips(client, ids):
     assert got.id == pinned.id and got.title == "pinned" and got.metadata == {"a": "b"}
     assert got.usage.list_cost is not None and got.usage.list_cost.amount == "0"
     assert got.stats.active_seconds == 0
+    overridden = client.beta.sessions.create(
+        agent={
+            "type": "agent_with_overrides",
+            "id": ids["agent"],
+            "system": "override",
+            "model": "claude-opus-4-7",
+        },
+        environment_id=ids["environment"],
+    )
+    assert overridden.agent.system == "override" and overridden.agent.model.id == "claude-opus-4-7"
+    assert client.beta.agents.retrieve(ids["agent"]).system == "v2"
     with pytest.raises(anthropic.NotFoundError):
         client.beta.sessions.create(
             agent={"type": "agent", "id": ids["agent"], "version": 9}, environment_id=ids["environment"]
@@ -96,6 +107,8 @@ def test_update_archive_and_delete(client, ids):
     assert archived.archived_at is not None and archived.status == "terminated"
     with pytest.raises(anthropic.ConflictError):
         client.beta.sessions.events.send(session.id, events=[MESSAGE])
+    with client.beta.sessions.events.stream(session.id) as stream:
+        assert list(stream) == []  # terminated: nothing more can come, so the stream ends at once
     deleted = client.beta.sessions.delete(session.id)
     assert deleted.id == session.id and deleted.type == "session_deleted"
     with pytest.raises(anthropic.NotFoundError):
@@ -243,3 +256,21 @@ def test_a_closed_stream_leaves_no_subscription_behind(live, client, ids):
     while count() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert count() == 0
+
+
+def test_file_resources_given_at_create_show_on_the_session(client, ids):
+    uploaded = client.beta.files.upload(file=("data.csv", b"a,b\n1,2\n", "text/csv"))
+    session = client.beta.sessions.create(
+        agent=ids["agent"],
+        environment_id=ids["environment"],
+        resources=[{"type": "file", "file_id": uploaded.id, "mount_path": "/mnt/session/uploads/data.csv"}],
+    )
+    assert [(r.type, r.file_id) for r in session.resources] == [("file", uploaded.id)]  # type: ignore[union-attr]
+    listed = next(s for s in client.beta.sessions.list(agent_id=ids["agent"]) if s.id == session.id)
+    assert [r.id for r in listed.resources] == [r.id for r in session.resources]
+    with pytest.raises(anthropic.NotFoundError):
+        client.beta.sessions.create(
+            agent=ids["agent"],
+            environment_id=ids["environment"],
+            resources=[{"type": "file", "file_id": "file_01NOPE"}],
+        )

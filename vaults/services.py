@@ -449,7 +449,7 @@ def vault_keys_rotate() -> int:
         crypto.add_key_to_file()
     crypto.reset_cache()
     rotated = 0
-    for pk, ciphertext in Credential.objects.values_list("pk", "secret_ciphertext").iterator():
+    for pk, ciphertext in list(Credential.objects.values_list("pk", "secret_ciphertext")):
         # Conditional: a concurrent update already wrote a ciphertext under the new key.
         rotated += Credential.objects.filter(pk=pk, secret_ciphertext=ciphertext).update(
             secret_ciphertext=crypto.rotate(ciphertext)

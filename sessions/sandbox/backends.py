@@ -1,0 +1,305 @@
+"""Sandbox backends: how a sandboxed process is started.
+
+A backend turns a `SandboxSpec` (host directories, uid, network mode, limits) and an argv into the argv and
+`subprocess.Popen` keyword arguments that start that argv confined. The default backend is bubblewrap. The
+plain-process backend exists only for development on machines without bubblewrap: it confines nothing, runs
+only when GALLEY_SANDBOX_ALLOW_UNSAFE is set, and says so loudly.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be provided (misconfiguration, missing backend): a tool error for the model."""
+
+
+WORKSPACE = "/workspace"
+STATE = (
+    "/run/galley"  # per-sandbox state the sandbox may write (saved cwd and exports, the bridge's ready file)
+)
+EGRESS = "/run/galley-egress"  # read-only inside: the egress proxy's socket and the bridge script
+PACKAGES = "/opt/galley/packages"
+CA_BUNDLE = "/etc/galley/ca-bundle.crt"
+INSIDE_UID = 1000
+# Sandbox processes run as an unprivileged host uid derived from the session id, so RLIMIT_NPROC counts each
+# sandbox on its own and files a sandbox writes are never owned by the server's user.
+UID_BASE = 200_000
+UID_SPAN = 100_000
+
+# /etc entries a sandbox needs to resolve names, verify TLS and load libraries; the rest of /etc stays out.
+ETC_ENTRIES = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gai.conf",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "protocols",
+    "resolv.conf",
+    "services",
+    "ssl",
+    "timezone",
+    "bash.bashrc",
+    "inputrc",
+    "debian_version",
+)
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    cpu_seconds: int
+    max_processes: int
+    file_bytes: int
+
+    @classmethod
+    def from_settings(cls) -> "Limits":
+        return cls(
+            memory_bytes=settings.GALLEY_SANDBOX_MEMORY_BYTES,
+            cpu_seconds=settings.GALLEY_SANDBOX_CPU_SECONDS,
+            max_processes=settings.GALLEY_SANDBOX_MAX_PROCESSES,
+            file_bytes=settings.GALLEY_SANDBOX_FILE_BYTES,
+        )
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    root: Path  # host directory of this sandbox: workspace/, tmp/, state/, etc/
+    uid: int
+    share_network: bool
+    limits: Limits
+    env: dict[str, str] = field(default_factory=dict)
+    package_dir: Path | None = None  # built package prefix, mounted read-only at PACKAGES
+    writable_packages: bool = False  # package builds write into package_dir
+    ca_bundle: Path | None = None  # CA bundle including the egress CA, mounted at CA_BUNDLE
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def egress(self) -> Path:
+        # Owned by the server and read-only inside: the worker never writes where the sandbox can plant links.
+        return self.root / "egress"
+
+
+def sandbox_uid(key: str) -> int:
+    digest = hashlib.sha256(key.encode()).digest()
+    return UID_BASE + int.from_bytes(digest[:4], "big") % UID_SPAN
+
+
+def rlimit_shell(limits: Limits) -> str:
+    """The limits as bash builtins (soft and hard, so they cannot be raised again): no extra exec at start."""
+    return (
+        f"ulimit -u {limits.max_processes} -v {limits.memory_bytes // 1024} -t {limits.cpu_seconds} "
+        f"-f {limits.file_bytes // 1024} -c 0 -n 1024"
+    )
+
+
+def rlimit_argv(limits: Limits) -> list[str]:
+    prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+    return [
+        prlimit,
+        f"--nproc={limits.max_processes}",
+        f"--as={limits.memory_bytes}",
+        f"--cpu={limits.cpu_seconds}",
+        f"--fsize={limits.file_bytes}",
+        "--core=0",
+        "--nofile=1024",
+        "--",
+    ]
+
+
+class SandboxBackend(Protocol):
+    name: str
+    unsafe: bool
+
+    def workspace_path(self, spec: SandboxSpec) -> str: ...
+
+    def tmp_path(self, spec: SandboxSpec) -> str: ...
+
+    def state_path(self, spec: SandboxSpec) -> str: ...
+
+    def egress_path(self, spec: SandboxSpec) -> str: ...
+
+    def packages_path(self, spec: SandboxSpec) -> str: ...
+
+    def command(
+        self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
+        """argv and Popen kwargs; rlimits=False when the command sets them itself (the shell, via ulimit)."""
+        ...
+
+
+class BwrapBackend:
+    name = "bwrap"
+    unsafe = False
+
+    def workspace_path(self, spec: SandboxSpec) -> str:
+        return WORKSPACE
+
+    def tmp_path(self, spec: SandboxSpec) -> str:
+        return "/tmp"
+
+    def state_path(self, spec: SandboxSpec) -> str:
+        return STATE
+
+    def egress_path(self, spec: SandboxSpec) -> str:
+        return EGRESS
+
+    def packages_path(self, spec: SandboxSpec) -> str:
+        return PACKAGES
+
+    def command(
+        self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
+        bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        args = [
+            bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--uid",
+            str(INSIDE_UID),
+            "--gid",
+            str(INSIDE_UID),
+            "--cap-drop",
+            "ALL",
+            "--disable-userns",
+            "--hostname",
+            "sandbox",
+        ]
+        if spec.share_network:
+            args.append("--share-net")
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in ("bin", "lib", "lib64", "lib32", "sbin"):
+            host = Path("/") / name
+            if host.is_symlink():
+                args += ["--symlink", os.readlink(host), f"/{name}"]
+            elif host.is_dir():
+                args += ["--ro-bind", str(host), f"/{name}"]
+        for entry in ETC_ENTRIES:
+            if os.path.exists(f"/etc/{entry}"):
+                args += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
+        args += [
+            "--ro-bind",
+            str(spec.root / "etc" / "passwd"),
+            "/etc/passwd",
+            "--ro-bind",
+            str(spec.root / "etc" / "group"),
+            "/etc/group",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--bind",
+            str(spec.workspace),
+            WORKSPACE,
+            "--bind",
+            str(spec.tmp),
+            "/tmp",
+            "--bind",
+            str(spec.state),
+            STATE,
+        ]
+        if spec.egress.is_dir():
+            args += ["--ro-bind", str(spec.egress), EGRESS]
+        if spec.package_dir is not None:
+            args += ["--bind" if spec.writable_packages else "--ro-bind", str(spec.package_dir), PACKAGES]
+        if spec.ca_bundle is not None:
+            args += ["--ro-bind", str(spec.ca_bundle), CA_BUNDLE]
+        args += ["--remount-ro", "/", "--chdir", WORKSPACE]
+        for key, value in spec.env.items():
+            args += ["--setenv", key, value]
+        args += ["--", *argv]
+        kwargs: dict[str, Any] = {
+            "user": spec.uid,
+            "group": spec.uid,
+            "extra_groups": [],
+            "env": {},
+            "start_new_session": True,
+        }
+        return (rlimit_argv(spec.limits) if rlimits else []) + args, kwargs
+
+
+class ProcessBackend:
+    """No isolation at all: the command runs as a plain child process. Development only."""
+
+    name = "process"
+    unsafe = True
+
+    def workspace_path(self, spec: SandboxSpec) -> str:
+        return str(spec.workspace)
+
+    def tmp_path(self, spec: SandboxSpec) -> str:
+        return str(spec.tmp)
+
+    def state_path(self, spec: SandboxSpec) -> str:
+        return str(spec.state)
+
+    def egress_path(self, spec: SandboxSpec) -> str:
+        return str(spec.egress)
+
+    def packages_path(self, spec: SandboxSpec) -> str:
+        return str(spec.package_dir or "")
+
+    def command(
+        self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
+    ) -> tuple[list[str], dict[str, Any]]:
+        logger.warning("UNSAFE sandbox backend: running agent code as a plain process with NO isolation")
+        return (rlimit_argv(spec.limits) if rlimits else []) + argv, {
+            "env": dict(spec.env),
+            "cwd": str(spec.workspace),
+            "start_new_session": True,
+        }
+
+
+def backend_get() -> SandboxBackend:
+    name = settings.GALLEY_SANDBOX_BACKEND
+    if name == "bwrap":
+        if shutil.which("bwrap") is None and not os.path.exists("/usr/bin/bwrap"):
+            raise SandboxError(
+                "bubblewrap is not installed on this worker (Debian/Ubuntu: apt-get install bubblewrap)"
+            )
+        return BwrapBackend()
+    if name == "process":
+        if not settings.GALLEY_SANDBOX_ALLOW_UNSAFE:
+            raise SandboxError(
+                "GALLEY_SANDBOX_BACKEND=process runs agent code with no isolation; "
+                "set GALLEY_SANDBOX_ALLOW_UNSAFE=1 to allow it on a development machine",
+            )
+        return ProcessBackend()
+    raise SandboxError(f"unknown GALLEY_SANDBOX_BACKEND {name!r} (expected 'bwrap' or 'process')")
+
+
+def backend_is_unsafe() -> bool:
+    """For the environment object and the console: True when sandboxes run without isolation."""
+    return settings.GALLEY_SANDBOX_BACKEND == "process"

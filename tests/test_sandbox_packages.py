@@ -1,0 +1,193 @@
+"""Environment packages: a small pip and npm package built once into a cached prefix, mounted read-only."""
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from console.errors import ApiError
+from sessions.sandbox.packages import packages_build, packages_request_build, validate_packages
+from tests.sandbox_fixtures import run, text
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
+
+
+def _wheel() -> bytes:
+    files = {
+        "galleydemo/__init__.py": b"VALUE = 42\n",
+        "galleydemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: galleydemo\nVersion: 1.0\n",
+        "galleydemo-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = [
+        f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+        for n, d in files.items()
+    ]
+    files["galleydemo-1.0.dist-info/RECORD"] = (
+        "\n".join([*record, "galleydemo-1.0.dist-info/RECORD,,"]) + "\n"
+    ).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npm_tarball() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (
+            ("package/package.json", b'{"name": "galley-demo", "version": "1.0.0", "main": "index.js"}'),
+            ("package/index.js", b"module.exports = { value: 7 };\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def registries(settings) -> Iterator[dict]:
+    wheel, tgz = _wheel(), _npm_tarball()
+    state = {"requests": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            state["requests"] += 1
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if self.path.rstrip("/") == "/simple/galleydemo":
+                digest = hashlib.sha256(wheel).hexdigest()
+                body = (
+                    f'<html><body><a href="/files/galleydemo-1.0-py3-none-any.whl#sha256={digest}">'
+                    "galleydemo-1.0-py3-none-any.whl</a></body></html>"
+                ).encode()
+                ctype = "text/html"
+            elif self.path.startswith("/files/galleydemo"):
+                body, ctype = wheel, "application/octet-stream"
+            elif self.path == "/npm/galley-demo":
+                integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+                body = json.dumps(
+                    {
+                        "name": "galley-demo",
+                        "dist-tags": {"latest": "1.0.0"},
+                        "versions": {
+                            "1.0.0": {
+                                "name": "galley-demo",
+                                "version": "1.0.0",
+                                "main": "index.js",
+                                "dist": {
+                                    "tarball": f"{base}/npm/galley-demo/-/galley-demo-1.0.0.tgz",
+                                    "shasum": hashlib.sha1(tgz).hexdigest(),
+                                    "integrity": integrity,
+                                },
+                            }
+                        },
+                    }
+                ).encode()
+                ctype = "application/json"
+            elif self.path == "/npm/galley-demo/-/galley-demo-1.0.0.tgz":
+                body, ctype = tgz, "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    settings.GALLEY_PIP_INDEX_URL = f"http://127.0.0.1:{port}/simple/"
+    settings.GALLEY_NPM_REGISTRY = f"http://127.0.0.1:{port}/npm/"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_unsupported_managers_and_bad_names_are_refused():
+    for manager in ("apt", "cargo", "gem", "go"):
+        with pytest.raises(ApiError) as exc:
+            validate_packages({"type": "packages", manager: ["x"], "pip": []})
+        assert exc.value.status == 400 and f"config.packages.{manager}" in exc.value.message
+    with pytest.raises(ApiError) as exc:
+        validate_packages({"pip": ["--index-url=http://evil/"]})
+    assert exc.value.status == 400 and "config.packages.pip[0]" in exc.value.message
+    validate_packages(
+        {
+            "type": "packages",
+            "pip": ["pandas==2.2.0", "requests[socks]>=2"],
+            "npm": ["@scope/x@1.2.3"],
+            "apt": [],
+        }
+    )
+
+
+@pytest.mark.slow
+def test_pip_and_npm_packages_are_built_once_and_mounted_read_only(make_sandbox_session, registries):
+    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"], "npm": ["galley-demo@1.0.0"]})
+    env = session.environment
+    packages_request_build(environment=env)
+    env.refresh_from_db()
+    assert env.build_status == "building"
+    status = packages_build(environment_id=env.id)
+    env.refresh_from_db()
+    assert status == "ready", env.build_log
+    assert env.build_status == "ready" and "build succeeded" in env.build_log
+    session.environment.refresh_from_db()
+    out = run(
+        session,
+        "bash",
+        command="python3 -c 'import galleydemo; print(galleydemo.VALUE)'; "
+        "node -e 'console.log(require(\"galley-demo\").value)'; "
+        "touch /opt/galley/packages/pip/x 2>&1 | grep -c 'Read-only'",
+    )
+    assert text(out) == "42\n7\n1", text(out)
+    # A second environment with the same lists reuses the cache: no registry traffic.
+    before = registries["requests"]
+    other = make_sandbox_session(packages={"pip": ["galleydemo==1.0"], "npm": ["galley-demo@1.0.0"]})
+    packages_request_build(environment=other.environment)
+    assert other.environment.build_status == "ready"
+    assert registries["requests"] == before
+
+
+def test_failed_build_is_reported_on_the_environment_and_to_the_tool(make_sandbox_session, registries):
+    session = make_sandbox_session(packages={"pip": ["does-not-exist-galley==9"]})
+    packages_request_build(environment=session.environment)
+    assert packages_build(environment_id=session.environment.id) == "failed"
+    session.environment.refresh_from_db()
+    assert session.environment.build_status == "failed"
+    assert "does-not-exist-galley" in session.environment.build_log
+    out = run(session, "bash", command="echo hi")
+    assert out.is_error and "failed to build" in text(out)
+
+
+def test_a_session_on_a_building_environment_waits_for_the_build(make_sandbox_session):
+    from agents.models import Environment
+    from sessions.sandbox.toolset import run_tool
+
+    session = make_sandbox_session(build_status="building")
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            run_tool(session=session, name="bash", tool_input={"command": "echo built"}, tool_use_id="t")
+        )
+    )
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive() and not results  # still waiting for the build
+    Environment.objects.filter(pk=session.environment_id).update(build_status="ready")
+    worker.join(10)
+    assert results and text(results[0]) == "built"

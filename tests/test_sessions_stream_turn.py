@@ -1,0 +1,77 @@
+"""A whole turn seen through the SDK's event stream: the harness on the live worker answers from the
+scripted model, and a stream opened before the send receives every event in log order, plus live
+previews when asked for (previews cross processes only through Redis)."""
+
+import os
+from collections.abc import Iterator
+
+import anthropic
+import pytest
+
+from tests.live import LiveGalley, live_galley
+from tests.model_server import ScriptedModel, scripted_model, text
+
+MESSAGE = {"type": "user.message", "content": [{"type": "text", "text": "Say hello."}]}
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ScriptedModel]:
+    with scripted_model() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def galley(model: ScriptedModel) -> Iterator[LiveGalley]:
+    env = {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}
+    with live_galley(extra_env=env) as server:
+        yield server
+
+
+def _session(client: anthropic.Anthropic) -> str:
+    agent = client.beta.agents.create(name="greeter", model="claude-sonnet-4-6")
+    env = client.beta.environments.create(name=f"turn-{agent.id[-6:]}")
+    return client.beta.sessions.create(agent=agent.id, environment_id=env.id).id
+
+
+def _until_idle(stream: Iterator[object]) -> list[object]:
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if getattr(event, "type", "") == "session.status_idle":
+            break
+    return seen
+
+
+def test_a_turn_streams_in_log_order_and_matches_the_list(galley: LiveGalley, model: ScriptedModel) -> None:
+    client = galley.client()
+    session_id = _session(client)
+    model.push(text("Hello there, friend.", chunk_delay=0.02))
+    with client.beta.sessions.events.stream(session_id) as stream:
+        client.beta.sessions.events.send(session_id, events=[MESSAGE])
+        seen = _until_idle(stream)
+    types = [e.type for e in seen]  # type: ignore[attr-defined]
+    assert types[:3] == ["user.message", "session.status_running", "span.model_request_start"]
+    assert "agent.message" in types and types[-1] == "session.status_idle"
+    assert not [t for t in types if t in ("event_start", "event_delta")]  # not asked for
+    listed = [e.id for e in client.beta.sessions.events.list(session_id)]
+    assert [e.id for e in seen] == listed[: len(seen)]  # type: ignore[attr-defined]
+
+
+def test_previews_precede_the_message_when_asked_for(galley: LiveGalley, model: ScriptedModel) -> None:
+    client = galley.client()
+    session_id = _session(client)
+    model.push(text("Hello there, friend.", chunk_delay=0.05))
+    with client.beta.sessions.events.stream(session_id, event_deltas=["agent.message"]) as stream:
+        client.beta.sessions.events.send(session_id, events=[MESSAGE])
+        seen = _until_idle(stream)
+    types = [e.type for e in seen]  # type: ignore[attr-defined]
+    message = next(e for e in seen if e.type == "agent.message")  # type: ignore[attr-defined]
+    if not os.environ.get("REDIS_URL"):
+        # Embedded default: the worker process has no bus to the web process (streaming.py).
+        assert "event_start" not in types
+        return
+    start = types.index("event_start")
+    assert start < types.index("agent.message")
+    assert seen[start].event.id == message.id  # type: ignore[attr-defined]
+    deltas = [e for e in seen if e.type == "event_delta"]  # type: ignore[attr-defined]
+    assert deltas and "".join(d.delta.content.text for d in deltas) == "Hello there, friend."  # type: ignore[attr-defined]
