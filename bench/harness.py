@@ -32,8 +32,8 @@ EXPECTED = [
     "span.model_request_start",
     "agent.message",
     "agent.tool_use",
+    "agent.tool_result",  # the refusal is recorded with the call
     "span.model_request_end",
-    "agent.tool_result",
     "span.model_request_start",
     "agent.message",
     "span.model_request_end",
@@ -160,6 +160,12 @@ def _wait_idle(session_ids: list[str], timeout: float) -> float:
     raise RuntimeError(f"{busy} sessions did not reach idle in {timeout}s")
 
 
+# A tool the agent does not have: the harness records the call and answers it with a refusal
+# at once, so the loop runs its full tool path (tool_use, tool_result, next model call) without a
+# sandbox. Sandbox costs are bench/sandbox.py's subject.
+BENCH_TOOL = "lookup_notes"
+
+
 def _responder(delay: float, rounds: int = 1) -> Any:
     """Answers with `rounds` tool calls (one per answer), then a closing message."""
     from tests.model_server import text, tool_call
@@ -168,7 +174,7 @@ def _responder(delay: float, rounds: int = 1) -> Any:
         done = sum(1 for m in body["messages"] for b in m["content"] if b.get("type") == "tool_result")
         if done >= rounds:
             return text("The file is missing; nothing else to do.", delay=delay)
-        return tool_call("read", {"file_path": "notes.txt"}, say="Reading it.", delay=delay)
+        return tool_call(BENCH_TOOL, {"topic": "notes"}, say="Looking it up.", delay=delay)
 
     return respond
 
@@ -205,17 +211,24 @@ def _platform_turns(model: Any, turns: int) -> dict[str, Any]:
 
 
 def _tool_time(session_id: str) -> float:
-    # Tool time is what the tool adapter spent; measured in-process by running it again is not
-    # possible here, so it is bounded by span end -> tool_result (which also holds our overhead).
-    # The adapter returns at once without a sandbox backend, so count it as zero.
-    return 0.0
+    """Time from each answer's span end to its tool result (the bench's tool is refused at once,
+    so this is the harness's own bookkeeping; a real tool's run would be here)."""
+    from sessions.models import Event
+
+    total = 0.0
+    previous = None
+    for event in Event.objects.filter(session_id=session_id).order_by("seq"):
+        if event.type == "agent.tool_result" and previous is not None and previous.type != event.type:
+            total += (event.created_at - previous.created_at).total_seconds()
+        previous = event
+    return total
 
 
 def _baseline_turns(model: Any, turns: int) -> dict[str, Any]:
     """The same loop in one process: the same anthropic client and tool adapter, no platform."""
     from sessions.harness.providers.anthropic import AnthropicProvider
     from sessions.harness.providers.base import CancelToken, ModelRequest
-    from sessions.harness.tools import TOOLSET, run_builtin
+    from sessions.harness.tools import TOOLSET
 
     class NoPreviews:
         def block_start(self, index: int, block_type: str) -> None:
@@ -243,23 +256,17 @@ def _baseline_turns(model: Any, turns: int) -> dict[str, Any]:
             uses = [b for b in answer.blocks if b["type"] == "tool_use"]
             if not uses:
                 break
-            results = []
-            for use in uses:
-                run = run_builtin(
-                    session=None,
-                    name=use["name"],
-                    tool_input=use["input"],
-                    tool_use_id=use["id"],
-                    cancel=None,
-                )
-                results.append(
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": use["id"],
-                        "content": run.content,
-                        "is_error": run.is_error,
-                    }
-                )
+            results = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": use["id"],
+                    "content": [
+                        {"type": "text", "text": f"Tool {use['name']!r} is not available in this session."}
+                    ],
+                    "is_error": True,
+                }
+                for use in uses
+            ]
             messages.append({"role": "user", "content": results})
         turn = time.monotonic() - started
         model_time = sum(end - start for start, end in model.timings[before:])
