@@ -324,3 +324,23 @@ def test_a_live_lease_keeps_a_second_step_out(model: ScriptedModel) -> None:
     step(session)
     assert model.requests == []
     assert log_types(session) == ["user.message", "session.status_running"]
+
+
+@pytest.mark.sandbox
+def test_a_built_in_bash_call_runs_in_the_sandbox_and_its_output_reaches_the_model(
+    model: ScriptedModel,
+) -> None:
+    from tests.harness_helpers import TOOLSET_ALL
+
+    session = make_session(tools=[TOOLSET_ALL])
+    model.push(tool_call("bash", {"command": "echo harness-$((6*7))"}), text("It printed 42."))
+    say(session, "Run it")
+    step(session)
+    use = events_of(session, "agent.tool_use")[0]
+    result = events_of(session, "agent.tool_result")[0]
+    assert result.payload["tool_use_id"] == use.id
+    assert not result.payload.get("is_error"), result.payload
+    assert "harness-42" in str(result.payload["content"])
+    sent = model.requests[1]["messages"][-1]["content"][0]
+    assert sent["tool_use_id"] == use.id and "harness-42" in str(sent["content"])
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
