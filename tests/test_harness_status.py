@@ -332,3 +332,27 @@ def test_live_previews_carry_the_final_message_id(model: ScriptedModel) -> None:
     assert all(f["event_id"] == final.id for f in deltas)
     assert "".join(f["delta"]["content"]["text"] for f in deltas) == "Streaming words arrive in pieces."
     assert not Event.objects.filter(session_id=session.pk, type__in=["event_start", "event_delta"]).exists()
+
+
+@pytest.mark.sandbox
+def test_interrupt_stops_a_running_tool_within_two_seconds(model: ScriptedModel) -> None:
+    from tests.harness_helpers import TOOLSET_ALL
+
+    session = make_session(tools=[TOOLSET_ALL])
+    model.push(tool_call("bash", {"command": "sleep 30"}), text("never"))
+    say(session, "wait")
+    worker = step_in_background(session)
+    wait_for(lambda: events_of(session, "agent.tool_use"), timeout=10)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    send(session, "user.interrupt", {})
+    wait_for(lambda: Session.objects.get(pk=session.pk).status == "idle", timeout=5)
+    assert time.monotonic() - sent < 2.0
+    worker.join(5)
+    assert not worker.is_alive()
+    use = events_of(session, "agent.tool_use")[0]
+    results = events_of(session, "agent.tool_result")
+    assert [r.payload["tool_use_id"] for r in results] == [use.id]
+    assert results[0].payload["is_error"] is True
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert len(model.requests) == 1
