@@ -15,6 +15,7 @@ from agents.schemas import (
     body_of,
 )
 from console.pagination import page_body
+from console.wire import to_utc
 
 router = Router()
 
@@ -36,8 +37,8 @@ def agents_list(
 ) -> dict[str, Any]:
     found = services.agent_list(
         workspace=request.workspace,  # type: ignore[attr-defined]
-        created_at_gte=created_at_gte,
-        created_at_lte=created_at_lte,
+        created_at_gte=to_utc(created_at_gte, field="created_at[gte]") if created_at_gte else None,
+        created_at_lte=to_utc(created_at_lte, field="created_at[lte]") if created_at_lte else None,
         include_archived=include_archived,
         limit=limit,
         page=page,

@@ -114,10 +114,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
                         return
                 if messages and any("seq" in m for m in messages):
                     continue  # more may be waiting beyond this batch
-                # Embedded default: hints do not cross processes, so poll (no faster than 4 times a
-                # second). With Redis the hint usually wakes us; the 1 s read also catches row changes
-                # that append no event (a deleted session).
-                wait = 1.0 if settings.REDIS_URL else max(settings.GALLEY_SSE_POLL_SECONDS, 0.25)
+                # A hint (Redis or the embedded local bus) usually wakes us; the periodic read also
+                # catches a lost hint and row changes that append no event (a deleted session).
+                wait = max(settings.GALLEY_SSE_POLL_SECONDS, 0.25)
                 hint = await subscription.get(timeout=wait)
                 # Typing previews are passed straight through; they never touch the database.
                 while hint is not None and hint.get("kind") == "preview":

@@ -129,13 +129,16 @@ CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
     # Each worker process also reaps its own idle shells every second; this is a backstop.
     "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
+    "files-purge-expired": {"task": "files.purge_expired", "schedule": 3600.0},
 }
 
 # --- API ------------------------------------------------------------------------------------------
 GALLEY_MAX_BODY_BYTES = env_int("GALLEY_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = GALLEY_MAX_BODY_BYTES
 GALLEY_SSE_HEARTBEAT_SECONDS = env_float("GALLEY_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.05)
-GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 0.05, minimum=0.005)
+# Streams are woken by a push (Redis pub/sub, or the embedded local bus); this re-read of the log
+# only covers a lost push.
+GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 0.5, minimum=0.005)
 
 # --- Vault ----------------------------------------------------------------------------------------
 # Comma-separated Fernet keys, newest first. The embedded default generates one in the data dir.

@@ -1,6 +1,6 @@
 """Small pieces of the wire format shared by every router: timestamps and metadata (spec 1.7, 1.8)."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from console.errors import ApiError
@@ -14,6 +14,18 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def to_utc(value: datetime, *, field: str) -> datetime:
+    """A timestamp filter bound, in UTC. Python accepts offsets up to +-23:59 but PostgreSQL only
+    +-15:59, so bounds are converted before they reach the database; one past the representable
+    range is a 400 naming the field."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(400, f"{field}: {value.isoformat()} is out of range.") from None
 
 
 def check_metadata(metadata: dict[str, Any], *, field: str = "metadata") -> dict[str, str]:

@@ -369,6 +369,45 @@ def session_resources_wire_many(session_ids: list[str]) -> dict[str, list[dict[s
     return wire
 
 
+@dataclass(frozen=True)
+class ResourceMount:
+    """What the sandbox needs to mount one resource. `source` is the file's bytes on the host (None
+    once the file is deleted or expired); `token` is for a host-side clone only and must never
+    enter the sandbox (no token in the clone's remote URL or .git/config)."""
+
+    resource_id: str
+    type: str
+    mount_path: str
+    source: Path | None = None
+    url: str | None = None
+    checkout: dict[str, str] | None = None
+    token: str | None = None
+
+
+def session_resource_mounts(session: Session) -> list[ResourceMount]:
+    mounts: list[ResourceMount] = []
+    rows = list(SessionResource.objects.filter(session=session).order_by("created_at", "id"))
+    files = File.objects.in_bulk([row.file_id for row in rows if row.file_id])
+    for row in rows:
+        if row.type == ResourceType.FILE:
+            file = files.get(row.file_id) if row.file_id else None
+            usable = file is not None and not file.is_expired() and file.path.exists()
+            source = file.path if usable and file is not None else None
+            mounts.append(ResourceMount(row.id, row.type, row.mount_path, source=source))
+        else:
+            mounts.append(
+                ResourceMount(
+                    row.id,
+                    row.type,
+                    row.mount_path,
+                    url=row.url,
+                    checkout=row.checkout,
+                    token=session_resource_token(row),
+                )
+            )
+    return mounts
+
+
 def session_resource_token(resource: SessionResource) -> str | None:
     """The plaintext authorization token, for the sandbox's clone step only."""
     if not resource.authorization_token_encrypted:

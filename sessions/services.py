@@ -17,7 +17,7 @@ from agents.services import agent_get, agent_version_get, environment_get
 from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
-from console.wire import check_metadata, iso, patch_metadata
+from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
 from sessions import schemas, streaming
 from sessions.harness import pricing
@@ -455,7 +455,7 @@ def parse_timestamp(value: str, where: str) -> datetime:
         raise bad_request(f"{where}: {value!r} is not an RFC 3339 timestamp.")
     if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed, UTC)
-    return parsed
+    return to_utc(parsed, field=where)
 
 
 def _range_filter(qs: QuerySet[Any], column: str, bounds: dict[str, str | None], name: str) -> QuerySet[Any]:

@@ -2,11 +2,12 @@
 
 The log is the truth: a subscriber reads events after the last seq it saw, then waits here for a
 hint that more were appended. A lost hint costs latency (the wait times out and the subscriber
-reads again), never an event. With Redis the hints go over pub/sub; the embedded default has no
-cross-process bus, so subscribers poll the log every GALLEY_SSE_POLL_SECONDS.
+reads again), never an event. With Redis the hints go over pub/sub; the embedded default sends
+them as Unix datagrams between the processes of one host (sessions/localbus.py). Either way a
+subscriber also re-reads the log every GALLEY_SSE_POLL_SECONDS, in case a hint was lost.
 
 Live previews (`event_start` / `event_delta`) are never written to the log. They travel on the
-same channel, so on the embedded default they only reach subscribers in the publishing process.
+same channel as the wake-ups.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from django.utils import timezone
 
 from console.ids import new_id
 from console.wire import iso
+from sessions import localbus
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def _redis() -> Any:
 def _publish(session_id: str, message: dict[str, Any]) -> None:
     if not settings.REDIS_URL:
         _local_publish(session_id, message)
+        localbus.send(session_id, message)
         return
     try:
         _redis().publish(_channel(session_id), json.dumps(message))
@@ -123,6 +126,7 @@ async def subscribe(session_id: str) -> AsyncIterator[Subscription]:
             except Exception:
                 log.debug("closing a stream subscription failed", exc_info=True)
         return
+    localbus.listen(_local_publish)
     _local.setdefault(session_id, set()).add(queue)
     _local_loops[id(queue)] = asyncio.get_running_loop()
     try:

@@ -85,6 +85,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30)
 def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True) -> Iterator[LiveGalley]:
     with tempfile.TemporaryDirectory(prefix="galley-live-") as tmp:
         data_dir = Path(tmp)
+        data_dir.chmod(0o711)  # sandboxes run as their own uid and must traverse to their workspace
         with _database(data_dir) as database_url:
             env = dict(os.environ)
             env.update(
@@ -108,7 +109,9 @@ def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True)
             if not worker:
                 args.append("--no-worker")
             log = open(data_dir / "serve.log", "wb")
-            proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             live.proc = proc
             try:
                 _wait_until_up(live.base_url, proc)

@@ -286,3 +286,23 @@ def test_a_mount_path_taken_by_a_concurrent_request_is_a_409_not_a_500(client, s
     assert response.status_code == 409
     assert response.json()["error"]["message"].startswith("mount_path:")
     assert SessionResource.objects.count() == 1
+
+
+def test_mounts_give_the_sandbox_host_paths_and_the_clone_token(client, session, file):
+    services.session_resources_attach(
+        session=session,
+        resources=[
+            {"type": "file", "file_id": file.id},
+            {"type": "github_repository", "url": REPO, "authorization_token": "ghp_x"},
+        ],
+    )
+    file_mount, repo_mount = services.session_resource_mounts(session)
+    assert file_mount.source == file.path and file_mount.source.read_bytes() == b"a,b\n"
+    assert file_mount.mount_path == f"/mnt/session/uploads/{file.id}"
+    assert (repo_mount.url, repo_mount.token, repo_mount.mount_path) == (
+        REPO,
+        "ghp_x",
+        "/workspace/hello-world",
+    )
+    File.objects.filter(id=file.id).delete()
+    assert services.session_resource_mounts(session)[0].source is None

@@ -11,6 +11,12 @@ import pytest
 from tests.files_fixtures import MAKE_SESSION_SHELL
 
 
+def error_of(exc: anthropic.APIStatusError) -> dict[str, Any]:
+    body = exc.body
+    assert isinstance(body, dict), body
+    return dict(body["error"])
+
+
 @pytest.fixture(scope="module")
 def session_id(live: Any) -> str:
     # Sessions are created in the database directly: this suite tests resources, not session create.
@@ -46,13 +52,13 @@ def test_sdk_upload_list_retrieve_download_delete(live: Any) -> None:
     assert deleted.id == uploaded.id and deleted.type == "file_deleted"
     with pytest.raises(anthropic.NotFoundError) as info:
         client.beta.files.retrieve_metadata(uploaded.id)
-    assert info.value.body["error"]["type"] == "not_found_error"
+    assert error_of(info.value)["type"] == "not_found_error"
 
 
 def test_sdk_upload_rejects_a_bad_expiry_naming_the_field(live: Any) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         live.client().beta.files.upload(file=("a.txt", b"a"), expires_in_seconds=10)
-    assert info.value.body["error"]["message"].startswith("expires_in_seconds:")
+    assert error_of(info.value)["message"].startswith("expires_in_seconds:")
 
 
 def test_sdk_upload_over_the_size_limit_is_413(live: Any) -> None:
@@ -60,7 +66,7 @@ def test_sdk_upload_over_the_size_limit_is_413(live: Any) -> None:
     with pytest.raises(anthropic.APIStatusError) as info:
         live.client().beta.files.upload(file=("big.bin", too_big))
     assert info.value.status_code == 413
-    assert info.value.body["error"]["type"] == "request_too_large"
+    assert error_of(info.value)["type"] == "request_too_large"
 
 
 def test_sdk_session_resources_lifecycle(live: Any, session_id: str) -> None:

@@ -41,9 +41,10 @@
     var lastSeq = parseInt(chat.dataset.lastSeq || "0", 10);
     var state = document.getElementById("live-state");
     var retry = 500, closed = false;
+    var logged = {};  // ids of events already shown: a preview arriving late must not show them again
     function showPreview(p) {
       // The agent's text as it is written; replaced by the real message when it is logged.
-      if (!p.id) return;
+      if (!p.id || logged[p.id]) return;
       var node = document.getElementById("preview-" + p.id);
       if (!node) {
         node = document.createElement("div");
@@ -64,7 +65,11 @@
         if (data.gone) { closed = true; if (state) state.textContent = "This session was deleted."; return; }
         if (data.preview) { showPreview(data.preview); return; }
         if (data.seq && data.seq <= lastSeq) return;
-        if (data.id) { var typing = document.getElementById("preview-" + data.id); if (typing) typing.remove(); }
+        if (data.id) {
+          logged[data.id] = true;
+          var typing = document.getElementById("preview-" + data.id);
+          if (typing) typing.remove();
+        }
         if (data.html) {
           var empty = document.getElementById("chat-empty");
           if (empty) empty.remove();
