@@ -2,6 +2,10 @@ import os
 
 from celery import Celery
 
+from console.broker import register as register_broker
+
+register_broker()
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 app = Celery("console")

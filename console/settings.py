@@ -106,7 +106,7 @@ else:
     _broker_dir = DATA_DIR / "broker"
     for _sub in ("queue", "processed"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_URL = "galleyfs://"  # console/broker.py: the filesystem transport, written atomically
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -159,6 +159,9 @@ GALLEY_MODEL_RETRY_MAX_SECONDS = env_float("GALLEY_MODEL_RETRY_MAX_SECONDS", 30.
 GALLEY_COMPACTION_THRESHOLD_TOKENS = env_int("GALLEY_COMPACTION_THRESHOLD_TOKENS", 0, minimum=0)
 # A harness step holds its session's lease for this long and renews it every third of it.
 GALLEY_LEASE_SECONDS = env_float("GALLEY_LEASE_SECONDS", 30.0, minimum=0.5)
+# Harness steps keep their PostgreSQL connection across model calls while at most this many run
+# in the worker process; beyond it they close it before each wait (max_connections is finite).
+GALLEY_HARNESS_KEEP_CONNECTIONS = env_int("GALLEY_HARNESS_KEEP_CONNECTIONS", 16, minimum=0)
 # How often a running step looks for a user.interrupt (the spec asks for a stop within 2 s).
 GALLEY_INTERRUPT_POLL_SECONDS = env_float("GALLEY_INTERRUPT_POLL_SECONDS", 0.2, minimum=0.01)
 try:

@@ -12,30 +12,59 @@ from console.ids import new_id
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append, session_set_status
 
-TOOLSET_ALL = {"type": "agent_toolset_20260401", "default_config": {"enabled": True,
-               "permission_policy": {"type": "always_allow"}}, "configs": []}
+TOOLSET_ALL = {
+    "type": "agent_toolset_20260401",
+    "default_config": {"enabled": True, "permission_policy": {"type": "always_allow"}},
+    "configs": [],
+}
 
 
 def custom_tool(name: str = "get_weather") -> dict[str, Any]:
-    return {"type": "custom", "name": name, "description": f"The {name} tool",
-            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    return {
+        "type": "custom",
+        "name": name,
+        "description": f"The {name} tool",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
 
 
-def make_session(*, model: str = "claude-sonnet-4-6", system: str | None = "You are terse.",
-                 tools: list[dict[str, Any]] | None = None) -> Session:
+def make_session(
+    *,
+    model: str = "claude-sonnet-4-6",
+    system: str | None = "You are terse.",
+    tools: list[dict[str, Any]] | None = None,
+) -> Session:
     from accounts.services import workspace_get_default
 
     workspace = workspace_get_default()
     agent = Agent.objects.create(id=new_id("agent"), workspace=workspace, name="tester")
-    definition = {"name": "tester", "description": None, "system": system,
-                  "model": {"id": model, "effort": None, "speed": "standard", "inference_geo": None},
-                  "tools": tools or [], "mcp_servers": [], "skills": [], "multiagent": None,
-                  "execution_identity": {"type": "service_account"}, "metadata": {}}
+    definition = {
+        "name": "tester",
+        "description": None,
+        "system": system,
+        "model": {"id": model, "effort": None, "speed": "standard", "inference_geo": None},
+        "tools": tools or [],
+        "mcp_servers": [],
+        "skills": [],
+        "multiagent": None,
+        "execution_identity": {"type": "service_account"},
+        "metadata": {},
+    }
     version = AgentVersion.objects.create(agent=agent, version=1, definition=definition)
-    env = Environment.objects.create(id=new_id("env"), workspace=workspace, name=new_id("envname"),
-                                     config={"type": "cloud", "networking": {"type": "unrestricted"}, "packages": {}})
-    return Session.objects.create(id=new_id("sesn"), workspace=workspace, agent=agent, agent_version=1,
-                                  agent_snapshot=version.snapshot(), environment=env)
+    env = Environment.objects.create(
+        id=new_id("env"),
+        workspace=workspace,
+        name=new_id("envname"),
+        config={"type": "cloud", "networking": {"type": "unrestricted"}, "packages": {}},
+    )
+    return Session.objects.create(
+        id=new_id("sesn"),
+        workspace=workspace,
+        agent=agent,
+        agent_version=1,
+        agent_snapshot=version.snapshot(),
+        environment=env,
+    )
 
 
 QUEUED = {"user.message", "user.interrupt", "user.tool_confirmation", "system.message"}
@@ -47,8 +76,9 @@ def send(session: Session | str, event_type: str, payload: dict[str, Any] | None
     session_id = session if isinstance(session, str) else session.pk
     with transaction.atomic():
         locked = Session.objects.select_for_update().get(pk=session_id)
-        event = events_append(session=locked, events=[NewEvent(event_type, payload or {},
-                                                               processed=event_type not in QUEUED)])[0]
+        event = events_append(
+            session=locked, events=[NewEvent(event_type, payload or {}, processed=event_type not in QUEUED)]
+        )[0]
         if locked.status in ("idle", "rescheduling") and event_type != "user.interrupt":
             session_set_status(session=locked, status="running")
     return event

@@ -31,7 +31,7 @@ def _database_url() -> str:
 def purge_embedded_broker() -> None:
     if settings.REDIS_URL:
         return
-    queue = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+    queue = Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
     for item in queue.glob("*"):
         item.unlink(missing_ok=True)
 
@@ -57,22 +57,47 @@ def celery_worker(env: dict[str, str] | None = None, *, concurrency: int = 32) -
 
     tmp = Path(tempfile.mkdtemp(prefix="galley-worker-"))
     full_env = dict(os.environ)
-    full_env.update({
-        "DJANGO_SETTINGS_MODULE": "console.settings",
-        "DATABASE_URL": _database_url(),
-        "GALLEY_DATA_DIR": str(settings.DATA_DIR),
-        "GALLEY_REDIS_PREFIX": str(app.conf.broker_transport_options.get("global_keyprefix", "galley:")).rstrip(":")
-        if settings.REDIS_URL else settings.GALLEY_REDIS_PREFIX,
-        "PYTHONUNBUFFERED": "1",
-    })
+    full_env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "DATABASE_URL": _database_url(),
+            "GALLEY_DATA_DIR": str(settings.DATA_DIR),
+            "GALLEY_REDIS_PREFIX": str(
+                app.conf.broker_transport_options.get("global_keyprefix", "galley:")
+            ).rstrip(":")
+            if settings.REDIS_URL
+            else settings.GALLEY_REDIS_PREFIX,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     full_env.update(env or {})
     log_path = tmp / "worker.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "--beat", "--pool", "threads",
-         "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-         "--schedule", str(tmp / "beat-schedule")],
-        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "--beat",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--schedule",
+            str(tmp / "beat-schedule"),
+        ],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     worker = Worker(proc, log_path)
     try:

@@ -23,7 +23,9 @@ from tests.live import free_port
 class Reply:
     """One model answer (or one error)."""
 
-    blocks: list[dict[str, Any]] = field(default_factory=list)  # {"type":"text","text"} / {"type":"tool_use",...}
+    blocks: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # {"type":"text","text"} / {"type":"tool_use",...}
     stop_reason: str | None = None  # default: tool_use when a tool_use block is present, else end_turn
     usage: dict[str, int] = field(default_factory=dict)
     status: int = 200  # anything else answers an error body
@@ -48,8 +50,15 @@ def tool_call(name: str, tool_input: dict[str, Any], *, say: str | None = None, 
     return Reply(blocks=blocks, **kwargs)
 
 
-def error(status: int, error_type: str = "api_error", message: str = "scripted error", **kwargs: Any) -> Reply:
+def error(
+    status: int, error_type: str = "api_error", message: str = "scripted error", **kwargs: Any
+) -> Reply:
     return Reply(status=status, error_type=error_type, error_message=message, **kwargs)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of sessions connect at once in the benchmarks
+    daemon_threads = True
 
 
 def default_responder(body: dict[str, Any]) -> Reply:
@@ -58,7 +67,7 @@ def default_responder(body: dict[str, Any]) -> Reply:
 
 class ScriptedModel:
     def __init__(self, responder: Callable[[dict[str, Any]], Reply] = default_responder) -> None:
-        self.script: "queue.Queue[Reply]" = queue.Queue()
+        self.script: queue.Queue[Reply] = queue.Queue()
         self.responder = responder
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -66,7 +75,10 @@ class ScriptedModel:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.lock = threading.Lock()
         self._counter = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
+        self.timings: list[tuple[float, float]] = []  # (start, end) monotonic, per answered request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.server = _Server(("127.0.0.1", self.port), self._handler_class())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -108,8 +120,22 @@ class ScriptedModel:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                started = time.monotonic()
+                with model.lock:
+                    model.in_flight += 1
+                    model.max_in_flight = max(model.max_in_flight, model.in_flight)
+                try:
+                    self._answer(body)
+                finally:
+                    with model.lock:
+                        model.in_flight -= 1
+                        model.timings.append((started, time.monotonic()))
+
+            def _answer(self, body: dict[str, Any]) -> None:
                 if not self.path.startswith("/v1/messages"):
-                    self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no route"}})
+                    self._json(
+                        404, {"type": "error", "error": {"type": "not_found_error", "message": "no route"}}
+                    )
                     return
                 with model.lock:
                     model.headers.append({k.lower(): v for k, v in self.headers.items()})
@@ -119,7 +145,10 @@ class ScriptedModel:
                 if reply.status != 200:
                     self._json(
                         reply.status,
-                        {"type": "error", "error": {"type": reply.error_type, "message": reply.error_message}},
+                        {
+                            "type": "error",
+                            "error": {"type": reply.error_type, "message": reply.error_message},
+                        },
                         extra={"x-should-retry": "false"},
                     )
                     return
@@ -128,7 +157,9 @@ class ScriptedModel:
                 else:
                     self._json(200, self._message(body, reply, full=True))
 
-            def _json(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+            def _json(
+                self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -195,36 +226,51 @@ class ScriptedModel:
                 yield {"type": "message_start", "message": self._message(body, reply, full=False)}
                 for index, block in enumerate(self._content(reply)):
                     if block["type"] == "text":
-                        yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+                        yield {
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {"type": "text", "text": ""},
+                        }
                         words = block["text"]
                         for start in range(0, len(words), 7):
                             yield {
-                                "type": "content_block_delta", "index": index,
+                                "type": "content_block_delta",
+                                "index": index,
                                 "delta": {"type": "text_delta", "text": words[start : start + 7]},
                             }
                     elif block["type"] == "tool_use":
                         yield {
-                            "type": "content_block_start", "index": index,
-                            "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
+                            "type": "content_block_start",
+                            "index": index,
+                            "content_block": {
+                                "type": "tool_use",
+                                "id": block["id"],
+                                "name": block["name"],
+                                "input": {},
+                            },
                         }
                         raw = json.dumps(block["input"])
                         # Split mid-token on purpose: the client must join partial JSON.
                         for start in range(0, len(raw), 5):
                             yield {
-                                "type": "content_block_delta", "index": index,
+                                "type": "content_block_delta",
+                                "index": index,
                                 "delta": {"type": "input_json_delta", "partial_json": raw[start : start + 5]},
                             }
                     elif block["type"] == "thinking":
                         yield {
-                            "type": "content_block_start", "index": index,
+                            "type": "content_block_start",
+                            "index": index,
                             "content_block": {"type": "thinking", "thinking": "", "signature": ""},
                         }
                         yield {
-                            "type": "content_block_delta", "index": index,
+                            "type": "content_block_delta",
+                            "index": index,
                             "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")},
                         }
                         yield {
-                            "type": "content_block_delta", "index": index,
+                            "type": "content_block_delta",
+                            "index": index,
                             "delta": {"type": "signature_delta", "signature": "sig"},
                         }
                     yield {"type": "content_block_stop", "index": index}
@@ -244,7 +290,9 @@ class ScriptedModel:
 
 
 @contextmanager
-def scripted_model(responder: Callable[[dict[str, Any]], Reply] = default_responder) -> Iterator[ScriptedModel]:
+def scripted_model(
+    responder: Callable[[dict[str, Any]], Reply] = default_responder,
+) -> Iterator[ScriptedModel]:
     model = ScriptedModel(responder).start()
     try:
         yield model

@@ -6,7 +6,16 @@ import pytest
 
 from sessions.harness.providers.anthropic import AnthropicProvider
 from sessions.models import Session
-from tests.harness_helpers import custom_tool, events_of, log_types, make_session, say, send, step, use_scripted_model
+from tests.harness_helpers import (
+    custom_tool,
+    events_of,
+    log_types,
+    make_session,
+    say,
+    send,
+    step,
+    use_scripted_model,
+)
 from tests.model_server import ScriptedModel, scripted_model, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,8 +35,12 @@ def test_a_message_runs_one_turn_and_ends_idle(model: ScriptedModel) -> None:
     say(session, "Hi")
     step(session)
     assert log_types(session) == [
-        "user.message", "session.status_running", "span.model_request_start", "agent.message",
-        "span.model_request_end", "session.status_idle",
+        "user.message",
+        "session.status_running",
+        "span.model_request_start",
+        "agent.message",
+        "span.model_request_end",
+        "session.status_idle",
     ]
     message = events_of(session, "agent.message")[0]
     assert message.payload["content"] == [{"type": "text", "text": "Hello there, how can I help?"}]
@@ -37,8 +50,9 @@ def test_a_message_runs_one_turn_and_ends_idle(model: ScriptedModel) -> None:
     request = model.requests[0]
     assert request["model"] == "claude-sonnet-4-6"
     assert request["system"][0]["text"] == "You are terse."
-    assert request["messages"] == [{"role": "user", "content": [
-        {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}]
+    assert request["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}
+    ]
     assert "sk-test" in (model.headers[0].get("x-api-key", "") + model.headers[0].get("authorization", ""))
     refreshed = Session.objects.get(pk=session.pk)
     assert refreshed.status == "idle" and refreshed.lease_owner is None
@@ -49,8 +63,10 @@ def test_a_message_runs_one_turn_and_ends_idle(model: ScriptedModel) -> None:
 
 def test_custom_tool_idles_with_requires_action_and_resumes_on_the_result(model: ScriptedModel) -> None:
     session = make_session(tools=[custom_tool("get_weather")])
-    model.push(tool_call("get_weather", {"city": "Paris", "unit": "celsius-degrees"}, say="Let me check."),
-               text("It is sunny in Paris."))
+    model.push(
+        tool_call("get_weather", {"city": "Paris", "unit": "celsius-degrees"}, say="Let me check."),
+        text("It is sunny in Paris."),
+    )
     say(session, "Weather in Paris?")
     step(session)
     use = events_of(session, "agent.custom_tool_use")[0]
@@ -60,23 +76,37 @@ def test_custom_tool_idles_with_requires_action_and_resumes_on_the_result(model:
     assert model.requests[0]["tools"][0]["name"] == "get_weather"
     assert model.requests[0]["tools"][-1]["cache_control"] == {"type": "ephemeral"}
 
-    send(session, "user.custom_tool_result", {"custom_tool_use_id": use.id,
-                                              "content": [{"type": "text", "text": "sunny, 21C"}]})
+    send(
+        session,
+        "user.custom_tool_result",
+        {"custom_tool_use_id": use.id, "content": [{"type": "text", "text": "sunny, 21C"}]},
+    )
     step(session)
-    assert log_types(session)[-4:] == ["span.model_request_start", "agent.message", "span.model_request_end",
-                                       "session.status_idle"]
+    assert log_types(session)[-4:] == [
+        "span.model_request_start",
+        "agent.message",
+        "span.model_request_end",
+        "session.status_idle",
+    ]
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
     second = model.requests[1]["messages"]
     assert second[1]["role"] == "assistant"
-    assert second[1]["content"][1] == {"type": "tool_use", "id": use.id, "name": "get_weather",
-                                       "input": {"city": "Paris", "unit": "celsius-degrees"}}
+    assert second[1]["content"][1] == {
+        "type": "tool_use",
+        "id": use.id,
+        "name": "get_weather",
+        "input": {"city": "Paris", "unit": "celsius-degrees"},
+    }
     assert second[2]["content"][0]["type"] == "tool_result"
     assert second[2]["content"][0]["tool_use_id"] == use.id
     assert second[2]["content"][0]["content"] == [{"type": "text", "text": "sunny, 21C"}]
 
 
-ASK_TOOLSET = {"type": "agent_toolset_20260401", "default_config": {"enabled": True,
-               "permission_policy": {"type": "always_ask"}}, "configs": []}
+ASK_TOOLSET = {
+    "type": "agent_toolset_20260401",
+    "default_config": {"enabled": True, "permission_policy": {"type": "always_ask"}},
+    "configs": [],
+}
 
 
 def test_a_built_in_tool_call_gets_a_result_and_the_loop_continues(model: ScriptedModel) -> None:
@@ -87,9 +117,16 @@ def test_a_built_in_tool_call_gets_a_result_and_the_loop_continues(model: Script
     say(session, "Read missing-file.txt")
     step(session)
     assert log_types(session) == [
-        "user.message", "session.status_running", "span.model_request_start", "agent.tool_use",
-        "span.model_request_end", "agent.tool_result", "span.model_request_start", "agent.message",
-        "span.model_request_end", "session.status_idle",
+        "user.message",
+        "session.status_running",
+        "span.model_request_start",
+        "agent.tool_use",
+        "span.model_request_end",
+        "agent.tool_result",
+        "span.model_request_start",
+        "agent.message",
+        "span.model_request_end",
+        "session.status_idle",
     ]
     use = events_of(session, "agent.tool_use")[0]
     assert use.payload["evaluated_permission"] == "allow"
@@ -97,15 +134,19 @@ def test_a_built_in_tool_call_gets_a_result_and_the_loop_continues(model: Script
     result = events_of(session, "agent.tool_result")[0]
     assert result.payload["tool_use_id"] == use.id and result.payload["is_error"] is True
     assert sorted(t["name"] for t in model.requests[0]["tools"]) == sorted(
-        ["bash", "read", "write", "edit", "glob", "grep", "web_fetch", "web_search"])
+        ["bash", "read", "write", "edit", "glob", "grep", "web_fetch", "web_search"]
+    )
     assert model.requests[1]["messages"][-1]["content"][0]["tool_use_id"] == use.id
 
 
 def test_disabled_toolset_tools_are_not_offered(model: ScriptedModel) -> None:
-    toolset = {"type": "agent_toolset_20260401", "default_config": {"enabled": False,
-               "permission_policy": {"type": "always_allow"}},
-               "configs": [{"name": "grep", "type": "grep", "enabled": True,
-                            "permission_policy": {"type": "always_allow"}}]}
+    toolset = {
+        "type": "agent_toolset_20260401",
+        "default_config": {"enabled": False, "permission_policy": {"type": "always_allow"}},
+        "configs": [
+            {"name": "grep", "type": "grep", "enabled": True, "permission_policy": {"type": "always_allow"}}
+        ],
+    }
     session = make_session(tools=[toolset, custom_tool("lookup")])
     say(session, "hi")
     step(session)
@@ -121,7 +162,9 @@ def test_always_ask_waits_for_confirmation_then_runs_on_allow(model: ScriptedMod
     assert use.payload["evaluated_permission"] == "ask"
     assert use.payload["evaluation"] == {"type": "always_ask"}
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
-        "type": "requires_action", "event_ids": [use.id]}
+        "type": "requires_action",
+        "event_ids": [use.id],
+    }
     assert not events_of(session, "agent.tool_result")
 
     confirmation = send(session, "user.tool_confirmation", {"tool_use_id": use.id, "result": "allow"})
@@ -140,8 +183,11 @@ def test_always_ask_deny_returns_the_denial_to_the_model(model: ScriptedModel) -
     say(session, "Clean up")
     step(session)
     use = events_of(session, "agent.tool_use")[0]
-    send(session, "user.tool_confirmation", {"tool_use_id": use.id, "result": "deny",
-                                             "deny_message": "Never delete files."})
+    send(
+        session,
+        "user.tool_confirmation",
+        {"tool_use_id": use.id, "result": "deny", "deny_message": "Never delete files."},
+    )
     step(session)
     result = events_of(session, "agent.tool_result")[0]
     assert result.payload["is_error"] is True
@@ -155,27 +201,42 @@ def test_several_tool_calls_in_one_answer_are_all_handled(model: ScriptedModel) 
     from tests.model_server import Reply
 
     session = make_session(tools=[custom_tool("alpha"), custom_tool("beta"), ASK_TOOLSET])
-    model.push(Reply(blocks=[
-        {"type": "text", "text": "Doing three things."},
-        {"type": "tool_use", "name": "alpha", "input": {"city": "A"}},
-        {"type": "tool_use", "name": "beta", "input": {"city": "B"}},
-        {"type": "tool_use", "name": "grep", "input": {"pattern": "x"}},
-    ]), text("All done."))
+    model.push(
+        Reply(
+            blocks=[
+                {"type": "text", "text": "Doing three things."},
+                {"type": "tool_use", "name": "alpha", "input": {"city": "A"}},
+                {"type": "tool_use", "name": "beta", "input": {"city": "B"}},
+                {"type": "tool_use", "name": "grep", "input": {"pattern": "x"}},
+            ]
+        ),
+        text("All done."),
+    )
     say(session, "go")
     step(session)
     alpha, beta = events_of(session, "agent.custom_tool_use")
     grep = events_of(session, "agent.tool_use")[0]
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
-        "type": "requires_action", "event_ids": [alpha.id, beta.id, grep.id]}
-    send(session, "user.custom_tool_result", {"custom_tool_use_id": alpha.id,
-                                              "content": [{"type": "text", "text": "a"}]})
+        "type": "requires_action",
+        "event_ids": [alpha.id, beta.id, grep.id],
+    }
+    send(
+        session,
+        "user.custom_tool_result",
+        {"custom_tool_use_id": alpha.id, "content": [{"type": "text", "text": "a"}]},
+    )
     step(session)
     # Resolving only some re-emits an idle listing the rest.
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
-        "type": "requires_action", "event_ids": [beta.id, grep.id]}
+        "type": "requires_action",
+        "event_ids": [beta.id, grep.id],
+    }
     assert len(model.requests) == 1
-    send(session, "user.custom_tool_result", {"custom_tool_use_id": beta.id,
-                                              "content": [{"type": "text", "text": "b"}], "is_error": True})
+    send(
+        session,
+        "user.custom_tool_result",
+        {"custom_tool_use_id": beta.id, "content": [{"type": "text", "text": "b"}], "is_error": True},
+    )
     send(session, "user.tool_confirmation", {"tool_use_id": grep.id, "result": "deny"})
     step(session)
     assert len(model.requests) == 2
@@ -214,15 +275,28 @@ def test_a_tool_call_left_without_result_by_a_crash_is_resolved_explicitly(model
     with transaction.atomic():
         Event.objects.filter(session_id=session.pk).update(processed_at=timezone.now())
         start = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]
-        read, bash = events_append(session=session, events=[
-            NewEvent("agent.tool_use", {"name": "read", "input": {"file_path": "a.txt"}, **allow}),
-            NewEvent("agent.tool_use", {"name": "bash", "input": {"command": "touch x"}, **allow}),
-            NewEvent("span.model_request_end", {"model_request_start_id": start.id, "model_usage": {
-                "input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": 0,
-                "cache_creation_input_tokens": 0}}),
-        ])[:2]
+        read, bash = events_append(
+            session=session,
+            events=[
+                NewEvent("agent.tool_use", {"name": "read", "input": {"file_path": "a.txt"}, **allow}),
+                NewEvent("agent.tool_use", {"name": "bash", "input": {"command": "touch x"}, **allow}),
+                NewEvent(
+                    "span.model_request_end",
+                    {
+                        "model_request_start_id": start.id,
+                        "model_usage": {
+                            "input_tokens": 1,
+                            "output_tokens": 1,
+                            "cache_read_input_tokens": 0,
+                            "cache_creation_input_tokens": 0,
+                        },
+                    },
+                ),
+            ],
+        )[:2]
         Session.objects.filter(pk=session.pk).update(
-            lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1))
+            lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
     model.push(text("Recovered."))
     step(session)
     results = {e.payload["tool_use_id"]: e for e in events_of(session, "agent.tool_result")}
@@ -231,7 +305,9 @@ def test_a_tool_call_left_without_result_by_a_crash_is_resolved_explicitly(model
     assert results[bash.id].payload["is_error"] is True
     assert "was lost" not in str(results[read.id].payload)  # it ran again
     assert len(model.requests) == 1
-    assert sorted(b["tool_use_id"] for b in model.requests[0]["messages"][-1]["content"]) == sorted([read.id, bash.id])
+    assert sorted(b["tool_use_id"] for b in model.requests[0]["messages"][-1]["content"]) == sorted(
+        [read.id, bash.id]
+    )
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
 
 
@@ -242,8 +318,29 @@ def test_a_live_lease_keeps_a_second_step_out(model: ScriptedModel) -> None:
 
     session = make_session()
     say(session, "hi")
-    Session.objects.filter(pk=session.pk).update(lease_owner="other-worker",
-                                                 lease_expires_at=timezone.now() + timedelta(seconds=30))
+    Session.objects.filter(pk=session.pk).update(
+        lease_owner="other-worker", lease_expires_at=timezone.now() + timedelta(seconds=30)
+    )
     step(session)
     assert model.requests == []
     assert log_types(session) == ["user.message", "session.status_running"]
+
+
+@pytest.mark.sandbox
+def test_a_built_in_bash_call_runs_in_the_sandbox_and_its_output_reaches_the_model(
+    model: ScriptedModel,
+) -> None:
+    from tests.harness_helpers import TOOLSET_ALL
+
+    session = make_session(tools=[TOOLSET_ALL])
+    model.push(tool_call("bash", {"command": "echo harness-$((6*7))"}), text("It printed 42."))
+    say(session, "Run it")
+    step(session)
+    use = events_of(session, "agent.tool_use")[0]
+    result = events_of(session, "agent.tool_result")[0]
+    assert result.payload["tool_use_id"] == use.id
+    assert not result.payload.get("is_error"), result.payload
+    assert "harness-42" in str(result.payload["content"])
+    sent = model.requests[1]["messages"][-1]["content"][0]
+    assert sent["tool_use_id"] == use.id and "harness-42" in str(sent["content"])
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}

@@ -39,17 +39,30 @@ def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
 
 def test_overloaded_and_rate_limited_answers_are_retried_visibly(model: ScriptedModel) -> None:
     session = make_session()
-    model.push(error(529, "overloaded_error", "Overloaded"), error(429, "rate_limit_error", "slow down"),
-               text("Finally."))
+    model.push(
+        error(529, "overloaded_error", "Overloaded"),
+        error(429, "rate_limit_error", "slow down"),
+        text("Finally."),
+    )
     say(session, "hi")
     step(session)
     assert log_types(session) == [
-        "user.message", "session.status_running",
-        "span.model_request_start", "span.model_request_end", "session.error", "session.status_rescheduled",
+        "user.message",
         "session.status_running",
-        "span.model_request_start", "span.model_request_end", "session.error", "session.status_rescheduled",
+        "span.model_request_start",
+        "span.model_request_end",
+        "session.error",
+        "session.status_rescheduled",
         "session.status_running",
-        "span.model_request_start", "agent.message", "span.model_request_end", "session.status_idle",
+        "span.model_request_start",
+        "span.model_request_end",
+        "session.error",
+        "session.status_rescheduled",
+        "session.status_running",
+        "span.model_request_start",
+        "agent.message",
+        "span.model_request_end",
+        "session.status_idle",
     ]
     first, second = events_of(session, "session.error")
     assert first.payload["error"]["type"] == "model_overloaded_error"
@@ -66,31 +79,54 @@ def test_exhausted_retries_idle_the_session_with_retries_exhausted(model: Script
     say(session, "hi")
     step(session)
     errors = events_of(session, "session.error")
-    assert [e.payload["error"]["retry_status"]["type"] for e in errors] == ["retrying", "retrying", "exhausted"]
+    assert [e.payload["error"]["retry_status"]["type"] for e in errors] == [
+        "retrying",
+        "retrying",
+        "exhausted",
+    ]
     assert errors[-1].payload["error"]["type"] == "model_overloaded_error"
-    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "retries_exhausted"}
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
+        "type": "retries_exhausted"
+    }
     assert Session.objects.get(pk=session.pk).status == "idle"
     assert len(model.requests) == 3
 
 
-@pytest.mark.parametrize("status,error_type,needle", [
-    (401, "authentication_error", "API key"),
-    (404, "not_found_error", "Unknown model"),
-    (400, "invalid_request_error", "prompt is too long"),
-])
-def test_unrecoverable_model_errors_end_in_a_clear_error(model: ScriptedModel, status: int, error_type: str,
-                                                         needle: str) -> None:
+@pytest.mark.parametrize(
+    "status,error_type,needle,ends",
+    [
+        (401, "authentication_error", "API key", "idle"),
+        (404, "not_found_error", "Unknown model", "idle"),
+        (400, "invalid_request_error", "prompt is too long", "terminated"),
+    ],
+)
+def test_unrecoverable_model_errors_end_in_a_clear_error(
+    model: ScriptedModel, status: int, error_type: str, needle: str, ends: str
+) -> None:
+    """A bad key or an unknown model ends the turn (the session stays usable once fixed); a
+    request the model will never accept ends the session."""
     session = make_session()
-    model.push(error(status, error_type, "prompt is too long: 250000 tokens > 200000 maximum"
-                     if status == 400 else "nope"))
+    model.push(
+        error(
+            status,
+            error_type,
+            "prompt is too long: 250000 tokens > 200000 maximum" if status == 400 else "nope",
+        )
+    )
     say(session, "hi")
     step(session)
     failure = events_of(session, "session.error")[0].payload["error"]
     assert failure["type"] == "model_request_failed_error"
-    assert failure["retry_status"] == {"type": "terminal"}
     assert needle in failure["message"]
-    assert log_types(session)[-1] == "session.status_terminated"
-    assert Session.objects.get(pk=session.pk).status == "terminated"
+    assert Session.objects.get(pk=session.pk).status == ends
+    if ends == "terminated":
+        assert failure["retry_status"] == {"type": "terminal"}
+        assert log_types(session)[-1] == "session.status_terminated"
+    else:
+        assert failure["retry_status"] == {"type": "exhausted"}
+        assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {
+            "type": "retries_exhausted"
+        }
     assert len(model.requests) == 1
 
 
@@ -109,7 +145,7 @@ def test_a_missing_api_key_is_a_clear_error_not_a_stuck_session(model: ScriptedM
             os.environ["ANTHROPIC_API_KEY"] = saved
     failure = events_of(session, "session.error")[0].payload["error"]
     assert "ANTHROPIC_API_KEY" in failure["message"]
-    assert Session.objects.get(pk=session.pk).status != "running"
+    assert Session.objects.get(pk=session.pk).status == "idle"
 
 
 def test_interrupt_stops_a_slow_model_request_within_two_seconds(model: ScriptedModel) -> None:
@@ -151,10 +187,16 @@ def test_interrupt_while_waiting_on_a_custom_tool_closes_the_call(model: Scripte
 
 
 def test_a_message_sent_while_running_is_taken_at_the_next_model_call(model: ScriptedModel) -> None:
-    session = make_session(tools=[custom_tool("alpha"), {
-        "type": "agent_toolset_20260401", "default_config": {"enabled": True,
-                                                             "permission_policy": {"type": "always_allow"}},
-        "configs": []}])
+    session = make_session(
+        tools=[
+            custom_tool("alpha"),
+            {
+                "type": "agent_toolset_20260401",
+                "default_config": {"enabled": True, "permission_policy": {"type": "always_allow"}},
+                "configs": [],
+            },
+        ]
+    )
     model.push(tool_call("grep", {"pattern": "TODO"}, delay=0.6), text("Done, and noted."))
     say(session, "Find TODOs")
     worker = step_in_background(session)
@@ -173,9 +215,11 @@ def test_a_message_sent_while_running_is_taken_at_the_next_model_call(model: Scr
 def test_long_contexts_are_compacted_and_the_log_stays_whole(model: ScriptedModel, settings) -> None:  # type: ignore[no-untyped-def]
     settings.GALLEY_COMPACTION_THRESHOLD_TOKENS = 1000
     session = make_session()
-    model.push(text("First answer.", usage={"input_tokens": 1500}),
-               text("SUMMARY: the user greeted us and we answered."),
-               text("Second answer."))
+    model.push(
+        text("First answer.", usage={"input_tokens": 1500}),
+        text("SUMMARY: the user greeted us and we answered."),
+        text("Second answer."),
+    )
     say(session, "Hello, first question")
     step(session)
     say(session, "Second question")
@@ -190,31 +234,60 @@ def test_long_contexts_are_compacted_and_the_log_stays_whole(model: ScriptedMode
     assert "agent.thread_context_compacted" in log_types(session)
     assert len(events_of(session, "user.message")) == 2
     assert [e.payload["content"][0]["text"] for e in events_of(session, "agent.message")] == [
-        "First answer.", "Second answer."]
+        "First answer.",
+        "Second answer.",
+    ]
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
 
 
 def test_usage_counters_and_cost_follow_the_price_table(model: ScriptedModel) -> None:
     session = make_session(model="claude-opus-4-6")
-    model.push(text("One.", usage={"input_tokens": 1000, "output_tokens": 500, "cache_read_input_tokens": 2000,
-                                   "cache_creation_input_tokens": 400}),
-               text("Two.", usage={"input_tokens": 10, "output_tokens": 20, "cache_read_input_tokens": 3000,
-                                   "cache_creation_input_tokens": 0}))
+    model.push(
+        text(
+            "One.",
+            usage={
+                "input_tokens": 1000,
+                "output_tokens": 500,
+                "cache_read_input_tokens": 2000,
+                "cache_creation_input_tokens": 400,
+            },
+        ),
+        text(
+            "Two.",
+            usage={
+                "input_tokens": 10,
+                "output_tokens": 20,
+                "cache_read_input_tokens": 3000,
+                "cache_creation_input_tokens": 0,
+            },
+        ),
+    )
     say(session, "one")
     step(session)
     say(session, "two")
     step(session)
     row = Session.objects.get(pk=session.pk)
-    assert (row.input_tokens, row.output_tokens, row.cache_read_input_tokens, row.cache_creation_5m_tokens) == (
-        1010, 520, 5000, 400)
+    assert (
+        row.input_tokens,
+        row.output_tokens,
+        row.cache_read_input_tokens,
+        row.cache_creation_5m_tokens,
+    ) == (1010, 520, 5000, 400)
     # Opus 4.x: $5 / $25 per MTok, cache reads 10% of input, 5-minute cache writes 125%.
-    assert row.token_cost_micros == (1000 * 5 + 500 * 25 + 2000 * 0.5 + 400 * 6.25) + (10 * 5 + 20 * 25 + 3000 * 0.5)
+    assert row.token_cost_micros == (1000 * 5 + 500 * 25 + 2000 * 0.5 + 400 * 6.25) + (
+        10 * 5 + 20 * 25 + 3000 * 0.5
+    )
     first_end = events_of(session, "span.model_request_end")[0]
-    assert first_end.payload["model_usage"] == {"input_tokens": 1000, "output_tokens": 500,
-                                                "cache_read_input_tokens": 2000, "cache_creation_input_tokens": 400}
+    assert first_end.payload["model_usage"] == {
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "cache_read_input_tokens": 2000,
+        "cache_creation_input_tokens": 400,
+    }
     assert row.active_seconds > 0 and row.running_since is None
-    total = pricing.total_cost_micros(token_cost_micros=row.token_cost_micros, active_seconds=3600,
-                                      web_search_requests=100)
+    total = pricing.total_cost_micros(
+        token_cost_micros=row.token_cost_micros, active_seconds=3600, web_search_requests=100
+    )
     assert total == row.token_cost_micros + 80_000 + 1_000_000
     assert model.requests[1]["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
 
@@ -259,3 +332,27 @@ def test_live_previews_carry_the_final_message_id(model: ScriptedModel) -> None:
     assert all(f["event_id"] == final.id for f in deltas)
     assert "".join(f["delta"]["content"]["text"] for f in deltas) == "Streaming words arrive in pieces."
     assert not Event.objects.filter(session_id=session.pk, type__in=["event_start", "event_delta"]).exists()
+
+
+@pytest.mark.sandbox
+def test_interrupt_stops_a_running_tool_within_two_seconds(model: ScriptedModel) -> None:
+    from tests.harness_helpers import TOOLSET_ALL
+
+    session = make_session(tools=[TOOLSET_ALL])
+    model.push(tool_call("bash", {"command": "sleep 30"}), text("never"))
+    say(session, "wait")
+    worker = step_in_background(session)
+    wait_for(lambda: events_of(session, "agent.tool_use"), timeout=10)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    send(session, "user.interrupt", {})
+    wait_for(lambda: Session.objects.get(pk=session.pk).status == "idle", timeout=5)
+    assert time.monotonic() - sent < 2.0
+    worker.join(5)
+    assert not worker.is_alive()
+    use = events_of(session, "agent.tool_use")[0]
+    results = events_of(session, "agent.tool_result")
+    assert [r.payload["tool_use_id"] for r in results] == [use.id]
+    assert results[0].payload["is_error"] is True
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert len(model.requests) == 1

@@ -22,8 +22,12 @@ def model() -> Iterator[ScriptedModel]:
 
 
 def _worker_env(model: ScriptedModel, **extra: str) -> dict[str, str]:
-    return {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url,
-            "GALLEY_INTERRUPT_POLL_SECONDS": "0.05", **extra}
+    return {
+        "ANTHROPIC_API_KEY": "sk-test",
+        "ANTHROPIC_BASE_URL": model.base_url,
+        "GALLEY_INTERRUPT_POLL_SECONDS": "0.05",
+        **extra,
+    }
 
 
 def _status(session: Session) -> str:
@@ -52,7 +56,9 @@ def test_a_worker_runs_kicked_sessions_concurrently(model: ScriptedModel) -> Non
         _assert_log_is_whole(session)
 
 
-def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplicated(model: ScriptedModel) -> None:
+def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplicated(
+    model: ScriptedModel,
+) -> None:
     model.push(text("This answer never arrives.", delay=60), text("Recovered answer."))
     session = make_session()
     env = _worker_env(model, GALLEY_LEASE_SECONDS="2", GALLEY_SWEEP_SECONDS="0.5")
@@ -68,10 +74,38 @@ def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplic
         wait_for(lambda: _status(session) == "idle", timeout=30)
     types = log_types(session)
     assert types.count("user.message") == 1
-    assert [e.payload["content"][0]["text"] for e in events_of(session, "agent.message")] == ["Recovered answer."]
+    assert [e.payload["content"][0]["text"] for e in events_of(session, "agent.message")] == [
+        "Recovered answer."
+    ]
     first_end = events_of(session, "span.model_request_end")[0]
     assert first_end.payload["is_error"] is True
     assert types[-1] == "session.status_idle"
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
     _assert_log_is_whole(session)
     assert Session.objects.get(pk=session.pk).lease_owner is None
+
+
+def test_an_interrupt_reaches_a_step_running_in_another_process_within_two_seconds(
+    model: ScriptedModel,
+) -> None:
+    import time
+
+    from tests.harness_helpers import send
+    from tests.model_server import Reply
+
+    model.push(Reply(blocks=[{"type": "text", "text": "slow " * 40}], chunk_delay=0.5))
+    session = make_session()
+    with celery_worker(_worker_env(model)):
+        say(session, "hi")
+        session_kick(session.pk)
+        wait_for(lambda: len(model.requests) == 1, timeout=20)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        send(session, "user.interrupt", {})
+        session_kick(session.pk)  # what events.send does; the step holding the lease notices first
+        wait_for(lambda: _status(session) == "idle", timeout=5)
+        elapsed = time.monotonic() - sent
+    assert elapsed < 2.0
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert not events_of(session, "agent.message")
+    _assert_log_is_whole(session)

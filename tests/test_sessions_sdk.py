@@ -207,7 +207,10 @@ def test_last_event_id_replays_the_log_after_that_event(client, ids):
     client.beta.sessions.events.send(session.id, events=[{"type": "user.interrupt"}])
     with client.beta.sessions.events.stream(session.id, extra_headers={"Last-Event-ID": "1"}) as stream:
         seen = _read_until(stream, "user.interrupt")
-    assert [e.type for e in seen] == ["session.status_running", "user.interrupt"]
+    # The harness may append its own events between the two (the live server has no model).
+    types = [e.type for e in seen]
+    assert types[0] == "session.status_running" and types[-1] == "user.interrupt"
+    assert "user.message" not in types
 
 
 def test_a_stream_sees_events_another_process_appends_and_closes_on_termination(live, client, ids):

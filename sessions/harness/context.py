@@ -6,9 +6,17 @@ from typing import Any
 from sessions.models import Event, Session
 
 CONTEXT_TYPES = (
-    "user.message", "system.message", "user.interrupt", "user.tool_confirmation", "user.custom_tool_result",
-    "agent.message", "agent.tool_use", "agent.custom_tool_use", "agent.tool_result",
-    "span.model_request_start", "span.model_request_end",
+    "user.message",
+    "system.message",
+    "user.interrupt",
+    "user.tool_confirmation",
+    "user.custom_tool_result",
+    "agent.message",
+    "agent.tool_use",
+    "agent.custom_tool_use",
+    "agent.tool_result",
+    "span.model_request_start",
+    "span.model_request_end",
 )
 TAKEN = ("user.message", "system.message", "user.interrupt")
 INTERRUPTED = "The user interrupted the session before this tool call completed."
@@ -27,7 +35,7 @@ class ToolUse:
 class Turn:
     role: str
     blocks: list[dict[str, Any]]
-    first_seq: int
+    first_seq: int  # the lowest seq among the turn's events (queued input can join late)
 
 
 @dataclass
@@ -38,13 +46,13 @@ class Context:
     last_prompt_tokens: int = 0  # prompt size of the last completed model call
     interrupted: bool = False  # an interrupt ended the turn and nothing came after it
 
-
     def add(self, role: str, blocks: list[dict[str, Any]], seq: int) -> None:
         if not blocks:
             return
         self.interrupted = False
         if self.turns and self.turns[-1].role == role:
             self.turns[-1].blocks.extend(blocks)
+            self.turns[-1].first_seq = min(self.turns[-1].first_seq, seq)
         else:
             self.turns.append(Turn(role, list(blocks), seq))
 
@@ -87,7 +95,9 @@ def _user_blocks(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif kind in ("image", "document"):
             source = block.get("source") or {}
             if source.get("type") == "file":
-                blocks.append({"type": "text", "text": f"[attached file {source.get('file_id')} is not readable here]"})
+                blocks.append(
+                    {"type": "text", "text": f"[attached file {source.get('file_id')} is not readable here]"}
+                )
             else:
                 item = {"type": kind, "source": source}
                 if kind == "document":
@@ -96,7 +106,9 @@ def _user_blocks(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             item[key] = block[key]
                 blocks.append(item)
         elif kind == "search_result":
-            blocks.append({k: v for k, v in block.items() if k in ("type", "source", "title", "content", "citations")})
+            blocks.append(
+                {k: v for k, v in block.items() if k in ("type", "source", "title", "content", "citations")}
+            )
     return blocks
 
 
@@ -104,7 +116,9 @@ def _result_content(content: list[dict[str, Any]] | None) -> list[dict[str, Any]
     return _user_blocks(content or []) or []
 
 
-def tool_result_block(tool_use_id: str, content: list[dict[str, Any]] | None, is_error: bool) -> dict[str, Any]:
+def tool_result_block(
+    tool_use_id: str, content: list[dict[str, Any]] | None, is_error: bool
+) -> dict[str, Any]:
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
     body = _result_content(content)
     if body:
@@ -117,13 +131,18 @@ def tool_result_block(tool_use_id: str, content: list[dict[str, Any]] | None, is
 def context_build(*, session: Session, events: list[Event] | None = None) -> Context:
     if events is None:
         events = list(
-            Event.objects.filter(session_id=session.pk, thread=None, type__in=CONTEXT_TYPES,
-                                 seq__gt=session.context_summary_seq).order_by("seq")
+            Event.objects.filter(
+                session_id=session.pk,
+                thread=None,
+                type__in=CONTEXT_TYPES,
+                seq__gt=session.context_summary_seq,
+            ).order_by("seq")
         )
     # Queued input joins the conversation when it is taken (processed_at), not when it was sent:
     # a message sent during a model call belongs after that call's answer.
-    events = sorted(events, key=lambda e: (e.processed_at if e.type in TAKEN and e.processed_at else e.created_at,
-                                           e.seq))
+    events = sorted(
+        events, key=lambda e: (e.processed_at if e.type in TAKEN and e.processed_at else e.created_at, e.seq)
+    )
     ctx = Context()
     for event in events:
         kind, payload = event.type, event.payload
@@ -133,29 +152,53 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
             texts = [b.get("text", "") for b in payload.get("content", []) if b.get("type") == "text"]
             ctx.add("user", [{"type": "text", "text": "[system] " + "\n".join(texts)}], event.seq)
         elif kind == "agent.message":
-            blocks = [{"type": "text", "text": b["text"]} for b in payload.get("content", [])
-                      if b.get("type") == "text" and b.get("text")]
+            blocks = [
+                {"type": "text", "text": b["text"]}
+                for b in payload.get("content", [])
+                if b.get("type") == "text" and b.get("text")
+            ]
             ctx.add("assistant", blocks, event.seq)
         elif kind in ("agent.tool_use", "agent.custom_tool_use"):
-            ctx.add("assistant", [{"type": "tool_use", "id": event.id, "name": payload.get("name", ""),
-                                   "input": payload.get("input") or {}}], event.seq)
+            ctx.add(
+                "assistant",
+                [
+                    {
+                        "type": "tool_use",
+                        "id": event.id,
+                        "name": payload.get("name", ""),
+                        "input": payload.get("input") or {},
+                    }
+                ],
+                event.seq,
+            )
             custom = kind == "agent.custom_tool_use"
-            ctx.uses[event.id] = ToolUse(event, custom, "custom" if custom else payload.get("evaluated_permission", "allow"))
+            ctx.uses[event.id] = ToolUse(
+                event, custom, "custom" if custom else payload.get("evaluated_permission", "allow")
+            )
         elif kind in ("agent.tool_result", "user.custom_tool_result"):
-            use_id = payload.get("tool_use_id") if kind == "agent.tool_result" else payload.get("custom_tool_use_id")
+            use_id = (
+                payload.get("tool_use_id")
+                if kind == "agent.tool_result"
+                else payload.get("custom_tool_use_id")
+            )
             use = ctx.uses.get(use_id or "")
             if use is None or use.resolved:
                 continue  # a late answer to a call an interrupt already closed
             use.resolved = True
-            ctx.add("user", [tool_result_block(use.event.id, payload.get("content"), bool(payload.get("is_error")))],
-                    event.seq)
+            ctx.add(
+                "user",
+                [tool_result_block(use.event.id, payload.get("content"), bool(payload.get("is_error")))],
+                event.seq,
+            )
         elif kind == "user.tool_confirmation":
             use = ctx.uses.get(payload.get("tool_use_id", ""))
             if use is not None and not use.resolved and use.confirmation is None:
                 use.confirmation = event
         elif kind == "user.interrupt" and event.processed_at is not None:
-            closed = [tool_result_block(u.event.id, [{"type": "text", "text": INTERRUPTED}], True)
-                      for u in ctx.unresolved()]
+            closed = [
+                tool_result_block(u.event.id, [{"type": "text", "text": INTERRUPTED}], True)
+                for u in ctx.unresolved()
+            ]
             ctx.add("user", closed, event.seq)
             ctx.uses.clear()
             ctx.interrupted = True
@@ -165,6 +208,9 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
             ctx.open_span_id = None
             usage = payload.get("model_usage") or {}
             if not payload.get("is_error"):
-                ctx.last_prompt_tokens = int(usage.get("input_tokens", 0)) + int(
-                    usage.get("cache_read_input_tokens", 0)) + int(usage.get("cache_creation_input_tokens", 0))
+                ctx.last_prompt_tokens = (
+                    int(usage.get("input_tokens", 0))
+                    + int(usage.get("cache_read_input_tokens", 0))
+                    + int(usage.get("cache_creation_input_tokens", 0))
+                )
     return ctx

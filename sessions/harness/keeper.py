@@ -46,6 +46,9 @@ class Keeper:
                 self._thread.start()
         return handle
 
+    def active_steps(self) -> int:
+        return len(self._steps)
+
     def unregister(self, handle: StepHandle) -> None:
         with self._lock:
             if self._steps.get(handle.session_id) is handle:
@@ -57,6 +60,9 @@ class Keeper:
             with self._lock:
                 steps = dict(self._steps)
             if not steps:
+                # Idle: hold no database connection (PostgreSQL counts them; tests drop databases).
+                if connection.connection is not None:
+                    connection.close()
                 continue
             try:
                 self._tick(steps)
@@ -67,8 +73,9 @@ class Keeper:
 
     def _tick(self, steps: dict[str, StepHandle]) -> None:
         interrupted = set(
-            Event.objects.filter(session_id__in=list(steps), type="user.interrupt", processed_at=None)
-            .values_list("session_id", flat=True)
+            Event.objects.filter(
+                session_id__in=list(steps), type="user.interrupt", processed_at=None
+            ).values_list("session_id", flat=True)
         )
         for session_id in interrupted:
             steps[session_id].cancel.set()

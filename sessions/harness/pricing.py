@@ -55,8 +55,13 @@ def parse_price_table(raw: str | None) -> dict[str, Any]:
         ):
             raise PriceTableError(f"GALLEY_PRICES_JSON: model {name!r} needs numeric input and output prices")
     table["models"] = models
-    for key in ("cache_read_multiplier", "cache_write_5m_multiplier", "cache_write_1h_multiplier",
-                "session_hour", "web_search_per_1000"):
+    for key in (
+        "cache_read_multiplier",
+        "cache_write_5m_multiplier",
+        "cache_write_1h_multiplier",
+        "session_hour",
+        "web_search_per_1000",
+    ):
         if not isinstance(table[key], (int, float)) or table[key] < 0:
             raise PriceTableError(f"GALLEY_PRICES_JSON: {key} must be a non-negative number")
     return table
@@ -76,14 +81,21 @@ class ModelPrice:
 
 def model_price(model: str) -> ModelPrice:
     models = _table()["models"]
-    best = max((key for key in models if key != "default" and model.startswith(key)), key=len, default="default")
+    best = max(
+        (key for key in models if key != "default" and model.startswith(key)), key=len, default="default"
+    )
     price = models.get(best) or DEFAULT_PRICES["models"]["default"]
     return ModelPrice(input=float(price["input"]), output=float(price["output"]))
 
 
 def token_cost_micros(
-    *, model: str, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
-    cache_write_5m_tokens: int = 0, cache_write_1h_tokens: int = 0,
+    *,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_5m_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
 ) -> int:
     """Cost of one model call in micro-USD (USD per MTok == micro-USD per token)."""
     table = _table()
@@ -107,7 +119,9 @@ def web_search_cost_micros(requests: int) -> int:
 
 
 def total_cost_micros(*, token_cost_micros: int, active_seconds: float, web_search_requests: int) -> int:
-    return token_cost_micros + runtime_cost_micros(active_seconds) + web_search_cost_micros(web_search_requests)
+    return (
+        token_cost_micros + runtime_cost_micros(active_seconds) + web_search_cost_micros(web_search_requests)
+    )
 
 
 def micros_to_cents(micros: int) -> int:

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from django.utils import timezone
 from console.ids import new_id
 from sessions import streaming
 from sessions.harness import pricing
-from sessions.harness.context import INTERRUPTED, Context, context_build
+from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from sessions.harness.keeper import StepHandle, keeper
 from sessions.harness.providers import ModelAnswer, ModelError, ModelRequest, ModelUsage, provider_for
 from sessions.harness.providers.base import ModelCancelled
@@ -34,15 +34,20 @@ log = logging.getLogger(__name__)
 
 # Queued user events that give a step something to do.
 ACTIONABLE = ("user.message", "system.message", "user.interrupt", "user.tool_confirmation")
-LOST = "The worker running this tool stopped before it finished, so its result was lost. It was not run again " \
-       "because it may have had side effects; check its effects before retrying."
-COMPACT_PROMPT = (
-    "Summarise the conversation so far for your own later use: the user's goals and instructions, what has been "
-    "done, tool results that still matter, decisions made, and open work. Be complete but concise. Reply with the "
-    "summary only."
+LOST = (
+    "The worker running this tool stopped before it finished, so its result was lost. It was not run again "
+    "because it may have had side effects; check its effects before retrying."
 )
-ERROR_TYPES = {"rate_limited": "model_rate_limited_error", "overloaded": "model_overloaded_error",
-               "failed": "model_request_failed_error"}
+COMPACT_PROMPT = (
+    "Summarise the conversation so far for your own later use: the user's goals and instructions, "
+    "what has been done, tool results that still matter, decisions made, and open work. Be complete "
+    "but concise. Reply with the summary only."
+)
+ERROR_TYPES = {
+    "rate_limited": "model_rate_limited_error",
+    "overloaded": "model_overloaded_error",
+    "failed": "model_request_failed_error",
+}
 DEFAULT_CONTEXT_WINDOW = 200_000
 
 
@@ -54,9 +59,42 @@ class LeaseLost(Exception):
 class StepState:
     handle: StepHandle
     ended_empty: bool = False  # the model's last answer had nothing to record
+    # The session's primary-thread log as far as this step has read it: each move reads only
+    # what was appended since (one query), and our own processed_at marks are applied in place.
+    events: list[Event] = field(default_factory=list)
+    last_seq: int = 0
+    own_uses: set[str] = field(default_factory=set)  # allowed tool calls this step recorded
+    agent: dict[str, Any] = field(default_factory=dict)
+
+    def refresh(self, session_id: str) -> None:
+        fresh = list(Event.objects.filter(session_id=session_id, seq__gt=self.last_seq).order_by("seq"))
+        if fresh:
+            self.last_seq = fresh[-1].seq
+            self.events.extend(e for e in fresh if e.thread_id is None)
+
+    def context(self, session: Session) -> Context:
+        return context_build(
+            session=session,
+            events=[
+                e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq
+            ],
+        )
+
+    def queued(self) -> list[Event]:
+        return [e for e in self.events if e.processed_at is None]
+
+
+def _mark_processed(events: list[Event]) -> None:
+    if not events:
+        return
+    now = timezone.now()
+    Event.objects.filter(pk__in=[e.pk for e in events]).update(processed_at=now)
+    for event in events:
+        event.processed_at = now
 
 
 # --- leases -----------------------------------------------------------------------------------------
+
 
 def _new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -78,21 +116,39 @@ def session_lease_release(*, session_id: str, owner: str) -> None:
     Session.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner=None, lease_expires_at=None)
 
 
+# What a move reads of the session row (the agent snapshot is read once per step).
+ROW_FIELDS = (
+    "id",
+    "status",
+    "stop_reason",
+    "running_since",
+    "active_seconds",
+    "archived_at",
+    "lease_owner",
+    "last_seq",
+    "context_summary",
+    "context_summary_seq",
+)
+
+
 def _locked(session_id: str, owner: str) -> Session:
     """The session row, locked for this transaction, if our lease still holds it."""
-    session = Session.objects.select_for_update().get(pk=session_id)
+    session = Session.objects.select_for_update().only(*ROW_FIELDS).get(pk=session_id)
     if session.lease_owner != owner:
         raise LeaseLost(session_id)
     return session
 
 
 def _has_work(session_id: str) -> bool:
-    return Event.objects.filter(
-        session_id=session_id, thread=None, processed_at=None, type__in=ACTIONABLE
-    ).exclude(session__status=Status.TERMINATED).exists()
+    return (
+        Event.objects.filter(session_id=session_id, thread=None, processed_at=None, type__in=ACTIONABLE)
+        .exclude(session__status=Status.TERMINATED)
+        .exists()
+    )
 
 
 # --- the step ------------------------------------------------------------------------------------------
+
 
 def session_step(*, session_id: str) -> None:
     """Run the session until it waits for the user. Safe to call twice: the lease admits one step."""
@@ -102,6 +158,7 @@ def session_step(*, session_id: str) -> None:
             return
         handle = keeper.register(session_id, owner)
         state = StepState(handle)
+        state.agent = Session.objects.values_list("agent_snapshot", flat=True).get(pk=session_id) or {}
         try:
             while _advance(session_id, state):
                 pass
@@ -118,6 +175,28 @@ def session_step(*, session_id: str) -> None:
 
 def _advance(session_id: str, state: StepState) -> bool:
     """One persisted move. Returns False when the session waits for input."""
+    # Fast path, without the write lock: a running session with only new messages (or tool
+    # results) to send goes straight to the model; the request's own transaction re-checks the lease.
+    state.refresh(session_id)
+    session = Session.objects.only(*ROW_FIELDS).get(pk=session_id)
+    queued = state.queued()
+    if (
+        session.status == Status.RUNNING
+        and session.archived_at is None
+        and all(e.type in ("user.message", "system.message") for e in queued)
+    ):
+        ctx = state.context(session)
+        if (
+            ctx.open_span_id is None
+            and not ctx.unresolved()
+            and (queued or (ctx.needs_model() and not state.ended_empty))
+        ):
+            state.ended_empty = False
+            return _call_model(session, state, take=queued, refresh=False)
+    return _advance_locked(session_id, state)
+
+
+def _advance_locked(session_id: str, state: StepState) -> bool:
     owner = state.handle.owner
     run_now: list[Event] = []
     recovered: list[Event] = []
@@ -125,37 +204,58 @@ def _advance(session_id: str, state: StepState) -> bool:
         session = _locked(session_id, owner)
         if session.status == Status.TERMINATED or session.archived_at is not None:
             return False
-        queued = list(Event.objects.filter(session_id=session_id, thread=None, processed_at=None).order_by("seq"))
+        state.refresh(session_id)
+        queued = state.queued()
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
         if interrupt is not None:
-            _take_interrupt(session, interrupt)
+            _take_interrupt(session, state, interrupt)
             return True
-        ctx = context_build(session=session)
+        ctx = state.context(session)
         confirmed_now: set[str] = set()
         denied = False
-        now = timezone.now()
-        for event in queued:
-            if event.type == "user.tool_confirmation":
-                Event.objects.filter(pk=event.pk).update(processed_at=now)
-                use = ctx.uses.get(event.payload.get("tool_use_id", ""))
-                if use is None or use.resolved or use.custom or use.permission != "ask":
-                    continue
-                if event.payload.get("result") == "allow":
-                    confirmed_now.add(use.event.id)
-                    use.confirmation = event
-                else:
-                    note = event.payload.get("deny_message") or "The user denied this tool call."
-                    events_append(session=session, events=[NewEvent("agent.tool_result", {
-                        "tool_use_id": use.event.id, "is_error": True,
-                        "content": [{"type": "text", "text": f"Permission denied by the user: {note}"}],
-                    })])
-                    use.resolved = True
-                    denied = True
+        confirmations = [e for e in queued if e.type == "user.tool_confirmation"]
+        _mark_processed(confirmations)
+        for event in confirmations:
+            use = ctx.uses.get(event.payload.get("tool_use_id", ""))
+            if use is None or use.resolved or use.custom or use.permission != "ask":
+                continue
+            if event.payload.get("result") == "allow":
+                confirmed_now.add(use.event.id)
+                use.confirmation = event
+            else:
+                note = event.payload.get("deny_message") or "The user denied this tool call."
+                events_append(
+                    session=session,
+                    events=[
+                        NewEvent(
+                            "agent.tool_result",
+                            {
+                                "tool_use_id": use.event.id,
+                                "is_error": True,
+                                "content": [
+                                    {"type": "text", "text": f"Permission denied by the user: {note}"}
+                                ],
+                            },
+                        )
+                    ],
+                )
+                use.resolved = True
+                denied = True
         if ctx.open_span_id is not None:
             # A model request whose worker died: close its span; the request runs again below.
-            events_append(session=session, events=[NewEvent("span.model_request_end", {
-                "model_request_start_id": ctx.open_span_id, "is_error": True, "model_usage": ModelUsage().wire(),
-            })])
+            events_append(
+                session=session,
+                events=[
+                    NewEvent(
+                        "span.model_request_end",
+                        {
+                            "model_request_start_id": ctx.open_span_id,
+                            "is_error": True,
+                            "model_usage": ModelUsage().wire(),
+                        },
+                    )
+                ],
+            )
             ctx.open_span_id = None
         pending: list[str] = []
         for use in ctx.unresolved():
@@ -168,15 +268,27 @@ def _advance(session_id: str, state: StepState) -> bool:
                     recovered.append(use.event)  # confirmed earlier, its run was lost
                 else:
                     pending.append(use.event.id)
+            elif use.event.id in state.own_uses:
+                run_now.append(use.event)  # recorded by this step, not run yet (a stale cancel)
             else:
                 recovered.append(use.event)  # allowed and recorded, but no result: a crashed run
         for event in recovered:
             if event.payload.get("name") in READ_ONLY:
                 run_now.append(event)
             else:
-                events_append(session=session, events=[NewEvent("agent.tool_result", {
-                    "tool_use_id": event.id, "is_error": True, "content": [{"type": "text", "text": LOST}],
-                })])
+                events_append(
+                    session=session,
+                    events=[
+                        NewEvent(
+                            "agent.tool_result",
+                            {
+                                "tool_use_id": event.id,
+                                "is_error": True,
+                                "content": [{"type": "text", "text": LOST}],
+                            },
+                        )
+                    ],
+                )
         if run_now:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
@@ -187,41 +299,50 @@ def _advance(session_id: str, state: StepState) -> bool:
             return False
         else:
             messages = [e for e in queued if e.type in ("user.message", "system.message")]
-            wants_model = (bool(messages) or denied or bool(recovered)
-                           or (ctx.needs_model() and not state.ended_empty))
+            wants_model = (
+                bool(messages) or denied or bool(recovered) or (ctx.needs_model() and not state.ended_empty)
+            )
             if not wants_model:
                 if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "end_turn":
                     session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
                 return False
-            if messages:
-                Event.objects.filter(pk__in=[e.pk for e in messages]).update(processed_at=now)
-                for event in messages:
-                    event.processed_at = now
-                state.ended_empty = False
             if recovered:
-                return True  # results were written; rebuild and call the model
-            if session.status != Status.RUNNING:
-                session_set_status(session=session, status=Status.RUNNING)
+                return True  # results were written; read them back and call the model
+            # Queued messages join the context in the same transaction as the request's span.
+            state.ended_empty = False
     if run_now:
-        _run_tools(session_id, state, run_now)
+        _run_tools(session, state, run_now)
         return True
-    return _call_model(session_id, state)
+    return _call_model(session, state, take=messages, refresh=True)
 
 
-def _take_interrupt(session: Session, interrupt: Event) -> None:
+def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> None:
     """user.interrupt jumps the queue: close open tool calls and idle with end_turn (spec 7.1)."""
-    ctx = context_build(session=session)
+    ctx = state.context(session)
     closing = [
-        NewEvent("agent.tool_result", {"tool_use_id": use.event.id, "is_error": True,
-                                       "content": [{"type": "text", "text": INTERRUPTED}]})
+        NewEvent(
+            "agent.tool_result",
+            {
+                "tool_use_id": use.event.id,
+                "is_error": True,
+                "content": [{"type": "text", "text": INTERRUPTED}],
+            },
+        )
         for use in ctx.unresolved()
     ]
     if ctx.open_span_id is not None:
-        closing.append(NewEvent("span.model_request_end", {
-            "model_request_start_id": ctx.open_span_id, "is_error": True, "model_usage": ModelUsage().wire(),
-        }))
+        closing.append(
+            NewEvent(
+                "span.model_request_end",
+                {
+                    "model_request_start_id": ctx.open_span_id,
+                    "is_error": True,
+                    "model_usage": ModelUsage().wire(),
+                },
+            )
+        )
     events_append(session=session, events=closing)
-    Event.objects.filter(pk=interrupt.pk).update(processed_at=timezone.now())
+    _mark_processed([interrupt])
     stop = session.stop_reason or {}
     if session.status != Status.IDLE or stop.get("type") != "end_turn" or closing:
         session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
@@ -229,35 +350,53 @@ def _take_interrupt(session: Session, interrupt: Event) -> None:
 
 # --- tools ----------------------------------------------------------------------------------------------
 
-def _run_tools(session_id: str, state: StepState, uses: list[Event]) -> None:
-    session = Session.objects.get(pk=session_id)
+
+def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
+    session_id = session.pk
     for use in uses:
         cancel = state.handle.fresh_cancel()
         if cancel.is_set():
             return
         _release_connection()
-        outcome = run_builtin(session=session, name=use.payload.get("name", ""), tool_input=use.payload.get("input") or {},
-                              tool_use_id=use.id, cancel=cancel)
+        outcome = run_builtin(
+            session=session,
+            name=use.payload.get("name", ""),
+            tool_input=use.payload.get("input") or {},
+            tool_use_id=use.id,
+            cancel=cancel,
+        )
         with transaction.atomic():
+            # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
             locked = _locked(session_id, state.handle.owner)
-            if Event.objects.filter(session_id=session_id, type="agent.tool_result",
-                                    payload__tool_use_id=use.id).exists():
-                continue  # an interrupt closed it while it ran
-            events_append(session=locked, events=[NewEvent("agent.tool_result", {
-                "tool_use_id": use.id, "content": outcome.content, "is_error": outcome.is_error,
-            })])
+            events_append(
+                session=locked,
+                events=[
+                    NewEvent(
+                        "agent.tool_result",
+                        {
+                            "tool_use_id": use.id,
+                            "content": outcome.content,
+                            "is_error": outcome.is_error,
+                        },
+                    )
+                ],
+            )
         if state.handle.cancel.is_set():
             return
 
 
 def _release_connection() -> None:
     # Long waits must not pin a database connection: hundreds of running sessions would exhaust
-    # PostgreSQL's connection limit. SQLite connections are cheap file handles, so keep them.
-    if not settings.IS_SQLITE and not connection.in_atomic_block:
+    # PostgreSQL's connection limit. Reconnecting costs milliseconds, so a worker with few running
+    # steps keeps its connections; SQLite connections are cheap file handles and always stay.
+    if settings.IS_SQLITE or connection.in_atomic_block:
+        return
+    if keeper.active_steps() > settings.GALLEY_HARNESS_KEEP_CONNECTIONS:
         connection.close()
 
 
 # --- the model -------------------------------------------------------------------------------------------
+
 
 class _Previews:
     """Publishes event_start / event_delta previews for text and thinking blocks as they stream."""
@@ -272,20 +411,23 @@ class _Previews:
         event_id = new_id("sevt")
         self.ids[index] = event_id
         kind = "agent.message" if block_type == "text" else "agent.thinking"
-        streaming.publish_preview(self.session_id, None, {"type": "event_start", "event": {"type": kind, "id": event_id}})
+        streaming.publish_preview(
+            self.session_id, None, {"type": "event_start", "event": {"type": kind, "id": event_id}}
+        )
 
     def text_delta(self, index: int, text: str) -> None:
         event_id = self.ids.get(index)
         if event_id is None or not text:
             return
-        streaming.publish_preview(self.session_id, None, {
-            "type": "event_delta", "event_id": event_id,
-            "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": text}},
-        })
-
-
-def _agent(session: Session) -> dict[str, Any]:
-    return session.agent_snapshot or {}
+        streaming.publish_preview(
+            self.session_id,
+            None,
+            {
+                "type": "event_delta",
+                "event_id": event_id,
+                "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": text}},
+            },
+        )
 
 
 def _model_id(agent: dict[str, Any]) -> str:
@@ -302,37 +444,48 @@ def compaction_threshold(model: str) -> int:
     return int(window * 0.8)
 
 
-def _call_model(session_id: str, state: StepState) -> bool:
+def _call_model(session: Session, state: StepState, *, take: list[Event], refresh: bool) -> bool:
+    session_id = session.pk
     owner = state.handle.owner
-    session = Session.objects.get(pk=session_id)
-    agent = _agent(session)
+    agent = state.agent
     model = _model_id(agent)
     catalog = tool_catalog(agent)
-    ctx = context_build(session=session)
+    if refresh:
+        state.refresh(session_id)  # what this move appended (denials, closed spans)
+    taken_at = timezone.now()
+    for event in take:
+        event.processed_at = taken_at  # in the context from here; stored with the request's span
+    ctx = state.context(session)
     if ctx.last_prompt_tokens >= compaction_threshold(model) and len(ctx.turns) > 2:
-        if not _compact(session, state, ctx, model, catalog):
+        if not _compact(session, state, ctx, model, catalog, take=take):
             return True
-        session = Session.objects.get(pk=session_id)
-        ctx = context_build(session=session)
+        take = []
+        ctx = state.context(session)
     request = ModelRequest(
-        model=model, system=agent.get("system"), tools=[spec.definition for spec in catalog.values()],
-        messages=ctx.messages(session.context_summary), max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
+        model=model,
+        system=agent.get("system"),
+        tools=[spec.definition for spec in catalog.values()],
+        messages=ctx.messages(session.context_summary),
+        max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
     )
-    result = _model_request(session_id, state, request)
+    result = _model_request(session_id, state, request, take=take)
     if result is None:
         return True  # interrupted, or retried into a new state; the next move looks again
-    if result is False:
+    if not isinstance(result, tuple):
         return False
     answer, span_id = result
     allowed = _record_answer(session_id, owner, answer, span_id, catalog)
+    state.own_uses.update(e.id for e in allowed)
     if not answer.blocks:
         state.ended_empty = True
     if allowed:
-        _run_tools(session_id, state, allowed)
+        _run_tools(session, state, allowed)
     return True
 
 
-def _model_request(session_id: str, state: StepState, request: ModelRequest) -> tuple[ModelAnswer, str] | bool | None:
+def _model_request(
+    session_id: str, state: StepState, request: ModelRequest, take: list[Event] | None = None
+) -> tuple[ModelAnswer, str] | bool | None:
     """Call the model with visible retries. Returns (answer, span id), None to re-plan, False to stop."""
     owner = state.handle.owner
     provider = provider_for(request.model)
@@ -340,6 +493,9 @@ def _model_request(session_id: str, state: StepState, request: ModelRequest) -> 
     while True:
         with transaction.atomic():
             session = _locked(session_id, owner)
+            if take:
+                _mark_processed(take)
+                take = None
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
             span = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]
@@ -355,7 +511,7 @@ def _model_request(session_id: str, state: StepState, request: ModelRequest) -> 
             return None
         except ModelError as exc:
             if not exc.retryable:
-                _fail(session_id, owner, span.id, exc, retry_status="terminal")
+                _fail(session_id, owner, span.id, exc, retry_status="terminal" if exc.fatal else "exhausted")
                 return False
             if attempt >= settings.GALLEY_MODEL_MAX_RETRIES:
                 _fail(session_id, owner, span.id, exc, retry_status="exhausted")
@@ -363,12 +519,18 @@ def _model_request(session_id: str, state: StepState, request: ModelRequest) -> 
             attempt += 1
             with transaction.atomic():
                 session = _locked(session_id, owner)
-                events_append(session=session, events=[
-                    _span_end(span.id, exc.usage, is_error=True),
-                    _error_event(exc, "retrying"),
-                ])
+                events_append(
+                    session=session,
+                    events=[
+                        _span_end(span.id, exc.usage, is_error=True),
+                        _error_event(exc, "retrying"),
+                    ],
+                )
                 session_set_status(session=session, status=Status.RESCHEDULING)
-            delay = min(settings.GALLEY_MODEL_RETRY_MAX_SECONDS, settings.GALLEY_MODEL_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+            delay = min(
+                settings.GALLEY_MODEL_RETRY_MAX_SECONDS,
+                settings.GALLEY_MODEL_RETRY_BASE_SECONDS * 2 ** (attempt - 1),
+            )
             if state.handle.cancel.wait(delay):
                 return None  # an interrupt arrived while we waited
 
@@ -381,9 +543,16 @@ def _span_end(span_id: str, usage: ModelUsage, *, is_error: bool = False) -> New
 
 
 def _error_event(exc: ModelError, retry_status: str) -> NewEvent:
-    return NewEvent("session.error", {"error": {
-        "type": ERROR_TYPES[exc.kind], "message": exc.message, "retry_status": {"type": retry_status},
-    }})
+    return NewEvent(
+        "session.error",
+        {
+            "error": {
+                "type": ERROR_TYPES[exc.kind],
+                "message": exc.message,
+                "retry_status": {"type": retry_status},
+            }
+        },
+    )
 
 
 def _close_span(session_id: str, owner: str, span_id: str) -> None:
@@ -395,21 +564,27 @@ def _close_span(session_id: str, owner: str, span_id: str) -> None:
 def _fail(session_id: str, owner: str, span_id: str, exc: ModelError, *, retry_status: str) -> None:
     with transaction.atomic():
         session = _locked(session_id, owner)
-        events_append(session=session, events=[_span_end(span_id, exc.usage, is_error=True),
-                                               _error_event(exc, retry_status)])
+        events_append(
+            session=session,
+            events=[_span_end(span_id, exc.usage, is_error=True), _error_event(exc, retry_status)],
+        )
         if retry_status == "terminal":
             session_set_status(session=session, status=Status.TERMINATED)
             return
         # "This turn is dead; queued inputs are flushed and the session returns to idle."
-        Event.objects.filter(session_id=session_id, processed_at=None, type__in=("user.message", "system.message")) \
-            .update(processed_at=timezone.now())
+        Event.objects.filter(
+            session_id=session_id, processed_at=None, type__in=("user.message", "system.message")
+        ).update(processed_at=timezone.now())
         session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "retries_exhausted"})
 
 
 def _usage_update(session_id: str, model: str, usage: ModelUsage) -> None:
     cost = pricing.token_cost_micros(
-        model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_input_tokens, cache_write_5m_tokens=usage.cache_creation_5m_tokens,
+        model=model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_input_tokens,
+        cache_write_5m_tokens=usage.cache_creation_5m_tokens,
         cache_write_1h_tokens=usage.cache_creation_1h_tokens,
     )
     Session.objects.filter(pk=session_id).update(
@@ -423,8 +598,9 @@ def _usage_update(session_id: str, model: str, usage: ModelUsage) -> None:
     )
 
 
-def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: str,
-                   catalog: dict[str, ToolSpec]) -> list[Event]:
+def _record_answer(
+    session_id: str, owner: str, answer: ModelAnswer, span_id: str, catalog: dict[str, ToolSpec]
+) -> list[Event]:
     """Append the answer's events and its span end in one transaction; return tool calls to run now."""
     events: list[NewEvent] = []
     refusals: list[int] = []
@@ -433,15 +609,23 @@ def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: st
         if kind == "thinking":
             events.append(NewEvent("agent.thinking", {}, id=answer.text_event_ids.get(index)))
         elif kind == "text" and block.get("text"):
-            events.append(NewEvent("agent.message", {"content": [{"type": "text", "text": block["text"]}]},
-                                   id=answer.text_event_ids.get(index)))
+            events.append(
+                NewEvent(
+                    "agent.message",
+                    {"content": [{"type": "text", "text": block["text"]}]},
+                    id=answer.text_event_ids.get(index),
+                )
+            )
         elif kind == "tool_use":
             name = block.get("name", "")
             spec = catalog.get(name)
             tool_input = block.get("input") or {}
             if spec is None or spec.kind == "mcp":
-                events.append(NewEvent("agent.tool_use", {"name": name, "input": tool_input,
-                                                          "evaluated_permission": "deny"}))
+                events.append(
+                    NewEvent(
+                        "agent.tool_use", {"name": name, "input": tool_input, "evaluated_permission": "deny"}
+                    )
+                )
                 refusals.append(len(events) - 1)
             elif spec.kind == "custom":
                 events.append(NewEvent("agent.custom_tool_use", {"name": name, "input": tool_input}))
@@ -450,30 +634,61 @@ def _record_answer(session_id: str, owner: str, answer: ModelAnswer, span_id: st
                 evaluation: dict[str, Any] = {"type": spec.policy}
                 if spec.policy == "auto":
                     evaluation["evaluated_permission"] = {"type": "allow"}
-                events.append(NewEvent("agent.tool_use", {
-                    "name": name, "input": tool_input, "evaluated_permission": "ask" if ask else "allow",
-                    "evaluation": evaluation,
-                }))
+                events.append(
+                    NewEvent(
+                        "agent.tool_use",
+                        {
+                            "name": name,
+                            "input": tool_input,
+                            "evaluated_permission": "ask" if ask else "allow",
+                            "evaluation": evaluation,
+                        },
+                    )
+                )
     for event in events:
         if event.id is None:
             event.id = new_id("sevt")
     for position in refusals:
         tool_use = events[position]
-        events.append(NewEvent("agent.tool_result", {
-            "tool_use_id": tool_use.id, "is_error": True,
-            "content": [{"type": "text", "text": f"Tool {tool_use.payload['name']!r} is not available in this session."}],
-        }))
+        events.append(
+            NewEvent(
+                "agent.tool_result",
+                {
+                    "tool_use_id": tool_use.id,
+                    "is_error": True,
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": f"Tool {tool_use.payload['name']!r} is not available in this session.",
+                        }
+                    ],
+                },
+            )
+        )
     events.append(_span_end(span_id, answer.usage))
     with transaction.atomic():
         session = _locked(session_id, owner)
         rows = events_append(session=session, events=events)
         _usage_update(session_id, answer.model, answer.usage)
-    return [row for row in rows if row.type == "agent.tool_use" and row.payload.get("evaluated_permission") == "allow"]
+    return [
+        row
+        for row in rows
+        if row.type == "agent.tool_use" and row.payload.get("evaluated_permission") == "allow"
+    ]
 
 
 # --- compaction ------------------------------------------------------------------------------------------
 
-def _compact(session: Session, state: StepState, ctx: Context, model: str, catalog: dict[str, ToolSpec]) -> bool:
+
+def _compact(
+    session: Session,
+    state: StepState,
+    ctx: Context,
+    model: str,
+    catalog: dict[str, ToolSpec],
+    *,
+    take: list[Event],
+) -> bool:
     """Summarise older turns and replace them in the context (agent.thread_context_compacted).
 
     Keeps the tail the next request needs: the last user turn, and the assistant turn before it
@@ -484,31 +699,44 @@ def _compact(session: Session, state: StepState, ctx: Context, model: str, catal
         keep_from -= 1
     if keep_from <= 0:
         return True
-    boundary = turns[keep_from].first_seq - 1
+    # Everything from the kept turns on stays; seqs are not in context order (a message sent during
+    # a model call is taken after its answer), so cut below the lowest seq the kept turns hold.
+    boundary = min(turn.first_seq for turn in turns[keep_from:]) - 1
     older = Context(turns=turns[:keep_from])
     messages = older.messages(session.context_summary)
     if messages[-1]["role"] == "user":
         messages[-1]["content"].append({"type": "text", "text": COMPACT_PROMPT})
     else:
         messages.append({"role": "user", "content": [{"type": "text", "text": COMPACT_PROMPT}]})
-    request = ModelRequest(model=model, system=_agent(session).get("system"),
-                           tools=[spec.definition for spec in catalog.values()], messages=messages,
-                           max_tokens=settings.GALLEY_MODEL_MAX_TOKENS)
-    result = _model_request(session.pk, state, request)
+    request = ModelRequest(
+        model=model,
+        system=state.agent.get("system"),
+        tools=[spec.definition for spec in catalog.values()],
+        messages=messages,
+        max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
+    )
+    result = _model_request(session.pk, state, request, take=take)
     if not isinstance(result, tuple):
         return False
     answer, span_id = result
     summary = "\n".join(b.get("text", "") for b in answer.blocks if b.get("type") == "text").strip()
     with transaction.atomic():
         locked = _locked(session.pk, state.handle.owner)
-        events_append(session=locked, events=[_span_end(span_id, answer.usage),
-                                              NewEvent("agent.thread_context_compacted", {})])
+        events_append(
+            session=locked,
+            events=[_span_end(span_id, answer.usage), NewEvent("agent.thread_context_compacted", {})],
+        )
         _usage_update(session.pk, answer.model, answer.usage)
-        Session.objects.filter(pk=session.pk).update(context_summary=summary or None, context_summary_seq=boundary)
+        Session.objects.filter(pk=session.pk).update(
+            context_summary=summary or None, context_summary_seq=boundary
+        )
+    session.context_summary = summary or None
+    session.context_summary_seq = boundary
     return True
 
 
 # --- the sweeper -----------------------------------------------------------------------------------------
+
 
 def sessions_sweep(*, limit: int = 500) -> list[str]:
     """Session ids that need a step and have no live one: a crashed worker's expired lease, or
@@ -516,15 +744,17 @@ def sessions_sweep(*, limit: int = 500) -> list[str]:
     now = timezone.now()
     free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
     stuck = set(
-        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING))
-        .values_list("id", flat=True)[:limit]
+        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING)).values_list(
+            "id", flat=True
+        )[:limit]
     )
     waiting = set(
-        Event.objects.filter(processed_at=None, type__in=ACTIONABLE, thread=None,
-                             created_at__lt=now - timedelta(seconds=1))
+        Event.objects.filter(
+            processed_at=None, type__in=ACTIONABLE, thread=None, created_at__lt=now - timedelta(seconds=1)
+        )
         .exclude(session__status=Status.TERMINATED)
         .filter(Q(session__lease_owner__isnull=True) | Q(session__lease_expires_at__lt=now))
-        .values_list("session_id", flat=True).distinct()[:limit]
+        .values_list("session_id", flat=True)
+        .distinct()[:limit]
     )
     return sorted(stuck | waiting)
-

@@ -47,18 +47,29 @@ TOOLSET: dict[str, dict[str, Any]] = {
         "input_schema": {
             "type": "object",
             "properties": {
-                "file_path": _STR, "old_string": _STR, "new_string": _STR, "replace_all": {"type": "boolean"},
+                "file_path": _STR,
+                "old_string": _STR,
+                "new_string": _STR,
+                "replace_all": {"type": "boolean"},
             },
             "required": ["file_path", "old_string", "new_string"],
         },
     },
     "glob": {
         "description": "List paths matching a glob pattern (e.g. **/*.py), newest first.",
-        "input_schema": {"type": "object", "properties": {"pattern": _STR, "path": _STR}, "required": ["pattern"]},
+        "input_schema": {
+            "type": "object",
+            "properties": {"pattern": _STR, "path": _STR},
+            "required": ["pattern"],
+        },
     },
     "grep": {
         "description": "Search file contents for a regular expression and return matching lines.",
-        "input_schema": {"type": "object", "properties": {"pattern": _STR, "path": _STR}, "required": ["pattern"]},
+        "input_schema": {
+            "type": "object",
+            "properties": {"pattern": _STR, "path": _STR},
+            "required": ["pattern"],
+        },
     },
     "web_fetch": {
         "description": "Fetch a URL and return its content as text.",
@@ -121,17 +132,21 @@ class ToolRun:
     is_error: bool
 
 
-def run_builtin(*, session: Any, name: str, tool_input: dict[str, Any], tool_use_id: str,
-                cancel: threading.Event | None) -> ToolRun:
+def run_builtin(
+    *, session: Any, name: str, tool_input: dict[str, Any], tool_use_id: str, cancel: threading.Event | None
+) -> ToolRun:
     """Run an agent-toolset tool in the session's sandbox (sessions.sandbox.toolset, issue 4)."""
     try:
         toolset = importlib.import_module("sessions.sandbox.toolset")
     except ImportError:
-        return ToolRun([{"type": "text", "text": f"Built-in tools are unavailable on this server; {name} did not run."}],
-                       True)
+        return ToolRun(
+            [{"type": "text", "text": f"Built-in tools are unavailable on this server; {name} did not run."}],
+            True,
+        )
     try:
-        outcome = toolset.run_tool(session=session, name=name, tool_input=tool_input, tool_use_id=tool_use_id,
-                                   cancel=cancel)
+        outcome = toolset.run_tool(
+            session=session, name=name, tool_input=tool_input, tool_use_id=tool_use_id, cancel=cancel
+        )
     except Exception as exc:  # the contract says run_tool never raises; a bug must not kill the turn
         return ToolRun([{"type": "text", "text": f"{name} failed: {type(exc).__name__}"}], True)
     return ToolRun(list(outcome.content), bool(outcome.is_error))

@@ -1,6 +1,13 @@
 """Model providers: one interface, one module per provider (design.md, "Models")."""
 
-from sessions.harness.providers.base import ModelAnswer, ModelError, ModelRequest, ModelUsage, Provider, StreamListener
+from sessions.harness.providers.base import (
+    ModelAnswer,
+    ModelError,
+    ModelRequest,
+    ModelUsage,
+    Provider,
+    StreamListener,
+)
 
 
 def provider_for(model: str) -> Provider:
@@ -10,4 +17,12 @@ def provider_for(model: str) -> Provider:
     return AnthropicProvider.shared()
 
 
-__all__ = ["ModelAnswer", "ModelError", "ModelRequest", "ModelUsage", "Provider", "StreamListener", "provider_for"]
+__all__ = [
+    "ModelAnswer",
+    "ModelError",
+    "ModelRequest",
+    "ModelUsage",
+    "Provider",
+    "StreamListener",
+    "provider_for",
+]

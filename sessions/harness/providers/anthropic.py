@@ -1,7 +1,6 @@
 """The Anthropic Messages API provider: streaming through the official SDK, with prompt caching
 marks on the stable prefix (tools, system) and on the conversation tail."""
 
-import copy
 import json
 import os
 import threading
@@ -45,7 +44,9 @@ class AnthropicProvider:
                 )
             return cls._shared
 
-    def complete(self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event) -> ModelAnswer:
+    def complete(
+        self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event
+    ) -> ModelAnswer:
         if not self.api_key:
             raise ModelError("ANTHROPIC_API_KEY is not set on the server: the model cannot be called")
         params = request_params(request)
@@ -95,8 +96,9 @@ class AnthropicProvider:
                             try:
                                 block["input"] = json.loads(raw) if raw else {}
                             except ValueError:
-                                raise ModelError("the model sent tool input that is not valid JSON",
-                                                 retryable=True) from None
+                                raise ModelError(
+                                    "the model sent tool input that is not valid JSON", retryable=True
+                                ) from None
                     elif kind == "message_delta":
                         stop_reason = event.delta.stop_reason or stop_reason
                         _read_usage(usage, event.usage)
@@ -117,23 +119,23 @@ class AnthropicProvider:
 def request_params(request: ModelRequest) -> dict[str, Any]:
     """Messages API parameters with cache breakpoints: the last tool, the system prompt (together
     the stable prefix) and the last block of the conversation (so the next turn reads it back)."""
-    params: dict[str, Any] = {
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": copy.deepcopy(request.messages),
-    }
+    # Copy only what gets a cache mark: deep copies of a long conversation cost more than the rest.
+    messages = list(request.messages)
+    params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
     if request.tools:
-        tools = copy.deepcopy(request.tools)
-        tools[-1]["cache_control"] = CACHE
+        tools = list(request.tools)
+        tools[-1] = {**tools[-1], "cache_control": CACHE}
         params["tools"] = tools
     if request.system:
         params["system"] = [{"type": "text", "text": request.system, "cache_control": CACHE}]
-    if params["messages"]:
-        last = params["messages"][-1]
-        if isinstance(last["content"], str):
-            last["content"] = [{"type": "text", "text": last["content"]}]
-        if last["content"]:
-            last["content"][-1]["cache_control"] = CACHE
+    if messages:
+        last = messages[-1]
+        content = last["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if content:
+            content = [*content[:-1], {**content[-1], "cache_control": CACHE}]
+        messages[-1] = {**last, "content": content}
     return params
 
 
@@ -179,8 +181,8 @@ def _model_error(exc: Exception) -> ModelError:
         if status == 404:
             return ModelError(f"Unknown model or endpoint (404): {message}")
         if status == 413:
-            return ModelError(f"The request is too large for the model (413): {message}")
-        return ModelError(f"The model request was rejected ({status}): {message}")
+            return ModelError(f"The request is too large for the model (413): {message}", fatal=True)
+        return ModelError(f"The model request was rejected ({status}): {message}", fatal=True)
     if isinstance(exc, (anthropic.APIConnectionError, anthropic.APITimeoutError)):
         return ModelError(f"Could not reach the model provider: {exc}", retryable=True)
     return ModelError(f"The model request failed: {type(exc).__name__}: {exc}", retryable=True)

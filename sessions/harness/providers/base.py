@@ -53,14 +53,25 @@ ErrorKind = Literal["rate_limited", "overloaded", "failed"]
 
 
 class ModelError(Exception):
-    """A failed model call. `retryable` errors (429, 529, 5xx, connection) are retried by the harness."""
+    """A failed model call. `retryable` errors (429, 529, 5xx, connection) are retried by the harness.
+    A `fatal` one (a request the model will never accept, such as a context over its window) ends
+    the session; other failures (a missing or rejected API key, an unknown model) end the turn and
+    leave the session usable once the operator fixes the configuration."""
 
-    def __init__(self, message: str, *, kind: ErrorKind = "failed", retryable: bool = False,
-                 usage: ModelUsage | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind = "failed",
+        retryable: bool = False,
+        fatal: bool = False,
+        usage: ModelUsage | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.retryable = retryable
+        self.fatal = fatal
         self.usage = usage or ModelUsage()
 
 
@@ -74,7 +85,9 @@ class StreamListener(Protocol):
 
 
 class Provider(Protocol):
-    def complete(self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event) -> ModelAnswer: ...
+    def complete(
+        self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event
+    ) -> ModelAnswer: ...
 
 
 class CancelToken(threading.Event):
