@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from tests.live import free_port
 
@@ -47,6 +48,10 @@ class McpServer:
         self.required_token: str | None = None  # when set, other tokens get 401
         self.sse = False
         self.fail_method: str | None = None  # this method gets HTTP 502
+        # POST /token: the refresh_token grant; this refresh token gets `required_token`.
+        self.token_url = f"http://127.0.0.1:{self.port}/token"
+        self.refresh_token = "rt-valid"
+        self.token_requests = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
@@ -77,7 +82,18 @@ class McpServer:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
-                message = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if self.path == "/token":
+                    form = parse_qs(raw.decode())
+                    with mcp.lock:
+                        mcp.token_requests += 1
+                    if form.get("refresh_token") == [mcp.refresh_token] and mcp.required_token:
+                        body = json.dumps({"access_token": mcp.required_token, "expires_in": 3600})
+                        self._send(200, body.encode(), "application/json", {})
+                    else:
+                        self._send(400, b'{"error":"invalid_grant"}', "application/json", {})
+                    return
+                message = json.loads(raw or b"{}")
                 auth = self.headers.get("authorization")
                 with mcp.lock:
                     mcp.seen.append(Seen(message.get("method", ""), auth, self.headers.get("mcp-session-id")))

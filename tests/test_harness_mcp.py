@@ -268,3 +268,37 @@ def test_an_mcp_call_lost_in_a_crash_is_not_run_again(model: ScriptedModel, mcp:
     }
     assert mcp.calls("tools/call") == []
     assert Session.objects.get(pk=session.pk).stop_reason == {"type": "end_turn"}
+
+
+def test_a_refused_mcp_oauth_token_is_refreshed_once_and_kept(model: ScriptedModel, mcp: McpServer) -> None:
+    from accounts.services import workspace_get_default
+    from vaults.models import Credential
+
+    mcp.required_token = TOKEN
+    vault = vaults.vault_create(workspace=workspace_get_default(), body={"display_name": "oauth"})
+    credential = vaults.credential_create(
+        vault=vault,
+        body={
+            "auth": {
+                "type": "mcp_oauth",
+                "mcp_server_url": mcp.url,
+                "access_token": "stale-access-token",
+                "refresh": {
+                    "refresh_token": mcp.refresh_token,
+                    "client_id": "galley-test",
+                    "token_endpoint": mcp.token_url,
+                    "token_endpoint_auth": {"type": "none"},
+                },
+            }
+        },
+    )
+    session = mcp_session(mcp.url, vault_ids=[vault.id])
+    model.push(tool_call("mcp__calc__add", {"a": 1, "b": 2}), text("3."))
+    say(session, "1+2?")
+    step(session)
+    assert events_of(session, "session.error") == []
+    assert events_of(session, "agent.mcp_tool_result")[0].payload["content"][0]["text"] == "3"
+    assert mcp.token_requests == 1
+    assert Credential.objects.get(pk=credential.pk).secret()["access_token"] == TOKEN
+    assert mcp.calls("tools/call")[0].authorization == f"Bearer {TOKEN}"
+    assert TOKEN not in all_payloads(session) and "stale-access-token" not in all_payloads(session)
