@@ -6,6 +6,7 @@ tools/list one tool per page so the client's cursor handling is exercised."""
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class McpServer:
         self.required_token: str | None = None  # when set, other tokens get 401
         self.sse = False
         self.fail_method: str | None = None  # this method gets HTTP 502
+        self.call_delay = 0.0  # seconds tools/call takes
         # POST /token: the refresh_token grant; this refresh token gets `required_token`.
         self.token_url = f"http://127.0.0.1:{self.port}/token"
         self.refresh_token = "rt-valid"
@@ -134,6 +136,7 @@ class McpServer:
                         page["nextCursor"] = str(index + 1)
                     return {"result": page}
                 if method == "tools/call":
+                    time.sleep(mcp.call_delay)
                     args = params.get("arguments") or {}
                     if params.get("name") == "add":
                         total = args.get("a", 0) + args.get("b", 0)

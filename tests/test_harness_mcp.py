@@ -3,17 +3,29 @@ failures, against a loopback MCP server and the scripted model."""
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.db import transaction
 
+from sessions.harness.context import INTERRUPTED
 from sessions.harness.providers.anthropic import AnthropicProvider
 from sessions.harness.services import LOST
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append, session_set_status
-from tests.harness_helpers import events_of, log_types, make_session, say, send, step, use_scripted_model
+from tests.harness_helpers import (
+    events_of,
+    log_types,
+    make_session,
+    say,
+    send,
+    step,
+    step_in_background,
+    use_scripted_model,
+    wait_for,
+)
 from tests.live import free_port
 from tests.mcp_server import McpServer, mcp_server
 from tests.model_server import ScriptedModel, scripted_model, text, tool_call
@@ -302,3 +314,21 @@ def test_a_refused_mcp_oauth_token_is_refreshed_once_and_kept(model: ScriptedMod
     assert Credential.objects.get(pk=credential.pk).secret()["access_token"] == TOKEN
     assert mcp.calls("tools/call")[0].authorization == f"Bearer {TOKEN}"
     assert TOKEN not in all_payloads(session) and "stale-access-token" not in all_payloads(session)
+
+
+def test_interrupt_stops_waiting_for_a_slow_mcp_call(model: ScriptedModel, mcp: McpServer) -> None:
+    mcp.call_delay = 1.5
+    session = mcp_session(mcp.url)
+    model.push(tool_call("mcp__calc__add", {"a": 1, "b": 2}))
+    say(session, "1+2?")
+    worker = step_in_background(session)
+    wait_for(lambda: mcp.calls("tools/call"))
+    sent = time.monotonic()
+    send(session, "user.interrupt", {})
+    wait_for(lambda: Session.objects.get(pk=session.pk).status == "idle", timeout=5)
+    assert time.monotonic() - sent < 1.0
+    worker.join(5)
+    result = events_of(session, "agent.mcp_tool_result")[0]
+    assert result.payload["is_error"] is True and result.payload["content"][0]["text"] == INTERRUPTED
+    assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert len(model.requests) == 1

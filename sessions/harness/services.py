@@ -9,6 +9,7 @@ before the next is taken, so any worker can resume a session from its log alone.
 import logging
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -351,7 +352,7 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
         _release_connection()
         errors: list[NewEvent] = []
         if use.type == "agent.mcp_tool_use":
-            outcome = _run_mcp(state, use, errors)
+            outcome = _run_mcp(state, use, errors, cancel)
         else:
             outcome = run_builtin(
                 session=session,
@@ -399,18 +400,38 @@ def _mcp_error(server: str, exc: McpError) -> NewEvent:
     )
 
 
-def _run_mcp(state: StepState, use: Event, errors: list[NewEvent]) -> ToolRun:
-    """Call an MCP tool from the harness (not the sandbox: the environment's networking does not apply)."""
+def _run_mcp(state: StepState, use: Event, errors: list[NewEvent], cancel: threading.Event) -> ToolRun:
+    """Call an MCP tool from the harness (not the sandbox: the environment's networking does not apply).
+
+    The call runs in a helper thread so that an interrupt stops waiting for it at once; the
+    abandoned request finishes on its own (it touches no database) and its answer is dropped."""
     server = use.payload.get("mcp_server_name", "")
     name = use.payload.get("name", "")
     conn = state.mcp_connection(server)
     if conn is None:
         return ToolRun([{"type": "text", "text": f"MCP server {server!r} is not configured."}], True)
-    try:
-        content, is_error = conn.call_tool(name, use.payload.get("input") or {})
-    except McpError as exc:
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["value"] = conn.call_tool(name, use.payload.get("input") or {})
+        except McpError as exc:
+            box["error"] = exc
+        except Exception as exc:  # a bug in the client must not kill the turn
+            log.warning("MCP call %s on %s failed: %s", name, server, type(exc).__name__)
+            box["error"] = McpError("connection", f"Calling {name!r} on MCP server {server!r} failed.")
+
+    worker = threading.Thread(target=call, name=f"mcp-{use.id}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if cancel.wait(0.05):
+            state.mcp.pop(server, None)  # the abandoned call still uses that client
+            return ToolRun([{"type": "text", "text": INTERRUPTED}], True)
+    if "error" in box:
+        exc = box["error"]
         errors.append(_mcp_error(server, exc))
         return ToolRun([{"type": "text", "text": f"{name} did not run: {exc.message}"}], True)
+    content, is_error = box["value"]
     return ToolRun(content, is_error)
 
 
