@@ -420,6 +420,8 @@ def _run_mcp(state: StepState, use: Event, errors: list[NewEvent], cancel: threa
         except Exception as exc:  # a bug in the client must not kill the turn
             log.warning("MCP call %s on %s failed: %s", name, server, type(exc).__name__)
             box["error"] = McpError("connection", f"Calling {name!r} on MCP server {server!r} failed.")
+        finally:
+            connection.close()  # this thread's own connection, opened if an OAuth refresh was stored
 
     worker = threading.Thread(target=call, name=f"mcp-{use.id}", daemon=True)
     worker.start()
