@@ -332,3 +332,19 @@ def test_interrupt_stops_waiting_for_a_slow_mcp_call(model: ScriptedModel, mcp: 
     assert result.payload["is_error"] is True and result.payload["content"][0]["text"] == INTERRUPTED
     assert events_of(session, "session.status_idle")[-1].payload["stop_reason"] == {"type": "end_turn"}
     assert len(model.requests) == 1
+
+
+def test_a_disabled_mcp_tool_is_not_offered_and_cannot_be_called(
+    model: ScriptedModel, mcp: McpServer
+) -> None:
+    session = mcp_session(
+        mcp.url, configs=[{"name": "echo", "enabled": False, "permission_policy": {"type": "always_allow"}}]
+    )
+    model.push(tool_call("mcp__calc__echo", {"text": "x"}), text("Not available."))
+    say(session, "echo x")
+    step(session)
+    assert [tool["name"] for tool in model.requests[0]["tools"]] == ["mcp__calc__add"]
+    refusal = events_of(session, "agent.tool_use")[0]
+    assert refusal.payload["evaluated_permission"] == "deny"
+    assert events_of(session, "agent.tool_result")[0].payload["is_error"] is True
+    assert events_of(session, "agent.mcp_tool_use") == [] and mcp.calls("tools/call") == []
