@@ -164,6 +164,8 @@ GALLEY_LEASE_SECONDS = env_float("GALLEY_LEASE_SECONDS", 30.0, minimum=0.5)
 GALLEY_HARNESS_KEEP_CONNECTIONS = env_int("GALLEY_HARNESS_KEEP_CONNECTIONS", 16, minimum=0)
 # How often a running step looks for a user.interrupt (the spec asks for a stop within 2 s).
 GALLEY_INTERRUPT_POLL_SECONDS = env_float("GALLEY_INTERRUPT_POLL_SECONDS", 0.2, minimum=0.01)
+# Per-request timeout for calls to agents' MCP servers (discovery and tool calls, from the harness).
+GALLEY_MCP_TIMEOUT_SECONDS = env_float("GALLEY_MCP_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 try:
     GALLEY_PRICES = parse_price_table(env_str("GALLEY_PRICES_JSON"))
 except (PriceTableError, OSError) as exc:

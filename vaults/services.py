@@ -510,6 +510,11 @@ def credential_mcp_oauth_validate(*, credential: Credential) -> dict[str, Any]:
     }
 
 
+def credential_store_refreshed_tokens(credential: Credential, tokens: dict[str, Any]) -> None:
+    """Keep the tokens a refresh_token grant returned (also used by the harness's MCP client)."""
+    _store_refreshed_tokens(credential, tokens)
+
+
 def _store_refreshed_tokens(credential: Credential, tokens: dict[str, Any]) -> None:
     with transaction.atomic():
         locked = Credential.objects.select_for_update().get(pk=credential.pk)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from sessions.harness.tools import mcp_tool_name
 from sessions.models import Event, Session
 
 CONTEXT_TYPES = (
@@ -15,6 +16,8 @@ CONTEXT_TYPES = (
     "agent.tool_use",
     "agent.custom_tool_use",
     "agent.tool_result",
+    "agent.mcp_tool_use",
+    "agent.mcp_tool_result",
     "span.model_request_start",
     "span.model_request_end",
 )
@@ -158,14 +161,17 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
                 if b.get("type") == "text" and b.get("text")
             ]
             ctx.add("assistant", blocks, event.seq)
-        elif kind in ("agent.tool_use", "agent.custom_tool_use"):
+        elif kind in ("agent.tool_use", "agent.custom_tool_use", "agent.mcp_tool_use"):
+            name = payload.get("name", "")
+            if kind == "agent.mcp_tool_use":
+                name = mcp_tool_name(payload.get("mcp_server_name", ""), name)
             ctx.add(
                 "assistant",
                 [
                     {
                         "type": "tool_use",
                         "id": event.id,
-                        "name": payload.get("name", ""),
+                        "name": name,
                         "input": payload.get("input") or {},
                     }
                 ],
@@ -175,11 +181,13 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
             ctx.uses[event.id] = ToolUse(
                 event, custom, "custom" if custom else payload.get("evaluated_permission", "allow")
             )
-        elif kind in ("agent.tool_result", "user.custom_tool_result"):
-            use_id = (
-                payload.get("tool_use_id")
-                if kind == "agent.tool_result"
-                else payload.get("custom_tool_use_id")
+        elif kind in ("agent.tool_result", "user.custom_tool_result", "agent.mcp_tool_result"):
+            use_id = payload.get(
+                {
+                    "agent.tool_result": "tool_use_id",
+                    "user.custom_tool_result": "custom_tool_use_id",
+                    "agent.mcp_tool_result": "mcp_tool_use_id",
+                }[kind]
             )
             use = ctx.uses.get(use_id or "")
             if use is None or use.resolved:

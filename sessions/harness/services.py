@@ -9,6 +9,7 @@ before the next is taken, so any worker can resume a session from its log alone.
 import logging
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,9 +25,18 @@ from sessions import streaming
 from sessions.harness import pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from sessions.harness.keeper import StepHandle, keeper
+from sessions.harness.mcp import McpConnection, McpError
 from sessions.harness.providers import ModelAnswer, ModelError, ModelRequest, ModelUsage, provider_for
 from sessions.harness.providers.base import ModelCancelled
-from sessions.harness.tools import READ_ONLY, ToolSpec, run_builtin, tool_catalog
+from sessions.harness.tools import (
+    READ_ONLY,
+    ToolRun,
+    ToolSpec,
+    mcp_servers,
+    mcp_specs,
+    run_builtin,
+    tool_catalog,
+)
 from sessions.models import Event, Session, Status
 from sessions.services import NewEvent, events_append, session_set_status
 
@@ -65,6 +75,18 @@ class StepState:
     last_seq: int = 0
     own_uses: set[str] = field(default_factory=set)  # allowed tool calls this step recorded
     agent: dict[str, Any] = field(default_factory=dict)
+    vault_ids: list[str] = field(default_factory=list)
+    # MCP servers this step talked to, and the tools each offered (discovered once per step).
+    mcp: dict[str, McpConnection] = field(default_factory=dict)
+    mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
+
+    def mcp_connection(self, server: str) -> McpConnection | None:
+        if server not in self.mcp:
+            found = mcp_servers(self.agent).get(server)
+            if found is None:
+                return None
+            self.mcp[server] = McpConnection(server_name=server, url=found[0], vault_ids=self.vault_ids)
+        return self.mcp[server]
 
     def refresh(self, session_id: str) -> None:
         fresh = list(Event.objects.filter(session_id=session_id, seq__gt=self.last_seq).order_by("seq"))
@@ -158,7 +180,9 @@ def session_step(*, session_id: str) -> None:
             return
         handle = keeper.register(session_id, owner)
         state = StepState(handle)
-        state.agent = Session.objects.values_list("agent_snapshot", flat=True).get(pk=session_id) or {}
+        agent, vault_ids = Session.objects.values_list("agent_snapshot", "vault_ids").get(pk=session_id)
+        state.agent = agent or {}
+        state.vault_ids = [v for v in vault_ids or [] if isinstance(v, str)]
         try:
             while _advance(session_id, state):
                 pass
@@ -226,18 +250,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
                 note = event.payload.get("deny_message") or "The user denied this tool call."
                 events_append(
                     session=session,
-                    events=[
-                        NewEvent(
-                            "agent.tool_result",
-                            {
-                                "tool_use_id": use.event.id,
-                                "is_error": True,
-                                "content": [
-                                    {"type": "text", "text": f"Permission denied by the user: {note}"}
-                                ],
-                            },
-                        )
-                    ],
+                    events=[_tool_result(use.event, f"Permission denied by the user: {note}", is_error=True)],
                 )
                 use.resolved = True
                 denied = True
@@ -273,22 +286,11 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             else:
                 recovered.append(use.event)  # allowed and recorded, but no result: a crashed run
         for event in recovered:
-            if event.payload.get("name") in READ_ONLY:
+            # MCP tools are side-effecting whatever their name: only built-in read-only tools rerun.
+            if event.type == "agent.tool_use" and event.payload.get("name") in READ_ONLY:
                 run_now.append(event)
             else:
-                events_append(
-                    session=session,
-                    events=[
-                        NewEvent(
-                            "agent.tool_result",
-                            {
-                                "tool_use_id": event.id,
-                                "is_error": True,
-                                "content": [{"type": "text", "text": LOST}],
-                            },
-                        )
-                    ],
-                )
+                events_append(session=session, events=[_tool_result(event, LOST, is_error=True)])
         if run_now:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
@@ -319,17 +321,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
 def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> None:
     """user.interrupt jumps the queue: close open tool calls and idle with end_turn (spec 7.1)."""
     ctx = state.context(session)
-    closing = [
-        NewEvent(
-            "agent.tool_result",
-            {
-                "tool_use_id": use.event.id,
-                "is_error": True,
-                "content": [{"type": "text", "text": INTERRUPTED}],
-            },
-        )
-        for use in ctx.unresolved()
-    ]
+    closing = [_tool_result(use.event, INTERRUPTED, is_error=True) for use in ctx.unresolved()]
     if ctx.open_span_id is not None:
         closing.append(
             NewEvent(
@@ -358,31 +350,113 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
         if cancel.is_set():
             return
         _release_connection()
-        outcome = run_builtin(
-            session=session,
-            name=use.payload.get("name", ""),
-            tool_input=use.payload.get("input") or {},
-            tool_use_id=use.id,
-            cancel=cancel,
-        )
+        errors: list[NewEvent] = []
+        if use.type == "agent.mcp_tool_use":
+            outcome = _run_mcp(state, use, errors, cancel)
+        else:
+            outcome = run_builtin(
+                session=session,
+                name=use.payload.get("name", ""),
+                tool_input=use.payload.get("input") or {},
+                tool_use_id=use.id,
+                cancel=cancel,
+            )
         with transaction.atomic():
             # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
             locked = _locked(session_id, state.handle.owner)
             events_append(
                 session=locked,
-                events=[
-                    NewEvent(
-                        "agent.tool_result",
-                        {
-                            "tool_use_id": use.id,
-                            "content": outcome.content,
-                            "is_error": outcome.is_error,
-                        },
-                    )
-                ],
+                events=[*errors, _tool_result(use, outcome.content, is_error=outcome.is_error)],
             )
         if state.handle.cancel.is_set():
             return
+
+
+def _tool_result(use: Event, content: str | list[dict[str, Any]], *, is_error: bool) -> NewEvent:
+    """The result event that closes a built-in or MCP tool call."""
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if use.type == "agent.mcp_tool_use":
+        return NewEvent(
+            "agent.mcp_tool_result", {"mcp_tool_use_id": use.id, "content": content, "is_error": is_error}
+        )
+    return NewEvent("agent.tool_result", {"tool_use_id": use.id, "content": content, "is_error": is_error})
+
+
+def _mcp_error(server: str, exc: McpError) -> NewEvent:
+    kind = (
+        "mcp_authentication_failed_error" if exc.kind == "authentication" else "mcp_connection_failed_error"
+    )
+    return NewEvent(
+        "session.error",
+        {
+            "error": {
+                "type": kind,
+                "mcp_server_name": server,
+                "message": exc.message,
+                "retry_status": {"type": "exhausted"},
+            }
+        },
+    )
+
+
+def _run_mcp(state: StepState, use: Event, errors: list[NewEvent], cancel: threading.Event) -> ToolRun:
+    """Call an MCP tool from the harness (not the sandbox: the environment's networking does not apply).
+
+    The call runs in a helper thread so that an interrupt stops waiting for it at once; the
+    abandoned request finishes on its own (it touches no database) and its answer is dropped."""
+    server = use.payload.get("mcp_server_name", "")
+    name = use.payload.get("name", "")
+    conn = state.mcp_connection(server)
+    if conn is None:
+        return ToolRun([{"type": "text", "text": f"MCP server {server!r} is not configured."}], True)
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["value"] = conn.call_tool(name, use.payload.get("input") or {})
+        except McpError as exc:
+            box["error"] = exc
+        except Exception as exc:  # a bug in the client must not kill the turn
+            log.warning("MCP call %s on %s failed: %s", name, server, type(exc).__name__)
+            box["error"] = McpError("connection", f"Calling {name!r} on MCP server {server!r} failed.")
+        finally:
+            connection.close()  # this thread's own connection, opened if an OAuth refresh was stored
+
+    worker = threading.Thread(target=call, name=f"mcp-{use.id}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if cancel.wait(0.05):
+            state.mcp.pop(server, None)  # the abandoned call still uses that client
+            return ToolRun([{"type": "text", "text": INTERRUPTED}], True)
+    if "error" in box:
+        exc = box["error"]
+        errors.append(_mcp_error(server, exc))
+        return ToolRun([{"type": "text", "text": f"{name} did not run: {exc.message}"}], True)
+    content, is_error = box["value"]
+    return ToolRun(content, is_error)
+
+
+def _catalog(session_id: str, state: StepState) -> dict[str, ToolSpec]:
+    """The tools to offer the model: the snapshot's, plus the enabled tools of its MCP servers,
+    listed once per step. A server that cannot be listed is reported once and left out."""
+    catalog = tool_catalog(state.agent)
+    errors: list[NewEvent] = []
+    for server, (_url, toolset) in mcp_servers(state.agent).items():
+        if server not in state.mcp_tools:
+            conn = state.mcp_connection(server)
+            try:
+                tools = conn.list_tools() if conn is not None else []
+            except McpError as exc:
+                errors.append(_mcp_error(server, exc))
+                tools = []
+            state.mcp_tools[server] = mcp_specs(server, toolset, tools)
+        for spec in state.mcp_tools[server]:
+            catalog.setdefault(spec.name, spec)
+    if errors:
+        with transaction.atomic():
+            events_append(session=_locked(session_id, state.handle.owner), events=errors)
+    return catalog
 
 
 def _release_connection() -> None:
@@ -449,7 +523,8 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
     owner = state.handle.owner
     agent = state.agent
     model = _model_id(agent)
-    catalog = tool_catalog(agent)
+    _release_connection()
+    catalog = _catalog(session_id, state)
     if refresh:
         state.refresh(session_id)  # what this move appended (denials, closed spans)
     taken_at = timezone.now()
@@ -620,7 +695,7 @@ def _record_answer(
             name = block.get("name", "")
             spec = catalog.get(name)
             tool_input = block.get("input") or {}
-            if spec is None or spec.kind == "mcp":
+            if spec is None:
                 events.append(
                     NewEvent(
                         "agent.tool_use", {"name": name, "input": tool_input, "evaluated_permission": "deny"}
@@ -634,16 +709,16 @@ def _record_answer(
                 evaluation: dict[str, Any] = {"type": spec.policy}
                 if spec.policy == "auto":
                     evaluation["evaluated_permission"] = {"type": "allow"}
+                payload: dict[str, Any] = {
+                    "name": name,
+                    "input": tool_input,
+                    "evaluated_permission": "ask" if ask else "allow",
+                    "evaluation": evaluation,
+                }
+                if spec.kind == "mcp":
+                    payload = {"mcp_server_name": spec.mcp_server_name, **payload, "name": spec.mcp_tool}
                 events.append(
-                    NewEvent(
-                        "agent.tool_use",
-                        {
-                            "name": name,
-                            "input": tool_input,
-                            "evaluated_permission": "ask" if ask else "allow",
-                            "evaluation": evaluation,
-                        },
-                    )
+                    NewEvent("agent.mcp_tool_use" if spec.kind == "mcp" else "agent.tool_use", payload)
                 )
     for event in events:
         if event.id is None:
@@ -673,7 +748,8 @@ def _record_answer(
     return [
         row
         for row in rows
-        if row.type == "agent.tool_use" and row.payload.get("evaluated_permission") == "allow"
+        if row.type in ("agent.tool_use", "agent.mcp_tool_use")
+        and row.payload.get("evaluated_permission") == "allow"
     ]
 
 

@@ -1,7 +1,9 @@
 """What the model may call: tool definitions from the agent snapshot, permission policies, and the
 adapter to the sandbox's built-in toolset (spec 10)."""
 
+import hashlib
 import importlib
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,7 @@ class ToolSpec:
     policy: str  # "always_allow" | "always_ask" | "auto" ("none" for custom tools)
     definition: dict[str, Any]  # what the model sees: name, description, input_schema
     mcp_server_name: str | None = None
+    mcp_tool: str | None = None  # the MCP tool's own name (the model sees mcp_tool_name(...))
 
 
 def _policy(value: Any, default: str) -> str:
@@ -124,6 +127,50 @@ def tool_catalog(agent: dict[str, Any]) -> dict[str, ToolSpec]:
             }
             catalog[tool["name"]] = ToolSpec(tool["name"], "custom", "none", definition)
     return catalog
+
+
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def mcp_tool_name(server: str, tool: str) -> str:
+    """The name the model calls an MCP tool by: prefixed so it cannot collide with built-in or
+    custom tools (which cannot start with "mcp__" and a server name), within the API's 128 chars."""
+    name = f"mcp__{_UNSAFE.sub('_', server)}__{_UNSAFE.sub('_', tool)}"
+    if len(name) <= 128:
+        return name
+    digest = hashlib.sha256(f"{server}\0{tool}".encode()).hexdigest()[:10]
+    return f"{name[:117]}_{digest}"
+
+
+def mcp_servers(agent: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Server name -> (url, its mcp_toolset) for every declared server that has a toolset."""
+    toolsets = {
+        t.get("mcp_server_name"): t for t in agent.get("tools") or [] if t.get("type") == "mcp_toolset"
+    }
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for server in agent.get("mcp_servers") or []:
+        name, url = server.get("name"), server.get("url")
+        if isinstance(name, str) and isinstance(url, str) and name in toolsets:
+            out[name] = (url, toolsets[name])
+    return out
+
+
+def mcp_specs(server: str, toolset: dict[str, Any], tools: list[Any]) -> list[ToolSpec]:
+    """The discovered tools of one server that its toolset enables, with their policies."""
+    default = toolset.get("default_config") or {}
+    default_enabled = default.get("enabled", True) is not False
+    default_policy = _policy(default.get("permission_policy"), "always_ask")
+    configs = {c.get("name"): c for c in toolset.get("configs") or []}
+    specs: list[ToolSpec] = []
+    for tool in tools:
+        config = configs.get(tool.name, {})
+        if config.get("enabled", default_enabled) is False:
+            continue
+        policy = _policy(config.get("permission_policy"), default_policy)
+        name = mcp_tool_name(server, tool.name)
+        definition = {"name": name, "description": tool.description, "input_schema": tool.input_schema}
+        specs.append(ToolSpec(name, "mcp", policy, definition, mcp_server_name=server, mcp_tool=tool.name))
+    return specs
 
 
 @dataclass
