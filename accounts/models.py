@@ -44,7 +44,9 @@ class Membership(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints: ClassVar = [models.UniqueConstraint(fields=["user", "workspace"], name="uniq_membership")]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["user", "workspace"], name="uniq_membership")
+        ]
 
     def can_edit(self) -> bool:
         return self.role in (Role.ADMIN, Role.EDITOR)

@@ -14,7 +14,9 @@ def workspace_get_default() -> Workspace:
     return workspace
 
 
-def api_key_create(*, name: str, workspace: Workspace | None = None, created_by: object = None) -> tuple[ApiKey, str]:
+def api_key_create(
+    *, name: str, workspace: Workspace | None = None, created_by: object = None
+) -> tuple[ApiKey, str]:
     return ApiKey.generate(workspace=workspace or workspace_get_default(), name=name, created_by=created_by)
 
 

@@ -98,7 +98,10 @@ if REDIS_URL:
         "global_keyprefix": GALLEY_REDIS_PREFIX + ":",
     }
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
     }
 else:
     # Embedded default: a real broker with no external service. Messages are files in the data
@@ -182,7 +185,8 @@ GALLEY_SANDBOX_ALLOW_UNSAFE = env_bool("GALLEY_SANDBOX_ALLOW_UNSAFE", False)
 GALLEY_SANDBOX_UNRESTRICTED_NETWORK = env_str("GALLEY_SANDBOX_UNRESTRICTED_NETWORK", "proxy") or "proxy"
 if GALLEY_SANDBOX_UNRESTRICTED_NETWORK not in ("proxy", "host"):
     raise ConfigError(
-        f"GALLEY_SANDBOX_UNRESTRICTED_NETWORK must be 'proxy' or 'host', got {GALLEY_SANDBOX_UNRESTRICTED_NETWORK!r}"
+        "GALLEY_SANDBOX_UNRESTRICTED_NETWORK must be 'proxy' or 'host', "
+        f"got {GALLEY_SANDBOX_UNRESTRICTED_NETWORK!r}"
     )
 GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
 GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
@@ -222,6 +226,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}, "daphne": {"level": "WARNING"},
-                "httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "daphne": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
 }

@@ -18,7 +18,9 @@ class Status(models.TextChoices):
 class Session(models.Model):
     id = models.CharField(primary_key=True, max_length=64, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="sessions")
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
+    )
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="sessions")
     agent_version = models.PositiveIntegerField()
     agent_snapshot = models.JSONField()  # the wire `session.agent`, fixed at creation (or by update)
@@ -79,7 +81,9 @@ class Session(models.Model):
 class SessionThread(models.Model):
     id = models.CharField(primary_key=True, max_length=64, editable=False)
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="threads")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
     agent_name = models.CharField(max_length=256)
     agent_snapshot = models.JSONField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.IDLE)
@@ -99,7 +103,9 @@ class Event(models.Model):
 
     id = models.CharField(primary_key=True, max_length=64, editable=False)
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
-    thread = models.ForeignKey(SessionThread, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    thread = models.ForeignKey(
+        SessionThread, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
     seq = models.BigIntegerField()
     type = models.CharField(max_length=64)
     payload = models.JSONField(default=dict)  # the wire body without id, type and processed_at

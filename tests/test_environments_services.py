@@ -192,7 +192,9 @@ def test_packages_the_sandboxes_cannot_install_are_refused_at_create(workspace):
     assert not Environment.objects.exists()
 
 
-def test_an_environment_with_packages_is_building_until_its_build_finishes(workspace, django_capture_on_commit_callbacks):
+def test_an_environment_with_packages_is_building_until_its_build_finishes(
+    workspace, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks() as callbacks:
         env = create(workspace, config={"type": "cloud", "packages": {"pip": ["tiny-package==1.0"]}})
     out = services.environment_wire(env)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_a_message_published_by_another_process_reaches_this_ones_listener(settings, tmp_path):
     settings.DATA_DIR = tmp_path
-    received: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+    received: queue.Queue[tuple[str, dict]] = queue.Queue()
     localbus._listener = None
     localbus.listen(lambda sid, msg: received.put((sid, msg)))
     code = (

@@ -36,7 +36,9 @@ class Command(BaseCommand):
         if credentials.exists():
             for line in credentials.read_text().splitlines():
                 self.stdout.write(f"  {line}")
-            self.stdout.write(f"  (kept in {credentials.name} in the data dir; change the password in the console)")
+            self.stdout.write(
+                f"  (kept in {credentials.name} in the data dir; change the password in the console)"
+            )
         else:
             self.stdout.write("  Log in with the admin account you created earlier.")
         self.stdout.write("")
