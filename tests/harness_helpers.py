@@ -3,6 +3,8 @@ events API does (append queued, move an idle session to running)."""
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
@@ -126,6 +128,20 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+@contextmanager
+def harness_model(settings: Any) -> Iterator[Any]:
+    """A scripted model server the in-process harness talks to, reset afterwards."""
+    from sessions.harness.providers.anthropic import AnthropicProvider
+    from tests.model_server import scripted_model
+
+    with scripted_model() as server:
+        use_scripted_model(settings, server)
+        try:
+            yield server
+        finally:
+            AnthropicProvider._shared = None
 
 
 def use_scripted_model(settings: Any, server: Any) -> None:

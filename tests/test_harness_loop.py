@@ -4,29 +4,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from sessions.harness.providers.anthropic import AnthropicProvider
 from sessions.models import Session
 from tests.harness_helpers import (
     custom_tool,
     events_of,
+    harness_model,
     log_types,
     make_session,
     say,
     send,
     step,
-    use_scripted_model,
 )
-from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.model_server import ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
-    with scripted_model() as server:
-        use_scripted_model(settings, server)
+    with harness_model(settings) as server:
         yield server
-        AnthropicProvider._shared = None
 
 
 def test_a_message_runs_one_turn_and_ends_idle(model: ScriptedModel) -> None:

@@ -11,24 +11,23 @@ import pytest
 from django.db import transaction
 
 from sessions.harness.context import INTERRUPTED
-from sessions.harness.providers.anthropic import AnthropicProvider
 from sessions.harness.services import LOST
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append, session_set_status
 from tests.harness_helpers import (
     events_of,
+    harness_model,
     log_types,
     make_session,
     say,
     send,
     step,
     step_in_background,
-    use_scripted_model,
     wait_for,
 )
 from tests.live import free_port
 from tests.mcp_server import McpServer, mcp_server
-from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.model_server import ScriptedModel, text, tool_call
 from vaults import crypto
 from vaults import services as vaults
 
@@ -39,11 +38,9 @@ TOKEN = "mcp-secret-token-4242"
 
 @pytest.fixture
 def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
-    with scripted_model() as server:
-        use_scripted_model(settings, server)
+    with harness_model(settings) as server:
         settings.GALLEY_MCP_TIMEOUT_SECONDS = 2.0
         yield server
-        AnthropicProvider._shared = None
 
 
 @pytest.fixture

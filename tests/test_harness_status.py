@@ -15,26 +15,24 @@ from sessions.models import Event, Session
 from tests.harness_helpers import (
     custom_tool,
     events_of,
+    harness_model,
     log_types,
     make_session,
     say,
     send,
     step,
     step_in_background,
-    use_scripted_model,
     wait_for,
 )
-from tests.model_server import Reply, ScriptedModel, error, scripted_model, text, tool_call
+from tests.model_server import Reply, ScriptedModel, error, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
-    with scripted_model() as server:
-        use_scripted_model(settings, server)
+    with harness_model(settings) as server:
         yield server
-        AnthropicProvider._shared = None
 
 
 def test_overloaded_and_rate_limited_answers_are_retried_visibly(model: ScriptedModel) -> None:
