@@ -424,3 +424,12 @@ def test_every_console_route_requires_login(workspace):
                 assert response["Location"].startswith("/login?next="), url
         checked += 1
     assert checked >= 30
+
+
+def test_every_page_warns_when_sandboxes_are_not_isolated(workspace, settings):
+    client = client_for(workspace, Role.VIEWER)
+    assert b"unsafe-banner" not in client.get("/").content
+    settings.GALLEY_SANDBOX_BACKEND = "process"
+    for url in ["/", "/sessions", "/analytics"]:
+        page = client.get(url).content
+        assert b"unsafe-banner" in page and b"sandboxes are not isolated" in page, url
