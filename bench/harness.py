@@ -16,7 +16,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -83,6 +82,8 @@ def _setup(stack: ExitStack) -> dict[str, str]:
 def _start_worker(stack: ExitStack, env: dict[str, str], model_url: str) -> None:
     from django.conf import settings
 
+    from console.celery import worker_argv
+
     log = open(Path(settings.DATA_DIR) / "worker.log", "wb")
     stack.callback(log.close)
     worker_env = {
@@ -92,25 +93,9 @@ def _start_worker(stack: ExitStack, env: dict[str, str], model_url: str) -> None
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "--beat",
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(settings.GALLEY_WORKER_CONCURRENCY),
-            "--loglevel",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--schedule",
-            str(Path(settings.DATA_DIR) / "beat"),
-        ],
+        worker_argv(
+            concurrency=settings.GALLEY_WORKER_CONCURRENCY, schedule=str(Path(settings.DATA_DIR) / "beat")
+        ),
         cwd=ROOT,
         env=worker_env,
         stdout=log,

@@ -13,3 +13,15 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Task modules that live below an app package rather than at `<app>/tasks.py`.
 app.conf.imports = ("sessions.harness.tasks", "sessions.sandbox.tasks")
+
+
+def worker_argv(*, concurrency: int, schedule: str, loglevel: str = "WARNING") -> list[str]:
+    """The command of one Galley worker process: harness steps on a thread pool (they mostly wait on
+    the model), with the periodic sweeper (beat) embedded."""
+    import sys
+
+    return [
+        sys.executable, "-m", "celery", "-A", "console", "worker", "--beat",
+        "--pool", "threads", "--concurrency", str(concurrency),
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--schedule", schedule,
+    ]  # fmt: skip

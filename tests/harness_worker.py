@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+
+from console.celery import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,25 +75,7 @@ def celery_worker(env: dict[str, str] | None = None, *, concurrency: int = 32) -
     log_path = tmp / "worker.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "--beat",
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--schedule",
-            str(tmp / "beat-schedule"),
-        ],
+        worker_argv(concurrency=concurrency, schedule=str(tmp / "beat-schedule"), loglevel="INFO"),
         cwd=ROOT,
         env=full_env,
         stdout=log,

@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from console.celery import worker_argv
+
 
 class Command(BaseCommand):
     help = "Serve the API and console with Daphne and run a Celery worker beside it."
@@ -29,12 +31,10 @@ class Command(BaseCommand):
         ]
         procs.append(subprocess.Popen(web, env=env))
         if not options["no_worker"]:
-            worker = [
-                python, "-m", "celery", "-A", "console", "worker", "--beat",
-                "--pool", "threads", "--concurrency", str(settings.GALLEY_WORKER_CONCURRENCY),
-                "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-                "--schedule", str(settings.DATA_DIR / "celerybeat-schedule"),
-            ]
+            worker = worker_argv(
+                concurrency=settings.GALLEY_WORKER_CONCURRENCY,
+                schedule=str(settings.DATA_DIR / "celerybeat-schedule"),
+            )
             procs.append(subprocess.Popen(worker, env=env))
         self.stdout.write(f"Galley is serving on http://{options['host']}:{options['port']}/", ending="\n")
         self.stdout.flush()
