@@ -37,7 +37,7 @@ from sessions.harness.tools import (
     run_builtin,
     tool_catalog,
 )
-from sessions.models import Event, Session, Status
+from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append, session_set_status
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class StepState:
     # MCP servers this step talked to, and the tools each offered (discovered once per step).
     mcp: dict[str, McpConnection] = field(default_factory=dict)
     mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
+    primary_thread_id: str | None = None
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -100,6 +101,7 @@ class StepState:
             events=[
                 e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq
             ],
+            primary_thread_id=self.primary_thread_id,
         )
 
     def queued(self) -> list[Event]:
@@ -183,6 +185,11 @@ def session_step(*, session_id: str) -> None:
         agent, vault_ids = Session.objects.values_list("agent_snapshot", "vault_ids").get(pk=session_id)
         state.agent = agent or {}
         state.vault_ids = [v for v in vault_ids or [] if isinstance(v, str)]
+        state.primary_thread_id = (
+            SessionThread.objects.filter(session_id=session_id, parent=None)
+            .values_list("id", flat=True)
+            .first()
+        )
         try:
             while _advance(session_id, state):
                 pass
@@ -231,6 +238,11 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         state.refresh(session_id)
         queued = state.queued()
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
+        target = (interrupt.payload.get("session_thread_id") if interrupt is not None else None) or None
+        if interrupt is not None and target not in (None, state.primary_thread_id):
+            # Aimed at a child thread that is not running now (a running one takes its own): nothing to stop.
+            _mark_processed([interrupt])
+            return True
         if interrupt is not None:
             _take_interrupt(session, state, interrupt)
             return True
@@ -289,6 +301,8 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             # MCP tools are side-effecting whatever their name: only built-in read-only tools rerun.
             if event.type == "agent.tool_use" and event.payload.get("name") in READ_ONLY:
                 run_now.append(event)
+            elif event.type == "agent.tool_use" and _is_send(state, event):
+                run_now.append(event)  # the child thread resumes from its own log
             else:
                 events_append(session=session, events=[_tool_result(event, LOST, is_error=True)])
         if run_now:
@@ -353,6 +367,13 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
         errors: list[NewEvent] = []
         if use.type == "agent.mcp_tool_use":
             outcome = _run_mcp(state, use, errors, cancel)
+        elif _is_send(state, use):
+            from sessions.harness import threads
+
+            sent = threads.send_to_agent(session, state, use)
+            if sent is None:
+                return  # an interrupt stopped the session; the next move closes this call
+            outcome = sent
         else:
             outcome = run_builtin(
                 session=session,
@@ -370,6 +391,12 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             )
         if state.handle.cancel.is_set():
             return
+
+
+def _is_send(state: StepState, use: Event) -> bool:
+    from sessions.harness import threads
+
+    return use.payload.get("name") == threads.SEND_TOOL and threads.coordinator_spec(state.agent) is not None
 
 
 def _tool_result(use: Event, content: str | list[dict[str, Any]], *, is_error: bool) -> NewEvent:
@@ -440,7 +467,12 @@ def _run_mcp(state: StepState, use: Event, errors: list[NewEvent], cancel: threa
 def _catalog(session_id: str, state: StepState) -> dict[str, ToolSpec]:
     """The tools to offer the model: the snapshot's, plus the enabled tools of its MCP servers,
     listed once per step. A server that cannot be listed is reported once and left out."""
+    from sessions.harness import threads
+
     catalog = tool_catalog(state.agent)
+    send = threads.coordinator_spec(state.agent)
+    if send is not None:
+        catalog.setdefault(send.name, send)
     errors: list[NewEvent] = []
     for server, (_url, toolset) in mcp_servers(state.agent).items():
         if server not in state.mcp_tools:
