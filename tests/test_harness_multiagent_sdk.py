@@ -1,0 +1,100 @@
+"""SDK contract for coordinator threads: the session stream carries the cross-posted thread events
+and the thread API lists the child and its own events, all parsed strictly by the official SDK."""
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.live import LiveGalley, live_galley
+from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ScriptedModel]:
+    with scripted_model() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def galley(model: ScriptedModel) -> Iterator[LiveGalley]:
+    with live_galley({"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}) as server:
+        yield server
+
+
+def _until_idle(stream: Iterator[Any], limit: int = 60) -> list[Any]:
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event.type == "session.status_idle" or len(seen) >= limit:
+            break
+    return seen
+
+
+def test_a_coordinator_session_streams_thread_events_and_lists_its_threads(
+    galley: LiveGalley, model: ScriptedModel
+) -> None:
+    client = galley.client()
+    suffix = secrets.token_hex(3)
+    member = client.beta.agents.create(
+        name=f"researcher-{suffix}", model="claude-haiku-4-5", system="You research carefully."
+    )
+    lead = client.beta.agents.create(
+        name=f"lead-{suffix}",
+        model="claude-sonnet-4-6",
+        system="You coordinate.",
+        multiagent={"type": "coordinator", "agents": [member.id]},
+    )
+    environment = client.beta.environments.create(name=f"multi-env-{suffix}")
+    session = client.beta.sessions.create(agent=lead.id, environment_id=environment.id)
+    model.push(
+        tool_call("send_to_agent", {"agent_name": member.name, "message": "Find the answer."}),
+        text("The answer is 42."),
+        text("Done: 42."),
+    )
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go"}]}]
+        )
+        seen = _until_idle(stream)
+    types = [e.type for e in seen]
+    assert types.index("session.thread_created") < types.index("agent.thread_message_sent")
+    assert types.index("agent.thread_message_sent") < types.index("session.thread_status_running")
+    assert types.index("agent.thread_message_received") < types.index("session.thread_status_idle")
+    assert types.index("session.thread_status_idle") < types.index("agent.tool_result")
+    assert types[-1] == "session.status_idle" and seen[-1].stop_reason.type == "end_turn"
+    created = next(e for e in seen if e.type == "session.thread_created")
+    assert created.agent_name == member.name and created.session_thread_id.startswith("sthr_")
+    received = next(e for e in seen if e.type == "agent.thread_message_received")
+    assert received.from_session_thread_id == created.session_thread_id
+    assert received.from_agent_name == member.name
+    assert received.content[0].text == "The answer is 42."
+    idle = next(e for e in seen if e.type == "session.thread_status_idle")
+    assert idle.stop_reason.type == "end_turn"
+    # The coordinator's stream carries none of the child's own trace.
+    assert [e.type for e in seen].count("agent.message") == 1
+
+    threads = list(client.beta.sessions.threads.list(session.id))
+    child = next(t for t in threads if t.id == created.session_thread_id)
+    primary = next(t for t in threads if t.parent_thread_id is None)
+    assert child.parent_thread_id == primary.id
+    assert child.status == "idle" and child.agent.name == member.name
+    assert child.agent.system == "You research carefully."
+    assert child.stats is not None and child.stats.active_seconds > 0
+    events = list(client.beta.sessions.threads.events.list(child.id, session_id=session.id))
+    assert [e.type for e in events] == [
+        "agent.thread_message_received",
+        "session.status_running",
+        "span.model_request_start",
+        "agent.message",
+        "span.model_request_end",
+        "agent.thread_message_sent",
+        "session.status_idle",
+    ]
+    assert events[0].from_session_thread_id == primary.id
+    assert events[3].content[0].text == "The answer is 42."
+    running = list(client.beta.sessions.threads.list(session.id, statuses=["idle"]))
+    assert child.id in {t.id for t in running}
