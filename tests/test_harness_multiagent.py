@@ -17,7 +17,7 @@ from tests.harness_helpers import (
     step,
     step_in_background,
 )
-from tests.model_server import ScriptedModel, text, tool_call
+from tests.model_server import Reply, ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -198,7 +198,7 @@ def test_a_self_roster_entry_runs_the_coordinators_own_definition(model: Scripte
 
 def test_an_interrupt_stops_the_child_and_the_coordinator(model: ScriptedModel) -> None:
     session = coordinator()
-    model.push(delegate("Take your time."), text("too late", delay=5.0))
+    model.push(delegate("Take your time."), text("too late", delay=2.0))
     say(session, "go")
     worker = step_in_background(session)
     deadline = time.monotonic() + 5
@@ -223,7 +223,7 @@ def test_an_interrupt_stops_the_child_and_the_coordinator(model: ScriptedModel) 
 
 def test_an_interrupt_naming_the_child_stops_only_the_child(model: ScriptedModel) -> None:
     session = coordinator()
-    model.push(delegate("Take your time."), text("too late", delay=5.0), text("The researcher was stopped."))
+    model.push(delegate("Take your time."), text("too late", delay=2.0), text("The researcher was stopped."))
     say(session, "go")
     worker = step_in_background(session)
     deadline = time.monotonic() + 5
@@ -263,3 +263,40 @@ def test_a_crashed_child_turn_resumes_from_its_log(model: ScriptedModel) -> None
     # The resumed child was not sent the message twice.
     assert [e.type for e in child].count("agent.thread_message_received") == 1
     assert Session.objects.get(pk=session.pk).status == "idle"
+
+
+def test_two_calls_to_one_agent_in_one_answer_each_get_their_own_reply_after_a_crash(
+    model: ScriptedModel,
+) -> None:
+    session = coordinator()
+    both = Reply(
+        blocks=[
+            {
+                "type": "tool_use",
+                "name": "send_to_agent",
+                "input": {"agent_name": "researcher", "message": "A?"},
+            },
+            {
+                "type": "tool_use",
+                "name": "send_to_agent",
+                "input": {"agent_name": "researcher", "message": "B?"},
+            },
+        ]
+    )
+    model.push(both, text("answer A"), text("answer B"), text("ok"))
+    say(session, "go")
+    step(session)
+    results = [e for e in primary(session) if e.type == "agent.tool_result"]
+    assert [r.payload["content"][0]["text"] for r in results] == ["answer A", "answer B"]
+    # Rewind to a crash right after the first call's result: the second call never ran.
+    with transaction.atomic():
+        Event.objects.filter(session=session, seq__gt=results[0].seq).delete()
+        Session.objects.filter(pk=session.pk).update(
+            last_seq=results[0].seq, status="running", stop_reason=None
+        )
+    model.push(text("answer B again"), text("ok again"))
+    step(session)
+    results = [e for e in primary(session) if e.type == "agent.tool_result"]
+    assert [r.payload["content"][0]["text"] for r in results] == ["answer A", "answer B again"]
+    thread = SessionThread.objects.get(session=session, parent__isnull=False)
+    assert [e.type for e in of_thread(thread)].count("agent.thread_message_received") == 2

@@ -53,6 +53,7 @@ COMPACT_PROMPT = (
     "what has been done, tool results that still matter, decisions made, and open work. Be complete "
     "but concise. Reply with the summary only."
 )
+RESULT_TYPES = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result")
 ERROR_TYPES = {
     "rate_limited": "model_rate_limited_error",
     "overloaded": "model_overloaded_error",

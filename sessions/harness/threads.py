@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from console.ids import new_id
@@ -178,12 +179,19 @@ def send_to_agent(session: Session, state: "loop.StepState", use: Event) -> Tool
         locked = loop._locked(session.pk, state.handle.owner)
         thread, new = _thread_for(session.pk, primary_id, name, members[name])
         child = _Child(session.pk, state, thread, primary_id)
-        # A rerun after a crash: the message may already be delivered, or even answered.
+        # A rerun after a crash: the message may already be delivered, or even answered. Calls run
+        # in answer order, so this call's message comes after the results of the calls before it.
+        floor = (
+            Event.objects.filter(
+                session_id=session.pk, thread=None, seq__gt=use.seq, type__in=loop.RESULT_TYPES
+            ).aggregate(top=Max("seq"))["top"]
+            or use.seq
+        )
         sent = (
             Event.objects.filter(
                 session_id=session.pk,
                 thread=None,
-                seq__gt=use.seq,
+                seq__gt=floor,
                 type="agent.thread_message_sent",
                 payload__to_session_thread_id=thread.pk,
             )
