@@ -10,6 +10,7 @@ from django.db import transaction
 from sessions.models import Event, Session, SessionThread
 from tests.harness_helpers import (
     TOOLSET_ALL,
+    custom_tool,
     harness_model,
     make_session,
     say,
@@ -41,10 +42,10 @@ def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
         yield server
 
 
-def coordinator() -> Session:
+def coordinator(member: dict[str, Any] = RESEARCHER) -> Session:
     session = make_session(system="You coordinate.")
     snapshot = dict(session.agent_snapshot)
-    snapshot["multiagent"] = {"type": "coordinator", "agents": [RESEARCHER, {"type": "self"}]}
+    snapshot["multiagent"] = {"type": "coordinator", "agents": [member, {"type": "self"}]}
     Session.objects.filter(pk=session.pk).update(agent_snapshot=snapshot)
     SessionThread.objects.create(
         id=f"sthr_primary_{session.pk[-8:]}",
@@ -300,3 +301,104 @@ def test_two_calls_to_one_agent_in_one_answer_each_get_their_own_reply_after_a_c
     assert [r.payload["content"][0]["text"] for r in results] == ["answer A", "answer B again"]
     thread = SessionThread.objects.get(session=session, parent__isnull=False)
     assert [e.type for e in of_thread(thread)].count("agent.thread_message_received") == 2
+
+
+def test_a_childs_always_ask_call_waits_on_the_user_through_the_primary_log(model: ScriptedModel) -> None:
+    asking = {
+        **RESEARCHER,
+        "tools": [{**TOOLSET_ALL, "default_config": {"permission_policy": {"type": "always_ask"}}}],
+    }
+    session = coordinator(asking)
+    model.push(delegate("Delete the logs."), tool_call("bash", {"command": "rm -rf logs"}))
+    say(session, "go")
+    step(session)
+    thread = SessionThread.objects.get(session=session, parent__isnull=False)
+    use = next(e for e in primary(session) if e.type == "agent.tool_use" and e.payload["name"] == "bash")
+    assert use.thread_id is None
+    assert use.payload["session_thread_id"] == thread.id and use.payload["evaluated_permission"] == "ask"
+    idle = primary(session)[-1]
+    assert idle.type == "session.status_idle"
+    assert idle.payload["stop_reason"] == {"type": "requires_action", "event_ids": [use.id]}
+    thread.refresh_from_db()
+    assert thread.stop_reason == {"type": "requires_action", "event_ids": [use.id]}
+    assert len(model.requests) == 2  # the coordinator's model was not asked to go on meanwhile
+
+    model.push(text("I was not allowed to."), text("The researcher could not delete the logs."))
+    send(
+        session,
+        "user.tool_confirmation",
+        {
+            "tool_use_id": use.id,
+            "result": "deny",
+            "deny_message": "not today",
+            "session_thread_id": thread.id,
+        },
+    )
+    step(session)
+    child_retry = model.requests[2]
+    assert child_retry["system"][0]["text"] == "You research carefully."
+    denial = child_retry["messages"][-1]["content"][0]
+    assert denial["type"] == "tool_result" and denial["tool_use_id"] == use.id
+    assert "not today" in denial["content"][0]["text"]
+    result = next(e for e in primary(session) if e.type == "agent.tool_result")
+    assert result.payload["content"][0]["text"] == "I was not allowed to."
+    # The coordinator's own context never saw the child's call.
+    assert all(
+        b.get("name") != "bash"
+        for m in model.requests[3]["messages"]
+        for b in m["content"]
+        if b["type"] == "tool_use"
+    )
+    assert Session.objects.get(pk=session.pk).status == "idle"
+
+
+def test_a_childs_custom_tool_call_is_answered_by_the_user(model: ScriptedModel) -> None:
+    session = coordinator({**RESEARCHER, "tools": [custom_tool("get_weather")]})
+    model.push(delegate("Weather in Oslo?"), tool_call("get_weather", {"city": "Oslo"}))
+    say(session, "go")
+    step(session)
+    thread = SessionThread.objects.get(session=session, parent__isnull=False)
+    use = next(e for e in primary(session) if e.type == "agent.custom_tool_use")
+    assert use.payload == {"name": "get_weather", "input": {"city": "Oslo"}, "session_thread_id": thread.id}
+    assert primary(session)[-1].payload["stop_reason"]["event_ids"] == [use.id]
+    assert "get_weather" in [t["name"] for t in model.requests[1]["tools"]]
+    assert "get_weather" not in [t["name"] for t in model.requests[0]["tools"]]
+
+    model.push(text("Oslo: snow."), text("It snows in Oslo."))
+    send(
+        session,
+        "user.custom_tool_result",
+        {
+            "custom_tool_use_id": use.id,
+            "content": [{"type": "text", "text": "snow"}],
+            "session_thread_id": thread.id,
+        },
+    )
+    step(session)
+    assert model.requests[2]["messages"][-1]["content"][0]["content"][0]["text"] == "snow"
+    result = next(e for e in primary(session) if e.type == "agent.tool_result")
+    assert result.payload["content"][0]["text"] == "Oslo: snow."
+    types = [e.type for e in primary(session)]
+    assert types.count("session.thread_status_idle") == 2  # requires_action, then end_turn
+    assert primary(session)[-1].payload["stop_reason"] == {"type": "end_turn"}
+
+
+def test_an_interrupt_closes_a_childs_waiting_request(model: ScriptedModel) -> None:
+    session = coordinator({**RESEARCHER, "tools": [custom_tool("get_weather")]})
+    model.push(delegate("Weather in Oslo?"), tool_call("get_weather", {"city": "Oslo"}))
+    say(session, "go")
+    step(session)
+    thread = SessionThread.objects.get(session=session, parent__isnull=False)
+    use = next(e for e in primary(session) if e.type == "agent.custom_tool_use")
+    send(session, "user.interrupt")
+    step(session)
+    closed = next(e for e in of_thread(thread) if e.type == "agent.tool_result")
+    assert closed.payload["tool_use_id"] == use.id and closed.payload["is_error"] is True
+    thread.refresh_from_db()
+    assert thread.status == "idle" and thread.stop_reason == {"type": "end_turn"}
+    assert primary(session)[-1].payload["stop_reason"] == {"type": "end_turn"}
+    # A follow-up to the same agent starts clean: its old request is closed in its context.
+    model.push(delegate("Try again."), text("Cannot check now."), text("ok"))
+    say(session, "again")
+    step(session)
+    assert model.requests[-2]["messages"][-1]["content"][-1]["text"] == "Try again."

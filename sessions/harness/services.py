@@ -97,10 +97,14 @@ class StepState:
             self.events.extend(e for e in fresh if e.thread_id is None)
 
     def context(self, session: Session) -> Context:
+        from sessions.harness.threads import cross_posted
+
         return context_build(
             session=session,
             events=[
-                e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq
+                e
+                for e in self.events
+                if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq and not cross_posted(e)
             ],
             primary_thread_id=self.primary_thread_id,
         )
@@ -285,6 +289,15 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             ctx.open_span_id = None
         pending: list[str] = []
         for use in ctx.unresolved():
+            if _is_send(state, use.event):
+                from sessions.harness import threads
+
+                waiting = threads.waiting_ids(session, state, use.event)
+                if waiting:
+                    pending.extend(waiting)  # its child waits on the user
+                else:
+                    run_now.append(use.event)  # the child thread resumes from its own log
+                continue
             if use.custom:
                 pending.append(use.event.id)
             elif use.permission == "ask":
@@ -302,8 +315,6 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             # MCP tools are side-effecting whatever their name: only built-in read-only tools rerun.
             if event.type == "agent.tool_use" and event.payload.get("name") in READ_ONLY:
                 run_now.append(event)
-            elif event.type == "agent.tool_use" and _is_send(state, event):
-                run_now.append(event)  # the child thread resumes from its own log
             else:
                 events_append(session=session, events=[_tool_result(event, LOST, is_error=True)])
         if run_now:
@@ -335,7 +346,10 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
 
 def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> None:
     """user.interrupt jumps the queue: close open tool calls and idle with end_turn (spec 7.1)."""
+    from sessions.harness import threads
+
     ctx = state.context(session)
+    threads.close_waiting(session, state.primary_thread_id)
     closing = [_tool_result(use.event, INTERRUPTED, is_error=True) for use in ctx.unresolved()]
     if ctx.open_span_id is not None:
         closing.append(
@@ -374,6 +388,8 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             sent = threads.send_to_agent(session, state, use)
             if sent is None:
                 return  # an interrupt stopped the session; the next move closes this call
+            if not isinstance(sent, ToolRun):
+                continue  # PAUSED: the child waits on the user; the next move idles with requires_action
             outcome = sent
         else:
             outcome = run_builtin(

@@ -9,8 +9,9 @@ cross-posted on the primary log: session.thread_created, session.thread_status_*
 agent.thread_message_sent / _received.
 
 Child threads run built-in tools in the session's sandbox (threads share the container's
-filesystem). They cannot wait on the user: an always_ask tool is denied with a message saying so,
-custom tools and MCP servers are not offered to them.
+filesystem). Their always_ask and custom tool calls are stored on the primary log with
+session_thread_id set; the session idles with requires_action listing them, and the user's answer
+(routed by tool_use_id) resumes the child. MCP servers are not offered to children.
 """
 
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from console.ids import new_id
@@ -31,12 +32,17 @@ from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append
 
 SEND_TOOL = "send_to_agent"
+PAUSED = False  # send_to_agent's answer when the child waits on the user
+# A child's requests to the user and the user's answers: stored on the primary log (the stream
+# clients watch) with session_thread_id naming the child.
+CROSS_POSTED = (
+    "agent.tool_use",
+    "agent.custom_tool_use",
+    "user.tool_confirmation",
+    "user.custom_tool_result",
+)
 MAX_THREADS = 25
 CHILD_CONTEXT_TYPES = (*CONTEXT_TYPES, "agent.thread_message_received")
-ASK_DENIED = (
-    "This tool needs the user's confirmation, which agents in delegated threads cannot ask for; "
-    "it was not run. Do without it, or tell the coordinator what you need."
-)
 
 
 def roster(agent: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -101,11 +107,7 @@ class _Child:
         return self.state.handle.owner
 
     def events(self) -> list[Event]:
-        return list(
-            Event.objects.filter(
-                session_id=self.session_id, thread=self.thread, type__in=CHILD_CONTEXT_TYPES
-            ).order_by("seq")
-        )
+        return child_events(self.session_id, self.thread.pk)
 
     def append(self, session: Session, child: list[NewEvent], primary: list[NewEvent] | None = None) -> None:
         for item in child:
@@ -131,6 +133,91 @@ class _Child:
             [NewEvent(f"session.status_{status}", own)],
             [NewEvent(f"session.thread_status_{status}", cross)],
         )
+
+
+def child_events(session_id: str, thread_id: str) -> list[Event]:
+    """A child's context events: its own, plus its requests to the user and the user's answers,
+    which live on the primary log with session_thread_id set."""
+    return list(
+        Event.objects.filter(session_id=session_id, type__in=CHILD_CONTEXT_TYPES)
+        .filter(
+            Q(thread_id=thread_id)
+            | Q(thread=None, type__in=CROSS_POSTED, payload__session_thread_id=thread_id)
+        )
+        .order_by("seq")
+    )
+
+
+def cross_posted(event: Event) -> bool:
+    return event.type in CROSS_POSTED and bool(event.payload.get("session_thread_id"))
+
+
+@dataclass
+class _Plan:
+    run: list[Event]  # confirmed, or read-only calls a crash left without a result
+    closing: list[NewEvent]  # denials and lost results
+    pending: list[str]  # waiting on the user
+
+
+def _plan(ctx: Any, thread: SessionThread) -> _Plan:
+    plan = _Plan([], [], [])
+    for use in ctx.unresolved():
+        if use.custom:
+            plan.pending.append(use.event.id)
+        elif use.permission == "ask":
+            if use.confirmation is None:
+                plan.pending.append(use.event.id)
+            elif use.confirmation.payload.get("result") == "allow":
+                plan.run.append(use.event)
+            else:
+                note = use.confirmation.payload.get("deny_message") or "The user denied this tool call."
+                result = loop._tool_result(use.event, f"Permission denied by the user: {note}", is_error=True)
+                plan.closing.append(result)
+        elif use.event.payload.get("name") in READ_ONLY:
+            plan.run.append(use.event)
+        else:
+            plan.closing.append(loop._tool_result(use.event, loop.LOST, is_error=True))
+    for item in plan.closing:
+        item.thread = thread
+    return plan
+
+
+def waiting_ids(session: Session, state: "loop.StepState", use: Event) -> list[str]:
+    """The child requests a coordinator's unfinished send_to_agent call waits on."""
+    name = (use.payload.get("input") or {}).get("agent_name")
+    primary_id = state.primary_thread_id
+    thread = SessionThread.objects.filter(
+        session_id=session.pk, parent_id=primary_id, agent_name=name, archived_at=None, status=Status.IDLE
+    ).first()
+    if thread is None or (thread.stop_reason or {}).get("type") != "requires_action":
+        return []
+    ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
+    return _plan(ctx, thread).pending
+
+
+def close_waiting(session: Session, primary_id: str | None) -> None:
+    """An interrupt of the whole session also closes the requests children wait on."""
+    for thread in SessionThread.objects.filter(
+        session_id=session.pk, parent_id=primary_id, status=Status.IDLE, archived_at=None
+    ):
+        if (thread.stop_reason or {}).get("type") != "requires_action":
+            continue
+        ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
+        closing = [
+            NewEvent(
+                "agent.tool_result",
+                {
+                    "tool_use_id": u.event.id,
+                    "content": [{"type": "text", "text": INTERRUPTED}],
+                    "is_error": True,
+                },
+                thread=thread,
+            )
+            for u in ctx.unresolved()
+        ]
+        child = _Child(session.pk, None, thread, primary_id or "")  # type: ignore[arg-type]
+        child.append(session, closing)
+        child.set_status(session, Status.IDLE, {"type": "end_turn"})
 
 
 def _text(content: list[dict[str, Any]]) -> str:
@@ -162,8 +249,9 @@ def _thread_for(
     return thread, True
 
 
-def send_to_agent(session: Session, state: "loop.StepState", use: Event) -> ToolRun | None:
-    """Run the coordinator's send_to_agent call. None means an interrupt stopped the session."""
+def send_to_agent(session: Session, state: "loop.StepState", use: Event) -> ToolRun | None | bool:
+    """Run the coordinator's send_to_agent call. None means an interrupt stopped the session,
+    PAUSED that the child waits on the user (the call stays open)."""
     members = roster(state.agent)
     tool_input = use.payload.get("input") or {}
     name, message = tool_input.get("agent_name"), tool_input.get("message")
@@ -251,7 +339,7 @@ def send_to_agent(session: Session, state: "loop.StepState", use: Event) -> Tool
 
 def _run_child(child: _Child) -> ToolRun | None:
     member = child.thread.agent_snapshot
-    catalog = {n: s for n, s in tool_catalog(member).items() if s.kind == "builtin"}
+    catalog = {n: s for n, s in tool_catalog(member).items() if s.kind in ("builtin", "custom")}
     while True:
         with transaction.atomic():
             session = loop._locked(child.session_id, child.owner)
@@ -259,13 +347,16 @@ def _run_child(child: _Child) -> ToolRun | None:
             closing: list[NewEvent] = []
             if ctx.open_span_id is not None:
                 closing.append(loop._span_end(ctx.open_span_id, ModelUsage(), is_error=True))
-            rerun = []
-            for use in ctx.unresolved():  # calls a crashed worker recorded but never finished
-                if use.event.payload.get("name") in READ_ONLY:
-                    rerun.append(use.event)
-                else:
-                    closing.append(loop._tool_result(use.event, loop.LOST, is_error=True))
-            child.append(session, closing)
+            plan = _plan(ctx, child.thread)
+            rerun = plan.run
+            child.append(session, [*closing, *plan.closing])
+            if plan.pending and not rerun and not plan.closing:
+                stop = {"type": "requires_action", "event_ids": plan.pending}
+                if child.thread.status != Status.IDLE or child.thread.stop_reason != stop:
+                    child.set_status(session, Status.IDLE, stop)
+                return PAUSED
+            if plan.closing:
+                continue
         if rerun:
             if _run_tools(child, session, rerun) is None:
                 return _stopped(child)
@@ -324,14 +415,23 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
             name = block.get("name", "")
             spec = catalog.get(name)
             payload: dict[str, Any] = {"name": name, "input": block.get("input") or {}}
-            if spec is None or spec.policy == "always_ask":
+            if spec is not None and spec.kind == "custom":
+                payload["session_thread_id"] = child.thread.pk
+                events.append(NewEvent("agent.custom_tool_use", payload, thread=None))
+                continue
+            if spec is None:
                 payload["evaluated_permission"] = "deny"
-                reason = ASK_DENIED if spec is not None else f"Tool {name!r} is not available in this thread."
-                denials.append((len(events), reason))
+                denials.append((len(events), f"Tool {name!r} is not available in this thread."))
+            elif spec.policy == "always_ask":
+                payload["evaluated_permission"] = "ask"
+                payload["evaluation"] = {"type": "always_ask"}
+                payload["session_thread_id"] = child.thread.pk
+                events.append(NewEvent("agent.tool_use", payload, thread=None))
+                continue
             else:
                 payload["evaluated_permission"] = "allow"
                 payload["evaluation"] = {"type": spec.policy}
-            events.append(NewEvent("agent.tool_use", payload))
+            events.append(NewEvent("agent.tool_use", payload, thread=child.thread))
     for event in events:
         event.id = new_id("sevt")
     for position, reason in denials:
@@ -346,10 +446,11 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
             )
         )
     events.append(loop._span_end(span_id, answer.usage))
+    for event in events:
+        if not event.payload.get("session_thread_id"):
+            event.thread = child.thread
     with transaction.atomic():
         session = loop._locked(child.session_id, child.owner)
-        for item in events:
-            item.thread = child.thread
         rows = events_append(session=session, events=events)
         loop._usage_update(child.session_id, answer.model, answer.usage)
     return [
