@@ -98,3 +98,64 @@ def test_a_coordinator_session_streams_thread_events_and_lists_its_threads(
     assert events[3].content[0].text == "The answer is 42."
     running = list(client.beta.sessions.threads.list(session.id, statuses=["idle"]))
     assert child.id in {t.id for t in running}
+
+
+def test_a_childs_custom_tool_request_is_cross_posted_and_answered_by_tool_use_id(
+    galley: LiveGalley, model: ScriptedModel
+) -> None:
+    client = galley.client()
+    suffix = secrets.token_hex(3)
+    member = client.beta.agents.create(
+        name=f"weather-{suffix}",
+        model="claude-haiku-4-5",
+        tools=[
+            {
+                "type": "custom",
+                "name": "get_weather",
+                "description": "Current weather",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+            }
+        ],
+    )
+    lead = client.beta.agents.create(
+        name=f"lead-{suffix}",
+        model="claude-sonnet-4-6",
+        multiagent={"type": "coordinator", "agents": [member.id]},
+    )
+    environment = client.beta.environments.create(name=f"multi-env2-{suffix}")
+    session = client.beta.sessions.create(agent=lead.id, environment_id=environment.id)
+    model.push(
+        tool_call("send_to_agent", {"agent_name": member.name, "message": "Weather in Oslo?"}),
+        tool_call("get_weather", {"city": "Oslo"}),
+    )
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go"}]}]
+        )
+        first = _until_idle(stream)
+        use = next(e for e in first if e.type == "agent.custom_tool_use")
+        thread_id = next(e for e in first if e.type == "session.thread_created").session_thread_id
+        assert use.session_thread_id == thread_id and use.input == {"city": "Oslo"}
+        assert first[-1].stop_reason.type == "requires_action" and first[-1].stop_reason.event_ids == [use.id]
+        waiting = next(e for e in first if e.type == "session.thread_status_idle")
+        assert waiting.stop_reason.type == "requires_action"
+
+        model.push(text("Oslo: snow."), text("Snow in Oslo."))
+        sent = client.beta.sessions.events.send(
+            session.id,
+            events=[
+                {
+                    "type": "user.custom_tool_result",
+                    "custom_tool_use_id": use.id,
+                    "content": [{"type": "text", "text": "snow"}],
+                }
+            ],
+        )
+        assert sent.data[0].session_thread_id == thread_id
+        second = _until_idle(stream)
+    types = [e.type for e in second]
+    assert "agent.thread_message_received" in types and second[-1].stop_reason.type == "end_turn"
+    result = next(e for e in second if e.type == "agent.tool_result")
+    assert result.content[0].text == "Oslo: snow."
+    child = client.beta.sessions.threads.retrieve(thread_id, session_id=session.id)
+    assert child.status == "idle"
