@@ -402,3 +402,23 @@ def test_an_interrupt_closes_a_childs_waiting_request(model: ScriptedModel) -> N
     say(session, "again")
     step(session)
     assert model.requests[-2]["messages"][-1]["content"][-1]["text"] == "Try again."
+
+
+def test_an_interrupt_naming_a_waiting_child_closes_its_request_and_lets_it_answer(
+    model: ScriptedModel,
+) -> None:
+    session = coordinator({**RESEARCHER, "tools": [custom_tool("get_weather")]})
+    model.push(delegate("Weather in Oslo?"), tool_call("get_weather", {"city": "Oslo"}))
+    say(session, "go")
+    step(session)
+    thread = SessionThread.objects.get(session=session, parent__isnull=False)
+    use = next(e for e in primary(session) if e.type == "agent.custom_tool_use")
+    model.push(text("I could not find out."), text("No weather today."))
+    send(session, "user.interrupt", {"session_thread_id": thread.id})
+    step(session)
+    closed = next(e for e in of_thread(thread) if e.type == "agent.tool_result")
+    assert closed.payload["tool_use_id"] == use.id and closed.payload["is_error"] is True
+    result = next(e for e in primary(session) if e.type == "agent.tool_result")
+    assert result.payload["content"][0]["text"] == "I could not find out."
+    assert primary(session)[-1].payload["stop_reason"] == {"type": "end_turn"}
+    assert len(model.requests) == 4

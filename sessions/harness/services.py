@@ -245,7 +245,11 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
         target = (interrupt.payload.get("session_thread_id") if interrupt is not None else None) or None
         if interrupt is not None and target not in (None, state.primary_thread_id):
-            # Aimed at a child thread that is not running now (a running one takes its own): nothing to stop.
+            # Aimed at a child thread that is not running now (a running one takes its own): close
+            # what it waits on, if anything; the coordinator's open call then resumes it.
+            from sessions.harness import threads
+
+            threads.close_waiting(session, state.primary_thread_id, only=target)
             _mark_processed([interrupt])
             return True
         if interrupt is not None:

@@ -195,11 +195,14 @@ def waiting_ids(session: Session, state: "loop.StepState", use: Event) -> list[s
     return _plan(ctx, thread).pending
 
 
-def close_waiting(session: Session, primary_id: str | None) -> None:
-    """An interrupt of the whole session also closes the requests children wait on."""
-    for thread in SessionThread.objects.filter(
+def close_waiting(session: Session, primary_id: str | None, *, only: str | None = None) -> None:
+    """An interrupt closes the requests children (or the one it names) wait on."""
+    threads = SessionThread.objects.filter(
         session_id=session.pk, parent_id=primary_id, status=Status.IDLE, archived_at=None
-    ):
+    )
+    if only is not None:
+        threads = threads.filter(pk=only)
+    for thread in threads:
         if (thread.stop_reason or {}).get("type") != "requires_action":
             continue
         ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
