@@ -77,14 +77,14 @@ def test_a_coordinator_session_streams_thread_events_and_lists_its_threads(
     # The coordinator's stream carries none of the child's own trace.
     assert [e.type for e in seen].count("agent.message") == 1
 
-    threads = list(client.beta.sessions.threads.list(session.id))
+    threads: list[Any] = list(client.beta.sessions.threads.list(session.id))
     child = next(t for t in threads if t.id == created.session_thread_id)
     primary = next(t for t in threads if t.parent_thread_id is None)
     assert child.parent_thread_id == primary.id
     assert child.status == "idle" and child.agent.name == member.name
     assert child.agent.system == "You research carefully."
     assert child.stats is not None and child.stats.active_seconds > 0
-    events = list(client.beta.sessions.threads.events.list(child.id, session_id=session.id))
+    events: list[Any] = list(client.beta.sessions.threads.events.list(child.id, session_id=session.id))
     assert [e.type for e in events] == [
         "agent.thread_message_received",
         "session.status_running",
@@ -141,7 +141,7 @@ def test_a_childs_custom_tool_request_is_cross_posted_and_answered_by_tool_use_i
         assert waiting.stop_reason.type == "requires_action"
 
         model.push(text("Oslo: snow."), text("Snow in Oslo."))
-        sent = client.beta.sessions.events.send(
+        sent: Any = client.beta.sessions.events.send(
             session.id,
             events=[
                 {

@@ -340,7 +340,7 @@ def send_to_agent(session: Session, state: "loop.StepState", use: Event) -> Tool
     return _run_child(child)
 
 
-def _run_child(child: _Child) -> ToolRun | None:
+def _run_child(child: _Child) -> ToolRun | None | bool:
     member = child.thread.agent_snapshot
     catalog = {n: s for n, s in tool_catalog(member).items() if s.kind in ("builtin", "custom")}
     while True:
