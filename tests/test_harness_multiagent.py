@@ -18,7 +18,7 @@ from tests.harness_helpers import (
     step,
     step_in_background,
 )
-from tests.model_server import Reply, ScriptedModel, text, tool_call
+from tests.model_server import Reply, ScriptedModel, error, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -422,3 +422,17 @@ def test_an_interrupt_naming_a_waiting_child_closes_its_request_and_lets_it_answ
     assert result.payload["content"][0]["text"] == "I could not find out."
     assert primary(session)[-1].payload["stop_reason"] == {"type": "end_turn"}
     assert len(model.requests) == 4
+
+
+def test_a_terminated_session_terminates_its_child_threads(model: ScriptedModel) -> None:
+    session = coordinator()
+    model.push(delegate("Look."), text("Seen."), error(400, "invalid_request_error", "bad request"))
+    say(session, "go")
+    step(session)
+    thread = SessionThread.objects.get(session=session, parent__isnull=False)
+    assert thread.status == "terminated"
+    types = [e.type for e in primary(session)]
+    assert types[-2:] == ["session.thread_status_terminated", "session.status_terminated"]
+    ended = primary(session)[-2].payload
+    assert ended == {"session_thread_id": thread.id, "agent_name": "researcher"}
+    assert of_thread(thread)[-1].type == "session.status_terminated"

@@ -697,6 +697,9 @@ def _fail(session_id: str, owner: str, span_id: str, exc: ModelError, *, retry_s
             events=[_span_end(span_id, exc.usage, is_error=True), _error_event(exc, retry_status)],
         )
         if retry_status == "terminal":
+            from sessions.harness import threads
+
+            threads.terminate_children(session)
             session_set_status(session=session, status=Status.TERMINATED)
             return
         # "This turn is dead; queued inputs are flushed and the session returns to idle."

@@ -223,6 +223,15 @@ def close_waiting(session: Session, primary_id: str | None, *, only: str | None 
         child.set_status(session, Status.IDLE, {"type": "end_turn"})
 
 
+def terminate_children(session: Session) -> None:
+    """The session is ending for good: so do its child threads (session.thread_status_terminated)."""
+    live = SessionThread.objects.filter(session_id=session.pk, parent__isnull=False).exclude(
+        status=Status.TERMINATED
+    )
+    for thread in live:
+        _Child(session.pk, None, thread, thread.parent_id or "").set_status(session, Status.TERMINATED)  # type: ignore[arg-type]
+
+
 def _text(content: list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
 
