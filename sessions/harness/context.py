@@ -131,7 +131,11 @@ def tool_result_block(
     return block
 
 
-def context_build(*, session: Session, events: list[Event] | None = None) -> Context:
+def context_build(
+    *, session: Session, events: list[Event] | None = None, primary_thread_id: str | None = None
+) -> Context:
+    """The model's context from a thread's events. An interrupt naming another (child) thread than
+    primary_thread_id does not end this thread's turn."""
     if events is None:
         events = list(
             Event.objects.filter(
@@ -154,6 +158,9 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
         elif kind == "system.message" and event.processed_at is not None:
             texts = [b.get("text", "") for b in payload.get("content", []) if b.get("type") == "text"]
             ctx.add("user", [{"type": "text", "text": "[system] " + "\n".join(texts)}], event.seq)
+        elif kind == "agent.thread_message_received":
+            # A child thread's input: the coordinator's message (only child contexts read this type).
+            ctx.add("user", _user_blocks(payload.get("content", [])), event.seq)
         elif kind == "agent.message":
             blocks = [
                 {"type": "text", "text": b["text"]}
@@ -203,6 +210,9 @@ def context_build(*, session: Session, events: list[Event] | None = None) -> Con
             if use is not None and not use.resolved and use.confirmation is None:
                 use.confirmation = event
         elif kind == "user.interrupt" and event.processed_at is not None:
+            target = payload.get("session_thread_id")
+            if target and primary_thread_id and target != primary_thread_id:
+                continue
             closed = [
                 tool_result_block(u.event.id, [{"type": "text", "text": INTERRUPTED}], True)
                 for u in ctx.unresolved()

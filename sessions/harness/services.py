@@ -37,7 +37,7 @@ from sessions.harness.tools import (
     run_builtin,
     tool_catalog,
 )
-from sessions.models import Event, Session, Status
+from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append, session_set_status
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ COMPACT_PROMPT = (
     "what has been done, tool results that still matter, decisions made, and open work. Be complete "
     "but concise. Reply with the summary only."
 )
+RESULT_TYPES = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result")
 ERROR_TYPES = {
     "rate_limited": "model_rate_limited_error",
     "overloaded": "model_overloaded_error",
@@ -79,6 +80,7 @@ class StepState:
     # MCP servers this step talked to, and the tools each offered (discovered once per step).
     mcp: dict[str, McpConnection] = field(default_factory=dict)
     mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
+    primary_thread_id: str | None = None
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -95,11 +97,16 @@ class StepState:
             self.events.extend(e for e in fresh if e.thread_id is None)
 
     def context(self, session: Session) -> Context:
+        from sessions.harness.threads import cross_posted
+
         return context_build(
             session=session,
             events=[
-                e for e in self.events if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq
+                e
+                for e in self.events
+                if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq and not cross_posted(e)
             ],
+            primary_thread_id=self.primary_thread_id,
         )
 
     def queued(self) -> list[Event]:
@@ -183,6 +190,11 @@ def session_step(*, session_id: str) -> None:
         agent, vault_ids = Session.objects.values_list("agent_snapshot", "vault_ids").get(pk=session_id)
         state.agent = agent or {}
         state.vault_ids = [v for v in vault_ids or [] if isinstance(v, str)]
+        state.primary_thread_id = (
+            SessionThread.objects.filter(session_id=session_id, parent=None)
+            .values_list("id", flat=True)
+            .first()
+        )
         try:
             while _advance(session_id, state):
                 pass
@@ -231,6 +243,15 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         state.refresh(session_id)
         queued = state.queued()
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
+        target = (interrupt.payload.get("session_thread_id") if interrupt is not None else None) or None
+        if interrupt is not None and target not in (None, state.primary_thread_id):
+            # Aimed at a child thread that is not running now (a running one takes its own): close
+            # what it waits on, if anything; the coordinator's open call then resumes it.
+            from sessions.harness import threads
+
+            threads.close_waiting(session, state.primary_thread_id, only=target)
+            _mark_processed([interrupt])
+            return True
         if interrupt is not None:
             _take_interrupt(session, state, interrupt)
             return True
@@ -272,6 +293,15 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             ctx.open_span_id = None
         pending: list[str] = []
         for use in ctx.unresolved():
+            if _is_send(state, use.event):
+                from sessions.harness import threads
+
+                waiting = threads.waiting_ids(session, state, use.event)
+                if waiting:
+                    pending.extend(waiting)  # its child waits on the user
+                else:
+                    run_now.append(use.event)  # the child thread resumes from its own log
+                continue
             if use.custom:
                 pending.append(use.event.id)
             elif use.permission == "ask":
@@ -320,7 +350,10 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
 
 def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> None:
     """user.interrupt jumps the queue: close open tool calls and idle with end_turn (spec 7.1)."""
+    from sessions.harness import threads
+
     ctx = state.context(session)
+    threads.close_waiting(session, state.primary_thread_id)
     closing = [_tool_result(use.event, INTERRUPTED, is_error=True) for use in ctx.unresolved()]
     if ctx.open_span_id is not None:
         closing.append(
@@ -353,6 +386,15 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
         errors: list[NewEvent] = []
         if use.type == "agent.mcp_tool_use":
             outcome = _run_mcp(state, use, errors, cancel)
+        elif _is_send(state, use):
+            from sessions.harness import threads
+
+            sent = threads.send_to_agent(session, state, use)
+            if sent is None:
+                return  # an interrupt stopped the session; the next move closes this call
+            if not isinstance(sent, ToolRun):
+                continue  # PAUSED: the child waits on the user; the next move idles with requires_action
+            outcome = sent
         else:
             outcome = run_builtin(
                 session=session,
@@ -370,6 +412,12 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             )
         if state.handle.cancel.is_set():
             return
+
+
+def _is_send(state: StepState, use: Event) -> bool:
+    from sessions.harness import threads
+
+    return use.payload.get("name") == threads.SEND_TOOL and threads.coordinator_spec(state.agent) is not None
 
 
 def _tool_result(use: Event, content: str | list[dict[str, Any]], *, is_error: bool) -> NewEvent:
@@ -440,7 +488,12 @@ def _run_mcp(state: StepState, use: Event, errors: list[NewEvent], cancel: threa
 def _catalog(session_id: str, state: StepState) -> dict[str, ToolSpec]:
     """The tools to offer the model: the snapshot's, plus the enabled tools of its MCP servers,
     listed once per step. A server that cannot be listed is reported once and left out."""
+    from sessions.harness import threads
+
     catalog = tool_catalog(state.agent)
+    send = threads.coordinator_spec(state.agent)
+    if send is not None:
+        catalog.setdefault(send.name, send)
     errors: list[NewEvent] = []
     for server, (_url, toolset) in mcp_servers(state.agent).items():
         if server not in state.mcp_tools:
@@ -644,6 +697,9 @@ def _fail(session_id: str, owner: str, span_id: str, exc: ModelError, *, retry_s
             events=[_span_end(span_id, exc.usage, is_error=True), _error_event(exc, retry_status)],
         )
         if retry_status == "terminal":
+            from sessions.harness import threads
+
+            threads.terminate_children(session)
             session_set_status(session=session, status=Status.TERMINATED)
             return
         # "This turn is dead; queued inputs are flushed and the session returns to idle."
