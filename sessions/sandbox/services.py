@@ -288,6 +288,7 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
     with _registry_lock:
         _start_reaper()
         live = _registry.get(key)
+        created = live is None
         if live is None:
             backend = backend_get()
             spec, limited, slots = sandbox_spec(session=session, key=key, backend=backend)
@@ -302,6 +303,8 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
                 )
             _registry[key] = live
             sandbox_provision(root=spec.root, uid=spec.uid)
+    if created:
+        return live  # its spec was just built with the current mounts
     mounts = resource_mounts(session)
     if mounts != live.spec.mounts:
         # Resources were added or removed since the shell started: the next call starts a new shell
