@@ -4,7 +4,7 @@ import pytest
 
 from tests.live import LiveGalley, live_galley
 
-pytest_plugins = ["tests.sandbox_fixtures"]  # sandbox_root, make_sandbox_session
+pytest_plugins = ["tests.sandbox_fixtures", "tests.live_fixtures"]  # sandboxes; live server + model
 
 
 @pytest.fixture(scope="session")

@@ -2,36 +2,17 @@
 and the thread API lists the child and its own events, all parsed strictly by the official SDK."""
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.live import LiveGalley, live_galley
-from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.live import LiveGalley
+from tests.live_fixtures import until_idle
+from tests.model_server import ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[ScriptedModel]:
-    with scripted_model() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def galley(model: ScriptedModel) -> Iterator[LiveGalley]:
-    with live_galley({"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}) as server:
-        yield server
-
-
-def _until_idle(stream: Iterator[Any], limit: int = 60) -> list[Any]:
-    seen = []
-    for event in stream:
-        seen.append(event)
-        if event.type == "session.status_idle" or len(seen) >= limit:
-            break
-    return seen
 
 
 def test_a_coordinator_session_streams_thread_events_and_lists_its_threads(
@@ -59,7 +40,7 @@ def test_a_coordinator_session_streams_thread_events_and_lists_its_threads(
         client.beta.sessions.events.send(
             session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go"}]}]
         )
-        seen = _until_idle(stream)
+        seen = until_idle(stream)
     types = [e.type for e in seen]
     assert types.index("session.thread_created") < types.index("agent.thread_message_sent")
     assert types.index("agent.thread_message_sent") < types.index("session.thread_status_running")
@@ -132,7 +113,7 @@ def test_a_childs_custom_tool_request_is_cross_posted_and_answered_by_tool_use_i
         client.beta.sessions.events.send(
             session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go"}]}]
         )
-        first = _until_idle(stream)
+        first = until_idle(stream)
         use = next(e for e in first if e.type == "agent.custom_tool_use")
         thread_id = next(e for e in first if e.type == "session.thread_created").session_thread_id
         assert use.session_thread_id == thread_id and use.input == {"city": "Oslo"}
@@ -152,7 +133,7 @@ def test_a_childs_custom_tool_request_is_cross_posted_and_answered_by_tool_use_i
             ],
         )
         assert sent.data[0].session_thread_id == thread_id
-        second = _until_idle(stream)
+        second = until_idle(stream)
     types = [e.type for e in second]
     assert "agent.thread_message_received" in types and second[-1].stop_reason.type == "end_turn"
     result = next(e for e in second if e.type == "agent.tool_result")

@@ -2,40 +2,16 @@
 Galley whose worker talks to a scripted model."""
 
 import secrets
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.live import LiveGalley, live_galley
-from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.live import LiveGalley
+from tests.live_fixtures import until_idle
+from tests.model_server import ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[ScriptedModel]:
-    with scripted_model() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def galley(model: ScriptedModel) -> Iterator[LiveGalley]:
-    with live_galley({"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}) as server:
-        yield server
-
-
-def _until_idle(stream: Iterator[Any], limit: int = 60) -> list[Any]:
-    seen = []
-    for event in stream:
-        seen.append(event)
-        if (
-            event.type == "session.status_idle"
-            or event.type == "session.status_terminated"
-            or len(seen) >= limit
-        ):
-            break
-    return seen
 
 
 def test_the_quickstart_conversation_with_a_custom_tool(galley: LiveGalley, model: ScriptedModel) -> None:
@@ -63,7 +39,7 @@ def test_the_quickstart_conversation_with_a_custom_tool(galley: LiveGalley, mode
             session.id,
             events=[{"type": "user.message", "content": [{"type": "text", "text": "Weather in Paris?"}]}],
         )
-        first = _until_idle(stream)
+        first = until_idle(stream)
         types = [e.type for e in first]
         assert types[:2] == ["user.message", "session.status_running"]
         assert types[-3:] == ["agent.custom_tool_use", "span.model_request_end", "session.status_idle"]
@@ -82,7 +58,7 @@ def test_the_quickstart_conversation_with_a_custom_tool(galley: LiveGalley, mode
                 }
             ],
         )
-        second = _until_idle(stream)
+        second = until_idle(stream)
     types = [e.type for e in second]
     assert types[0] == "user.custom_tool_result"
     assert "session.status_running" in types

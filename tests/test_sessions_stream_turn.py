@@ -2,28 +2,16 @@
 scripted model, and a stream opened before the send receives every event in log order, plus live
 previews when asked for (across processes through Redis, or the embedded local bus)."""
 
-from collections.abc import Iterator
 
 import anthropic
-import pytest
 
-from tests.live import LiveGalley, live_galley
-from tests.model_server import ScriptedModel, scripted_model, text
+from tests.live import LiveGalley
+from tests.live_fixtures import until_idle
+from tests.model_server import ScriptedModel, text
 
 MESSAGE = {"type": "user.message", "content": [{"type": "text", "text": "Say hello."}]}
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[ScriptedModel]:
-    with scripted_model() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def galley(model: ScriptedModel) -> Iterator[LiveGalley]:
-    env = {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}
-    with live_galley(extra_env=env) as server:
-        yield server
 
 
 def _session(client: anthropic.Anthropic) -> str:
@@ -32,22 +20,13 @@ def _session(client: anthropic.Anthropic) -> str:
     return client.beta.sessions.create(agent=agent.id, environment_id=env.id).id
 
 
-def _until_idle(stream: Iterator[object]) -> list[object]:
-    seen = []
-    for event in stream:
-        seen.append(event)
-        if getattr(event, "type", "") == "session.status_idle":
-            break
-    return seen
-
-
 def test_a_turn_streams_in_log_order_and_matches_the_list(galley: LiveGalley, model: ScriptedModel) -> None:
     client = galley.client()
     session_id = _session(client)
     model.push(text("Hello there, friend.", chunk_delay=0.02))
     with client.beta.sessions.events.stream(session_id) as stream:
         client.beta.sessions.events.send(session_id, events=[MESSAGE])
-        seen = _until_idle(stream)
+        seen = until_idle(stream)
     types = [e.type for e in seen]  # type: ignore[attr-defined]
     assert types[:3] == ["user.message", "session.status_running", "span.model_request_start"]
     assert "agent.message" in types and types[-1] == "session.status_idle"
@@ -62,7 +41,7 @@ def test_previews_precede_the_message_when_asked_for(galley: LiveGalley, model: 
     model.push(text("Hello there, friend.", chunk_delay=0.05))
     with client.beta.sessions.events.stream(session_id, event_deltas=["agent.message"]) as stream:
         client.beta.sessions.events.send(session_id, events=[MESSAGE])
-        seen = _until_idle(stream)
+        seen = until_idle(stream)
     types = [e.type for e in seen]  # type: ignore[attr-defined]
     message = next(e for e in seen if e.type == "agent.message")  # type: ignore[attr-defined]
     start = types.index("event_start")
