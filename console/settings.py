@@ -200,6 +200,10 @@ GALLEY_SANDBOX_WORKSPACE_BYTES = env_int("GALLEY_SANDBOX_WORKSPACE_BYTES", 5 * 1
 GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()
 GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
 GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
+# Git hosts besides github.com that repository resources may name (`host[:port]`, comma-separated). Git
+# traffic to a listed host passes the egress proxy even at a private or loopback address; http:// URLs are
+# accepted only for listed hosts.
+GALLEY_GIT_HOSTS = env_list("GALLEY_GIT_HOSTS", [])
 # web_search provider: a SearXNG instance's base URL (JSON output enabled); unset = the tool returns an error.
 GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
 # web_fetch refuses private and loopback addresses unless this is set.

@@ -29,6 +29,7 @@ from console.pagination import Page, check_limit, page_body, paginate
 from console.wire import iso
 from files.models import File, ResourceType, SessionResource
 from sessions.models import Session
+from sessions.sandbox.repos import url_problem
 from vaults import crypto
 
 EXPIRES_MIN_SECONDS = 3600
@@ -510,6 +511,9 @@ def _plan(*, workspace: Workspace, spec: Any, field: str) -> _Planned:
             )
         url = _check_string(spec.get("url"), field=_join(field, "url"), max_length=2048)
         repo = _repo_name(url, field=_join(field, "url"))
+        problem = url_problem(url)
+        if problem:
+            raise bad_request(f"{_join(field, 'url')}: {problem}.")
         token = spec.get("authorization_token")
         if token is not None:
             token = _check_string(token, field=_join(field, "authorization_token"), max_length=4096)

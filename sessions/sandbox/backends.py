@@ -93,6 +93,9 @@ class SandboxSpec:
     ca_bundle: Path | None = None  # CA bundle including the egress CA, mounted at CA_BUNDLE
     # Session resources: (host file, path inside), mounted read-only (spec 6).
     mounts: tuple[tuple[str, str], ...] = ()
+    # Attached repositories (resource ids), and the read-write binds of those cloned outside /workspace.
+    repos: tuple[str, ...] = ()
+    binds: tuple[tuple[str, str], ...] = ()
 
     @property
     def workspace(self) -> Path:
@@ -241,6 +244,8 @@ class BwrapBackend:
             args += ["--bind", str(spec.outputs), OUTPUTS]
         for source, target in spec.mounts:
             args += ["--ro-bind", source, target]
+        for source, target in spec.binds:
+            args += ["--bind", source, target]
         if spec.egress.is_dir():
             args += ["--ro-bind", str(spec.egress), EGRESS]
         if spec.package_dir is not None:

@@ -104,14 +104,17 @@ def egress_decide(host: str, rules: EgressRules) -> tuple[bool, str]:
     return False, "not in this environment's allowed_hosts (networking: limited)"
 
 
-def _resolve(host: str, port: int, rules: EgressRules) -> tuple[str | None, str]:
-    """The address to connect to. A private or loopback address only for an allowed literal of it."""
+def _resolve(
+    host: str, port: int, rules: EgressRules, *, allow_private: bool = False
+) -> tuple[str | None, str]:
+    """The address to connect to. A private or loopback address only for an allowed literal of it (or a
+    git host an administrator listed in GALLEY_GIT_HOSTS, for its repositories)."""
     bare = host.strip("[]")
     try:
         infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         return None, f"cannot resolve {bare}: {exc.strerror or exc}"
-    literal = bare.lower() in rules.allowed_hosts
+    literal = bare.lower() in rules.allowed_hosts or allow_private
     for info in infos:
         address = str(info[4][0])
         if _is_private(address) and not literal:
@@ -214,13 +217,14 @@ class EgressProxy:
             host, _, port_text = target.rpartition(":")
             host = host.strip("[]")
             port = int(port_text) if port_text.isdigit() else 443
-            upstream = self._open(client, host, port)
+            targets = self._repo_targets(host, port)
+            upstream = self._open(client, host, port, repo=bool(targets))
             if upstream is None:
                 return
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             slots = [slot for slot in self.slots if slot.applies_to(host)]
-            if slots and not rest:
-                self._intercept(client, upstream, host, slots)
+            if (slots or targets) and not rest:
+                self._intercept(client, upstream, host, slots, targets=targets, port=port)
                 return
             if rest:
                 upstream.sendall(rest)
@@ -234,17 +238,31 @@ class EgressProxy:
                     "400 Bad Request",
                 )
                 return
-            upstream = self._open(client, url.hostname, url.port or 80)
+            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            port = url.port or 80
+            target = _repo_match(self._repo_targets(url.hostname, port), url.hostname, port, path)
+            upstream = self._open(client, url.hostname, port, repo=target is not None)
             if upstream is None:
                 return
-            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
             slots = [slot for slot in self.slots if slot.applies_to(url.hostname)]
-            request, rest = _rewrite(client, f"{method} {path} {version}", lines[1:], rest, slots)
+            request, rest = _rewrite(
+                client, f"{method} {path} {version}", lines[1:], rest, slots, auth=_repo_auth(target)
+            )
             upstream.sendall(request + rest)
         _pipe(client, upstream)
 
-    def _intercept(self, client: socket.socket, upstream: socket.socket, host: str, slots: list[Any]) -> None:
-        """TLS to a host with credentials: terminate it here, inject, and open a verified TLS upstream."""
+    def _intercept(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        host: str,
+        slots: list[Any],
+        *,
+        targets: list[Any] | None = None,
+        port: int = 443,
+    ) -> None:
+        """TLS to a host with credentials or attached repositories: terminate it here, inject, and open a
+        verified TLS upstream."""
         from sessions.sandbox.credentials import leaf_context, upstream_context
 
         try:
@@ -265,16 +283,36 @@ class EgressProxy:
             data += chunk
         head, rest = data.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        request, rest = _rewrite(inner, lines[0], lines[1:], rest, slots)
+        parts = lines[0].split(" ")
+        target = _repo_match(targets or [], host, port, parts[1] if len(parts) > 1 else "/")
+        if targets and target is None and not egress_decide(host, self.rules)[0]:
+            # The host is reachable only for its attached repositories, and this is not one of them.
+            outer.close()
+            reason = "only git requests for this session's repositories are allowed to this host"
+            self._deny(inner, host, reason)
+            return
+        request, rest = _rewrite(inner, lines[0], lines[1:], rest, slots, auth=_repo_auth(target))
         outer.sendall(request + rest)
         _pipe(inner, outer)
 
-    def _open(self, client: socket.socket, host: str, port: int) -> socket.socket | None:
+    def _repo_targets(self, host: str, port: int) -> list[Any]:
+        from sessions.sandbox.repos import session_targets
+
+        bare = host.lower().rstrip(".").strip("[]")
+        return [t for t in session_targets(self.session_id) if t.host == bare and t.port == port]
+
+    def _open(
+        self, client: socket.socket, host: str, port: int, *, repo: bool = False
+    ) -> socket.socket | None:
+        """repo: the request is git traffic for one of the session's repositories (allowed whatever the
+        environment's allowlist says, and to a private address when the host is in GALLEY_GIT_HOSTS)."""
+        from sessions.sandbox.repos import is_listed
+
         allowed, reason = egress_decide(host, self.rules)
-        if not allowed:
+        if not allowed and not repo:
             self._deny(client, host, reason)
             return None
-        address, reason = _resolve(host, port, self.rules)
+        address, reason = _resolve(host, port, self.rules, allow_private=repo and is_listed(host, port))
         if address is None:
             self._deny(client, host, reason)
             return None
@@ -285,15 +323,40 @@ class EgressProxy:
             return None
 
 
+def _repo_match(targets: list[Any], host: str, port: int, path: str) -> Any:
+    return next((t for t in targets if t.matches(host=host, port=port, path=path)), None)
+
+
+def _repo_auth(target: Any) -> str | None:
+    """The Authorization header line for an attached repository's request, read at the moment of use."""
+    if target is None:
+        return None
+    from sessions.sandbox.repos import auth_header, target_token
+
+    token = target_token(target.resource_id)
+    return auth_header(token) if token else None
+
+
 def _rewrite(
-    client: socket.socket, request_line: str, header_lines: list[str], rest: bytes, slots: list[Any]
+    client: socket.socket,
+    request_line: str,
+    header_lines: list[str],
+    rest: bytes,
+    slots: list[Any],
+    *,
+    auth: str | None = None,
 ) -> tuple[bytes, bytes]:
     """The request head to send upstream (hop-by-hop headers dropped, one request per connection), with
-    credential placeholders replaced in the headers and, when enabled and the body has a length, the body."""
+    credential placeholders replaced in the headers and, when enabled and the body has a length, the body;
+    `auth` (a repository's Authorization line) replaces any Authorization the sandbox sent."""
     from sessions.sandbox.credentials import secret_value
 
     hop = ("proxy-connection", "proxy-authorization", "connection", "keep-alive")
+    if auth is not None:
+        hop += ("authorization",)
     headers = [line for line in header_lines if line.split(":", 1)[0].strip().lower() not in hop]
+    if auth is not None:
+        headers.append(auth)
     length_text = next(
         (
             line.split(":", 1)[1].strip()

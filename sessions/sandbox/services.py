@@ -167,6 +167,8 @@ def sandbox_spec(
         "PYTHONUNBUFFERED": "1",
         "PAGER": "cat",
         "GIT_PAGER": "cat",
+        # git never prompts: repository credentials are added by the egress proxy, outside the sandbox.
+        "GIT_TERMINAL_PROMPT": "0",
     }
     if package_dir is not None:
         pkgs = backend.packages_path(probe)
@@ -183,8 +185,9 @@ def sandbox_spec(
     slots = secret_slots(workspace_id=session.workspace_id, vault_ids=list(session.vault_ids or []))
     for slot in slots:
         env.setdefault(slot.secret_name, slot.placeholder)
+    repos = repo_ids(session)
     ca_bundle = None
-    if slots and limited and isinstance(backend, BwrapBackend):
+    if (slots or repos) and limited and isinstance(backend, BwrapBackend):
         ca_bundle = ca_bundle_path()
         for name in (
             "SSL_CERT_FILE",
@@ -204,13 +207,24 @@ def sandbox_spec(
         package_dir=package_dir,
         ca_bundle=ca_bundle,
         mounts=resource_mounts(session),
+        repos=repos,
     )
     return spec, limited, slots
 
 
+def repo_ids(session: Session) -> tuple[str, ...]:
+    from files.models import ResourceType, SessionResource
+
+    return tuple(
+        SessionResource.objects.filter(session=session, type=ResourceType.GITHUB_REPOSITORY)
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+    )
+
+
 def resource_mounts(session: Session) -> tuple[tuple[str, str], ...]:
-    """The session's file resources as read-only mounts. Repository resources need a clone step on the
-    host, which this server does not do yet; they are not mounted."""
+    """The session's file resources as read-only mounts (repositories are cloned by `sessions.sandbox.repos`
+    when the shell starts)."""
     from files.services import session_resource_mounts
 
     mounts = []
@@ -266,6 +280,13 @@ def _shell_init(live: LiveSandbox) -> str:
 def _start_shell(live: LiveSandbox) -> Shell:
     spec = live.spec
     sandbox_provision(root=spec.root, uid=spec.uid)
+    if spec.repos:
+        from sessions.sandbox.repos import repositories_prepare
+
+        # Cloned on the host before the shell starts; raises RepositoryError naming the repository.
+        binds = tuple(repositories_prepare(session_id=live.session_id, root=spec.root, uid=spec.uid))
+        if binds != spec.binds:
+            spec = live.spec = replace(spec, binds=binds)
     for stale in (spec.state / "bridge.ready", spec.egress / "egress.sock"):
         try:
             stale.unlink()  # never follows a link the sandbox may have planted
@@ -305,13 +326,13 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
             sandbox_provision(root=spec.root, uid=spec.uid)
     if created:
         return live  # its spec was just built with the current mounts
-    mounts = resource_mounts(session)
-    if mounts != live.spec.mounts:
+    mounts, repos = resource_mounts(session), repo_ids(session)
+    if mounts != live.spec.mounts or repos != live.spec.repos:
         # Resources were added or removed since the shell started: the next call starts a new shell
         # (cwd and exported variables are restored from the state file) that mounts them.
         with live.lock:
             sandbox_stop(live)
-            live.spec = replace(live.spec, mounts=mounts)
+            live.spec = replace(live.spec, mounts=mounts, repos=repos)
     return live
 
 

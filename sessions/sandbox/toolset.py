@@ -37,6 +37,7 @@ from django.conf import settings
 
 from sessions.models import Session
 from sessions.sandbox.backends import SandboxError
+from sessions.sandbox.repos import RepositoryError
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +174,28 @@ def run_tool(
         return outcome
     except SandboxError as exc:
         return _text(f"{name}: sandbox unavailable: {exc}", True)
+    except RepositoryError as exc:
+        _report_repository_error(session, exc)
+        return _text(f"{name}: the session's repository could not be prepared: {exc}", True)
     except Exception:
         logger.exception("tool %s failed unexpectedly (session %s)", name, session.id)
         return _text(f"{name}: internal error while running the tool", True)
+
+
+def _report_repository_error(session: Session, exc: RepositoryError) -> None:
+    """A clone failure is a session.error naming the repository (the next tool call tries again)."""
+    from django.db import transaction
+
+    from sessions.services import NewEvent, events_append
+
+    error = {
+        "type": exc.error_type,
+        "message": str(exc),
+        "repository_url": exc.url,
+        "retry_status": {"type": "exhausted"},
+    }
+    with transaction.atomic():
+        events_append(session=session.id, events=[NewEvent("session.error", {"error": error})])
 
 
 def _await_packages(session: Session, cancel: threading.Event | None) -> ToolOutcome | None:
