@@ -89,7 +89,7 @@ def test_clone_at_a_branch_then_commit_and_push_with_the_token_kept_outside(make
     out = run(
         session,
         "bash",
-        command=f"env; git config --list --show-origin; grep -rl '{TOKEN}' /workspace /tmp /etc 2>/dev/null; :",
+        command=f"env; git config --list --show-origin; grep -rl '{TOKEN}' /workspace /tmp /etc; :",
     )
     assert TOKEN not in text(out) and "extraheader" not in text(out).lower()
     assert _scan_for(Path(session_root(session)), TOKEN.encode()) == []
@@ -244,7 +244,8 @@ def test_https_git_goes_through_the_proxy_which_adds_the_token(make_sandbox_sess
         session,
         "bash",
         command="cd /workspace/tls && echo 2 > a"
-        " && git -c user.name=A -c user.email=a@example.com commit -qam two && git push -q origin HEAD:main 2>&1 && git rev-parse HEAD",
+        " && git -c user.name=A -c user.email=a@example.com commit -qam two"
+        " && git push -q origin HEAD:main 2>&1 && git rev-parse HEAD",
     )
     assert not out.is_error, text(out)
     assert git("-C", str(tls_server.root / "octo/tls.git"), "rev-parse", "main") == text(out).split()[-1]
