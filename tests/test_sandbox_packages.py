@@ -4,11 +4,13 @@ import base64
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -117,20 +119,27 @@ def registries(settings) -> Iterator[dict]:
     httpd.server_close()
 
 
-def test_unsupported_managers_and_bad_names_are_refused():
-    for manager in ("apt", "cargo", "gem", "go"):
+def test_bad_names_and_pins_are_refused_naming_the_entry():
+    for manager, bad in (
+        ("pip", "--index-url=http://evil/"),
+        ("apt", "jq;rm"),
+        ("apt", "Jq"),
+        ("cargo", "ripgrep 14"),
+        ("gem", "-v"),
+        ("go", "golang.org/x/tools/cmd/goimports@ latest"),
+    ):
         with pytest.raises(ApiError) as exc:
-            validate_packages({"type": "packages", manager: ["x"], "pip": []})
-        assert exc.value.status == 400 and f"config.packages.{manager}" in exc.value.message
-    with pytest.raises(ApiError) as exc:
-        validate_packages({"pip": ["--index-url=http://evil/"]})
-    assert exc.value.status == 400 and "config.packages.pip[0]" in exc.value.message
+            validate_packages({"type": "packages", manager: ["ok", bad]})
+        assert exc.value.status == 400 and f"config.packages.{manager}[1]" in exc.value.message
     validate_packages(
         {
             "type": "packages",
             "pip": ["pandas==2.2.0", "requests[socks]>=2"],
             "npm": ["@scope/x@1.2.3"],
-            "apt": [],
+            "apt": ["jq", "ffmpeg=7:5.1.6-0+deb12u1"],
+            "cargo": ["ripgrep", "bat@0.24.0"],
+            "gem": ["rake", "rails=7.1.3"],
+            "go": ["golang.org/x/tools/cmd/goimports@v0.20.0", "github.com/a/b/cmd/c"],
         }
     )
 
@@ -191,3 +200,83 @@ def test_a_session_on_a_building_environment_waits_for_the_build(make_sandbox_se
     Environment.objects.filter(pk=session.environment_id).update(build_status="ready")
     worker.join(10)
     assert results and text(results[0]) == "built"
+
+
+@pytest.fixture
+def apt_lists() -> None:
+    """The apt tests resolve against the host's package lists: fetch them once when this host has none."""
+    lists = Path("/var/lib/apt/lists")
+    if not any(p.name.endswith(("_Packages", "_Packages.lz4", "_Packages.gz")) for p in lists.glob("*")):
+        subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_apt_packages_are_unpacked_into_the_prefix_and_run_in_a_limited_sandbox(
+    make_sandbox_session, apt_lists
+):
+    limited = {
+        "type": "limited",
+        "allowed_hosts": [],
+        "allow_package_managers": False,
+        "allow_mcp_servers": False,
+    }
+    session = make_sandbox_session(networking=limited, packages={"apt": ["jq", "hello"]})
+    packages_request_build(environment=session.environment)
+    assert packages_build(environment_id=session.environment.id) == "ready", session.environment.build_log
+    session.environment.refresh_from_db()
+    assert "build succeeded" in session.environment.build_log
+    out = run(session, "bash", command="command -v jq hello; jq --version; hello; echo '{\"a\": 5}' | jq .a")
+    lines = text(out).split("\n")
+    assert lines[0] == "/opt/galley/packages/apt/usr/bin/jq", text(out)
+    assert lines[1] == "/opt/galley/packages/apt/usr/bin/hello"
+    assert lines[2].startswith("jq-") and lines[3] == "Hello, world!" and lines[4] == "5"
+
+
+def test_an_unknown_apt_package_or_version_fails_the_build_clearly(make_sandbox_session, apt_lists):
+    session = make_sandbox_session(packages={"apt": ["galley-no-such-package"]})
+    assert packages_build(environment_id=session.environment.id) == "failed"
+    session.environment.refresh_from_db()
+    assert "galley-no-such-package" in session.environment.build_log
+    session = make_sandbox_session(packages={"apt": ["hello=0.0-galley"]})
+    assert packages_build(environment_id=session.environment.id) == "failed"
+    session.environment.refresh_from_db()
+    assert "0.0-galley" in session.environment.build_log
+    assert not any(Path(settings_packages_root()).glob("[!.]*")), "nothing half-built is kept"
+
+
+def test_a_missing_toolchain_fails_the_build_naming_it(make_sandbox_session, monkeypatch):
+    from sessions.sandbox import packages
+
+    monkeypatch.setattr(
+        packages, "TOOLCHAINS", {**packages.TOOLCHAINS, "go": "galley-no-go", "gem": "galley-no-gem"}
+    )
+    for manager, tool in (("go", "galley-no-go"), ("gem", "galley-no-gem")):
+        session = make_sandbox_session(packages={manager: ["x"]})
+        assert packages_build(environment_id=session.environment.id) == "failed"
+        session.environment.refresh_from_db()
+        log = session.environment.build_log
+        assert f"{manager} packages need {tool}" in log and "not installed on this worker host" in log
+
+
+def test_builds_reach_only_the_package_registries(make_sandbox_session, registries, monkeypatch):
+    """A build's installers run arbitrary code: their traffic goes through the egress proxy, which refuses
+    anything that is not a registry."""
+    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
+    from sessions.sandbox import packages
+
+    real = packages._build_commands
+
+    def with_probe(prefix, lists, log):
+        return [["/usr/bin/curl", "-fsS", "http://example.invalid/"], *real(prefix, lists, log)]
+
+    monkeypatch.setattr(packages, "_build_commands", with_probe)
+    status = packages_build(environment_id=session.environment.id)
+    session.environment.refresh_from_db()
+    log = session.environment.build_log
+    assert status == "failed" and "egress refused: example.invalid" in log, log
+
+
+def settings_packages_root() -> str:
+    from django.conf import settings
+
+    return str(settings.GALLEY_PACKAGES_ROOT)

@@ -170,12 +170,11 @@ def sandbox_spec(
         # git never prompts: repository credentials are added by the egress proxy, outside the sandbox.
         "GIT_TERMINAL_PROMPT": "0",
     }
-    if package_dir is not None:
-        pkgs = backend.packages_path(probe)
-        path = f"{pkgs}/pip/bin:{pkgs}/npm/node_modules/.bin:{path}"
-        env["PYTHONPATH"] = f"{pkgs}/pip"
-        env["NODE_PATH"] = f"{pkgs}/npm/node_modules"
     env["PATH"] = path
+    if package_dir is not None:
+        from sessions.sandbox.packages import prefix_environment
+
+        env.update(prefix_environment(backend.packages_path(probe), path))
     if limited:
         proxy = f"http://127.0.0.1:{PROXY_PORT}"
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -263,6 +262,9 @@ def _shell_init(live: LiveSandbox) -> str:
         "PATH",
         "PYTHONPATH",
         "NODE_PATH",
+        "LD_LIBRARY_PATH",
+        "GEM_PATH",
+        "MANPATH",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "http_proxy",
