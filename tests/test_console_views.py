@@ -433,3 +433,51 @@ def test_every_page_warns_when_sandboxes_are_not_isolated(workspace, settings):
     for url in ["/", "/sessions", "/analytics"]:
         page = client.get(url).content
         assert b"unsafe-banner" in page and b"sandboxes are not isolated" in page, url
+
+
+def test_session_page_lists_attached_repositories_and_their_checkout(workspace):
+    from files.services import session_resources_attach
+
+    session = make_session(workspace)
+    session_resources_attach(
+        session=session,
+        resources=[
+            {
+                "type": "github_repository",
+                "url": "https://github.com/octo/demo",
+                "authorization_token": "ghp_console_secret_1234",
+                "checkout": {"type": "branch", "name": "release"},
+            },
+            {
+                "type": "github_repository",
+                "url": "https://github.com/octo/pinned",
+                "checkout": {"type": "commit", "sha": "ab" * 20},
+            },
+        ],
+    )
+    page = client_for(workspace, Role.VIEWER).get(f"/sessions/{session.pk}").content.decode()
+    assert "https://github.com/octo/demo" in page and "/workspace/demo" in page and "release" in page
+    assert "abababababab" in page and "ghp_console_secret_1234" not in page
+
+
+def test_environment_page_shows_the_prefix_size_per_manager(workspace, settings, tmp_path):
+    from agents.models import Environment
+    from sessions.sandbox.packages import package_key, package_lists
+
+    settings.GALLEY_PACKAGES_ROOT = tmp_path
+    env = Environment.objects.create(
+        id="env_console_prefix",
+        workspace=workspace,
+        name="with-apt",
+        config={
+            "type": "cloud",
+            "networking": {"type": "unrestricted"},
+            "packages": {"apt": ["jq"], "pip": []},
+        },
+        build_status="ready",
+    )
+    prefix = tmp_path / str(package_key(package_lists(env)))
+    (prefix / "apt" / "usr" / "bin").mkdir(parents=True)
+    (prefix / "apt" / "usr" / "bin" / "jq").write_bytes(b"x" * 50_000)
+    page = client_for(workspace, Role.VIEWER).get(f"/environments/{env.pk}").content.decode()
+    assert 'id="build-prefix"' in page and "apt" in page and "KB" in page

@@ -10,6 +10,7 @@ from agents.models import Environment
 from console import forms
 from console.access import console_view, render_page
 from console.errors import ApiError
+from sessions.sandbox.packages import package_prefix_summary
 
 
 def _environment(request: HttpRequest, environment_id: str) -> Environment:
@@ -89,7 +90,12 @@ def environment_detail(request: HttpRequest, environment_id: str) -> HttpRespons
     return render_page(
         request,
         template,
-        {"nav": "environments", "env": env, "f": forms.environment_form_state(env.config, env.name)},
+        {
+            "nav": "environments",
+            "env": env,
+            "f": forms.environment_form_state(env.config, env.name),
+            "prefix": package_prefix_summary(env),
+        },
     )
 
 

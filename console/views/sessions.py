@@ -21,6 +21,7 @@ from console.timeline import (
     trace_rows,
     with_costs,
 )
+from files.models import ResourceType
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
@@ -121,6 +122,9 @@ def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         "actions": pending_actions(session),
         "cost": session_cost(session),
         "paged": bool(before),
+        "repositories": session.resources.filter(type=ResourceType.GITHUB_REPOSITORY).order_by(
+            "created_at", "id"
+        ),
     }
     return render_page(request, "console/session_detail.html", context)
 

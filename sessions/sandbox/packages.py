@@ -133,6 +133,25 @@ def package_dir_for(environment: Environment) -> Path | None:
     return path if path.is_dir() else None
 
 
+def package_prefix_summary(environment: Environment) -> dict[str, Any] | None:
+    """The built prefix's key and size on disk, per manager, for the console (None before a build)."""
+    path = package_dir_for(environment)
+    if path is None:
+        return None
+    managers = []
+    for manager in MANAGERS:
+        total = 0
+        for top, _dirs, names in os.walk(path / manager):
+            for name in names:
+                try:
+                    total += os.lstat(os.path.join(top, name)).st_blocks * 512
+                except OSError:
+                    pass
+        if total:
+            managers.append((manager, total))
+    return {"key": path.name[:12], "size": sum(size for _, size in managers), "managers": managers}
+
+
 def packages_request_build(*, environment: Environment) -> None:
     """Mark the environment building (or ready when nothing to build) and enqueue the build after commit."""
     key = package_key(package_lists(environment))
