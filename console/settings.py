@@ -200,6 +200,11 @@ GALLEY_SANDBOX_WORKSPACE_BYTES = env_int("GALLEY_SANDBOX_WORKSPACE_BYTES", 5 * 1
 GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()
 GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
 GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
+# Mirrors for the other package managers (unset: their public registries).
+GALLEY_GEM_SOURCE = env_str("GALLEY_GEM_SOURCE")  # a RubyGems source URL
+GALLEY_GOPROXY = env_str("GALLEY_GOPROXY")  # a Go module proxy URL (GOPROXY)
+GALLEY_GOSUMDB = env_str("GALLEY_GOSUMDB")  # GOSUMDB for that proxy ("off" for a private mirror)
+GALLEY_CARGO_INDEX = env_str("GALLEY_CARGO_INDEX")  # a cargo registry index URL (sparse+https://...)
 # Git hosts besides github.com that repository resources may name (`host[:port]`, comma-separated). Git
 # traffic to a listed host passes the egress proxy even at a private or loopback address; http:// URLs are
 # accepted only for listed hosts.

@@ -1,6 +1,7 @@
 """Environment packages: a small pip and npm package built once into a cached prefix, mounted read-only."""
 
 import base64
+import socket
 import hashlib
 import io
 import json
@@ -280,3 +281,115 @@ def settings_packages_root() -> str:
     from django.conf import settings
 
     return str(settings.GALLEY_PACKAGES_ROOT)
+
+
+@pytest.fixture
+def mirrors(tmp_path, settings, monkeypatch) -> Iterator[Path]:
+    """A RubyGems source and a Go module proxy on loopback, each holding one small package with a command,
+    as the real registries would serve them (the build reaches them through its egress proxy)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    root = tmp_path / "mirror"
+    gem_src = tmp_path / "gem-src"
+    (gem_src / "bin").mkdir(parents=True)
+    (gem_src / "lib").mkdir()
+    (gem_src / "bin" / "galleyhello").write_text('#!/usr/bin/env ruby\nputs "hello from a gem"\n')
+    (gem_src / "lib" / "galleyhello.rb").write_text("module Galleyhello; end\n")
+    (gem_src / "galleyhello.gemspec").write_text(
+        'Gem::Specification.new do |s|\n  s.name = "galleyhello"\n  s.version = "1.0.0"\n  s.summary = "t"\n'
+        '  s.authors = ["t"]\n  s.license = "MIT"\n  s.files = ["bin/galleyhello", "lib/galleyhello.rb"]\n'
+        '  s.executables = ["galleyhello"]\nend\n'
+    )
+    subprocess.run(
+        ["gem", "build", "-q", "galleyhello.gemspec"], cwd=gem_src, check=True, capture_output=True
+    )
+    (root / "gems" / "gems").mkdir(parents=True)
+    (gem_src / "galleyhello-1.0.0.gem").rename(root / "gems" / "gems" / "galleyhello-1.0.0.gem")
+    subprocess.run(
+        ["gem", "generate_index", "-q", "--directory", str(root / "gems")], check=True, capture_output=True
+    )
+
+    module = "example.com/galleyhi"
+    versions = root / "go" / module / "@v"
+    versions.mkdir(parents=True)
+    (versions / "list").write_text("v1.0.0\n")
+    info = '{"Version":"v1.0.0","Time":"2026-01-01T00:00:00Z"}'
+    (versions / "v1.0.0.info").write_text(info)
+    (root / "go" / module / "@latest").write_text(info)
+    gomod = f"module {module}\n\ngo 1.19\n"
+    (versions / "v1.0.0.mod").write_text(gomod)
+    with zipfile.ZipFile(versions / "v1.0.0.zip", "w") as z:
+        z.writestr(f"{module}@v1.0.0/go.mod", gomod)
+        z.writestr(
+            f"{module}@v1.0.0/main.go",
+            'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hello from go") }\n',
+        )
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    settings.GALLEY_GEM_SOURCE = f"{base}/gems/"
+    # Go never proxies a loopback address, so its mirror gets a name; the build's egress proxy (in this
+    # process) resolves that name to loopback through the resolver the test controls.
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        return real_getaddrinfo("127.0.0.1" if host == "galley-mirror.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    settings.GALLEY_GOPROXY = f"http://galley-mirror.test:{httpd.server_address[1]}/go"
+    settings.GALLEY_GOSUMDB = "off"
+    yield root
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.slow
+def test_gem_and_go_packages_build_into_the_prefix_and_run(make_sandbox_session, mirrors):
+    session = make_sandbox_session(
+        packages={"gem": ["galleyhello=1.0.0"], "go": ["example.com/galleyhi@v1.0.0"]}
+    )
+    status = packages_build(environment_id=session.environment.id)
+    session.environment.refresh_from_db()
+    assert status == "ready", session.environment.build_log
+    out = run(session, "bash", command="command -v galleyhello galleyhi; galleyhello; galleyhi")
+    assert text(out).split("\n") == [
+        "/opt/galley/packages/gem/bin/galleyhello",
+        "/opt/galley/packages/go/bin/galleyhi",
+        "hello from a gem",
+        "hello from go",
+    ], text(out)
+
+
+def test_cargo_needs_a_system_wide_toolchain(make_sandbox_session):
+    """Sandboxes see only the host's /usr: a cargo found elsewhere (rustup's ~/.cargo) cannot build."""
+    from sessions.sandbox import packages
+
+    session = make_sandbox_session(packages={"cargo": ["ripgrep@14.1.0"]})
+    try:
+        tool = packages._toolchain("cargo")
+    except packages.BuildError as exc:
+        assert packages_build(environment_id=session.environment.id) == "failed"
+        session.environment.refresh_from_db()
+        assert str(exc) in session.environment.build_log and "cargo packages need cargo" in str(exc)
+    else:
+        commands = packages._build_commands(
+            "/opt/galley/packages", {**packages.package_lists(session.environment)}, []
+        )
+        assert commands == [
+            [
+                tool,
+                "install",
+                "--locked",
+                "--root",
+                "/opt/galley/packages/cargo",
+                "ripgrep",
+                "--version",
+                "14.1.0",
+            ]
+        ]

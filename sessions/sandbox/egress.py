@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
-
 logger = logging.getLogger(__name__)
 
 PACKAGE_REGISTRIES = (
@@ -61,11 +59,9 @@ def egress_rules(*, networking: dict, agent_snapshot: dict) -> EgressRules:
         for s in (agent_snapshot or {}).get("mcp_servers") or []
         if isinstance(s, dict)
     )
-    registries = list(PACKAGE_REGISTRIES)
-    for url in (settings.GALLEY_PIP_INDEX_URL, settings.GALLEY_NPM_REGISTRY):
-        hostname = urlsplit(url).hostname if url else None
-        if hostname:
-            registries.append(hostname.lower())
+    from sessions.sandbox.packages import configured_registry_hosts
+
+    registries = [*PACKAGE_REGISTRIES, *configured_registry_hosts()]
     return EgressRules(
         allowed_hosts=tuple(h.lower() for h in networking.get("allowed_hosts") or []),
         allow_package_managers=bool(networking.get("allow_package_managers")),

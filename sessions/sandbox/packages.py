@@ -361,14 +361,18 @@ def _build_commands(prefix: str, lists: dict[str, list[str]], log: list[str]) ->
         for spec in lists["cargo"]:
             name, _, version = spec.partition("@")
             cmd = [cargo, "install", "--locked", "--root", f"{prefix}/cargo", name]
+            if settings.GALLEY_CARGO_INDEX:
+                cmd += ["--index", settings.GALLEY_CARGO_INDEX]
             commands.append(cmd + (["--version", version] if version else []))
     if lists["gem"]:
         gem = _toolchain("gem")
+        source = settings.GALLEY_GEM_SOURCE
         for spec in lists["gem"]:
             name, version = re.split(r"[:=@]", spec, maxsplit=1) if re.search(r"[:=@]", spec) else (spec, "")
             cmd = [
                 gem,
                 "install",
+                *(["--clear-sources", "--source", source] if source else []),
                 "--no-document",
                 "--install-dir",
                 f"{prefix}/gem",
@@ -415,9 +419,14 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         "GOPATH": "/tmp/go",
         "GOMODCACHE": "/tmp/go/mod",
         "GOFLAGS": "-modcacherw",
+        "GOCACHE": "/tmp/go/cache",
         "CARGO_HOME": "/tmp/cargo",
         "GEM_HOME": f"{prefix}/gem",
     }
+    if settings.GALLEY_GOPROXY:
+        env["GOPROXY"] = settings.GALLEY_GOPROXY
+    if settings.GALLEY_GOSUMDB:
+        env["GOSUMDB"] = settings.GALLEY_GOSUMDB
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[name] = proxy
     env["NO_PROXY"] = env["no_proxy"] = (
@@ -447,11 +456,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
             log.append(f"{exc}\n")
             return False
         # Only the package registries, including the ones this server is configured with.
-        configured = [
-            h
-            for h in (_hostname(settings.GALLEY_PIP_INDEX_URL), _hostname(settings.GALLEY_NPM_REGISTRY))
-            if h
-        ]
+        configured = configured_registry_hosts()
         # Named registries are trusted to resolve where their operator says (a mirror may sit on a private
         # network); nothing else is reachable.
         registries = tuple([*PACKAGE_REGISTRIES, *configured])
@@ -469,6 +474,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         )
         for cmd in commands:
             log.append("$ " + " ".join(cmd) + "\n")
+            (spec.state / "bridge.ready").unlink(missing_ok=True)  # each command starts its own bridge
             argv, kwargs = backend.command(spec, ["/bin/bash", "-c", bridge, "build", *cmd])
             try:
                 done = subprocess.run(
@@ -496,10 +502,23 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         shutil.rmtree(build_root, ignore_errors=True)
 
 
-def _hostname(url: str | None) -> str | None:
+def configured_registry_hosts() -> list[str]:
+    """Hosts of the package mirrors this server is configured with (allowed wherever registries are)."""
     from urllib.parse import urlsplit
 
-    return (urlsplit(url).hostname or "").lower() or None if url else None
+    hosts = []
+    for url in (
+        settings.GALLEY_PIP_INDEX_URL,
+        settings.GALLEY_NPM_REGISTRY,
+        settings.GALLEY_GEM_SOURCE,
+        settings.GALLEY_GOPROXY,
+        settings.GALLEY_CARGO_INDEX,
+    ):
+        for part in (url or "").split(","):
+            host = urlsplit(part.strip().removeprefix("sparse+")).hostname
+            if host:
+                hosts.append(host.lower())
+    return hosts
 
 
 def packages_wait(*, environment_id: str, timeout: float, cancel: Any = None) -> str:
