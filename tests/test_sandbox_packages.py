@@ -1,10 +1,10 @@
 """Environment packages: a small pip and npm package built once into a cached prefix, mounted read-only."""
 
 import base64
-import socket
 import hashlib
 import io
 import json
+import socket
 import subprocess
 import tarfile
 import threading
