@@ -185,11 +185,13 @@ def test_concurrent_creates_with_one_name_give_one_environment_and_one_409(works
     assert Environment.objects.filter(workspace=workspace, name="twin").count() == 1
 
 
-def test_packages_the_sandboxes_cannot_install_are_refused_at_create(workspace):
-    config = {"type": "cloud", "packages": {"apt": ["curl"]}}
+def test_a_bad_package_name_is_refused_at_create_naming_the_entry(workspace):
+    config = {"type": "cloud", "packages": {"apt": ["curl", "curl; rm -rf /"]}}
     err = error_of(lambda: create(workspace, config=config))
-    assert err.status == 400 and err.message.startswith("config.packages.apt")
+    assert err.status == 400 and err.message.startswith("config.packages.apt[1]")
     assert not Environment.objects.exists()
+    env = create(workspace, config={"type": "cloud", "packages": {"apt": ["curl"], "go": ["a.b/c@v1.0.0"]}})
+    assert env.config["packages"]["apt"] == ["curl"] and env.build_status == "building"
 
 
 def test_an_environment_with_packages_is_building_until_its_build_finishes(
