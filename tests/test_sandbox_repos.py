@@ -148,9 +148,12 @@ def test_clone_at_a_commit_outside_the_workspace(make_sandbox_session, server):
             }
         ],
     )
+    read = run(session, "read", file_path="/src/pin/a")  # a file tool first: it clones too
+    assert not read.is_error and "1" in text(read), text(read)
     out = run(session, "bash", command="cd /src/pin && git rev-parse HEAD && ls && touch new && echo ok")
     assert not out.is_error, text(out)
     assert text(out).split() == [heads["main"], "a", "ok"]
+    assert not run(session, "edit", file_path="/src/pin/a", old_string="1", new_string="2").is_error
 
 
 def test_a_clone_failure_is_a_session_error_naming_the_repository(make_sandbox_session, server):

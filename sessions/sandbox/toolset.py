@@ -412,7 +412,15 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
     uid = live.spec.uid
     _warm_up()
     tool = FILE_TOOLS[name](
-        AgentToolContext(workdir="/workspace", allowed_roots=[Path("/tmp"), Path("/mnt/session")])
+        AgentToolContext(
+            workdir="/workspace",
+            # Repositories cloned outside /workspace are the agent's to edit too.
+            allowed_roots=[
+                Path("/tmp"),
+                Path("/mnt/session"),
+                *(Path(target) for _, target in live.spec.binds),
+            ],
+        )
     )
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
