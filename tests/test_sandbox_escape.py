@@ -59,7 +59,7 @@ def test_another_sessions_workspace_is_invisible(make_sandbox_session):
     victim = make_sandbox_session()
     sh(victim, "echo victim-secret-77 > secret.txt")
     attacker = make_sandbox_session()
-    victim_host = Path(settings.GALLEY_SANDBOX_ROOT) / victim.id / "workspace" / "secret.txt"
+    victim_host = Path(settings.GALLEY_SANDBOX_ROOT) / victim.id / "volume" / "workspace" / "secret.txt"
     assert victim_host.exists()
     out = sh(
         attacker,
@@ -186,9 +186,9 @@ def test_file_tools_run_with_the_sandboxs_view_and_user(make_sandbox_session, sa
     out = run(session, "write", file_path="/workspace/via-tmp/" + marker, content="x")
     assert not out.is_error, text(out)
     assert not os.path.exists("/tmp/" + marker)  # the host's /tmp is not the sandbox's
-    assert (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).exists()
+    assert (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "volume" / "tmp" / marker).exists()
     # What the worker wrote belongs to the sandbox's user, never to the server's.
-    owner = (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).stat().st_uid
+    owner = (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "volume" / "tmp" / marker).stat().st_uid
     assert owner != os.geteuid() or os.geteuid() != 0
     assert sh(session, f"stat -c %u /tmp/{marker}") == "1000"
 

@@ -50,7 +50,7 @@ def test_ten_gigabyte_write_is_stopped_by_the_file_size_limit(make_sandbox_sessi
     out = run(session, "bash", command="dd if=/dev/zero of=big bs=1M count=10240 2>&1; echo rc=$?")
     assert "File size limit exceeded" in text(out) and "rc=153" in text(out)
     assert time.monotonic() - started < 20
-    size = (sandbox_root / "sandboxes" / session.id / "workspace" / "big").stat().st_size
+    size = (sandbox_root / "sandboxes" / session.id / "volume" / "workspace" / "big").stat().st_size
     assert size <= 16 * 1024 * 1024
     assert text(run(session, "bash", command="rm big; echo ok")) == "ok"
 

@@ -134,7 +134,16 @@ class EgressProxy:
         if self._listener is not None:
             self._listener.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
+        # A socket address holds at most 107 bytes and the data directory may be deeper than that: bind
+        # through a descriptor of the socket's directory, whose /proc/self/fd path is always short.
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            listener.bind(f"/proc/self/fd/{directory}/{path.name}")
+        except OSError:
+            listener.close()
+            raise
+        finally:
+            os.close(directory)
         os.chmod(path, 0o600)
         if os.geteuid() == 0:
             os.chown(path, uid, uid)

@@ -174,7 +174,7 @@ def _finish(environment_id: str, status: str, log: str) -> None:
 
 
 def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> bool:
-    from sessions.sandbox.backends import Limits, SandboxSpec, backend_get, sandbox_uid
+    from sessions.sandbox.backends import Limits, SandboxSpec, backend_get, sandbox_uid, spawn_done
     from sessions.sandbox.services import sandbox_provision
 
     backend = backend_get()
@@ -186,7 +186,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         for path in (staging, staging / "pip", staging / "npm"):
             os.chown(path, uid, uid)
     build_root = Path(settings.GALLEY_SANDBOX_ROOT) / f"_build.{staging.name.lstrip('.')}"
-    sandbox_provision(root=build_root, uid=uid)
+    sandbox_provision(root=build_root, uid=uid, quota=False)  # a build's size is bounded by its own limits
     limits = Limits.from_settings()
     spec = SandboxSpec(
         root=build_root,
@@ -253,6 +253,8 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
             except subprocess.TimeoutExpired:
                 log.append(f"timed out after {BUILD_TIMEOUT_SECONDS}s\n")
                 return False
+            finally:
+                spawn_done(kwargs)
             log.append(done.stdout.decode(errors="replace"))
             if done.returncode != 0:
                 log.append(f"exit code {done.returncode}\n")
