@@ -53,10 +53,13 @@ class LiveSandbox:
     rules: Any = None  # sessions.sandbox.egress.EgressRules when networking is limited
     slots: list[Any] = None  # type: ignore[assignment]  # sessions.sandbox.credentials.SecretSlot
     lock: threading.Lock = None  # type: ignore[assignment]
+    # Outputs capture: path -> stat of the content last recorded, so unchanged files are not read again.
+    outputs_seen: dict[str, tuple[int, ...]] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
         self.slots = self.slots or []
+        self.outputs_seen = {}
 
 
 _registry: dict[str, LiveSandbox] = {}

@@ -169,7 +169,11 @@ def run_tool(
         else:
             outcome = _run_file_tool(live, name, tool_input)
         if name in WRITING_TOOLS:
-            _capture_outputs(session, live)
+            note = _capture_outputs(session, live)
+            if note:
+                outcome = ToolOutcome(
+                    content=[*outcome.content, {"type": "text", "text": note}], is_error=outcome.is_error
+                )
         return outcome
     except SandboxError as exc:
         return _text(f"{name}: sandbox unavailable: {exc}", True)
@@ -395,15 +399,28 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
 WRITING_TOOLS = frozenset({"bash", "write", "edit"})
 
 
-def _capture_outputs(session: Session, live: Any) -> None:
-    """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id)."""
-    from files.services import file_capture_outputs
+def _capture_outputs(session: Session, live: Any) -> str:
+    """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id).
+    Only that directory is walked, and unchanged files are not read again. Returns a note for the model
+    when some files were left out (the session's outputs quota)."""
+    from files.services import file_capture_outputs_report
 
     try:
-        if live.spec.outputs.is_dir():
-            file_capture_outputs(session=session, outputs_dir=live.spec.outputs)
+        if not live.spec.outputs.is_dir():
+            return ""
+        report = file_capture_outputs_report(
+            session=session, outputs_dir=live.spec.outputs, seen=live.outputs_seen
+        )
     except Exception:  # capture must never turn a finished tool call into a failure
         logger.exception("capturing outputs failed (session %s)", session.id)
+        return ""
+    if not report.over_quota:
+        return ""
+    names = ", ".join(report.over_quota[:5]) + (" and more" if len(report.over_quota) > 5 else "")
+    return (
+        f"[outputs not saved: {len(report.over_quota)} file(s) in /mnt/session/outputs ({names}) were not "
+        f"captured because this session's outputs already hold the limit of {report.quota_bytes} bytes]"
+    )
 
 
 def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
