@@ -208,3 +208,27 @@ def test_links_planted_in_the_state_directory_never_redirect_the_worker(make_san
     assert sh(session, "echo again") == "again"
     assert canary.read_text() == "original"
     assert canary.stat().st_uid == os.geteuid() and canary.stat().st_mode & 0o777 == 0o644
+
+
+def test_sandboxes_work_under_a_120_character_data_directory(make_sandbox_session, sandbox_root, settings):
+    # The egress proxy's socket lives under the data directory; a socket address holds at most 107 bytes.
+    data_dir = sandbox_root / "d"
+    data_dir = Path(str(data_dir) + "x" * (120 - len(str(data_dir))))
+    assert len(str(data_dir)) == 120
+    data_dir.mkdir(mode=0o711)
+    settings.GALLEY_SANDBOX_ROOT = data_dir / "sandboxes"
+    for networking in ({"type": "unrestricted"}, {"type": "limited", "allowed_hosts": []}):
+        session = make_sandbox_session(networking=networking)
+        out = run(
+            session,
+            "bash",
+            command=(
+                "echo ok; curl --noproxy '' -x $HTTP_PROXY -s -m 10 http://127.0.0.1:9/ -o /dev/null "
+                "-w '%{http_code}\\n'; pwd"
+            ),
+        )
+        assert not out.is_error, text(out)
+        assert text(out).split("\n")[:3] == ["ok", "403", "/workspace"], text(out)
+        assert "internal error" not in text(out)
+        assert not run(session, "write", file_path="a.txt", content="hi").is_error
+        assert text(run(session, "read", file_path="a.txt")).strip().endswith("hi")

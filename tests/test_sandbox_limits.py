@@ -151,7 +151,7 @@ def test_tmp_fill_past_the_quota_is_stopped_by_the_kernel(make_sandbox_session, 
     assert not run(session, "write", file_path="/workspace/big.txt", content="x" * 2_000_000).is_error
 
 
-def test_without_a_kernel_quota_the_watcher_kills_a_command_that_writes_past_it(make_sandbox_session, settings):
+def test_without_a_kernel_quota_the_watcher_kills_a_runaway_writer(make_sandbox_session, settings):
     settings.GALLEY_SANDBOX_QUOTA = "watch"
     settings.GALLEY_SANDBOX_WORKSPACE_BYTES = 16 * 1024 * 1024
     session = make_sandbox_session()
@@ -214,3 +214,53 @@ def test_the_seccomp_program_exists_for_both_architectures():
         assert {table["bpf"], table["add_key"], table["keyctl"], table["mount"]} <= denied
         assert insns[-1] == (0x06, 0, 0, 0x00050000 | 1)  # EPERM
         assert insns[-2] == (0x06, 0, 0, 0x7FFF0000)  # allow
+
+
+def test_outputs_are_stored_once_per_content_with_a_session_quota(
+    make_sandbox_session, settings, sandbox_root, django_capture_on_commit_callbacks
+):
+    from files.models import File
+    from files.services import file_delete
+
+    settings.DATA_DIR = sandbox_root / "data"
+    settings.GALLEY_SESSION_OUTPUTS_BYTES = 3 * 1024 * 1024
+    session = make_sandbox_session()
+    out = run(
+        session,
+        "bash",
+        command=(
+            "cd /mnt/session/outputs && head -c 1000000 /dev/urandom > a.bin && "
+            "cp a.bin b.bin && mkdir -p d && cp a.bin d/c.bin && echo ok"
+        ),
+    )
+    assert text(out) == "ok"
+    rows = list(File.objects.filter(scope_id=session.id).order_by("filename"))
+    assert [r.filename for r in rows] == ["a.bin", "b.bin", "d/c.bin"]
+    assert len({r.sha256 for r in rows}) == 1
+    # One stored copy: every row is a name of the same inode (plus the blob itself).
+    inodes = {r.path.stat().st_ino for r in rows}
+    assert len(inodes) == 1 and rows[0].path.stat().st_nlink == 4
+    # Unchanged files are not recorded again; a changed one is, as new content.
+    run(session, "bash", command="echo unchanged")
+    assert File.objects.filter(scope_id=session.id).count() == 3
+    out = run(
+        session,
+        "bash",
+        command=(
+            "cd /mnt/session/outputs && head -c 1000000 /dev/urandom > b.bin && "
+            "head -c 1000000 /dev/urandom > e.bin && head -c 1000000 /dev/urandom > f.bin && echo ok"
+        ),
+    )
+    # 1 MB stored + 1 MB (new b.bin) + 1 MB (e.bin) reaches the 3 MB quota: f.bin is left out, and said so.
+    assert "outputs not saved: 1 file(s)" in text(out) and "f.bin" in text(out)
+    assert "3145728 bytes" in text(out)
+    names = sorted(File.objects.filter(scope_id=session.id).values_list("filename", flat=True))
+    assert names == ["a.bin", "b.bin", "b.bin", "d/c.bin", "e.bin"]
+    # Deleting every row of a content removes its stored bytes.
+    blob = rows[0].path.parent / "blobs" / rows[0].sha256
+    assert blob.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        for row in rows:
+            file_delete(workspace=session.workspace, file_id=row.id)
+            assert blob.exists() or row is rows[-1]
+    assert not blob.exists()
