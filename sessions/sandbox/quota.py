@@ -27,7 +27,14 @@ logger = logging.getLogger(__name__)
 
 IMAGE_NAME = "volume.img"
 _fallback_logged = False
-_mount_lock = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _mount_lock(root: Path) -> threading.Lock:
+    """One lock per sandbox root: sandboxes start their volumes in parallel, a volume is set up once."""
+    with _locks_lock:
+        return _locks.setdefault(str(root), threading.Lock())
 
 
 def volume_path(root: Path) -> Path:
@@ -61,7 +68,7 @@ def volume_provision(*, root: Path, limit: int) -> str:
     mode = quota_mode()
     if mode == "watch":
         return "watch"
-    with _mount_lock:
+    with _mount_lock(root):
         if volume_is_image(root):
             return "image"
         try:
