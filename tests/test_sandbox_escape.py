@@ -1,6 +1,7 @@
 """The escape suite: code inside a sandbox tries to reach what it must never see. Every attempt fails."""
 
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -232,3 +233,42 @@ def test_sandboxes_work_under_a_120_character_data_directory(make_sandbox_sessio
         assert "internal error" not in text(out)
         assert not run(session, "write", file_path="a.txt", content="hi").is_error
         assert text(run(session, "read", file_path="a.txt")).strip().endswith("hi")
+
+
+def test_a_server_under_a_120_character_data_directory_runs_bash_turns():
+    """Through the SDK and a live server: the egress socket and the local bus both live under the data dir."""
+    import tempfile
+
+    from sessions.sandbox.quota import volumes_release_under
+    from tests.live import live_galley
+    from tests.live_fixtures import until_idle
+    from tests.model_server import scripted_model, tool_call
+    from tests.model_server import text as say
+
+    base = Path(tempfile.mkdtemp(prefix="galley-long-"))
+    os.chmod(base, 0o711)
+    data_dir = Path(str(base / "d") + "x" * (120 - len(str(base / "d"))))
+    data_dir.mkdir(mode=0o711)
+    try:
+        with scripted_model() as model:
+            env = {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}
+            with live_galley({**env, "GALLEY_DATA_DIR": str(data_dir)}) as galley:
+                client = galley.client()
+                agent = client.beta.agents.create(
+                    name="long", model="claude-sonnet-4-6", tools=[{"type": "agent_toolset_20260401"}]
+                )
+                environment = client.beta.environments.create(name="long-path")
+                session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+                model.push(tool_call("bash", {"command": "echo hello; pwd"}), say("done"))
+                with client.beta.sessions.events.stream(session.id) as stream:
+                    client.beta.sessions.events.send(
+                        session.id,
+                        events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}],
+                    )
+                    events = until_idle(stream)
+        result = next(e for e in events if e.type == "agent.tool_result")
+        assert not result.is_error and result.content[0].text == "hello\n/workspace"
+        assert events[-1].type == "session.status_idle"
+    finally:
+        volumes_release_under(base)
+        shutil.rmtree(base, ignore_errors=True)
