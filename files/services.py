@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -362,6 +363,8 @@ def _capture_one(
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             return
         signature = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        # File timestamps tick coarsely: trust the signature only for a file not changed in the last second.
+        settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > 1_000_000_000
         if state.seen.get(filename) == signature:
             return  # unchanged since it was last recorded: not read again
         digest = hashlib.sha256()
@@ -369,7 +372,8 @@ def _capture_one(
             digest.update(chunk)
         sha = digest.hexdigest()
         if (filename, sha) in state.existing:
-            state.seen[filename] = signature
+            if settled:
+                state.seen[filename] = signature
             return
         if state.used is None or state.digests is None:
             state.used, state.digests = session_outputs_bytes(session=session)
@@ -386,7 +390,7 @@ def _capture_one(
     if file.sha256 not in state.digests:
         state.digests.add(file.sha256)
         state.used += file.size_bytes
-    if file.sha256 == sha:
+    if file.sha256 == sha and settled:
         state.seen[filename] = signature
     report.captured.append(file)
 
