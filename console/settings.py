@@ -197,6 +197,19 @@ GALLEY_SANDBOX_CPU_SECONDS = env_int("GALLEY_SANDBOX_CPU_SECONDS", 3600, minimum
 GALLEY_SANDBOX_MAX_PROCESSES = env_int("GALLEY_SANDBOX_MAX_PROCESSES", 256, minimum=8)
 GALLEY_SANDBOX_FILE_BYTES = env_int("GALLEY_SANDBOX_FILE_BYTES", 1024**3, minimum=1024**2)
 GALLEY_SANDBOX_WORKSPACE_BYTES = env_int("GALLEY_SANDBOX_WORKSPACE_BYTES", 5 * 1024**3, minimum=1024**2)
+# How the workspace quota is enforced: "auto" (a loop-mounted ext4 image per sandbox when the worker is root,
+# else the walking watcher), "image" (require the image) or "watch" (always the watcher). docs/sandboxes.md.
+GALLEY_SANDBOX_QUOTA = env_str("GALLEY_SANDBOX_QUOTA", "auto") or "auto"
+if GALLEY_SANDBOX_QUOTA not in ("auto", "image", "watch"):
+    raise ConfigError(
+        f"GALLEY_SANDBOX_QUOTA must be 'auto', 'image' or 'watch', got {GALLEY_SANDBOX_QUOTA!r}"
+    )
+# /dev/shm is RAM: a sized tmpfs, never larger than the sandbox's memory limit.
+GALLEY_SANDBOX_SHM_BYTES = min(
+    env_int("GALLEY_SANDBOX_SHM_BYTES", 64 * 1024**2, minimum=1024**2), GALLEY_SANDBOX_MEMORY_BYTES
+)
+# Total bytes of files captured from one session's /mnt/session/outputs (each distinct content stored once).
+GALLEY_SESSION_OUTPUTS_BYTES = env_int("GALLEY_SESSION_OUTPUTS_BYTES", 1024**3, minimum=1024**2)
 GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()
 GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
 GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")

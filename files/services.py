@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -211,10 +212,15 @@ def file_open(*, workspace: Workspace, file_id: str) -> tuple[File, IO[bytes]]:
 def file_delete(*, workspace: Workspace, file_id: str) -> None:
     file = file_get(workspace=workspace, file_id=file_id)
     path = file.path
+
+    def remove() -> None:
+        path.unlink(missing_ok=True)
+        _blob_collect(workspace_id=file.workspace_id, sha256=file.sha256)
+
     with transaction.atomic():
         deleted, _ = File.objects.filter(pk=file.pk).delete()
         if deleted:
-            transaction.on_commit(lambda: path.unlink(missing_ok=True))
+            transaction.on_commit(remove)
 
 
 def file_list(
@@ -247,82 +253,184 @@ def file_purge_expired(*, now: datetime | None = None) -> int:
     for file in File.objects.filter(expires_at__lte=now or timezone.now()).iterator():
         if file.path.exists():
             file.path.unlink(missing_ok=True)
+            _blob_collect(workspace_id=file.workspace_id, sha256=file.sha256)
             count += 1
     return count
 
 
-def file_capture_outputs(*, session: Session, outputs_dir: Path) -> list[File]:
+# --- Captured outputs ------------------------------------------------------------------------------
+# Captured files are content-addressed: the bytes of each distinct content live once, in
+# `files/<workspace>/blobs/<sha256>`, and every File row with that content is a hard link to it (so a
+# row's own path, downloads and deletes work as for any file). A blob whose last row is gone is removed.
+
+
+def _blob_path(workspace_id: str, sha256: str) -> Path:
+    return Path(settings.DATA_DIR) / "files" / workspace_id / "blobs" / sha256
+
+
+def _blob_collect(*, workspace_id: str, sha256: str) -> None:
+    blob = _blob_path(workspace_id, sha256)
+    try:
+        if blob.stat().st_nlink == 1:  # only the blob itself is left
+            blob.unlink()
+    except (FileNotFoundError, ValueError):
+        pass
+
+
+@dataclass
+class CaptureReport:
+    captured: list[File]
+    over_quota: list[str]  # files left out because the session's outputs quota is reached
+    quota_bytes: int
+
+
+def session_outputs_bytes(*, session: Session) -> tuple[int, set[str]]:
+    """Bytes stored for the session's captured outputs (each distinct content counted once) and the
+    digests already stored."""
+    rows = set(
+        File.objects.filter(workspace_id=session.workspace_id, scope_id=session.id).values_list(
+            "sha256", "size_bytes"
+        )
+    )
+    return sum(size for _sha, size in rows), {sha for sha, _size in rows}
+
+
+def file_capture_outputs(
+    *, session: Session, outputs_dir: Path, seen: dict[str, tuple[int, ...]] | None = None
+) -> list[File]:
+    return file_capture_outputs_report(session=session, outputs_dir=outputs_dir, seen=seen).captured
+
+
+def file_capture_outputs_report(
+    *, session: Session, outputs_dir: Path, seen: dict[str, tuple[int, ...]] | None = None
+) -> CaptureReport:
     """Record the regular files under a session's outputs directory as session-scoped files.
 
-    Called when a turn ends. A file already captured with the same name and content is not
-    recorded again; a changed file is recorded as a new file. The filename is the path relative
-    to the outputs directory.
+    Called after each writing tool call. A file already captured with the same name and content is
+    not recorded again; a changed file is recorded as a new file, its bytes stored once per distinct
+    content (see above) and counted against GALLEY_SESSION_OUTPUTS_BYTES; files past that quota are
+    reported, not stored. `seen` (kept by the caller across calls) maps a path to the stat of the
+    content last recorded for it, so unchanged files are not read again. The filename is the path
+    relative to the outputs directory.
 
     The sandbox owns this directory and may swap anything in it for a symlink or a FIFO at any
     moment, so the walk goes by directory fds (os.fwalk never follows a symlink, even a swapped
     one) and every file is opened relative to its directory with O_NOFOLLOW | O_NONBLOCK, then
     checked on the open fd.
     """
+    report = CaptureReport(captured=[], over_quota=[], quota_bytes=settings.GALLEY_SESSION_OUTPUTS_BYTES)
     if outputs_dir.is_symlink() or not outputs_dir.is_dir():
-        return []
+        return report
     existing = set(
         File.objects.filter(workspace_id=session.workspace_id, scope_id=session.id).values_list(
             "filename", "sha256"
         )
     )
-    limit = settings.GALLEY_MAX_BODY_BYTES
-    captured: list[File] = []
-    seen = 0
+    state = _CaptureState(session=session, existing=existing, seen=seen if seen is not None else {})
+    count = 0
     for dirpath, dirnames, filenames, dirfd in os.fwalk(outputs_dir, follow_symlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
-            seen += 1
-            if seen > OUTPUTS_MAX_FILES:
-                return captured
+            count += 1
+            if count > OUTPUTS_MAX_FILES:
+                return report
             relative = _CONTROL.sub("", os.path.relpath(os.path.join(dirpath, name), outputs_dir))
-            file = _capture_one(
-                session=session,
-                dirfd=dirfd,
-                name=name,
-                filename=relative[:_FILENAME_MAX],
-                existing=existing,
-                limit=limit,
+            _capture_one(
+                state=state, report=report, dirfd=dirfd, name=name, filename=relative[:_FILENAME_MAX]
             )
-            if file is not None:
-                existing.add((file.filename, file.sha256))
-                captured.append(file)
-    return captured
+    return report
+
+
+@dataclass
+class _CaptureState:
+    session: Session
+    existing: set[tuple[str, str]]
+    seen: dict[str, tuple[int, ...]]
+    used: int | None = None  # stored bytes of the session's outputs, loaded on the first new content
+    digests: set[str] | None = None
 
 
 def _capture_one(
-    *, session: Session, dirfd: int, name: str, filename: str, existing: set[tuple[str, str]], limit: int
-) -> File | None:
+    *, state: _CaptureState, report: CaptureReport, dirfd: int, name: str, filename: str
+) -> None:
+    session = state.session
+    limit = settings.GALLEY_MAX_BODY_BYTES
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
     except OSError:
-        return None  # a symlink (ELOOP), vanished, or unreadable
+        return  # a symlink (ELOOP), vanished, or unreadable
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
+            return
+        signature = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        # File timestamps tick coarsely: trust the signature only for a file not changed in the last second.
+        settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > 1_000_000_000
+        if state.seen.get(filename) == signature:
+            return  # unchanged since it was last recorded: not read again
         digest = hashlib.sha256()
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-        if (filename, digest.hexdigest()) in existing:
-            return None
+        sha = digest.hexdigest()
+        if (filename, sha) in state.existing:
+            if settled:
+                state.seen[filename] = signature
+            return
+        if state.used is None or state.digests is None:
+            state.used, state.digests = session_outputs_bytes(session=session)
+        if sha not in state.digests and state.used + info.st_size > report.quota_bytes:
+            report.over_quota.append(filename)
+            return
         handle.seek(0)
         try:
-            return _file_store(
-                workspace=session.workspace,
-                filename=filename,
-                mime_type=pick_mime_type(None, name),
-                content=iter(lambda: handle.read(_CHUNK), b""),
-                expires_in_seconds=None,
-                scope_id=session.id,
-                max_bytes=limit,
-            )
+            file = _store_captured(session=session, filename=filename, name=name, sha=sha, handle=handle)
         except (OSError, ApiError):
-            return None  # unreadable, or grew past the limit while being read
+            return  # unreadable, or grew past the limit while being read
+    state.existing.add((file.filename, file.sha256))
+    assert state.used is not None and state.digests is not None
+    if file.sha256 not in state.digests:
+        state.digests.add(file.sha256)
+        state.used += file.size_bytes
+    if file.sha256 == sha and settled:
+        state.seen[filename] = signature
+    report.captured.append(file)
+
+
+def _store_captured(*, session: Session, filename: str, name: str, sha: str, handle: IO[bytes]) -> File:
+    workspace = session.workspace
+    blob = _blob_path(workspace.id, sha)
+    file_id = new_id("file")
+    final = Path(settings.DATA_DIR) / "files" / workspace.id / file_id
+    written: _Written | None = None
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.link(blob, final)  # this content is stored already: one more name for it
+        written = _Written(path=final, size=final.stat().st_size, sha256=sha)
+    except FileNotFoundError:
+        pass
+    if written is None:
+        written = _write_bytes(
+            workspace_id=workspace.id,
+            file_id=file_id,
+            chunks=iter(lambda: handle.read(_CHUNK), b""),
+            max_bytes=settings.GALLEY_MAX_BODY_BYTES,
+        )
+        blob = _blob_path(workspace.id, written.sha256)  # what was read, should the file have changed
+        blob.parent.mkdir(exist_ok=True)
+        try:
+            os.link(written.path, blob)
+        except FileExistsError:
+            pass  # stored meanwhile by another capture: this copy stays on its own
+    return _insert_file(
+        workspace=workspace,
+        written=written,
+        file_id=file_id,
+        filename=filename,
+        mime_type=pick_mime_type(None, name),
+        scope_id=session.id,
+        created_at=timezone.now(),
+        expires_at=None,
+    )
 
 
 # --- Session resources -----------------------------------------------------------------------------

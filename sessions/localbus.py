@@ -42,7 +42,12 @@ class Listener:
         self.path = bus_dir() / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
-        self.sock.bind(str(self.path))
+        # Through a descriptor of the directory: a socket address holds at most 107 bytes, a data dir may not.
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.sock.bind(f"/proc/self/fd/{directory}/{self.path.name}")
+        finally:
+            os.close(directory)
         self.pid = os.getpid()
         self.deliver = deliver
         threading.Thread(target=self._run, name="galley-localbus", daemon=True).start()
@@ -88,9 +93,20 @@ def send(session_id: str, message: dict[str, Any]) -> None:
             _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             _sender.setblocking(False)
         sender = _sender
+    try:
+        directory = os.open(bus_dir(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # short addresses
+    except OSError:
+        return
+    try:
+        _send_all(sender, data, entries, f"/proc/self/fd/{directory}/")
+    finally:
+        os.close(directory)
+
+
+def _send_all(sender: socket.socket, data: bytes, entries: list[os.DirEntry[str]], prefix: str) -> None:
     for entry in entries:
         try:
-            sender.sendto(data, entry.path)
+            sender.sendto(data, prefix + entry.name)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                 # Nobody is bound there any more: a process that exited without cleaning up.

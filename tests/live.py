@@ -125,3 +125,6 @@ def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True)
                         os.killpg(proc.pid, signal.SIGKILL)
                         proc.wait()
                 log.close()
+                from sessions.sandbox.quota import volumes_release_under
+
+                volumes_release_under(data_dir)  # sandbox volumes the worker mounted

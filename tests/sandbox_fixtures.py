@@ -24,9 +24,11 @@ def sandbox_root(settings: Any) -> Iterator[Path]:
     settings.GALLEY_SANDBOX_BACKEND = "bwrap"
     yield base
     from sessions.sandbox import services
+    from sessions.sandbox.quota import volumes_release_under
 
     for key in list(services._registry):
         services.sandbox_destroy(session_id=key.split(".")[0])
+    volumes_release_under(base)  # volumes a live worker mounted for sessions it never destroyed
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -162,3 +162,93 @@ def test_the_proxy_injects_into_headers_and_body_for_the_credentials_hosts(  # t
     assert lines[1] == "auth-ok body-ok other-placeholder", text(out)
     assert lines[2] == "auth-missing body-missing other-changed"
     assert SECRET not in text(out)
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    """An allowed host that echoes the request back (like httpbin): headers and body, in several framings."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802
+        import gzip
+        import json
+        import time
+
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        mode = self.path.strip("/")
+        if mode == "json":
+            echo = json.dumps({"headers": dict(self.headers), "data": body.decode()}).encode()
+        else:
+            echo = (str(self.headers) + body.decode()).encode()
+        self.send_response(200)
+        self.send_header("X-Echo-Authorization", self.headers.get("Authorization", ""))
+        if mode == "chunked":
+            # The secret split across two chunks, sent apart: the proxy sees it over two reads.
+            cut = echo.find(SECRET.encode()) + 5
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (echo[:cut], echo[cut:]):
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if mode == "gzip":
+            echo = gzip.compress(echo)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(echo)))
+        self.end_headers()
+        self.wfile.write(echo)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_echoing_host_never_puts_the_secret_into_the_sandbox(  # type: ignore[no-untyped-def]
+    make_sandbox_session, upstreams, sandbox_root
+):
+    cert, key = sandbox_root / "up.crt", sandbox_root / "up.key"
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    tls = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    tls.socket = context.wrap_socket(tls.socket, server_side=True)
+    for server in (plain, tls):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        session = _session_with_credentials(make_sandbox_session)
+        curl = 'curl --noproxy "" -x $HTTP_PROXY -s -i -m 20 -H "Authorization: Bearer $API_TOKEN"'
+        commands = []
+        for scheme, port in (("http", plain.server_address[1]), ("https", tls.server_address[1])):
+            for mode in ("plain", "chunked", "gzip", "json"):
+                commands.append(
+                    f'echo "== {scheme} {mode}"; {curl} -d "t=$API_TOKEN" {scheme}://127.0.0.1:{port}/{mode}'
+                )
+        out = run(session, "bash", command="; echo; ".join(commands))
+        result = text(out)
+        placeholder = text(run(session, "bash", command='echo "$API_TOKEN"'))
+        assert SECRET not in result
+        for scheme in ("http", "https"):
+            for mode in ("plain", "chunked", "gzip", "json"):
+                section = result.split(f"== {scheme} {mode}", 1)[1].split("==", 1)[0]
+                assert "200" in section.split("\n", 2)[1], section
+                # The echo came back, re-masked: the placeholder stands where the value was.
+                assert f"Bearer {placeholder}" in section, (scheme, mode, section)
+                assert f"t={placeholder}" in section, (scheme, mode, section)
+                assert f"X-Echo-Authorization: Bearer {placeholder}" in section
+    finally:
+        for server in (plain, tls):
+            server.shutdown()
+            server.server_close()
+
+
+def test_the_masker_catches_a_value_split_anywhere() -> None:
+    from sessions.sandbox.credentials import SecretMasker
+
+    data = (b"x" * 50 + SECRET.encode() + b"y" * 10 + b'"real-secret-123"' + b"%2F") * 3
+    for size in range(1, 40):
+        masker = SecretMasker({"PH": SECRET})
+        out = b"".join(masker.feed(data[i : i + size]) for i in range(0, len(data), size)) + masker.flush()
+        assert out == data.replace(SECRET.encode(), b"PH"), size
+    masker = SecretMasker({"PH": "a/b c"})
+    assert masker.mask(b"a/b c|a%2Fb%20c|a%2Fb+c|a\\/b c") == b"PH|PH|PH|a\\/b c"

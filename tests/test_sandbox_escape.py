@@ -1,6 +1,7 @@
 """The escape suite: code inside a sandbox tries to reach what it must never see. Every attempt fails."""
 
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_another_sessions_workspace_is_invisible(make_sandbox_session):
     victim = make_sandbox_session()
     sh(victim, "echo victim-secret-77 > secret.txt")
     attacker = make_sandbox_session()
-    victim_host = Path(settings.GALLEY_SANDBOX_ROOT) / victim.id / "workspace" / "secret.txt"
+    victim_host = Path(settings.GALLEY_SANDBOX_ROOT) / victim.id / "volume" / "workspace" / "secret.txt"
     assert victim_host.exists()
     out = sh(
         attacker,
@@ -186,9 +187,9 @@ def test_file_tools_run_with_the_sandboxs_view_and_user(make_sandbox_session, sa
     out = run(session, "write", file_path="/workspace/via-tmp/" + marker, content="x")
     assert not out.is_error, text(out)
     assert not os.path.exists("/tmp/" + marker)  # the host's /tmp is not the sandbox's
-    assert (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).exists()
+    assert (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "volume" / "tmp" / marker).exists()
     # What the worker wrote belongs to the sandbox's user, never to the server's.
-    owner = (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "tmp" / marker).stat().st_uid
+    owner = (Path(settings.GALLEY_SANDBOX_ROOT) / session.id / "volume" / "tmp" / marker).stat().st_uid
     assert owner != os.geteuid() or os.geteuid() != 0
     assert sh(session, f"stat -c %u /tmp/{marker}") == "1000"
 
@@ -208,3 +209,66 @@ def test_links_planted_in_the_state_directory_never_redirect_the_worker(make_san
     assert sh(session, "echo again") == "again"
     assert canary.read_text() == "original"
     assert canary.stat().st_uid == os.geteuid() and canary.stat().st_mode & 0o777 == 0o644
+
+
+def test_sandboxes_work_under_a_120_character_data_directory(make_sandbox_session, sandbox_root, settings):
+    # The egress proxy's socket lives under the data directory; a socket address holds at most 107 bytes.
+    data_dir = sandbox_root / "d"
+    data_dir = Path(str(data_dir) + "x" * (120 - len(str(data_dir))))
+    assert len(str(data_dir)) == 120
+    data_dir.mkdir(mode=0o711)
+    settings.GALLEY_SANDBOX_ROOT = data_dir / "sandboxes"
+    for networking in ({"type": "unrestricted"}, {"type": "limited", "allowed_hosts": []}):
+        session = make_sandbox_session(networking=networking)
+        out = run(
+            session,
+            "bash",
+            command=(
+                "echo ok; curl --noproxy '' -x $HTTP_PROXY -s -m 10 http://127.0.0.1:9/ -o /dev/null "
+                "-w '%{http_code}\\n'; pwd"
+            ),
+        )
+        assert not out.is_error, text(out)
+        assert text(out).split("\n")[:3] == ["ok", "403", "/workspace"], text(out)
+        assert "internal error" not in text(out)
+        assert not run(session, "write", file_path="a.txt", content="hi").is_error
+        assert text(run(session, "read", file_path="a.txt")).strip().endswith("hi")
+
+
+def test_a_server_under_a_120_character_data_directory_runs_bash_turns():
+    """Through the SDK and a live server: the egress socket and the local bus both live under the data dir."""
+    import tempfile
+
+    from sessions.sandbox.quota import volumes_release_under
+    from tests.live import live_galley
+    from tests.live_fixtures import until_idle
+    from tests.model_server import scripted_model, tool_call
+    from tests.model_server import text as say
+
+    base = Path(tempfile.mkdtemp(prefix="galley-long-"))
+    os.chmod(base, 0o711)
+    data_dir = Path(str(base / "d") + "x" * (120 - len(str(base / "d"))))
+    data_dir.mkdir(mode=0o711)
+    try:
+        with scripted_model() as model:
+            env = {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url}
+            with live_galley({**env, "GALLEY_DATA_DIR": str(data_dir)}) as galley:
+                client = galley.client()
+                agent = client.beta.agents.create(
+                    name="long", model="claude-sonnet-4-6", tools=[{"type": "agent_toolset_20260401"}]
+                )
+                environment = client.beta.environments.create(name="long-path")
+                session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+                model.push(tool_call("bash", {"command": "echo hello; pwd"}), say("done"))
+                with client.beta.sessions.events.stream(session.id) as stream:
+                    client.beta.sessions.events.send(
+                        session.id,
+                        events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}],
+                    )
+                    events = until_idle(stream)
+        result = next(e for e in events if e.type == "agent.tool_result")
+        assert not result.is_error and result.content[0].text == "hello\n/workspace"
+        assert events[-1].type == "session.status_idle"
+    finally:
+        volumes_release_under(base)
+        shutil.rmtree(base, ignore_errors=True)

@@ -31,7 +31,7 @@ def test_destroy_removes_the_workspace_and_kills_the_shell(make_sandbox_session,
     session = make_sandbox_session()
     run(session, "bash", command="echo data > keep.txt")
     root = settings.GALLEY_SANDBOX_ROOT / session.id
-    assert (root / "workspace" / "keep.txt").exists()
+    assert (root / "volume" / "workspace" / "keep.txt").exists()
     shell = services._registry[session.id].shell
     services.sandbox_destroy(session_id=session.id)
     assert not root.exists()

@@ -50,7 +50,7 @@ def test_ten_gigabyte_write_is_stopped_by_the_file_size_limit(make_sandbox_sessi
     out = run(session, "bash", command="dd if=/dev/zero of=big bs=1M count=10240 2>&1; echo rc=$?")
     assert "File size limit exceeded" in text(out) and "rc=153" in text(out)
     assert time.monotonic() - started < 20
-    size = (sandbox_root / "sandboxes" / session.id / "workspace" / "big").stat().st_size
+    size = (sandbox_root / "sandboxes" / session.id / "volume" / "workspace" / "big").stat().st_size
     assert size <= 16 * 1024 * 1024
     assert text(run(session, "bash", command="rm big; echo ok")) == "ok"
 
@@ -98,3 +98,169 @@ def test_memory_limit_fails_the_allocation_not_the_worker(make_sandbox_session, 
     out = run(session, "bash", command="python3 -c 'x = bytearray(2 * 1024**3)'")
     assert out.is_error and "MemoryError" in text(out)
     assert text(run(session, "bash", command="echo fine")) == "fine"
+
+
+# --- limits the kernel enforces -----------------------------------------------------------------------------
+
+
+def _volume(session) -> "os.PathLike[str]":
+    return services._registry[session.id].spec.volume
+
+
+def test_dev_is_read_only_with_only_the_needed_nodes_and_shm_is_sized(make_sandbox_session, settings):
+    settings.GALLEY_SANDBOX_SHM_BYTES = 8 * 1024 * 1024
+    session = make_sandbox_session()
+    listing = text(run(session, "bash", command="ls -A /dev | sort | tr '\\n' ' '"))
+    assert set(listing.split()) <= {
+        "core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+        "urandom", "zero",
+    }, listing  # fmt: skip
+    out = text(run(session, "bash", command="touch /dev/planted 2>&1; echo rc=$?"))
+    assert "Read-only file system" in out and "rc=1" in out
+    out = run(
+        session,
+        "bash",
+        command="head -c 200000000 /dev/zero 2>&1 > /dev/shm/fill; echo rc=$?; stat -c %s /dev/shm/fill",
+    )
+    lines = text(out).split("\n")
+    assert "No space left on device" in text(out) and "rc=1" in lines
+    assert int(lines[-1]) <= 8 * 1024 * 1024
+    assert text(run(session, "bash", command="rm /dev/shm/fill && echo gone")) == "gone"
+
+
+def test_tmp_fill_past_the_quota_is_stopped_by_the_kernel(make_sandbox_session, settings):
+    settings.GALLEY_SANDBOX_WORKSPACE_BYTES = 32 * 1024 * 1024
+    session = make_sandbox_session()
+    run(session, "bash", command="true")
+    volume = _volume(session)
+    assert os.path.ismount(volume)  # this host allows the per-sandbox image: the kernel holds the limit
+    out = run(session, "bash", command="head -c 150000000 /dev/zero > /tmp/fill; echo rc=$?")
+    assert out.is_error and "No space left on device" in text(out) and "rc=1" in text(out)
+    assert "workspace size limit exceeded" in text(out)
+    # Never more than the quota on the host, whatever was asked for.
+    assert os.stat(os.path.join(volume, "tmp", "fill")).st_size <= 32 * 1024 * 1024
+    # The next command gets a clear error, in /workspace and in outputs alike: one quota for all.
+    out = run(session, "bash", command="echo hi > /workspace/x; echo hi > /mnt/session/outputs/y")
+    assert out.is_error and "No space left on device" in text(out)
+    assert "workspace size limit exceeded" in text(out)
+    out = run(session, "write", file_path="/workspace/big.txt", content="x" * 2_000_000)
+    assert out.is_error and "workspace size limit" in text(out)
+    # Deleting always works, and then writing works again.
+    out = run(session, "bash", command="rm /tmp/fill && echo hi > /workspace/x && cat /workspace/x")
+    assert not out.is_error and text(out) == "hi"
+    assert not run(session, "write", file_path="/workspace/big.txt", content="x" * 2_000_000).is_error
+
+
+def test_without_a_kernel_quota_the_watcher_kills_a_runaway_writer(make_sandbox_session, settings):
+    settings.GALLEY_SANDBOX_QUOTA = "watch"
+    settings.GALLEY_SANDBOX_WORKSPACE_BYTES = 16 * 1024 * 1024
+    session = make_sandbox_session()
+    run(session, "bash", command="true")
+    assert not os.path.ismount(_volume(session))
+    started = time.monotonic()
+    out = run(
+        session,
+        "bash",
+        command="while true; do head -c 1000000 /dev/zero >> /tmp/grow; sleep 0.02; done",
+        timeout_ms=60_000,
+    )
+    assert time.monotonic() - started < 30
+    assert out.is_error and "killed: the command wrote past the sandbox's storage limit" in text(out)
+    out = run(session, "bash", command="du -sm /tmp/grow | cut -f1")
+    assert "workspace size limit exceeded" in text(out)
+    assert int(text(out).split("\n")[0]) < 16 + 40  # stopped within a few samples
+    out = run(session, "bash", command="rm /tmp/grow; echo ok")
+    assert not out.is_error and text(out) == "ok"
+
+
+def test_keyrings_bpf_perf_mount_and_ptrace_are_refused_with_eperm(make_sandbox_session):
+    session = make_sandbox_session()
+    probe = r"""
+import ctypes, errno, platform
+libc = ctypes.CDLL(None, use_errno=True)
+x86 = platform.machine() == "x86_64"
+calls = {"add_key": 248 if x86 else 217, "keyctl": 250 if x86 else 219, "bpf": 321 if x86 else 280,
+         "perf_event_open": 298 if x86 else 241, "ptrace": 101 if x86 else 117, "mount": 165 if x86 else 40,
+         "userfaultfd": 323 if x86 else 282, "init_module": 175 if x86 else 105,
+         "kexec_load": 246 if x86 else 104, "shmget": 29 if x86 else 194}
+for name, nr in calls.items():
+    ctypes.set_errno(0)
+    rc = libc.syscall(nr, 0, 0, 0, 0, 0, 0)
+    print(name, rc, errno.errorcode.get(ctypes.get_errno(), "0"))
+ctypes.set_errno(0)
+print("getppid", libc.syscall(110 if x86 else 173) > 0)
+"""
+    out = text(run(session, "bash", command=f"python3 -c '{probe}'"))
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    for name in ("add_key", "keyctl", "bpf", "perf_event_open", "ptrace", "mount", "userfaultfd",
+                 "init_module", "kexec_load", "shmget"):  # fmt: skip
+        assert lines[name] == "-1 EPERM", (name, out)
+    assert lines["getppid"] == "True"
+    # Programs fail cleanly, and the shell goes on.
+    out = run(session, "bash", command="keyctl show 2>&1 || true; unshare -r true 2>&1; echo still-here")
+    assert "still-here" in text(out)
+
+
+def test_the_seccomp_program_exists_for_both_architectures():
+    import struct
+
+    from sessions.sandbox.seccomp import ARCHITECTURES, seccomp_program
+
+    for machine, (audit_arch, table) in ARCHITECTURES.items():
+        program = seccomp_program(machine)
+        insns = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+        assert insns[1][3] == audit_arch
+        denied = {k for code, _jt, _jf, k in insns if code == 0x15} - {audit_arch}
+        assert {table["bpf"], table["add_key"], table["keyctl"], table["mount"]} <= denied
+        assert insns[-1] == (0x06, 0, 0, 0x00050000 | 1)  # EPERM
+        assert insns[-2] == (0x06, 0, 0, 0x7FFF0000)  # allow
+
+
+def test_outputs_are_stored_once_per_content_with_a_session_quota(
+    make_sandbox_session, settings, sandbox_root, django_capture_on_commit_callbacks
+):
+    from files.models import File
+    from files.services import file_delete
+
+    settings.DATA_DIR = sandbox_root / "data"
+    settings.GALLEY_SESSION_OUTPUTS_BYTES = 3 * 1024 * 1024
+    session = make_sandbox_session()
+    out = run(
+        session,
+        "bash",
+        command=(
+            "cd /mnt/session/outputs && head -c 1000000 /dev/urandom > a.bin && "
+            "cp a.bin b.bin && mkdir -p d && cp a.bin d/c.bin && echo ok"
+        ),
+    )
+    assert text(out) == "ok"
+    rows = list(File.objects.filter(scope_id=session.id).order_by("filename"))
+    assert [r.filename for r in rows] == ["a.bin", "b.bin", "d/c.bin"]
+    assert len({r.sha256 for r in rows}) == 1
+    # One stored copy: every row is a name of the same inode (plus the blob itself).
+    inodes = {r.path.stat().st_ino for r in rows}
+    assert len(inodes) == 1 and rows[0].path.stat().st_nlink == 4
+    # Unchanged files are not recorded again; a changed one is, as new content.
+    run(session, "bash", command="echo unchanged")
+    assert File.objects.filter(scope_id=session.id).count() == 3
+    out = run(
+        session,
+        "bash",
+        command=(
+            "cd /mnt/session/outputs && head -c 1000000 /dev/urandom > b.bin && "
+            "head -c 1000000 /dev/urandom > e.bin && head -c 1000000 /dev/urandom > f.bin && echo ok"
+        ),
+    )
+    # 1 MB stored + 1 MB (new b.bin) + 1 MB (e.bin) reaches the 3 MB quota: f.bin is left out, and said so.
+    assert "outputs not saved: 1 file(s)" in text(out) and "f.bin" in text(out)
+    assert "3145728 bytes" in text(out)
+    names = sorted(File.objects.filter(scope_id=session.id).values_list("filename", flat=True))
+    assert names == ["a.bin", "b.bin", "b.bin", "d/c.bin", "e.bin"]
+    # Deleting every row of a content removes its stored bytes.
+    blob = rows[0].path.parent / "blobs" / rows[0].sha256
+    assert blob.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        for row in rows:
+            file_delete(workspace=session.workspace, file_id=row.id)
+            assert blob.exists() or row is rows[-1]
+    assert not blob.exists()

@@ -41,6 +41,9 @@ def server() -> Iterator[tuple[LiveGalley, ScriptedModel, Path]]:
             with live_galley(extra_env=env) as live:
                 yield live, model, root
     finally:
+        from sessions.sandbox.quota import volumes_release_under
+
+        volumes_release_under(root)  # sandbox volumes the live worker mounted
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -93,7 +96,7 @@ def test_fibonacci_script_is_written_run_and_read_back(server) -> None:  # type:
     results = [e for e in events if e.type == "agent.tool_result"]
     assert [r.is_error for r in results] == [False, False], [_text(r) for r in results]
     assert _text(results[1]) == "0 1 1 2 3 5 8 13 21 34"
-    assert (root / "sandboxes" / session.id / "workspace" / "fib.py").read_text() == FIB
+    assert (root / "sandboxes" / session.id / "volume" / "workspace" / "fib.py").read_text() == FIB
 
     model.push(tool_call("read", {"file_path": "fib.py"}), text("Here is the script."))
     client.beta.sessions.events.send(

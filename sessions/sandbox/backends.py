@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from sessions.sandbox.seccomp import seccomp_fd
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,6 +72,7 @@ class Limits:
     cpu_seconds: int
     max_processes: int
     file_bytes: int
+    shm_bytes: int = 64 * 1024**2
 
     @classmethod
     def from_settings(cls) -> "Limits":
@@ -78,12 +81,13 @@ class Limits:
             cpu_seconds=settings.GALLEY_SANDBOX_CPU_SECONDS,
             max_processes=settings.GALLEY_SANDBOX_MAX_PROCESSES,
             file_bytes=settings.GALLEY_SANDBOX_FILE_BYTES,
+            shm_bytes=min(settings.GALLEY_SANDBOX_SHM_BYTES, settings.GALLEY_SANDBOX_MEMORY_BYTES),
         )
 
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    root: Path  # host directory of this sandbox: workspace/, tmp/, state/, etc/
+    root: Path  # host directory of this sandbox: volume/{workspace,tmp,state,outputs}/, egress/, etc/
     uid: int
     share_network: bool
     limits: Limits
@@ -97,21 +101,26 @@ class SandboxSpec:
     repos: tuple[str, ...] = ()
     binds: tuple[tuple[str, str], ...] = ()
 
+    # Everything the sandbox can write lives in its volume, under one quota (sessions/sandbox/quota.py).
+    @property
+    def volume(self) -> Path:
+        return self.root / "volume"
+
     @property
     def workspace(self) -> Path:
-        return self.root / "workspace"
+        return self.volume / "workspace"
 
     @property
     def tmp(self) -> Path:
-        return self.root / "tmp"
+        return self.volume / "tmp"
 
     @property
     def state(self) -> Path:
-        return self.root / "state"
+        return self.volume / "state"
 
     @property
     def outputs(self) -> Path:
-        return self.root / "outputs"
+        return self.volume / "outputs"
 
     @property
     def egress(self) -> Path:
@@ -228,8 +237,16 @@ class BwrapBackend:
             "/etc/group",
             "--proc",
             "/proc",
+            # bubblewrap's /dev holds only null, zero, full, random, urandom, tty, the fd/std* links and a
+            # private devpts; it is made read-only below, and /dev/shm is a tmpfs sized within the limits.
             "--dev",
             "/dev",
+            "--perms",
+            "1777",
+            "--size",
+            str(spec.limits.shm_bytes),
+            "--tmpfs",
+            "/dev/shm",
             "--bind",
             str(spec.workspace),
             WORKSPACE,
@@ -252,10 +269,9 @@ class BwrapBackend:
             args += ["--bind" if spec.writable_packages else "--ro-bind", str(spec.package_dir), PACKAGES]
         if spec.ca_bundle is not None:
             args += ["--ro-bind", str(spec.ca_bundle), CA_BUNDLE]
-        args += ["--remount-ro", "/", "--chdir", WORKSPACE]
+        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKSPACE]
         for key, value in spec.env.items():
             args += ["--setenv", key, value]
-        args += ["--", *argv]
         kwargs: dict[str, Any] = {
             "user": spec.uid,
             "group": spec.uid,
@@ -263,6 +279,13 @@ class BwrapBackend:
             "env": {},
             "start_new_session": True,
         }
+        fd = seccomp_fd()
+        if fd is None:
+            logger.warning("no seccomp filter for this architecture: sandboxes run without one")
+        else:
+            args += ["--seccomp", str(fd)]
+            kwargs["pass_fds"] = (fd,)  # the caller closes it once the process has started
+        args += ["--", *argv]
         return (rlimit_argv(spec.limits) if rlimits else []) + args, kwargs
 
 
@@ -296,6 +319,15 @@ class ProcessBackend:
             "cwd": str(spec.workspace),
             "start_new_session": True,
         }
+
+
+def spawn_done(kwargs: dict[str, Any]) -> None:
+    """Close the descriptors a launch passed to the child (the seccomp program) once it has started."""
+    for fd in kwargs.get("pass_fds", ()):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def backend_get() -> SandboxBackend:

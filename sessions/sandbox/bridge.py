@@ -3,6 +3,7 @@
 Standard library only (it runs under the sandbox's /usr/bin/python3). Usage: bridge.py PORT SOCKET READY_FILE
 """
 
+import os
 import socket
 import sys
 import threading
@@ -28,7 +29,14 @@ def pump(src: socket.socket, dst: socket.socket) -> None:
 def serve(client: socket.socket, path: str) -> None:
     upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        upstream.connect(path)
+        if len(path.encode()) < 100:
+            upstream.connect(path)
+        else:  # a long host path (the unsafe backend): connect through a descriptor of its directory
+            directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                upstream.connect(f"/proc/self/fd/{directory}/{os.path.basename(path)}")
+            finally:
+                os.close(directory)
     except OSError:
         client.close()
         upstream.close()

@@ -175,8 +175,9 @@ def leaf_context(host: str) -> ssl.SSLContext:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    cache_key = f"{_ca_dir()}|{host}"  # a leaf belongs to the CA of the data directory it was made for
     with _ca_lock:
-        cached = _leaf_cache.get(host)
+        cached = _leaf_cache.get(cache_key)
         if cached is not None:
             return cached
         ca_key, ca_cert = _ca()
@@ -209,10 +210,75 @@ def leaf_context(host: str) -> ssl.SSLContext:
                 )
             )
             context.load_cert_chain(cert_file, key_file)
-        _leaf_cache[host] = context
+        _leaf_cache[cache_key] = context
         return context
 
 
 def upstream_context() -> ssl.SSLContext:
     cafile = settings.GALLEY_EGRESS_UPSTREAM_CA_FILE
     return ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+
+
+# --- re-masking responses -----------------------------------------------------------------------------------
+
+
+class SecretMasker:
+    """Replaces each real value (and its JSON- and URL-escaped forms) with its placeholder in a byte stream,
+    including a value split across chunks: up to the longest form's length minus one byte is held back
+    until the next chunk or `flush`."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        import json
+        import re
+        from urllib.parse import quote, quote_plus
+
+        self._replacement: dict[bytes, bytes] = {}
+        for placeholder, value in values.items():
+            if not value or value == placeholder:
+                continue
+            forms = {
+                value,
+                json.dumps(value)[1:-1],
+                json.dumps(value, ensure_ascii=False)[1:-1],
+                quote(value, safe=""),
+                quote_plus(value, safe=""),
+            }
+            for form in forms:
+                self._replacement[form.encode()] = placeholder.encode()
+        ordered = sorted(self._replacement, key=len, reverse=True)
+        self._pattern = re.compile(b"|".join(re.escape(form) for form in ordered)) if ordered else None
+        self._hold = max((len(form) for form in ordered), default=1) - 1
+        self._carry = b""
+
+    @property
+    def active(self) -> bool:
+        return self._pattern is not None
+
+    def mask(self, data: bytes) -> bytes:
+        """All of `data` at once (a response head)."""
+        if self._pattern is None:
+            return data
+        return self._pattern.sub(lambda m: self._replacement[m.group()], data)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._pattern is None:
+            return data
+        buf = self._carry + data
+        split = max(0, len(buf) - self._hold)
+        out: list[bytes] = []
+        pos = 0
+        for match in self._pattern.finditer(buf):
+            if match.start() >= split:
+                break
+            # A match starting before `split` is at most _hold + 1 bytes long, so it lies wholly in buf.
+            out.append(buf[pos : match.start()])
+            out.append(self._replacement[match.group()])
+            pos = match.end()
+        cut = max(split, pos)
+        out.append(buf[pos:cut])
+        self._carry = buf[cut:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        carry, self._carry = self._carry, b""
+        return self.mask(carry)

@@ -12,6 +12,7 @@ import select
 import socket
 import ssl
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,16 @@ class EgressProxy:
         if self._listener is not None:
             self._listener.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
+        # A socket address holds at most 107 bytes and the data directory may be deeper than that: bind
+        # through a descriptor of the socket's directory, whose /proc/self/fd path is always short.
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            listener.bind(f"/proc/self/fd/{directory}/{path.name}")
+        except OSError:
+            listener.close()
+            raise
+        finally:
+            os.close(directory)
         os.chmod(path, 0o600)
         if os.geteuid() == 0:
             os.chown(path, uid, uid)
@@ -241,10 +251,13 @@ class EgressProxy:
             if upstream is None:
                 return
             slots = [slot for slot in self.slots if slot.applies_to(url.hostname)]
-            request, rest = _rewrite(
+            request, rest, injected = _rewrite(
                 client, f"{method} {path} {version}", lines[1:], rest, slots, auth=_repo_auth(target)
             )
             upstream.sendall(request + rest)
+            if injected:
+                _pipe_masked(client, upstream, injected, method)
+                return
         _pipe(client, upstream)
 
     def _intercept(
@@ -287,9 +300,12 @@ class EgressProxy:
             reason = "only git requests for this session's repositories are allowed to this host"
             self._deny(inner, host, reason)
             return
-        request, rest = _rewrite(inner, lines[0], lines[1:], rest, slots, auth=_repo_auth(target))
+        request, rest, injected = _rewrite(inner, lines[0], lines[1:], rest, slots, auth=_repo_auth(target))
         outer.sendall(request + rest)
-        _pipe(inner, outer)
+        if injected:
+            _pipe_masked(inner, outer, injected, lines[0].split(" ", 1)[0])
+        else:
+            _pipe(inner, outer)
 
     def _repo_targets(self, host: str, port: int) -> list[Any]:
         from sessions.sandbox.repos import session_targets
@@ -341,10 +357,12 @@ def _rewrite(
     slots: list[Any],
     *,
     auth: str | None = None,
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, bytes, dict[str, str]]:
     """The request head to send upstream (hop-by-hop headers dropped, one request per connection), with
     credential placeholders replaced in the headers and, when enabled and the body has a length, the body;
-    `auth` (a repository's Authorization line) replaces any Authorization the sandbox sent."""
+    `auth` (a repository's Authorization line) replaces any Authorization the sandbox sent.
+    Also returns {placeholder: value} of the vault values injected, for re-masking the response (git
+    traffic is not re-masked: git servers do not echo credentials, and packs are large binary streams)."""
     from sessions.sandbox.credentials import secret_value
 
     hop = ("proxy-connection", "proxy-authorization", "connection", "keep-alive")
@@ -378,12 +396,17 @@ def _rewrite(
         for slot in body_slots:
             if slot.placeholder.encode() in body:
                 value = values.get(slot.placeholder) or secret_value(slot.credential_id) or slot.placeholder
+                values[slot.placeholder] = value
                 body = body.replace(slot.placeholder.encode(), value.encode())
         headers = [line for line in headers if line.split(":", 1)[0].strip().lower() != "content-length"]
         headers.append(f"Content-Length: {len(body)}")
         rest = body + rest
+    injected = {placeholder: value for placeholder, value in values.items() if value != placeholder}
+    if injected:
+        # The response is re-masked, which needs it uncompressed: ask for identity.
+        headers = [line for line in headers if line.split(":", 1)[0].strip().lower() != "accept-encoding"]
     head = "\r\n".join([request_line, *headers, "Connection: close"]) + "\r\n\r\n"
-    return head.encode("latin-1", errors="replace"), rest
+    return head.encode("latin-1", errors="replace"), rest, injected
 
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
@@ -408,3 +431,198 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
     finally:
         a.close()
         b.close()
+
+
+class ResponseFilter:
+    """The upstream's answer to a request that carried injected credentials, re-masked before the sandbox
+    sees it: every real value becomes its placeholder again, in the head and in the body (decoded from
+    chunked transfer coding and gzip/deflate first, since a value may hide in either). The re-masked body
+    changes length, so it goes to the sandbox without Content-Length or chunking, ended by closing the
+    connection (the request asked for `Connection: close` anyway)."""
+
+    DECODABLE = ("gzip", "x-gzip", "deflate")
+
+    def __init__(self, values: dict[str, str], method: str) -> None:
+        from sessions.sandbox.credentials import SecretMasker
+
+        self.masker = SecretMasker(values)
+        self.method = method.upper()
+        self.state = "head"
+        self.buffer = b""
+        self.remaining = 0  # body bytes left (length framing) or in the current chunk
+        self.chunked = False
+        self.decoder: Any = None
+        self.done = False  # the response is complete: close the connection after sending the output
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out: list[bytes] = []
+        while self.buffer and not self.done:
+            if self.state == "head":
+                if b"\r\n\r\n" not in self.buffer:
+                    if len(self.buffer) > HEADER_LIMIT:
+                        return self._refuse("response header too large")
+                    break
+                head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+                output = self._head(head)
+                if output is None:
+                    return self._refuse(self._reason)
+                out.append(output)
+            elif self.state == "raw":
+                out.append(self._body(self.buffer))
+                self.buffer = b""
+            elif self.state == "length":
+                piece, self.buffer = self.buffer[: self.remaining], self.buffer[self.remaining :]
+                self.remaining -= len(piece)
+                out.append(self._body(piece))
+                if self.remaining == 0:
+                    out.append(self._end())
+            elif self.state == "chunk-size":
+                if b"\r\n" not in self.buffer:
+                    if len(self.buffer) > 1024:
+                        return self._refuse("malformed chunked response")
+                    break
+                line, self.buffer = self.buffer.split(b"\r\n", 1)
+                try:
+                    self.remaining = int(line.split(b";", 1)[0].strip() or b"x", 16)
+                except ValueError:
+                    return self._refuse("malformed chunked response")
+                self.state = "chunk" if self.remaining else "trailer"
+            elif self.state == "chunk":
+                piece, self.buffer = self.buffer[: self.remaining], self.buffer[self.remaining :]
+                self.remaining -= len(piece)
+                out.append(self._body(piece))
+                if self.remaining == 0:
+                    self.state = "chunk-end"
+            elif self.state == "chunk-end":
+                if len(self.buffer) < 2:
+                    break
+                self.buffer = self.buffer[2:]
+                self.state = "chunk-size"
+            elif self.state == "trailer":
+                if b"\r\n" not in self.buffer:
+                    break
+                line, self.buffer = self.buffer.split(b"\r\n", 1)
+                if not line:  # trailers are dropped: the body is no longer chunked
+                    out.append(self._end())
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The upstream closed: whatever is still held back."""
+        if self.done or self.state == "head":
+            return b""
+        return self._end()
+
+    _reason = ""
+
+    def _head(self, head: bytes) -> bytes | None:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        headers = lines[1:]
+
+        def value(name: str) -> str:
+            return next(
+                (line.split(":", 1)[1].strip().lower() for line in headers if _name(line) == name), ""
+            )
+
+        masked = self.masker.mask(head)
+        if 100 <= code < 200 and code != 101:
+            return masked + b"\r\n\r\n"  # an interim answer; the real one follows
+        if code == 101:
+            self.state = "raw"
+            return masked + b"\r\n\r\n"
+        if self.method == "HEAD" or code in (204, 304):
+            self.done = True
+            return masked + b"\r\n\r\n"
+        encoding = value("content-encoding")
+        if encoding and encoding != "identity":
+            if encoding not in self.DECODABLE:
+                self._reason = f"cannot check a {encoding}-encoded response for credential values"
+                return None
+            self.decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)
+        framing = ("content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding")
+        kept = masked.decode("latin-1").split("\r\n")[1:]
+        kept = [line for line in kept if _name(line) not in framing]
+        if encoding and encoding != "identity":
+            kept = [line for line in kept if _name(line) != "content-md5"]
+        status = self.masker.mask(lines[0].encode("latin-1")).decode("latin-1")
+        if "chunked" in value("transfer-encoding"):
+            self.state = "chunk-size"
+        elif value("content-length").isdigit():
+            self.state = "length"
+            self.remaining = int(value("content-length"))
+        else:
+            self.state = "raw"
+        output = ("\r\n".join([status, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1")
+        if self.state == "length" and self.remaining == 0:
+            output += self._end()
+        return output
+
+    def _body(self, piece: bytes) -> bytes:
+        if self.decoder is not None:
+            try:
+                piece = self.decoder.decompress(piece)
+            except zlib.error:
+                self.done = True
+                return self.masker.flush()
+        return self.masker.feed(piece)
+
+    def _end(self) -> bytes:
+        tail = b""
+        if self.decoder is not None:
+            try:
+                tail = self.decoder.flush()
+            except zlib.error:
+                tail = b""
+        self.done = True
+        return self.masker.feed(tail) + self.masker.flush()
+
+    def _refuse(self, reason: str) -> bytes:
+        self.done = True
+        logger.info("egress response refused: %s", reason)
+        body = f"Galley egress proxy: {reason}\n".encode()
+        return (
+            f"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "X-Galley-Egress: refused\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+
+
+def _name(line: str) -> str:
+    return line.split(":", 1)[0].strip().lower()
+
+
+def _pipe_masked(client: socket.socket, upstream: socket.socket, values: dict[str, str], method: str) -> None:
+    """Like _pipe, but the upstream's answer passes through a ResponseFilter first."""
+    response = ResponseFilter(values, method)
+    client.settimeout(None)
+    upstream.settimeout(None)
+    sockets: list[Any] = [client, upstream]
+    try:
+        while not response.done:
+            ready = [s for s in sockets if isinstance(s, ssl.SSLSocket) and s.pending()]
+            if not ready:
+                ready, _, _ = select.select(sockets, [], [], IDLE_SECONDS)
+            if not ready:
+                return
+            for s in ready:
+                data = s.recv(65536)
+                if s is client:
+                    if not data:
+                        sockets.remove(client)  # the request is sent; keep reading the answer
+                        continue
+                    upstream.sendall(data)
+                    continue
+                if not data:
+                    client.sendall(response.finish())
+                    return
+                output = response.feed(data)
+                if output:
+                    client.sendall(output)
+                if response.done:
+                    break
+    except OSError:
+        pass
+    finally:
+        client.close()
+        upstream.close()

@@ -388,7 +388,7 @@ def _build_commands(prefix: str, lists: dict[str, list[str]], log: list[str]) ->
 
 
 def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> bool:
-    from sessions.sandbox.backends import Limits, SandboxSpec, backend_get, sandbox_uid
+    from sessions.sandbox.backends import Limits, SandboxSpec, backend_get, sandbox_uid, spawn_done
     from sessions.sandbox.egress import PACKAGE_REGISTRIES, EgressProxy, EgressRules
     from sessions.sandbox.services import BRIDGE_SOURCE, sandbox_provision
 
@@ -403,7 +403,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
     # A short name: the proxy's Unix socket lives below it, and socket paths are limited to ~108 bytes.
     short = hashlib.sha256(staging.name.encode()).hexdigest()[:12]
     build_root = Path(settings.GALLEY_SANDBOX_ROOT) / f"_b.{short}"
-    sandbox_provision(root=build_root, uid=uid)
+    sandbox_provision(root=build_root, uid=uid, quota=False)  # a build's size is bounded by its own limits
     limits = Limits.from_settings()
     probe = SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits)
     prefix = backend.packages_path(
@@ -488,6 +488,8 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
             except subprocess.TimeoutExpired:
                 log.append(f"timed out after {BUILD_TIMEOUT_SECONDS}s\n")
                 return False
+            finally:
+                spawn_done(kwargs)
             log.append(done.stdout.decode(errors="replace"))
             for host, reason in egress.drain_denials():
                 log.append(f"egress refused: {host}: {reason}\n")

@@ -288,22 +288,29 @@ def repositories_prepare(*, session_id: str, root: Path, uid: int) -> list[tuple
     """Clone every attached repository not cloned yet (idempotent, one marker per resource in the
     server-owned sandbox root). Returns the read-write binds for repositories mounted outside /workspace.
     Raises RepositoryError for the first clone that fails."""
+    from sessions.sandbox.quota import volume_path
+
     binds: list[tuple[str, str]] = []
     clones = session_clones(session_id)
     if not clones:
         return binds
+    # Markers live outside what the sandbox can write; clones inside its volume, so they count against
+    # its quota and a move into the workspace never crosses filesystems.
     done_dir = root / "repos"
     done_dir.mkdir(mode=0o711, exist_ok=True)
+    volume = volume_path(root)
+    clone_dir = volume / ".repos"
+    clone_dir.mkdir(mode=0o711, exist_ok=True)
     for clone in clones:
         inside = clone.mount_path.rstrip("/")
         under_workspace = inside.startswith(WORKSPACE + "/")
-        outside_dir = done_dir / clone.resource_id
+        outside_dir = clone_dir / clone.resource_id
         if not under_workspace:
             binds.append((str(outside_dir), inside))
         marker = done_dir / f"{clone.resource_id}.cloned"
         if marker.exists():
             continue
-        staging = done_dir / f".staging-{clone.resource_id}"
+        staging = clone_dir / f".staging-{clone.resource_id}"
         shutil.rmtree(staging, ignore_errors=True)
         from files.models import SessionResource
         from files.services import session_resource_token
@@ -315,8 +322,8 @@ def repositories_prepare(*, session_id: str, root: Path, uid: int) -> list[tuple
             _chown_tree(staging, uid)
         if under_workspace:
             parts = [p for p in inside[len(WORKSPACE) + 1 :].split("/") if p]
-            base_fd = os.open(root / "workspace", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            root_fd = os.open(done_dir, os.O_RDONLY | os.O_DIRECTORY)
+            base_fd = os.open(volume / "workspace", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            root_fd = os.open(clone_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 parent_fd = _open_dir(base_fd, parts[:-1], uid)
                 try:

@@ -53,10 +53,13 @@ class LiveSandbox:
     rules: Any = None  # sessions.sandbox.egress.EgressRules when networking is limited
     slots: list[Any] = None  # type: ignore[assignment]  # sessions.sandbox.credentials.SecretSlot
     lock: threading.Lock = None  # type: ignore[assignment]
+    # Outputs capture: path -> stat of the content last recorded, so unchanged files are not read again.
+    outputs_seen: dict[str, tuple[int, ...]] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
         self.slots = self.slots or []
+        self.outputs_seen = {}
 
 
 _registry: dict[str, LiveSandbox] = {}
@@ -104,8 +107,11 @@ def _check_traversable(base: Path) -> None:
             )
 
 
-def sandbox_provision(*, root: Path, uid: int) -> None:
-    """Create the sandbox's directories (idempotent). Files inside belong to the sandbox's own uid."""
+def sandbox_provision(*, root: Path, uid: int, quota: bool = True) -> None:
+    """Create the sandbox's directories (idempotent). Files inside belong to the sandbox's own uid.
+    With `quota`, the volume holding everything the sandbox can write is its quota-limited image."""
+    from sessions.sandbox.quota import volume_path, volume_provision
+
     base = Path(settings.GALLEY_SANDBOX_ROOT)
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o711)
@@ -113,9 +119,17 @@ def sandbox_provision(*, root: Path, uid: int) -> None:
         _check_traversable(base)
     root.mkdir(exist_ok=True)
     os.chmod(root, 0o711)
+    volume = volume_path(root)
+    if quota:
+        volume_provision(root=root, limit=settings.GALLEY_SANDBOX_WORKSPACE_BYTES)
+    else:
+        volume.mkdir(mode=0o711, exist_ok=True)
     own = os.geteuid() == 0
     for name, mode in (("workspace", 0o755), ("tmp", 0o700), ("state", 0o700), ("outputs", 0o755)):
-        path = root / name
+        path = volume / name
+        old = root / name  # the layout before volumes: move its files into the volume once
+        if old.is_dir() and not old.is_symlink() and not path.exists():
+            shutil.move(str(old), str(path))
         path.mkdir(exist_ok=True)
         if own:
             os.chown(path, uid, uid)
@@ -300,7 +314,12 @@ def _start_shell(live: LiveSandbox) -> Shell:
         shutil.copyfile(BRIDGE_SOURCE, spec.egress / "bridge.py")
         if live.egress is None:
             live.egress = EgressProxy(session_id=live.session_id, rules=live.rules, slots=live.slots)
-        live.egress.listen(spec.egress / "egress.sock", uid=spec.uid)
+        try:
+            live.egress.listen(spec.egress / "egress.sock", uid=spec.uid)
+        except OSError as exc:
+            logger.error("egress proxy socket for %s failed: %s", live.key, exc)
+            reason = exc.strerror or exc
+            raise SandboxError(f"the sandbox's network proxy could not start ({reason})") from exc
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
     return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
 
@@ -367,8 +386,11 @@ def sandbox_destroy(*, session_id: str) -> None:
     base = Path(settings.GALLEY_SANDBOX_ROOT)
     if not base.is_dir():
         return
+    from sessions.sandbox.quota import volume_release
+
     for path in base.iterdir():
         if path.name == session_id or path.name.startswith(session_id + "."):
+            volume_release(path)
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -392,26 +414,3 @@ def sandbox_reap_idle(idle_seconds: float | None = None) -> int:
         finally:
             live.lock.release()
     return stopped
-
-
-def workspace_bytes(root: Path, stop_after: int) -> int:
-    """Bytes used under root (allocated blocks), stopping early once past stop_after."""
-    total = 0
-    stack = [root]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            total += st.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
-        if total > stop_after:
-            break
-    return total

@@ -40,14 +40,18 @@ class Shell:
         self.sentinel = "__GALLEY_" + secrets.token_hex(12) + "__"
         self._pattern = re.compile(b"\n" + self.sentinel.encode() + rb" (-?\d+)\n")
         self.state_dir = state_dir
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            bufsize=0,
-            **popen_kwargs,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                bufsize=0,
+                **popen_kwargs,
+            )
+        finally:
+            for fd in popen_kwargs.get("pass_fds", ()):  # the child has its copy (the seccomp program)
+                os.close(fd)
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
         startup = init + f"\nprintf '\\n%s %d\\n' {self.sentinel} 0\n"

@@ -170,7 +170,11 @@ def run_tool(
         else:
             outcome = _run_file_tool(live, name, tool_input)
         if name in WRITING_TOOLS:
-            _capture_outputs(session, live)
+            note = _capture_outputs(session, live)
+            if note:
+                outcome = ToolOutcome(
+                    content=[*outcome.content, {"type": "text", "text": note}], is_error=outcome.is_error
+                )
         return outcome
     except SandboxError as exc:
         return _text(f"{name}: sandbox unavailable: {exc}", True)
@@ -223,7 +227,8 @@ def _await_packages(session: Session, cancel: threading.Event | None) -> ToolOut
 
 
 def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | None) -> ToolOutcome:
-    from sessions.sandbox.services import sandbox_shell, workspace_bytes
+    from sessions.sandbox.quota import QuotaWatcher, volume_full, volume_is_image
+    from sessions.sandbox.services import sandbox_shell
 
     if tool_input.get("restart"):
         with live.lock:
@@ -249,12 +254,26 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
         if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
             return _text("bash: timeout_ms must be a positive integer", True)
         timeout = timeout_ms / 1000.0
+    limit = settings.GALLEY_SANDBOX_WORKSPACE_BYTES
+    watcher: QuotaWatcher | None = None
     with live.lock:
         try:
             shell = sandbox_shell(live)
         except RuntimeError as exc:
             return _text(f"bash: {exc}", True)
-        result = shell.run(command, timeout=timeout, cancel=cancel, cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES)
+        kernel_quota = volume_is_image(live.spec.root)
+        if kernel_quota:
+            result = shell.run(
+                command, timeout=timeout, cancel=cancel, cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES
+            )
+        else:
+            # No kernel quota on this host: a watcher kills the command once it writes past the limit.
+            with QuotaWatcher(root=live.spec.root, limit=limit, cancel=cancel) as watcher:
+                result = shell.run(
+                    command, timeout=timeout, cancel=watcher.event, cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES
+                )
+            if watcher.tripped:
+                result.cancelled = False
         if result.exit_code is None:
             live.shell = None  # killed or dead: the next call starts a new one, restoring cwd and exports
     output = result.output.rstrip("\n")
@@ -263,7 +282,13 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
     if live.egress is not None:
         for host, reason in live.egress.drain_denials():
             notes.append(f"[egress proxy refused a connection to {host}: {reason}]")
-    if result.cancelled:
+    if watcher is not None and watcher.tripped:
+        notes.append(
+            f"[killed: the command wrote past the sandbox's storage limit of {limit} bytes (shared by "
+            "/workspace, /tmp and /mnt/session/outputs); the shell was restarted. Delete files to continue]"
+        )
+        is_error = True
+    elif result.cancelled:
         notes.append("[interrupted: the command was stopped by the user; the shell was restarted]")
         is_error = True
     elif result.timed_out:
@@ -278,12 +303,12 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
     elif result.exit_code:
         notes.append(f"[exit code: {result.exit_code}]")
         is_error = True
-    limit = settings.GALLEY_SANDBOX_WORKSPACE_BYTES
-    used = workspace_bytes(live.spec.root, stop_after=limit)
-    if used > limit:
+    if not (watcher is not None and watcher.tripped) and volume_full(live.spec.root, limit=limit):
+        # Image: one statvfs() call. Watcher hosts: a walk that stops at the limit.
         notes.append(
-            f"[workspace size limit exceeded: over {limit} bytes used in /workspace and /tmp; "
-            "delete files to continue]"
+            f"[workspace size limit exceeded: the sandbox's storage limit of {limit} bytes (shared by "
+            "/workspace, /tmp and /mnt/session/outputs) is used up, so writes fail with 'No space left on "
+            "device'; delete files to continue]"
         )
         is_error = True
     text = output
@@ -359,14 +384,25 @@ def _warm_up() -> None:
 
 def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutcome:
     from sessions.sandbox.backends import BwrapBackend
-    from sessions.sandbox.services import sandbox_provision, workspace_bytes
+    from sessions.sandbox.quota import volume_is_image, volume_usage
+    from sessions.sandbox.services import sandbox_provision
 
     spec = live.spec
     sandbox_provision(root=spec.root, uid=spec.uid)
     if name == "write" and isinstance(tool_input.get("content"), str):
         limit = settings.GALLEY_SANDBOX_WORKSPACE_BYTES
-        if workspace_bytes(spec.root, stop_after=limit) + len(tool_input["content"].encode()) > limit:
-            return _text(f"write: workspace size limit ({limit} bytes) would be exceeded", True)
+        size = len(tool_input["content"].encode())
+        if volume_is_image(spec.root):
+            st = os.statvfs(spec.volume)
+            over = size > st.f_bavail * st.f_frsize  # the kernel would stop it part-way
+        else:
+            over = volume_usage(spec.root, limit=limit) + size > limit
+        if over:
+            return _text(
+                f"write: the workspace size limit ({limit} bytes, shared by /workspace, /tmp and "
+                "/mnt/session/outputs) would be exceeded; delete files first",
+                True,
+            )
     if isinstance(live.backend, BwrapBackend):
         answer = _in_sandbox(live, name, tool_input)
     else:
@@ -383,15 +419,28 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
 WRITING_TOOLS = frozenset({"bash", "write", "edit"})
 
 
-def _capture_outputs(session: Session, live: Any) -> None:
-    """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id)."""
-    from files.services import file_capture_outputs
+def _capture_outputs(session: Session, live: Any) -> str:
+    """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id).
+    Only that directory is walked, and unchanged files are not read again. Returns a note for the model
+    when some files were left out (the session's outputs quota)."""
+    from files.services import file_capture_outputs_report
 
     try:
-        if live.spec.outputs.is_dir():
-            file_capture_outputs(session=session, outputs_dir=live.spec.outputs)
+        if not live.spec.outputs.is_dir():
+            return ""
+        report = file_capture_outputs_report(
+            session=session, outputs_dir=live.spec.outputs, seen=live.outputs_seen
+        )
     except Exception:  # capture must never turn a finished tool call into a failure
         logger.exception("capturing outputs failed (session %s)", session.id)
+        return ""
+    if not report.over_quota:
+        return ""
+    names = ", ".join(report.over_quota[:5]) + (" and more" if len(report.over_quota) > 5 else "")
+    return (
+        f"[outputs not saved: {len(report.over_quota)} file(s) in /mnt/session/outputs ({names}) were not "
+        f"captured because this session's outputs already hold the limit of {report.quota_bytes} bytes]"
+    )
 
 
 def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,265 @@
+"""The seccomp filter every sandbox runs under: a classic-BPF program handed to bubblewrap (`--seccomp FD`).
+
+It refuses, with EPERM (so programs fail cleanly instead of being killed), the system calls a sandboxed agent
+has no use for and that widen the kernel's attack surface: keyrings, eBPF, perf events, tracing other
+processes, every way of mounting, kexec, kernel modules, userfaultfd, io_uring, namespace changes, SysV shared
+memory (RAM no sandbox limit would count), and clock, host name, swap, reboot and quota administration.
+System calls made under any other ABI than the host's native one (32-bit x86 on x86_64, x32) are refused
+the same way, so a foreign-ABI binary cannot reach them by their other numbers.
+"""
+
+import errno
+import os
+import platform
+import struct
+
+# struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6]
+_OFFSET_NR = 0
+_OFFSET_ARCH = 4
+
+_BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_BPF_JGE_K = 0x35  # BPF_JMP | BPF_JGE | BPF_K
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+
+_RET_ALLOW = 0x7FFF0000
+_RET_ERRNO = 0x00050000
+
+_X32_SYSCALL_BIT = 0x40000000
+
+# Denied by name; the numbers below are per architecture (from the kernel's unistd tables).
+DENIED = (
+    "add_key",
+    "request_key",
+    "keyctl",
+    "bpf",
+    "perf_event_open",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "unshare",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "lookup_dcookie",
+    "shmget",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "syslog",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "quotactl",
+    "quotactl_fd",
+    "iopl",
+    "ioperm",
+    "uselib",
+    "vhangup",
+    "nfsservctl",
+    "fanotify_init",
+)
+
+_X86_64 = {
+    "add_key": 248,
+    "request_key": 249,
+    "keyctl": 250,
+    "bpf": 321,
+    "perf_event_open": 298,
+    "ptrace": 101,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "kcmp": 312,
+    "mount": 165,
+    "umount2": 166,
+    "pivot_root": 155,
+    "move_mount": 429,
+    "open_tree": 428,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
+    "kexec_load": 246,
+    "kexec_file_load": 320,
+    "init_module": 175,
+    "finit_module": 313,
+    "delete_module": 176,
+    "create_module": 174,
+    "userfaultfd": 323,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "unshare": 272,
+    "setns": 308,
+    "open_by_handle_at": 304,
+    "name_to_handle_at": 303,
+    "lookup_dcookie": 212,
+    "shmget": 29,
+    "swapon": 167,
+    "swapoff": 168,
+    "reboot": 169,
+    "syslog": 103,
+    "acct": 163,
+    "settimeofday": 164,
+    "clock_settime": 227,
+    "clock_adjtime": 305,
+    "adjtimex": 159,
+    "sethostname": 170,
+    "setdomainname": 171,
+    "quotactl": 179,
+    "quotactl_fd": 443,
+    "iopl": 172,
+    "ioperm": 173,
+    "uselib": 134,
+    "vhangup": 153,
+    "nfsservctl": 180,
+    "fanotify_init": 300,
+}
+
+# aarch64 uses the generic table; it has no create_module, iopl, ioperm or uselib.
+_AARCH64 = {
+    "add_key": 217,
+    "request_key": 218,
+    "keyctl": 219,
+    "bpf": 280,
+    "perf_event_open": 241,
+    "ptrace": 117,
+    "process_vm_readv": 270,
+    "process_vm_writev": 271,
+    "kcmp": 272,
+    "mount": 40,
+    "umount2": 39,
+    "pivot_root": 41,
+    "move_mount": 429,
+    "open_tree": 428,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
+    "kexec_load": 104,
+    "kexec_file_load": 294,
+    "init_module": 105,
+    "finit_module": 273,
+    "delete_module": 106,
+    "userfaultfd": 282,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "unshare": 97,
+    "setns": 268,
+    "open_by_handle_at": 265,
+    "name_to_handle_at": 264,
+    "lookup_dcookie": 18,
+    "shmget": 194,
+    "swapon": 224,
+    "swapoff": 225,
+    "reboot": 142,
+    "syslog": 116,
+    "acct": 89,
+    "settimeofday": 170,
+    "clock_settime": 112,
+    "clock_adjtime": 266,
+    "adjtimex": 171,
+    "sethostname": 161,
+    "setdomainname": 162,
+    "quotactl": 60,
+    "quotactl_fd": 443,
+    "vhangup": 58,
+    "nfsservctl": 42,
+    "fanotify_init": 262,
+}
+
+# machine -> (AUDIT_ARCH_* value, syscall table)
+ARCHITECTURES = {
+    "x86_64": (0xC000003E, _X86_64),
+    "aarch64": (0xC00000B7, _AARCH64),
+}
+
+
+class SeccompUnsupported(RuntimeError):
+    pass
+
+
+def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def seccomp_program(machine: str | None = None) -> bytes:
+    """The filter for this host's architecture, as the bytes of a `struct sock_filter` array."""
+    machine = machine or platform.machine()
+    if machine not in ARCHITECTURES:
+        raise SeccompUnsupported(f"no seccomp filter for the {machine} architecture")
+    audit_arch, table = ARCHITECTURES[machine]
+    numbers = sorted({table[name] for name in DENIED if name in table})
+    deny = _insn(_BPF_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)
+    allow = _insn(_BPF_RET_K, 0, 0, _RET_ALLOW)
+    # Layout: check arch, load nr, [x32 check], one JEQ per number jumping to the final deny, allow, deny.
+    body: list[bytes] = []
+    count = len(numbers)
+    for index, number in enumerate(numbers):
+        # Jump over the remaining JEQs and the allow to land on deny.
+        body.append(_insn(_BPF_JEQ_K, count - index, 0, number))
+    head = [
+        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_ARCH),
+        # Native architecture: fall through; otherwise jump to deny (past every later instruction).
+        _insn(_BPF_JEQ_K, 0, 0, audit_arch),  # jf patched below
+        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_NR),
+    ]
+    if machine == "x86_64":
+        head.append(_insn(_BPF_JGE_K, 0, 0, _X32_SYSCALL_BIT))  # jt patched below
+    program = [*head, *body, allow, deny]
+    deny_at = len(program) - 1
+    code, _jt, _jf, k = struct.unpack("=HBBI", program[1])
+    program[1] = _insn(code, 0, deny_at - 2, k)
+    if machine == "x86_64":
+        code, _jt, _jf, k = struct.unpack("=HBBI", program[3])
+        program[3] = _insn(code, deny_at - 4, 0, k)
+    if len(program) > 255:
+        raise SeccompUnsupported("seccomp program too long for 8-bit jumps")
+    return b"".join(program)
+
+
+_cached: bytes | None = None
+
+
+def seccomp_fd() -> int | None:
+    """A fresh file descriptor holding the program, positioned at its start, for one bubblewrap launch.
+    None on an architecture without a table (the sandbox then runs without the filter; logged by the caller).
+    The caller passes it with `pass_fds` and closes it after the launch."""
+    global _cached
+    if _cached is None:
+        try:
+            _cached = seccomp_program()
+        except SeccompUnsupported:
+            return None
+    fd = os.memfd_create("galley-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, _cached)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
