@@ -12,11 +12,13 @@ def register_routers(api: NinjaAPI) -> None:
     from files.api import router as files_router
     from sessions.api import router as sessions_router
     from vaults.api import router as vaults_router
+    from webhooks.api import router as webhooks_router
 
     api.add_router("/", agents_router)
     api.add_router("/", sessions_router)
     api.add_router("/", vaults_router)
     api.add_router("/", files_router)
+    api.add_router("/", webhooks_router)
     # Last: 501 for the families nobody implements yet (real routers above take precedence).
     from console.unsupported import router as unsupported_router
 

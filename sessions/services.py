@@ -23,6 +23,7 @@ from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
 from vaults.services import vault_get
+from webhooks.services import webhook_event_emit, webhook_events_for_log
 
 
 @dataclass
@@ -62,6 +63,11 @@ def events_append(*, session: Session | str, events: list[NewEvent]) -> list[Eve
         for index, item in enumerate(events)
     ]
     Event.objects.bulk_create(rows)
+    webhook_events_for_log(
+        session_id=session_id,
+        workspace_id=session.workspace_id if isinstance(session, Session) else None,
+        events=rows,
+    )
     transaction.on_commit(lambda: streaming.notify(session_id, last))
     if isinstance(session, Session):
         session.last_seq = last
@@ -430,6 +436,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
         )
         if resources:
             file_services.session_resources_attach(session=session, resources=resources)
+        webhook_event_emit(workspace=workspace, type="session.created", data={"id": session.pk})
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
     return session
@@ -619,6 +626,7 @@ def session_archive(*, session: Session) -> Session:
         SessionThread.objects.filter(session=session, archived_at=None).update(archived_at=now)
         session.archived_at = now
         session.updated_at = now
+        webhook_event_emit(workspace=session.workspace_id, type="session.archived", data={"id": session.pk})
         transaction.on_commit(lambda: _kick(session.pk))
     return session
 
