@@ -15,11 +15,11 @@ from accounts.models import Workspace
 from console.errors import ApiError
 from outbound.guard import AddressRefused, resolve_checked
 from sessions import services as session_services
+from tests.session_fixtures import make_agent, make_environment
+from tests.webhook_receiver import webhook_receiver
 from vaults import crypto
 from webhooks import services
 from webhooks.models import DeliveryState, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tests.session_fixtures import make_agent, make_environment
-from tests.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.django_db
 
