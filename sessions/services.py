@@ -222,7 +222,7 @@ def session_wire(
         },
         "usage": _usage_wire(session),
         "budget": session.budget,
-        "deployment_id": None,
+        "deployment_id": session.deployment_id,
         "created_at": iso(session.created_at),
         "updated_at": iso(session.updated_at),
         "archived_at": iso(session.archived_at),
@@ -361,7 +361,13 @@ _CREATE_FIELDS = frozenset(
 )
 
 
-def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKey | None = None) -> Session:
+def session_create(
+    *,
+    workspace: Workspace,
+    body: dict[str, Any],
+    api_key: ApiKey | None = None,
+    deployment_id: str | None = None,
+) -> Session:
     if not isinstance(body, dict):
         raise bad_request("body: expected a JSON object.")
     unknown = sorted(set(body) - _CREATE_FIELDS)
@@ -422,6 +428,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             metadata=metadata,
             vault_ids=vault_ids,
             budget=budget,
+            deployment_id=deployment_id,
             created_at=now,
             updated_at=now,
         )
@@ -504,8 +511,10 @@ def session_list(
         qs = qs.filter(archived_at=None)
     if statuses:
         qs = qs.filter(status__in=statuses)
-    if deployment_id or memory_store_id:
-        # No session is created from a deployment or mounts a memory store yet.
+    if deployment_id:
+        qs = qs.filter(deployment_id=deployment_id)
+    if memory_store_id:
+        # No session mounts a memory store yet.
         qs = qs.none()
     qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
     return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
