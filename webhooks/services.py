@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from accounts.models import Workspace
@@ -636,6 +636,6 @@ def endpoint_deliveries(*, endpoint: WebhookEndpoint, limit: int = 50) -> list[W
     return list(
         WebhookDelivery.objects.filter(endpoint=endpoint)
         .select_related("event")
-        .prefetch_related("attempt_rows")
+        .prefetch_related(Prefetch("attempt_rows", queryset=WebhookAttempt.objects.order_by("number")))
         .order_by("-id")[:limit]
     )
