@@ -474,9 +474,8 @@ def _fire(deployment: Deployment, *, trigger: str, scheduled_at: datetime | None
         "agent": {"type": "agent", "id": deployment.agent_id, "version": deployment.agent_version},
         "environment_id": deployment.environment_id,
         "initial_events": deployment.initial_events,
-        "metadata": deployment.metadata,
         "vault_ids": deployment.vault_ids,
-    }
+    }  # the deployment's metadata stays its own; the session names it by deployment_id
     if deployment.resources_ciphertext:
         body["resources"] = crypto.decrypt(deployment.resources_ciphertext)["resources"]
     if deployment.budget is not None:

@@ -125,7 +125,7 @@ def test_a_controlled_clock_fires_each_due_time_once(workspace: Workspace) -> No
     assert deployment.next_fire_at == datetime(2030, 1, 1, 13, 20, tzinfo=UTC)
     session = Session.objects.get(pk=run.session_id)
     assert session.deployment_id == deployment.pk and session.status == "running"
-    assert session.metadata == {"team": "ops"} and session.agent_version == 2
+    assert session.metadata == {} and session.agent_version == 2
     assert Event.objects.filter(session=session, type="user.message").count() == 1
     assert services.run_wire(run)["trigger_context"] == {
         "type": "schedule",
