@@ -155,6 +155,8 @@ GALLEY_WEBHOOK_SECRET_GRACE_SECONDS = env_float("GALLEY_WEBHOOK_SECRET_GRACE_SEC
 # A worker's claim on a delivery; a worker that dies mid-delivery leaves it to be retried after it.
 GALLEY_WEBHOOK_CLAIM_SECONDS = env_float("GALLEY_WEBHOOK_CLAIM_SECONDS", 60.0, minimum=0.5)
 GALLEY_WEBHOOK_SWEEP_SECONDS = env_float("GALLEY_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.1)
+# Delivered and failed webhook events (and their delivery log) are deleted after this many days.
+GALLEY_WEBHOOK_RETENTION_DAYS = env_float("GALLEY_WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.01)
 # Galley has no organizations; this is the organization_id webhook payloads carry.
 GALLEY_ORGANIZATION_ID = env_str("GALLEY_ORGANIZATION_ID", "org_galley") or "org_galley"
 GALLEY_DEPLOYMENT_TICK_SECONDS = env_float("GALLEY_DEPLOYMENT_TICK_SECONDS", 15.0, minimum=0.1)
@@ -164,6 +166,7 @@ CELERY_BEAT_SCHEDULE = {
     "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
     "files-purge-expired": {"task": "files.purge_expired", "schedule": 3600.0},
     "webhooks-sweep": {"task": "webhooks.sweep", "schedule": GALLEY_WEBHOOK_SWEEP_SECONDS},
+    "webhooks-purge": {"task": "webhooks.purge", "schedule": 3600.0},
     "deployments-fire-due": {"task": "deployments.fire_due", "schedule": GALLEY_DEPLOYMENT_TICK_SECONDS},
 }
 

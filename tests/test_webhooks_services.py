@@ -429,3 +429,22 @@ def test_test_events_and_redelivery_reuse_the_event_id(workspace: Workspace) -> 
         run_all(ep)
         assert [r.headers["webhook-id"] for r in rx.received] == [first.headers["webhook-id"]] * 2
         SDK.beta.webhooks.unwrap(rx.received[1].body, headers=rx.received[1].headers, key=secret)
+
+
+def test_the_sweeper_finds_due_work_and_old_finished_events_are_purged(
+    workspace: Workspace, monkeypatch: Any
+) -> None:
+    enqueued: list[tuple[str, str]] = []
+    monkeypatch.setattr(services, "_enqueue", lambda endpoint_id, key: enqueued.append((endpoint_id, key)))
+    with webhook_receiver() as rx:
+        ep, _ = endpoint(workspace, rx.url)
+        for i in range(3):
+            emit(workspace, resource=f"agent_{i}")
+        assert services._enqueue_due() == 3  # one (endpoint, key) pair per resource
+        assert sorted(k for _, k in enqueued) == ["agent_0", "agent_1", "agent_2"]
+        run_all(ep)
+        assert services._enqueue_due() == 0
+    emit(workspace, resource="agent_pending")
+    later = timezone.now() + timedelta(days=31)
+    assert services.webhook_events_purge(now=later) == 3
+    assert list(WebhookEvent.objects.values_list("data__id", flat=True)) == ["agent_pending"]

@@ -620,7 +620,7 @@ def _enqueue_due(*, endpoint_id: str | None = None, now: datetime | None = None)
     ).filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
     if endpoint_id is not None:
         qs = qs.filter(endpoint_id=endpoint_id)
-    pairs = set(qs.values_list("endpoint_id", "ordering_key")[:5000])
+    pairs = set(qs.values_list("endpoint_id", "ordering_key").order_by().distinct()[:2000])
     for endpoint, key in pairs:
         _enqueue(endpoint, key)
     return len(pairs)
@@ -630,6 +630,16 @@ def deliveries_sweep() -> int:
     """Re-enqueue every (endpoint, ordering key) with a due delivery nobody holds: retries whose
     time has come, enqueues lost with a crashed process, claims of killed workers."""
     return _enqueue_due()
+
+
+def webhook_events_purge(*, now: datetime | None = None) -> int:
+    """Delete events (and their delivery log) older than GALLEY_WEBHOOK_RETENTION_DAYS that have
+    nothing left to deliver."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.GALLEY_WEBHOOK_RETENTION_DAYS)
+    pending = WebhookDelivery.objects.filter(state=DeliveryState.PENDING).values("event_id")
+    old = WebhookEvent.objects.filter(created_at__lt=cutoff).exclude(pk__in=pending)
+    _, per_model = old.delete()
+    return per_model.get(WebhookEvent._meta.label, 0)
 
 
 def endpoint_deliveries(*, endpoint: WebhookEndpoint, limit: int = 50) -> list[WebhookDelivery]:
