@@ -6,6 +6,7 @@ in Celery (`webhooks.tasks`): enqueued on commit, and re-enqueued by a sweeper f
 or was left behind by a crashed worker. Signing is `webhooks.signing`; the address check is the
 project's outbound guard (`outbound.guard`)."""
 
+import functools
 import ipaddress
 import json
 import logging
@@ -148,7 +149,7 @@ def _event_insert(
             ]
         )
         for endpoint in to:
-            transaction.on_commit(lambda endpoint_id=endpoint.pk: _enqueue(endpoint_id, key))
+            transaction.on_commit(functools.partial(_enqueue, endpoint.pk, key))
     return event
 
 

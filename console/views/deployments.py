@@ -2,6 +2,7 @@
 and its runs linking to their sessions."""
 
 import json
+from typing import Any
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -41,7 +42,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
         if not request.access.can_edit:  # type: ignore[attr-defined]
             return forbidden(request, "Creating deployments needs the editor role.")
         form = {key: request.POST.get(key, "").strip() for key in form}
-        body = {
+        body: dict[str, Any] = {
             "name": form["name"],
             "agent": form["agent"],
             "environment_id": form["environment_id"],
