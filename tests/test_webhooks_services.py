@@ -448,3 +448,43 @@ def test_the_sweeper_finds_due_work_and_old_finished_events_are_purged(
     later = timezone.now() + timedelta(days=31)
     assert services.webhook_events_purge(now=later) == 3
     assert list(WebhookEvent.objects.values_list("data__id", flat=True)) == ["agent_pending"]
+
+
+def test_thread_outcome_budget_update_and_delete_log_events_map_to_webhooks(workspace: Workspace) -> None:
+    agent, environment = make_agent(workspace), make_environment(workspace)
+    endpoint(workspace, "https://hooks.example.com/x", ["*"])
+    session = session_services.session_create(
+        workspace=workspace, body={"agent": agent.pk, "environment_id": environment.pk}
+    )
+    NewEvent = session_services.NewEvent
+    with transaction.atomic():
+        session_services.events_append(
+            session=session.pk,  # by id: the workspace is looked up
+            events=[
+                NewEvent("session.thread_created", {"session_thread_id": "sthr_child", "agent_name": "a"}),
+                NewEvent("session.thread_status_running", {"session_thread_id": "sthr_child"}),
+                NewEvent("session.thread_status_idle", {"session_thread_id": "sthr_child"}),
+                NewEvent("session.thread_status_terminated", {"session_thread_id": "sthr_child"}),
+                NewEvent("span.outcome_evaluation_end", {"outcome_id": "outc_1", "result": "satisfied"}),
+                NewEvent("agent.message", {"content": []}),
+            ],
+        )
+        session_services.session_set_status(
+            session=session, status="idle", stop_reason={"type": "budget_reached"}
+        )
+    session_services.session_update(session=session, body={"title": "renamed"})
+    session_services.session_delete(session=session)
+    rows = list(WebhookEvent.objects.exclude(type="session.created").order_by("created_at", "id"))
+    assert [r.type for r in rows] == [
+        "session.thread_created",
+        "session.thread_idled",
+        "session.thread_terminated",
+        "session.outcome_evaluation_ended",
+        "session.status_idled",
+        "session.idled",
+        "session.budget_reached",
+        "session.updated",
+        "session.deleted",
+    ]
+    assert rows[0].data["session_thread_id"] == "sthr_child" and rows[0].data["id"] == session.pk
+    assert "session_thread_id" not in rows[3].data
