@@ -19,6 +19,7 @@ from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
 from sessions.sandbox.backends import backend_is_unsafe
 from sessions.sandbox.packages import packages_request_build, validate_packages
+from webhooks.services import webhook_event_emit
 
 BUILD_LOG_TAIL = 16_000  # characters of the package build log shown on the environment object
 
@@ -254,6 +255,7 @@ def agent_create(*, workspace: Workspace, body: dict[str, Any]) -> Agent:
             updated_at=now,
         )
         AgentVersion.objects.create(agent=agent, version=1, definition=definition, created_at=now)
+        webhook_event_emit(workspace=workspace, type="agent.created", data={"id": agent.pk})
     return agent
 
 
@@ -287,6 +289,7 @@ def agent_update(*, agent: Agent, body: dict[str, Any]) -> Agent:
         locked.name = definition["name"]
         locked.updated_at = now
         locked.save(update_fields=["current_version", "name", "updated_at"])
+        webhook_event_emit(workspace=locked.workspace_id, type="agent.updated", data={"id": locked.pk})
     return locked
 
 
@@ -299,7 +302,10 @@ def _same_definition(new: dict[str, Any], old: dict[str, Any], agent_id: str, ol
 def agent_archive(*, agent: Agent) -> Agent:
     now = timezone.now()
     # Conditional: a second archive keeps the first timestamp.
-    Agent.objects.filter(pk=agent.pk, archived_at__isnull=True).update(archived_at=now, updated_at=now)
+    with transaction.atomic():
+        archived = Agent.objects.filter(pk=agent.pk, archived_at__isnull=True)
+        if archived.update(archived_at=now, updated_at=now):
+            webhook_event_emit(workspace=agent.workspace_id, type="agent.archived", data={"id": agent.pk})
     agent.refresh_from_db()
     return agent
 
@@ -526,6 +532,7 @@ def environment_create(*, workspace: Workspace, body: dict[str, Any]) -> Environ
         with transaction.atomic():
             environment.save(force_insert=True)
             packages_request_build(environment=environment)
+            webhook_event_emit(workspace=workspace, type="environment.created", data={"id": environment.pk})
     except IntegrityError:
         raise _name_taken(name) from None  # lost a race with a concurrent create
     return environment
@@ -566,14 +573,19 @@ def environment_update(*, environment: Environment, body: dict[str, Any]) -> Env
             raise _name_taken(env.name) from None
         if config_changed:
             packages_request_build(environment=env)
+        webhook_event_emit(workspace=env.workspace_id, type="environment.updated", data={"id": env.pk})
     return env
 
 
 def environment_archive(*, environment: Environment) -> Environment:
     now = timezone.now()
-    Environment.objects.filter(pk=environment.pk, archived_at__isnull=True).update(
-        archived_at=now, updated_at=now
-    )
+    with transaction.atomic():
+        if Environment.objects.filter(pk=environment.pk, archived_at__isnull=True).update(
+            archived_at=now, updated_at=now
+        ):
+            webhook_event_emit(
+                workspace=environment.workspace_id, type="environment.archived", data={"id": environment.pk}
+            )
     environment.refresh_from_db()
     return environment
 
@@ -588,7 +600,11 @@ def environment_delete(*, environment: Environment) -> dict[str, Any]:
     environment_id = environment.id
     try:
         with transaction.atomic():
+            workspace_id = environment.workspace_id
             environment.delete()
+            webhook_event_emit(
+                workspace=workspace_id, type="environment.deleted", data={"id": environment_id}
+            )
     except ProtectedError:
         raise in_use from None  # a session was created between the check and the delete
     return {"id": environment_id, "type": "environment_deleted"}

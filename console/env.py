@@ -53,6 +53,20 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     return parsed
 
 
+def env_float_list(name: str, default: list[float], *, minimum: float | None = None) -> list[float]:
+    """Comma-separated numbers, e.g. a retry schedule in seconds."""
+    parsed = []
+    for item in env_list(name, [str(v) for v in default]):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(f"{name} must be comma-separated numbers, got {item!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{name}: every value must be at least {minimum}, got {value}")
+        parsed.append(value)
+    return parsed
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None or value.strip() == "":

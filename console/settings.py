@@ -5,7 +5,16 @@ from pathlib import Path
 
 import dj_database_url
 
-from console.env import ConfigError, env_bool, env_float, env_int, env_list, env_str, secret_file
+from console.env import (
+    ConfigError,
+    env_bool,
+    env_float,
+    env_float_list,
+    env_int,
+    env_list,
+    env_str,
+    secret_file,
+)
 from sessions.harness.pricing import PriceTableError, parse_price_table
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -32,6 +41,8 @@ INSTALLED_APPS = [
     "sessions.apps.AgentSessionsConfig",
     "vaults",
     "files",
+    "webhooks",
+    "deployments",
     "console",
 ]
 
@@ -129,11 +140,34 @@ GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
 # The harness sweeper re-enqueues sessions whose step lease expired (a crashed worker) or whose
 # queued input was never picked up.
 GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 5.0, minimum=0.1)
+# --- Webhooks and deployments (webhooks/, deployments/) ---------------------------------------------
+# Loopback, private and link-local receivers (and plain http:// URLs) are refused unless this is set.
+GALLEY_WEBHOOK_ALLOW_PRIVATE = env_bool("GALLEY_WEBHOOK_ALLOW_PRIVATE", False)
+# Seconds to wait before each retry of a failed delivery (Standard Webhooks' schedule), with jitter.
+GALLEY_WEBHOOK_RETRY_SCHEDULE = env_float_list(
+    "GALLEY_WEBHOOK_RETRY_SCHEDULE", [5, 300, 1800, 7200, 18000, 36000, 36000], minimum=0
+)
+GALLEY_WEBHOOK_TIMEOUT_SECONDS = env_float("GALLEY_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# An endpoint is disabled after this many failed attempts in a row.
+GALLEY_WEBHOOK_DISABLE_AFTER_FAILURES = env_int("GALLEY_WEBHOOK_DISABLE_AFTER_FAILURES", 20, minimum=1)
+# After regenerate_signing_secret the previous secret also signs deliveries for this long.
+GALLEY_WEBHOOK_SECRET_GRACE_SECONDS = env_float("GALLEY_WEBHOOK_SECRET_GRACE_SECONDS", 86400.0, minimum=0)
+# A worker's claim on a delivery; a worker that dies mid-delivery leaves it to be retried after it.
+GALLEY_WEBHOOK_CLAIM_SECONDS = env_float("GALLEY_WEBHOOK_CLAIM_SECONDS", 60.0, minimum=0.5)
+GALLEY_WEBHOOK_SWEEP_SECONDS = env_float("GALLEY_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.1)
+# Delivered and failed webhook events (and their delivery log) are deleted after this many days.
+GALLEY_WEBHOOK_RETENTION_DAYS = env_float("GALLEY_WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.01)
+# Galley has no organizations; this is the organization_id webhook payloads carry.
+GALLEY_ORGANIZATION_ID = env_str("GALLEY_ORGANIZATION_ID", "org_galley") or "org_galley"
+GALLEY_DEPLOYMENT_TICK_SECONDS = env_float("GALLEY_DEPLOYMENT_TICK_SECONDS", 15.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
     # Each worker process also reaps its own idle shells every second; this is a backstop.
     "sandbox-reap-idle": {"task": "sandbox.reap_idle", "schedule": 60.0},
     "files-purge-expired": {"task": "files.purge_expired", "schedule": 3600.0},
+    "webhooks-sweep": {"task": "webhooks.sweep", "schedule": GALLEY_WEBHOOK_SWEEP_SECONDS},
+    "webhooks-purge": {"task": "webhooks.purge", "schedule": 3600.0},
+    "deployments-fire-due": {"task": "deployments.fire_due", "schedule": GALLEY_DEPLOYMENT_TICK_SECONDS},
 }
 
 # --- API ------------------------------------------------------------------------------------------

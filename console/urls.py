@@ -7,7 +7,18 @@ from django.views.decorators.csrf import csrf_exempt
 from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
-from console.views import admin, agents, analytics, auth, environments, overview, sessions, vaults
+from console.views import (
+    admin,
+    agents,
+    analytics,
+    auth,
+    deployments,
+    environments,
+    overview,
+    sessions,
+    vaults,
+    webhooks,
+)
 
 register_routers(api)
 
@@ -59,6 +70,12 @@ console_urlpatterns = [
     path("api-keys", admin.api_keys),
     path("api-keys/<str:key_id>/revoke", admin.api_key_revoke),
     path("users", admin.users),
+    path("webhooks", webhooks.webhook_list),
+    path("webhooks/<str:endpoint_id>", webhooks.webhook_detail),
+    path("webhooks/<str:endpoint_id>/<str:action>", webhooks.webhook_action),
+    path("deployments", deployments.deployment_list),
+    path("deployments/<str:deployment_id>", deployments.deployment_detail),
+    path("deployments/<str:deployment_id>/<str:action>", deployments.deployment_action),
     path("users/<int:membership_id>/role", admin.user_role),
     re_path(r"^static/(?P<path>.+)$", static),
 ]

@@ -29,6 +29,7 @@ class Session(models.Model):
     metadata = models.JSONField(default=dict)
     vault_ids = models.JSONField(default=list)
     budget = models.JSONField(null=True, blank=True)
+    deployment_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)  # deployments/
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.IDLE)
     stop_reason = models.JSONField(null=True, blank=True)  # last idle's stop_reason

@@ -23,6 +23,7 @@ from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
 from vaults.services import vault_get
+from webhooks.services import webhook_event_emit, webhook_events_for_log
 
 
 @dataclass
@@ -62,6 +63,11 @@ def events_append(*, session: Session | str, events: list[NewEvent]) -> list[Eve
         for index, item in enumerate(events)
     ]
     Event.objects.bulk_create(rows)
+    webhook_events_for_log(
+        session_id=session_id,
+        workspace_id=session.workspace_id if isinstance(session, Session) else None,
+        events=rows,
+    )
     transaction.on_commit(lambda: streaming.notify(session_id, last))
     if isinstance(session, Session):
         session.last_seq = last
@@ -216,7 +222,7 @@ def session_wire(
         },
         "usage": _usage_wire(session),
         "budget": session.budget,
-        "deployment_id": None,
+        "deployment_id": session.deployment_id,
         "created_at": iso(session.created_at),
         "updated_at": iso(session.updated_at),
         "archived_at": iso(session.archived_at),
@@ -355,7 +361,13 @@ _CREATE_FIELDS = frozenset(
 )
 
 
-def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKey | None = None) -> Session:
+def session_create(
+    *,
+    workspace: Workspace,
+    body: dict[str, Any],
+    api_key: ApiKey | None = None,
+    deployment_id: str | None = None,
+) -> Session:
     if not isinstance(body, dict):
         raise bad_request("body: expected a JSON object.")
     unknown = sorted(set(body) - _CREATE_FIELDS)
@@ -416,6 +428,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             metadata=metadata,
             vault_ids=vault_ids,
             budget=budget,
+            deployment_id=deployment_id,
             created_at=now,
             updated_at=now,
         )
@@ -430,6 +443,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
         )
         if resources:
             file_services.session_resources_attach(session=session, resources=resources)
+        webhook_event_emit(workspace=workspace, type="session.created", data={"id": session.pk})
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
     return session
@@ -497,8 +511,10 @@ def session_list(
         qs = qs.filter(archived_at=None)
     if statuses:
         qs = qs.filter(status__in=statuses)
-    if deployment_id or memory_store_id:
-        # No session is created from a deployment or mounts a memory store yet.
+    if deployment_id:
+        qs = qs.filter(deployment_id=deployment_id)
+    if memory_store_id:
+        # No session mounts a memory store yet.
         qs = qs.none()
     qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
     return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
@@ -619,6 +635,7 @@ def session_archive(*, session: Session) -> Session:
         SessionThread.objects.filter(session=session, archived_at=None).update(archived_at=now)
         session.archived_at = now
         session.updated_at = now
+        webhook_event_emit(workspace=session.workspace_id, type="session.archived", data={"id": session.pk})
         transaction.on_commit(lambda: _kick(session.pk))
     return session
 

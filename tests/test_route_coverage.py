@@ -97,7 +97,10 @@ def test_optional_endpoint_answers_in_the_error_shape(
     client: Client, priority: str, method: str, path: str
 ) -> None:
     response = call(client, method, fake_path(path))
-    # Unbuilt: 501 (or the plain "No route" 404). Built later: a fake id is a 404, an empty body a 400.
+    # Unbuilt: 501 (or the plain "No route" 404). Built later: a fake id is a 404, an empty body a
+    # 400, a list a 200.
+    if response.status_code == 200 and method == "GET" and "{" not in path:
+        return
     assert response.status_code in (400, 404, 501), f"{method} {path} answered {response.status_code}"
     body = assert_error_shape(response)
     if response.status_code == 501:

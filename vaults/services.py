@@ -18,6 +18,7 @@ from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
 from vaults import crypto, oauth
 from vaults.models import Credential, Vault
+from webhooks.services import webhook_event_emit
 
 AUTH_TYPES = ("static_bearer", "mcp_oauth", "environment_variable")
 TOKEN_ENDPOINT_AUTH = ("none", "client_secret_basic", "client_secret_post")
@@ -72,7 +73,12 @@ def vault_create(*, workspace: Workspace, body: dict[str, Any]) -> Vault:
         if body.get("metadata") is not None
         else {}
     )
-    return Vault.objects.create(id=new_id("vlt"), workspace=workspace, display_name=name, metadata=metadata)
+    with transaction.atomic():
+        vault = Vault.objects.create(
+            id=new_id("vlt"), workspace=workspace, display_name=name, metadata=metadata
+        )
+        webhook_event_emit(workspace=workspace, type="vault.created", data={"id": vault.pk})
+    return vault
 
 
 def vault_update(*, vault: Vault, body: dict[str, Any]) -> Vault:
@@ -94,7 +100,17 @@ def vault_archive(*, vault: Vault) -> Vault:
     """Archiving a vault also archives its credentials, so no session can use them any more."""
     now = timezone.now()
     with transaction.atomic():
-        Vault.objects.filter(pk=vault.pk, archived_at__isnull=True).update(archived_at=now, updated_at=now)
+        archived = Vault.objects.filter(pk=vault.pk, archived_at__isnull=True)
+        if archived.update(archived_at=now, updated_at=now):
+            webhook_event_emit(workspace=vault.workspace_id, type="vault.archived", data={"id": vault.pk})
+        for credential_id in Credential.objects.filter(vault=vault, archived_at__isnull=True).values_list(
+            "pk", flat=True
+        ):
+            webhook_event_emit(
+                workspace=vault.workspace_id,
+                type="vault_credential.archived",
+                data={"id": credential_id, "vault_id": vault.pk},
+            )
         Credential.objects.filter(vault=vault, archived_at__isnull=True).update(
             archived_at=now, updated_at=now
         )
@@ -104,7 +120,9 @@ def vault_archive(*, vault: Vault) -> Vault:
 
 def vault_delete(*, vault: Vault) -> dict[str, Any]:
     vault_id = vault.id
-    vault.delete()  # credentials cascade; sessions keep only the id in vault_ids
+    with transaction.atomic():
+        vault.delete()  # credentials cascade; sessions keep only the id in vault_ids
+        webhook_event_emit(workspace=vault.workspace_id, type="vault.deleted", data={"id": vault_id})
     return {"id": vault_id, "type": "vault_deleted"}
 
 
@@ -390,6 +408,11 @@ def credential_create(*, vault: Vault, body: dict[str, Any]) -> Credential:
         )
         credential.set_secret(secret)
         credential.save(force_insert=True)
+        webhook_event_emit(
+            workspace=locked.workspace_id,
+            type="vault_credential.created",
+            data={"id": credential.pk, "vault_id": locked.pk},
+        )
     return credential
 
 
@@ -415,16 +438,29 @@ def credential_update(*, credential: Credential, body: dict[str, Any]) -> Creden
 
 def credential_archive(*, credential: Credential) -> Credential:
     now = timezone.now()
-    Credential.objects.filter(pk=credential.pk, archived_at__isnull=True).update(
-        archived_at=now, updated_at=now
-    )
+    with transaction.atomic():
+        if Credential.objects.filter(pk=credential.pk, archived_at__isnull=True).update(
+            archived_at=now, updated_at=now
+        ):
+            webhook_event_emit(
+                workspace=credential.vault.workspace_id,
+                type="vault_credential.archived",
+                data={"id": credential.pk, "vault_id": credential.vault_id},
+            )
     credential.refresh_from_db()
     return credential
 
 
 def credential_delete(*, credential: Credential) -> dict[str, Any]:
     credential_id = credential.id
-    credential.delete()
+    with transaction.atomic():
+        workspace_id, vault_id = credential.vault.workspace_id, credential.vault_id
+        credential.delete()
+        webhook_event_emit(
+            workspace=workspace_id,
+            type="vault_credential.deleted",
+            data={"id": credential_id, "vault_id": vault_id},
+        )
     return {"id": credential_id, "type": "vault_credential_deleted"}
 
 
@@ -454,6 +490,9 @@ def vault_keys_rotate() -> int:
         rotated += Credential.objects.filter(pk=pk, secret_ciphertext=ciphertext).update(
             secret_ciphertext=crypto.rotate(ciphertext)
         )
+    from webhooks.services import webhook_secrets_rotate_keys
+
+    webhook_secrets_rotate_keys()  # webhook signing secrets are encrypted with the same keys
     return rotated
 
 
@@ -485,6 +524,8 @@ def credential_mcp_oauth_validate(*, credential: Credential) -> dict[str, Any]:
                 "status": result.status,
                 "http_response": result.response.wire() if result.response else None,
             }
+            if result.status != "succeeded":
+                credential_refresh_failed(credential=credential)
             if result.status == "succeeded":
                 _store_refreshed_tokens(credential, result.tokens)
                 secret = credential.secret()
@@ -508,6 +549,16 @@ def credential_mcp_oauth_validate(*, credential: Credential) -> dict[str, Any]:
         "mcp_probe": mcp_probe,
         "refresh": refresh,
     }
+
+
+def credential_refresh_failed(*, credential: Credential) -> None:
+    """A refresh_token grant failed: the `vault_credential.refresh_failed` webhook event."""
+    with transaction.atomic():
+        webhook_event_emit(
+            workspace=credential.vault.workspace_id,
+            type="vault_credential.refresh_failed",
+            data={"id": credential.pk, "vault_id": credential.vault_id},
+        )
 
 
 def credential_store_refreshed_tokens(credential: Credential, tokens: dict[str, Any]) -> None:

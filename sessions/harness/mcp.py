@@ -260,7 +260,7 @@ def credential_refresh(credential: Any | None) -> str | None:
     if credential is None or credential.auth_type != "mcp_oauth":
         return None
     from vaults import oauth
-    from vaults.services import credential_store_refreshed_tokens
+    from vaults.services import credential_refresh_failed, credential_store_refreshed_tokens
 
     public = credential.auth_public or {}
     secret = credential.secret()
@@ -269,6 +269,7 @@ def credential_refresh(credential: Any | None) -> str | None:
     result = oauth.refresh_tokens(public["refresh"], secret, [str(v) for v in secret.values()])
     if result.status != "succeeded":
         log.info("mcp_oauth refresh for credential %s: %s", credential.pk, result.status)
+        credential_refresh_failed(credential=credential)
         return None
     credential_store_refreshed_tokens(credential, result.tokens)
     log.info("mcp_oauth credential %s refreshed at %s", credential.pk, timezone.now().isoformat())
