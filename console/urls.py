@@ -8,6 +8,7 @@ from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
 from console.views import admin, agents, analytics, auth, environments, overview, sessions, vaults
+from providers import views as providers
 
 register_routers(api)
 
@@ -60,6 +61,10 @@ console_urlpatterns = [
     path("api-keys/<str:key_id>/revoke", admin.api_key_revoke),
     path("users", admin.users),
     path("users/<int:membership_id>/role", admin.user_role),
+    path("providers", providers.provider_list),
+    path("providers/<str:name>/edit", providers.provider_edit),
+    path("providers/<str:name>/delete", providers.provider_delete),
+    path("providers/<str:name>/test", providers.provider_test),
     re_path(r"^static/(?P<path>.+)$", static),
 ]
 

@@ -107,6 +107,23 @@ def choices() -> list[str]:
     return out
 
 
+def picker_groups() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(provider label, [(model id, label)]) for every configured provider; a server that lists its
+    models and cannot be reached shows as an empty group saying so."""
+    from providers.config import TYPE_LABELS
+
+    groups: list[tuple[str, list[tuple[str, str]]]] = []
+    for config in providers_all():
+        label = f"{config.name} ({TYPE_LABELS.get(config.type, config.type)})"
+        try:
+            served = served_models(config)
+        except ModelError:
+            groups.append((f"{label}: its /models cannot be listed now", []))
+            continue
+        groups.append((label, [(f"{config.name}/{m}", m) for m in served]))
+    return groups
+
+
 def model_check(model_id: str) -> None:
     """Raise UnknownModel unless a configured provider serves `model_id` (agents.create/update)."""
     try:

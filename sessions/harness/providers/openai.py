@@ -176,7 +176,8 @@ class OpenAIProvider:
     def models_list(self) -> list[str]:
         """The server's GET /models (for "list from the server" and the connection test)."""
         try:
-            return sorted(model.id for model in self.client.models.list())
+            # A short timeout: the console's model picker waits on this.
+            return sorted(model.id for model in self.client.with_options(timeout=10).models.list())
         except Exception as exc:
             raise self._error(exc) from None
 
