@@ -362,3 +362,43 @@ def test_the_context_window_of_a_registry_model_sets_the_compaction_threshold(se
 
     assert compaction_threshold("local/local-model") == 25_600
     assert compaction_threshold("local/gpt-test") == 160_000
+
+
+def test_live_previews_of_an_openai_answer_carry_the_final_event_ids(server: ScriptedOpenAI) -> None:
+    import asyncio
+    import threading
+    import time
+
+    from sessions import streaming
+    from tests.harness_helpers import wait_for
+
+    session = make_session(model="local/gpt-test")
+    server.push(Reply(content="Streaming words arrive in pieces.", reasoning="Let me think."))
+    frames: list[dict[str, Any]] = []
+    ready = threading.Event()
+    done = threading.Event()
+
+    async def listen() -> None:
+        async with streaming.subscribe(session.pk) as sub:
+            ready.set()
+            while not done.is_set():
+                message = await sub.get(0.05)
+                if message and message.get("kind") == "preview":
+                    frames.append(message["frame"])
+
+    listener = threading.Thread(target=lambda: asyncio.run(listen()), daemon=True)
+    listener.start()
+    ready.wait(5)
+    say(session, "hi")
+    step(session)
+    wait_for(lambda: sum(f["type"] == "event_start" for f in frames) == 2, timeout=5)
+    time.sleep(0.2)
+    done.set()
+    listener.join(5)
+    thinking = events_of(session, "agent.thinking")[0]
+    message = events_of(session, "agent.message")[0]
+    starts = [f["event"] for f in frames if f["type"] == "event_start"]
+    assert starts == [{"type": "agent.thinking", "id": thinking.id}, {"type": "agent.message", "id": message.id}]
+    deltas = [f for f in frames if f["type"] == "event_delta"]
+    assert {f["event_id"] for f in deltas} == {message.id}
+    assert "".join(f["delta"]["content"]["text"] for f in deltas) == "Streaming words arrive in pieces."

@@ -148,6 +148,7 @@ def test_the_quickstart_runs_unchanged_on_claude_or_an_openai_compatible_server(
     events = _wait_idle(client, session.id, results=3)
     shown = _text([e for e in events if e.type == "agent.tool_result"][-1])
     assert "PATH" in shown and LOCAL_KEY not in shown and "sk-test" not in shown
+    assert LOCAL_KEY not in (live.data_dir / "serve.log").read_text()  # nor the server's log
 
 
 def test_custom_tools_on_an_openai_compatible_model_through_the_sdk(world: Any) -> None:
