@@ -375,3 +375,34 @@ def test_a_session_whose_model_lost_its_provider_fails_the_turn_cleanly(settings
     assert row.status == "idle"
     message = events_of(session, "session.error")[-1].payload["error"]["message"]
     assert "no provider is named 'removed'" in message
+
+
+def test_a_sessions_model_override_is_checked_like_an_agents(settings: Any, workspace: Any) -> None:
+    from agents.models import Environment
+    from agents.services import agent_create
+    from console.ids import new_id
+    from sessions.services import session_create
+
+    _env(
+        settings,
+        {"name": "local", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "models": ["qwen3"]},
+    )
+    agent = agent_create(workspace=workspace, body={"name": "a", "model": "claude-haiku-4-5"})
+    environment = Environment.objects.create(
+        id=new_id("env"),
+        workspace=workspace,
+        name="e",
+        config={"type": "cloud", "networking": {"type": "unrestricted"}},
+    )
+    override = {"type": "agent_with_overrides", "id": agent.pk}
+    with pytest.raises(ApiError, match="^agent.model: 'local/qwen4'"):
+        session_create(
+            workspace=workspace,
+            body={"agent": {**override, "model": "local/qwen4"}, "environment_id": environment.pk},
+        )
+    assert not Session.objects.exists()
+    session = session_create(
+        workspace=workspace,
+        body={"agent": {**override, "model": "local/qwen3"}, "environment_id": environment.pk},
+    )
+    assert session.agent_snapshot["model"]["id"] == "local/qwen3"
