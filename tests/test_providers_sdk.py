@@ -51,7 +51,14 @@ def world() -> Iterator[tuple[LiveGalley, ScriptedModel, ScriptedOpenAI, Path]]:
                     "base_url": local.base_url,
                     "api_key_env": "LOCAL_MODEL_KEY",
                     "models": [{"id": "gpt-test", "input_price": 0.5, "output_price": 1.5}],
-                }
+                },
+                {
+                    "name": "wrongkey",
+                    "type": "openai",
+                    "base_url": local.base_url,
+                    "api_key_env": "WRONG_MODEL_KEY",
+                    "models": ["gpt-test"],
+                },
             ]
             env = {
                 "ANTHROPIC_API_KEY": "sk-test",
@@ -59,6 +66,7 @@ def world() -> Iterator[tuple[LiveGalley, ScriptedModel, ScriptedOpenAI, Path]]:
                 "GALLEY_SANDBOX_ROOT": str(root / "sandboxes"),
                 "GALLEY_PROVIDERS": json.dumps(providers),
                 "LOCAL_MODEL_KEY": LOCAL_KEY,
+                "WRONG_MODEL_KEY": "sk-wrong-key-1234",
             }
             with live_galley(extra_env=env) as live:
                 yield live, claude, local, root
@@ -251,3 +259,23 @@ def test_an_unknown_model_is_refused_at_create_time_naming_the_choices(world: An
     with pytest.raises(anthropic.BadRequestError, match="model"):
         client.beta.agents.update(agent.id, version=agent.version, model="elsewhere/gpt-test")
     assert client.beta.agents.retrieve(agent.id).version == agent.version  # nothing half-written
+
+
+def test_a_rejected_key_is_a_session_error_naming_the_provider_and_the_session_idles(world: Any) -> None:
+    live, _claude, _local, _root = world
+    client = live.client()
+    agent = client.beta.agents.create(name=f"broken-{secrets.token_hex(3)}", model="wrongkey/gpt-test")
+    environment = client.beta.environments.create(name=f"broken-env-{secrets.token_hex(3)}")
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Hi"}]}]
+        )
+        seen = until_idle(stream)
+    error = next(e for e in seen if e.type == "session.error")
+    assert "provider 'wrongkey'" in error.error.message and "API key (401)" in error.error.message
+    assert error.error.retry_status.type == "exhausted"
+    assert "sk-wrong-key-1234" not in error.error.message
+    assert seen[-1].type == "session.status_idle" and seen[-1].stop_reason.type == "retries_exhausted"
+    assert not [e for e in seen if e.type == "agent.message"]
+    assert client.beta.sessions.retrieve(session.id).status == "idle"
