@@ -398,7 +398,37 @@ def test_live_previews_of_an_openai_answer_carry_the_final_event_ids(server: Scr
     thinking = events_of(session, "agent.thinking")[0]
     message = events_of(session, "agent.message")[0]
     starts = [f["event"] for f in frames if f["type"] == "event_start"]
-    assert starts == [{"type": "agent.thinking", "id": thinking.id}, {"type": "agent.message", "id": message.id}]
+    assert starts == [
+        {"type": "agent.thinking", "id": thinking.id},
+        {"type": "agent.message", "id": message.id},
+    ]
     deltas = [f for f in frames if f["type"] == "event_delta"]
     assert {f["event_id"] for f in deltas} == {message.id}
     assert "".join(f["delta"]["content"]["text"] for f in deltas) == "Streaming words arrive in pieces."
+
+
+def test_a_tool_name_chat_completions_would_refuse_goes_by_an_alias(server: ScriptedOpenAI) -> None:
+    long_name = "mcp__" + "a-very-long-server-name_" * 3 + "__fetch_everything"
+    session = make_session(model="local/gpt-test", tools=[custom_tool(long_name)])
+    sent = {}
+
+    def responder(body: dict[str, Any]) -> Reply:
+        sent["tools"] = [t["function"]["name"] for t in body["tools"]]
+        return tool_call(sent["tools"][0], {"city": "Rome"})
+
+    server.responder = responder
+    say(session, "Go")
+    step(session)
+    (alias,) = sent["tools"]
+    assert len(alias) <= 64 and alias != long_name and alias.startswith("mcp__a-very-long")
+    use = events_of(session, "agent.custom_tool_use")[0]
+    assert use.payload == {"name": long_name, "input": {"city": "Rome"}}
+    send(
+        session,
+        "user.custom_tool_result",
+        {"custom_tool_use_id": use.id, "content": [{"type": "text", "text": "ok"}]},
+    )
+    server.responder = lambda body: text("done")
+    step(session)
+    assistant = server.requests[-1]["messages"][2]
+    assert assistant["tool_calls"][0]["function"]["name"] == alias

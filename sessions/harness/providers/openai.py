@@ -5,7 +5,9 @@ The harness speaks Messages API shapes (system, tools with input_schema, content
 module translates a request into Chat Completions messages and the streamed chunks back into
 content blocks, so the rest of the loop cannot tell the providers apart."""
 
+import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +33,16 @@ FINISH_REASONS = {
     "content_filter": "refusal",
 }
 NO_IMAGES = "[an image was returned here, but this model does not accept images]"
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # what Chat Completions accepts
+
+
+def function_name(name: str) -> str:
+    """The name a tool goes by on the wire: MCP tool names may exceed the 64 characters Chat
+    Completions allows, so long or unusual ones get a stable shortened alias."""
+    if FUNCTION_NAME.match(name):
+        return name
+    safe = re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:55]
+    return f"{safe}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 class OpenAIProvider:
@@ -71,6 +83,7 @@ class OpenAIProvider:
     ) -> ModelAnswer:
         upstream = self.upstream_model(request.model)
         params = request_params(request, upstream, images=self.accepts_images(request.model))
+        names = {function_name(tool["name"]): tool["name"] for tool in request.tools}
         if self.base_url is None or "api.openai.com" in self.base_url:
             # OpenAI's own API refuses max_tokens for its reasoning models; compatible servers vary.
             params["max_completion_tokens"] = params.pop("max_tokens")
@@ -159,6 +172,7 @@ class OpenAIProvider:
                     usage=usage,
                 )
             block["input"] = value
+            block["name"] = names.get(block["name"], block["name"])
             if not block["name"]:
                 raise ModelError(
                     f"The model at {self.label()} sent a tool call without a name (a malformed stream)",
@@ -261,7 +275,7 @@ def request_params(request: ModelRequest, model: str, *, images: bool = True) ->
             {
                 "type": "function",
                 "function": {
-                    "name": tool["name"],
+                    "name": function_name(tool["name"]),
                     "description": tool.get("description") or "",
                     "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
                 },
@@ -277,7 +291,7 @@ def _assistant(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             "id": b["id"],
             "type": "function",
-            "function": {"name": b["name"], "arguments": json.dumps(b.get("input") or {})},
+            "function": {"name": function_name(b["name"]), "arguments": json.dumps(b.get("input") or {})},
         }
         for b in blocks
         if b.get("type") == "tool_use"
