@@ -48,14 +48,29 @@ def providers_all() -> list[ProviderConfig]:
     return configured
 
 
+ROW_TTL_SECONDS = 2.0
+_rows: dict[str, tuple[float, ProviderConfig | None]] = {}
+_rows_lock = threading.Lock()
+
+
 def provider_named(name: str) -> ProviderConfig | None:
     for config in env_providers():
         if config.name == name:
             return config
+    # A model call asks several times (routing, price, window): read a console row (and decrypt
+    # its key) once per couple of seconds; an edit reaches other processes within that.
+    now = time.monotonic()
+    with _rows_lock:
+        cached = _rows.get(name)
+    if cached is not None and now - cached[0] < ROW_TTL_SECONDS:
+        return cached[1]
     from providers.models import ModelProvider
 
     row = ModelProvider.objects.filter(name=name).first()
-    return row.config() if row is not None else None
+    config = row.config() if row is not None else None
+    with _rows_lock:
+        _rows[name] = (now, config)
+    return config
 
 
 def route(model_id: str) -> Route:
@@ -270,3 +285,5 @@ def reset() -> None:
         _clients.clear()
     with _lists_lock:
         _lists.clear()
+    with _rows_lock:
+        _rows.clear()
