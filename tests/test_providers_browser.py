@@ -29,7 +29,8 @@ def server(local: ScriptedOpenAI) -> Iterator[LiveGalley]:
         live.manage(
             "shell",
             "-c",
-            f"from accounts.services import user_create; user_create(username='admin', password='{PASSWORD}', role='admin')",
+            "from accounts.services import user_create; "
+            f"user_create(username='admin', password='{PASSWORD}', role='admin')",
         )
         yield live
 

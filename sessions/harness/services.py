@@ -737,7 +737,12 @@ def _usage_update(
     from providers.services import model_call_record
 
     model_call_record(
-        session_id=session_id, model=model, usage=usage, cost_micros=cost, thread_id=thread_id, agent_name=agent_name
+        session_id=session_id,
+        model=model,
+        usage=usage,
+        cost_micros=cost,
+        thread_id=thread_id,
+        agent_name=agent_name,
     )
 
 
