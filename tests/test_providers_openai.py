@@ -432,3 +432,12 @@ def test_a_tool_name_chat_completions_would_refuse_goes_by_an_alias(server: Scri
     step(session)
     assistant = server.requests[-1]["messages"][2]
     assert assistant["tool_calls"][0]["function"]["name"] == alias
+
+
+def test_a_key_the_server_echoes_in_its_error_is_redacted(server: ScriptedOpenAI) -> None:
+    session = make_session(model="local/gpt-test")
+    server.push(error(403, f"Key {KEY} may not use this model."))
+    say(session, "Hi")
+    step(session)
+    message = _failed_turn(session)["message"]
+    assert "Key [redacted] may not use this model." in message and KEY not in message

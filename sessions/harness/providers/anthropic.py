@@ -130,6 +130,8 @@ class AnthropicProvider:
             error = _model_error(exc)
             if self.name:
                 error.message = f"Provider {self.name!r}: {error.message}"
+                if self.api_key and len(self.api_key) >= 8:  # a server may echo the key back
+                    error.message = error.message.replace(self.api_key, "[redacted]")
                 error.args = (error.message,)
             raise error from None
         if cancel.is_set():

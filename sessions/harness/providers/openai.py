@@ -148,7 +148,7 @@ class OpenAIProvider:
         except Exception as exc:
             if cancel.is_set():
                 raise ModelCancelled() from None
-            raise self._error(exc) from None
+            raise self._redacted(self._error(exc)) from None
         if cancel.is_set():
             raise ModelCancelled()
         if finish is None:
@@ -193,7 +193,14 @@ class OpenAIProvider:
             # A short timeout: the console's model picker waits on this.
             return sorted(model.id for model in self.client.with_options(timeout=10).models.list())
         except Exception as exc:
-            raise self._error(exc) from None
+            raise self._redacted(self._error(exc)) from None
+
+    def _redacted(self, error: ModelError) -> ModelError:
+        # A server may echo the key in its error text; the message goes to the event log.
+        if self.api_key and len(self.api_key) >= 8 and self.api_key in error.message:
+            error.message = error.message.replace(self.api_key, "[redacted]")
+            error.args = (error.message,)
+        return error
 
     def _error(self, exc: Exception) -> ModelError:
         where = self.label()
