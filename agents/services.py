@@ -164,6 +164,7 @@ def _resolve_multiagent(
                 "type": "advisor",
                 "model": d.expect_str(entry.get("model"), f"{where}.model", min_len=1),
             }
+            _model_served(advisor["model"], f"{where}.model")
             continue
         roster.append(
             _resolve_agent_ref(
@@ -196,6 +197,12 @@ def _with_self_version(
     return {**multiagent, "agents": pin(multiagent["agents"])}
 
 
+def _model_served(model_id: str, field: str) -> None:
+    from providers.services import model_require
+
+    model_require(model_id=model_id, field=field)
+
+
 def _resolve_fields(
     *, workspace: Workspace, body: dict[str, Any], current: dict[str, Any] | None, agent_id: str, version: int
 ) -> dict[str, Any]:
@@ -207,6 +214,7 @@ def _resolve_fields(
         if body.get("model") is None:
             raise bad_request("model: is required and cannot be cleared.")
         out["model"] = d.resolve_model(body["model"], current=current["model"] if current else None)
+        _model_served(out["model"]["id"], "model")
     if current is None or "description" in body:
         out["description"] = d.optional_str(body.get("description"), "description", max_len=d.DESCRIPTION_MAX)
     if current is None or "system" in body:

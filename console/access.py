@@ -81,13 +81,19 @@ def console_view(
     return decorate
 
 
+def _any_provider() -> bool:
+    from providers.models import ModelProvider
+
+    return bool(getattr(settings, "GALLEY_PROVIDERS", None)) or ModelProvider.objects.exists()
+
+
 def render_page(
     request: HttpRequest, template: str, context: dict[str, Any] | None = None, *, status: int = 200
 ) -> HttpResponse:
     """Render a console page with the layout's context: the access and whether a model provider is set."""
     full = {
         "access": getattr(request, "access", None),
-        "model_provider_missing": not settings.ANTHROPIC_API_KEY,
+        "model_provider_missing": not settings.ANTHROPIC_API_KEY and not _any_provider(),
     }
     full.update(context or {})
     response = HttpResponse(render_to_string(template, full, request=request), status=status)

@@ -23,6 +23,8 @@ GROUPS = {
     "model": "Model",
     "environment": "Environment",
     "api_key": "API key",
+    "provider": "Provider (per model call)",
+    "provider_model": "Provider / model / agent (per model call)",
 }
 
 _SUMS = (
@@ -150,8 +152,38 @@ def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: s
             name = models.get((row["agent_id"], row["agent_version"]), "") or "unknown"
             by_model.setdefault(name, Totals()).add(row)
         report.rows = sorted(by_model.items())
+    elif group in ("provider", "provider_model"):
+        report.rows = _per_model_call(qs, by_model=group == "provider_model")
     report.top_sessions = list(qs.select_related("agent").order_by("-token_cost_micros", "-created_at")[:10])
     return report
+
+
+def _per_model_call(sessions: Any, *, by_model: bool) -> list[tuple[str, Totals]]:
+    """Rows from the ledger of model calls: a team's members each count under their own provider,
+    model and agent (a session row only knows the coordinator's model)."""
+    from django.db.models import Count, F, Value
+    from django.db.models.functions import Coalesce, NullIf
+
+    from providers.models import ModelCall
+
+    calls = ModelCall.objects.filter(session__in=sessions.values("id"))
+    keys = ["provider"]
+    if by_model:
+        calls = calls.annotate(agent=Coalesce(NullIf(F("agent_name"), Value("")), F("session__agent__name")))
+        keys += ["model", "agent"]
+    rows: list[tuple[str, Totals]] = []
+    for row in calls.values(*keys).annotate(
+        n=Count("session_id", distinct=True),
+        input_tokens=Sum("input_tokens"),
+        output_tokens=Sum("output_tokens"),
+        cache_read_input_tokens=Sum("cache_read_input_tokens"),
+        cache_creation_5m_tokens=Sum("cache_creation_input_tokens"),
+        token_cost_micros=Sum("cost_micros"),
+    ).order_by(*keys):
+        totals = Totals()
+        totals.add(row)
+        rows.append((" / ".join(str(row[k]) for k in keys), totals))
+    return rows
 
 
 def spend_since(workspace: Workspace, since: dt.datetime) -> int:

@@ -16,6 +16,15 @@ MODELS = [
     ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
     ("claude-opus-5", "Claude Opus 5"),
 ]
+
+
+def model_groups() -> list[tuple[str, list[tuple[str, str]]]]:
+    """The agent form's model picker, grouped by provider (the default Anthropic one first)."""
+    from providers.registry import picker_groups
+
+    return [("Anthropic (default provider)", MODELS), *picker_groups()]
+
+
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
 BUILTIN_TOOLS = [
     ("bash", "Run shell commands"),
@@ -174,7 +183,7 @@ def agent_form_state(definition: dict[str, Any] | None) -> dict[str, Any]:
         for a in (d.get("multiagent") or {}).get("agents", [])
         if a.get("type") == "agent"
     ]
-    known = {m for m, _ in MODELS}
+    known = {m for _label, choices in model_groups() for m, _ in choices}
     return {
         "name": d.get("name", ""),
         "description": d.get("description") or "",

@@ -1,5 +1,6 @@
 """Galley settings: everything comes from the environment through console.env."""
 
+import os
 import secrets
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from console.env import (
     env_str,
     secret_file,
 )
+from providers.config import ProviderConfigError, providers_parse
 from sessions.harness.pricing import PriceTableError, parse_price_table
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ INSTALLED_APPS = [
     "files",
     "webhooks",
     "deployments",
+    "providers",
     "console",
 ]
 
@@ -207,6 +210,13 @@ GALLEY_MCP_TIMEOUT_SECONDS = env_float("GALLEY_MCP_TIMEOUT_SECONDS", 30.0, minim
 try:
     GALLEY_PRICES = parse_price_table(env_str("GALLEY_PRICES_JSON"))
 except (PriceTableError, OSError) as exc:
+    raise ConfigError(str(exc)) from None
+
+# Model providers as code: a JSON list of {name, type, base_url, api_key_env, models, headers,
+# region, project_id} (docs/providers.md); `<name>/<model>` ids route to them.
+try:
+    GALLEY_PROVIDERS = providers_parse(env_str("GALLEY_PROVIDERS"), dict(os.environ))
+except ProviderConfigError as exc:
     raise ConfigError(str(exc)) from None
 
 # --- Sandboxes ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from console.views import (
     vaults,
     webhooks,
 )
+from providers import views as providers
 
 register_routers(api)
 
@@ -77,6 +78,10 @@ console_urlpatterns = [
     path("deployments/<str:deployment_id>", deployments.deployment_detail),
     path("deployments/<str:deployment_id>/<str:action>", deployments.deployment_action),
     path("users/<int:membership_id>/role", admin.user_role),
+    path("providers", providers.provider_list),
+    path("providers/<str:name>/edit", providers.provider_edit),
+    path("providers/<str:name>/delete", providers.provider_delete),
+    path("providers/<str:name>/test", providers.provider_test),
     re_path(r"^static/(?P<path>.+)$", static),
 ]
 

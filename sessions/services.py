@@ -305,6 +305,9 @@ def _apply_overrides(snapshot: dict[str, Any], value: Any) -> dict[str, Any]:
     out = dict(snapshot)
     if value.get("model") is not None:
         model = definition.resolve_model(value["model"], current=snapshot["model"], field="agent.model")
+        from providers.services import model_require
+
+        model_require(model_id=model["id"], field="agent.model")
         model["effort"] = dict(snapshot["model"].get("effort") or {"type": definition.DEFAULT_EFFORT})
         out["model"] = model
     if "system" in value:

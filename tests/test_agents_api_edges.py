@@ -26,8 +26,14 @@ def call(client, api_key):  # type: ignore[no-untyped-def]
         ("post", "/v1/agents", "[]", 400, ""),
         ("post", "/v1/agents", "", 400, ""),
         ("post", "/v1/agents", json.dumps({"name": "a", "model": 5}), 400, "model"),
-        ("post", "/v1/agents", json.dumps({"name": "a", "model": "m", "tools": "all"}), 400, "tools"),
-        ("post", "/v1/agents", json.dumps({"name": "a", "model": "m", "tools": [{}]}), 400, "tools[0].type"),
+        ("post", "/v1/agents", json.dumps({"name": "a", "model": "claude-m", "tools": "all"}), 400, "tools"),
+        (
+            "post",
+            "/v1/agents",
+            json.dumps({"name": "a", "model": "claude-m", "tools": [{}]}),
+            400,
+            "tools[0].type",
+        ),
         ("post", "/v1/agents", json.dumps({"name": "a", "model": {"speed": "fast"}}), 400, "model.id"),
         ("get", "/v1/agents?limit=abc", None, 400, "limit"),
         ("get", "/v1/agents?limit=0", None, 400, "limit"),
@@ -87,10 +93,12 @@ def test_malformed_requests_are_clean_4xx(call, method, path, body, status, need
 
 def test_metadata_limits_on_agents(call):
     too_many = {f"k{i}": "v" for i in range(17)}
-    response = call("post", "/v1/agents", json.dumps({"name": "a", "model": "m", "metadata": too_many}))
+    response = call(
+        "post", "/v1/agents", json.dumps({"name": "a", "model": "claude-m", "metadata": too_many})
+    )
     assert response.status_code == 400 and "metadata" in response.json()["error"]["message"]
     response = call(
-        "post", "/v1/agents", json.dumps({"name": "a", "model": "m", "metadata": {"k": "v" * 513}})
+        "post", "/v1/agents", json.dumps({"name": "a", "model": "claude-m", "metadata": {"k": "v" * 513}})
     )
     assert response.status_code == 400 and "metadata.k" in response.json()["error"]["message"]
 

@@ -116,11 +116,11 @@ def test_list_agents_filters_by_created_at(live):
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"model": "m"}, "name"),
+        ({"model": "claude-m"}, "name"),
         ({"name": "x"}, "model"),
-        ({"name": "x", "model": "m", "tools": [{"type": "wat"}]}, "tools[0].type"),
-        ({"name": "x", "model": "m", "colour": "red"}, "colour"),
-        ({"name": "x", "model": "m", "metadata": {"k": 1}}, "metadata.k"),
+        ({"name": "x", "model": "claude-m", "tools": [{"type": "wat"}]}, "tools[0].type"),
+        ({"name": "x", "model": "claude-m", "colour": "red"}, "colour"),
+        ({"name": "x", "model": "claude-m", "metadata": {"k": 1}}, "metadata.k"),
     ],
 )
 def test_bad_agent_bodies_are_400s_naming_the_field(live, body, field):
@@ -136,7 +136,7 @@ def test_tool_name_conflict_carries_its_error_code(live):
     with pytest.raises(anthropic.BadRequestError) as info:
         client.beta.agents.create(
             name="x",
-            model="m",
+            model="claude-m",
             tools=[
                 {"type": "agent_toolset_20260401"},
                 {"type": "custom", "name": "read", "description": "d", "input_schema": {"type": "object"}},
@@ -148,7 +148,7 @@ def test_tool_name_conflict_carries_its_error_code(live):
 def test_other_workspaces_objects_are_404(live):
     client = live.client()
     other = other_workspace_client(live)
-    agent = client.beta.agents.create(name="mine", model="m")
+    agent = client.beta.agents.create(name="mine", model="claude-m")
     env = client.beta.environments.create(name="mine-env")
     with pytest.raises(anthropic.NotFoundError):
         other.beta.agents.retrieve(agent.id)
@@ -230,7 +230,7 @@ def test_limited_packages_without_package_managers_is_a_400(live):
 
 def test_agent_list_pages_with_cursors(live):
     client = live.client()
-    ids = {client.beta.agents.create(name=f"paged-{i}", model="m").id for i in range(3)}
+    ids = {client.beta.agents.create(name=f"paged-{i}", model="claude-m").id for i in range(3)}
     first = client.beta.agents.list(limit=2)
     assert len(first.data) == 2 and first.next_page
     seen = [a.id for a in client.beta.agents.list(limit=2)]  # auto-pagination follows next_page

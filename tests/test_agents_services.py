@@ -41,11 +41,16 @@ def test_a_model_string_resolves_to_the_full_model_object(workspace):
 
 
 def test_model_effort_accepts_a_bare_level_or_an_object(workspace):
-    a = make(workspace, model={"id": "m", "effort": "low", "speed": "fast", "inference_geo": "us"})
-    assert wire(a)["model"] == {"id": "m", "effort": {"type": "low"}, "speed": "fast", "inference_geo": "us"}
-    b = make(workspace, model={"id": "m", "effort": {"type": "max"}})
+    a = make(workspace, model={"id": "claude-m", "effort": "low", "speed": "fast", "inference_geo": "us"})
+    assert wire(a)["model"] == {
+        "id": "claude-m",
+        "effort": {"type": "low"},
+        "speed": "fast",
+        "inference_geo": "us",
+    }
+    b = make(workspace, model={"id": "claude-m", "effort": {"type": "max"}})
     assert wire(b)["model"]["effort"] == {"type": "max"}
-    err = error_of(lambda: make(workspace, model={"id": "m", "effort": "extreme"}))
+    err = error_of(lambda: make(workspace, model={"id": "claude-m", "effort": "extreme"}))
     assert err.status == 400 and "model.effort" in err.message
 
 
@@ -293,10 +298,10 @@ def test_update_bumps_version_and_keeps_omitted_fields(workspace):
 
 
 def test_model_update_keeps_effort_but_clears_geo(workspace):
-    agent = make(workspace, model={"id": "m", "effort": "low", "inference_geo": "eu"})
-    agent = services.agent_update(agent=agent, body={"model": {"id": "m2"}})
+    agent = make(workspace, model={"id": "claude-m", "effort": "low", "inference_geo": "eu"})
+    agent = services.agent_update(agent=agent, body={"model": {"id": "claude-m2"}})
     assert wire(agent)["model"] == {
-        "id": "m2",
+        "id": "claude-m2",
         "effort": {"type": "low"},
         "speed": "standard",
         "inference_geo": None,
@@ -501,7 +506,7 @@ def test_an_advisor_is_echoed_last_and_only_once(workspace):
     assert wire(lead)["multiagent"]["agents"][-1] == {"type": "advisor", "model": "claude-opus-4-7"}
     twice = {
         "type": "coordinator",
-        "agents": [{"type": "advisor", "model": "a"}, {"type": "advisor", "model": "b"}],
+        "agents": [{"type": "advisor", "model": "claude-a"}, {"type": "advisor", "model": "claude-b"}],
     }
     assert "one advisor" in error_of(lambda: make(workspace, multiagent=twice)).message
 

@@ -169,9 +169,11 @@ def only_api_errors(call: Any) -> None:
 @given(body=bodies)
 def test_agent_create_and_update_never_crash(workspace, body):
     only_api_errors(
-        lambda: agent_services.agent_create(workspace=workspace, body={"name": "n", "model": "m", **body})
+        lambda: agent_services.agent_create(
+            workspace=workspace, body={"name": "n", "model": "claude-m", **body}
+        )
     )
-    agent = agent_services.agent_create(workspace=workspace, body={"name": "n", "model": "m"})
+    agent = agent_services.agent_create(workspace=workspace, body={"name": "n", "model": "claude-m"})
     only_api_errors(lambda: agent_services.agent_update(agent=agent, body=body))
 
 
@@ -207,7 +209,7 @@ def test_credential_create_and_update_never_crash(workspace, body):
 
 VALID_AGENT = {
     "name": "n",
-    "model": {"id": "m", "effort": {"type": "low"}, "speed": "fast", "inference_geo": "eu"},
+    "model": {"id": "claude-m", "effort": {"type": "low"}, "speed": "fast", "inference_geo": "eu"},
     "tools": [
         {
             "type": "agent_toolset_20260401",
@@ -246,7 +248,10 @@ VALID_AGENT = {
     ],
     "mcp_servers": [{"type": "url", "name": "s", "url": "https://a.example/mcp"}],
     "skills": [{"type": "anthropic", "skill_id": "pdf", "version": "1"}],
-    "multiagent": {"type": "coordinator", "agents": [{"type": "self"}, {"type": "advisor", "model": "m"}]},
+    "multiagent": {
+        "type": "coordinator",
+        "agents": [{"type": "self"}, {"type": "advisor", "model": "claude-m"}],
+    },
     "execution_identity": {"type": "aws_role", "role_arn": "arn:aws:iam::1:role/x"},
     "metadata": {"k": "v"},
 }

@@ -137,7 +137,7 @@ def test_delete_is_refused_while_sessions_use_it(workspace):
     from sessions.models import Session
 
     env = create(workspace)
-    agent = services.agent_create(workspace=workspace, body={"name": "a", "model": "m"})
+    agent = services.agent_create(workspace=workspace, body={"name": "a", "model": "claude-m"})
     version = services.agent_version_get(agent=agent, version=None)
     Session.objects.create(
         id="sesn_test",

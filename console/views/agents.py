@@ -63,7 +63,7 @@ def _form_page(
         "agent": agent,
         "f": state,
         "errors": errors,
-        "models": forms.MODELS,
+        "model_groups": forms.model_groups(),
         "efforts": forms.EFFORTS,
         "policies": forms.POLICIES,
         "skills": forms.SKILLS,

@@ -80,6 +80,11 @@ class ModelPrice:
 
 
 def model_price(model: str) -> ModelPrice:
+    from providers.registry import model_config
+
+    configured = model_config(model)  # a registry model's own prices, when set
+    if configured is not None and configured.input_price is not None and configured.output_price is not None:
+        return ModelPrice(input=configured.input_price, output=configured.output_price)
     models = _table()["models"]
     best = max(
         (key for key in models if key != "default" and model.startswith(key)), key=len, default="default"

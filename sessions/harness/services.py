@@ -567,7 +567,12 @@ def _model_id(agent: dict[str, Any]) -> str:
 def compaction_threshold(model: str) -> int:
     if settings.GALLEY_COMPACTION_THRESHOLD_TOKENS:
         return settings.GALLEY_COMPACTION_THRESHOLD_TOKENS
+    from providers.registry import model_config
+
+    configured = model_config(model)
     window = 1_000_000 if model.endswith("[1m]") else DEFAULT_CONTEXT_WINDOW
+    if configured is not None and configured.context_window:
+        window = configured.context_window
     return int(window * 0.8)
 
 
@@ -709,7 +714,9 @@ def _fail(session_id: str, owner: str, span_id: str, exc: ModelError, *, retry_s
         session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "retries_exhausted"})
 
 
-def _usage_update(session_id: str, model: str, usage: ModelUsage) -> None:
+def _usage_update(
+    session_id: str, model: str, usage: ModelUsage, *, thread_id: str = "", agent_name: str = ""
+) -> None:
     cost = pricing.token_cost_micros(
         model=model,
         input_tokens=usage.input_tokens,
@@ -726,6 +733,16 @@ def _usage_update(session_id: str, model: str, usage: ModelUsage) -> None:
         cache_creation_1h_tokens=F("cache_creation_1h_tokens") + usage.cache_creation_1h_tokens,
         web_search_requests=F("web_search_requests") + usage.web_search_requests,
         token_cost_micros=F("token_cost_micros") + cost,
+    )
+    from providers.services import model_call_record
+
+    model_call_record(
+        session_id=session_id,
+        model=model,
+        usage=usage,
+        cost_micros=cost,
+        thread_id=thread_id,
+        agent_name=agent_name,
     )
 
 

@@ -464,7 +464,13 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
     with transaction.atomic():
         session = loop._locked(child.session_id, child.owner)
         rows = events_append(session=session, events=events)
-        loop._usage_update(child.session_id, answer.model, answer.usage)
+        loop._usage_update(
+            child.session_id,
+            answer.model,
+            answer.usage,
+            thread_id=child.thread.pk,
+            agent_name=child.thread.agent_name,
+        )
     return [
         r for r in rows if r.type == "agent.tool_use" and r.payload.get("evaluated_permission") == "allow"
     ]

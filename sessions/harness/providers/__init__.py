@@ -11,10 +11,10 @@ from sessions.harness.providers.base import (
 
 
 def provider_for(model: str) -> Provider:
-    # Every model goes to the Anthropic Messages API for now; other providers plug in here.
-    from sessions.harness.providers.anthropic import AnthropicProvider
+    # `<provider>/<model>` goes to that provider of the registry; bare claude-* ids to Anthropic.
+    from providers.registry import provider_for as routed
 
-    return AnthropicProvider.shared()
+    return routed(model)
 
 
 __all__ = [

@@ -25,14 +25,30 @@ class AnthropicProvider:
     _shared: "AnthropicProvider | None" = None
     _lock = threading.Lock()
 
-    def __init__(self, *, api_key: str | None, base_url: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        name: str | None = None,
+        client: Any = None,
+        missing_key: str = "ANTHROPIC_API_KEY is not set on the server: the model cannot be called",
+    ) -> None:
+        # `name` is the registry name of a configured provider (its model ids are `<name>/<model>`);
+        # `client` an anthropic SDK client of its own (AnthropicBedrock, AnthropicVertex).
         self.api_key = api_key
-        self.client = anthropic.Anthropic(
+        self.name = name
+        self.missing_key = missing_key
+        self.client = client or anthropic.Anthropic(
             api_key=api_key or "missing",
             base_url=base_url,
             max_retries=0,  # the harness retries, visibly (session.status_rescheduled)
             timeout=settings.GALLEY_MODEL_TIMEOUT_SECONDS,
         )
+
+    def upstream_model(self, model: str) -> str:
+        prefix = f"{self.name}/"
+        return model[len(prefix) :] if self.name and model.startswith(prefix) else model
 
     @classmethod
     def shared(cls) -> "AnthropicProvider":
@@ -48,8 +64,10 @@ class AnthropicProvider:
         self, request: ModelRequest, *, listener: StreamListener, cancel: threading.Event
     ) -> ModelAnswer:
         if not self.api_key:
-            raise ModelError("ANTHROPIC_API_KEY is not set on the server: the model cannot be called")
+            raise ModelError(self.missing_key)
         params = request_params(request)
+        params["model"] = self.upstream_model(request.model)
+        named = params["model"] != request.model  # price and record the registry id, not the upstream one
         usage = ModelUsage()
         blocks: dict[int, dict[str, Any]] = {}
         partial_json: dict[int, list[str]] = {}
@@ -66,7 +84,7 @@ class AnthropicProvider:
                         raise ModelCancelled()
                     kind = event.type
                     if kind == "message_start":
-                        model = event.message.model or model
+                        model = model if named else (event.message.model or model)
                         _read_usage(usage, event.message.usage)
                     elif kind == "content_block_start":
                         block = event.content_block.model_dump(exclude_none=True)
@@ -109,7 +127,13 @@ class AnthropicProvider:
         except Exception as exc:
             if cancel.is_set():
                 raise ModelCancelled() from None
-            raise _model_error(exc) from None
+            error = _model_error(exc)
+            if self.name:
+                error.message = f"Provider {self.name!r}: {error.message}"
+                if self.api_key and len(self.api_key) >= 8:  # a server may echo the key back
+                    error.message = error.message.replace(self.api_key, "[redacted]")
+                error.args = (error.message,)
+            raise error from None
         if cancel.is_set():
             raise ModelCancelled()
         ordered = [blocks[index] for index in sorted(blocks)]
