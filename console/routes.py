@@ -11,12 +11,14 @@ def register_routers(api: NinjaAPI) -> None:
     from agents.api import router as agents_router
     from files.api import router as files_router
     from sessions.api import router as sessions_router
+    from skills.api import router as skills_router
     from vaults.api import router as vaults_router
 
     api.add_router("/", agents_router)
     api.add_router("/", sessions_router)
     api.add_router("/", vaults_router)
     api.add_router("/", files_router)
+    api.add_router("/", skills_router)
     # Last: 501 for the families nobody implements yet (real routers above take precedence).
     from console.unsupported import router as unsupported_router
 
