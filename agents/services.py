@@ -19,6 +19,7 @@ from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
 from sessions.sandbox.backends import backend_is_unsafe
 from sessions.sandbox.packages import packages_request_build, validate_packages
+from skills.services import skill_refs_resolve, skills_count_check
 
 BUILD_LOG_TAIL = 16_000  # characters of the package build log shown on the environment object
 
@@ -195,6 +196,18 @@ def _with_self_version(
     return {**multiagent, "agents": pin(multiagent["agents"])}
 
 
+def _roster_skills(multiagent: dict[str, Any] | None, self_id: str) -> list[list[dict[str, Any]]]:
+    """The skills of every roster member other than the agent itself, from their pinned versions."""
+    out = []
+    for ref in (multiagent or {}).get("agents", []):
+        if ref.get("type") != "agent" or ref.get("id") == self_id:
+            continue
+        member = AgentVersion.objects.filter(agent_id=ref["id"], version=ref["version"]).first()
+        if member is not None:
+            out.append(list(member.definition.get("skills") or []))
+    return out
+
+
 def _resolve_fields(
     *, workspace: Workspace, body: dict[str, Any], current: dict[str, Any] | None, agent_id: str, version: int
 ) -> dict[str, Any]:
@@ -215,7 +228,7 @@ def _resolve_fields(
     if current is None or "mcp_servers" in body:
         out["mcp_servers"] = d.resolve_mcp_servers(body.get("mcp_servers"))
     if current is None or "skills" in body:
-        out["skills"] = d.resolve_skills(body.get("skills"))
+        out["skills"] = skill_refs_resolve(workspace=workspace, skills=d.resolve_skills(body.get("skills")))
     if current is None or "execution_identity" in body:
         out["execution_identity"] = d.resolve_execution_identity(body.get("execution_identity"))
     if current is None or "multiagent" in body:
@@ -234,6 +247,7 @@ def _resolve_fields(
             current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None
         )
     d.check_mcp_references(out["tools"], out["mcp_servers"])
+    skills_count_check(own=out["skills"], members=_roster_skills(out.get("multiagent"), agent_id))
     # A self entry always names the version it belongs to.
     out["multiagent"] = _with_self_version(out.get("multiagent"), agent_id, version)
     return {key: out.get(key) for key in _AGENT_FIELDS}

@@ -416,3 +416,19 @@ def skills_count_check(*, own: list[dict[str, Any]], members: list[list[dict[str
             f"skills: a session can use at most {MAX_SKILLS_PER_SESSION} skills, "
             f"this agent would give it {total}{detail}."
         )
+
+
+def skill_refs_check(
+    *, workspace: Workspace, snapshot: dict[str, Any], skills: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Session-local skills (agent_with_overrides) over a session snapshot whose roster holds the
+    members' full definitions: resolved, and counted with the roster's."""
+    resolved = skill_refs_resolve(workspace=workspace, skills=skills, field="agent.skills")
+    roster = snapshot.get("multiagent") or {}
+    members = [
+        list(m.get("skills") or [])
+        for m in roster.get("agents", [])
+        if isinstance(m, dict) and m.get("type") == "agent" and m.get("id") != snapshot.get("id")
+    ]
+    skills_count_check(own=resolved, members=members)
+    return resolved
