@@ -19,6 +19,7 @@ from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
 from sessions.sandbox.backends import backend_is_unsafe
 from sessions.sandbox.packages import packages_request_build, validate_packages
+from skills.runtime import skill_python_request
 from skills.services import skill_refs_resolve, skills_count_check
 
 BUILD_LOG_TAIL = 16_000  # characters of the package build log shown on the environment object
@@ -268,6 +269,7 @@ def agent_create(*, workspace: Workspace, body: dict[str, Any]) -> Agent:
             updated_at=now,
         )
         AgentVersion.objects.create(agent=agent, version=1, definition=definition, created_at=now)
+        skill_python_request(skills=definition["skills"])
     return agent
 
 
@@ -297,6 +299,7 @@ def agent_update(*, agent: Agent, body: dict[str, Any]) -> Agent:
             return locked
         now = timezone.now()
         AgentVersion.objects.create(agent=locked, version=new_version, definition=definition, created_at=now)
+        skill_python_request(skills=definition["skills"])
         locked.current_version = new_version
         locked.name = definition["name"]
         locked.updated_at = now

@@ -311,9 +311,8 @@ def _apply_overrides(snapshot: dict[str, Any], value: Any, *, workspace: Workspa
     if value.get("mcp_servers") is not None:
         out["mcp_servers"] = definition.resolve_mcp_servers(value["mcp_servers"], "agent.mcp_servers")
     if value.get("skills") is not None:
-        out["skills"] = skill_refs_check(
-            workspace=workspace, snapshot=out, skills=definition.resolve_skills(value["skills"], "agent.skills")
-        )
+        skills = definition.resolve_skills(value["skills"], "agent.skills")
+        out["skills"] = skill_refs_check(workspace=workspace, snapshot=out, skills=skills)
     definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
     return out
 
