@@ -227,10 +227,24 @@ def skill_python_request(*, skills: list[dict[str, Any]]) -> None:
 # --- what a sandbox gets ----------------------------------------------------------------------------
 
 
+def _session_skill_refs(agent: dict[str, Any]) -> list[dict[str, Any]]:
+    """The agent's skills, then each roster member's: child threads run their tools in the session's
+    sandbox, so it holds every skill any of its agents may read."""
+    refs = list(agent.get("skills") or [])
+    for member in (agent.get("multiagent") or {}).get("agents") or []:
+        if isinstance(member, dict) and member.get("type") == "agent":
+            refs += list(member.get("skills") or [])
+    return refs
+
+
 def sandbox_skills(*, agent: dict[str, Any]) -> SandboxSkills:
     mounts = []
+    names: set[str] = set()
     needs_python = False
-    for info in skill_infos(agent):
+    for info in skill_infos({"skills": _session_skill_refs(agent)}):
+        if info.name in names:
+            continue  # two agents of one roster with the same skill: the first one's version is mounted
+        names.add(info.name)
         mounts.append((str(skill_tree(info)), f"{SKILLS_MOUNT}/{info.name}"))
         needs_python = needs_python or info.type == "anthropic"
     pythonpath = None

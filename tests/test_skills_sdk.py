@@ -109,7 +109,7 @@ def test_a_zip_upload_and_the_name_rules(client: anthropic.Anthropic) -> None:
     archive = _zip(
         {
             "__MACOSX/._SKILL.md": b"junk",
-            "Weekly Report/SKILL.md": b"---\nname: weekly-report\ndescription: Writes the weekly report.\n---\n",
+            "Weekly Report/SKILL.md": b"---\nname: weekly-report\ndescription: Weekly.\n---\n",
             "Weekly Report/template.md": b"# Week {n}\n",
         }
     )

@@ -94,7 +94,8 @@ def test_an_agent_with_xlsx_and_a_custom_skill_builds_a_workbook(
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
     script = (
         "cat > /tmp/spec.json <<'EOF'\n" + json.dumps(SPEC) + "\nEOF\n"
-        "python3 /workspace/skills/xlsx/scripts/xlsx_tool.py create /mnt/session/outputs/sales.xlsx --spec /tmp/spec.json"
+        "python3 /workspace/skills/xlsx/scripts/xlsx_tool.py create /mnt/session/outputs/sales.xlsx"
+        " --spec /tmp/spec.json"
         " && touch /workspace/skills/xlsx/SKILL.md 2>&1 || echo read-only"
     )
     model.push(
@@ -141,3 +142,58 @@ def test_an_agent_with_xlsx_and_a_custom_skill_builds_a_workbook(
     assert sheet["D4"].value == "=SUM(D2:D3)"
     chart = sheet._charts[0]
     assert isinstance(chart, BarChart) and len(chart.series) == 2
+
+
+def test_a_roster_member_gets_its_own_skills_in_its_thread(galley: LiveGalley, model: ScriptedModel) -> None:
+    client = galley.client(timeout=300)
+    suffix = secrets.token_hex(3)
+    md = b"---\nname: lead-rules\ndescription: How the lead splits work.\n---\nLEAD-BODY\n"
+    rules = client.beta.skills.create(files=[("lead-rules/SKILL.md", md)])
+    member = client.beta.agents.create(
+        name=f"slides-{suffix}",
+        model="claude-haiku-4-5",
+        system="You make decks.",
+        tools=[{"type": "agent_toolset_20260401"}],
+        skills=[{"type": "anthropic", "skill_id": "pptx"}],
+    )
+    lead = client.beta.agents.create(
+        name=f"lead-{suffix}",
+        model="claude-sonnet-4-6",
+        system="You coordinate.",
+        tools=[{"type": "agent_toolset_20260401"}],
+        skills=[{"type": "custom", "skill_id": rules.id}],
+        multiagent={"type": "coordinator", "agents": [member.id]},
+    )
+    environment = client.beta.environments.create(name=f"roster-env-{suffix}")
+    session = client.beta.sessions.create(agent=lead.id, environment_id=environment.id)
+    first_request = len(model.requests)
+    deck = {"slides": [{"layout": "title", "title": "Review"}]}
+    command = (
+        f"echo '{json.dumps(deck)}' | python3 /workspace/skills/pptx/scripts/pptx_tool.py create "
+        "/mnt/session/outputs/deck.pptx --spec - && ls /workspace/skills"
+    )
+    model.push(
+        tool_call("send_to_agent", {"agent_name": member.name, "message": "Make the deck."}),
+        tool_call("bash", {"command": command}),
+        text("Deck done."),
+        text("The deck is ready."),
+    )
+    with client.beta.sessions.events.stream(session.id) as stream:
+        client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go"}]}]
+        )
+        seen = until_idle(stream, limit=200)
+    assert seen[-1].type == "session.status_idle" and seen[-1].stop_reason.type == "end_turn"
+    systems = [_system_text(r) for r in model.requests[first_request:]]
+    lead_systems = [s for s in systems if s.startswith("You coordinate.")]
+    member_systems = [s for s in systems if s.startswith("You make decks.")]
+    assert lead_systems and member_systems
+    assert all("Skill lead-rules:" in s and "Skill pptx:" not in s for s in lead_systems)
+    assert all("Skill pptx:" in s and "lead-rules" not in s for s in member_systems)
+    assert not any("LEAD-BODY" in s for s in systems)
+    bash_result = model.requests[first_request + 2]["messages"][-1]["content"][0]
+    listing = "".join(block["text"] for block in bash_result["content"] if block["type"] == "text")
+    assert "wrote /mnt/session/outputs/deck.pptx" in listing
+    assert set(listing.split()[-2:]) == {"lead-rules", "pptx"}
+    files = client.beta.files.list(scope_id=session.id).data
+    assert any(f.filename == "deck.pptx" for f in files), [f.filename for f in files]
