@@ -7,7 +7,7 @@ from django.views.decorators.csrf import csrf_exempt
 from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
-from console.views import admin, agents, analytics, auth, environments, overview, sessions, vaults
+from console.views import admin, agents, analytics, auth, environments, overview, sessions, skills, vaults
 
 register_routers(api)
 
@@ -40,6 +40,11 @@ console_urlpatterns = [
     path("environments/<str:environment_id>", environments.environment_detail),
     path("environments/<str:environment_id>/edit", environments.environment_edit),
     path("environments/<str:environment_id>/archive", environments.environment_archive),
+    path("skills", skills.skill_list),
+    path("skills/upload", skills.skill_upload),
+    path("skills/<str:skill_id>", skills.skill_detail),
+    path("skills/<str:skill_id>/versions", skills.skill_version_upload),
+    path("skills/<str:skill_id>/delete", skills.skill_delete),
     path("vaults", vaults.vault_list),
     path("vaults/<str:vault_id>", vaults.vault_detail),
     path("vaults/<str:vault_id>/archive", vaults.vault_archive),
