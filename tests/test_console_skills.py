@@ -14,7 +14,7 @@ from tests.console_factories import client_for, fast_passwords  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
-MD = b"---\nname: meeting-notes\ndescription: Summarise meetings into action items.\n---\n# Meeting notes\nSteps.\n"
+MD = b"---\nname: meeting-notes\ndescription: Summarise meetings into action items.\n---\n# Meeting notes\n"
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
