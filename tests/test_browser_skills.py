@@ -20,7 +20,8 @@ def server() -> Iterator[LiveGalley]:
         live.manage(
             "shell",
             "-c",
-            f"from accounts.services import user_create; user_create(username='admin', password='{ADMIN_PASSWORD}', role='admin')",
+            "from accounts.services import user_create; "
+            f"user_create(username='admin', password='{ADMIN_PASSWORD}', role='admin')",
         )
         yield live
 
@@ -50,7 +51,8 @@ def test_upload_a_skill_folder_view_it_and_pick_it_for_an_agent(
     folder = tmp_path / "trip-planner"
     (folder / "scripts").mkdir(parents=True)
     (folder / "SKILL.md").write_text(
-        "---\nname: trip-planner\ndescription: Plans trips with a day-by-day itinerary.\n---\n# Trip planner\nAsk for dates.\n"
+        "---\nname: trip-planner\ndescription: Plans trips with a day-by-day itinerary.\n---\n"
+        "# Trip planner\nAsk for dates.\n"
     )
     (folder / "scripts" / "days.py").write_text("print('day 1')\n")
     page.get_by_role("link", name="Skills").click()
