@@ -245,7 +245,7 @@ VALID_AGENT = {
         },
     ],
     "mcp_servers": [{"type": "url", "name": "s", "url": "https://a.example/mcp"}],
-    "skills": [{"type": "anthropic", "skill_id": "pdf", "version": "1"}],
+    "skills": [{"type": "anthropic", "skill_id": "pdf", "version": "latest"}],
     "multiagent": {"type": "coordinator", "agents": [{"type": "self"}, {"type": "advisor", "model": "m"}]},
     "execution_identity": {"type": "aws_role", "role_arn": "arn:aws:iam::1:role/x"},
     "metadata": {"k": "v"},
