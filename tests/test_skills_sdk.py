@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
-from anthropic.lib._files import files_from_dir
+from anthropic.lib import files_from_dir
 
 from tests.live import LiveGalley, live_galley
 
