@@ -22,7 +22,7 @@ from files import services as file_services
 from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
-from skills.services import skill_refs_check
+from skills.services import skill_refs_check, skill_refs_check_exist
 from vaults.services import vault_get
 
 
@@ -404,6 +404,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
+    skill_refs_check_exist(snapshot=snapshot)
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(

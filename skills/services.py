@@ -164,12 +164,17 @@ def _insert_version(*, skill: Skill, bundle: b.Bundle, now: Any) -> SkillVersion
     return row
 
 
+def name_in_use(*, workspace: Workspace, name: str) -> bool:
+    # A first look for a clear answer; the unique (workspace, name) constraint decides races.
+    return name in builtin_ids() or Skill.objects.filter(workspace=workspace, name=name).exists()
+
+
 def skill_create(
     *, workspace: Workspace, uploads: list[tuple[str, int, IO[bytes]]], display_name: str | None
 ) -> Skill:
     display = _check_display_name(display_name)
     bundle = bundle_from_uploads(uploads)
-    if bundle.name in builtin_ids() or Skill.objects.filter(workspace=workspace, name=bundle.name).exists():
+    if name_in_use(workspace=workspace, name=bundle.name):
         raise _name_taken(bundle.name)
     now = timezone.now()
     skill = Skill(
@@ -432,3 +437,22 @@ def skill_refs_check(
     ]
     skills_count_check(own=resolved, members=members)
     return resolved
+
+
+def skill_refs_check_exist(*, snapshot: dict[str, Any]) -> None:
+    """A new session's agent (and roster) must not name a skill version deleted since it was saved."""
+    agents = [("agent", snapshot)] + [
+        (f"agent.multiagent.agents[{i}]", m)
+        for i, m in enumerate((snapshot.get("multiagent") or {}).get("agents") or [])
+        if isinstance(m, dict) and m.get("type") == "agent"
+    ]
+    for where, agent in agents:
+        for i, ref in enumerate(agent.get("skills") or []):
+            if ref.get("type") != "custom":
+                continue
+            if not SkillVersion.objects.filter(skill_id=ref.get("skill_id"), id=ref.get("version")).exists():
+                raise bad_request(
+                    f"{where}.skills[{i}]: skill {ref.get('skill_id')!r} version {ref.get('version')!r} "
+                    "was deleted; update the agent to use another version.",
+                    error_code="skill_not_found",
+                )
