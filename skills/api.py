@@ -83,7 +83,7 @@ def _uploads(request: HttpRequest) -> tuple[list[tuple[str, int, IO[bytes]]], st
     uploads = []
     for part in parts:
         index = int(str(part.name).removeprefix("part"))
-        uploads.append((parser.raw_names[index], int(part.size or 0), part.file))
+        uploads.append((parser.raw_names[index], int(part.size or 0), part))
     return uploads, post.get("display_name")
 
 

@@ -24,12 +24,12 @@ def _uploads(request: HttpRequest) -> list[tuple[str, int, IO[bytes]]]:
     sends the paths as `paths` fields in the same order."""
     archive = request.FILES.get("archive")
     if archive is not None:
-        return [(archive.name or "upload.zip", int(archive.size or 0), archive.file)]
+        return [(archive.name or "upload.zip", int(archive.size or 0), archive)]
     folder: list[UploadedFile] = request.FILES.getlist("folder")
     paths = request.POST.getlist("paths")
     if folder and len(paths) != len(folder):
         raise ApiError(400, "files: the folder's file paths were not sent; upload a zip instead.")
-    return [(path, int(f.size or 0), f.file) for path, f in zip(paths, folder, strict=True)]
+    return [(path, int(f.size or 0), f) for path, f in zip(paths, folder, strict=True)]
 
 
 def _skill(request: HttpRequest, skill_id: str) -> Skill | BuiltinSkill:

@@ -45,7 +45,7 @@ def create(path: str, spec: dict[str, Any]) -> None:
 
 def read(path: str, as_json: bool) -> None:
     document = docx.Document(path)
-    paragraphs = [{"style": p.style.name, "text": p.text} for p in document.paragraphs]
+    paragraphs = [{"style": p.style.name if p.style else "", "text": p.text} for p in document.paragraphs]
     tables = [[[cell.text for cell in row.cells] for row in t.rows] for t in document.tables]
     if as_json:
         print(json.dumps({"paragraphs": paragraphs, "tables": tables}, indent=1))
