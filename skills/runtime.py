@@ -18,7 +18,6 @@ import shutil
 import time
 import zipfile
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,7 @@ class SandboxSkills:
 # --- which skills -------------------------------------------------------------------------------------
 
 
-@cache
 def _custom_info(skill_id: str, version: str) -> SkillInfo:
-    # Versions are immutable, so a found one can be remembered; a missing one is not cached (see below).
     row = SkillVersion.objects.filter(skill_id=skill_id, id=version).first()
     if row is None:
         raise LookupError(version)
@@ -244,8 +241,13 @@ def sandbox_skills(*, agent: dict[str, Any]) -> SandboxSkills:
     for info in skill_infos({"skills": _session_skill_refs(agent)}):
         if info.name in names:
             continue  # two agents of one roster with the same skill: the first one's version is mounted
+        try:
+            tree = skill_tree(info)
+        except (SkillVersion.DoesNotExist, FileNotFoundError):
+            logger.warning("skill %s version %s was deleted; not mounted", info.skill_id, info.version)
+            continue
         names.add(info.name)
-        mounts.append((str(skill_tree(info)), f"{SKILLS_MOUNT}/{info.name}"))
+        mounts.append((str(tree), f"{SKILLS_MOUNT}/{info.name}"))
         needs_python = needs_python or info.type == "anthropic"
     pythonpath = None
     if needs_python:

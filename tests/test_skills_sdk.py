@@ -240,3 +240,36 @@ def test_an_oversized_upload_is_refused() -> None:
             client.beta.skills.create(files=many)
         assert count.value.status_code == 413
         assert list(client.beta.skills.list(source="custom")) == []
+
+
+def test_the_sdks_own_skill_downloader_fetches_a_sessions_skills(galley: LiveGalley, tmp_path: Path) -> None:
+    """`anthropic.lib.tools` downloads a session agent's skills the way a self-hosted worker does."""
+    import asyncio
+
+    from anthropic.lib.tools._skills import download_session_skills
+
+    client = galley.client()
+    md = b"---\nname: downloaded\ndescription: Fetched by the SDK.\n---\n"
+    skill = client.beta.skills.create(
+        files=[("downloaded/SKILL.md", md), ("downloaded/bin/run.sh", b"echo hi\n")]
+    )
+    agent = client.beta.agents.create(
+        name="downloader",
+        model="claude-sonnet-4-6",
+        skills=[{"type": "anthropic", "skill_id": "pdf"}, {"type": "custom", "skill_id": skill.id}],
+    )
+    environment = client.beta.environments.create(name="downloader-env")
+    session_id = client.beta.sessions.create(agent=agent.id, environment_id=environment.id).id
+
+    async def fetch() -> list[Path]:
+        async with anthropic.AsyncAnthropic(
+            base_url=galley.base_url, api_key=galley.api_key, max_retries=0, _strict_response_validation=True
+        ) as aclient:
+            session = await aclient.beta.sessions.retrieve(session_id)
+            return await download_session_skills(aclient, workdir=tmp_path, session=session)
+
+    dirs = asyncio.run(fetch())
+    assert sorted(d.name for d in dirs) == ["downloaded", "pdf"]
+    assert (tmp_path / "skills" / "downloaded" / "SKILL.md").read_bytes() == md
+    assert (tmp_path / "skills" / "downloaded" / "bin" / "run.sh").read_bytes() == b"echo hi\n"
+    assert (tmp_path / "skills" / "pdf" / "scripts" / "pdf_tool.py").is_file()
