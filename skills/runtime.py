@@ -177,12 +177,20 @@ def skill_python_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+_RETRY_FAILED_BUILD_SECONDS = 600.0
+_last_failure = 0.0
+
+
 def skill_python_ensure() -> Path | None:
     """Build the prefix if it is missing (once per host: other callers wait on a file lock).
-    Returns None, and logs the installer's output, when the build fails."""
+    Returns None, and logs the installer's output, when the build fails; this process then waits a
+    while before trying again, so that sandboxes do not each wait for a build that cannot work."""
+    global _last_failure
     found = skill_python_dir()
     if found is not None:
         return found
+    if time.monotonic() - _last_failure < _RETRY_FAILED_BUILD_SECONDS and _last_failure:
+        return None
     from sessions.sandbox.packages import _build_into  # the environment package builder
 
     root = Path(settings.GALLEY_PACKAGES_ROOT)
@@ -208,7 +216,10 @@ def skill_python_ensure() -> Path | None:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    return skill_python_dir()
+    found = skill_python_dir()
+    if found is None:
+        _last_failure = time.monotonic()
+    return found
 
 
 def skill_python_request(*, skills: list[dict[str, Any]]) -> None:
