@@ -19,6 +19,8 @@ from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata
 from sessions.sandbox.backends import backend_is_unsafe
 from sessions.sandbox.packages import packages_request_build, validate_packages
+from skills.runtime import skill_python_request
+from skills.services import skill_refs_resolve, skills_count_check
 from webhooks.services import webhook_event_emit
 
 BUILD_LOG_TAIL = 16_000  # characters of the package build log shown on the environment object
@@ -201,6 +203,16 @@ def _model_served(model_id: str, field: str) -> None:
     from providers.services import model_require
 
     model_require(model_id=model_id, field=field)
+def _roster_skills(multiagent: dict[str, Any] | None, self_id: str) -> list[list[dict[str, Any]]]:
+    """The skills of every roster member other than the agent itself, from their pinned versions."""
+    out = []
+    for ref in (multiagent or {}).get("agents", []):
+        if ref.get("type") != "agent" or ref.get("id") == self_id:
+            continue
+        member = AgentVersion.objects.filter(agent_id=ref["id"], version=ref["version"]).first()
+        if member is not None:
+            out.append(list(member.definition.get("skills") or []))
+    return out
 
 
 def _resolve_fields(
@@ -224,7 +236,7 @@ def _resolve_fields(
     if current is None or "mcp_servers" in body:
         out["mcp_servers"] = d.resolve_mcp_servers(body.get("mcp_servers"))
     if current is None or "skills" in body:
-        out["skills"] = d.resolve_skills(body.get("skills"))
+        out["skills"] = skill_refs_resolve(workspace=workspace, skills=d.resolve_skills(body.get("skills")))
     if current is None or "execution_identity" in body:
         out["execution_identity"] = d.resolve_execution_identity(body.get("execution_identity"))
     if current is None or "multiagent" in body:
@@ -243,6 +255,7 @@ def _resolve_fields(
             current.get("metadata", {}), d.expect_dict(patch, "metadata") if patch is not None else None
         )
     d.check_mcp_references(out["tools"], out["mcp_servers"])
+    skills_count_check(own=out["skills"], members=_roster_skills(out.get("multiagent"), agent_id))
     # A self entry always names the version it belongs to.
     out["multiagent"] = _with_self_version(out.get("multiagent"), agent_id, version)
     return {key: out.get(key) for key in _AGENT_FIELDS}
@@ -264,6 +277,7 @@ def agent_create(*, workspace: Workspace, body: dict[str, Any]) -> Agent:
         )
         AgentVersion.objects.create(agent=agent, version=1, definition=definition, created_at=now)
         webhook_event_emit(workspace=workspace, type="agent.created", data={"id": agent.pk})
+        skill_python_request(skills=definition["skills"])
     return agent
 
 
@@ -293,6 +307,7 @@ def agent_update(*, agent: Agent, body: dict[str, Any]) -> Agent:
             return locked
         now = timezone.now()
         AgentVersion.objects.create(agent=locked, version=new_version, definition=definition, created_at=now)
+        skill_python_request(skills=definition["skills"])
         locked.current_version = new_version
         locked.name = definition["name"]
         locked.updated_at = now

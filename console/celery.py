@@ -12,7 +12,7 @@ app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Task modules that live below an app package rather than at `<app>/tasks.py`.
-app.conf.imports = ("sessions.harness.tasks", "sessions.sandbox.tasks")
+app.conf.imports = ("sessions.harness.tasks", "sessions.sandbox.tasks", "skills.tasks")
 
 
 def worker_argv(*, concurrency: int, schedule: str, loglevel: str = "WARNING") -> list[str]:

@@ -127,7 +127,7 @@ def agent_body(post: QueryDict) -> tuple[dict[str, Any], dict[str, str]]:
     body["mcp_servers"] = servers
     body["skills"] = [
         {"type": "anthropic", "skill_id": s} for s, _label in SKILLS if post.get(f"skill-{s}") == "on"
-    ]
+    ] + [{"type": "custom", "skill_id": s} for s in post.getlist("cskill") if s]
     roster = []
     for row in _rows(post, "roster", ("agent", "version")):
         entry: dict[str, Any] = {"type": "agent", "id": row["agent"]}
@@ -227,7 +227,7 @@ def form_state_from_post(post: QueryDict) -> dict[str, Any]:
     state["roster"] = (
         _rows(post, "roster", ("agent", "version")) + [{"agent": "", "version": ""}] * EXTRA_ROWS
     )
-    state["skills"] = {s for s, _ in SKILLS if post.get(f"skill-{s}") == "on"}
+    state["skills"] = {s for s, _ in SKILLS if post.get(f"skill-{s}") == "on"} | set(post.getlist("cskill"))
     return state
 
 

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "webhooks",
     "deployments",
     "providers",
+    "skills",
     "console",
 ]
 
@@ -272,6 +273,15 @@ GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
 GALLEY_WEB_ALLOW_PRIVATE = env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
 # CA file the egress proxy trusts for upstream TLS when it injects credentials (default: the system's).
 GALLEY_EGRESS_UPSTREAM_CA_FILE = env_str("GALLEY_EGRESS_UPSTREAM_CA_FILE")
+
+# --- Skills ---------------------------------------------------------------------------------------
+# Limits on one skill version, checked before anything is stored (unpacked sizes).
+GALLEY_SKILL_MAX_BYTES = env_int("GALLEY_SKILL_MAX_BYTES", 30 * 1024 * 1024, minimum=1024)
+GALLEY_SKILL_MAX_FILES = env_int("GALLEY_SKILL_MAX_FILES", 500, minimum=1)
+GALLEY_SKILL_MAX_FILE_BYTES = env_int("GALLEY_SKILL_MAX_FILE_BYTES", 10 * 1024 * 1024, minimum=1024)
+GALLEY_SKILL_MAX_ZIP_RATIO = env_int("GALLEY_SKILL_MAX_ZIP_RATIO", 100, minimum=2)
+# Django refuses more file parts than this before a view runs; a skill may have more files.
+DATA_UPLOAD_MAX_NUMBER_FILES = max(100, GALLEY_SKILL_MAX_FILES + 1)
 
 # --- Auth, static, i18n ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

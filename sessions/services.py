@@ -22,6 +22,7 @@ from files import services as file_services
 from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
+from skills.services import skill_refs_check, skill_refs_check_exist
 from vaults.services import vault_get
 from webhooks.services import webhook_event_emit, webhook_events_for_log
 
@@ -297,7 +298,7 @@ def _resolve_agent(*, workspace: Workspace, value: Any) -> AgentVersion:
 _OVERRIDABLE = ("model", "system", "tools", "mcp_servers", "skills")
 
 
-def _apply_overrides(snapshot: dict[str, Any], value: Any) -> dict[str, Any]:
+def _apply_overrides(snapshot: dict[str, Any], value: Any, *, workspace: Workspace) -> dict[str, Any]:
     """`agent_with_overrides`: session-local replacements, resolved the way agent fields are. An
     effort inside an overridden model is ignored (the agent's stays); inference_geo applies."""
     if not isinstance(value, dict) or value.get("type") != "agent_with_overrides":
@@ -319,7 +320,8 @@ def _apply_overrides(snapshot: dict[str, Any], value: Any) -> dict[str, Any]:
     if value.get("mcp_servers") is not None:
         out["mcp_servers"] = definition.resolve_mcp_servers(value["mcp_servers"], "agent.mcp_servers")
     if value.get("skills") is not None:
-        out["skills"] = definition.resolve_skills(value["skills"], "agent.skills")
+        skills = definition.resolve_skills(value["skills"], "agent.skills")
+        out["skills"] = skill_refs_check(workspace=workspace, snapshot=out, skills=skills)
     definition.check_mcp_references(out.get("tools", []), out.get("mcp_servers", []))
     return out
 
@@ -416,7 +418,8 @@ def session_create(
         if vault.archived_at is not None:
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
-    snapshot = _apply_overrides(_session_snapshot(version), body["agent"])
+    snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
+    skill_refs_check_exist(snapshot=snapshot)
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(

@@ -245,6 +245,8 @@ def test_a_fully_loaded_agent_parses_strictly(live):
     SDK's strict models."""
     client = live.client()
     worker = client.beta.agents.create(name="worker", model="claude-sonnet-4-6")
+    md = b"---\nname: lead-notes\ndescription: Notes.\n---\n"
+    notes = client.beta.skills.create(files=[("lead-notes/SKILL.md", md)])
     agent = client.beta.agents.create(
         name="lead",
         model={"id": "claude-opus-4-7", "effort": "xhigh", "speed": "fast", "inference_geo": "us"},
@@ -291,7 +293,7 @@ def test_a_fully_loaded_agent_parses_strictly(live):
         mcp_servers=[{"type": "url", "name": "linear", "url": "https://mcp.linear.example/mcp"}],
         skills=[
             {"type": "anthropic", "skill_id": "xlsx"},
-            {"type": "custom", "skill_id": "skill_01abc", "version": "v3"},
+            {"type": "custom", "skill_id": notes.id, "version": "latest"},
         ],
         multiagent={
             "type": "coordinator",
@@ -309,7 +311,7 @@ def test_a_fully_loaded_agent_parses_strictly(live):
     assert configs["web_search"].user_location.country == "FR"
     assert fetched.tools[1].default_config.permission_policy.type == "always_allow"
     assert fetched.tools[2].input_schema.properties == {"q": {"type": "string"}}
-    assert [s.version for s in fetched.skills] == ["latest", "v3"]
+    assert [s.version for s in fetched.skills] == ["20261201", notes.latest_version_id]
     assert [a.type for a in fetched.multiagent.agents] == ["agent", "agent", "advisor"]
     assert fetched.multiagent.agents[0].id == agent.id and fetched.multiagent.agents[1].version == 1
     assert fetched.execution_identity.type == "aws_role"

@@ -1,3 +1,4 @@
+import io
 import threading
 from typing import Any
 
@@ -8,6 +9,8 @@ from accounts.models import Workspace
 from agents import services
 from agents.models import Agent, AgentVersion
 from console.errors import ApiError
+from skills import services as skill_services
+from skills.catalog import BUILTIN_VERSION
 
 pytestmark = pytest.mark.django_db
 
@@ -225,22 +228,93 @@ def test_too_many_tools_is_rejected(workspace):
     assert "at most 256" in err.message
 
 
-def test_skills_resolve_version_as_string(workspace):
+@pytest.fixture
+def other_workspace(db):  # type: ignore[no-untyped-def]
+    return Workspace.objects.create(id="wrkspc_other", name="Other")
+
+
+def custom_skill(workspace: Workspace, name: str = "notes") -> Any:
+    md = f"---\nname: {name}\ndescription: Notes about {name}.\n---\n".encode()
+    return skill_services.skill_create(
+        workspace=workspace, uploads=[(f"{name}/SKILL.md", len(md), io.BytesIO(md))], display_name=None
+    )
+
+
+def test_skill_references_resolve_to_concrete_versions(workspace):
+    notes = custom_skill(workspace)
     agent = make(
         workspace,
-        skills=[
-            {"type": "anthropic", "skill_id": "xlsx"},
-            {"type": "custom", "skill_id": "skill_abc", "version": "123"},
-        ],
+        skills=[{"type": "anthropic", "skill_id": "xlsx"}, {"type": "custom", "skill_id": notes.id}],
     )
     assert wire(agent)["skills"] == [
-        {"type": "anthropic", "skill_id": "xlsx", "version": "latest"},
-        {"type": "custom", "skill_id": "skill_abc", "version": "123"},
+        {"type": "anthropic", "skill_id": "xlsx", "version": BUILTIN_VERSION},
+        {"type": "custom", "skill_id": notes.id, "version": notes.latest_version_id},
     ]
+    pinned = make(
+        workspace, skills=[{"type": "custom", "skill_id": notes.id, "version": notes.latest_version_id}]
+    )
+    assert wire(pinned)["skills"][0]["version"] == notes.latest_version_id
+
+
+def test_a_skill_reference_to_nothing_is_refused_naming_it(workspace, other_workspace):
     assert (
         "skills[0].skill_id"
         in error_of(lambda: make(workspace, skills=[{"type": "anthropic", "skill_id": "zip"}])).message
     )
+    missing = error_of(
+        lambda: make(
+            workspace,
+            skills=[
+                {"type": "anthropic", "skill_id": "pdf"},
+                {"type": "custom", "skill_id": "skill_01nothere"},
+            ],
+        )
+    )
+    assert missing.status == 400 and "skills[1].skill_id" in missing.message
+    theirs = custom_skill(other_workspace, "theirs")
+    assert (
+        "skills[0].skill_id"
+        in error_of(lambda: make(workspace, skills=[{"type": "custom", "skill_id": theirs.id}])).message
+    )
+    mine = custom_skill(workspace, "mine")
+    bad_version = error_of(
+        lambda: make(workspace, skills=[{"type": "custom", "skill_id": mine.id, "version": "9"}])
+    )
+    assert "skills[0].version" in bad_version.message
+    assert (
+        "skills[0].version"
+        in error_of(
+            lambda: make(workspace, skills=[{"type": "anthropic", "skill_id": "pdf", "version": "1999"}])
+        ).message
+    )
+
+
+def test_a_session_has_at_most_20_skills_across_the_roster(workspace):
+    many = [custom_skill(workspace, f"s{i}") for i in range(16)]
+    refs = [{"type": "custom", "skill_id": s.id} for s in many]
+    builtins = [{"type": "anthropic", "skill_id": i} for i in ("xlsx", "docx", "pptx", "pdf")]
+    member = make(workspace, name="member", skills=refs[:10])
+    ok = make(
+        workspace,
+        name="lead",
+        skills=refs[10:16] + builtins,
+        multiagent={"type": "coordinator", "agents": [member.id, {"type": "self"}]},
+    )
+    assert len(wire(ok)["skills"]) == 10
+    err = error_of(
+        lambda: make(
+            workspace,
+            name="lead2",
+            skills=refs[10:16] + builtins + [refs[0]],
+            multiagent={"type": "coordinator", "agents": [member.id]},
+        )
+    )
+    assert err.status == 400 and "at most 20 skills" in err.message and "21" in err.message
+    # Updating the member later does not change the pinned roster, but a new roster entry counts.
+    err = error_of(
+        lambda: services.agent_update(agent=ok, body={"skills": refs[10:16] + builtins + [refs[0]]})
+    )
+    assert "21" in err.message
 
 
 def test_coordinator_roster_resolves_and_enforces_depth_one(workspace):

@@ -247,7 +247,7 @@ VALID_AGENT = {
         },
     ],
     "mcp_servers": [{"type": "url", "name": "s", "url": "https://a.example/mcp"}],
-    "skills": [{"type": "anthropic", "skill_id": "pdf", "version": "1"}],
+    "skills": [{"type": "anthropic", "skill_id": "pdf", "version": "latest"}],
     "multiagent": {
         "type": "coordinator",
         "agents": [{"type": "self"}, {"type": "advisor", "model": "claude-m"}],

@@ -14,6 +14,7 @@ from console import forms
 from console.access import console_view, render_page
 from console.errors import ApiError
 from console.timeline import with_costs
+from skills.models import Skill
 
 
 def _agent(request: HttpRequest, agent_id: str) -> Agent:
@@ -67,6 +68,7 @@ def _form_page(
         "efforts": forms.EFFORTS,
         "policies": forms.POLICIES,
         "skills": forms.SKILLS,
+        "custom_skills": Skill.objects.filter(workspace=request.access.workspace).order_by("name"),  # type: ignore[attr-defined]
         "roster_agents": _roster_choices(request, agent.pk if agent else None),
     }
     return render_page(request, "console/agent_form.html", context, status=status)

@@ -39,6 +39,7 @@ from sessions.harness.tools import (
 )
 from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append, session_set_status
+from skills.runtime import skills_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -596,7 +597,7 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
         ctx = state.context(session)
     request = ModelRequest(
         model=model,
-        system=agent.get("system"),
+        system=skills_system_prompt(agent.get("system"), agent),
         tools=[spec.definition for spec in catalog.values()],
         messages=ctx.messages(session.context_summary),
         max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,

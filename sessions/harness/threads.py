@@ -30,6 +30,7 @@ from sessions.harness.providers.base import ModelCancelled
 from sessions.harness.tools import READ_ONLY, ToolRun, ToolSpec, run_builtin, tool_catalog
 from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append
+from skills.runtime import skills_system_prompt
 
 SEND_TOOL = "send_to_agent"
 PAUSED = False  # send_to_agent's answer when the child waits on the user
@@ -377,7 +378,7 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
             return _finish(child)
         request = ModelRequest(
             model=loop._model_id(member),
-            system=member.get("system"),
+            system=skills_system_prompt(member.get("system"), member),
             tools=[spec.definition for spec in catalog.values()],
             messages=ctx.messages(),
             max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,

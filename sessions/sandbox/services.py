@@ -34,6 +34,7 @@ from sessions.sandbox.backends import (
     sandbox_uid,
 )
 from sessions.sandbox.shell import Shell
+from skills.runtime import sandbox_agent, sandbox_skills
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,9 @@ def sandbox_spec(
         from sessions.sandbox.packages import prefix_environment
 
         env.update(prefix_environment(backend.packages_path(probe), path))
+    skills = sandbox_skills(agent=sandbox_agent(session, key))
+    if skills.pythonpath:
+        env["PYTHONPATH"] = ":".join(p for p in (env.get("PYTHONPATH"), skills.pythonpath) if p)
     if limited:
         proxy = f"http://127.0.0.1:{PROXY_PORT}"
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -219,7 +223,7 @@ def sandbox_spec(
         env=env,
         package_dir=package_dir,
         ca_bundle=ca_bundle,
-        mounts=resource_mounts(session),
+        mounts=resource_mounts(session) + skills.mounts,
         repos=repos,
     )
     return spec, limited, slots
@@ -347,7 +351,8 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
             sandbox_provision(root=spec.root, uid=spec.uid)
     if created:
         return live  # its spec was just built with the current mounts
-    mounts, repos = resource_mounts(session), repo_ids(session)
+    mounts = resource_mounts(session) + sandbox_skills(agent=sandbox_agent(session, key)).mounts
+    repos = repo_ids(session)
     if mounts != live.spec.mounts or repos != live.spec.repos:
         # Resources were added or removed since the shell started: the next call starts a new shell
         # (cwd and exported variables are restored from the state file) that mounts them.

@@ -35,6 +35,19 @@
     if (form && !window.confirm(form.getAttribute("data-confirm"))) ev.preventDefault();
   });
 
+  // A folder upload: Django keeps only each file's last path component, so send the relative paths too.
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target.closest("form[data-skill-upload]");
+    var folder = form && form.querySelector("input[name=folder]");
+    if (!folder) return;
+    form.querySelectorAll("input[name=paths]").forEach(function (old) { old.remove(); });
+    Array.prototype.forEach.call(folder.files, function (file) {
+      var input = document.createElement("input");
+      input.type = "hidden"; input.name = "paths"; input.value = file.webkitRelativePath || file.name;
+      form.appendChild(input);
+    });
+  });
+
   // --- live chat -------------------------------------------------------------------------------
   function startChat(chat) {
     var sessionId = chat.dataset.session;
