@@ -82,6 +82,34 @@ def _shot(page: Any, name: str, *, full_page: bool = True) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
+class _Watch:
+    """Fails the test on a navigation, a console error or a failed request of the page it watches."""
+
+    def __init__(self, page: Any) -> None:
+        self.problems: list[str] = []
+        page.evaluate("window.__galleyStayed = true")
+        self.page = page
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.url}"))
+
+    def check(self) -> None:
+        assert self.page.evaluate("window.__galleyStayed === true"), "the page navigated"
+        assert self.problems == []
+
+
+def _newest_in_view(page: Any) -> None:
+    """The newest chat item is on screen, above the dock (composer and approval cards)."""
+    box = page.evaluate(
+        """() => { const items = document.querySelectorAll('#chat > .msg');
+        const last = items[items.length - 1].getBoundingClientRect();
+        const dock = document.getElementById('dock').getBoundingClientRect();
+        return {top: last.top, bottom: last.bottom, dock: dock.top, height: window.innerHeight}; }"""
+    )
+    assert box["bottom"] > 0 and box["top"] < box["dock"] + 1 and box["bottom"] <= box["height"], box
+
+
 def test_build_agent_run_session_approve_tool_and_replay(
     browser: Any, server: LiveGalley, model: ScriptedModel
 ):
@@ -127,17 +155,36 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.wait_for_url(re.compile(r"/sessions/sesn_"))
     session_url = page.url
     page.wait_for_selector("#chat[data-connected='1']")
+    watch = _Watch(page)  # from here on, every action stays on this page
     page.get_by_text("Let me run that.").wait_for()
     page.get_by_text("The agent wants to run bash.").wait_for()
-    _shot(page, "session-confirmation")
+    page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'waiting for you'")
+    assert page.locator(".msg.tool .perm.ask", has_text="needs approval").count() == 1
+    assert page.locator(".msg.tool code.one-line", has_text="echo hello-from-sandbox").count() == 1
+    _newest_in_view(page)
+    _shot(page, "session-confirmation", full_page=False)
 
     page.get_by_role("button", name="Approve").click()
-    page.wait_for_url(session_url)
     page.get_by_text("All done: the command printed hello-from-sandbox.").wait_for()
     page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'idle'")
     page.wait_for_function("document.getElementById('session-usage').textContent.startsWith('2000 in')")
     assert page.get_by_text("You approved a tool call.").count() == 1
-    _shot(page, "session")
+    assert page.locator(".msg.tool .perm.ok", has_text="approved").count() == 1  # no longer "needs approval"
+    assert page.locator(".msg.tool code.one-line", has_text="hello-from-sandbox").count() == 2  # call and result
+    _newest_in_view(page)
+
+    # A follow-up from the composer: sent without a reload, the composer clears, the answer streams in.
+    model.push(text("Second answer, typed live.", delay=1.0))
+    page.get_by_label("Message").fill("And now?")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("document.getElementById('composer-text').value === ''")
+    page.wait_for_function("!document.getElementById('working').hidden")
+    page.get_by_text("Second answer, typed live.").wait_for()
+    page.wait_for_function("document.getElementById('working').hidden")
+    _newest_in_view(page)
+    assert page.url == session_url
+    watch.check()
+    _shot(page, "session", full_page=False)
 
     # Trace replay: step, jump, expand, deep link.
     page.get_by_role("link", name="Trace replay").click()

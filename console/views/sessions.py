@@ -7,6 +7,7 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
@@ -14,12 +15,15 @@ from agents.models import Agent
 from console.access import console_view, render_page
 from console.errors import ApiError
 from console.timeline import (
+    ChatContext,
     chat_item,
     pending_actions,
     session_cost,
+    status_label,
     trace_references,
     trace_rows,
     with_costs,
+    work_state,
 )
 from sessions.models import Event, Session, Status
 
@@ -101,8 +105,9 @@ def chat_events(session: Session, *, before: int | None = None) -> tuple[list[di
         qs = qs.filter(seq__lt=before)
     rows = list(qs.order_by("-seq")[:CHAT_WINDOW])
     rows.reverse()
-    threads = dict(session.threads.values_list("id", "agent_name"))
-    items = [item for item in (chat_item(e, threads) for e in rows) if item is not None]
+    context = ChatContext(threads=dict(session.threads.values_list("id", "agent_name")))
+    context.observe(rows)  # a decision comes after the call it decides: read them all first
+    items = [item for item in (chat_item(e, context=context) for e in rows) if item is not None]
     earlier = rows[0].seq if rows and rows[0].seq > 1 else None
     return items, earlier
 
@@ -121,8 +126,25 @@ def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         "actions": pending_actions(session),
         "cost": session_cost(session),
         "paged": bool(before),
+        "status_label": status_label(session),
+        "working": work_state(session),
     }
     return render_page(request, "console/session_detail.html", context)
+
+
+def _answer(request: HttpRequest, session: Session, *, error: str | None, done: str) -> HttpResponse:
+    """htmx posts get a note for the page's live region and stay on the page (the websocket brings
+    the events); plain posts redirect back, as before."""
+    if request.htmx:  # type: ignore[attr-defined]
+        html = render_to_string("console/_live_note.html", {"error": error, "done": done})
+        response = HttpResponse(html)
+        response["X-Galley-Result"] = "error" if error else "ok"
+        return response
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, done)
+    return HttpResponseRedirect(f"/sessions/{session.pk}")
 
 
 def _send(request: HttpRequest, session: Session, events: list[dict[str, Any]], done: str) -> HttpResponse:
@@ -132,10 +154,8 @@ def _send(request: HttpRequest, session: Session, events: list[dict[str, Any]], 
         with transaction.atomic():
             events_send(session=session, events=events)
     except ApiError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, done)
-    return HttpResponseRedirect(f"/sessions/{session.pk}")
+        return _answer(request, session, error=exc.message, done=done)
+    return _answer(request, session, error=None, done=done)
 
 
 @require_POST
@@ -144,8 +164,7 @@ def session_send(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
     text = request.POST.get("text", "").strip()
     if not text:
-        messages.error(request, "Write a message before sending.")
-        return HttpResponseRedirect(f"/sessions/{session.pk}")
+        return _answer(request, session, error="Write a message before sending.", done="")
     return _send(
         request,
         session,
@@ -167,8 +186,7 @@ def session_confirm(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
     result = request.POST.get("result")
     if result not in ("allow", "deny"):
-        messages.error(request, "Choose approve or deny.")
-        return HttpResponseRedirect(f"/sessions/{session.pk}")
+        return _answer(request, session, error="Choose approve or deny.", done="")
     event: dict[str, Any] = {
         "type": "user.tool_confirmation",
         "tool_use_id": request.POST.get("tool_use_id", ""),
@@ -251,8 +269,6 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 def render_chat_item(item: dict[str, Any]) -> str:
-    from django.template.loader import render_to_string
-
     return render_to_string("console/_chat_item.html", {"item": item})
 
 

@@ -36,6 +36,49 @@
   });
 
   // --- live chat -------------------------------------------------------------------------------
+  function nearBottom() { return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 160; }
+  function toBottom() { window.scrollTo(0, document.documentElement.scrollHeight); }
+
+  function tickWorking() {
+    var line = document.getElementById("working");
+    if (!line || line.hidden) return;
+    var since = line.dataset.since ? Date.parse(line.dataset.since) : NaN;
+    var out = line.querySelector(".elapsed");
+    if (!out) return;
+    out.textContent = isNaN(since) ? "" : "(" + Math.max(0, Math.round((Date.now() - since) / 1000)) + " s)";
+  }
+  setInterval(tickWorking, 1000);
+
+  function showWorking(working) {
+    var line = document.getElementById("working");
+    if (!line) return;
+    if (!working) { line.hidden = true; return; }
+    line.hidden = false;
+    line.querySelector(".label").textContent = working.label;
+    line.dataset.since = working.since || "";
+    tickWorking();
+  }
+
+  // Actions post without a reload: the websocket brings what they cause.
+  document.addEventListener("htmx:afterRequest", function (ev) {
+    var elt = ev.detail.elt, xhr = ev.detail.xhr;
+    if (!xhr || !document.getElementById("chat")) return;
+    var ok = xhr.getResponseHeader("X-Galley-Result") === "ok";
+    var form = elt.closest("form");
+    if (ok && form && form.dataset.liveForm === "reset" && elt === form) form.reset();
+    var note = document.getElementById("live-note");
+    if (ok && note) setTimeout(function () { if (note.querySelector(".ok")) note.innerHTML = ""; }, 2500);
+    if (!ok && note) { var err = note.querySelector(".error"); if (err) { err.tabIndex = -1; err.focus(); } }
+    toBottom();
+  });
+
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key !== "Enter" || !(ev.ctrlKey || ev.metaKey) || ev.target.id !== "composer-text") return;
+    ev.preventDefault();
+    var form = ev.target.closest("form");
+    if (form && form.requestSubmit) form.requestSubmit();
+  });
+
   function startChat(chat) {
     var sessionId = chat.dataset.session;
     var lastSeq = parseInt(chat.dataset.lastSeq || "0", 10);
@@ -70,15 +113,25 @@
           var typing = document.getElementById("preview-" + data.id);
           if (typing) typing.remove();
         }
+        var pinned = nearBottom();
         if (data.html) {
           var empty = document.getElementById("chat-empty");
           if (empty) empty.remove();
           chat.insertAdjacentHTML("beforeend", data.html);
         }
+        if (data.decided) {
+          var perm = document.querySelector("#ev-" + data.decided.tool_use_id + " .perm");
+          if (perm) { perm.textContent = data.decided.label; perm.className = "perm " + (data.decided.label === "approved" ? "ok" : "no"); }
+        }
         if (data.seq) { lastSeq = data.seq; chat.dataset.lastSeq = String(lastSeq); }
         if (data.status) {
           var badge = document.getElementById("session-status");
-          if (badge) { badge.textContent = data.status; badge.className = "badge " + data.status; }
+          var label = data.status_label || data.status;
+          if (badge) {
+            badge.textContent = label; badge.dataset.status = data.status;
+            badge.className = "badge " + data.status + (label === "waiting for you" ? " waiting" : "");
+          }
+          if (data.working !== undefined) showWorking(data.working);
         }
         if (data.usage) {
           var usage = document.getElementById("session-usage");
@@ -86,9 +139,14 @@
         }
         if (data.actions_html !== undefined) {
           var actions = document.getElementById("actions");
-          if (actions) { actions.outerHTML = data.actions_html; addCsrf(document.getElementById("actions")); }
+          if (actions) {
+            actions.outerHTML = data.actions_html;
+            var fresh = document.getElementById("actions");
+            addCsrf(fresh);
+            if (window.htmx) window.htmx.process(fresh);  // its forms post without a reload too
+          }
         }
-        if (data.html) window.scrollTo(0, document.body.scrollHeight);
+        if (pinned) toBottom();
       };
       ws.onclose = function () {
         chat.dataset.connected = "";
@@ -216,7 +274,9 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     var chat = document.getElementById("chat");
+    if (chat && chat.dataset.live) toBottom();  // the newest message, the composer and any approval card
     if (chat && chat.dataset.live && "WebSocket" in window) startChat(chat);
+    tickWorking();
     var trace = document.getElementById("trace");
     if (trace) startTrace(trace);
   });
