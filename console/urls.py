@@ -24,6 +24,10 @@ def static(request: HttpRequest, path: str) -> HttpResponseBase:
     return response
 
 
+def favicon(request: HttpRequest) -> HttpResponseBase:
+    return static(request, "console/favicon.svg")
+
+
 console_urlpatterns = [
     path("", overview.overview),
     path("login", auth.login_view),
@@ -60,6 +64,10 @@ console_urlpatterns = [
     path("api-keys/<str:key_id>/revoke", admin.api_key_revoke),
     path("users", admin.users),
     path("users/<int:membership_id>/role", admin.user_role),
+    path("users/<int:membership_id>/active", admin.user_active),
+    path("users/<int:membership_id>/remove", admin.user_remove),
+    path("users/<int:membership_id>/password", admin.user_password),
+    path("favicon.ico", favicon),
     re_path(r"^static/(?P<path>.+)$", static),
 ]
 
@@ -68,3 +76,7 @@ urlpatterns = [
     path("v1/", api.urls),
     re_path(r"^v1/(?P<rest>.*)$", v1_not_found),  # keep last
 ]
+
+handler403 = "console.views.errors.forbidden_page"
+handler404 = "console.views.errors.not_found_page"
+handler500 = "console.views.errors.server_error_page"
