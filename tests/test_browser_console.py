@@ -149,6 +149,10 @@ def test_build_agent_run_session_approve_tool_and_replay(
         ),
     )
     _shot(page, "agent")
+    # Another tab on the session list: the new session shows up there without a reload.
+    listing = _login(browser, server)
+    listing.goto(server.base_url + "/sessions")
+    listing_watch = _Watch(listing)
     page.get_by_label("Title").fill("Say hello")
     page.get_by_label("First message").fill("Please run echo hello-from-sandbox")
     page.get_by_role("button", name="Start session").click()
@@ -158,7 +162,9 @@ def test_build_agent_run_session_approve_tool_and_replay(
     watch = _Watch(page)  # from here on, every action stays on this page
     page.get_by_text("Let me run that.").wait_for()
     page.get_by_text("The agent wants to run bash.").wait_for()
-    page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'waiting for you'")
+    page.wait_for_function(
+        "document.getElementById('session-status').textContent.trim() === 'waiting for you'"
+    )
     assert page.locator(".msg.tool .perm.ask", has_text="needs approval").count() == 1
     assert page.locator(".msg.tool code.one-line", has_text="echo hello-from-sandbox").count() == 1
     _newest_in_view(page)
@@ -169,8 +175,9 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'idle'")
     page.wait_for_function("document.getElementById('session-usage').textContent.startsWith('2000 in')")
     assert page.get_by_text("You approved a tool call.").count() == 1
-    assert page.locator(".msg.tool .perm.ok", has_text="approved").count() == 1  # no longer "needs approval"
-    assert page.locator(".msg.tool code.one-line", has_text="hello-from-sandbox").count() == 2  # call and result
+    assert page.locator(".msg.tool .perm.ok", has_text="approved").count() == 1  # not "needs approval"
+    # The call and its result each show a one-line summary.
+    assert page.locator(".msg.tool code.one-line", has_text="hello-from-sandbox").count() == 2
     _newest_in_view(page)
 
     # A follow-up from the composer: sent without a reload, the composer clears, the answer streams in.
@@ -184,6 +191,9 @@ def test_build_agent_run_session_approve_tool_and_replay(
     _newest_in_view(page)
     assert page.url == session_url
     watch.check()
+    listing.get_by_role("link", name="Say hello").wait_for()
+    listing_watch.check()
+    listing.close()
     _shot(page, "session", full_page=False)
 
     # Trace replay: step, jump, expand, deep link.
