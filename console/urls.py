@@ -58,6 +58,7 @@ console_urlpatterns = [
     path("sessions/<str:session_id>/archive", sessions.session_archive),
     path("sessions/<str:session_id>/trace", sessions.session_trace),
     path("sessions/<str:session_id>/trace.json", sessions.session_trace_json),
+    path("sessions/<str:session_id>/trace/tree.json", sessions.session_trace_tree),
     path("analytics", analytics.analytics),
     path("analytics.csv", analytics.analytics_csv),
     path("api-keys", admin.api_keys),

@@ -196,33 +196,50 @@ def test_build_agent_run_session_approve_tool_and_replay(
     listing.close()
     _shot(page, "session", full_page=False)
 
-    # Trace replay: step, jump, expand, deep link.
+    # The trace: roll-ups equal to the session's usage, a timeline, a turn tree, and the replay.
+    usage = page.locator("#session-usage").inner_text()
+    tokens_in, tokens_out = (int(n) for n in re.findall(r"(\d+) (?:in|out)", usage))
     page.get_by_role("link", name="Trace replay").click()
     page.wait_for_url(re.compile(r"/trace"))
+    trace_watch = _Watch(page)
+    page.wait_for_selector("#trace-total-tokens")
+    assert page.locator("#trace-total-tokens").inner_text() == f"{tokens_in:,} / {tokens_out:,}"
+    assert page.locator(".tturn").count() == 2  # two user messages, two turns
+    bars = page.locator(".waterfall .wf-bar")
+    assert bars.and_(page.locator(".model")).count() >= 3 and bars.and_(page.locator(".tool")).count() == 1
+    assert page.locator("#trace-total-wait").inner_text() != "0 ms"  # the approval is waiting time
+    page.locator(".waterfall .wf-bar.tool").click()
+    page.wait_for_function("document.querySelector('.tnode.tool').closest('.tturn').open")
+    assert "echo hello-from-sandbox" in page.locator(".tnode.tool summary").inner_text()
     position = page.locator("#trace-pos")
     page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event ')")
     found = re.search(r"of (\d+)", position.inner_text())
     assert found is not None
     total = int(found.group(1))
     assert total >= 8
-    assert position.inner_text().startswith(f"Event {total} of {total}")
-    page.get_by_role("button", name="Previous event").click()
-    assert position.inner_text().startswith(f"Event {total - 1} of")
+    statuses = page.locator(".tev.k-status").count()
+    assert statuses > 0 and page.locator(".tev.k-status:visible").count() == 0  # hidden by default
+    shown = total - statuses
+    assert page.locator(".tev.current:visible").count() == 1  # the newest shown event
     page.get_by_role("button", name="First event").click()
     assert position.inner_text().startswith("Event 1 of")
     page.get_by_role("button", name="Next event").click()
-    assert position.inner_text().startswith("Event 2 of")
-    assert page.locator(".tev.current").count() == 1 and page.locator(".tev.future").count() == total - 2
+    assert page.locator(".tev.current").count() == 1
     page.get_by_role("button", name="Expand all").click()
-    assert page.locator(".lanes details[open]").count() == total
+    assert page.locator(".lanes details[open]").count() == shown
     assert page.locator(".tev.k-span .meta", has_text="latency").count() >= 2
     page.get_by_role("button", name="Collapse all").click()
     assert page.locator(".lanes details[open]").count() == 0
-    page.locator(".tev.k-span").nth(1).locator("summary").click()  # open one model span
+    page.get_by_label("Status changes").check()
+    assert page.locator(".tev.k-status:visible").count() == statuses
+    page.get_by_label("Search events").fill("hello-from-sandbox")
+    page.wait_for_function("document.querySelectorAll('.tev:not([hidden])').length < 6")
+    page.get_by_label("Search events").fill("")
+    page.get_by_role("button", name="Copy the whole trace as markdown").click()
     page.evaluate("window.scrollTo(0, 0)")
     _shot(page, "trace", full_page=False)
-    assert re.search(r"#seq-2$", page.url)
-    page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")
+    trace_watch.check()
+    page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")  # a deep link
     page.reload()
     page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event 3 of')")
 

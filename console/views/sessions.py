@@ -25,10 +25,18 @@ from console.timeline import (
     with_costs,
     work_state,
 )
+from console.trace import trace_markdown, trace_tree
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
 TRACE_PAGE = 2000  # events per trace.json page; the replay fetches pages until done
+TRACE_KINDS = [
+    ("message", "Messages"),
+    ("tool", "Tool calls"),
+    ("span", "Model requests"),
+    ("error", "Errors"),
+    ("status", "Status changes"),
+]
 
 
 def _session(request: HttpRequest, session_id: str) -> Session:
@@ -236,7 +244,7 @@ def session_trace(request: HttpRequest, session_id: str) -> HttpResponse:
     return render_page(
         request,
         "console/session_trace.html",
-        {"nav": "sessions", "session": session, "cost": session_cost(session)},
+        {"nav": "sessions", "session": session, "cost": session_cost(session), "kinds": TRACE_KINDS},
     )
 
 
@@ -266,6 +274,17 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
     if download:
         response["Content-Disposition"] = f'attachment; filename="{session.pk}-trace.json"'
     return response
+
+
+@console_view()
+def session_trace_tree(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The trace tree (turns, model requests, tool calls, roll-ups) as JSON, or as markdown with
+    `format=md` (the "copy the whole trace" button)."""
+    session = _session(request, session_id)
+    tree = trace_tree(session, list(Event.objects.filter(session=session).order_by("seq")))
+    if request.GET.get("format") == "md":
+        return HttpResponse(trace_markdown(tree), content_type="text/markdown; charset=utf-8")
+    return JsonResponse(tree, json_dumps_params={"ensure_ascii": False})
 
 
 def render_chat_item(item: dict[str, Any]) -> str:
