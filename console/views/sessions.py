@@ -256,10 +256,12 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
     download = bool(request.GET.get("download"))
     after_text = request.GET.get("after", "0")
     after = int(after_text) if after_text.isdigit() else 0
+    limit_text = request.GET.get("limit", "")
+    limit = min(int(limit_text), TRACE_PAGE) if limit_text.isdigit() and int(limit_text) > 0 else TRACE_PAGE
     qs = Event.objects.filter(session=session, seq__gt=after).order_by("seq")
-    events = list(qs) if download else list(qs[: TRACE_PAGE + 1])
-    more = len(events) > TRACE_PAGE and not download
-    events = events[:TRACE_PAGE] if more else events
+    events = list(qs) if download else list(qs[: limit + 1])
+    more = len(events) > limit and not download
+    events = events[:limit] if more else events
     refs = trace_references(events)
     earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else {}
     body = {
@@ -270,6 +272,10 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
         "rows": trace_rows(session, events, earlier),
         "next_after": events[-1].seq if more else None,
     }
+    if request.GET.get("lean") and not download:
+        # The replay's pages: each row's full event is fetched when it is opened (limit=1).
+        for row in body["rows"]:
+            row.pop("event", None)
     response = JsonResponse(body, json_dumps_params={"ensure_ascii": False})
     if download:
         response["Content-Disposition"] = f'attachment; filename="{session.pk}-trace.json"'

@@ -399,8 +399,13 @@
       details.addEventListener("toggle", function () {
         if (!details.open || details.dataset.built) return;
         details.dataset.built = "1";
-        var pre = el("pre", null, JSON.stringify(row.event, null, 2));
+        var pre = el("pre", null, row.event ? JSON.stringify(row.event, null, 2) : "loading…");
         details.appendChild(pre);
+        if (!row.event) {
+          fetch(root.dataset.src + "?after=" + (row.seq - 1) + "&limit=1", { credentials: "same-origin" })
+            .then(function (r) { return r.json(); })
+            .then(function (one) { row.event = one.rows[0].event; pre.textContent = JSON.stringify(row.event, null, 2); });
+        }
         var bar = el("div", "actions");
         var copy = el("button", null, "Copy event"); copy.type = "button";
         copy.addEventListener("click", function () { copyText(pre.textContent, copy); });
@@ -439,7 +444,7 @@
     // The log comes in pages; while the session runs, new events are fetched as they are logged.
     var lastSeq = 0, first = true;
     function load(after) {
-      fetch(root.dataset.src + "?after=" + after, { credentials: "same-origin" })
+      fetch(root.dataset.src + "?lean=1&after=" + after, { credentials: "same-origin" })
         .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
         .then(function (data) {
           threads = data.threads || threads;
