@@ -193,6 +193,10 @@ def run() -> list[tuple[str, float]]:
             _time(lambda: client.get(f"/sessions/{big_id}/trace.json")),
         ),
         (
+            "trace tree (turns, roll-ups), all 10,000 events",
+            _time(lambda: client.get(f"/sessions/{big_id}/trace/tree.json")),
+        ),
+        (
             "trace JSON export, all 10,000 events",
             _time(lambda: client.get(f"/sessions/{big_id}/trace.json?download=1")),
         ),
@@ -208,13 +212,95 @@ def run() -> list[tuple[str, float]]:
     return results
 
 
+def browser_times(data_dir: str, big_id: str) -> list[tuple[str, float]]:
+    """Time to interactive in headless Chromium against a live server (Daphne) on the same data: from
+    navigation start until the page is usable (the session page live, the trace's tree and replay
+    rendered). Median of RUNS loads after one warm-up. Empty when Chromium or Playwright is missing."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    if not Path("/usr/bin/chromium").exists() or shutil.which("chromium") is None:
+        print("  (no Chromium: time to interactive not measured)")
+        return []
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, GALLEY_DATA_DIR=data_dir, DATABASE_URL=f"sqlite:///{data_dir}/galley.sqlite3")
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(base + "/login", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+            )
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(base + "/login")
+            page.get_by_label("Username").fill("bench")
+            page.get_by_label("Password").fill("bench-password-1")
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(base + "/")
+            ready = {
+                f"/sessions/{big_id}": "document.querySelectorAll('#chat .msg').length > 0",
+                f"/sessions/{big_id}/trace": (
+                    "document.getElementById('trace-total-tokens') !== null && "
+                    "document.getElementById('trace-pos').textContent.startsWith('Event ')"
+                ),
+            }
+            out = []
+            for url, condition in ready.items():
+                samples = []
+                for run in range(RUNS + 1):
+                    page.goto(base + url, wait_until="commit")
+                    page.wait_for_function(condition)
+                    elapsed = page.evaluate("performance.now()")  # since this navigation started
+                    if run:
+                        samples.append(elapsed / 1000)
+                name = "session page" if url.endswith(big_id) else "trace page (tree, timeline, replay)"
+                out.append(
+                    (f"{name}, 10,000 events, time to interactive in Chromium", statistics.median(samples))
+                )
+            browser.close()
+        return out
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="galley-bench-console-") as tmp:
         _setup_django(tmp)
         results = run()
-    print(f"Console (server time, median of {RUNS} runs, SQLite embedded default)")
+        from sessions.models import Session
+
+        big_id = Session.objects.order_by("-last_seq").values_list("id", flat=True).first()
+        from django.db import connections
+
+        connections.close_all()
+        results += browser_times(tmp, str(big_id))
+    print(f"Console (server time and Chromium time to interactive, median of {RUNS} runs, SQLite)")
     for name, seconds in results:
-        print(f"  {name:<55} {seconds * 1000:9.1f} ms")
+        print(f"  {name:<75} {seconds * 1000:9.1f} ms")
     out = Path(__file__).resolve().parent.parent / "var" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "console.json").write_text(

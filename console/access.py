@@ -46,6 +46,14 @@ def access_for(user: Any) -> Access | None:
     membership = (
         Membership.objects.select_related("workspace").filter(user=user).order_by("created_at", "id").first()
     )
+    if membership is None and user.is_superuser:
+        # `manage.py createsuperuser` makes no membership: such an account administers the default
+        # workspace rather than meeting a dead end.
+        from accounts.services import workspace_get_default
+
+        membership, _ = Membership.objects.select_related("workspace").get_or_create(
+            user=user, workspace=workspace_get_default(), defaults={"role": Role.ADMIN}
+        )
     return Access(membership) if membership is not None else None
 
 

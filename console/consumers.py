@@ -14,7 +14,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from console.access import Access, access_for
-from console.timeline import chat_item, pending_actions, session_cost
+from console.timeline import ChatContext, chat_item, pending_actions, session_cost, status_label, work_state
 from sessions import streaming
 from sessions.models import Event, Session, SessionThread
 
@@ -30,23 +30,27 @@ def _load_access(user: Any, session_id: str) -> tuple[Access, Session] | None:
 
 
 def _read(
-    access: Access, session_id: str, after: int, status: str | None
+    access: Access, session_id: str, after: int, status: str | None, context: ChatContext | None = None
 ) -> tuple[list[dict[str, Any]], int, str]:
-    """Messages for events after `after`, plus a status/actions message when the status changed."""
+    """Messages for events after `after`, plus a status/actions message when the status changed.
+    `context` carries what earlier reads saw (decisions, interrupts) from one read to the next."""
+    context = context if context is not None else ChatContext()
     session = Session.objects.filter(pk=session_id).first()
     if session is None:
         return [{"gone": True}], after, status or ""
     events = list(Event.objects.filter(session_id=session_id, seq__gt=after).order_by("seq")[:BATCH])
     out: list[dict[str, Any]] = []
-    threads = (
-        dict(SessionThread.objects.filter(session_id=session_id).values_list("id", "agent_name"))
-        if events
-        else {}
-    )
+    if events:
+        context.threads.update(
+            SessionThread.objects.filter(session_id=session_id).values_list("id", "agent_name")
+        )
     for event in events:
-        item = chat_item(event, threads)
+        item = chat_item(event, context=context)
         html = render_to_string("console/_chat_item.html", {"item": item}) if item else ""
-        out.append({"seq": event.seq, "id": event.id, "type": event.type, "html": html})
+        message: dict[str, Any] = {"seq": event.seq, "id": event.id, "type": event.type, "html": html}
+        if item and item.get("decides"):
+            message["decided"] = {"tool_use_id": item["decides"], "label": item["decision"]}
+        out.append(message)
     last = events[-1].seq if events else after
     state = f"{session.status}:{json.dumps(session.stop_reason, sort_keys=True)}"
     if state != status or events:
@@ -56,7 +60,15 @@ def _read(
         )
         cost = session_cost(session)
         usage = f"{session.input_tokens} in / {session.output_tokens} out tokens · cost {cost}"
-        out.append({"status": session.status, "actions_html": actions_html, "usage": usage})
+        out.append(
+            {
+                "status": session.status,
+                "status_label": status_label(session),
+                "working": work_state(session),
+                "actions_html": actions_html,
+                "usage": usage,
+            }
+        )
     return out, last, state
 
 
@@ -100,11 +112,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _stream(self) -> None:
         status: str | None = None
+        context = ChatContext()
         read = database_sync_to_async(_read)
         async with streaming.subscribe(self.session_id) as subscription:
             while True:
                 messages, self.after, new_status = await read(
-                    self.access, self.session_id, self.after, status
+                    self.access, self.session_id, self.after, status, context
                 )
                 status = new_status
                 for message in messages:

@@ -2,11 +2,12 @@
 replay. Both read `Event.wire()`, the same JSON the API returns."""
 
 import json
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from sessions.harness import pricing
-from sessions.models import Event, Session
+from sessions.models import Event, Session, SessionThread
 
 
 def step_cost_micros(model_id: str, usage: dict[str, Any]) -> int:
@@ -64,13 +65,116 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
-def chat_item(event: Event, threads: dict[str, str] | None = None) -> dict[str, Any] | None:
+SUMMARY_KEYS = ("command", "file_path", "path", "url", "query", "pattern", "message")
+PREVIEW_CHARS = 140
+
+
+def one_line(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """The first non-empty line of text, cut to limit characters."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def tool_summary(tool_input: Any) -> str:
+    """What a tool call acts on, in one line: the command, the file, the URL, the query."""
+    if not isinstance(tool_input, dict):
+        return ""
+    for key in SUMMARY_KEYS:
+        value = tool_input.get(key)
+        if isinstance(value, str) and value.strip():
+            return one_line(value)
+    return one_line(json.dumps(tool_input, ensure_ascii=False)) if tool_input else ""
+
+
+@dataclass
+class ChatContext:
+    """What a chat bubble needs from the rest of the log: sub-agent names, the decisions taken on tool
+    calls (tool_use_id -> allow/deny), and whether an interrupt is waiting for its idle."""
+
+    threads: dict[str, str] = field(default_factory=dict)
+    decisions: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def observe(self, events: list[Event]) -> None:
+        for event in events:
+            if event.type == "user.tool_confirmation" and event.payload.get("tool_use_id"):
+                self.decisions[str(event.payload["tool_use_id"])] = str(event.payload.get("result"))
+
+
+def chat_item(
+    event: Event, threads: dict[str, str] | None = None, context: ChatContext | None = None
+) -> dict[str, Any] | None:
     """One chat bubble for an event, or None for events the chat does not show (spans, usage).
-    `threads` names sub-agent threads (id -> agent name) so their messages say who spoke."""
+    `threads` names sub-agent threads (id -> agent name) so everything they do says who did it;
+    `context` (read in log order) names approvals and stops as a person would."""
+    context = context or ChatContext(threads=dict(threads or {}))
+    if threads:
+        context.threads.update(threads)
     item = _chat_item(event)
-    if item is not None and event.thread_id and item.get("who") == "Agent":
-        item["who"] = (threads or {}).get(event.thread_id) or "Sub-agent"
+    if item is None:
+        return None
+    if event.thread_id:
+        name = context.threads.get(event.thread_id) or "Sub-agent"
+        if item.get("who") == "Agent":
+            item["who"] = name
+        elif item.get("who"):
+            item["who"] = f"{name} · {item['who']}"
+        item["agent_name"] = name
+    if item["type"] in ("agent.tool_use", "agent.mcp_tool_use") and item.get("permission") == "ask":
+        decision = context.decisions.get(event.id)
+        item["permission"] = {"allow": "approved", "deny": "denied"}.get(decision or "", "ask")
+    if item["type"] == "user.tool_confirmation":
+        item["decides"] = str(event.payload.get("tool_use_id") or "")
+        item["decision"] = "approved" if event.payload.get("result") == "allow" else "denied"
+    if item["type"] == "user.interrupt":
+        context.interrupted = True
+    if item["type"] == "session.status_idle" and context.interrupted and not event.thread_id:
+        context.interrupted = False
+        if (event.payload.get("stop_reason") or {}).get("type") == "end_turn":
+            item["text"] = "Stopped by you."
     return item
+
+
+STATUS_LABELS = {"running": "working", "rescheduling": "retrying", "terminated": "ended"}
+
+
+def status_label(session: Session) -> str:
+    """The session's state as a person would name it."""
+    if session.status == "idle" and (session.stop_reason or {}).get("type") == "requires_action":
+        return "waiting for you"
+    return STATUS_LABELS.get(session.status, session.status)
+
+
+def work_state(session: Session) -> dict[str, Any] | None:
+    """What the agent is doing right now, for the "thinking…" / "running bash (3 s)" line: the newest
+    model request or tool call that has no end yet. None when the session is not working."""
+    if session.status not in ("running", "rescheduling"):
+        return None
+    recent = list(Event.objects.filter(session=session).order_by("-seq")[:40])
+    ended: set[str] = set()
+    for event in recent:  # newest first: an end is seen before its start
+        p = event.payload
+        if event.type == "span.model_request_end":
+            ended.add(str(p.get("model_request_start_id")))
+        elif event.type in ("agent.tool_result", "agent.mcp_tool_result"):
+            ended.add(str(p.get("tool_use_id") or p.get("mcp_tool_use_id")))
+        elif event.type == "span.model_request_start" and event.id not in ended:
+            who = "Sub-agent" if event.thread_id else "Agent"
+            if event.thread_id:
+                who = (
+                    SessionThread.objects.filter(pk=event.thread_id)
+                    .values_list("agent_name", flat=True)
+                    .first()
+                    or who
+                )
+            return {"label": f"{who} is thinking…", "since": event.created_at.isoformat()}
+        elif event.type in ("agent.tool_use", "agent.mcp_tool_use") and event.id not in ended:
+            if p.get("evaluated_permission") == "ask":
+                continue  # waiting for a person, not running
+            summary = tool_summary(p.get("input"))
+            label = f"Running {p.get('name', 'a tool')}" + (f": {summary}" if summary else "")
+            return {"label": label, "since": event.created_at.isoformat()}
+    return {"label": "Working…", "since": None}
 
 
 def _chat_item(event: Event) -> dict[str, Any] | None:
@@ -100,15 +204,18 @@ def _chat_item(event: Event) -> dict[str, Any] | None:
         return item | {
             "kind": "tool",
             "who": f"{label}: {name}",
+            "summary": tool_summary(p.get("input")),
             "detail": pretty(p.get("input", {})),
             "permission": perm,
         }
     if t in ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result", "user.tool_result"):
         who = "Tool result (error)" if p.get("is_error") else "Tool result"
+        detail = content_text(p.get("content"))
         return item | {
             "kind": "tool",
             "who": who,
-            "detail": content_text(p.get("content")),
+            "summary": one_line(detail) or "(no output)",
+            "detail": detail,
             "error": bool(p.get("is_error")),
         }
     if t == "user.tool_confirmation":

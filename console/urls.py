@@ -37,6 +37,10 @@ def static(request: HttpRequest, path: str) -> HttpResponseBase:
     return response
 
 
+def favicon(request: HttpRequest) -> HttpResponseBase:
+    return static(request, "console/favicon.svg")
+
+
 console_urlpatterns = [
     path("", overview.overview),
     path("login", auth.login_view),
@@ -72,6 +76,7 @@ console_urlpatterns = [
     path("sessions/<str:session_id>/archive", sessions.session_archive),
     path("sessions/<str:session_id>/trace", sessions.session_trace),
     path("sessions/<str:session_id>/trace.json", sessions.session_trace_json),
+    path("sessions/<str:session_id>/trace/tree.json", sessions.session_trace_tree),
     path("analytics", analytics.analytics),
     path("analytics.csv", analytics.analytics_csv),
     path("api-keys", admin.api_keys),
@@ -88,6 +93,10 @@ console_urlpatterns = [
     path("providers/<str:name>/edit", providers.provider_edit),
     path("providers/<str:name>/delete", providers.provider_delete),
     path("providers/<str:name>/test", providers.provider_test),
+    path("users/<int:membership_id>/active", admin.user_active),
+    path("users/<int:membership_id>/remove", admin.user_remove),
+    path("users/<int:membership_id>/password", admin.user_password),
+    path("favicon.ico", favicon),
     re_path(r"^static/(?P<path>.+)$", static),
 ]
 
@@ -96,3 +105,7 @@ urlpatterns = [
     path("v1/", api.urls),
     re_path(r"^v1/(?P<rest>.*)$", v1_not_found),  # keep last
 ]
+
+handler403 = "console.views.errors.forbidden_page"
+handler404 = "console.views.errors.not_found_page"
+handler500 = "console.views.errors.server_error_page"

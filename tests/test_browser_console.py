@@ -82,6 +82,34 @@ def _shot(page: Any, name: str, *, full_page: bool = True) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
+class _Watch:
+    """Fails the test on a navigation, a console error or a failed request of the page it watches."""
+
+    def __init__(self, page: Any) -> None:
+        self.problems: list[str] = []
+        page.evaluate("window.__galleyStayed = true")
+        self.page = page
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status}: {r.url}"))
+
+    def check(self) -> None:
+        assert self.page.evaluate("window.__galleyStayed === true"), "the page navigated"
+        assert self.problems == []
+
+
+def _newest_in_view(page: Any) -> None:
+    """The newest chat item is on screen, above the dock (composer and approval cards)."""
+    box = page.evaluate(
+        """() => { const items = document.querySelectorAll('#chat > .msg');
+        const last = items[items.length - 1].getBoundingClientRect();
+        const dock = document.getElementById('dock').getBoundingClientRect();
+        return {top: last.top, bottom: last.bottom, dock: dock.top, height: window.innerHeight}; }"""
+    )
+    assert box["bottom"] > 0 and box["top"] < box["dock"] + 1 and box["bottom"] <= box["height"], box
+
+
 def test_build_agent_run_session_approve_tool_and_replay(
     browser: Any, server: LiveGalley, model: ScriptedModel
 ):
@@ -121,51 +149,97 @@ def test_build_agent_run_session_approve_tool_and_replay(
         ),
     )
     _shot(page, "agent")
+    # Another tab on the session list: the new session shows up there without a reload.
+    listing = _login(browser, server)
+    listing.goto(server.base_url + "/sessions")
+    listing_watch = _Watch(listing)
     page.get_by_label("Title").fill("Say hello")
     page.get_by_label("First message").fill("Please run echo hello-from-sandbox")
     page.get_by_role("button", name="Start session").click()
     page.wait_for_url(re.compile(r"/sessions/sesn_"))
     session_url = page.url
     page.wait_for_selector("#chat[data-connected='1']")
+    watch = _Watch(page)  # from here on, every action stays on this page
     page.get_by_text("Let me run that.").wait_for()
     page.get_by_text("The agent wants to run bash.").wait_for()
-    _shot(page, "session-confirmation")
+    page.wait_for_function(
+        "document.getElementById('session-status').textContent.trim() === 'waiting for you'"
+    )
+    assert page.locator(".msg.tool .perm.ask", has_text="needs approval").count() == 1
+    assert page.locator(".msg.tool code.one-line", has_text="echo hello-from-sandbox").count() == 1
+    _newest_in_view(page)
+    _shot(page, "session-confirmation", full_page=False)
 
     page.get_by_role("button", name="Approve").click()
-    page.wait_for_url(session_url)
     page.get_by_text("All done: the command printed hello-from-sandbox.").wait_for()
     page.wait_for_function("document.getElementById('session-status').textContent.trim() === 'idle'")
     page.wait_for_function("document.getElementById('session-usage').textContent.startsWith('2000 in')")
     assert page.get_by_text("You approved a tool call.").count() == 1
-    _shot(page, "session")
+    assert page.locator(".msg.tool .perm.ok", has_text="approved").count() == 1  # not "needs approval"
+    # The call and its result each show a one-line summary.
+    assert page.locator(".msg.tool code.one-line", has_text="hello-from-sandbox").count() == 2
+    _newest_in_view(page)
 
-    # Trace replay: step, jump, expand, deep link.
+    # A follow-up from the composer: sent without a reload, the composer clears, the answer streams in.
+    model.push(text("Second answer, typed live.", delay=1.0))
+    page.get_by_label("Message").fill("And now?")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("document.getElementById('composer-text').value === ''")
+    page.wait_for_function("!document.getElementById('working').hidden")
+    page.get_by_text("Second answer, typed live.").wait_for()
+    page.wait_for_function("document.getElementById('working').hidden")
+    _newest_in_view(page)
+    assert page.url == session_url
+    watch.check()
+    listing.get_by_role("link", name="Say hello").wait_for()
+    listing_watch.check()
+    listing.close()
+    _shot(page, "session", full_page=False)
+
+    # The trace: roll-ups equal to the session's usage, a timeline, a turn tree, and the replay.
+    usage = page.locator("#session-usage").inner_text()
+    tokens_in, tokens_out = (int(n) for n in re.findall(r"(\d+) (?:in|out)", usage))
     page.get_by_role("link", name="Trace replay").click()
     page.wait_for_url(re.compile(r"/trace"))
+    trace_watch = _Watch(page)
+    page.wait_for_selector("#trace-total-tokens")
+    assert page.locator("#trace-total-tokens").inner_text() == f"{tokens_in:,} / {tokens_out:,}"
+    assert page.locator(".tturn").count() == 2  # two user messages, two turns
+    bars = page.locator(".waterfall .wf-bar")
+    assert bars.and_(page.locator(".model")).count() >= 3 and bars.and_(page.locator(".tool")).count() == 1
+    assert page.locator("#trace-total-wait").inner_text() != "0 ms"  # the approval is waiting time
+    page.locator(".waterfall .wf-bar.tool").click()
+    page.wait_for_function("document.querySelector('.tnode.tool').closest('.tturn').open")
+    assert "echo hello-from-sandbox" in page.locator(".tnode.tool summary").inner_text()
     position = page.locator("#trace-pos")
     page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event ')")
     found = re.search(r"of (\d+)", position.inner_text())
     assert found is not None
     total = int(found.group(1))
     assert total >= 8
-    assert position.inner_text().startswith(f"Event {total} of {total}")
-    page.get_by_role("button", name="Previous event").click()
-    assert position.inner_text().startswith(f"Event {total - 1} of")
+    statuses = page.locator(".tev.k-status").count()
+    assert statuses > 0 and page.locator(".tev.k-status:visible").count() == 0  # hidden by default
+    shown = total - statuses
+    assert page.locator(".tev.current:visible").count() == 1  # the newest shown event
     page.get_by_role("button", name="First event").click()
     assert position.inner_text().startswith("Event 1 of")
     page.get_by_role("button", name="Next event").click()
-    assert position.inner_text().startswith("Event 2 of")
-    assert page.locator(".tev.current").count() == 1 and page.locator(".tev.future").count() == total - 2
+    assert page.locator(".tev.current").count() == 1
     page.get_by_role("button", name="Expand all").click()
-    assert page.locator(".lanes details[open]").count() == total
+    assert page.locator(".lanes details[open]").count() == shown
     assert page.locator(".tev.k-span .meta", has_text="latency").count() >= 2
     page.get_by_role("button", name="Collapse all").click()
     assert page.locator(".lanes details[open]").count() == 0
-    page.locator(".tev.k-span").nth(1).locator("summary").click()  # open one model span
+    page.get_by_label("Status changes").check()
+    assert page.locator(".tev.k-status:visible").count() == statuses
+    page.get_by_label("Search events").fill("hello-from-sandbox")
+    page.wait_for_function("document.querySelectorAll('.tev:not([hidden])').length < 6")
+    page.get_by_label("Search events").fill("")
+    page.get_by_role("button", name="Copy the whole trace as markdown").click()
     page.evaluate("window.scrollTo(0, 0)")
     _shot(page, "trace", full_page=False)
-    assert re.search(r"#seq-2$", page.url)
-    page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")
+    trace_watch.check()
+    page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")  # a deep link
     page.reload()
     page.wait_for_function("document.getElementById('trace-pos').textContent.startsWith('Event 3 of')")
 

@@ -264,10 +264,13 @@ def test_api_keys_create_shows_raw_once_and_revoke(workspace):
     client = client_for(workspace, Role.ADMIN)
     empty = client.post("/api-keys", {"name": "  "})
     assert empty.status_code == 400 and b"Give the key a name" in empty.content
-    created = client.post("/api-keys", {"name": "ci"}).content.decode()
+    posted = client.post("/api-keys", {"name": "ci"})
+    assert posted.status_code == 302 and posted["Location"] == "/api-keys"  # POST-redirect-GET
+    created = client.get("/api-keys").content.decode()
     key = ApiKey.objects.get(name="ci")
     assert "sk-galley-" in created and "Copy this key now" in created
-    listing = client.get("/api-keys").content.decode()
+    listing = client.get("/api-keys").content.decode()  # a reload: shown once, and no second key
+    assert ApiKey.objects.filter(name="ci").count() == 1
     assert "sk-galley-" not in listing and key.hint in listing
     client.post(f"/api-keys/{key.pk}/revoke")
     key.refresh_from_db()
@@ -412,8 +415,8 @@ def test_every_console_route_requires_login(workspace):
     checked = 0
     for pattern in console_urlpatterns:
         route = str(pattern.pattern)
-        if route in ("login", "logout") or route.startswith("^static"):
-            continue
+        if route in ("login", "logout", "favicon.ico") or route.startswith("^static"):
+            continue  # public: the login page and the assets it needs
         url = "/" + re.sub(
             r"<(?:\w+:)?(\w+)>", lambda m: "1" if m.group(1) == "membership_id" else "x_1", route
         )
@@ -481,3 +484,56 @@ def test_environment_page_shows_the_prefix_size_per_manager(workspace, settings,
     (prefix / "apt" / "usr" / "bin" / "jq").write_bytes(b"x" * 50_000)
     page = client_for(workspace, Role.VIEWER).get(f"/environments/{env.pk}").content.decode()
     assert 'id="build-prefix"' in page and "apt" in page and "KB" in page
+
+
+def test_admin_deactivates_reactivates_resets_and_removes_users_but_keeps_one_admin(workspace):
+    admin_client = client_for(workspace, Role.ADMIN)
+    admin = Membership.objects.get(workspace=workspace, role=Role.ADMIN)
+    other = make_user(workspace, Role.EDITOR, "ed")
+    member = Membership.objects.get(user=other)
+    ed = Client()
+    assert ed.login(username="ed", password=PASSWORD)
+    assert ed.get("/").status_code == 200
+    admin_client.post(f"/users/{member.pk}/active", {"active": "0"})
+    other.refresh_from_db()
+    assert not other.is_active
+    assert ed.get("/").status_code == 302  # logged out everywhere, at once
+    assert not Client().login(username="ed", password=PASSWORD)
+    page = admin_client.get("/users").content.decode()
+    assert "deactivated" in page and "Last login" in page
+    admin_client.post(f"/users/{member.pk}/active", {"active": "1"})
+    admin_client.post(f"/users/{member.pk}/password", {"password": "short"})
+    assert Client().login(username="ed", password=PASSWORD)  # refused: too short, unchanged
+    admin_client.post(f"/users/{member.pk}/password", {"password": "a-much-longer-passphrase"})
+    assert Client().login(username="ed", password="a-much-longer-passphrase")
+    # The last admin can be neither deactivated nor removed.
+    admin_client.post(f"/users/{admin.pk}/active", {"active": "0"})
+    admin_client.post(f"/users/{admin.pk}/remove")
+    admin.user.refresh_from_db()
+    assert admin.user.is_active and Membership.objects.filter(pk=admin.pk).exists()
+    admin_client.post(f"/users/{member.pk}/remove")
+    assert not Membership.objects.filter(pk=member.pk).exists()
+    assert client_for(workspace, Role.EDITOR).post(f"/users/{admin.pk}/remove").status_code == 403
+
+
+def test_a_superuser_without_membership_administers_the_default_workspace(workspace):
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
+    client = Client()
+    assert client.login(username="root", password=PASSWORD)
+    assert client.get("/users").status_code == 200
+    assert Membership.objects.get(user__username="root").role == Role.ADMIN
+
+
+def test_error_pages_are_styled_with_navigation(workspace, settings):
+    settings.DEBUG = False
+    client = client_for(workspace, Role.VIEWER)
+    missing = client.get("/sessions/sesn_nope")
+    assert missing.status_code == 404
+    page = missing.content.decode()
+    assert "Not found" in page and 'href="/sessions"' in page and "console.css" in page
+    forbidden = client.get("/users")
+    assert forbidden.status_code == 403 and "console.css" in forbidden.content.decode()
+    assert Client().get("/favicon.ico").status_code == 200
+    assert "favicon.svg" in client.get("/").content.decode()

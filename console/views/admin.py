@@ -12,12 +12,13 @@ from accounts.models import ApiKey, Membership, Role
 from accounts.services import user_create
 from console.access import console_view, render_page
 
+NEW_KEY = "galley_new_api_key"  # the raw key, kept in the login session for one page view
+
 
 @console_view(Role.ADMIN)
 def api_keys(request: HttpRequest) -> HttpResponse:
     workspace = request.access.workspace  # type: ignore[attr-defined]
     errors: dict[str, str] = {}
-    raw_key = None
     if request.method == "POST":
         name = request.POST.get("name", "").strip()
         if not name:
@@ -25,7 +26,12 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         elif len(name) > 255:
             errors["name"] = "The name is too long (255 characters at most)."
         else:
-            _key, raw_key = ApiKey.generate(workspace=workspace, name=name, created_by=request.user)
+            # POST-redirect-GET: reloading the page after this shows the list, it never makes a
+            # second key. The raw key is shown once, on the page the redirect lands on.
+            key, raw = ApiKey.generate(workspace=workspace, name=name, created_by=request.user)
+            request.session[NEW_KEY] = {"id": key.pk, "raw": raw}
+            return HttpResponseRedirect("/api-keys")
+    shown = request.session.pop(NEW_KEY, None) if request.method == "GET" else None
     keys = (
         ApiKey.objects.filter(workspace=workspace)
         .select_related("created_by")
@@ -38,7 +44,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             "nav": "api_keys",
             "keys": keys,
             "errors": errors,
-            "raw_key": raw_key,
+            "raw_key": shown["raw"] if shown else None,
             "name": request.POST.get("name", ""),
         },
         status=400 if errors else 200,
@@ -111,4 +117,87 @@ def user_role(request: HttpRequest, membership_id: int) -> HttpResponse:
                 return HttpResponseRedirect("/users")
         Membership.objects.filter(pk=membership.pk).update(role=role)
     messages.success(request, f"{membership.user.username} is now {role}.")
+    return HttpResponseRedirect("/users")
+
+
+def _member(request: HttpRequest, membership_id: int) -> Membership:
+    workspace = request.access.workspace  # type: ignore[attr-defined]
+    membership = (
+        Membership.objects.filter(pk=membership_id, workspace=workspace).select_related("user").first()
+    )
+    if membership is None:
+        raise Http404("No such member")
+    return membership
+
+
+def _is_last_admin(membership: Membership) -> bool:
+    """Under a lock on the workspace's admin rows: the last active admin must stay, or nobody could
+    manage keys and users again."""
+    if membership.role != Role.ADMIN:
+        return False
+    admins = Membership.objects.select_for_update().filter(
+        workspace=membership.workspace, role=Role.ADMIN, user__is_active=True
+    )
+    return admins.count() <= 1 and membership.user.is_active
+
+
+@require_POST
+@console_view(Role.ADMIN)
+def user_active(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """Deactivate (no more logins; their sessions and keys stay) or reactivate a user."""
+    membership = _member(request, membership_id)
+    active = request.POST.get("active") == "1"
+    with transaction.atomic():
+        if not active and _is_last_admin(membership):
+            messages.error(request, "This is the last admin; make someone else an admin first.")
+            return HttpResponseRedirect("/users")
+        if not active and membership.user_id == request.user.pk:
+            messages.error(request, "You cannot deactivate your own account.")
+            return HttpResponseRedirect("/users")
+        get_user_model().objects.filter(pk=membership.user_id).update(is_active=active)
+    if not active:
+        from django.contrib.sessions.models import Session as LoginSession
+
+        # Log them out everywhere: a deactivated user's open pages stop working at once.
+        for login in LoginSession.objects.all().iterator():
+            if str(login.get_decoded().get("_auth_user_id")) == str(membership.user_id):
+                login.delete()
+    verb = "reactivated" if active else "deactivated; they can no longer log in"
+    messages.success(request, f"{membership.user.username} {verb}.")
+    return HttpResponseRedirect("/users")
+
+
+@require_POST
+@console_view(Role.ADMIN)
+def user_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """Remove a user from this workspace (their account stays for other workspaces)."""
+    membership = _member(request, membership_id)
+    with transaction.atomic():
+        if _is_last_admin(membership):
+            messages.error(request, "This is the last admin; make someone else an admin first.")
+            return HttpResponseRedirect("/users")
+        if membership.user_id == request.user.pk:
+            messages.error(request, "You cannot remove yourself.")
+            return HttpResponseRedirect("/users")
+        Membership.objects.filter(pk=membership.pk).delete()
+    messages.success(request, f"{membership.user.username} was removed from this workspace.")
+    return HttpResponseRedirect("/users")
+
+
+@require_POST
+@console_view(Role.ADMIN)
+def user_password(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """Set a new password for a user (they are told it out of band)."""
+    membership = _member(request, membership_id)
+    password = request.POST.get("password", "")
+    try:
+        validate_password(password, user=membership.user)
+    except ValidationError as exc:
+        messages.error(
+            request, f"Password for {membership.user.username} not changed: {' '.join(exc.messages)}"
+        )
+        return HttpResponseRedirect("/users")
+    membership.user.set_password(password)
+    membership.user.save(update_fields=["password"])
+    messages.success(request, f"New password set for {membership.user.username}.")
     return HttpResponseRedirect("/users")

@@ -7,6 +7,7 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
@@ -14,18 +15,29 @@ from agents.models import Agent
 from console.access import console_view, render_page
 from console.errors import ApiError
 from console.timeline import (
+    ChatContext,
     chat_item,
     pending_actions,
     session_cost,
+    status_label,
     trace_references,
     trace_rows,
     with_costs,
+    work_state,
 )
+from console.trace import trace_markdown, trace_tree
 from files.models import ResourceType
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
 TRACE_PAGE = 2000  # events per trace.json page; the replay fetches pages until done
+TRACE_KINDS = [
+    ("message", "Messages"),
+    ("tool", "Tool calls"),
+    ("span", "Model requests"),
+    ("error", "Errors"),
+    ("status", "Status changes"),
+]
 
 
 def _session(request: HttpRequest, session_id: str) -> Session:
@@ -102,8 +114,9 @@ def chat_events(session: Session, *, before: int | None = None) -> tuple[list[di
         qs = qs.filter(seq__lt=before)
     rows = list(qs.order_by("-seq")[:CHAT_WINDOW])
     rows.reverse()
-    threads = dict(session.threads.values_list("id", "agent_name"))
-    items = [item for item in (chat_item(e, threads) for e in rows) if item is not None]
+    context = ChatContext(threads=dict(session.threads.values_list("id", "agent_name")))
+    context.observe(rows)  # a decision comes after the call it decides: read them all first
+    items = [item for item in (chat_item(e, context=context) for e in rows) if item is not None]
     earlier = rows[0].seq if rows and rows[0].seq > 1 else None
     return items, earlier
 
@@ -125,8 +138,25 @@ def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         "repositories": session.resources.filter(type=ResourceType.GITHUB_REPOSITORY).order_by(
             "created_at", "id"
         ),
+        "status_label": status_label(session),
+        "working": work_state(session),
     }
     return render_page(request, "console/session_detail.html", context)
+
+
+def _answer(request: HttpRequest, session: Session, *, error: str | None, done: str) -> HttpResponse:
+    """htmx posts get a note for the page's live region and stay on the page (the websocket brings
+    the events); plain posts redirect back, as before."""
+    if request.htmx:  # type: ignore[attr-defined]
+        html = render_to_string("console/_live_note.html", {"error": error, "done": done})
+        response = HttpResponse(html)
+        response["X-Galley-Result"] = "error" if error else "ok"
+        return response
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, done)
+    return HttpResponseRedirect(f"/sessions/{session.pk}")
 
 
 def _send(request: HttpRequest, session: Session, events: list[dict[str, Any]], done: str) -> HttpResponse:
@@ -136,10 +166,8 @@ def _send(request: HttpRequest, session: Session, events: list[dict[str, Any]], 
         with transaction.atomic():
             events_send(session=session, events=events)
     except ApiError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, done)
-    return HttpResponseRedirect(f"/sessions/{session.pk}")
+        return _answer(request, session, error=exc.message, done=done)
+    return _answer(request, session, error=None, done=done)
 
 
 @require_POST
@@ -148,8 +176,7 @@ def session_send(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
     text = request.POST.get("text", "").strip()
     if not text:
-        messages.error(request, "Write a message before sending.")
-        return HttpResponseRedirect(f"/sessions/{session.pk}")
+        return _answer(request, session, error="Write a message before sending.", done="")
     return _send(
         request,
         session,
@@ -171,8 +198,7 @@ def session_confirm(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
     result = request.POST.get("result")
     if result not in ("allow", "deny"):
-        messages.error(request, "Choose approve or deny.")
-        return HttpResponseRedirect(f"/sessions/{session.pk}")
+        return _answer(request, session, error="Choose approve or deny.", done="")
     event: dict[str, Any] = {
         "type": "user.tool_confirmation",
         "tool_use_id": request.POST.get("tool_use_id", ""),
@@ -222,7 +248,7 @@ def session_trace(request: HttpRequest, session_id: str) -> HttpResponse:
     return render_page(
         request,
         "console/session_trace.html",
-        {"nav": "sessions", "session": session, "cost": session_cost(session)},
+        {"nav": "sessions", "session": session, "cost": session_cost(session), "kinds": TRACE_KINDS},
     )
 
 
@@ -234,10 +260,12 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
     download = bool(request.GET.get("download"))
     after_text = request.GET.get("after", "0")
     after = int(after_text) if after_text.isdigit() else 0
+    limit_text = request.GET.get("limit", "")
+    limit = min(int(limit_text), TRACE_PAGE) if limit_text.isdigit() and int(limit_text) > 0 else TRACE_PAGE
     qs = Event.objects.filter(session=session, seq__gt=after).order_by("seq")
-    events = list(qs) if download else list(qs[: TRACE_PAGE + 1])
-    more = len(events) > TRACE_PAGE and not download
-    events = events[:TRACE_PAGE] if more else events
+    events = list(qs) if download else list(qs[: limit + 1])
+    more = len(events) > limit and not download
+    events = events[:limit] if more else events
     refs = trace_references(events)
     earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else {}
     body = {
@@ -248,15 +276,28 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
         "rows": trace_rows(session, events, earlier),
         "next_after": events[-1].seq if more else None,
     }
+    if request.GET.get("lean") and not download:
+        # The replay's pages: each row's full event is fetched when it is opened (limit=1).
+        for row in body["rows"]:
+            row.pop("event", None)
     response = JsonResponse(body, json_dumps_params={"ensure_ascii": False})
     if download:
         response["Content-Disposition"] = f'attachment; filename="{session.pk}-trace.json"'
     return response
 
 
-def render_chat_item(item: dict[str, Any]) -> str:
-    from django.template.loader import render_to_string
+@console_view()
+def session_trace_tree(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The trace tree (turns, model requests, tool calls, roll-ups) as JSON, or as markdown with
+    `format=md` (the "copy the whole trace" button)."""
+    session = _session(request, session_id)
+    tree = trace_tree(session, list(Event.objects.filter(session=session).order_by("seq")))
+    if request.GET.get("format") == "md":
+        return HttpResponse(trace_markdown(tree), content_type="text/markdown; charset=utf-8")
+    return JsonResponse(tree, json_dumps_params={"ensure_ascii": False})
 
+
+def render_chat_item(item: dict[str, Any]) -> str:
     return render_to_string("console/_chat_item.html", {"item": item})
 
 

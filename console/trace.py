@@ -1,0 +1,281 @@
+"""The trace as a tree: turns → model requests → tool calls, per thread, each node with its duration,
+tokens and cost, rolled up per turn, per thread and per session. Time a tool call spent waiting for a
+person (an approval, a custom tool's answer) is kept apart from the time it ran.
+
+Built from the log alone (`Event` rows in seq order), so it is exact for any session and any worker."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from console.timeline import content_text, money, one_line, step_cost_micros, tool_summary
+from sessions.models import Event, Session
+
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+INPUT_TYPES = ("user.message", "system.message", "user.define_outcome", "agent.thread_message_received")
+TOOL_USES = ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use")
+TOOL_RESULTS = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result", "user.tool_result")
+
+
+def _ms(a: datetime, b: datetime) -> int:
+    return max(0, round((b - a).total_seconds() * 1000))
+
+
+@dataclass
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cost_micros: int = 0
+    model_requests: int = 0
+    tool_calls: int = 0
+    wait_ms: int = 0
+
+    def add(self, other: "Totals") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["cost"] = money(self.cost_micros)
+        return out
+
+
+@dataclass
+class Node:
+    kind: str  # "model" or "tool"
+    seq: int
+    start: datetime
+    end: datetime | None = None
+    name: str = ""
+    summary: str = ""
+    is_error: bool = False
+    wait_ms: int = 0  # a person's time (approval, custom tool answer), not the tool's
+    tokens: dict[str, int] = field(default_factory=dict)
+    cost_micros: int = 0
+    text: str = ""  # what the model said in this request
+    children: list["Node"] = field(default_factory=list)
+    end_seq: int | None = None
+
+    def wire(self) -> dict[str, Any]:
+        duration = _ms(self.start, self.end) if self.end else None
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "seq": self.seq,
+            "end_seq": self.end_seq,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat() if self.end else None,
+            "duration_ms": duration,
+            "name": self.name,
+            "summary": self.summary,
+            "is_error": self.is_error,
+        }
+        if self.kind == "model":
+            out |= {"tokens": self.tokens, "cost": money(self.cost_micros), "text": self.text}
+            out["children"] = [child.wire() for child in self.children]
+        else:
+            out["wait_ms"] = self.wait_ms
+            out["run_ms"] = None if duration is None else max(0, duration - self.wait_ms)
+        return out
+
+
+@dataclass
+class Turn:
+    index: int
+    seq: int
+    start: datetime
+    title: str
+    end: datetime | None = None
+    nodes: list[Node] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "seq": self.seq,
+            "title": self.title,
+            "start": self.start.isoformat(),
+            "end": (self.end or self.start).isoformat(),
+            "duration_ms": _ms(self.start, self.end or self.start),
+            "totals": self.totals.wire(),
+            "nodes": [node.wire() for node in self.nodes],
+        }
+
+
+@dataclass
+class Lane:
+    id: str
+    name: str
+    turns: list[Turn] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    # Open work, by the id of the event that started it.
+    models: dict[str, Node] = field(default_factory=dict)
+    tools: dict[str, Node] = field(default_factory=dict)
+    current: Node | None = None  # the model request whose answer is being recorded
+
+    def turn(self, event: Event) -> Turn:
+        if not self.turns:
+            self.turns.append(
+                Turn(index=0, seq=event.seq, start=event.created_at, title="Before the first message")
+            )
+        return self.turns[-1]
+
+
+def trace_tree(session: Session, events: list[Event]) -> dict[str, Any]:
+    """The tree for the session's whole log (events in seq order)."""
+    model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
+    names = dict(session.threads.values_list("id", "agent_name"))
+    lanes: dict[str, Lane] = {}
+    for event in events:
+        lane_id = event.thread_id or "main"
+        lane = lanes.get(lane_id)
+        if lane is None:
+            name = "Main thread" if lane_id == "main" else f"{names.get(lane_id) or 'Sub-agent'}"
+            lane = lanes[lane_id] = Lane(id=lane_id, name=name)
+        _observe(lane, event, model_id)
+        if lane.turns:
+            lane.turns[-1].end = event.created_at
+    session_totals = Totals()
+    for lane in lanes.values():
+        for turn in lane.turns:
+            lane.totals.add(turn.totals)
+        session_totals.add(lane.totals)
+    start = events[0].created_at if events else session.created_at
+    end = events[-1].created_at if events else session.created_at
+    return {
+        "session_id": session.pk,
+        "status": session.status,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "duration_ms": _ms(start, end),
+        "last_seq": events[-1].seq if events else 0,
+        "totals": session_totals.wire(),
+        "lanes": [
+            {
+                "id": lane.id,
+                "name": lane.name,
+                "totals": lane.totals.wire(),
+                "turns": [_with_markdown(turn.wire()) for turn in lane.turns],
+            }
+            for lane in lanes.values()
+        ],
+    }
+
+
+def _with_markdown(turn: dict[str, Any]) -> dict[str, Any]:
+    turn["markdown"] = turn_markdown(turn)
+    return turn
+
+
+def _observe(lane: Lane, event: Event, model_id: str) -> None:
+    p = event.payload
+    t = event.type
+    if t in INPUT_TYPES:
+        index = sum(1 for turn in lane.turns if turn.index > 0) + 1
+        title = one_line(content_text(p.get("content")) or p.get("description") or t, 100)
+        lane.turns.append(Turn(index=index, seq=event.seq, start=event.created_at, title=title))
+        return
+    turn = lane.turn(event)
+    if t == "span.model_request_start":
+        node = Node(kind="model", seq=event.seq, start=event.created_at, name="Model request")
+        lane.models[event.id] = node
+        lane.current = node
+        turn.nodes.append(node)
+        turn.totals.model_requests += 1
+    elif t == "span.model_request_end":
+        node = lane.models.pop(str(p.get("model_request_start_id")), None)
+        if node is None:
+            return
+        usage = p.get("model_usage") or {}
+        node.end, node.end_seq, node.is_error = event.created_at, event.seq, bool(p.get("is_error"))
+        node.tokens = {key: int(usage.get(key) or 0) for key in TOKEN_KEYS}
+        node.cost_micros = step_cost_micros(model_id, usage)
+        for key in TOKEN_KEYS:
+            setattr(turn.totals, key, getattr(turn.totals, key) + node.tokens[key])
+        turn.totals.cost_micros += node.cost_micros
+    elif t == "agent.message" and lane.current is not None:
+        lane.current.text = (lane.current.text + "\n" + content_text(p.get("content"))).strip()
+    elif t in TOOL_USES:
+        name = str(p.get("name") or "tool")
+        if t == "agent.mcp_tool_use":
+            name = f"{p.get('mcp_server_name', 'mcp')}.{name}"
+        node = Node(
+            kind="tool",
+            seq=event.seq,
+            start=event.created_at,
+            name=name,
+            summary=tool_summary(p.get("input")),
+        )
+        lane.tools[event.id] = node
+        (lane.current.children if lane.current is not None else turn.nodes).append(node)
+        turn.totals.tool_calls += 1
+        if t == "agent.custom_tool_use":
+            node.name = f"{name} (custom)"
+    elif t == "user.tool_confirmation":
+        node = lane.tools.get(str(p.get("tool_use_id")))
+        if node is not None:
+            # From the call until the person decided: waiting, not running.
+            node.wait_ms = _ms(node.start, event.created_at)
+            turn.totals.wait_ms += node.wait_ms
+            if p.get("result") == "deny":
+                node.summary = (node.summary + " · denied").strip(" ·")
+    elif t in TOOL_RESULTS:
+        use_id = str(p.get("tool_use_id") or p.get("mcp_tool_use_id") or p.get("custom_tool_use_id") or "")
+        node = lane.tools.pop(use_id, None)
+        if node is None:
+            return
+        node.end, node.end_seq, node.is_error = event.created_at, event.seq, bool(p.get("is_error"))
+        if t == "user.custom_tool_result":  # a person (or their program) answered: all of it is waiting
+            node.wait_ms = _ms(node.start, event.created_at)
+            turn.totals.wait_ms += node.wait_ms
+
+
+def trace_markdown(tree: dict[str, Any]) -> str:
+    """The tree as markdown, for pasting into an issue or a chat."""
+    lines = [
+        f"# Trace of {tree['session_id']}",
+        "",
+        f"{_totals_line(tree['totals'])}, {tree['duration_ms'] / 1000:.1f} s",
+    ]
+    for lane in tree["lanes"]:
+        lines += ["", f"## {lane['name']}", _totals_line(lane["totals"])]
+        for turn in lane["turns"]:
+            lines += ["", turn_markdown(turn)]
+    return "\n".join(lines) + "\n"
+
+
+def turn_markdown(turn: dict[str, Any]) -> str:
+    out = [
+        f"### Turn {turn['index']}: {turn['title']}",
+        f"{_totals_line(turn['totals'])}, {turn['duration_ms']} ms",
+    ]
+    for node in turn["nodes"]:
+        out += _node_markdown(node, "")
+    return "\n".join(out)
+
+
+def _node_markdown(node: dict[str, Any], indent: str) -> list[str]:
+    if node["kind"] == "model":
+        tokens = node.get("tokens") or {}
+        line = (
+            f"{indent}- Model request, {node['duration_ms'] or 0} ms, "
+            f"{tokens.get('input_tokens', 0):,} in / {tokens.get('output_tokens', 0):,} out, {node['cost']}"
+        )
+        out = [line]
+        if node.get("text"):
+            out.append(f"{indent}  > {one_line(node['text'], 200)}")
+        for child in node.get("children") or []:
+            out += _node_markdown(child, indent + "  ")
+        return out
+    wait = f", waited {node['wait_ms']} ms for a person" if node.get("wait_ms") else ""
+    error = " (error)" if node.get("is_error") else ""
+    summary = f": `{node['summary']}`" if node.get("summary") else ""
+    return [f"{indent}- {node['name']}{summary}{error}, ran {node.get('run_ms') or 0} ms{wait}"]
+
+
+def _totals_line(totals: dict[str, Any]) -> str:
+    return (
+        f"{totals['model_requests']} model requests, {totals['tool_calls']} tool calls, "
+        f"{totals['input_tokens']:,} in / {totals['output_tokens']:,} out tokens, {totals['cost']}"
+    )
