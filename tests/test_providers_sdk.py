@@ -133,7 +133,7 @@ def test_the_quickstart_runs_unchanged_on_claude_or_an_openai_compatible_server(
     results = [e for e in events if e.type == "agent.tool_result"]
     assert [r.is_error for r in results] == [False, False], [_text(r) for r in results]
     assert _text(results[1]) == "0 1 1 2 3 5 8 13 21 34"
-    assert (root / "sandboxes" / session.id / "workspace" / "fib.py").read_text() == FIB
+    assert (root / "sandboxes" / session.id / "volume" / "workspace" / "fib.py").read_text() == FIB
     messages = [e for e in events if e.type == "agent.message"]
     assert messages[-1].content[0].text == "The first ten Fibonacci numbers are 0 1 1 2 3 5 8 13 21 34."
     assert len(scripted.requests) - before == 3  # every model call went to the model's own provider

@@ -43,7 +43,7 @@ def test_a_name_taken_in_a_race_is_a_409_and_leaves_no_archive(workspace, monkey
 
 def test_session_overrides_resolve_skills_and_refuse_unknown_ones(workspace):
     notes = upload(workspace, "notes")
-    agent = agent_services.agent_create(workspace=workspace, body={"name": "a", "model": "m"})
+    agent = agent_services.agent_create(workspace=workspace, body={"name": "a", "model": "claude-m"})
     environment = make_environment(workspace)
     session = session_services.session_create(
         workspace=workspace,
@@ -78,7 +78,7 @@ def test_a_session_cannot_start_with_a_deleted_skill_version(workspace):
     notes = upload(workspace, "notes")
     agent = agent_services.agent_create(
         workspace=workspace,
-        body={"name": "a", "model": "m", "skills": [{"type": "custom", "skill_id": notes.pk}]},
+        body={"name": "a", "model": "claude-m", "skills": [{"type": "custom", "skill_id": notes.pk}]},
     )
     skill_services.skill_delete(workspace=workspace, skill_id=notes.pk)
     with pytest.raises(ApiError) as gone:
@@ -112,7 +112,7 @@ def test_the_system_prompt_gains_one_line_per_skill_and_no_body(workspace):
 def test_a_child_threads_sandbox_serves_its_own_agent(workspace):
     agent = agent_services.agent_create(
         workspace=workspace,
-        body={"name": "a", "model": "m", "skills": [{"type": "anthropic", "skill_id": "xlsx"}]},
+        body={"name": "a", "model": "claude-m", "skills": [{"type": "anthropic", "skill_id": "xlsx"}]},
     )
     session = session_services.session_create(
         workspace=workspace, body={"agent": agent.pk, "environment_id": make_environment(workspace).pk}
