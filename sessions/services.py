@@ -379,6 +379,8 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     if len(set(vault_ids)) != len(vault_ids):
         raise bad_request("vault_ids: must not repeat a vault.")
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
+    if budget is not None:
+        raise bad_request("budget: session budgets are not supported by this Galley server yet.")
     resources = body.get("resources")
     file_services.session_resources_validate(workspace=workspace, resources=resources)
     initial: list[dict[str, Any]] = []
