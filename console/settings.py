@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "sessions.apps.AgentSessionsConfig",
     "vaults",
     "files",
+    "memory.apps.MemoryStoresConfig",
     "console",
 ]
 

@@ -18,7 +18,6 @@ _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 FAMILIES: list[tuple[str, str]] = [
     ("/environments/{environment_id}/work", "The self-hosted environment work queue is"),
     ("/skills", "The Skills API is"),
-    ("/memory_stores", "Memory stores are"),
     ("/deployments", "Deployments are"),
     ("/deployment_runs", "Deployment runs are"),
     ("/dreams", "Dreams are"),

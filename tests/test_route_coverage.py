@@ -97,6 +97,8 @@ def test_optional_endpoint_answers_in_the_error_shape(
     client: Client, priority: str, method: str, path: str
 ) -> None:
     response = call(client, method, fake_path(path))
+    if method == "GET" and "{" not in path and response.status_code == 200:
+        return  # a built family's top-level list
     # Unbuilt: 501 (or the plain "No route" 404). Built later: a fake id is a 404, an empty body a 400.
     assert response.status_code in (400, 404, 501), f"{method} {path} answered {response.status_code}"
     body = assert_error_shape(response)
@@ -107,7 +109,7 @@ def test_optional_endpoint_answers_in_the_error_shape(
 
 @pytest.mark.django_db
 def test_unsupported_families_still_require_an_api_key() -> None:
-    response = Client().get("/v1/memory_stores")
+    response = Client().get("/v1/dreams")
     assert response.status_code == 401
     assert_error_shape(response)
 
