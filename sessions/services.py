@@ -379,8 +379,6 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     if len(set(vault_ids)) != len(vault_ids):
         raise bad_request("vault_ids: must not repeat a vault.")
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
-    if budget is not None:
-        raise bad_request("budget: session budgets are not supported by this Galley server yet.")
     resources = body.get("resources")
     file_services.session_resources_validate(workspace=workspace, resources=resources)
     initial: list[dict[str, Any]] = []
@@ -404,6 +402,10 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             raise bad_request(f"vault_ids[{index}]: vault {vault_id!r} is archived.")
 
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"])
+    if budget is not None:
+        from sessions.harness.budget import check_budgetable
+
+        check_budgetable(snapshot)
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(

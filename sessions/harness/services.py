@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from console.ids import new_id
 from sessions import streaming
-from sessions.harness import pricing
+from sessions.harness import budget, pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from sessions.harness.keeper import StepHandle, keeper
 from sessions.harness.mcp import McpConnection, McpError
@@ -255,6 +255,8 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         if interrupt is not None:
             _take_interrupt(session, state, interrupt)
             return True
+        if budget.budget_holds(session=session, queued=queued):
+            return False
         ctx = state.context(session)
         confirmed_now: set[str] = set()
         denied = False
@@ -624,6 +626,8 @@ def _model_request(
             if take:
                 _mark_processed(take)
                 take = None
+            if budget.budget_stop(session=session):
+                return False
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
             span = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]
