@@ -251,7 +251,6 @@ def check_client_event(
             "is_error": bool(_optional_bool(body, "is_error", where)),
         }
     if kind == "user.define_outcome":
-        raise bad_request(f"{where}.type: user.define_outcome is not supported by this Galley server yet.")
         rubric = _obj(_required(body, "rubric", where), f"{where}.rubric")
         if rubric.get("type") == "text":
             rubric_out = {

@@ -152,6 +152,7 @@ _OUTCOME_TYPES = (
     "span.outcome_evaluation_start",
     "span.outcome_evaluation_ongoing",
     "span.outcome_evaluation_end",
+    "span.model_request_start",  # the agent at work: a pending outcome is running
 )
 
 
@@ -176,11 +177,21 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
                 "completed_at": None,
             }
             continue
+        if row.type == "span.model_request_start":
+            for entry in outcomes.values():
+                if entry["result"] == "pending":
+                    entry["result"] = "running"
+            continue
         entry = outcomes.get(payload.get("outcome_id", ""))
         if entry is None:
             continue
         entry["iteration"] = int(payload.get("iteration", entry["iteration"]))
-        if row.type == "span.outcome_evaluation_end":
+        if row.type == "span.outcome_evaluation_end" and payload.get("result") == "needs_revision":
+            # Not terminal: the agent revises, on the next cycle.
+            entry["result"] = "running"
+            entry["explanation"] = payload.get("explanation")
+            entry["iteration"] += 1
+        elif row.type == "span.outcome_evaluation_end":
             entry["result"] = payload.get("result", "failed")
             entry["explanation"] = payload.get("explanation")
             entry["completed_at"] = iso(row.processed_at or row.created_at)
@@ -720,6 +731,10 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
                     f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use event "
                     "of this session."
                 )
+        elif kind == "user.define_outcome":
+            from sessions.harness.outcomes import outcome_check_define
+
+            outcome_check_define(session=session, event=event, where=where)
         elif kind == "user.interrupt" and event.get("session_thread_id"):
             if not SessionThread.objects.filter(session=session, pk=event["session_thread_id"]).exists():
                 raise ApiError(

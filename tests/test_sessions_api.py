@@ -585,7 +585,7 @@ def test_the_session_object_validates_against_the_sdk_model_with_a_resolved_rost
             {
                 "type": "user.define_outcome",
                 "description": "d",
-                "rubric": {"type": "file", "file_id": "file_1"},
+                "rubric": {"type": "text", "content": "Cite two sources."},
                 "max_iterations": 5,
             }
         ],

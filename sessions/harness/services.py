@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from console.ids import new_id
 from sessions import streaming
-from sessions.harness import budget, pricing
+from sessions.harness import budget, outcomes, pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from sessions.harness.keeper import StepHandle, keeper
 from sessions.harness.mcp import McpConnection, McpError
@@ -236,6 +236,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
     owner = state.handle.owner
     run_now: list[Event] = []
     recovered: list[Event] = []
+    due: outcomes.OpenOutcome | None = None
     with transaction.atomic():
         session = _locked(session_id, owner)
         if session.status == Status.TERMINATED or session.archived_at is not None:
@@ -336,7 +337,9 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             wants_model = (
                 bool(messages) or denied or bool(recovered) or (ctx.needs_model() and not state.ended_empty)
             )
-            if not wants_model:
+            # The agent ended a turn on an open outcome: grade it before idling.
+            due = None if wants_model else outcomes.outcome_open(state.events)
+            if not wants_model and due is None:
                 if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "end_turn":
                     session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
                 return False
@@ -344,6 +347,8 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
                 return True  # results were written; read them back and call the model
             # Queued messages join the context in the same transaction as the request's span.
             state.ended_empty = False
+    if due is not None:
+        return outcomes.outcome_evaluate(session, state, due)
     if run_now:
         _run_tools(session, state, run_now)
         return True
@@ -369,6 +374,7 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
             )
         )
     events_append(session=session, events=closing)
+    outcomes.outcome_interrupt(session=session, events=state.events)
     _mark_processed([interrupt])
     stop = session.stop_reason or {}
     if session.status != Status.IDLE or stop.get("type") != "end_turn" or closing:
