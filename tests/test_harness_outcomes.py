@@ -145,6 +145,13 @@ def test_an_interrupt_ends_the_outcome_as_interrupted(model: ScriptedModel) -> N
     define(session)
     step(session)
     assert Session.objects.get(pk=session.pk).stop_reason["type"] == "requires_action"
+    from console.errors import ApiError
+    from sessions.services import events_send
+
+    another = {"type": "user.define_outcome", "description": "x", "rubric": {"type": "text", "content": "y"}}
+    with pytest.raises(ApiError) as info:
+        events_send(session=Session.objects.get(pk=session.pk), events=[another])
+    assert "still being worked on" in info.value.message
     send(session, "user.interrupt")
     step(session)
     [end] = events_of(session, "span.outcome_evaluation_end")
