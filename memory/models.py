@@ -73,3 +73,29 @@ class MemoryVersion(models.Model):
 
     def actor(self) -> dict[str, Any] | None:
         return self.created_by
+
+
+class SessionMemoryStore(models.Model):
+    """A memory store attached to a session at create (spec 5, 6): a snapshot of its name and
+    description, and what the session's sandbox last synced with the store."""
+
+    session = models.ForeignKey(
+        "agent_sessions.Session", on_delete=models.CASCADE, related_name="memory_stores"
+    )
+    # A deleted store stays listed on the session (its snapshot); syncing it stops.
+    store = models.ForeignKey(MemoryStore, null=True, on_delete=models.SET_NULL, related_name="attachments")
+    memory_store_id = models.CharField(max_length=64)
+    position = models.PositiveSmallIntegerField()
+    access = models.CharField(max_length=16)  # read_write | read_only
+    instructions = models.TextField(null=True, blank=True)
+    name = models.CharField(max_length=255)
+    description = models.CharField(max_length=1024, blank=True, default="")
+    mount_path = models.CharField(max_length=1024)
+    # {memory path: content_sha256} as last written to or read from the sandbox's copy.
+    base = models.JSONField(default=dict)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["session", "mount_path"], name="uniq_session_memory_mount"),
+        ]
+        indexes: ClassVar = [models.Index(fields=["memory_store_id"])]

@@ -19,6 +19,7 @@ from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
+from memory import attachments as memory_attachments
 from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
@@ -392,6 +393,7 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
     resources = body.get("resources")
     file_services.session_resources_validate(workspace=workspace, resources=resources)
+    memory_planned = memory_attachments.memory_resources_plan(workspace=workspace, resources=resources)
     initial: list[dict[str, Any]] = []
     if body.get("initial_events") not in (None, []):
         initial = schemas.check_client_events(
@@ -444,7 +446,9 @@ def session_create(*, workspace: Workspace, body: dict[str, Any], api_key: ApiKe
             updated_at=now,
         )
         if resources:
-            file_services.session_resources_attach(session=session, resources=resources)
+            file_resources = [r for r in resources if not memory_attachments.is_memory_resource(r)]
+            file_services.session_resources_attach(session=session, resources=file_resources)
+            memory_attachments.memory_resources_attach(session=session, planned=memory_planned)
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
     return session
@@ -512,9 +516,11 @@ def session_list(
         qs = qs.filter(archived_at=None)
     if statuses:
         qs = qs.filter(status__in=statuses)
-    if deployment_id or memory_store_id:
-        # No session is created from a deployment or mounts a memory store yet.
+    if deployment_id:
+        # No session is created from a deployment yet.
         qs = qs.none()
+    if memory_store_id:
+        qs = qs.filter(memory_stores__memory_store_id=memory_store_id)
     qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
     return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
 

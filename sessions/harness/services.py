@@ -21,6 +21,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from console.ids import new_id
+from memory.attachments import memory_system_prompt
 from sessions import streaming
 from sessions.harness import budget, outcomes, pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
@@ -599,7 +600,7 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
         ctx = state.context(session)
     request = ModelRequest(
         model=model,
-        system=agent.get("system"),
+        system=memory_system_prompt(session_id, agent.get("system")),
         tools=[spec.definition for spec in catalog.values()],
         messages=ctx.messages(session.context_summary),
         max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,

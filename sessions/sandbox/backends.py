@@ -93,6 +93,8 @@ class SandboxSpec:
     ca_bundle: Path | None = None  # CA bundle including the egress CA, mounted at CA_BUNDLE
     # Session resources: (host file, path inside), mounted read-only (spec 6).
     mounts: tuple[tuple[str, str], ...] = ()
+    # Memory stores: (host directory, /mnt/memory/<slug>, writable), kept in sync by memory.mounts.
+    memory_mounts: tuple[tuple[str, str, bool], ...] = ()
 
     @property
     def workspace(self) -> Path:
@@ -241,6 +243,8 @@ class BwrapBackend:
             args += ["--bind", str(spec.outputs), OUTPUTS]
         for source, target in spec.mounts:
             args += ["--ro-bind", source, target]
+        for source, target, writable in spec.memory_mounts:
+            args += ["--bind" if writable else "--ro-bind", source, target]
         if spec.egress.is_dir():
             args += ["--ro-bind", str(spec.egress), EGRESS]
         if spec.package_dir is not None:

@@ -164,12 +164,15 @@ def run_tool(
 
         sandbox_reap_idle()
         live = sandbox_get(session=session, thread_id=thread_id)
+        memory = _memory_pull(session, live)
         if name == "bash":
             outcome = _run_bash(live, tool_input, cancel)
         else:
             outcome = _run_file_tool(live, name, tool_input)
         if name in WRITING_TOOLS:
             _capture_outputs(session, live)
+            if memory:
+                outcome.content = [*outcome.content, *_memory_push(session, live)]
         return outcome
     except SandboxError as exc:
         return _text(f"{name}: sandbox unavailable: {exc}", True)
@@ -363,6 +366,29 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
 WRITING_TOOLS = frozenset({"bash", "write", "edit"})
 
 
+def _memory_pull(session: Session, live: Any) -> bool:
+    """Memory stores mounted in the sandbox (memory.mounts): other writers' changes come in before
+    each call. False when the sandbox mounts none."""
+    if not live.spec.memory_mounts:
+        return False
+    from memory.mounts import memory_pull
+
+    owner = live.spec.uid if os.geteuid() == 0 else None
+    try:
+        memory_pull(session_id=session.id, root=live.spec.root, uid=owner)
+    except Exception:  # the call still runs on the copy the sandbox has
+        logger.exception("memory pull failed (session %s)", session.id)
+    return True
+
+
+def _memory_push(session: Session, live: Any) -> list[dict[str, Any]]:
+    """The agent's memory changes go out after a writing call; conflicts join the tool result."""
+    from memory.mounts import memory_sync_after_tool
+
+    owner = live.spec.uid if os.geteuid() == 0 else None
+    return memory_sync_after_tool(session_id=session.id, root=live.spec.root, uid=owner)
+
+
 def _capture_outputs(session: Session, live: Any) -> None:
     """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id)."""
     from files.services import file_capture_outputs
@@ -392,7 +418,9 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
     uid = live.spec.uid
     _warm_up()
     tool = FILE_TOOLS[name](
-        AgentToolContext(workdir="/workspace", allowed_roots=[Path("/tmp"), Path("/mnt/session")])
+        AgentToolContext(
+            workdir="/workspace", allowed_roots=[Path("/tmp"), Path("/mnt/session"), Path("/mnt/memory")]
+        )
     )
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
