@@ -7,7 +7,7 @@ from django.views.decorators.csrf import csrf_exempt
 from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
-from console.views import admin, agents, analytics, auth, environments, overview, sessions, vaults
+from console.views import admin, agents, analytics, auth, environments, memory, overview, sessions, vaults
 
 register_routers(api)
 
@@ -45,6 +45,12 @@ console_urlpatterns = [
     path("vaults/<str:vault_id>/archive", vaults.vault_archive),
     path("vaults/<str:vault_id>/credentials/<str:credential_id>/replace", vaults.credential_replace),
     path("vaults/<str:vault_id>/credentials/<str:credential_id>/archive", vaults.credential_archive),
+    path("memory", memory.memory_store_list),
+    path("memory/<str:store_id>", memory.memory_store_detail),
+    path("memory/<str:store_id>/archive", memory.memory_store_archive),
+    path("memory/<str:store_id>/m/<str:memory_id>", memory.memory_detail),
+    path("memory/<str:store_id>/m/<str:memory_id>/delete", memory.memory_delete),
+    path("memory/<str:store_id>/versions/<str:version_id>/redact", memory.memory_version_redact),
     path("sessions", sessions.session_list),
     path("sessions/<str:session_id>", sessions.session_detail),
     path("sessions/<str:session_id>/send", sessions.session_send),

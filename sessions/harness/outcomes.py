@@ -316,3 +316,42 @@ def outcome_interrupt(*, session: Session, events: list[Event]) -> None:
     )
     events_append(session=session, events=new)
     outcome_evaluation_webhook(session_id=session.pk, outcome_id=outcome.outcome_id, result="interrupted")
+
+
+def outcome_history(session_id: str) -> list[dict[str, Any]]:
+    """Each outcome of a session with its evaluations (verdict, feedback, usage), for the console."""
+    rows = Event.objects.filter(
+        session_id=session_id,
+        thread=None,
+        type__in=("user.define_outcome", "span.outcome_evaluation_start", "span.outcome_evaluation_end"),
+    ).order_by("seq")
+    outcomes: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        payload = row.payload
+        if row.type == "user.define_outcome":
+            outcomes[payload.get("outcome_id", "")] = {
+                "outcome_id": payload.get("outcome_id"),
+                "description": payload.get("description", ""),
+                "rubric": payload.get("rubric") or {},
+                "max_iterations": payload.get("max_iterations"),
+                "evaluations": [],
+                "result": "running",
+            }
+            continue
+        outcome = outcomes.get(payload.get("outcome_id", ""))
+        if outcome is None:
+            continue
+        if row.type == "span.outcome_evaluation_start":
+            outcome["result"] = "evaluating"
+            continue
+        outcome["evaluations"].append(
+            {
+                "iteration": payload.get("iteration", 0) + 1,
+                "result": payload.get("result"),
+                "explanation": payload.get("explanation", ""),
+                "usage": payload.get("usage") or {},
+                "at": row.processed_at,
+            }
+        )
+        outcome["result"] = "running" if payload.get("result") == "needs_revision" else payload.get("result")
+    return list(outcomes.values())
