@@ -286,6 +286,7 @@ def _push_store(
             try:
                 content = data.decode("utf-8")
             except UnicodeDecodeError:
+                restore(path)
                 report.notes.append(f"{where} was not saved to memory: memories hold UTF-8 text only.")
                 continue
             services.check_path(path)

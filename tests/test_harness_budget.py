@@ -123,3 +123,24 @@ def test_a_child_thread_is_stopped_by_the_sessions_budget_and_resumes_with_it(mo
     final = Session.objects.get(pk=session.pk)
     assert final.status == "idle" and final.stop_reason == {"type": "end_turn"}
     assert events_of(session, "agent.message")[-1].payload["content"][0]["text"] == "Here are the facts."
+
+
+def test_a_settle_event_runs_while_paused_and_the_session_pauses_again(model: ScriptedModel) -> None:
+    from tests.harness_helpers import custom_tool
+    from tests.model_server import tool_call
+
+    session = make_session(tools=[custom_tool()])
+    Session.objects.filter(pk=session.pk).update(budget=budget("2"))
+    model.push(tool_call("get_weather", {"city": "Oslo"}, usage={"output_tokens": 2000}))
+    say(session, "Weather?")
+    step(session)
+    use = events_of(session, "agent.custom_tool_use")[0]
+    assert Session.objects.get(pk=session.pk).stop_reason["type"] == "requires_action"
+    services.events_send(
+        session=Session.objects.get(pk=session.pk),
+        events=[{"type": "user.custom_tool_result", "custom_tool_use_id": use.id, "content": []}],
+    )
+    step(session)
+    assert len(model.requests) == 1
+    final = Session.objects.get(pk=session.pk)
+    assert final.status == "idle" and final.stop_reason == {"type": "budget_reached"}
