@@ -153,7 +153,6 @@ _OUTCOME_TYPES = (
     "span.outcome_evaluation_start",
     "span.outcome_evaluation_ongoing",
     "span.outcome_evaluation_end",
-    "span.model_request_start",  # the agent at work: a pending outcome is running
 )
 
 
@@ -164,10 +163,12 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
         "session_id", "seq"
     )
     by_session: dict[str, dict[str, dict[str, Any]]] = {sid: {} for sid in session_ids}
+    pending_since: dict[tuple[str, str], int] = {}
     for row in rows:
         outcomes = by_session[row.session_id]
         payload = row.payload
         if row.type == "user.define_outcome":
+            pending_since[(row.session_id, payload["outcome_id"])] = row.seq
             outcomes[payload["outcome_id"]] = {
                 "type": "outcome_evaluation",
                 "outcome_id": payload["outcome_id"],
@@ -177,11 +178,6 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
                 "explanation": None,
                 "completed_at": None,
             }
-            continue
-        if row.type == "span.model_request_start":
-            for entry in outcomes.values():
-                if entry["result"] == "pending":
-                    entry["result"] = "running"
             continue
         entry = outcomes.get(payload.get("outcome_id", ""))
         if entry is None:
@@ -198,6 +194,13 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
             entry["completed_at"] = iso(row.processed_at or row.created_at)
         else:
             entry["result"] = "evaluating"
+    for (sid, outcome_id), seq in pending_since.items():
+        entry = by_session[sid][outcome_id]
+        # Pending until the agent's first model request after the outcome was defined.
+        if entry["result"] == "pending" and Event.objects.filter(
+            session_id=sid, type="span.model_request_start", seq__gt=seq
+        ).exists():
+            entry["result"] = "running"
     return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
 
 
