@@ -31,8 +31,11 @@ from memory import services
 from memory.attachments import attachments_of
 from memory.models import Memory, SessionMemoryStore
 
-MAX_FILES = 2_000
+MAX_FILES = 1_000
+MAX_ENTRIES = 20_000
+MAX_SCAN_BYTES = 64 * 1024 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +78,27 @@ def _open_parent(root_fd: int, parts: list[str], *, create: bool, uid: int | Non
     return fd
 
 
-def _scan(root_fd: int) -> dict[str, bytes]:
-    """Every regular file below root_fd, by memory path ("/a/b.md"), at most MAX_FILES and each
-    read up to one byte past the content limit (so an oversized file is seen as such)."""
-    found: dict[str, bytes] = {}
+@dataclass
+class _Scan:
+    files: dict[str, bytes] = field(default_factory=dict)
+    complete: bool = True  # False when a limit stopped the walk: absent files are not deletions
+    entries: int = 0
+    size: int = 0
+
+
+def _scan(root_fd: int) -> _Scan:
+    """Every regular file below root_fd, by memory path ("/a/b.md"), each read up to one byte past
+    the content limit (so an oversized file is seen as such), within MAX_FILES, MAX_ENTRIES and
+    MAX_SCAN_BYTES."""
+    scan = _Scan()
 
     def walk(fd: int, prefix: str, depth: int) -> None:
         if depth > services.MAX_PATH_SEGMENTS:
             return
         for entry in sorted(os.scandir(fd), key=lambda e: e.name):
-            if len(found) >= MAX_FILES:
+            scan.entries += 1
+            if len(scan.files) >= MAX_FILES or scan.entries > MAX_ENTRIES or scan.size > MAX_SCAN_BYTES:
+                scan.complete = False
                 return
             try:
                 mode = os.stat(entry.name, dir_fd=fd, follow_symlinks=False).st_mode
@@ -100,16 +114,21 @@ def _scan(root_fd: int) -> dict[str, bytes]:
                     walk(sub, path, depth + 1)
             elif stat.S_ISREG(mode):
                 try:
-                    file_fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    # O_NONBLOCK: the entry may have been swapped for a FIFO since the stat.
+                    file_fd = os.open(entry.name, _FILE_FLAGS, dir_fd=fd)
                 except OSError:
                     continue
                 with os.fdopen(file_fd, "rb") as handle:
-                    found[path] = handle.read(services.MAX_CONTENT_BYTES + 1)
+                    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+                        continue
+                    data = handle.read(services.MAX_CONTENT_BYTES + 1)
+                scan.size += len(data)
+                scan.files[path] = data
 
     dup = os.dup(root_fd)
     with _dir(dup):
         walk(dup, "", 1)
-    return found
+    return scan
 
 
 def _write(root_fd: int, path: str, content: str, uid: int | None) -> bool:
@@ -203,7 +222,7 @@ def memory_pull(*, session_id: str, root: Path, uid: int | None) -> None:
         with _root_fd(root, row) as fd:
             if fd is None:
                 continue
-            disk = {path: _sha(data) for path, data in _scan(fd).items()}
+            disk = {path: _sha(data) for path, data in _scan(fd).files.items()}
             base = dict(row.base)
             server = dict(Memory.objects.filter(store_id=row.store_id).values_list("path", "content_sha256"))
             stale = [
@@ -253,7 +272,8 @@ def memory_push(*, session_id: str, root: Path, uid: int | None) -> PushReport:
 def _push_store(
     row: SessionMemoryStore, fd: int, uid: int | None, actor: dict[str, str], report: PushReport
 ) -> None:
-    disk = _scan(fd)
+    scan = _scan(fd)
+    disk = scan.files
     base = dict(row.base)
     store = row.store
     assert store is not None
@@ -275,6 +295,8 @@ def _push_store(
         if data is not None and _sha(data) == base.get(path):
             continue  # unchanged
         where = f"{shown}{path}"
+        if data is None and not scan.complete:
+            continue  # not seen because the walk stopped early: not a deletion
         try:
             if data is None:
                 memory = Memory.objects.filter(store_id=store.pk, path=path).first()
@@ -330,6 +352,11 @@ def _push_store(
                 f"The current version, now in the file:\n{theirs}\n"
                 "Merge the two and write the file again if your change still matters."
             )
+    if not scan.complete:
+        report.notes.append(
+            f"{shown} holds more than {MAX_FILES} files or {MAX_SCAN_BYTES // (1024 * 1024)} MB: only "
+            "part of it was saved to memory, and no deletions were. Remove what need not be remembered."
+        )
     if base != row.base:
         with transaction.atomic():
             SessionMemoryStore.objects.filter(pk=row.pk).update(base=base)

@@ -148,3 +148,22 @@ def test_two_sessions_racing_on_a_path(make_sandbox_session, store, sandbox_root
     assert winner.created_by == {"type": "session_actor", "session_id": first.pk}
     # The loser's copy now holds the winner's content, so its next edit starts from it.
     assert text(run(second, "bash", command="cat /mnt/memory/user-prefs/prefs.md")).strip() == "first version"
+
+
+def test_links_in_the_mount_are_ignored(make_sandbox_session, store) -> None:
+    session = make_sandbox_session()
+    attach(session, store)
+    run(
+        session,
+        "bash",
+        command=(
+            "ln -s /etc/passwd /mnt/memory/user-prefs/leak.md; ln -s /etc /mnt/memory/user-prefs/etc; "
+            "mkfifo /mnt/memory/user-prefs/pipe; echo ok > /mnt/memory/user-prefs/real.md"
+        ),
+    )
+    paths = set(Memory.objects.filter(store=store).values_list("path", flat=True))
+    assert paths == {"/prefs.md", "/real.md"}
+    # Another writer's memory at a linked path is not written through the link.
+    memory.memory_create(store=store, path="/etc/hostname", content="not written", actor=None)
+    run(session, "bash", command="true")
+    assert open("/etc/hostname").read() != "not written"
