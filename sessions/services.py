@@ -743,6 +743,8 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
         elif kind == "user.define_outcome":
             from sessions.harness.outcomes import outcome_check_define
 
+            if any(e["type"] == "user.define_outcome" for e in events[:index]):
+                raise bad_request(f"{where}: only one user.define_outcome can be worked on at a time.")
             outcome_check_define(session=session, event=event, where=where)
         elif kind == "user.interrupt" and event.get("session_thread_id"):
             if not SessionThread.objects.filter(session=session, pk=event["session_thread_id"]).exists():

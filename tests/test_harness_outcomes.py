@@ -196,3 +196,24 @@ def test_the_budget_also_stops_the_grader(model: ScriptedModel) -> None:
     step(session)
     assert len(grader_requests(model)) == 1
     assert events_of(session, "span.outcome_evaluation_end")[0].payload["result"] == "satisfied"
+
+
+def test_the_grader_sees_the_files_in_the_outputs_directory(model: ScriptedModel, sandbox_root) -> None:  # type: ignore[no-untyped-def]
+    from tests.harness_helpers import TOOLSET_ALL
+
+    model.responder = Scripted(
+        agent=[
+            tool_call(
+                "write", {"file_path": "/mnt/session/outputs/haiku.txt", "content": "waves fold into foam"}
+            ),
+            text("Written to haiku.txt."),
+        ],
+        verdicts=[("satisfied", "Good.")],
+    )
+    session = make_session(tools=[TOOLSET_ALL])
+    define(session)
+    step(session)
+    [grader] = grader_requests(model)
+    prompt = json.dumps(grader["messages"])
+    assert "haiku.txt" in prompt and "waves fold into foam" in prompt
+    assert events_of(session, "span.outcome_evaluation_end")[0].payload["result"] == "satisfied"
