@@ -129,10 +129,7 @@ def check_content(value: Any, field: str = "content") -> str:
         raise bad_request(f"{field}: expected a string.")
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > MAX_CONTENT_BYTES:
-        raise ApiError(
-            413 if size > 4 * MAX_CONTENT_BYTES else 400,
-            f"{field}: must be at most {MAX_CONTENT_BYTES} bytes, got {size}.",
-        )
+        raise bad_request(f"{field}: must be at most {MAX_CONTENT_BYTES} bytes, got {size}.")
     return value
 
 
