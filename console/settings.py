@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "deployments",
     "providers",
     "skills",
+    "memory.apps.MemoryStoresConfig",
     "console",
 ]
 

@@ -17,7 +17,6 @@ _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 # (path prefix below /v1, capability name used in the message)
 FAMILIES: list[tuple[str, str]] = [
     ("/environments/{environment_id}/work", "The self-hosted environment work queue is"),
-    ("/memory_stores", "Memory stores are"),
     ("/dreams", "Dreams are"),
     ("/tunnels", "MCP tunnels are"),
     ("/user_profiles", "User profiles are"),

@@ -466,8 +466,10 @@ def session_resource_wire(resource: SessionResource) -> dict[str, Any]:
 
 def session_resources_wire(session: Session) -> list[dict[str, Any]]:
     """The wire list for `session.resources`, oldest first."""
+    from memory.attachments import memory_resources_wire_many
+
     rows = SessionResource.objects.filter(session=session).order_by("created_at", "id")
-    return [session_resource_wire(r) for r in rows]
+    return [session_resource_wire(r) for r in rows] + memory_resources_wire_many([session.pk])[session.pk]
 
 
 def session_resources_wire_many(session_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -475,6 +477,10 @@ def session_resources_wire_many(session_ids: list[str]) -> dict[str, list[dict[s
     wire: dict[str, list[dict[str, Any]]] = {sid: [] for sid in session_ids}
     for row in SessionResource.objects.filter(session_id__in=session_ids).order_by("created_at", "id"):
         wire[row.session_id].append(session_resource_wire(row))
+    from memory.attachments import memory_resources_wire_many
+
+    for session_id, memory in memory_resources_wire_many(session_ids).items():
+        wire[session_id].extend(memory)
     return wire
 
 
@@ -636,9 +642,10 @@ def _plan(*, workspace: Workspace, spec: Any, field: str) -> _Planned:
         )
     if kind == "memory_store":
         raise bad_request(
-            f"{_join(field, 'type')}: memory_store resources are not supported by this Galley server yet."
+            f"{_join(field, 'type')}: memory_store resources can only be attached when the session "
+            "is created."
         )
-    raise bad_request(f"{_join(field, 'type')}: must be 'file' or 'github_repository'.")
+    raise bad_request(f"{_join(field, 'type')}: must be 'file', 'github_repository' or 'memory_store'.")
 
 
 def _check_writable(session: Session) -> None:
@@ -656,6 +663,8 @@ def session_resources_validate(*, workspace: Workspace, resources: Any) -> None:
         raise bad_request(f"resources: a session holds at most {RESOURCES_PER_SESSION_MAX} resources.")
     taken: set[str] = set()
     for i, spec in enumerate(resources):
+        if isinstance(spec, dict) and spec.get("type") == "memory_store":
+            continue  # the memory app's (memory.attachments)
         plan = _plan(workspace=workspace, spec=spec, field=f"resources[{i}]")
         if plan.mount_path in taken:
             raise conflict(f"resources[{i}].mount_path: {plan.mount_path!r} is already used in this session.")

@@ -19,6 +19,7 @@ from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
+from memory import attachments as memory_attachments
 from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
@@ -169,10 +170,12 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
         "session_id", "seq"
     )
     by_session: dict[str, dict[str, dict[str, Any]]] = {sid: {} for sid in session_ids}
+    pending_since: dict[tuple[str, str], int] = {}
     for row in rows:
         outcomes = by_session[row.session_id]
         payload = row.payload
         if row.type == "user.define_outcome":
+            pending_since[(row.session_id, payload["outcome_id"])] = row.seq
             outcomes[payload["outcome_id"]] = {
                 "type": "outcome_evaluation",
                 "outcome_id": payload["outcome_id"],
@@ -187,12 +190,24 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
         if entry is None:
             continue
         entry["iteration"] = int(payload.get("iteration", entry["iteration"]))
-        if row.type == "span.outcome_evaluation_end":
+        if row.type == "span.outcome_evaluation_end" and payload.get("result") == "needs_revision":
+            # Not terminal: the agent revises, on the next cycle.
+            entry["result"] = "running"
+            entry["explanation"] = payload.get("explanation")
+            entry["iteration"] += 1
+        elif row.type == "span.outcome_evaluation_end":
             entry["result"] = payload.get("result", "failed")
             entry["explanation"] = payload.get("explanation")
             entry["completed_at"] = iso(row.processed_at or row.created_at)
         else:
             entry["result"] = "evaluating"
+    for (sid, outcome_id), seq in pending_since.items():
+        entry = by_session[sid][outcome_id]
+        # Pending until the agent's first model request after the outcome was defined.
+        if entry["result"] == "pending" and Event.objects.filter(
+            session_id=sid, type="span.model_request_start", seq__gt=seq
+        ).exists():
+            entry["result"] = "running"
     return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
 
 
@@ -398,6 +413,7 @@ def session_create(
     budget = schemas.check_budget(body["budget"]) if body.get("budget") is not None else None
     resources = body.get("resources")
     file_services.session_resources_validate(workspace=workspace, resources=resources)
+    memory_planned = memory_attachments.memory_resources_plan(workspace=workspace, resources=resources)
     initial: list[dict[str, Any]] = []
     if body.get("initial_events") not in (None, []):
         initial = schemas.check_client_events(
@@ -420,6 +436,10 @@ def session_create(
 
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
     skill_refs_check_exist(snapshot=snapshot)
+    if budget is not None:
+        from sessions.harness.budget import check_budgetable
+
+        check_budgetable(snapshot)
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(
@@ -448,7 +468,9 @@ def session_create(
             updated_at=now,
         )
         if resources:
-            file_services.session_resources_attach(session=session, resources=resources)
+            file_resources = [r for r in resources if not memory_attachments.is_memory_resource(r)]
+            file_services.session_resources_attach(session=session, resources=file_resources)
+            memory_attachments.memory_resources_attach(session=session, planned=memory_planned)
         webhook_event_emit(workspace=workspace, type="session.created", data={"id": session.pk})
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
@@ -520,8 +542,7 @@ def session_list(
     if deployment_id:
         qs = qs.filter(deployment_id=deployment_id)
     if memory_store_id:
-        # No session mounts a memory store yet.
-        qs = qs.none()
+        qs = qs.filter(memory_stores__memory_store_id=memory_store_id)
     qs = _range_filter(qs, "created_at", created_at or {}, "created_at")
     return paginate(qs, fields=("created_at", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
 
@@ -739,6 +760,12 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
                     f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use event "
                     "of this session."
                 )
+        elif kind == "user.define_outcome":
+            from sessions.harness.outcomes import outcome_check_define
+
+            if any(e["type"] == "user.define_outcome" for e in events[:index]):
+                raise bad_request(f"{where}: only one user.define_outcome can be worked on at a time.")
+            outcome_check_define(session=session, event=event, where=where)
         elif kind == "user.interrupt" and event.get("session_thread_id"):
             if not SessionThread.objects.filter(session=session, pk=event["session_thread_id"]).exists():
                 raise ApiError(

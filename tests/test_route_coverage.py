@@ -110,7 +110,7 @@ def test_optional_endpoint_answers_in_the_error_shape(
 
 @pytest.mark.django_db
 def test_unsupported_families_still_require_an_api_key() -> None:
-    response = Client().get("/v1/memory_stores")
+    response = Client().get("/v1/dreams")
     assert response.status_code == 401
     assert_error_shape(response)
 

@@ -585,7 +585,7 @@ def test_the_session_object_validates_against_the_sdk_model_with_a_resolved_rost
             {
                 "type": "user.define_outcome",
                 "description": "d",
-                "rubric": {"type": "file", "file_id": "file_1"},
+                "rubric": {"type": "text", "content": "Cite two sources."},
                 "max_iterations": 5,
             }
         ],
@@ -683,6 +683,19 @@ def test_budget_updates_follow_the_rules(api, agent, environment):
         {"budget": budget("500")},
         {"budget": None},
     ]
+
+
+def test_a_budget_needs_a_list_price_for_the_model(api, agent, environment):
+    from agents.models import AgentVersion
+
+    limit = {"type": "limit", "max_list_cost": {"amount": "100", "currency": "USD"}}
+    current = AgentVersion.objects.filter(agent=agent).first().definition
+    AgentVersion.objects.filter(agent=agent).update(definition={**current, "model": {"id": "gpt-unpriced"}})
+    response = api.post("/sessions", {"agent": agent.id, "environment_id": environment.id, "budget": limit})
+    assert "gpt-unpriced" in _error(response, 400)
+    assert response.json()["error"]["details"]["error_code"] == "model_not_budgetable"
+    assert _create(api, agent, environment)["budget"] is None  # without a budget it is fine
+    assert Session.objects.count() == 1
 
 
 def test_a_terminated_session_accepts_no_events(api, agent, environment):

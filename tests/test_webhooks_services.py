@@ -488,3 +488,19 @@ def test_thread_outcome_budget_update_and_delete_log_events_map_to_webhooks(work
     ]
     assert rows[0].data["session_thread_id"] == "sthr_child" and rows[0].data["id"] == session.pk
     assert "session_thread_id" not in rows[3].data
+
+
+def test_memory_store_changes_emit_their_webhooks(workspace: Workspace) -> None:
+    from memory import services as memory_services
+
+    services.endpoint_create(
+        workspace=workspace, body={"url": "https://hooks.example.com/x", "enabled_events": ["*"]}
+    )
+    store = memory_services.store_create(workspace=workspace, body={"name": "notes"})
+    store_id = store.pk
+    memory_services.store_archive(store=store)
+    memory_services.store_archive(store=store)  # archiving twice changes nothing: no second event
+    memory_services.store_delete(store=store)
+    events = list(WebhookEvent.objects.order_by("created_at", "id").values_list("type", "data"))
+    assert [t for t, _ in events] == ["memory_store.created", "memory_store.archived", "memory_store.deleted"]
+    assert all(data["id"] == store_id for _, data in events)

@@ -140,6 +140,7 @@ def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         ),
         "status_label": status_label(session),
         "working": work_state(session),
+        **_outcomes_and_budget(session),
     }
     return render_page(request, "console/session_detail.html", context)
 
@@ -157,6 +158,17 @@ def _answer(request: HttpRequest, session: Session, *, error: str | None, done: 
     else:
         messages.success(request, done)
     return HttpResponseRedirect(f"/sessions/{session.pk}")
+def _outcomes_and_budget(session: Session) -> dict[str, Any]:
+    from console.timeline import money
+    from sessions.harness import budget
+    from sessions.harness.outcomes import outcome_history
+
+    limit = budget.limit_cents(session.budget)
+    shown = None
+    if limit is not None:
+        spent = budget.spent_cents(session)
+        shown = {"spent": money(spent * 10_000), "limit": money(limit * 10_000), "reached": spent >= limit}
+    return {"outcomes": outcome_history(session.pk), "budget": shown}
 
 
 def _send(request: HttpRequest, session: Session, events: list[dict[str, Any]], done: str) -> HttpResponse:

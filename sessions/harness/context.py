@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from sessions.harness import outcome_prompts
 from sessions.harness.tools import mcp_tool_name
 from sessions.models import Event, Session
 
@@ -20,6 +21,8 @@ CONTEXT_TYPES = (
     "agent.mcp_tool_result",
     "span.model_request_start",
     "span.model_request_end",
+    "user.define_outcome",
+    "span.outcome_evaluation_end",
 )
 TAKEN = ("user.message", "system.message", "user.interrupt")
 INTERRUPTED = "The user interrupted the session before this tool call completed."
@@ -158,6 +161,12 @@ def context_build(
         elif kind == "system.message" and event.processed_at is not None:
             texts = [b.get("text", "") for b in payload.get("content", []) if b.get("type") == "text"]
             ctx.add("user", [{"type": "text", "text": "[system] " + "\n".join(texts)}], event.seq)
+        elif kind == "user.define_outcome":
+            ctx.add("user", [{"type": "text", "text": outcome_prompts.define_turn(payload)}], event.seq)
+        elif kind == "span.outcome_evaluation_end":
+            feedback = outcome_prompts.evaluation_turn(payload)
+            if feedback:
+                ctx.add("user", [{"type": "text", "text": feedback}], event.seq)
         elif kind == "agent.thread_message_received":
             # A child thread's input: the coordinator's message (only child contexts read this type).
             ctx.add("user", _user_blocks(payload.get("content", [])), event.seq)

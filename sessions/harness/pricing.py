@@ -93,6 +93,11 @@ def model_price(model: str) -> ModelPrice:
     return ModelPrice(input=float(price["input"]), output=float(price["output"]))
 
 
+def has_list_price(model: str) -> bool:
+    """True when a table entry other than the catch-all `default` prices this model."""
+    return any(key != "default" and model.startswith(key) for key in _table()["models"])
+
+
 def token_cost_micros(
     *,
     model: str,

@@ -21,8 +21,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from console.ids import new_id
+from memory.attachments import memory_system_prompt
 from sessions import streaming
-from sessions.harness import pricing
+from sessions.harness import budget, outcomes, pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from sessions.harness.keeper import StepHandle, keeper
 from sessions.harness.mcp import McpConnection, McpError
@@ -237,6 +238,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
     owner = state.handle.owner
     run_now: list[Event] = []
     recovered: list[Event] = []
+    due: outcomes.OpenOutcome | None = None
     with transaction.atomic():
         session = _locked(session_id, owner)
         if session.status == Status.TERMINATED or session.archived_at is not None:
@@ -256,6 +258,8 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         if interrupt is not None:
             _take_interrupt(session, state, interrupt)
             return True
+        if budget.budget_holds(session=session, queued=queued):
+            return False
         ctx = state.context(session)
         confirmed_now: set[str] = set()
         denied = False
@@ -335,7 +339,9 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             wants_model = (
                 bool(messages) or denied or bool(recovered) or (ctx.needs_model() and not state.ended_empty)
             )
-            if not wants_model:
+            # The agent ended a turn on an open outcome: grade it before idling.
+            due = None if wants_model else outcomes.outcome_open(state.events)
+            if not wants_model and due is None:
                 if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "end_turn":
                     session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "end_turn"})
                 return False
@@ -343,6 +349,8 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
                 return True  # results were written; read them back and call the model
             # Queued messages join the context in the same transaction as the request's span.
             state.ended_empty = False
+    if due is not None:
+        return outcomes.outcome_evaluate(session, state, due)
     if run_now:
         _run_tools(session, state, run_now)
         return True
@@ -368,6 +376,7 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
             )
         )
     events_append(session=session, events=closing)
+    outcomes.outcome_interrupt(session=session, events=state.events)
     _mark_processed([interrupt])
     stop = session.stop_reason or {}
     if session.status != Status.IDLE or stop.get("type") != "end_turn" or closing:
@@ -597,7 +606,7 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
         ctx = state.context(session)
     request = ModelRequest(
         model=model,
-        system=skills_system_prompt(agent.get("system"), agent),
+        system=memory_system_prompt(session_id, skills_system_prompt(agent.get("system"), agent)),
         tools=[spec.definition for spec in catalog.values()],
         messages=ctx.messages(session.context_summary),
         max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
@@ -630,6 +639,8 @@ def _model_request(
             if take:
                 _mark_processed(take)
                 take = None
+            if budget.budget_stop(session=session):
+                return False
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
             span = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]

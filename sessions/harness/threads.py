@@ -23,6 +23,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from console.ids import new_id
+from sessions.harness import budget
 from sessions.harness import services as loop
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, context_build
 from sessions.harness.providers import ModelError, ModelRequest, ModelUsage, provider_for
@@ -385,6 +386,8 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
         )
         with transaction.atomic():
             session = loop._locked(child.session_id, child.owner)
+            if budget.budget_stop(session=session, child=child):
+                return None  # paused at the budget; the coordinator's call resumes the child
             span = events_append(
                 session=session, events=[NewEvent("span.model_request_start", {}, thread=child.thread)]
             )[0]

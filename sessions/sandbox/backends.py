@@ -101,6 +101,9 @@ class SandboxSpec:
     repos: tuple[str, ...] = ()
     binds: tuple[tuple[str, str], ...] = ()
 
+    # Memory stores: (host directory, /mnt/memory/<slug>, writable), kept in sync by memory.mounts.
+    memory_mounts: tuple[tuple[str, str, bool], ...] = ()
+
     # Everything the sandbox can write lives in its volume, under one quota (sessions/sandbox/quota.py).
     @property
     def volume(self) -> Path:
@@ -263,6 +266,8 @@ class BwrapBackend:
             args += ["--ro-bind", source, target]
         for source, target in spec.binds:
             args += ["--bind", source, target]
+        for source, target, writable in spec.memory_mounts:
+            args += ["--bind" if writable else "--ro-bind", source, target]
         if spec.egress.is_dir():
             args += ["--ro-bind", str(spec.egress), EGRESS]
         if spec.package_dir is not None:

@@ -349,6 +349,12 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
                 )
             _registry[key] = live
             sandbox_provision(root=spec.root, uid=spec.uid)
+            from memory.mounts import memory_mounts_prepare
+
+            owner = spec.uid if os.geteuid() == 0 else None
+            live.spec = replace(
+                spec, memory_mounts=memory_mounts_prepare(session_id=session.id, root=spec.root, uid=owner)
+            )
     if created:
         return live  # its spec was just built with the current mounts
     mounts = resource_mounts(session) + sandbox_skills(agent=sandbox_agent(session, key)).mounts

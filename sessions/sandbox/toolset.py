@@ -165,16 +165,18 @@ def run_tool(
 
         sandbox_reap_idle()
         live = sandbox_get(session=session, thread_id=thread_id)
+        memory = _memory_pull(session, live)
         if name == "bash":
             outcome = _run_bash(live, tool_input, cancel)
         else:
             outcome = _run_file_tool(live, name, tool_input)
         if name in WRITING_TOOLS:
             note = _capture_outputs(session, live)
-            if note:
-                outcome = ToolOutcome(
-                    content=[*outcome.content, {"type": "text", "text": note}], is_error=outcome.is_error
-                )
+            extra = [{"type": "text", "text": note}] if note else []
+            if memory:
+                extra += _memory_push(session, live)
+            if extra:
+                outcome = ToolOutcome(content=[*outcome.content, *extra], is_error=outcome.is_error)
         return outcome
     except SandboxError as exc:
         return _text(f"{name}: sandbox unavailable: {exc}", True)
@@ -419,6 +421,29 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
 WRITING_TOOLS = frozenset({"bash", "write", "edit"})
 
 
+def _memory_pull(session: Session, live: Any) -> bool:
+    """Memory stores mounted in the sandbox (memory.mounts): other writers' changes come in before
+    each call. False when the sandbox mounts none."""
+    if not live.spec.memory_mounts:
+        return False
+    from memory.mounts import memory_pull
+
+    owner = live.spec.uid if os.geteuid() == 0 else None
+    try:
+        memory_pull(session_id=session.id, root=live.spec.root, uid=owner)
+    except Exception:  # the call still runs on the copy the sandbox has
+        logger.exception("memory pull failed (session %s)", session.id)
+    return True
+
+
+def _memory_push(session: Session, live: Any) -> list[dict[str, Any]]:
+    """The agent's memory changes go out after a writing call; conflicts join the tool result."""
+    from memory.mounts import memory_sync_after_tool
+
+    owner = live.spec.uid if os.geteuid() == 0 else None
+    return memory_sync_after_tool(session_id=session.id, root=live.spec.root, uid=owner)
+
+
 def _capture_outputs(session: Session, live: Any) -> str:
     """Files the agent left in /mnt/session/outputs become session-scoped files (listed by scope_id).
     Only that directory is walked, and unchanged files are not read again. Returns a note for the model
@@ -467,6 +492,7 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
             allowed_roots=[
                 Path("/tmp"),
                 Path("/mnt/session"),
+                Path("/mnt/memory"),
                 *(Path(target) for _, target in live.spec.binds),
             ],
         )
