@@ -202,8 +202,12 @@ GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
 GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
 # web_search provider: a SearXNG instance's base URL (JSON output enabled); unset = the tool returns an error.
 GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
-# web_fetch refuses private and loopback addresses unless this is set.
-GALLEY_WEB_ALLOW_PRIVATE = env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
+# Outbound connections to user-chosen URLs (web_fetch, MCP servers, OAuth token endpoints, webhooks) go
+# through outbound/guard.py, which refuses loopback, private, link-local and metadata addresses unless this
+# is set (tests and development with servers on loopback, or a deliberately internal deployment).
+GALLEY_OUTBOUND_ALLOW_PRIVATE = env_bool(
+    "GALLEY_OUTBOUND_ALLOW_PRIVATE", env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
+)
 # CA file the egress proxy trusts for upstream TLS when it injects credentials (default: the system's).
 GALLEY_EGRESS_UPSTREAM_CA_FILE = env_str("GALLEY_EGRESS_UPSTREAM_CA_FILE")
 

@@ -15,6 +15,12 @@ def live() -> Iterator[LiveGalley]:
 
 
 @pytest.fixture
+def outbound_private(settings):  # type: ignore[no-untyped-def]
+    """Lets outbound/guard.py reach the loopback MCP, OAuth and web servers that tests start."""
+    settings.GALLEY_OUTBOUND_ALLOW_PRIVATE = True
+
+
+@pytest.fixture
 def workspace(db):  # type: ignore[no-untyped-def]
     from accounts.services import workspace_get_default
 

@@ -95,6 +95,8 @@ def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True)
                     "DATABASE_URL": database_url,
                     "GALLEY_REDIS_PREFIX": "galley-test-" + secrets.token_hex(4),
                     "GALLEY_SSE_HEARTBEAT_SECONDS": "1",
+                    # The tests' MCP, OAuth and web servers listen on loopback.
+                    "GALLEY_OUTBOUND_ALLOW_PRIVATE": "1",
                     "PYTHONUNBUFFERED": "1",
                 }
             )
