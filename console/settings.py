@@ -84,6 +84,22 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     _db["TEST"] = {"NAME": str(DATA_DIR / f"test_{Path(_db['NAME']).stem}.sqlite3")}
+# PostgreSQL: every process (web, worker, beat, commands) borrows connections from its own pool of at
+# most GALLEY_DB_POOL_MAX_SIZE, so a worker's 256 threads or a burst of requests never open more than
+# that; a thread that finds the pool empty waits up to GALLEY_DB_POOL_TIMEOUT seconds for one to come
+# back. Size it with docs/deploy.md: the sum over all processes must stay under max_connections.
+# 0 turns pooling off (one connection per thread, e.g. behind PgBouncer in transaction mode).
+GALLEY_DB_POOL_MAX_SIZE = env_int("GALLEY_DB_POOL_MAX_SIZE", 16, minimum=0)
+GALLEY_DB_POOL_MIN_SIZE = env_int("GALLEY_DB_POOL_MIN_SIZE", 1, minimum=0)
+GALLEY_DB_POOL_TIMEOUT = env_float("GALLEY_DB_POOL_TIMEOUT", 60.0, minimum=0.1)
+if _db["ENGINE"] == "django.db.backends.postgresql" and GALLEY_DB_POOL_MAX_SIZE:
+    _db["CONN_MAX_AGE"] = 0  # Django requires it with a pool: closing a connection returns it
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(GALLEY_DB_POOL_MIN_SIZE, GALLEY_DB_POOL_MAX_SIZE),
+        "max_size": GALLEY_DB_POOL_MAX_SIZE,
+        "timeout": GALLEY_DB_POOL_TIMEOUT,
+        "max_idle": 300.0,
+    }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"

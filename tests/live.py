@@ -29,7 +29,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def _database(data_dir: Path) -> Iterator[str]:
+def _database(data_dir: Path, connection_limit: int | None = None) -> Iterator[str]:
+    """A fresh database URL. With `connection_limit` (PostgreSQL), the server connects as a new
+    non-superuser role that PostgreSQL lets open at most that many connections."""
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
         yield f"sqlite:///{data_dir / 'galley.sqlite3'}"
@@ -40,12 +42,21 @@ def _database(data_dir: Path) -> Iterator[str]:
     parsed = urlparse(url)
     admin_url = urlunparse(parsed._replace(path="/postgres"))
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if connection_limit is not None:
+            conn.execute(f'CREATE ROLE "{name}" LOGIN CONNECTION LIMIT {int(connection_limit)}')
+            conn.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    if connection_limit is not None:
+        host = parsed.hostname or "127.0.0.1"
+        parsed = parsed._replace(netloc=f"{name}@{host}:{parsed.port or 5432}")
     try:
         yield urlunparse(parsed._replace(path=f"/{name}"))
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if connection_limit is not None:
+                conn.execute(f'DROP ROLE IF EXISTS "{name}"')
 
 
 class LiveGalley:
@@ -82,11 +93,13 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30)
 
 
 @contextmanager
-def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True) -> Iterator[LiveGalley]:
+def live_galley(
+    extra_env: dict[str, str] | None = None, *, worker: bool = True, db_connection_limit: int | None = None
+) -> Iterator[LiveGalley]:
     with tempfile.TemporaryDirectory(prefix="galley-live-") as tmp:
         data_dir = Path(tmp)
         data_dir.chmod(0o711)  # sandboxes run as their own uid and must traverse to their workspace
-        with _database(data_dir) as database_url:
+        with _database(data_dir, db_connection_limit) as database_url:
             env = dict(os.environ)
             env.update(
                 {

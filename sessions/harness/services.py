@@ -514,11 +514,13 @@ def _catalog(session_id: str, state: StepState) -> dict[str, ToolSpec]:
 
 def _release_connection() -> None:
     # Long waits must not pin a database connection: hundreds of running sessions would exhaust
-    # PostgreSQL's connection limit. Reconnecting costs milliseconds, so a worker with few running
-    # steps keeps its connections; SQLite connections are cheap file handles and always stay.
+    # PostgreSQL's connection limit. With the pool (the default) closing only returns the connection,
+    # so it always goes back; without one, reconnecting costs milliseconds, so a worker with few running
+    # steps keeps its connections. SQLite connections are cheap file handles and always stay.
     if settings.IS_SQLITE or connection.in_atomic_block:
         return
-    if keeper.active_steps() > settings.GALLEY_HARNESS_KEEP_CONNECTIONS:
+    pooled = getattr(connection, "pool", None) is not None
+    if pooled or keeper.active_steps() > settings.GALLEY_HARNESS_KEEP_CONNECTIONS:
         connection.close()
 
 
