@@ -160,6 +160,19 @@ GALLEY_SSE_HEARTBEAT_SECONDS = env_float("GALLEY_SSE_HEARTBEAT_SECONDS", 15.0, m
 # only covers a lost push.
 GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 0.5, minimum=0.005)
 
+# Rate limits (console/ratelimit.py), requests per minute; 0 is no limit. The defaults are the hosted
+# service's: 300 on create routes and 600 on every other call, per API key and per workspace.
+GALLEY_RATE_LIMIT_CREATE_PER_MINUTE = env_int("GALLEY_RATE_LIMIT_CREATE_PER_MINUTE", 300, minimum=0)
+GALLEY_RATE_LIMIT_READ_PER_MINUTE = env_int("GALLEY_RATE_LIMIT_READ_PER_MINUTE", 600, minimum=0)
+GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE = env_int(
+    "GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE", GALLEY_RATE_LIMIT_CREATE_PER_MINUTE, minimum=0
+)
+GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE = env_int(
+    "GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE", GALLEY_RATE_LIMIT_READ_PER_MINUTE, minimum=0
+)
+# Failed authentications (bad API keys, failed console sign-ins) per client address.
+GALLEY_AUTH_FAILURES_PER_MINUTE = env_int("GALLEY_AUTH_FAILURES_PER_MINUTE", 20, minimum=0)
+
 # --- Vault ----------------------------------------------------------------------------------------
 # Comma-separated Fernet keys, newest first. The embedded default generates one in the data dir.
 GALLEY_VAULT_KEYS = env_list("GALLEY_VAULT_KEYS", [])

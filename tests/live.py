@@ -20,6 +20,13 @@ from urllib.parse import urlparse, urlunparse
 import anthropic
 
 ROOT = Path(__file__).resolve().parent.parent
+RATE_LIMIT_SETTINGS = (
+    "GALLEY_RATE_LIMIT_CREATE_PER_MINUTE",
+    "GALLEY_RATE_LIMIT_READ_PER_MINUTE",
+    "GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE",
+    "GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE",
+    "GALLEY_AUTH_FAILURES_PER_MINUTE",
+)
 
 
 def free_port() -> int:
@@ -110,6 +117,8 @@ def live_galley(
                     "GALLEY_SSE_HEARTBEAT_SECONDS": "1",
                     # The tests' MCP, OAuth and web servers listen on loopback.
                     "GALLEY_OUTBOUND_ALLOW_PRIVATE": "1",
+                    # No rate limits unless a test sets them (tests/test_rate_limits.py).
+                    **{name: "0" for name in RATE_LIMIT_SETTINGS},
                     "PYTHONUNBUFFERED": "1",
                 }
             )
