@@ -106,6 +106,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql" and GALLEY_DB_POOL_MAX_SIZE:
         "timeout": GALLEY_DB_POOL_TIMEOUT,
         "max_idle": 300.0,
     }
+# Behind PgBouncer in transaction mode a cursor cannot outlive its transaction: no server-side cursors.
+if env_bool("GALLEY_DB_BEHIND_PGBOUNCER", False):
+    _db["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
