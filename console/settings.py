@@ -100,6 +100,9 @@ GALLEY_DB_POOL_MIN_SIZE = env_int("GALLEY_DB_POOL_MIN_SIZE", 1, minimum=0)
 GALLEY_DB_POOL_TIMEOUT = env_float("GALLEY_DB_POOL_TIMEOUT", 60.0, minimum=0.1)
 if _db["ENGINE"] == "django.db.backends.postgresql" and GALLEY_DB_POOL_MAX_SIZE:
     _db["CONN_MAX_AGE"] = 0  # Django requires it with a pool: closing a connection returns it
+    # The pool checks a connection (one round trip) before lending it: after a PostgreSQL restart or a
+    # dropped idle connection a thread gets a live one, not an error.
+    _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(GALLEY_DB_POOL_MIN_SIZE, GALLEY_DB_POOL_MAX_SIZE),
         "max_size": GALLEY_DB_POOL_MAX_SIZE,
