@@ -198,7 +198,7 @@ def test_a_private_mcp_server_url_is_refused_with_a_clear_error(mcp: McpServer, 
         connection.list_tools()
     assert refused.value.kind == "connection"
     assert refused.value.message == (
-        "MCP server 'calc' was not contacted: 127.0.0.1 it resolves to 127.0.0.1, a loopback address."
+        "MCP server 'calc' at 127.0.0.1 was not contacted: it resolves to 127.0.0.1, a loopback address."
     )
     assert mcp.seen == []
     settings.GALLEY_OUTBOUND_ALLOW_PRIVATE = True  # the one setting that lets tests reach loopback servers

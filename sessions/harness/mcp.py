@@ -90,9 +90,8 @@ class McpClient:
             with http_client(allow_private=private, timeout=settings.GALLEY_MCP_TIMEOUT_SECONDS) as client:
                 return client.post(self.url, content=json.dumps(body), headers=self._headers())
         except AddressRefused as exc:
-            raise McpError(
-                "connection", f"MCP server {self.server_name!r} was not contacted: {exc.host} {exc.reason}."
-            ) from None
+            message = f"MCP server {self.server_name!r} at {exc.host} was not contacted: {exc.reason}."
+            raise McpError("connection", message) from None
         except httpx2.TimeoutException:
             raise McpError("connection", f"MCP server {self.server_name!r} did not answer in time.") from None
         except httpx2.HTTPError as exc:
