@@ -174,7 +174,7 @@ def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int,
         connection.close()
         return [], after, "unknown"
     finally:
-        if connection.pool is not None:  # type: ignore[attr-defined]
+        if getattr(connection, "pool", None) is not None:  # PostgreSQL's pool; SQLite has none
             connection.close()  # back to the pool: a waiting stream holds no connection
     if len(rows) == _READ_BATCH:
         return rows, rows[-1].seq, "reading"
