@@ -49,7 +49,6 @@ def test_an_expired_lease_is_rescheduled_then_resumed(model: ScriptedModel) -> N
     model.push(text("Back again."))
     step(session)
     assert log_types(session) == [
-
         "user.message",
         "session.status_running",
         "span.model_request_start",
