@@ -115,8 +115,9 @@ def refresh_tokens(refresh: dict[str, Any], secret: dict[str, Any], secrets: lis
         auth = (refresh["client_id"], secret.get("client_secret", ""))
     try:
         with _client() as client:
+            extra: dict[str, Any] = {"auth": auth} if auth is not None else {}
             response = client.post(
-                refresh["token_endpoint"], data=form, auth=auth, headers={"Accept": "application/json"}
+                refresh["token_endpoint"], data=form, headers={"Accept": "application/json"}, **extra
             )
     except (httpx2.HTTPError, AddressRefused):
         return RefreshResult(status="connect_error", response=None, tokens={})

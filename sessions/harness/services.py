@@ -899,7 +899,8 @@ def sessions_sweep(*, limit: int = 500) -> list[str]:
         lease_owner__isnull=False, lease_expires_at__lt=now, status=Status.RUNNING
     ).values_list("id", "lease_owner")[:limit]
     for session_id, owner in list(expired):
-        session_reschedule_expired(session_id=session_id, owner=owner)
+        if owner:
+            session_reschedule_expired(session_id=session_id, owner=owner)
     free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
     stuck = set(
         Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING)).values_list(
