@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 setup: $(VENV)/.installed
-	@command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap is not installed; sandboxes need it (Debian/Ubuntu: sudo apt-get install bubblewrap)"
+	@scripts/ensure-bwrap.sh $(PY)
 
 run: setup
 	$(PY) manage.py migrate --noinput
@@ -20,9 +20,11 @@ run: setup
 	$(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 test: setup
+	@scripts/test-prereqs.sh
 	$(PY) -m pytest -q
 
 test-fast: setup
+	@scripts/test-prereqs.sh --no-browser
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup

@@ -11,6 +11,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader
 
 from accounts.models import ApiKey
+from console import ratelimit
 from console.errors import ApiError
 from console.ids import new_id
 
@@ -47,7 +48,25 @@ class ApiKeyAuth(APIKeyHeader):
     param_name = "x-api-key"
 
     def __call__(self, request: HttpRequest) -> ApiKey | None:
-        return self.authenticate(request, raw_key_from(request))
+        throttled = ratelimit.auth_failure_check(request)
+        if not throttled.allowed:
+            raise ApiError(
+                429,
+                "Too many failed authentication attempts from this address; retry later.",
+                headers=ratelimit.retry_after_headers(throttled),
+            )
+        api_key = self.authenticate(request, raw_key_from(request))
+        if api_key is None:
+            ratelimit.auth_failure_record(request)
+            return None
+        verdict = ratelimit.api_request_verdict(request, key_id=api_key.pk, workspace_id=api_key.workspace_id)
+        if not verdict.allowed:
+            raise ApiError(
+                429,
+                f"Rate limit exceeded for {ratelimit.route_class(request)} requests; retry later.",
+                headers=ratelimit.retry_after_headers(verdict),
+            )
+        return api_key
 
     def authenticate(self, request: HttpRequest, key: str | None) -> ApiKey | None:
         api_key = ApiKey.authenticate(key or "")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from console.datafiles import private_dir, private_file
 from console.env import (
     ConfigError,
     env_bool,
@@ -22,6 +23,9 @@ from sessions.harness.pricing import PriceTableError, parse_price_table
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("GALLEY_DATA_DIR", str(BASE_DIR / "var")) or "").resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Others (the sandboxes' users) may only pass through the data dir to their own workspace; every
+# file Galley keeps here is its own (console/datafiles.py).
+private_dir(DATA_DIR, mode=0o711)
 
 SECRET_KEY = env_str("SECRET_KEY") or secret_file(DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50))
 DEBUG = env_bool("DEBUG", False)
@@ -100,6 +104,30 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     _db["TEST"] = {"NAME": str(DATA_DIR / f"test_{Path(_db['NAME']).stem}.sqlite3")}
+    # SQLite gives its -wal and -shm files the database file's mode: create it 0600 first.
+    private_file(Path(_db["NAME"]))
+# PostgreSQL: every process (web, worker, beat, commands) borrows connections from its own pool of at
+# most GALLEY_DB_POOL_MAX_SIZE, so a worker's 256 threads or a burst of requests never open more than
+# that; a thread that finds the pool empty waits up to GALLEY_DB_POOL_TIMEOUT seconds for one to come
+# back. Size it with docs/deploy.md: the sum over all processes must stay under max_connections.
+# 0 turns pooling off (one connection per thread, e.g. behind PgBouncer in transaction mode).
+GALLEY_DB_POOL_MAX_SIZE = env_int("GALLEY_DB_POOL_MAX_SIZE", 16, minimum=0)
+GALLEY_DB_POOL_MIN_SIZE = env_int("GALLEY_DB_POOL_MIN_SIZE", 1, minimum=0)
+GALLEY_DB_POOL_TIMEOUT = env_float("GALLEY_DB_POOL_TIMEOUT", 60.0, minimum=0.1)
+if _db["ENGINE"] == "django.db.backends.postgresql" and GALLEY_DB_POOL_MAX_SIZE:
+    _db["CONN_MAX_AGE"] = 0  # Django requires it with a pool: closing a connection returns it
+    # The pool checks a connection (one round trip) before lending it: after a PostgreSQL restart or a
+    # dropped idle connection a thread gets a live one, not an error.
+    _db["CONN_HEALTH_CHECKS"] = True
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(GALLEY_DB_POOL_MIN_SIZE, GALLEY_DB_POOL_MAX_SIZE),
+        "max_size": GALLEY_DB_POOL_MAX_SIZE,
+        "timeout": GALLEY_DB_POOL_TIMEOUT,
+        "max_idle": 300.0,
+    }
+# Behind PgBouncer in transaction mode a cursor cannot outlive its transaction: no server-side cursors.
+if env_bool("GALLEY_DB_BEHIND_PGBOUNCER", False):
+    _db["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
@@ -124,13 +152,15 @@ else:
     # Embedded default: a real broker with no external service. Messages are files in the data
     # dir, so the web process and the worker process (separate processes) share one queue.
     _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    private_dir(_broker_dir, mode=0o700)  # messages carry session ids: Galley's processes only
     CELERY_BROKER_URL = "galleyfs://"  # console/broker.py: the filesystem transport, written atomically
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # kombu's default is ./control, in the checkout
         "store_processed": False,
         "polling_interval": env_float("GALLEY_BROKER_POLL_SECONDS", 0.02, minimum=0.001),
     }
@@ -182,6 +212,19 @@ GALLEY_SSE_HEARTBEAT_SECONDS = env_float("GALLEY_SSE_HEARTBEAT_SECONDS", 15.0, m
 # Streams are woken by a push (Redis pub/sub, or the embedded local bus); this re-read of the log
 # only covers a lost push.
 GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 0.5, minimum=0.005)
+
+# Rate limits (console/ratelimit.py), requests per minute; 0 is no limit. The defaults are the hosted
+# service's: 300 on create routes and 600 on every other call, per API key and per workspace.
+GALLEY_RATE_LIMIT_CREATE_PER_MINUTE = env_int("GALLEY_RATE_LIMIT_CREATE_PER_MINUTE", 300, minimum=0)
+GALLEY_RATE_LIMIT_READ_PER_MINUTE = env_int("GALLEY_RATE_LIMIT_READ_PER_MINUTE", 600, minimum=0)
+GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE = env_int(
+    "GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE", GALLEY_RATE_LIMIT_CREATE_PER_MINUTE, minimum=0
+)
+GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE = env_int(
+    "GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE", GALLEY_RATE_LIMIT_READ_PER_MINUTE, minimum=0
+)
+# Failed authentications (bad API keys, failed console sign-ins) per client address.
+GALLEY_AUTH_FAILURES_PER_MINUTE = env_int("GALLEY_AUTH_FAILURES_PER_MINUTE", 20, minimum=0)
 
 # --- Vault ----------------------------------------------------------------------------------------
 # Comma-separated Fernet keys, newest first. The embedded default generates one in the data dir.
@@ -270,8 +313,12 @@ GALLEY_CARGO_INDEX = env_str("GALLEY_CARGO_INDEX")  # a cargo registry index URL
 GALLEY_GIT_HOSTS = env_list("GALLEY_GIT_HOSTS", [])
 # web_search provider: a SearXNG instance's base URL (JSON output enabled); unset = the tool returns an error.
 GALLEY_SEARXNG_URL = env_str("GALLEY_SEARXNG_URL")
-# web_fetch refuses private and loopback addresses unless this is set.
-GALLEY_WEB_ALLOW_PRIVATE = env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
+# Outbound connections to user-chosen URLs (web_fetch, MCP servers, OAuth token endpoints, webhooks) go
+# through outbound/guard.py, which refuses loopback, private, link-local and metadata addresses unless this
+# is set (tests and development with servers on loopback, or a deliberately internal deployment).
+GALLEY_OUTBOUND_ALLOW_PRIVATE = env_bool(
+    "GALLEY_OUTBOUND_ALLOW_PRIVATE", env_bool("GALLEY_WEB_ALLOW_PRIVATE", False)
+)
 # CA file the egress proxy trusts for upstream TLS when it injects credentials (default: the system's).
 GALLEY_EGRESS_UPSTREAM_CA_FILE = env_str("GALLEY_EGRESS_UPSTREAM_CA_FILE")
 

@@ -1,1 +1,1 @@
-"""Outbound HTTP from the server to addresses users choose (webhook receivers, and the like)."""
+"""Outbound connections Galley makes on a user's behalf (web_fetch, MCP, OAuth, webhooks, egress)."""

@@ -173,6 +173,9 @@ def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int,
         log.warning("a stream could not read the log; retrying", exc_info=True)
         connection.close()
         return [], after, "unknown"
+    finally:
+        if getattr(connection, "pool", None) is not None:  # PostgreSQL's pool; SQLite has none
+            connection.close()  # back to the pool: a waiting stream holds no connection
     if len(rows) == _READ_BATCH:
         return rows, rows[-1].seq, "reading"
     return rows, last_seq, status

@@ -14,6 +14,25 @@ def live() -> Iterator[LiveGalley]:
         yield server
 
 
+@pytest.fixture(autouse=True)
+def no_rate_limits(settings):  # type: ignore[no-untyped-def]
+    """Suites that are not about rate limits run without them (tests/test_rate_limits.py turns them on)."""
+    from console import ratelimit
+
+    settings.GALLEY_RATE_LIMIT_CREATE_PER_MINUTE = 0
+    settings.GALLEY_RATE_LIMIT_READ_PER_MINUTE = 0
+    settings.GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE = 0
+    settings.GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE = 0
+    settings.GALLEY_AUTH_FAILURES_PER_MINUTE = 0
+    ratelimit._memory.reset()
+
+
+@pytest.fixture
+def outbound_private(settings):  # type: ignore[no-untyped-def]
+    """Lets outbound/guard.py reach the loopback MCP, OAuth and web servers that tests start."""
+    settings.GALLEY_OUTBOUND_ALLOW_PRIVATE = True
+
+
 @pytest.fixture
 def workspace(db):  # type: ignore[no-untyped-def]
     from accounts.services import workspace_get_default

@@ -20,6 +20,13 @@ from urllib.parse import urlparse, urlunparse
 import anthropic
 
 ROOT = Path(__file__).resolve().parent.parent
+RATE_LIMIT_SETTINGS = (
+    "GALLEY_RATE_LIMIT_CREATE_PER_MINUTE",
+    "GALLEY_RATE_LIMIT_READ_PER_MINUTE",
+    "GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE",
+    "GALLEY_RATE_LIMIT_WORKSPACE_READ_PER_MINUTE",
+    "GALLEY_AUTH_FAILURES_PER_MINUTE",
+)
 
 
 def free_port() -> int:
@@ -29,7 +36,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def _database(data_dir: Path) -> Iterator[str]:
+def _database(data_dir: Path, connection_limit: int | None = None) -> Iterator[str]:
+    """A fresh database URL. With `connection_limit` (PostgreSQL), the server connects as a new
+    non-superuser role that PostgreSQL lets open at most that many connections."""
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
         yield f"sqlite:///{data_dir / 'galley.sqlite3'}"
@@ -40,12 +49,21 @@ def _database(data_dir: Path) -> Iterator[str]:
     parsed = urlparse(url)
     admin_url = urlunparse(parsed._replace(path="/postgres"))
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if connection_limit is not None:
+            conn.execute(f'CREATE ROLE "{name}" LOGIN CONNECTION LIMIT {int(connection_limit)}')
+            conn.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    if connection_limit is not None:
+        host = parsed.hostname or "127.0.0.1"
+        parsed = parsed._replace(netloc=f"{name}@{host}:{parsed.port or 5432}")
     try:
         yield urlunparse(parsed._replace(path=f"/{name}"))
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if connection_limit is not None:
+                conn.execute(f'DROP ROLE IF EXISTS "{name}"')
 
 
 class LiveGalley:
@@ -82,11 +100,13 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30)
 
 
 @contextmanager
-def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True) -> Iterator[LiveGalley]:
+def live_galley(
+    extra_env: dict[str, str] | None = None, *, worker: bool = True, db_connection_limit: int | None = None
+) -> Iterator[LiveGalley]:
     with tempfile.TemporaryDirectory(prefix="galley-live-") as tmp:
         data_dir = Path(tmp)
         data_dir.chmod(0o711)  # sandboxes run as their own uid and must traverse to their workspace
-        with _database(data_dir) as database_url:
+        with _database(data_dir, db_connection_limit) as database_url:
             env = dict(os.environ)
             env.update(
                 {
@@ -95,6 +115,10 @@ def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True)
                     "DATABASE_URL": database_url,
                     "GALLEY_REDIS_PREFIX": "galley-test-" + secrets.token_hex(4),
                     "GALLEY_SSE_HEARTBEAT_SECONDS": "1",
+                    # The tests' MCP, OAuth and web servers listen on loopback.
+                    "GALLEY_OUTBOUND_ALLOW_PRIVATE": "1",
+                    # No rate limits unless a test sets them (tests/test_rate_limits.py).
+                    **{name: "0" for name in RATE_LIMIT_SETTINGS},
                     "PYTHONUNBUFFERED": "1",
                 }
             )

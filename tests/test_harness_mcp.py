@@ -31,7 +31,7 @@ from tests.model_server import ScriptedModel, text, tool_call
 from vaults import crypto
 from vaults import services as vaults
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("outbound_private")]
 
 TOKEN = "mcp-secret-token-4242"
 

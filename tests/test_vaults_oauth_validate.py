@@ -6,7 +6,7 @@ import pytest
 from tests.fake_oauth import fake_oauth_server
 from vaults import crypto, services
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("outbound_private")]
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+from django.conf import settings
+
+from outbound.guard import AddressRefused, http_client
 
 TIMEOUT_SECONDS = 10.0
 BODY_LIMIT = 2048
 _TOKENISH = re.compile(
     r'("?(?:access_token|refresh_token|id_token|client_secret)"?\s*[:=]\s*"?)[^",&\s}]+', re.I
 )
+
+
+def _client() -> httpx2.Client:
+    """Token endpoints and MCP servers are user-chosen URLs: connect only to checked addresses."""
+    return http_client(allow_private=settings.GALLEY_OUTBOUND_ALLOW_PRIVATE, timeout=TIMEOUT_SECONDS)
 
 
 @dataclass
@@ -71,8 +79,9 @@ def probe_mcp(url: str, access_token: str, secrets: list[str]) -> ProbeResult:
         "Content-Type": "application/json",
     }
     try:
-        response = httpx2.post(url, content=json.dumps(payload), headers=headers, timeout=TIMEOUT_SECONDS)
-    except httpx2.HTTPError:
+        with _client() as client:
+            response = client.post(url, content=json.dumps(payload), headers=headers)
+    except (httpx2.HTTPError, AddressRefused):
         return ProbeResult(ok=False, unauthorized=False, response=None)
     if 200 <= response.status_code < 300:
         return ProbeResult(ok=True, unauthorized=False, response=None)
@@ -105,14 +114,12 @@ def refresh_tokens(refresh: dict[str, Any], secret: dict[str, Any], secrets: lis
     elif method == "client_secret_basic":
         auth = (refresh["client_id"], secret.get("client_secret", ""))
     try:
-        response = httpx2.post(
-            refresh["token_endpoint"],
-            data=form,
-            auth=auth,
-            headers={"Accept": "application/json"},
-            timeout=TIMEOUT_SECONDS,
-        )
-    except httpx2.HTTPError:
+        with _client() as client:
+            extra: dict[str, Any] = {"auth": auth} if auth is not None else {}
+            response = client.post(
+                refresh["token_endpoint"], data=form, headers={"Accept": "application/json"}, **extra
+            )
+    except (httpx2.HTTPError, AddressRefused):
         return RefreshResult(status="connect_error", response=None, tokens={})
     try:
         tokens = response.json() if 200 <= response.status_code < 300 else {}

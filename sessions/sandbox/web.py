@@ -2,14 +2,14 @@
 
 Both honour the tool's `allowed_domains` / `blocked_domains` (a domain also covers its subdomains). web_fetch
 also obeys the environment's `limited` networking (the same decision as the egress proxy) and never fetches
-private or loopback addresses unless GALLEY_WEB_ALLOW_PRIVATE is set (tests, or a deliberately internal
-deployment). web_search goes through a provider interface; the one adapter speaks SearXNG's JSON API.
+private, loopback or metadata addresses (outbound/guard.py) unless GALLEY_OUTBOUND_ALLOW_PRIVATE is set
+(tests, or a deliberately internal deployment). web_search goes through a provider interface; the one
+adapter speaks SearXNG's JSON API.
 """
 
 import base64
-import ipaddress
+import codecs
 import json
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any, Protocol
 
+import httpx2
 from django.conf import settings
 from django.db.models import F
 
+from outbound.guard import AddressRefused, http_client
 from sessions.models import Session
 
 MAX_FETCH_BYTES = 5 * 1024 * 1024
@@ -116,23 +118,26 @@ def html_to_text(html: str) -> tuple[str, str]:
     return " ".join(parser.title.split()), text
 
 
-def _address_ok(host: str, port: int) -> tuple[bool, str]:
-    if settings.GALLEY_WEB_ALLOW_PRIVATE:
-        return True, ""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return False, f"cannot resolve {host}: {exc.strerror or exc}"
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]))
-        if not ip.is_global or ip.is_multicast:
-            return False, f"{host} resolves to a private or loopback address"
-    return True, ""
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+def _fetch_hop(client: Any, url: str) -> tuple[int, str | None, bytes, str, str]:
+    """One request through the outbound guard: (status, Location, body, content type, charset)."""
+    with client.stream("GET", url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"}) as response:
+        location = response.headers.get("location")
+        body = b""
+        if response.status_code < 300 or response.status_code >= 400:
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_FETCH_BYTES:
+                    break
+        content_type, _, params = response.headers.get("content-type", "").partition(";")
+        charset = "utf-8"
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "charset" and value.strip():
+                try:
+                    charset = codecs.lookup(value.strip().strip('"')).name
+                except LookupError:
+                    pass
+        return response.status_code, location, body, content_type.strip().lower(), charset
 
 
 def web_fetch(*, session: Session, tool_input: dict[str, Any], config: dict[str, Any]) -> Any:
@@ -144,35 +149,33 @@ def web_fetch(*, session: Session, tool_input: dict[str, Any], config: dict[str,
         return _outcome("web_fetch: url is required", True)
     networking = environment_networking(session)
     rules = egress_rules(networking=networking, agent_snapshot=session.agent_snapshot or {})
-    opener = urllib.request.build_opener(_NoRedirect)
     Session.objects.filter(pk=session.pk).update(web_fetch_requests=F("web_fetch_requests") + 1)
-    for _hop in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return _outcome(f"web_fetch: only http and https URLs can be fetched (got {url[:200]!r})", True)
-        host = parts.hostname
-        ok, reason = domain_allowed(host, config)
-        if ok and networking.get("type") == "limited":
-            ok, reason = egress_decide(host, rules)
-        if ok:
-            ok, reason = _address_ok(host, parts.port or (443 if parts.scheme == "https" else 80))
-        if not ok:
-            return _outcome(f"web_fetch: refused to fetch {url[:200]}: {reason}", True)
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
-        try:
-            response = opener.open(request, timeout=FETCH_TIMEOUT)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (301, 302, 303, 307, 308) and exc.headers.get("Location"):
-                url = urllib.parse.urljoin(url, exc.headers["Location"])
+    # Each hop connects to the address the guard checked for it, never to a second lookup's answer.
+    with http_client(allow_private=settings.GALLEY_OUTBOUND_ALLOW_PRIVATE, timeout=FETCH_TIMEOUT) as client:
+        for _hop in range(MAX_REDIRECTS + 1):
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return _outcome(
+                    f"web_fetch: only http and https URLs can be fetched (got {url[:200]!r})", True
+                )
+            host = parts.hostname
+            ok, reason = domain_allowed(host, config)
+            if ok and networking.get("type") == "limited":
+                ok, reason = egress_decide(host, rules)
+            if not ok:
+                return _outcome(f"web_fetch: refused to fetch {url[:200]}: {reason}", True)
+            try:
+                status, location, body, content_type, charset = _fetch_hop(client, url)
+            except AddressRefused as exc:
+                return _outcome(f"web_fetch: refused to fetch {url[:200]}: {exc.reason}", True)
+            except (httpx2.HTTPError, OSError, ValueError) as exc:
+                return _outcome(f"web_fetch: could not fetch {url[:200]}: {exc}", True)
+            if status in (301, 302, 303, 307, 308) and location:
+                url = urllib.parse.urljoin(url, location)
                 continue
-            return _outcome(f"web_fetch: {url[:200]} answered HTTP {exc.code}", True)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            return _outcome(f"web_fetch: could not fetch {url[:200]}: {getattr(exc, 'reason', exc)}", True)
-        with response:
-            body = response.read(MAX_FETCH_BYTES + 1)
-            content_type = response.headers.get_content_type()
-            charset = response.headers.get_content_charset() or "utf-8"
-        return _render(url, body, content_type, charset, config)
+            if status >= 400:
+                return _outcome(f"web_fetch: {url[:200]} answered HTTP {status}", True)
+            return _render(url, body, content_type or "application/octet-stream", charset, config)
     return _outcome(f"web_fetch: too many redirects fetching {url[:200]}", True)
 
 
