@@ -10,6 +10,7 @@ def register_routers(api: NinjaAPI) -> None:
     # Each app's api.py exposes `router`; imported here so urls.py stays declarative.
     from agents.api import router as agents_router
     from files.api import router as files_router
+    from selfhosted.api import router as selfhosted_router
     from sessions.api import router as sessions_router
     from vaults.api import router as vaults_router
 
@@ -17,6 +18,7 @@ def register_routers(api: NinjaAPI) -> None:
     api.add_router("/", sessions_router)
     api.add_router("/", vaults_router)
     api.add_router("/", files_router)
+    api.add_router("/", selfhosted_router)
     # Last: 501 for the families nobody implements yet (real routers above take precedence).
     from console.unsupported import router as unsupported_router
 

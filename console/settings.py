@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "sessions.apps.AgentSessionsConfig",
     "vaults",
     "files",
+    "selfhosted",
     "console",
 ]
 
@@ -163,6 +164,9 @@ GALLEY_MODEL_RETRY_MAX_SECONDS = env_float("GALLEY_MODEL_RETRY_MAX_SECONDS", 30.
 GALLEY_COMPACTION_THRESHOLD_TOKENS = env_int("GALLEY_COMPACTION_THRESHOLD_TOKENS", 0, minimum=0)
 # A harness step holds its session's lease for this long and renews it every third of it.
 GALLEY_LEASE_SECONDS = env_float("GALLEY_LEASE_SECONDS", 30.0, minimum=0.5)
+# The lease a self-hosted worker's heartbeat extends (the SDK worker beats every half of it); an
+# item whose worker stops beating for this long is handed to the next poll.
+GALLEY_WORK_LEASE_SECONDS = env_int("GALLEY_WORK_LEASE_SECONDS", 60, minimum=2)
 # Harness steps keep their PostgreSQL connection across model calls while at most this many run
 # in the worker process; beyond it they close it before each wait (max_connections is finite).
 GALLEY_HARNESS_KEEP_CONNECTIONS = env_int("GALLEY_HARNESS_KEEP_CONNECTIONS", 16, minimum=0)

@@ -16,7 +16,6 @@ _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 
 # (path prefix below /v1, capability name used in the message)
 FAMILIES: list[tuple[str, str]] = [
-    ("/environments/{environment_id}/work", "The self-hosted environment work queue is"),
     ("/skills", "The Skills API is"),
     ("/memory_stores", "Memory stores are"),
     ("/deployments", "Deployments are"),

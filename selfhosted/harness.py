@@ -1,0 +1,19 @@
+"""What the harness asks about self_hosted sessions. Their built-in tools run on the user's
+worker: the harness records `agent.tool_use`, keeps the session running, and waits for the
+worker's `user.tool_result`; this module makes sure a worker is on its way."""
+
+from agents.models import Environment
+from selfhosted import services
+from sessions.models import Session
+
+
+def session_is_remote(session_id: str) -> bool:
+    return Session.objects.filter(pk=session_id, environment__config__type="self_hosted").exists()
+
+
+def remote_wait(session_id: str) -> None:
+    """The session waits on its worker: enqueue a work item if none is live (the worker left, or
+    its lease was lost and the item already stopped). Runs with the session row locked."""
+    environment_id = Session.objects.values_list("environment_id", flat=True).get(pk=session_id)
+    environment = Environment.objects.get(pk=environment_id)
+    services.work_ensure(environment=environment, session_id=session_id)
