@@ -33,15 +33,16 @@ def _environment(request: HttpRequest, environment_id: str, *, allow: tuple[str,
     kind = scope.kind if scope is not None else "api_key"
     if scope is not None and scope.environment.pk != environment_id:
         raise not_found("Environment", environment_id, error_code="environment_not_found")
+    environment = (
+        scope.environment
+        if scope is not None
+        else environment_get(workspace=request.workspace, environment_id=environment_id)  # type: ignore[attr-defined]
+    )
     if kind not in allow:
         names = {"api_key": "an API key", ENVIRONMENT_KEY: "an environment key", SESSIONS_TOKEN: "a sessions token"}
         raise ApiError(403, f"This route does not accept {names[kind]}; use {' or '.join(names[a] for a in allow)}.")
     if scope is not None and kind == SESSIONS_TOKEN and not scope.current:
         raise expired_token()
-    environment = scope.environment if scope is not None else environment_get(
-        workspace=request.workspace,  # type: ignore[attr-defined]
-        environment_id=environment_id,
-    )
     if not environment.is_self_hosted:
         raise bad_request(
             f"environment_id: environment {environment_id!r} is not self_hosted and has no work queue."

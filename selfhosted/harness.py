@@ -2,9 +2,20 @@
 worker: the harness records `agent.tool_use`, keeps the session running, and waits for the
 worker's `user.tool_result`; this module makes sure a worker is on its way."""
 
+from typing import Any
+
 from agents.models import Environment
 from selfhosted import services
 from sessions.models import Session
+
+# The agent toolset's sandbox tools. web_fetch and web_search have no sandbox: the harness runs
+# them with its own domain rules, for self_hosted sessions too (the SDK worker has no such tools).
+WORKER_TOOLS = frozenset({"bash", "read", "write", "edit", "glob", "grep"})
+
+
+def runs_on_worker(event: Any) -> bool:
+    """An `agent.tool_use` of a self_hosted session that the user's worker runs and answers."""
+    return event.type == "agent.tool_use" and event.payload.get("name") in WORKER_TOOLS
 
 
 def session_is_remote(session_id: str) -> bool:

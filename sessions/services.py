@@ -19,6 +19,7 @@ from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
+from selfhosted import harness as selfhosted_harness
 from selfhosted import services as selfhosted_services
 from sessions import schemas, streaming
 from sessions.harness import pricing
@@ -726,13 +727,11 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
 def _check_tool_result(*, session: Session, event: dict[str, Any], where: str, seen: set[str]) -> None:
     """A self-hosted worker's answer must close an open built-in call, once (matched by id alone:
     the body names no thread). Anything else is a 409 naming the id, and nothing is appended."""
-    from sessions.harness.tools import TOOLSET
-
     use_id = event["tool_use_id"]
     target = Event.objects.filter(session=session, pk=use_id, type="agent.tool_use").first()
-    if target is None or target.payload.get("name") not in TOOLSET:
+    if target is None or not selfhosted_harness.runs_on_worker(target):
         raise conflict(
-            f"{where}.tool_use_id: {use_id!r} is not a built-in agent.tool_use call of this session."
+            f"{where}.tool_use_id: {use_id!r} is not an agent.tool_use call of this session that a worker runs."
         )
     answered = Event.objects.filter(
         session=session, type__in=("agent.tool_result", "user.tool_result"), payload__tool_use_id=use_id

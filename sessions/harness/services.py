@@ -310,7 +310,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
                 continue
             if use.custom:
                 pending.append(use.event.id)
-            elif state.remote and use.event.type == "agent.tool_use" and _remote_ready(use):
+            elif state.remote and selfhosted_harness.runs_on_worker(use.event) and _remote_ready(use):
                 remote.append(use.event.id)
             elif use.permission == "ask":
                 if use.event.id in confirmed_now:
@@ -410,7 +410,7 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             if not isinstance(sent, ToolRun):
                 continue  # PAUSED: the child waits on the user; the next move idles with requires_action
             outcome = sent
-        elif state.remote and use.type == "agent.tool_use":
+        elif state.remote and selfhosted_harness.runs_on_worker(use):
             continue  # the self-hosted worker runs it; its user.tool_result closes the call
         else:
             outcome = run_builtin(

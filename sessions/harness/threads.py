@@ -23,6 +23,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from console.ids import new_id
+from selfhosted import harness as selfhosted_harness
 from sessions.harness import services as loop
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, context_build
 from sessions.harness.providers import ModelError, ModelRequest, ModelUsage, provider_for
@@ -166,7 +167,7 @@ def _plan(ctx: Any, thread: SessionThread, *, remote: bool = False) -> _Plan:
     for use in ctx.unresolved():
         if use.custom:
             plan.pending.append(use.event.id)
-        elif remote and use.event.type == "agent.tool_use" and loop._remote_ready(use):
+        elif remote and selfhosted_harness.runs_on_worker(use.event) and loop._remote_ready(use):
             plan.remote.append(use.event.id)
         elif use.permission == "ask":
             if use.confirmation is None:
@@ -461,7 +462,7 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
             else:
                 payload["evaluated_permission"] = "allow"
                 payload["evaluation"] = {"type": spec.policy}
-                if child.state.remote and spec.kind == "builtin":
+                if child.state.remote and name in selfhosted_harness.WORKER_TOOLS:
                     # On the primary log, where the self-hosted worker's stream sees it.
                     payload["session_thread_id"] = child.thread.pk
                     events.append(NewEvent("agent.tool_use", payload, thread=None))
@@ -498,7 +499,7 @@ def _run_tools(child: _Child, session: Session, uses: list[Event]) -> bool | Non
         cancel = child.state.handle.fresh_cancel()
         if cancel.is_set():
             return None
-        if child.state.remote and use.type == "agent.tool_use":
+        if child.state.remote and selfhosted_harness.runs_on_worker(use):
             continue  # the self-hosted worker runs it; its user.tool_result resumes the child
         loop._release_connection()
         outcome = run_builtin(
