@@ -4,9 +4,11 @@ on the worker's host (its workdir), never in a Galley sandbox, and the work item
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -344,6 +346,62 @@ def test_two_workers_polling_one_queue_each_get_different_items(galley: LiveGall
     assert len(seen) == len(sessions) == len(set(seen))
     stats = client.beta.environments.work.stats(environment.id)
     assert stats.workers_polling == 2 and stats.depth == 0
+
+
+def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
+    galley: LiveGalley, model: ScriptedModel, tmp_path: Path
+) -> None:
+    client, agent, environment, key = _setup(galley)
+    # Sandboxes run as their own uid and must traverse to their workspace (pytest's tmp_path does not).
+    host_dir = tempfile.TemporaryDirectory(prefix="galley-worker-host-")
+    host = Path(host_dir.name)
+    host.chmod(0o711)
+    secret_file = tmp_path / "host-secret.txt"
+    secret_file.write_text("not for the sandbox")
+    model.push(
+        tool_call("bash", {"command": f"id -u; pwd; cat {secret_file} || echo hidden-from-sandbox"}),
+        tool_call("write", {"file_path": "/workspace/made.txt", "content": "made in bwrap"}),
+        tool_call("read", {"file_path": "/workspace/made.txt"}),
+        text("Done."),
+    )
+    session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "GALLEY_DATA_DIR": str(host),
+            "ANTHROPIC_ENVIRONMENT_KEY": key,
+            "ANTHROPIC_BASE_URL": galley.base_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "environment_worker", "--environment", environment.id, "--max-idle", "1"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _message(client, session.id, "Work in the sandbox.")
+        _wait(lambda: _idle_end_turn(client, session.id), timeout=120, what="the turn")
+        _wait(lambda: [w.state for w in _work_items(client, environment.id, key)] == ["stopped"], what="stop")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    events = _events(client, session.id)
+    uses = [e for e in events if e.type == "agent.tool_use"]
+    results = _results(events)
+    assert set(results) == {u.id for u in uses} and len(uses) == 3, log.read_text()[-3000:]
+    bash_out = "".join(b.text for b in results[uses[0].id].content if b.type == "text")
+    lines = bash_out.splitlines()
+    assert lines[0] != "0" and lines[1] == "/workspace"  # the sandbox's own uid and workspace
+    assert "hidden-from-sandbox" in bash_out and "not for the sandbox" not in bash_out
+    read_out = "".join(b.text for b in results[uses[2].id].content if b.type == "text")
+    assert "made in bwrap" in read_out
+    made = host / "sandboxes" / session.id / "workspace" / "made.txt"
+    assert made.read_text() == "made in bwrap"  # the workspace is kept on the worker's host
+    assert not list(galley.data_dir.rglob("made.txt"))
+    shutil.rmtree(host, ignore_errors=True)
+    host_dir.cleanup()
 
 
 def test_the_poller_stops_on_a_wrong_key_instead_of_retrying(galley: LiveGalley) -> None:

@@ -178,6 +178,24 @@ def run_tool(
         return _text(f"{name}: internal error while running the tool", True)
 
 
+def run_sandbox_tool(
+    *, live: Any, name: str, tool_input: dict[str, Any], cancel: threading.Event | None = None
+) -> ToolOutcome:
+    """Run bash or a file tool in an already built sandbox record (no database needed): what a
+    self-hosted environment worker (`selfhosted/worker.py`) runs on its own host."""
+    try:
+        if name == "bash":
+            return _run_bash(live, tool_input, cancel)
+        if name in FILE_TOOLS:
+            return _run_file_tool(live, name, tool_input)
+        return _text(f"{name}: not a sandbox tool", True)
+    except SandboxError as exc:
+        return _text(f"{name}: sandbox unavailable: {exc}", True)
+    except Exception:
+        logger.exception("tool %s failed unexpectedly (sandbox %s)", name, live.key)
+        return _text(f"{name}: internal error while running the tool", True)
+
+
 def _await_packages(session: Session, cancel: threading.Event | None) -> ToolOutcome | None:
     from agents.models import BuildStatus
     from sessions.sandbox.packages import packages_wait
