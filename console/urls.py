@@ -8,6 +8,7 @@ from console.api import api, error_response
 from console.errors import ApiError
 from console.routes import register_routers
 from console.views import admin, agents, analytics, auth, environments, overview, sessions, vaults
+from selfhosted import views as selfhosted_views
 
 register_routers(api)
 
@@ -40,6 +41,9 @@ console_urlpatterns = [
     path("environments/<str:environment_id>", environments.environment_detail),
     path("environments/<str:environment_id>/edit", environments.environment_edit),
     path("environments/<str:environment_id>/archive", environments.environment_archive),
+    path("environments/<str:environment_id>/keys", selfhosted_views.environment_key_create),
+    path("environments/<str:environment_id>/keys/<str:key_id>/revoke", selfhosted_views.environment_key_revoke),
+    path("environments/<str:environment_id>/work", selfhosted_views.environment_work),
     path("vaults", vaults.vault_list),
     path("vaults/<str:vault_id>", vaults.vault_detail),
     path("vaults/<str:vault_id>/archive", vaults.vault_archive),
