@@ -2,7 +2,11 @@
 worker: the harness records `agent.tool_use`, keeps the session running, and waits for the
 worker's `user.tool_result`; this module makes sure a worker is on its way."""
 
+import threading
+import time
 from typing import Any
+
+from django.conf import settings
 
 from agents.models import Environment
 from selfhosted import services
@@ -28,3 +32,22 @@ def remote_wait(session_id: str) -> None:
     environment_id = Session.objects.values_list("environment_id", flat=True).get(pk=session_id)
     environment = Environment.objects.get(pk=environment_id)
     services.work_ensure(environment=environment, session_id=session_id)
+
+
+def worker_answer_wait(session_id: str, *, cancel: threading.Event) -> bool:
+    """Wait (holding the step's lease) up to GALLEY_WORKER_ANSWER_WAIT_SECONDS for anything new in
+    the session's log, polling with a growing interval. True when something arrived. An answer
+    that lands just after this gives up is picked up by the kick its send enqueued, or at the
+    latest by the sweeper (the session stays running with a free lease)."""
+    from sessions.models import Event
+
+    seen = Session.objects.values_list("last_seq", flat=True).get(pk=session_id)
+    deadline = time.monotonic() + settings.GALLEY_WORKER_ANSWER_WAIT_SECONDS
+    interval = 0.002
+    while time.monotonic() < deadline:
+        if cancel.wait(interval):
+            return True  # an interrupt: the next move takes it
+        if Event.objects.filter(session_id=session_id, seq__gt=seen).exists():
+            return True
+        interval = min(interval * 1.5, 0.05)
+    return False

@@ -10,7 +10,7 @@ from console.errors import ApiError
 from selfhosted.models import WorkItem
 from sessions.models import Event, Session, SessionThread
 from sessions.services import events_send
-from tests.harness_helpers import TOOLSET_ALL, harness_model, make_session, say, step
+from tests.harness_helpers import TOOLSET_ALL, harness_model, make_session, say, step, step_in_background, wait_for
 from tests.model_server import ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def model(settings) -> Iterator[ScriptedModel]:  # type: ignore[no-untyped-def]
+    settings.GALLEY_WORKER_ANSWER_WAIT_SECONDS = 0  # each step() here returns once it waits
     with harness_model(settings) as server:
         yield server
 
@@ -59,6 +60,23 @@ def test_a_built_in_call_waits_running_for_the_workers_result(model: ScriptedMod
     sent = model.requests[-1]["messages"][-1]["content"][0]
     assert sent["type"] == "tool_result" and sent["tool_use_id"] == use.id
     assert sent["content"] == [{"type": "text", "text": "worker-host-7"}]
+    assert primary(session)[-1].payload["stop_reason"] == {"type": "end_turn"}
+
+
+def test_the_step_keeps_its_lease_briefly_and_continues_with_a_quick_answer(
+    model: ScriptedModel, settings: Any
+) -> None:
+    settings.GALLEY_WORKER_ANSWER_WAIT_SECONDS = 30
+    session = self_hosted(make_session(tools=[TOOLSET_ALL]))
+    model.push(tool_call("bash", {"command": "true"}), text("Quick."))
+    say(session, "go")
+    running = step_in_background(session)
+    use = wait_for(lambda: next((e for e in primary(session) if e.type == "agent.tool_use"), None))
+    assert Session.objects.get(pk=session.pk).lease_owner is not None  # the step is still there
+    answer(session, use.id, "")
+    running.join(timeout=20)
+    assert not running.is_alive()
+    assert len(model.requests) == 2  # the same step called the model again
     assert primary(session)[-1].payload["stop_reason"] == {"type": "end_turn"}
 
 

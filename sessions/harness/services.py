@@ -83,6 +83,7 @@ class StepState:
     mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
     primary_thread_id: str | None = None
     remote: bool = False  # a self_hosted session: built-in tools run on the user's worker
+    waiting_on_worker: bool = False  # the last move found only calls the worker has to answer
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -232,7 +233,13 @@ def _advance(session_id: str, state: StepState) -> bool:
         ):
             state.ended_empty = False
             return _call_model(session, state, take=queued, refresh=False)
-    return _advance_locked(session_id, state)
+    moved = _advance_locked(session_id, state)
+    if not moved and state.waiting_on_worker:
+        state.waiting_on_worker = False
+        # Keep the lease a little while for the worker's answer: a quick tool's result then
+        # continues this step instead of waiting for a new one to be scheduled.
+        return selfhosted_harness.worker_answer_wait(session_id, cancel=state.handle.fresh_cancel())
+    return moved
 
 
 def _advance_locked(session_id: str, state: StepState) -> bool:
@@ -343,6 +350,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
             selfhosted_harness.remote_wait(session_id)
+            state.waiting_on_worker = True
             return False
         else:
             messages = [e for e in queued if e.type in ("user.message", "system.message")]
