@@ -167,9 +167,12 @@ def work_stop_for_session(*, session_id: str) -> int:
 
 def _finish_abandoned(environment_id: str, now: datetime) -> None:
     # A stop was requested but the worker never came back to confirm it before its lease ran out.
-    WorkItem.objects.filter(
+    # Read first: on SQLite even an UPDATE that matches nothing takes the write lock.
+    abandoned = WorkItem.objects.filter(
         environment_id=environment_id, state=WorkState.STOPPING, lease_expires_at__lt=now
-    ).update(state=WorkState.STOPPED, stopped_at=now, token_hash="")
+    )
+    if abandoned.exists():
+        abandoned.update(state=WorkState.STOPPED, stopped_at=now, token_hash="")
 
 
 def _claimable(environment_id: str, now: datetime, reclaim_ms: int) -> Q:
@@ -213,9 +216,19 @@ def work_claim(*, environment: Environment, worker_id: str, reclaim_ms: int) -> 
     return None
 
 
+_recorded: dict[tuple[str, str], float] = {}  # (environment, worker) -> when this process last wrote it
+_RECORD_EVERY = 5.0
+
+
 def worker_poll_record(*, environment: Environment, worker_id: str) -> None:
+    """Remember that a worker polled. Written at most every few seconds per worker and process:
+    a worker long-polls back to back, and stats only need "polled in the last 30 s"."""
     if not worker_id:
         return
+    mark = (environment.pk, worker_id[:255])
+    if time.monotonic() - _recorded.get(mark, -_RECORD_EVERY) < _RECORD_EVERY:
+        return
+    _recorded[mark] = time.monotonic()
     now = timezone.now()
     updated = WorkerPoll.objects.filter(environment=environment, worker_id=worker_id[:255]).update(
         last_polled_at=now, polls=F("polls") + 1
@@ -238,6 +251,9 @@ async def work_poll(
     if not block_ms:
         return await claim(environment=environment, worker_id=worker_id, reclaim_ms=reclaim_ms)
     deadline = time.monotonic() + block_ms / 1000
+    found = await claim(environment=environment, worker_id=worker_id, reclaim_ms=reclaim_ms)
+    if found is not None:
+        return found
     async with streaming.subscribe(_channel(environment.pk)) as wakeups:
         while True:
             found = await claim(environment=environment, worker_id=worker_id, reclaim_ms=reclaim_ms)

@@ -4,6 +4,7 @@ key shown once after a POST-redirect-GET), its work queue and the workers that p
 from typing import Any
 
 from django.contrib import messages
+from django.utils import timezone
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.views.decorators.http import require_POST
 
@@ -29,6 +30,7 @@ def work_context(env: Environment) -> dict[str, Any]:
         "work_items": list(WorkItem.objects.filter(environment=env).order_by("-created_at")[:50]),
         "workers": services.workers_recent(environment=env),
         "stats": services.work_stats(environment=env),
+        "polling_since": timezone.now() - services.WORKERS_POLLING_WINDOW,
     }
 
 
