@@ -473,7 +473,8 @@ def environment_get(*, workspace: Workspace, environment_id: str) -> Environment
 def environment_wire(environment: Environment) -> dict[str, Any]:
     if environment.is_self_hosted:
         # Its tools run on the user's workers (selfhosted/): no sandbox or package build here.
-        return {key: value for key, value in _environment_wire(environment).items() if key not in _SANDBOX_KEYS}
+        wire = _environment_wire(environment)
+        return {key: value for key, value in wire.items() if key not in _SANDBOX_KEYS}
     return _environment_wire(environment)
 
 

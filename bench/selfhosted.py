@@ -66,7 +66,9 @@ def _idle(client: anthropic.Anthropic, session_id: str) -> bool:
     return client.beta.sessions.retrieve(session_id).status == "idle"
 
 
-def _tool_gaps(model: ScriptedModel, client: anthropic.Anthropic, agent_id: str, environment_id: str) -> list[float]:
+def _tool_gaps(
+    model: ScriptedModel, client: anthropic.Anthropic, agent_id: str, environment_id: str
+) -> list[float]:
     """Run one warm-up turn, then a turn of TOOL_CALLS bash calls; the gaps between the end of
     each answer that asked for a tool and the arrival of the next request."""
     session = client.beta.sessions.create(agent=agent_id, environment_id=environment_id)
@@ -89,7 +91,11 @@ def main() -> dict[str, Any]:
     backend = "postgresql+redis" if os.environ.get("REDIS_URL") else "embedded"
     results: dict[str, Any] = {"backend": backend}
     with scripted_model() as model:
-        env = {"ANTHROPIC_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": model.base_url, "GALLEY_SWEEP_SECONDS": "5"}
+        env = {
+            "ANTHROPIC_API_KEY": "sk-bench",
+            "ANTHROPIC_BASE_URL": model.base_url,
+            "GALLEY_SWEEP_SECONDS": "5",
+        }
         with live_galley(env) as server:
             client = server.client(timeout=60)
             toolset = [
@@ -110,7 +116,9 @@ def main() -> dict[str, Any]:
             for _ in range(POLLS):
                 client.beta.sessions.create(agent=agent.id, environment_id=hosted.id)
                 started = time.perf_counter()
-                item = worker.beta.environments.work.poll(hosted.id, block_ms=999, anthropic_worker_id="bench")
+                item = worker.beta.environments.work.poll(
+                    hosted.id, block_ms=999, anthropic_worker_id="bench"
+                )
                 assert item is not None
                 worker.beta.environments.work.ack(item.id, environment_id=hosted.id)
                 poll_ack.append(time.perf_counter() - started)
@@ -123,11 +131,11 @@ def main() -> dict[str, Any]:
             for _ in range(POLLS):
                 box: dict[str, Any] = {}
 
-                def poll() -> None:
+                def poll(box: dict[str, Any]) -> None:
                     box["item"] = worker.beta.environments.work.poll(hosted.id, block_ms=999)
                     box["at"] = time.perf_counter()
 
-                thread = threading.Thread(target=poll)
+                thread = threading.Thread(target=poll, args=(box,))
                 thread.start()
                 time.sleep(0.3)
                 created = time.perf_counter()
@@ -144,7 +152,9 @@ def main() -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="galley-bench-worker-") as host:
                 os.chmod(host, 0o711)
                 worker_env = {
-                    k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
+                    k: v
+                    for k, v in os.environ.items()
+                    if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
                 }
                 worker_env.update(
                     {
@@ -155,8 +165,19 @@ def main() -> dict[str, Any]:
                     }
                 )
                 proc = subprocess.Popen(
-                    [sys.executable, "manage.py", "environment_worker", "--environment", hosted.id, "--max-idle", "30"],
-                    cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "manage.py",
+                        "environment_worker",
+                        "--environment",
+                        hosted.id,
+                        "--max-idle",
+                        "30",
+                    ],
+                    cwd=ROOT,
+                    env=worker_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
                 try:
@@ -170,13 +191,19 @@ def main() -> dict[str, Any]:
     results["tool_round_trip_local_sandbox"] = _stats(local)
     results["tool_round_trip_self_hosted"] = _stats(remote)
     results["self_hosted_added_p50_ms"] = round(
-        results["tool_round_trip_self_hosted"]["p50_ms"] - results["tool_round_trip_local_sandbox"]["p50_ms"], 2
+        results["tool_round_trip_self_hosted"]["p50_ms"] - results["tool_round_trip_local_sandbox"]["p50_ms"],
+        2,
     )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"| figure ({backend}) | p50 | p95 |")
     print("|---|---|---|")
-    for name in ("poll_to_ack", "enqueue_to_handout", "tool_round_trip_local_sandbox", "tool_round_trip_self_hosted"):
+    for name in (
+        "poll_to_ack",
+        "enqueue_to_handout",
+        "tool_round_trip_local_sandbox",
+        "tool_round_trip_self_hosted",
+    ):
         print(f"| {name} | {results[name]['p50_ms']} ms | {results[name]['p95_ms']} ms |")
     print(f"| self-hosted adds (p50) | {results['self_hosted_added_p50_ms']} ms | |")
     return results

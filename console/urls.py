@@ -42,7 +42,9 @@ console_urlpatterns = [
     path("environments/<str:environment_id>/edit", environments.environment_edit),
     path("environments/<str:environment_id>/archive", environments.environment_archive),
     path("environments/<str:environment_id>/keys", selfhosted_views.environment_key_create),
-    path("environments/<str:environment_id>/keys/<str:key_id>/revoke", selfhosted_views.environment_key_revoke),
+    path(
+        "environments/<str:environment_id>/keys/<str:key_id>/revoke", selfhosted_views.environment_key_revoke
+    ),
     path("environments/<str:environment_id>/work", selfhosted_views.environment_work),
     path("vaults", vaults.vault_list),
     path("vaults/<str:vault_id>", vaults.vault_detail),

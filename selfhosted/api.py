@@ -39,8 +39,14 @@ def _environment(request: HttpRequest, environment_id: str, *, allow: tuple[str,
         else environment_get(workspace=request.workspace, environment_id=environment_id)  # type: ignore[attr-defined]
     )
     if kind not in allow:
-        names = {"api_key": "an API key", ENVIRONMENT_KEY: "an environment key", SESSIONS_TOKEN: "a sessions token"}
-        raise ApiError(403, f"This route does not accept {names[kind]}; use {' or '.join(names[a] for a in allow)}.")
+        names = {
+            "api_key": "an API key",
+            ENVIRONMENT_KEY: "an environment key",
+            SESSIONS_TOKEN: "a sessions token",
+        }
+        raise ApiError(
+            403, f"This route does not accept {names[kind]}; use {' or '.join(names[a] for a in allow)}."
+        )
     if scope is not None and kind == SESSIONS_TOKEN and not scope.current:
         raise expired_token()
     if not environment.is_self_hosted:
@@ -53,7 +59,12 @@ def _environment(request: HttpRequest, environment_id: str, *, allow: tuple[str,
 def _item(request: HttpRequest, environment: Environment, work_id: str) -> WorkItem:
     item = services.work_get(environment=environment, work_id=work_id)
     scope = worker_scope(request)
-    if scope is not None and scope.kind == SESSIONS_TOKEN and scope.item is not None and scope.item.pk != item.pk:
+    if (
+        scope is not None
+        and scope.kind == SESSIONS_TOKEN
+        and scope.item is not None
+        and scope.item.pk != item.pk
+    ):
         raise not_found("work item", work_id)
     return item
 
@@ -89,7 +100,9 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
 def _poll_params(request: HttpRequest) -> tuple[int | None, int]:
     block_ms = _int_query(request, "block_ms")
     if block_ms is not None and not 1 <= block_ms <= 999:
-        raise bad_request(f"block_ms: must be between 1 and 999 (leave it out for a non-blocking poll), got {block_ms}.")
+        raise bad_request(
+            f"block_ms: must be between 1 and 999 (leave it out for a non-blocking poll), got {block_ms}."
+        )
     reclaim = _int_query(request, "reclaim_older_than_ms")
     if reclaim is None:
         reclaim = services.DEFAULT_RECLAIM_MS
@@ -160,7 +173,9 @@ def work_heartbeat(request: HttpRequest, environment_id: str, work_id: str) -> H
             raise not_found("Environment", environment_id, error_code="environment_not_found")
         environment = scope.environment
     else:
-        environment = _environment(request, environment_id, allow=("api_key", ENVIRONMENT_KEY, SESSIONS_TOKEN))
+        environment = _environment(
+            request, environment_id, allow=("api_key", ENVIRONMENT_KEY, SESSIONS_TOKEN)
+        )
     body = services.work_heartbeat(
         item=_item(request, environment, work_id),
         expected=request.GET.get("expected_last_heartbeat"),
@@ -177,7 +192,9 @@ def work_stop(request: HttpRequest, environment_id: str, work_id: str) -> HttpRe
         if scope.environment.pk != environment_id or scope.item is None or scope.item.pk != work_id:
             raise not_found("work item", work_id)
         if scope.item.state == "stopped" and scope.generation == scope.item.generation:
-            raise ApiError(409, f"work item {work_id!r} is already stopped.", error_code="work_already_stopped")
+            raise ApiError(
+                409, f"work item {work_id!r} is already stopped.", error_code="work_already_stopped"
+            )
         raise ApiError(409, f"work item {work_id!r} was handed to another worker; this token cannot stop it.")
     environment = _environment(request, environment_id, allow=("api_key", ENVIRONMENT_KEY, SESSIONS_TOKEN))
     body = _json_body(request)
@@ -187,5 +204,7 @@ def work_stop(request: HttpRequest, environment_id: str, work_id: str) -> HttpRe
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise bad_request("force: expected a boolean.")
-    item = services.work_stop(item=_item(request, environment, work_id), force=force, generation=_generation(request))
+    item = services.work_stop(
+        item=_item(request, environment, work_id), force=force, generation=_generation(request)
+    )
     return JsonResponse(services.work_wire(item))

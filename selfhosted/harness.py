@@ -42,12 +42,13 @@ def worker_answer_wait(session_id: str, *, cancel: threading.Event) -> bool:
     from sessions.models import Event
 
     seen = Session.objects.values_list("last_seq", flat=True).get(pk=session_id)
-    deadline = time.monotonic() + settings.GALLEY_WORKER_ANSWER_WAIT_SECONDS
-    interval = 0.002
+    started = time.monotonic()
+    deadline = started + settings.GALLEY_WORKER_ANSWER_WAIT_SECONDS
     while time.monotonic() < deadline:
+        # One indexed read every 5 ms while a quick tool is likely to answer, then every 50 ms.
+        interval = 0.005 if time.monotonic() - started < 1.0 else 0.05
         if cancel.wait(interval):
             return True  # an interrupt: the next move takes it
         if Event.objects.filter(session_id=session_id, seq__gt=seen).exists():
             return True
-        interval = min(interval * 1.5, 0.05)
     return False

@@ -160,8 +160,10 @@ def work_ensure(*, environment: Environment, session_id: str) -> WorkItem | None
 def work_stop_for_session(*, session_id: str) -> int:
     """The session ended (terminated, archived or deleted): stop its items; tokens expire with them."""
     now = timezone.now()
-    return WorkItem.objects.filter(session_id=session_id).exclude(state=WorkState.STOPPED).update(
-        state=WorkState.STOPPED, stopped_at=now, stop_requested_at=now, token_hash=""
+    return (
+        WorkItem.objects.filter(session_id=session_id)
+        .exclude(state=WorkState.STOPPED)
+        .update(state=WorkState.STOPPED, stopped_at=now, stop_requested_at=now, token_hash="")
     )
 
 
@@ -399,7 +401,9 @@ def work_update(*, item: WorkItem, body: dict[str, Any]) -> WorkItem:
     if isinstance(patch, dict):
         for key, value in patch.items():
             if value is not None and not isinstance(value, str):
-                raise bad_request(f"metadata.{key}: values must be strings or null.", error_code="invalid_metadata")
+                raise bad_request(
+                    f"metadata.{key}: values must be strings or null.", error_code="invalid_metadata"
+                )
     with transaction.atomic():
         locked = WorkItem.objects.select_for_update().get(pk=item.pk)
         try:

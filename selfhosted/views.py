@@ -4,8 +4,8 @@ key shown once after a POST-redirect-GET), its work queue and the workers that p
 from typing import Any
 
 from django.contrib import messages
-from django.utils import timezone
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
@@ -40,8 +40,10 @@ def environment_context(request: HttpRequest, env: Environment) -> dict[str, Any
     once = request.session.pop(_ONCE, None)
     if isinstance(once, dict) and once.get("environment_id") == env.pk:
         raw_key = once.get("raw_key")
-    keys = EnvironmentKey.objects.filter(environment=env).select_related("created_by").order_by(
-        "revoked_at", "-created_at"
+    keys = (
+        EnvironmentKey.objects.filter(environment=env)
+        .select_related("created_by")
+        .order_by("revoked_at", "-created_at")
     )
     return {"env_keys": keys, "raw_env_key": raw_key, **work_context(env)}
 

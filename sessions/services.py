@@ -731,7 +731,8 @@ def _check_tool_result(*, session: Session, event: dict[str, Any], where: str, s
     target = Event.objects.filter(session=session, pk=use_id, type="agent.tool_use").first()
     if target is None or not selfhosted_harness.runs_on_worker(target):
         raise conflict(
-            f"{where}.tool_use_id: {use_id!r} is not an agent.tool_use call of this session that a worker runs."
+            f"{where}.tool_use_id: {use_id!r} is not an agent.tool_use call of this session "
+            "that a worker runs."
         )
     answered = Event.objects.filter(
         session=session, type__in=("agent.tool_result", "user.tool_result"), payload__tool_use_id=use_id

@@ -46,7 +46,7 @@ def test_editors_see_the_queue_but_cannot_create_keys(workspace):
     editor = client_for(workspace, Role.EDITOR)
     page = editor.get(f"/environments/{env.id}").content.decode()
     assert item.id in page and "box-1-abc" in page and "1 worker polling" in page
-    assert 'action="/environments/%s/keys"' % env.id not in page
+    assert f'action="/environments/{env.id}/keys"' not in page
     assert editor.post(f"/environments/{env.id}/keys", {"name": "x"}).status_code == 403
     partial = editor.get(f"/environments/{env.id}/work", HTTP_HX_REQUEST="true").content.decode()
     assert partial.startswith('<section id="work"') and item.id in partial

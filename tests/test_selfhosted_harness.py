@@ -10,7 +10,15 @@ from console.errors import ApiError
 from selfhosted.models import WorkItem
 from sessions.models import Event, Session, SessionThread
 from sessions.services import events_send
-from tests.harness_helpers import TOOLSET_ALL, harness_model, make_session, say, step, step_in_background, wait_for
+from tests.harness_helpers import (
+    TOOLSET_ALL,
+    harness_model,
+    make_session,
+    say,
+    step,
+    step_in_background,
+    wait_for,
+)
 from tests.model_server import ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,7 +40,9 @@ def self_hosted(session: Session) -> Session:
 def answer(session: Session, use_id: str, output: str) -> None:
     events_send(
         session=session,
-        events=[{"type": "user.tool_result", "tool_use_id": use_id, "content": [{"type": "text", "text": output}]}],
+        events=[
+            {"type": "user.tool_result", "tool_use_id": use_id, "content": [{"type": "text", "text": output}]}
+        ],
     )
 
 
@@ -131,13 +141,19 @@ RESEARCHER = {
 }
 
 
-def test_a_child_threads_call_is_answered_through_the_primary_log_by_tool_use_id(model: ScriptedModel) -> None:
+def test_a_child_threads_call_is_answered_through_the_primary_log_by_tool_use_id(
+    model: ScriptedModel,
+) -> None:
     session = self_hosted(make_session(system="You coordinate."))
     snapshot = dict(session.agent_snapshot)
     snapshot["multiagent"] = {"type": "coordinator", "agents": [RESEARCHER]}
     Session.objects.filter(pk=session.pk).update(agent_snapshot=snapshot)
     SessionThread.objects.create(
-        id=f"sthr_primary_{session.pk[-8:]}", session=session, parent=None, agent_name="tester", agent_snapshot=snapshot
+        id=f"sthr_primary_{session.pk[-8:]}",
+        session=session,
+        parent=None,
+        agent_name="tester",
+        agent_snapshot=snapshot,
     )
     model.push(
         tool_call("send_to_agent", {"agent_name": "researcher", "message": "Count the files."}),

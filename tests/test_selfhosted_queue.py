@@ -172,7 +172,9 @@ def test_an_unacknowledged_item_is_reclaimed_and_the_old_token_loses_the_lease(w
     lost = _error(old.post(base + "/heartbeat", query="?expected_last_heartbeat=NO_HEARTBEAT"), 412)
     assert lost["details"]["error_code"] == "heartbeat_precondition_failed"
     assert _error(old.get(f"/sessions/{session_id}"), 401)
-    assert new.post(base + "/heartbeat", query="?expected_last_heartbeat=NO_HEARTBEAT").json()["lease_extended"]
+    assert new.post(base + "/heartbeat", query="?expected_last_heartbeat=NO_HEARTBEAT").json()[
+        "lease_extended"
+    ]
     assert _error(old.post(base + "/stop", {"force": True}), 409)  # cannot stop the new holder's item
     assert WorkItem.objects.get(pk=first["id"]).state == "active"
 
@@ -224,7 +226,9 @@ def test_a_second_answer_to_a_tool_call_is_refused_and_nothing_is_appended(admin
     with transaction.atomic():
         [use] = events_append(
             session=session_id,
-            events=[NewEvent("agent.tool_use", {"name": "bash", "input": {}, "evaluated_permission": "allow"})],
+            events=[
+                NewEvent("agent.tool_use", {"name": "bash", "input": {}, "evaluated_permission": "allow"})
+            ],
         )
     answer = {"type": "user.tool_result", "tool_use_id": use.id, "content": [{"type": "text", "text": "ok"}]}
     assert worker.post(f"/sessions/{session_id}/events", {"events": [answer]}).status_code == 200
@@ -232,9 +236,10 @@ def test_a_second_answer_to_a_tool_call_is_refused_and_nothing_is_appended(admin
     error = _error(worker.post(f"/sessions/{session_id}/events", {"events": [answer]}), 409)
     assert use.id in error["message"] and "already answered" in error["message"]
     unknown = {**answer, "tool_use_id": "sevt_nope"}
-    assert "sevt_nope" in _error(worker.post(f"/sessions/{session_id}/events", {"events": [unknown]}), 409)[
-        "message"
-    ]
+    assert (
+        "sevt_nope"
+        in _error(worker.post(f"/sessions/{session_id}/events", {"events": [unknown]}), 409)["message"]
+    )
     assert admin.get(f"/sessions/{session_id}/events").json()["data"] == before
 
 

@@ -61,7 +61,9 @@ def _setup(galley: LiveGalley, tools: list[str] | None = None) -> tuple[anthropi
         ],
     )
     environment = client.beta.environments.create(name=f"sh-env-{suffix}", config={"type": "self_hosted"})
-    key = galley.manage("create_environment_key", environment.id, "test-worker").stdout.strip().splitlines()[-1]
+    key = (
+        galley.manage("create_environment_key", environment.id, "test-worker").stdout.strip().splitlines()[-1]
+    )
     return client, agent, environment, key
 
 
@@ -194,12 +196,17 @@ def test_the_sdk_worker_runs_bash_read_and_write_on_its_own_host(
     # The model was given the worker's answers.
     last_request = model.requests[-1]
     tool_results = [
-        b for m in last_request["messages"] for b in (m["content"] if isinstance(m["content"], list) else [])
+        b
+        for m in last_request["messages"]
+        for b in (m["content"] if isinstance(m["content"], list) else [])
         if b.get("type") == "tool_result"
     ]
     assert len(tool_results) == 3
     types = [e.type for e in events]
-    assert "session.status_idle" not in types[: types.index(next(e for e in events if e.type == "agent.message").type)]
+    assert (
+        "session.status_idle"
+        not in types[: types.index(next(e for e in events if e.type == "agent.message").type)]
+    )
 
 
 def test_a_message_after_the_worker_left_enqueues_new_work(
@@ -208,14 +215,18 @@ def test_a_message_after_the_worker_left_enqueues_new_work(
     client, agent, environment, key = _setup(galley)
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
     model.push(text("First."))
-    with BackgroundWorker(galley, environment_id=environment.id, environment_key=key, workdir=str(tmp_path), max_idle=0.5):
+    with BackgroundWorker(
+        galley, environment_id=environment.id, environment_key=key, workdir=str(tmp_path), max_idle=0.5
+    ):
         _message(client, session.id, "One.")
         _wait(lambda: [w.state for w in _work_items(client, environment.id, key)] == ["stopped"], what="stop")
     model.push(tool_call("bash", {"command": "echo second-turn"}), text("Second."))
     _message(client, session.id, "Two.")
     items = _work_items(client, environment.id, key)
     assert sorted(w.state for w in items) == ["queued", "stopped"]
-    with BackgroundWorker(galley, environment_id=environment.id, environment_key=key, workdir=str(tmp_path), max_idle=0.5):
+    with BackgroundWorker(
+        galley, environment_id=environment.id, environment_key=key, workdir=str(tmp_path), max_idle=0.5
+    ):
         _wait(lambda: _idle_end_turn(client, session.id), what="the second turn")
     results = _results(_events(client, session.id))
     assert any("second-turn" in b.text for r in results.values() for b in r.content if b.type == "text")
@@ -251,7 +262,11 @@ def test_handle_item_serves_one_claimed_item_from_the_environment_variables(
     }
     done = subprocess.run(
         [sys.executable, "-c", script, galley.base_url, str(tmp_path)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert _idle_end_turn(client, session.id)
@@ -260,7 +275,9 @@ def test_handle_item_serves_one_claimed_item_from_the_environment_variables(
     assert [w.state for w in _work_items(client, environment.id, key)] == ["stopped"]
 
 
-def _killable_worker(galley: LiveGalley, environment_id: str, key: str, workdir: Path, log: Path) -> subprocess.Popen[bytes]:
+def _killable_worker(
+    galley: LiveGalley, environment_id: str, key: str, workdir: Path, log: Path
+) -> subprocess.Popen[bytes]:
     script = textwrap.dedent(
         """
         import asyncio, logging, sys
@@ -275,7 +292,10 @@ def _killable_worker(galley: LiveGalley, environment_id: str, key: str, workdir:
     )
     return subprocess.Popen(
         [sys.executable, "-c", script, galley.base_url, environment_id, key, str(workdir)],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -296,15 +316,21 @@ def test_a_sigkilled_workers_item_is_reclaimed_and_the_session_finishes_on_anoth
     first = _killable_worker(galley, environment.id, key, workdir, tmp_path / "first.log")
     try:
         _message(client, session.id, "Go.")
-        _wait(lambda: [e for e in _events(client, session.id) if e.type == "agent.tool_use"], what="a tool call")
-        _wait(lambda: [w.state for w in _work_items(client, environment.id, key)] == ["active"], what="active")
+        _wait(
+            lambda: [e for e in _events(client, session.id) if e.type == "agent.tool_use"], what="a tool call"
+        )
+        _wait(
+            lambda: [w.state for w in _work_items(client, environment.id, key)] == ["active"], what="active"
+        )
         time.sleep(0.5)
         os.killpg(first.pid, signal.SIGKILL)
     finally:
         first.wait(timeout=30)
     assert client.beta.sessions.retrieve(session.id).status == "running"
     gate.write_text("open")
-    with BackgroundWorker(galley, environment_id=environment.id, environment_key=key, workdir=str(workdir), max_idle=1.0):
+    with BackgroundWorker(
+        galley, environment_id=environment.id, environment_key=key, workdir=str(workdir), max_idle=1.0
+    ):
         _wait(lambda: _idle_end_turn(client, session.id), timeout=120, what="the session to finish")
     events = _events(client, session.id)
     uses = [e for e in events if e.type == "agent.tool_use"]
@@ -315,7 +341,9 @@ def test_a_sigkilled_workers_item_is_reclaimed_and_the_session_finishes_on_anoth
     assert item.state == "stopped"  # the same item, reclaimed after its lease, then stopped
 
 
-def test_two_workers_polling_one_queue_each_get_different_items(galley: LiveGalley, model: ScriptedModel) -> None:
+def test_two_workers_polling_one_queue_each_get_different_items(
+    galley: LiveGalley, model: ScriptedModel
+) -> None:
     client, agent, environment, key = _setup(galley)
     sessions = [client.beta.sessions.create(agent=agent.id, environment_id=environment.id) for _ in range(6)]
     seen: list[str] = []
@@ -365,7 +393,9 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
         text("Done."),
     )
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
+    }
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "console.settings",
@@ -377,8 +407,20 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
     )
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "environment_worker", "--environment", environment.id, "--max-idle", "1"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "manage.py",
+            "environment_worker",
+            "--environment",
+            environment.id,
+            "--max-idle",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         _message(client, session.id, "Work in the sandbox.")

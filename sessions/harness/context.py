@@ -189,7 +189,12 @@ def context_build(
             ctx.uses[event.id] = ToolUse(
                 event, custom, "custom" if custom else payload.get("evaluated_permission", "allow")
             )
-        elif kind in ("agent.tool_result", "user.custom_tool_result", "agent.mcp_tool_result", "user.tool_result"):
+        elif kind in (
+            "agent.tool_result",
+            "user.custom_tool_result",
+            "agent.mcp_tool_result",
+            "user.tool_result",
+        ):
             use_id = payload.get(
                 {
                     "agent.tool_result": "tool_use_id",

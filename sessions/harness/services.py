@@ -21,6 +21,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from console.ids import new_id
+from selfhosted import harness as selfhosted_harness
 from sessions import streaming
 from sessions.harness import pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
@@ -37,7 +38,6 @@ from sessions.harness.tools import (
     run_builtin,
     tool_catalog,
 )
-from selfhosted import harness as selfhosted_harness
 from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append, session_set_status
 

@@ -39,6 +39,7 @@ class Command(BaseCommand):
             worker_id=options["worker_id"] or None,  # type: ignore[arg-type]
             max_idle=float(options["max_idle"]),  # type: ignore[arg-type]
         )
+
         def stop(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt  # asyncio.run cancels the worker, which stops its current item
 
