@@ -339,6 +339,13 @@ def work_heartbeat(
                 f"{current!r}; another worker may hold it.",
             )
         now = timezone.now()
+        if _never_used(item, now):
+            # Nobody has sent the session anything since its worker took it: let the worker go
+            # (the SDK's worker serves one session at a time); the first input enqueues new work.
+            WorkItem.objects.filter(pk=item.pk, generation=item.generation, state=item.state).update(
+                state=WorkState.STOPPING, stop_requested_at=now
+            )
+            continue
         ttl = desired_ttl or int(settings.GALLEY_WORK_LEASE_SECONDS)
         stamp = _stamp(now)
         # Conditional UPDATE on the value we compared: of two beats racing with the same expected
@@ -361,6 +368,16 @@ def work_heartbeat(
                 "state": WorkState.ACTIVE,
                 "ttl_seconds": ttl,
             }
+
+
+def _never_used(item: WorkItem, now: datetime) -> bool:
+    from sessions.models import Session
+
+    if item.started_at is None or now - item.started_at < timedelta(
+        seconds=settings.GALLEY_WORK_UNUSED_SECONDS
+    ):
+        return False
+    return Session.objects.filter(pk=item.session_id, last_seq=0).exists()
 
 
 def work_stop(*, item: WorkItem, force: bool, generation: int | None = None) -> WorkItem:

@@ -161,6 +161,24 @@ def test_ack_heartbeat_and_stop_follow_the_lease(worker, env, session_id):
     assert _error(token.get(f"/sessions/{session_id}"), 401)  # the token expired with the item
 
 
+def test_a_worker_holding_a_session_nobody_used_is_told_to_stop(worker, env, session_id, settings):
+    settings.GALLEY_WORK_UNUSED_SECONDS = 0
+    item = _claimed(worker, env.id)
+    base = f"/environments/{env.id}/work/{item['id']}"
+    worker.post(base + "/ack")
+    first = worker.post(base + "/heartbeat", query="?expected_last_heartbeat=NO_HEARTBEAT").json()
+    assert first["lease_extended"] is True  # the first beat starts the item
+    second = worker.post(base + "/heartbeat", query=f"?expected_last_heartbeat={first['last_heartbeat']}")
+    assert second.json()["state"] == "stopping" and second.json()["lease_extended"] is False
+    worker.post(base + "/stop", {"force": True})
+    say = {"type": "user.message", "content": [{"type": "text", "text": "hi"}]}
+    assert Api(worker.headers["Authorization"][7:]).post(f"/sessions/{session_id}/events", {"events": [say]})
+    assert sorted(WorkItem.objects.filter(session_id=session_id).values_list("state", flat=True)) == [
+        "queued",
+        "stopped",
+    ]
+
+
 def test_an_unacknowledged_item_is_reclaimed_and_the_old_token_loses_the_lease(worker, env, session_id):
     first = _claimed(worker, env.id)
     assert worker.get(f"/environments/{env.id}/work/poll", reclaim_older_than_ms=60000).json() is None
