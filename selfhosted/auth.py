@@ -59,7 +59,7 @@ class WorkerAuth(ApiKeyAuth):
     def __call__(self, request: HttpRequest) -> Any:
         return self.authenticate(request, raw_key_from(request))
 
-    def authenticate(self, request: HttpRequest, key: str | None) -> WorkerScope | None:
+    def authenticate(self, request: HttpRequest, key: str | None) -> WorkerScope | None:  # type: ignore[override]
         raw = key or ""
         scope: WorkerScope | None = None
         if ENVIRONMENT_KEY in self.kinds:

@@ -120,7 +120,7 @@ def environment_worker(
     return client.beta.environments.work.worker(
         environment_id=environment_id,
         environment_key=environment_key,
-        tools=tools,
+        tools=tools,  # type: ignore[arg-type]  # duck-typed like the SDK's async tools
         # The SDK's own file tools are not used; this is only where it would put downloads.
         workdir=str(scratch),
         max_idle=max_idle,
