@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpRequest
+from ninja.security import HttpBearer
 
 from accounts.models import Workspace
 from agents.models import Environment
-from console.api import ApiKeyAuth, raw_key_from
+from console.api import ApiKeyAuth
 from console.errors import ApiError, not_found
 from selfhosted import services
 from selfhosted.models import EnvironmentKey, WorkItem
@@ -49,18 +50,22 @@ class WorkerScope:
         return True
 
 
-class WorkerAuth(ApiKeyAuth):
-    """Accepts an environment key or a sessions token; sets `request.workspace` like API keys do."""
+class WorkerAuth(HttpBearer):
+    """Accepts an environment key or a sessions token (always `Authorization: Bearer`); sets
+    `request.workspace` like API keys do."""
 
     def __init__(self, *, kinds: tuple[str, ...] = (ENVIRONMENT_KEY, SESSIONS_TOKEN)) -> None:
         super().__init__()
         self.kinds = kinds
 
     def __call__(self, request: HttpRequest) -> Any:
-        return self.authenticate(request, raw_key_from(request))
+        header = request.headers.get("Authorization", "")
+        if header[:7].lower() != "bearer ":
+            return None
+        return self.authenticate(request, header[7:].strip())
 
-    def authenticate(self, request: HttpRequest, key: str | None) -> WorkerScope | None:  # type: ignore[override]
-        raw = key or ""
+    def authenticate(self, request: HttpRequest, token: str) -> WorkerScope | None:
+        raw = token or ""
         scope: WorkerScope | None = None
         if ENVIRONMENT_KEY in self.kinds:
             env_key = services.environment_key_authenticate(raw)
