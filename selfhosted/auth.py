@@ -87,8 +87,10 @@ class WorkerAuth(HttpBearer):
         return scope
 
 
-API_KEY_OR_WORKER = [ApiKeyAuth(), WorkerAuth()]
-API_KEY_OR_SESSIONS_TOKEN = [ApiKeyAuth(), WorkerAuth(kinds=(SESSIONS_TOKEN,))]
+# The worker check first: it looks a credential up only when it has a worker key's prefix, so an
+# API key costs nothing more and a worker's request saves the API-key lookup.
+API_KEY_OR_WORKER = [WorkerAuth(), ApiKeyAuth()]
+API_KEY_OR_SESSIONS_TOKEN = [WorkerAuth(kinds=(SESSIONS_TOKEN,)), ApiKeyAuth()]
 
 
 def worker_scope(request: HttpRequest) -> WorkerScope | None:

@@ -761,7 +761,7 @@ def _append_client_events(
             payload["outcome_id"] = new_id("outc")
         new.append(NewEvent(event["type"], payload, processed=event["type"] in schemas.PROCESSED_ON_RECEIPT))
     rows = events_append(session=session, events=new)
-    if any(e["type"] in schemas.ACTIONABLE_TYPES for e in events):
+    if any(e["type"] in schemas.ACTIONABLE_TYPES and e["type"] != "user.tool_result" for e in events):
         # A self_hosted session whose worker left (or never came) gets a new work item.
         selfhosted_services.work_ensure(environment=environment, session_id=session.pk)
     if session.status in ("idle", "rescheduling") and any(
