@@ -500,6 +500,17 @@ def environment_get(*, workspace: Workspace, environment_id: str) -> Environment
 
 
 def environment_wire(environment: Environment) -> dict[str, Any]:
+    if environment.is_self_hosted:
+        # Its tools run on the user's workers (selfhosted/): no sandbox or package build here.
+        wire = _environment_wire(environment)
+        return {key: value for key, value in wire.items() if key not in _SANDBOX_KEYS}
+    return _environment_wire(environment)
+
+
+_SANDBOX_KEYS = frozenset({"build_status", "build_log", "sandbox_backend", "sandbox_unsafe"})
+
+
+def _environment_wire(environment: Environment) -> dict[str, Any]:
     return {
         "id": environment.id,
         "type": "environment",

@@ -9,7 +9,14 @@ import time
 from pathlib import Path
 
 # Other parts append their modules here (e.g. "bench.sandbox", "bench.console").
-BENCHMARKS = ["bench.harness", "bench.stream", "bench.sandbox", "bench.console", "bench.burst"]
+BENCHMARKS = [
+    "bench.harness",
+    "bench.stream",
+    "bench.sandbox",
+    "bench.console",
+    "bench.burst",
+    "bench.selfhosted",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "bench"

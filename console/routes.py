@@ -12,6 +12,7 @@ def register_routers(api: NinjaAPI) -> None:
     from deployments.api import router as deployments_router
     from files.api import router as files_router
     from memory.api import router as memory_router
+    from selfhosted.api import router as selfhosted_router
     from sessions.api import router as sessions_router
     from skills.api import router as skills_router
     from vaults.api import router as vaults_router
@@ -25,6 +26,7 @@ def register_routers(api: NinjaAPI) -> None:
     api.add_router("/", deployments_router)
     api.add_router("/", skills_router)
     api.add_router("/", memory_router)
+    api.add_router("/", selfhosted_router)
     # Last: 501 for the families nobody implements yet (real routers above take precedence).
     from console.unsupported import router as unsupported_router
 

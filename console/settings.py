@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "providers",
     "skills",
     "memory.apps.MemoryStoresConfig",
+    "selfhosted",
     "console",
 ]
 
@@ -245,6 +246,15 @@ GALLEY_MODEL_RETRY_MAX_SECONDS = env_float("GALLEY_MODEL_RETRY_MAX_SECONDS", 30.
 GALLEY_COMPACTION_THRESHOLD_TOKENS = env_int("GALLEY_COMPACTION_THRESHOLD_TOKENS", 0, minimum=0)
 # A harness step holds its session's lease for this long and renews it every third of it.
 GALLEY_LEASE_SECONDS = env_float("GALLEY_LEASE_SECONDS", 30.0, minimum=0.5)
+# The lease a self-hosted worker's heartbeat extends (the SDK worker beats every half of it); an
+# item whose worker stops beating for this long is handed to the next poll.
+GALLEY_WORK_LEASE_SECONDS = env_int("GALLEY_WORK_LEASE_SECONDS", 60, minimum=2)
+# A worker holding a session that has had no event at all for this long is told to stop (the
+# session's first input then enqueues new work): the SDK's worker serves one session at a time.
+GALLEY_WORK_UNUSED_SECONDS = env_float("GALLEY_WORK_UNUSED_SECONDS", 60.0, minimum=0)
+# A step of a self_hosted session waits this long for the worker's tool result before it ends
+# (the result then schedules a new step); 0 ends it at once.
+GALLEY_WORKER_ANSWER_WAIT_SECONDS = env_float("GALLEY_WORKER_ANSWER_WAIT_SECONDS", 5.0, minimum=0)
 # Harness steps keep their PostgreSQL connection across model calls while at most this many run
 # in the worker process; beyond it they close it before each wait (max_connections is finite).
 GALLEY_HARNESS_KEEP_CONNECTIONS = env_int("GALLEY_HARNESS_KEEP_CONNECTIONS", 16, minimum=0)

@@ -16,7 +16,6 @@ _METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 
 # (path prefix below /v1, capability name used in the message)
 FAMILIES: list[tuple[str, str]] = [
-    ("/environments/{environment_id}/work", "The self-hosted environment work queue is"),
     ("/dreams", "Dreams are"),
     ("/tunnels", "MCP tunnels are"),
     ("/user_profiles", "User profiles are"),

@@ -22,6 +22,7 @@ from console.views import (
     webhooks,
 )
 from providers import views as providers
+from selfhosted import views as selfhosted_views
 
 register_routers(api)
 
@@ -63,6 +64,11 @@ console_urlpatterns = [
     path("skills/<str:skill_id>", skills.skill_detail),
     path("skills/<str:skill_id>/versions", skills.skill_version_upload),
     path("skills/<str:skill_id>/delete", skills.skill_delete),
+    path("environments/<str:environment_id>/keys", selfhosted_views.environment_key_create),
+    path(
+        "environments/<str:environment_id>/keys/<str:key_id>/revoke", selfhosted_views.environment_key_revoke
+    ),
+    path("environments/<str:environment_id>/work", selfhosted_views.environment_work),
     path("vaults", vaults.vault_list),
     path("vaults/<str:vault_id>", vaults.vault_detail),
     path("vaults/<str:vault_id>/archive", vaults.vault_archive),

@@ -19,6 +19,7 @@ from console.errors import bad_request, not_found
 from console.ids import has_prefix
 from console.pagination import page_body
 from files import services as file_services
+from selfhosted.auth import API_KEY_OR_WORKER, check_session_access
 from sessions import schemas, services, streaming
 from sessions.models import Session, SessionThread
 
@@ -73,7 +74,9 @@ def _range(request: HttpRequest, name: str) -> dict[str, str | None]:
 def _session(request: HttpRequest, session_id: str) -> Session:
     if not has_prefix(session_id, "sesn"):
         raise not_found("session", session_id)
-    return services.session_get(workspace=request.workspace, session_id=session_id)  # type: ignore[attr-defined]
+    session = services.session_get(workspace=request.workspace, session_id=session_id)  # type: ignore[attr-defined]
+    check_session_access(request, session)  # a self-hosted worker's credential reaches its own sessions only
+    return session
 
 
 def _thread(session: Session, thread_id: str) -> SessionThread:
@@ -128,7 +131,7 @@ def session_list(request: HttpRequest) -> HttpResponse:
     return JsonResponse(page_body(page, data, with_prev=True))
 
 
-@router.get("/sessions/{session_id}")
+@router.get("/sessions/{session_id}", auth=API_KEY_OR_WORKER)
 def session_retrieve(request: HttpRequest, session_id: str) -> HttpResponse:
     return JsonResponse(services.session_wire(_session(request, session_id)))
 
@@ -154,7 +157,7 @@ def session_delete(request: HttpRequest, session_id: str) -> HttpResponse:
 # --- events -----------------------------------------------------------------------------------------
 
 
-@router.post("/sessions/{session_id}/events")
+@router.post("/sessions/{session_id}/events", auth=API_KEY_OR_WORKER)
 def events_send(request: HttpRequest, session_id: str) -> HttpResponse:
     session = _session(request, session_id)
     body = _json_body(request)
@@ -179,7 +182,7 @@ def _events_page(
     return JsonResponse(page_body(page, [row.wire() for row in page.items]))
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get("/sessions/{session_id}/events", auth=API_KEY_OR_WORKER)
 def events_list(request: HttpRequest, session_id: str) -> HttpResponse:
     return _events_page(request, _session(request, session_id), None, filters=True)
 
@@ -205,7 +208,7 @@ def _stream(request: HttpRequest, session: Session, thread: SessionThread | None
     return response
 
 
-@router.get("/sessions/{session_id}/events/stream")
+@router.get("/sessions/{session_id}/events/stream", auth=API_KEY_OR_WORKER)
 def events_stream(request: HttpRequest, session_id: str) -> HttpResponseBase:
     session = _session(request, session_id)
     # The session stream is the primary thread's: its previews may be tagged with the primary's id.

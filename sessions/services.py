@@ -20,6 +20,8 @@ from console.pagination import Page, check_limit, paginate
 from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
 from memory import attachments as memory_attachments
+from selfhosted import harness as selfhosted_harness
+from selfhosted import services as selfhosted_services
 from sessions import schemas, streaming
 from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
@@ -113,6 +115,8 @@ def session_set_status(
     payload: dict[str, Any] = {}
     if status == "idle":
         payload["stop_reason"] = fields["stop_reason"]
+    if status == "terminated":
+        selfhosted_services.work_stop_for_session(session_id=session.pk)
     return events_append(session=session, events=[*(extra_events or []), NewEvent(event_type, payload)])
 
 
@@ -472,6 +476,7 @@ def session_create(
             file_services.session_resources_attach(session=session, resources=file_resources)
             memory_attachments.memory_resources_attach(session=session, planned=memory_planned)
         webhook_event_emit(workspace=workspace, type="session.created", data={"id": session.pk})
+        selfhosted_services.work_ensure(environment=environment, session_id=session.pk)
         if initial:
             _append_client_events(session=session, events=initial, environment=environment)
     return session
@@ -678,6 +683,7 @@ def session_delete(*, session: Session) -> dict[str, str]:
         [event] = events_append(session=session, events=[NewEvent("session.deleted")])
         wire = event.wire()
         session_id = session.pk
+        selfhosted_services.work_stop_for_session(session_id=session_id)
         session.delete()
         transaction.on_commit(lambda: streaming.publish_deleted(session_id, wire))
         transaction.on_commit(lambda: _destroy_sandbox(session_id))
@@ -752,14 +758,7 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
                 raise bad_request(
                     f"{where}.type: user.tool_result is only accepted for self_hosted environments."
                 )
-            target = Event.objects.filter(
-                session=session, pk=event["tool_use_id"], type="agent.tool_use"
-            ).first()
-            if target is None:
-                raise bad_request(
-                    f"{where}.tool_use_id: {event['tool_use_id']!r} is not an agent.tool_use event "
-                    "of this session."
-                )
+            _check_tool_result(session=session, event=event, where=where, seen=seen)
         elif kind == "user.define_outcome":
             from sessions.harness.outcomes import outcome_check_define
 
@@ -775,6 +774,30 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
                 )
 
 
+def _check_tool_result(*, session: Session, event: dict[str, Any], where: str, seen: set[str]) -> None:
+    """A self-hosted worker's answer must close an open built-in call, once (matched by id alone:
+    the body names no thread). Anything else is a 409 naming the id, and nothing is appended."""
+    use_id = event["tool_use_id"]
+    target = Event.objects.filter(session=session, pk=use_id, type="agent.tool_use").first()
+    if target is None or not selfhosted_harness.runs_on_worker(target):
+        raise conflict(
+            f"{where}.tool_use_id: {use_id!r} is not an agent.tool_use call of this session "
+            "that a worker runs."
+        )
+    answered = Event.objects.filter(
+        session=session, type__in=("agent.tool_result", "user.tool_result"), payload__tool_use_id=use_id
+    ).exists()
+    if answered or use_id in seen:
+        raise conflict(f"{where}.tool_use_id: {use_id!r} was already answered.")
+    if target.payload.get("evaluated_permission") == "ask" and not Event.objects.filter(
+        session=session, type="user.tool_confirmation", payload__tool_use_id=use_id, payload__result="allow"
+    ).exists():
+        raise conflict(f"{where}.tool_use_id: {use_id!r} is still awaiting user.tool_confirmation.")
+    seen.add(use_id)
+    if target.payload.get("session_thread_id"):
+        event["session_thread_id"] = target.payload["session_thread_id"]
+
+
 def _append_client_events(
     *, session: Session, events: list[dict[str, Any]], environment: Environment
 ) -> list[Event]:
@@ -788,6 +811,9 @@ def _append_client_events(
             payload["outcome_id"] = new_id("outc")
         new.append(NewEvent(event["type"], payload, processed=event["type"] in schemas.PROCESSED_ON_RECEIPT))
     rows = events_append(session=session, events=new)
+    if any(e["type"] in schemas.ACTIONABLE_TYPES and e["type"] != "user.tool_result" for e in events):
+        # A self_hosted session whose worker left (or never came) gets a new work item.
+        selfhosted_services.work_ensure(environment=environment, session_id=session.pk)
     if session.status in ("idle", "rescheduling") and any(
         e["type"] in schemas.ACTIONABLE_TYPES for e in events
     ):

@@ -87,16 +87,17 @@ def environment_detail(request: HttpRequest, environment_id: str) -> HttpRespons
     env = _environment(request, environment_id)
     # htmx polls the build section while a build runs.
     template = "console/_environment_build.html" if request.htmx else "console/environment_detail.html"  # type: ignore[attr-defined]
-    return render_page(
-        request,
-        template,
-        {
-            "nav": "environments",
-            "env": env,
-            "f": forms.environment_form_state(env.config, env.name),
-            "prefix": package_prefix_summary(env),
-        },
-    )
+    context = {
+        "nav": "environments",
+        "env": env,
+        "f": forms.environment_form_state(env.config, env.name),
+        "prefix": package_prefix_summary(env),
+    }
+    if env.is_self_hosted:
+        from selfhosted.views import environment_context
+
+        context.update(environment_context(request, env))  # keys, the work queue, its workers
+    return render_page(request, template, context)
 
 
 @require_POST

@@ -13,6 +13,7 @@ CONTEXT_TYPES = (
     "user.interrupt",
     "user.tool_confirmation",
     "user.custom_tool_result",
+    "user.tool_result",
     "agent.message",
     "agent.tool_use",
     "agent.custom_tool_use",
@@ -197,10 +198,16 @@ def context_build(
             ctx.uses[event.id] = ToolUse(
                 event, custom, "custom" if custom else payload.get("evaluated_permission", "allow")
             )
-        elif kind in ("agent.tool_result", "user.custom_tool_result", "agent.mcp_tool_result"):
+        elif kind in (
+            "agent.tool_result",
+            "user.custom_tool_result",
+            "agent.mcp_tool_result",
+            "user.tool_result",
+        ):
             use_id = payload.get(
                 {
                     "agent.tool_result": "tool_use_id",
+                    "user.tool_result": "tool_use_id",
                     "user.custom_tool_result": "custom_tool_use_id",
                     "agent.mcp_tool_result": "mcp_tool_use_id",
                 }[kind]

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from console.ids import new_id
 from memory.attachments import memory_system_prompt
+from selfhosted import harness as selfhosted_harness
 from sessions import streaming
 from sessions.harness import budget, outcomes, pricing
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
@@ -55,7 +56,7 @@ COMPACT_PROMPT = (
     "what has been done, tool results that still matter, decisions made, and open work. Be complete "
     "but concise. Reply with the summary only."
 )
-RESULT_TYPES = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result")
+RESULT_TYPES = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result", "user.tool_result")
 ERROR_TYPES = {
     "rate_limited": "model_rate_limited_error",
     "overloaded": "model_overloaded_error",
@@ -83,6 +84,8 @@ class StepState:
     mcp: dict[str, McpConnection] = field(default_factory=dict)
     mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
     primary_thread_id: str | None = None
+    remote: bool = False  # a self_hosted session: built-in tools run on the user's worker
+    waiting_on_worker: bool = False  # the last move found only calls the worker has to answer
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -197,6 +200,7 @@ def session_step(*, session_id: str) -> None:
             .values_list("id", flat=True)
             .first()
         )
+        state.remote = selfhosted_harness.session_is_remote(session_id)
         try:
             while _advance(session_id, state):
                 pass
@@ -231,7 +235,13 @@ def _advance(session_id: str, state: StepState) -> bool:
         ):
             state.ended_empty = False
             return _call_model(session, state, take=queued, refresh=False)
-    return _advance_locked(session_id, state)
+    moved = _advance_locked(session_id, state)
+    if not moved and state.waiting_on_worker:
+        state.waiting_on_worker = False
+        # Keep the lease a little while for the worker's answer: a quick tool's result then
+        # continues this step instead of waiting for a new one to be scheduled.
+        return selfhosted_harness.worker_answer_wait(session_id, cancel=state.handle.fresh_cancel())
+    return moved
 
 
 def _advance_locked(session_id: str, state: StepState) -> bool:
@@ -297,6 +307,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             )
             ctx.open_span_id = None
         pending: list[str] = []
+        remote: list[str] = []  # self_hosted: calls the user's worker runs and answers
         for use in ctx.unresolved():
             if _is_send(state, use.event):
                 from sessions.harness import threads
@@ -304,11 +315,15 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
                 waiting = threads.waiting_ids(session, state, use.event)
                 if waiting:
                     pending.extend(waiting)  # its child waits on the user
+                elif state.remote and threads.remote_ids(session, state, use.event):
+                    remote.append(use.event.id)  # its child waits on the worker
                 else:
                     run_now.append(use.event)  # the child thread resumes from its own log
                 continue
             if use.custom:
                 pending.append(use.event.id)
+            elif state.remote and selfhosted_harness.runs_on_worker(use.event) and _remote_ready(use):
+                remote.append(use.event.id)
             elif use.permission == "ask":
                 if use.event.id in confirmed_now:
                     run_now.append(use.event)
@@ -333,6 +348,14 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             stop = {"type": "requires_action", "event_ids": pending}
             if session.status != Status.IDLE or session.stop_reason != stop:
                 session_set_status(session=session, status=Status.IDLE, stop_reason=stop)
+            return False
+        elif remote:
+            # The worker answers with user.tool_result, which kicks the next step; until then the
+            # session stays running (an idle would start the worker's leave countdown).
+            if session.status != Status.RUNNING:
+                session_set_status(session=session, status=Status.RUNNING)
+            selfhosted_harness.remote_wait(session_id)
+            state.waiting_on_worker = True
             return False
         else:
             messages = [e for e in queued if e.type in ("user.message", "system.message")]
@@ -405,6 +428,8 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             if not isinstance(sent, ToolRun):
                 continue  # PAUSED: the child waits on the user; the next move idles with requires_action
             outcome = sent
+        elif state.remote and selfhosted_harness.runs_on_worker(use):
+            continue  # the self-hosted worker runs it; its user.tool_result closes the call
         else:
             outcome = run_builtin(
                 session=session,
@@ -422,6 +447,13 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             )
         if state.handle.cancel.is_set():
             return
+
+
+def _remote_ready(use: Any) -> bool:
+    """A self_hosted call the worker may run: allowed, or confirmed by the user."""
+    if use.permission == "allow":
+        return True
+    return use.confirmation is not None and use.confirmation.payload.get("result") == "allow"
 
 
 def _is_send(state: StepState, use: Event) -> bool:

@@ -14,7 +14,7 @@ session_thread_id set; the session idles with requires_action listing them, and 
 (routed by tool_use_id) resumes the child. MCP servers are not offered to children.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -23,6 +23,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from console.ids import new_id
+from selfhosted import harness as selfhosted_harness
 from sessions.harness import budget
 from sessions.harness import services as loop
 from sessions.harness.context import CONTEXT_TYPES, INTERRUPTED, context_build
@@ -42,6 +43,7 @@ CROSS_POSTED = (
     "agent.custom_tool_use",
     "user.tool_confirmation",
     "user.custom_tool_result",
+    "user.tool_result",
 )
 MAX_THREADS = 25
 CHILD_CONTEXT_TYPES = (*CONTEXT_TYPES, "agent.thread_message_received")
@@ -159,13 +161,16 @@ class _Plan:
     run: list[Event]  # confirmed, or read-only calls a crash left without a result
     closing: list[NewEvent]  # denials and lost results
     pending: list[str]  # waiting on the user
+    remote: list[str] = field(default_factory=list)  # self_hosted: waiting on the user's worker
 
 
-def _plan(ctx: Any, thread: SessionThread) -> _Plan:
+def _plan(ctx: Any, thread: SessionThread, *, remote: bool = False) -> _Plan:
     plan = _Plan([], [], [])
     for use in ctx.unresolved():
         if use.custom:
             plan.pending.append(use.event.id)
+        elif remote and selfhosted_harness.runs_on_worker(use.event) and loop._remote_ready(use):
+            plan.remote.append(use.event.id)
         elif use.permission == "ask":
             if use.confirmation is None:
                 plan.pending.append(use.event.id)
@@ -195,6 +200,18 @@ def waiting_ids(session: Session, state: "loop.StepState", use: Event) -> list[s
         return []
     ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
     return _plan(ctx, thread).pending
+
+
+def remote_ids(session: Session, state: "loop.StepState", use: Event) -> list[str]:
+    """The calls of a self_hosted child thread that a send_to_agent call waits on the worker for."""
+    name = (use.payload.get("input") or {}).get("agent_name")
+    thread = SessionThread.objects.filter(
+        session_id=session.pk, parent_id=state.primary_thread_id, agent_name=name, archived_at=None
+    ).first()
+    if thread is None:
+        return []
+    ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
+    return _plan(ctx, thread, remote=True).remote
 
 
 def close_waiting(session: Session, primary_id: str | None, *, only: str | None = None) -> None:
@@ -361,7 +378,7 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
             closing: list[NewEvent] = []
             if ctx.open_span_id is not None:
                 closing.append(loop._span_end(ctx.open_span_id, ModelUsage(), is_error=True))
-            plan = _plan(ctx, child.thread)
+            plan = _plan(ctx, child.thread, remote=child.state.remote)
             rerun = plan.run
             child.append(session, [*closing, *plan.closing])
             if plan.pending and not rerun and not plan.closing:
@@ -369,6 +386,8 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
                 if child.thread.status != Status.IDLE or child.thread.stop_reason != stop:
                     child.set_status(session, Status.IDLE, stop)
                 return PAUSED
+            if plan.remote and not rerun and not plan.closing:
+                return PAUSED  # running: the worker's user.tool_result resumes the child
             if plan.closing:
                 continue
         if rerun:
@@ -447,6 +466,11 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
             else:
                 payload["evaluated_permission"] = "allow"
                 payload["evaluation"] = {"type": spec.policy}
+                if child.state.remote and name in selfhosted_harness.WORKER_TOOLS:
+                    # On the primary log, where the self-hosted worker's stream sees it.
+                    payload["session_thread_id"] = child.thread.pk
+                    events.append(NewEvent("agent.tool_use", payload, thread=None))
+                    continue
             events.append(NewEvent("agent.tool_use", payload, thread=child.thread))
     for event in events:
         event.id = new_id("sevt")
@@ -485,6 +509,8 @@ def _run_tools(child: _Child, session: Session, uses: list[Event]) -> bool | Non
         cancel = child.state.handle.fresh_cancel()
         if cancel.is_set():
             return None
+        if child.state.remote and selfhosted_harness.runs_on_worker(use):
+            continue  # the self-hosted worker runs it; its user.tool_result resumes the child
         loop._release_connection()
         outcome = run_builtin(
             session=session,

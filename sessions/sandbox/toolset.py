@@ -202,6 +202,22 @@ def _report_repository_error(session: Session, exc: RepositoryError) -> None:
     }
     with transaction.atomic():
         events_append(session=session.id, events=[NewEvent("session.error", {"error": error})])
+def run_sandbox_tool(
+    *, live: Any, name: str, tool_input: dict[str, Any], cancel: threading.Event | None = None
+) -> ToolOutcome:
+    """Run bash or a file tool in an already built sandbox record (no database needed): what a
+    self-hosted environment worker (`selfhosted/worker.py`) runs on its own host."""
+    try:
+        if name == "bash":
+            return _run_bash(live, tool_input, cancel)
+        if name in FILE_TOOLS:
+            return _run_file_tool(live, name, tool_input)
+        return _text(f"{name}: not a sandbox tool", True)
+    except SandboxError as exc:
+        return _text(f"{name}: sandbox unavailable: {exc}", True)
+    except Exception:
+        logger.exception("tool %s failed unexpectedly (sandbox %s)", name, live.key)
+        return _text(f"{name}: internal error while running the tool", True)
 
 
 def _await_packages(session: Session, cancel: threading.Event | None) -> ToolOutcome | None:
