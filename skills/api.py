@@ -10,6 +10,7 @@ from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from ninja import Router
 
 from console.errors import bad_request
+from selfhosted.auth import API_KEY_OR_WORKER
 from skills import services
 from skills.bundle import too_large
 from skills.schemas import DeletedSkill, DeletedSkillVersion, Skill, SkillList, SkillVersion, SkillVersionList
@@ -147,7 +148,14 @@ def version_list(
     return services.version_list(skill=skill, limit=limit, page=page)
 
 
-@router.get("/skills/{skill_id}/versions/{version}", response=SkillVersion, summary="Get a skill version")
+# A self-hosted worker downloads its session's skills with its own credential (the SDK's
+# lib/environments/_skills.py): these two reads also take an environment key or a sessions token.
+@router.get(
+    "/skills/{skill_id}/versions/{version}",
+    response=SkillVersion,
+    auth=API_KEY_OR_WORKER,
+    summary="Get a skill version",
+)
 def version_retrieve(request: HttpRequest, skill_id: str, version: str) -> dict[str, Any]:
     skill = services.skill_get(workspace=request.workspace, skill_id=skill_id)  # type: ignore[attr-defined]
     return services.version_wire(services.version_get(skill=skill, version=version))
@@ -167,6 +175,7 @@ def version_delete(request: HttpRequest, skill_id: str, version: str) -> dict[st
 
 @router.get(
     "/skills/{skill_id}/versions/{version}/content",
+    auth=API_KEY_OR_WORKER,
     summary="Download a skill version as a zip",
     openapi_extra={
         "responses": {

@@ -288,3 +288,25 @@ def test_create_environment_key_prints_the_raw_key_last(env):
     assert raw.startswith("sk-galley-env-")
     [stored] = env.keys.all()
     assert stored.name == "laptop" and raw not in stored.key_hash and stored.hint == raw[-4:]
+
+
+def test_a_worker_downloads_skills_with_its_own_credential(admin, worker, workspace):
+    """The SDK's worker fetches a session's skills (lib/environments/_skills.py) with the environment
+    key or the item's sessions token; every other skills route still wants an API key."""
+    import io
+    import zipfile
+
+    from skills import services as skill_services
+
+    md = b"---\nname: notes\ndescription: Team notes.\n---\nRead me.\n"
+    skill = skill_services.skill_create(
+        workspace=workspace, uploads=[("notes/SKILL.md", len(md), io.BytesIO(md))], display_name=None
+    )
+    version = skill.latest_version_id
+    got = worker.get(f"/skills/{skill.pk}/versions/{version}")
+    assert got.status_code == 200, got.content
+    content = worker.get(f"/skills/{skill.pk}/versions/{version}/content")
+    assert content.status_code == 200
+    assert zipfile.ZipFile(io.BytesIO(content.content)).read("notes/SKILL.md").startswith(b"---")
+    assert worker.get("/skills").status_code == 401
+    assert worker.get(f"/skills/{skill.pk}").status_code == 401
