@@ -271,3 +271,51 @@ def environment_form_state(
         "allow_mcp_servers": networking.get("allow_mcp_servers", False),
         "packages": [(m, "\n".join(packages.get(m, []))) for m in PACKAGE_MANAGERS],
     }
+
+
+def session_start_body(post: Any, *, agent_id: str) -> dict[str, Any]:
+    """The console's "Start a session" form as a sessions.create body: the same validation path as
+    the API, so a bad value is the API's 400 message."""
+    body: dict[str, Any] = {"agent": agent_id, "environment_id": post.get("environment_id", "")}
+    if post.get("title", "").strip():
+        body["title"] = post["title"].strip()
+    vault_ids = [v for v in post.getlist("vault_ids") if v]
+    if vault_ids:
+        body["vault_ids"] = vault_ids
+    resources: list[dict[str, Any]] = [{"type": "file", "file_id": f} for f in post.getlist("file_ids") if f]
+    access = post.get("memory_access") or "read_write"
+    resources += [
+        {"type": "memory_store", "memory_store_id": m, "access": access}
+        for m in post.getlist("memory_store_ids")
+        if m
+    ]
+    url = post.get("repo_url", "").strip()
+    if url:
+        repo: dict[str, Any] = {"type": "github_repository", "url": url}
+        if post.get("repo_branch", "").strip():
+            repo["checkout"] = {"type": "branch", "name": post["repo_branch"].strip()}
+        if post.get("repo_token", ""):
+            repo["authorization_token"] = post["repo_token"]
+        resources.append(repo)
+    if resources:
+        body["resources"] = resources
+    budget = post.get("budget_usd", "").strip()
+    if budget:
+        try:
+            cents = round(float(budget) * 100)
+        except ValueError:
+            raise ApiError(400, "budget: enter an amount in US dollars, for example 2.50.") from None
+        if cents <= 0:
+            raise ApiError(400, "budget: must be more than $0.00.")
+        body["budget"] = {"type": "limit", "max_list_cost": {"amount": str(cents), "currency": "USD"}}
+    metadata: dict[str, str] = {}
+    for number, line in enumerate(post.get("metadata", "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ApiError(400, f"metadata: line {number} is not key=value.")
+        metadata[key.strip()] = value.strip()
+    if metadata:
+        body["metadata"] = metadata
+    return body

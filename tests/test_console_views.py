@@ -537,3 +537,54 @@ def test_error_pages_are_styled_with_navigation(workspace, settings):
     assert forbidden.status_code == 403 and "console.css" in forbidden.content.decode()
     assert Client().get("/favicon.ico").status_code == 200
     assert "favicon.svg" in client.get("/").content.decode()
+
+
+def test_start_a_session_with_vaults_files_a_repository_budget_and_metadata(workspace):
+    from files.services import file_create
+    from vaults.models import Vault
+
+    agent = make_agent(workspace)
+    from tests.console_factories import make_environment
+
+    env = make_environment(workspace)
+    vault = Vault.objects.create(id="vlt_console_start", workspace=workspace, display_name="Team")
+    upload = file_create(workspace=workspace, filename="data.csv", content=[b"a,b\n"])
+    client = client_for(workspace, Role.EDITOR)
+    page = client.get(f"/agents/{agent.pk}").content.decode()
+    assert 'name="vault_ids"' in page and "data.csv" in page and 'name="budget_usd"' in page
+    response = client.post(
+        f"/agents/{agent.pk}/start",
+        {
+            "environment_id": env.pk,
+            "title": "Everything",
+            "vault_ids": [vault.pk],
+            "file_ids": [upload.pk],
+            "repo_url": "https://github.com/octo/demo",
+            "repo_branch": "main",
+            "repo_token": "ghp_console_start_secret",
+            "budget_usd": "2.50",
+            "metadata": "channel=C123\nthread = 42",
+        },
+    )
+    assert response.status_code == 302
+    session = Session.objects.get(title="Everything")
+    assert response["Location"] == f"/sessions/{session.pk}"
+    assert session.vault_ids == [vault.pk] and session.metadata == {"channel": "C123", "thread": "42"}
+    assert session.budget == {"type": "limit", "max_list_cost": {"amount": "250", "currency": "USD"}}
+    assert sorted(session.resources.values_list("type", flat=True)) == ["file", "github_repository"]
+    bad = client.post(f"/agents/{agent.pk}/start", {"environment_id": env.pk, "metadata": "no equals sign"})
+    assert bad.status_code == 302 and Session.objects.count() == 1  # refused, nothing created
+
+
+def test_the_environment_page_links_back_to_the_agent_that_sent_you(workspace):
+    agent = make_agent(workspace, name="Needs env")
+    client = client_for(workspace, Role.EDITOR)
+    assert f"/environments/new?agent={agent.pk}" in client.get(f"/agents/{agent.pk}").content.decode()
+    form = client.get(f"/environments/new?agent={agent.pk}").content.decode()
+    assert f'name="agent" value="{agent.pk}"' in form
+    created = client.post(
+        "/environments/new", {"name": "fresh", "networking": "unrestricted", "agent": agent.pk}
+    )
+    assert created.status_code == 302 and created["Location"].endswith(f"?agent={agent.pk}")
+    page = client.get(created["Location"]).content.decode()
+    assert "Back to Needs env" in page and f"/agents/{agent.pk}#start-session" in page

@@ -135,8 +135,24 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
         "definition_json": json.dumps(latest.definition, indent=2, sort_keys=True),
         "recent": with_costs(list(agent.sessions.order_by("-created_at")[:10])),
         "tools": forms.agent_form_state(latest.definition),
+        **_start_choices(agent.workspace),
     }
     return render_page(request, "console/agent_detail.html", context)
+
+
+def _start_choices(workspace: Any) -> dict[str, Any]:
+    """What a new session can be given from the agent page: vaults, uploaded files, memory stores."""
+    from files.models import File
+    from memory.models import MemoryStore
+    from vaults.models import Vault
+
+    return {
+        "vaults": Vault.objects.filter(workspace=workspace, archived_at=None).order_by("-created_at")[:50],
+        "files": File.objects.filter(workspace=workspace, scope_id=None).order_by("-created_at")[:50],
+        "memory_stores": MemoryStore.objects.filter(workspace=workspace, archived_at=None).order_by("name")[
+            :50
+        ],
+    }
 
 
 @console_view()
@@ -190,11 +206,9 @@ def agent_start_session(request: HttpRequest, agent_id: str) -> HttpResponse:
     from sessions.services import events_send, session_create
 
     agent = _agent(request, agent_id)
-    body: dict[str, Any] = {"agent": agent.pk, "environment_id": request.POST.get("environment_id", "")}
-    if request.POST.get("title", "").strip():
-        body["title"] = request.POST["title"].strip()
     first = request.POST.get("message", "").strip()
     try:
+        body = forms.session_start_body(request.POST, agent_id=agent.pk)
         with transaction.atomic():
             session = session_create(workspace=request.access.workspace, body=body)  # type: ignore[attr-defined]
             if first:

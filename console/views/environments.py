@@ -6,7 +6,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
-from agents.models import Environment
+from agents.models import Agent, Environment
 from console import forms
 from console.access import console_view, render_page
 from console.errors import ApiError
@@ -42,7 +42,13 @@ def _form(
     return render_page(
         request,
         "console/environment_form.html",
-        {"nav": "environments", "env": env, "f": state, "errors": errors},
+        {
+            "nav": "environments",
+            "env": env,
+            "f": state,
+            "errors": errors,
+            "back_agent": request.POST.get("agent") or request.GET.get("agent") or "",
+        },
         status=status,
     )
 
@@ -59,7 +65,10 @@ def _save(request: HttpRequest, env: Environment | None) -> HttpResponse:
                 else:
                     env = services.environment_update(environment=env, body=body)
             messages.success(request, f"Environment {env.name!r} saved.")
-            return HttpResponseRedirect(f"/environments/{env.pk}")
+            back = request.POST.get("agent", "")
+            # Back to the agent page that sent the user here, once the environment exists.
+            suffix = f"?agent={back}" if back.replace("_", "").isalnum() else ""
+            return HttpResponseRedirect(f"/environments/{env.pk}{suffix}")
         except ApiError as exc:
             field, message = forms.error_field(exc)
             errors[field] = message
@@ -92,6 +101,10 @@ def environment_detail(request: HttpRequest, environment_id: str) -> HttpRespons
         "env": env,
         "f": forms.environment_form_state(env.config, env.name),
         "prefix": package_prefix_summary(env),
+        # The agent page that sent the user here to create this environment, to go back to.
+        "back_agent": Agent.objects.filter(
+            workspace=env.workspace, pk=request.GET.get("agent", ""), archived_at=None
+        ).first(),
     }
     if env.is_self_hosted:
         from selfhosted.views import environment_context
