@@ -116,7 +116,8 @@ else:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
-        "polling_interval": env_float("GALLEY_BROKER_POLL_SECONDS", 0.02, minimum=0.001),
+        # A safety re-read only: consumers are woken by a datagram on every put (console/broker.py).
+        "polling_interval": env_float("GALLEY_BROKER_POLL_SECONDS", 1.0, minimum=0.001),
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 CELERY_TASK_ACKS_LATE = True
@@ -142,7 +143,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GALLEY_MAX_BODY_BYTES
 GALLEY_SSE_HEARTBEAT_SECONDS = env_float("GALLEY_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.05)
 # Streams are woken by a push (Redis pub/sub, or the embedded local bus); this re-read of the log
 # only covers a lost push.
-GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 0.5, minimum=0.005)
+GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 5.0, minimum=0.005)
 
 # --- Vault ----------------------------------------------------------------------------------------
 # Comma-separated Fernet keys, newest first. The embedded default generates one in the data dir.

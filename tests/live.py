@@ -82,7 +82,9 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30)
 
 
 @contextmanager
-def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True) -> Iterator[LiveGalley]:
+def live_galley(
+    extra_env: dict[str, str] | None = None, *, worker: bool = True, serve_args: tuple[str, ...] = ()
+) -> Iterator[LiveGalley]:
     with tempfile.TemporaryDirectory(prefix="galley-live-") as tmp:
         data_dir = Path(tmp)
         data_dir.chmod(0o711)  # sandboxes run as their own uid and must traverse to their workspace
@@ -108,6 +110,7 @@ def live_galley(extra_env: dict[str, str] | None = None, *, worker: bool = True)
             args = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
             if not worker:
                 args.append("--no-worker")
+            args.extend(serve_args)
             log = open(data_dir / "serve.log", "wb")
             proc = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
