@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 # Other parts append their modules here (e.g. "bench.sandbox", "bench.console").
-BENCHMARKS = ["bench.harness", "bench.stream", "bench.sandbox", "bench.console"]
+BENCHMARKS = ["bench.harness", "bench.sandbox", "bench.console"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "bench"

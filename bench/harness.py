@@ -157,7 +157,11 @@ def _message(content: str) -> list[dict[str, Any]]:
 # --- the bare client -------------------------------------------------------------------------------
 def _bare_call(client: anthropic.Anthropic, messages: list[dict[str, Any]], tools: list[Any]) -> list[Any]:
     stream = client.messages.create(
-        model=MODEL, max_tokens=1024, messages=messages, tools=tools, stream=True  # type: ignore[arg-type]
+        model=MODEL,
+        max_tokens=1024,
+        messages=messages,
+        tools=tools,
+        stream=True,  # type: ignore[arg-type]
     )
     blocks: list[Any] = []
     with stream:
@@ -197,7 +201,10 @@ def _bare_tool_turns(model: ScriptedModel, n: int) -> list[float]:
         result = subprocess.run(["bash", "-c", "echo hi"], capture_output=True, text=True)
         messages += [
             {"role": "assistant", "content": [{**use, "input": {"command": "echo hi"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": result.stdout}]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": result.stdout}],
+            },
         ]
         _bare_call(client, messages, [BASH_TOOL])
         if i >= 3:
@@ -206,7 +213,12 @@ def _bare_tool_turns(model: ScriptedModel, n: int) -> list[float]:
 
 
 # --- through Galley --------------------------------------------------------------------------------
-def _reader(client: anthropic.Anthropic, session_id: str, out: "queue.Queue[tuple[str, float]]", ready: threading.Event) -> None:
+def _reader(
+    client: anthropic.Anthropic,
+    session_id: str,
+    out: "queue.Queue[tuple[str, float]]",
+    ready: threading.Event,
+) -> None:
     try:
         with client.beta.sessions.events.stream(session_id) as stream:
             ready.set()
@@ -216,7 +228,9 @@ def _reader(client: anthropic.Anthropic, session_id: str, out: "queue.Queue[tupl
         return
 
 
-def _turns(client: anthropic.Anthropic, model: ScriptedModel, server: Server, session_id: str, n: int) -> dict[str, Any]:
+def _turns(
+    client: anthropic.Anthropic, model: ScriptedModel, server: Server, session_id: str, n: int
+) -> dict[str, Any]:
     """n turns on one session after 3 warm-up turns: send -> idle, send -> the model's request."""
     events: queue.Queue[tuple[str, float]] = queue.Queue()
     ready = threading.Event()
@@ -257,7 +271,10 @@ def _turns(client: anthropic.Anthropic, model: ScriptedModel, server: Server, se
 def _create_sessions(client: anthropic.Anthropic, agent: str, environment: str, count: int) -> list[str]:
     with ThreadPoolExecutor(8) as pool:
         return list(
-            pool.map(lambda _i: client.beta.sessions.create(agent=agent, environment_id=environment).id, range(count))
+            pool.map(
+                lambda _i: client.beta.sessions.create(agent=agent, environment_id=environment).id,
+                range(count),
+            )
         )
 
 
@@ -278,7 +295,9 @@ def _db_idle_counter(live: LiveGalley) -> Callable[[list[str]], int]:
 
     def count(ids: list[str]) -> int:
         marks = ",".join(mark for _ in ids)
-        cur = conn.execute(f"SELECT count(*) FROM agent_sessions_session WHERE status = 'idle' AND id IN ({marks})", ids)
+        cur = conn.execute(
+            f"SELECT count(*) FROM agent_sessions_session WHERE status = 'idle' AND id IN ({marks})", ids
+        )
         return int(cur.fetchone()[0])
 
     return count
@@ -370,7 +389,9 @@ def _burst(
     }
 
 
-def _idle_streams(client: anthropic.Anthropic, server: Server, ids: list[str], seconds: float) -> dict[str, Any]:
+def _idle_streams(
+    client: anthropic.Anthropic, server: Server, ids: list[str], seconds: float
+) -> dict[str, Any]:
     readers = []
     readies = []
     sink: queue.Queue[tuple[str, float]] = queue.Queue()
@@ -386,7 +407,11 @@ def _idle_streams(client: anthropic.Anthropic, server: Server, ids: list[str], s
     before = _cpu(pids)
     time.sleep(seconds)
     cpu = _cpu(pids) - before
-    return {"streams": opened, "seconds": seconds, "server_cpu_percent_of_one_core": round(100 * cpu / seconds, 2)}
+    return {
+        "streams": opened,
+        "seconds": seconds,
+        "server_cpu_percent_of_one_core": round(100 * cpu / seconds, 2),
+    }
 
 
 def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[str, Any]:
@@ -408,7 +433,9 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
             serve_args = ("--worker-processes", str(workers))
             with live_galley(env, serve_args=serve_args) as live:
                 server = Server(live)
-                result["web_processes"] = sum(1 for c in _tree(server.root).values() if "console.webserver" in c)
+                result["web_processes"] = sum(
+                    1 for c in _tree(server.root).values() if "console.webserver" in c
+                )
                 client = live.client(timeout=120, max_retries=0)
                 agent = client.beta.agents.create(name="bench", model=MODEL)
                 environment = client.beta.environments.create(name="bench")
@@ -448,7 +475,9 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
 def _reachable(url: str, default_port: int) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1
+        ):
             return True
     except OSError:
         return False
@@ -458,7 +487,9 @@ def main() -> dict[str, Any]:
     pg = os.environ.get("GALLEY_BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL", "")
     if not pg.startswith("postgres"):
         pg = "postgres://postgres@127.0.0.1:5432/postgres"
-    redis = os.environ.get("GALLEY_BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    redis = (
+        os.environ.get("GALLEY_BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    )
     wanted = os.environ.get("GALLEY_BENCH_CONFIGS", "embedded-1,pg-1,pg-4").split(",")
     load = os.getloadavg()
     results: dict[str, Any] = {
@@ -472,7 +503,10 @@ def main() -> dict[str, Any]:
         results["bare_client"] = {"text_turn": _stats_ms(_bare_text_turns(model, turns))}
         model.responder = lambda body: (
             text("It said hi.")
-            if any(isinstance(m["content"], list) and any(b.get("type") == "tool_result" for b in m["content"]) for m in body["messages"])
+            if any(
+                isinstance(m["content"], list) and any(b.get("type") == "tool_result" for b in m["content"])
+                for m in body["messages"]
+            )
             else tool_call("bash", {"command": "echo hi"})
         )
         results["bare_client"]["tool_turn"] = _stats_ms(_bare_tool_turns(model, max(5, turns // 2)))
