@@ -26,6 +26,7 @@ def main(names: list[str]) -> int:
     for path in sorted(RESULTS.glob("*.json")):
         print(f"-- {path.name}")
         print(json.dumps(json.loads(path.read_text()), indent=2))
+    subprocess.run([sys.executable, "-m", "bench.report"], cwd=ROOT)
     return 1 if failed else 0
 
 

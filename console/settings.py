@@ -84,9 +84,11 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     _db["TEST"] = {"NAME": str(DATA_DIR / f"test_{Path(_db['NAME']).stem}.sqlite3")}
+    # Django's backend plus one fair cross-process write lock (console/sqlite/base.py).
+    _db["ENGINE"] = "console.sqlite"
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-IS_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
+IS_SQLITE = _db["ENGINE"] == "console.sqlite"
 
 # --- Redis, Celery, Channels -----------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")

@@ -76,11 +76,11 @@ def test_an_unreadable_message_is_quarantined_and_the_next_one_delivered(tmp_pat
     got: list[Any] = []
     thread = _start_consumer(tmp_path, got, count=2)
     queue_dir = tmp_path / "queue"
-    (queue_dir / "1_truncated.jobs.msg").write_bytes(b'{"body": "trunc')
-    (queue_dir / "2_not-an-object.jobs.msg").write_bytes(b"[1, 2]")
+    (queue_dir / "0_a-truncated.jobs.msg").write_bytes(b'{"body": "trunc')
+    (queue_dir / "0_b-not-an-object.jobs.msg").write_bytes(b"[1, 2]")
     _publish(tmp_path, {"n": 2})
     thread.join(timeout=15)
     assert got == [{"warm": True}, {"n": 2}]
     quarantined = sorted(p.name for p in (tmp_path / "quarantine").iterdir())
-    assert quarantined == ["1_truncated.jobs.msg", "2_not-an-object.jobs.msg"]
-    assert "1_truncated.jobs.msg cannot be read" in caplog.text
+    assert quarantined == ["0_a-truncated.jobs.msg", "0_b-not-an-object.jobs.msg"]
+    assert "0_a-truncated.jobs.msg cannot be read" in caplog.text
