@@ -268,14 +268,18 @@ def _turns(
     }
 
 
-def _create_sessions(client: anthropic.Anthropic, agent: str, environment: str, count: int) -> list[str]:
+def _create_sessions(
+    client: anthropic.Anthropic, agent: str, environment: str, count: int, failures: list[str]
+) -> list[str]:
+    def create(_index: int) -> str | None:
+        try:
+            return client.beta.sessions.create(agent=agent, environment_id=environment).id
+        except anthropic.APIError as exc:
+            failures.append(repr(exc)[:200])
+            return None
+
     with ThreadPoolExecutor(8) as pool:
-        return list(
-            pool.map(
-                lambda _i: client.beta.sessions.create(agent=agent, environment_id=environment).id,
-                range(count),
-            )
-        )
+        return [sid for sid in pool.map(create, range(count)) if sid is not None]
 
 
 def _db_idle_counter(live: LiveGalley) -> Callable[[list[str]], int]:
@@ -459,10 +463,17 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
 
                 model.responder = lambda body: text("Done.", delay=1.0)
                 for size in sizes:
-                    ids = _create_sessions(client, agent.id, environment.id, size)
+                    create_failures: list[str] = []
+                    ids = _create_sessions(client, agent.id, environment.id, size, create_failures)
                     result[f"burst_{size}"] = _burst(client, model, server, live, ids, expected)
+                    result[f"burst_{size}"]["create_failures"] = len(create_failures)
+                    result[f"burst_{size}"]["first_create_failure"] = (create_failures or [None])[0]
                     if size == 100:
-                        result["idle_streams_100"] = _idle_streams(client, server, ids, 5 if QUICK else 10)
+                        streams_client = live.client(timeout=120, max_retries=0)
+                        result["idle_streams_100"] = _idle_streams(
+                            streams_client, server, ids, 5 if QUICK else 10
+                        )
+                        streams_client.close()  # the 100 streams end here, before the next burst
     finally:
         for key, value in saved.items():
             if value is None:
