@@ -45,7 +45,7 @@ import anthropic  # noqa: E402
 from tests.live import LiveGalley, live_galley  # noqa: E402
 from tests.model_server import Reply, ScriptedModel, scripted_model, text, tool_call  # noqa: E402
 
-RESULT = ROOT / "var" / "bench" / "harness.json"
+RESULT = Path(os.environ.get("GALLEY_BENCH_RESULT") or ROOT / "var" / "bench" / "harness.json")
 QUICK = os.environ.get("GALLEY_BENCH_QUICK") == "1"
 MODEL = "claude-sonnet-4-6"
 CLK = os.sysconf("SC_CLK_TCK")
@@ -396,6 +396,10 @@ def _burst(
 def _idle_streams(
     client: anthropic.Anthropic, server: Server, ids: list[str], seconds: float
 ) -> dict[str, Any]:
+    pids = server.pids()
+    before = _cpu(pids)
+    time.sleep(seconds)
+    idle_cpu = _cpu(pids) - before  # the same server with no stream open: its own timers and polls
     readers = []
     readies = []
     sink: queue.Queue[tuple[str, float]] = queue.Queue()
@@ -415,6 +419,7 @@ def _idle_streams(
         "streams": opened,
         "seconds": seconds,
         "server_cpu_percent_of_one_core": round(100 * cpu / seconds, 2),
+        "server_cpu_percent_with_no_stream": round(100 * idle_cpu / seconds, 2),
     }
 
 

@@ -145,7 +145,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GALLEY_MAX_BODY_BYTES
 GALLEY_SSE_HEARTBEAT_SECONDS = env_float("GALLEY_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.05)
 # Streams are woken by a push (Redis pub/sub, or the embedded local bus); this re-read of the log
 # only covers a lost push.
-GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 5.0, minimum=0.005)
+GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 15.0, minimum=0.005)
 
 # --- Vault ----------------------------------------------------------------------------------------
 # Comma-separated Fernet keys, newest first. The embedded default generates one in the data dir.
