@@ -20,7 +20,7 @@ def main(names: list[str]) -> int:
     for name in names or BENCHMARKS:
         started = time.monotonic()
         print(f"== {name}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", name], cwd=ROOT, timeout=600)
+        proc = subprocess.run([sys.executable, "-m", name], cwd=ROOT, timeout=1800)
         print(f"== {name}: exit {proc.returncode} in {time.monotonic() - started:.1f}s", flush=True)
         failed += proc.returncode != 0
     for path in sorted(RESULTS.glob("*.json")):

@@ -28,6 +28,12 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _ratio(value: Any, base: Any) -> str:
+    if not value or not base:
+        return "–"
+    return f"{value / base:.1f}x"
+
+
 def rows() -> list[tuple[str, str, list[str]]]:
     harness = _load("harness")
     sandbox = _load("sandbox")
@@ -47,7 +53,7 @@ def rows() -> list[tuple[str, str, list[str]]]:
             per_config(
                 lambda c: (
                     f"{_fmt(_get(c, 'text_turn', 'send_to_idle', 'p50_ms'), ' ms')}"
-                    f" ({_fmt(c.get('text_turn_ratio_to_bare_p50'), 'x')})"
+                    f" ({_ratio(_get(c, 'text_turn', 'send_to_idle', 'p50_ms'), bare)})"
                 )
             ),
         )
