@@ -26,6 +26,7 @@ def _connection(base: Path) -> Connection:
             "processed_folder": str(base / "processed"),
             "store_processed": False,
             "polling_interval": SAFETY_POLL,
+            "control_folder": str(base / "control"),
         },
     )
 
