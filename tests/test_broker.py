@@ -31,8 +31,14 @@ def _connection(base: Path) -> Connection:
     )
 
 
+def _queue(base: Path) -> Queue:
+    # kombu keeps declared exchanges per process: a name per test keeps each test's bindings its own.
+    name = "jobs" + base.name.replace("_", "").replace("-", "")[-12:]
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def _consume(base: Path, got: list[Any], ready: threading.Event, count: int) -> None:
-    queue = Queue("jobs", Exchange("jobs", type="direct"), routing_key="jobs")
+    queue = _queue(base)
     with _connection(base) as conn:
         with conn.Consumer(queue, callbacks=[lambda body, message: (got.append(body), message.ack())]):
             ready.set()
@@ -45,9 +51,9 @@ def _consume(base: Path, got: list[Any], ready: threading.Event, count: int) -> 
 
 
 def _publish(base: Path, body: Any) -> None:
-    queue = Queue("jobs", Exchange("jobs", type="direct"), routing_key="jobs")
+    queue = _queue(base)
     with _connection(base) as conn:
-        conn.Producer().publish(body, exchange=queue.exchange, routing_key="jobs", declare=[queue])
+        conn.Producer().publish(body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
 
 
 def _start_consumer(base: Path, got: list[Any], count: int) -> threading.Thread:
@@ -77,11 +83,12 @@ def test_an_unreadable_message_is_quarantined_and_the_next_one_delivered(tmp_pat
     got: list[Any] = []
     thread = _start_consumer(tmp_path, got, count=2)
     queue_dir = tmp_path / "queue"
-    (queue_dir / "0_a-truncated.jobs.msg").write_bytes(b'{"body": "trunc')
-    (queue_dir / "0_b-not-an-object.jobs.msg").write_bytes(b"[1, 2]")
+    name = _queue(tmp_path).name
+    (queue_dir / f"0_a-truncated.{name}.msg").write_bytes(b'{"body": "trunc')
+    (queue_dir / f"0_b-not-an-object.{name}.msg").write_bytes(b"[1, 2]")
     _publish(tmp_path, {"n": 2})
     thread.join(timeout=15)
     assert got == [{"warm": True}, {"n": 2}]
     quarantined = sorted(p.name for p in (tmp_path / "quarantine").iterdir())
-    assert quarantined == ["0_a-truncated.jobs.msg", "0_b-not-an-object.jobs.msg"]
-    assert "0_a-truncated.jobs.msg cannot be read" in caplog.text
+    assert quarantined == [f"0_a-truncated.{name}.msg", f"0_b-not-an-object.{name}.msg"]
+    assert f"0_a-truncated.{name}.msg cannot be read" in caplog.text
