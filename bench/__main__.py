@@ -9,14 +9,7 @@ import time
 from pathlib import Path
 
 # Other parts append their modules here (e.g. "bench.sandbox", "bench.console").
-BENCHMARKS = [
-    "bench.harness",
-    "bench.stream",
-    "bench.sandbox",
-    "bench.console",
-    "bench.burst",
-    "bench.selfhosted",
-]
+BENCHMARKS = ["bench.harness", "bench.sandbox", "bench.console", "bench.burst", "bench.selfhosted"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "bench"
@@ -42,12 +35,13 @@ def main(names: list[str]) -> int:
     for name in names or BENCHMARKS:
         started = time.monotonic()
         print(f"== {name}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", name], cwd=ROOT, env=env, timeout=600)
+        proc = subprocess.run([sys.executable, "-m", name], cwd=ROOT, env=env, timeout=1800)
         print(f"== {name}: exit {proc.returncode} in {time.monotonic() - started:.1f}s", flush=True)
         failed += proc.returncode != 0
     for path in sorted(RESULTS.glob("*.json")):
         print(f"-- {path.name}")
         print(json.dumps(json.loads(path.read_text()), indent=2))
+    subprocess.run([sys.executable, "-m", "bench.report"], cwd=ROOT)
     return 1 if failed else 0
 
 

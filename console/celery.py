@@ -15,13 +15,15 @@ app.autodiscover_tasks()
 app.conf.imports = ("sessions.harness.tasks", "sessions.sandbox.tasks", "skills.tasks")
 
 
-def worker_argv(*, concurrency: int, schedule: str, loglevel: str = "WARNING") -> list[str]:
+def worker_argv(
+    *, concurrency: int, schedule: str, loglevel: str = "WARNING", beat: bool = True, name: str = "worker"
+) -> list[str]:
     """The command of one Galley worker process: harness steps on a thread pool (they mostly wait on
-    the model), with the periodic sweeper (beat) embedded."""
+    the model), with the periodic sweeper (beat) embedded in one of them."""
     import sys
 
     return [
-        sys.executable, "-m", "celery", "-A", "console", "worker", "--beat",
-        "--pool", "threads", "--concurrency", str(concurrency),
+        sys.executable, "-m", "celery", "-A", "console", "worker", *(["--beat"] if beat else []),
+        "--pool", "threads", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
         "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--schedule", schedule,
     ]  # fmt: skip

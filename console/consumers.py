@@ -129,7 +129,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
                     continue  # more may be waiting beyond this batch
                 # A hint (Redis or the embedded local bus) usually wakes us; the periodic read also
                 # catches a lost hint and row changes that append no event (a deleted session).
-                wait = max(settings.GALLEY_SSE_POLL_SECONDS, 0.25)
+                # Pages are few (people, not programs): a 1 s re-read at most, also for deletions.
+                wait = min(max(settings.GALLEY_SSE_POLL_SECONDS, 0.25), 1.0)
                 hint = await subscription.get(timeout=wait)
                 # Typing previews are passed straight through; they never touch the database.
                 while hint is not None and hint.get("kind") == "preview":

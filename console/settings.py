@@ -107,6 +107,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": str(DATA_DIR / f"test_{Path(_db['NAME']).stem}.sqlite3")}
     # SQLite gives its -wal and -shm files the database file's mode: create it 0600 first.
     private_file(Path(_db["NAME"]))
+    # Django's backend plus one fair cross-process write lock (console/sqlite/base.py).
+    _db["ENGINE"] = "console.sqlite"
 # PostgreSQL: every process (web, worker, beat, commands) borrows connections from its own pool of at
 # most GALLEY_DB_POOL_MAX_SIZE, so a worker's 256 threads or a burst of requests never open more than
 # that; a thread that finds the pool empty waits up to GALLEY_DB_POOL_TIMEOUT seconds for one to come
@@ -131,7 +133,7 @@ if env_bool("GALLEY_DB_BEHIND_PGBOUNCER", False):
     _db["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-IS_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
+IS_SQLITE = _db["ENGINE"] == "console.sqlite"
 
 # --- Redis, Celery, Channels -----------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
@@ -163,7 +165,8 @@ else:
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),  # kombu's default is ./control, in the checkout
         "store_processed": False,
-        "polling_interval": env_float("GALLEY_BROKER_POLL_SECONDS", 0.02, minimum=0.001),
+        # A safety re-read only: consumers are woken by a datagram on every put (console/broker.py).
+        "polling_interval": env_float("GALLEY_BROKER_POLL_SECONDS", 1.0, minimum=0.001),
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 CELERY_TASK_ACKS_LATE = True
@@ -212,7 +215,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GALLEY_MAX_BODY_BYTES
 GALLEY_SSE_HEARTBEAT_SECONDS = env_float("GALLEY_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.05)
 # Streams are woken by a push (Redis pub/sub, or the embedded local bus); this re-read of the log
 # only covers a lost push.
-GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 0.5, minimum=0.005)
+GALLEY_SSE_POLL_SECONDS = env_float("GALLEY_SSE_POLL_SECONDS", 15.0, minimum=0.005)
 
 # Rate limits (console/ratelimit.py), requests per minute; 0 is no limit. The defaults are the hosted
 # service's: 300 on create routes and 600 on every other call, per API key and per workspace.

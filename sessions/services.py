@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -39,19 +39,42 @@ class NewEvent:
     id: str | None = None  # preassigned id (e.g. a preview's event id)
 
 
-def events_append(*, session: Session | str, events: list[NewEvent]) -> list[Event]:
+def _allocate_seqs(session_id: str, count: int, row_updates: dict[str, Any] | None) -> int:
+    """One statement: reserve `count` seqs (and set `row_updates` on the same row), returning the
+    new last_seq. Both SQLite (3.35+) and PostgreSQL support UPDATE ... RETURNING."""
+    connection = transaction.get_connection()
+    columns = ['"last_seq" = "last_seq" + %s']
+    params: list[Any] = [count]
+    for name, value in (row_updates or {}).items():
+        model_field = Session._meta.get_field(name)
+        columns.append(f'"{model_field.column}" = %s')  # type: ignore[union-attr]
+        params.append(model_field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
+    params.append(session_id)
+    table = Session._meta.db_table
+    with connection.cursor() as cursor:
+        sets = ", ".join(columns)
+        cursor.execute(f'UPDATE "{table}" SET {sets} WHERE "id" = %s RETURNING "last_seq"', params)
+        row = cursor.fetchone()
+    if row is None:
+        raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+    return int(row[0])
+
+
+def events_append(
+    *, session: Session | str, events: list[NewEvent], row_updates: dict[str, Any] | None = None
+) -> list[Event]:
     """Append events to a session's log with consecutive seqs. Must run inside a transaction.
 
     The UPDATE on the session row is the allocator: on PostgreSQL it row-locks the session until
     commit, on SQLite the immediate transaction serializes writers, so seqs commit in order.
+    `row_updates` (field -> value) are written to the session row by that same UPDATE.
     """
     if not events:
         return []
     assert transaction.get_connection().in_atomic_block, "events_append needs a transaction"
     session_id = session if isinstance(session, str) else session.pk
     count = len(events)
-    Session.objects.filter(pk=session_id).update(last_seq=F("last_seq") + count)
-    last = Session.objects.values_list("last_seq", flat=True).get(pk=session_id)
+    last = _allocate_seqs(session_id, count, row_updates)
     now = timezone.now()
     rows = [
         Event(
@@ -103,7 +126,6 @@ def session_set_status(
         fields["running_since"] = now
     if status == "idle":
         fields["stop_reason"] = stop_reason or {"type": "end_turn"}
-    Session.objects.filter(pk=session.pk).update(**fields)
     for name, value in fields.items():
         setattr(session, name, value)
     event_type = {
@@ -117,7 +139,10 @@ def session_set_status(
         payload["stop_reason"] = fields["stop_reason"]
     if status == "terminated":
         selfhosted_services.work_stop_for_session(session_id=session.pk)
-    return events_append(session=session, events=[*(extra_events or []), NewEvent(event_type, payload)])
+    # The status fields ride on the seq allocator's UPDATE: one statement for the row.
+    return events_append(
+        session=session, events=[*(extra_events or []), NewEvent(event_type, payload)], row_updates=fields
+    )
 
 
 # === Sessions: create, read, update, archive, delete (spec 5) ======================================

@@ -244,12 +244,15 @@ async def _log_frames(
                 return  # caught up with a session that can never produce another event
             if status == "reading":
                 continue
+            next_poll = loop.time() + poll
             while True:
                 now = loop.time()
                 if now >= next_beat:
                     yield b'event: ping\ndata: {"type":"ping"}\n\n'
                     next_beat = now + heartbeat
-                wait = min(poll, max(0.0, next_beat - now))
+                if now >= next_poll:
+                    break  # the safety re-read of the log (a heartbeat alone does not read)
+                wait = max(0.0, min(next_poll, next_beat) - now)
                 try:
                     message = await sub.get(wait)
                 except asyncio.CancelledError:
@@ -259,7 +262,7 @@ async def _log_frames(
                     await asyncio.sleep(wait)
                     message = None
                 if message is None:
-                    break
+                    continue
                 kind = message.get("kind")
                 if kind == "wake":
                     if int(message.get("seq", 0)) > last:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _database_url() -> str:
     db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
+    if connection.vendor == "sqlite":
         return f"sqlite:///{db['NAME']}"
     auth = db.get("USER") or "postgres"
     if db.get("PASSWORD"):

@@ -86,7 +86,7 @@ class LiveGalley:
         )
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -101,7 +101,11 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30)
 
 @contextmanager
 def live_galley(
-    extra_env: dict[str, str] | None = None, *, worker: bool = True, db_connection_limit: int | None = None
+    extra_env: dict[str, str] | None = None,
+    *,
+    worker: bool = True,
+    db_connection_limit: int | None = None,
+    serve_args: tuple[str, ...] = (),
 ) -> Iterator[LiveGalley]:
     with tempfile.TemporaryDirectory(prefix="galley-live-") as tmp:
         data_dir = Path(tmp)
@@ -132,6 +136,7 @@ def live_galley(
             args = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
             if not worker:
                 args.append("--no-worker")
+            args.extend(serve_args)
             log = open(data_dir / "serve.log", "wb")
             proc = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
