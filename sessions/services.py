@@ -90,9 +90,12 @@ def events_append(
         for index, item in enumerate(events)
     ]
     Event.objects.bulk_create(rows)
+    # The workspace only if this instance already holds it: a deferred field would cost a query per
+    # append, and the webhooks outbox looks it up itself only when an event has a webhook.
+    loaded = isinstance(session, Session) and "workspace_id" not in session.get_deferred_fields()
     webhook_events_for_log(
         session_id=session_id,
-        workspace_id=session.workspace_id if isinstance(session, Session) else None,
+        workspace_id=session.workspace_id if loaded else None,  # type: ignore[union-attr]
         events=rows,
     )
     transaction.on_commit(lambda: streaming.notify(session_id, last))

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # A text turn today: lease claim, the step's agent/thread reads, the model call's two
 # transactions and the idle move (see docs/benchmarks.md). Raise only with a reason.
-TEXT_TURN_QUERIES = 27
-PER_TOOL_ROUND = 13  # the tool_use + result transaction and the next model call
+# 27 -> 33 when issues 9-13 merged: the session's memory attachments (system prompt), whether its
+# environment is self-hosted, the per-call cost ledger row (providers.ModelCall), the workspace's
+# webhook endpoints on a status change.
+TEXT_TURN_QUERIES = 33
+PER_TOOL_ROUND = 16  # the tool_use + result transaction and the next model call (+ ledger, memory sync)
 
 
 @pytest.fixture

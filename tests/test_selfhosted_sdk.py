@@ -439,9 +439,12 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
     assert "hidden-from-sandbox" in bash_out and "not for the sandbox" not in bash_out
     read_out = "".join(b.text for b in results[uses[2].id].content if b.type == "text")
     assert "made in bwrap" in read_out
-    made = host / "sandboxes" / session.id / "workspace" / "made.txt"
+    made = host / "sandboxes" / session.id / "volume" / "workspace" / "made.txt"
     assert made.read_text() == "made in bwrap"  # the workspace is kept on the worker's host
     assert not list(galley.data_dir.rglob("made.txt"))
+    from sessions.sandbox.quota import volumes_release_under
+
+    volumes_release_under(host)  # the worker mounted each sandbox's volume image on this host
     shutil.rmtree(host, ignore_errors=True)
     host_dir.cleanup()
 

@@ -98,7 +98,12 @@ RESPONSE_EXCERPT_CHARS = 500
 
 
 def webhook_event_emit(
-    *, workspace: Workspace | str, type: str, data: dict[str, Any], ordering_key: str | None = None
+    *,
+    workspace: Workspace | str,
+    type: str,
+    data: dict[str, Any],
+    ordering_key: str | None = None,
+    endpoints: list[WebhookEndpoint] | None = None,
 ) -> WebhookEvent | None:
     """Record a webhook event and one delivery per enabled endpoint of the workspace that subscribes
     to it, in the caller's transaction; deliveries are enqueued after commit. `data` holds the
@@ -107,15 +112,14 @@ def webhook_event_emit(
     written. `ordering_key` (default: `data["id"]`) groups events delivered in order."""
     assert type in _EVENT_TYPE_SET or type == TEST_EVENT_TYPE, f"unknown webhook event type {type!r}"
     workspace_id = workspace if isinstance(workspace, str) else workspace.pk
-    endpoints = [
-        e
-        for e in WebhookEndpoint.objects.filter(workspace_id=workspace_id, state=EndpointState.ENABLED)
-        if e.subscribes_to(type)
-    ]
-    if not endpoints:
+    if endpoints is None:  # the caller may pass the workspace's enabled endpoints it already read
+        enabled = WebhookEndpoint.objects.filter(workspace_id=workspace_id, state=EndpointState.ENABLED)
+        endpoints = list(enabled)
+    subscribed = [e for e in endpoints if e.subscribes_to(type)]
+    if not subscribed:
         return None
     return _event_insert(
-        workspace_id=workspace_id, type=type, data=data, ordering_key=ordering_key, to=endpoints
+        workspace_id=workspace_id, type=type, data=data, ordering_key=ordering_key, to=subscribed
     )
 
 
@@ -206,8 +210,12 @@ def webhook_events_for_log(*, session_id: str, workspace_id: str | None, events:
         workspace_id = Session.objects.filter(pk=session_id).values_list("workspace_id", flat=True).first()
         if workspace_id is None:
             return
+    # One read of the workspace's enabled endpoints for all of this append's webhook events.
+    endpoints = list(WebhookEndpoint.objects.filter(workspace_id=workspace_id, state=EndpointState.ENABLED))
     for hook_type, data in wanted:
-        webhook_event_emit(workspace=workspace_id, type=hook_type, data=data, ordering_key=session_id)
+        webhook_event_emit(
+            workspace=workspace_id, type=hook_type, data=data, ordering_key=session_id, endpoints=endpoints
+        )
 
 
 def envelope(event: WebhookEvent) -> dict[str, Any]:
