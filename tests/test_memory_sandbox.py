@@ -130,7 +130,7 @@ def test_two_sessions_racing_on_a_path(make_sandbox_session, store, sandbox_root
     worker.start()
     from sessions.sandbox.services import sandbox_root as root_of
 
-    tmp = root_of(second.pk) / "tmp"
+    tmp = root_of(second.pk) / "volume" / "tmp"  # the sandbox volume holds its /tmp
     deadline = time.monotonic() + 60
     while not tmp.is_dir() and time.monotonic() < deadline:
         time.sleep(0.05)
