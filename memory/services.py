@@ -417,6 +417,10 @@ def memory_delete(
     if expected_sha:
         check_sha(expected_sha, "expected_content_sha256")
     with transaction.atomic():
+        # Store first, then the memory: the order every writer takes (memory_update does the same).
+        # The version row below references the store, so taking the memory first could deadlock
+        # with an update that holds the store and waits for the memory.
+        MemoryStore.objects.select_for_update().filter(pk=store.pk).first()
         locked = Memory.objects.select_for_update().filter(pk=memory.pk).first()
         if locked is None:
             raise not_found("memory", memory.pk)

@@ -53,6 +53,7 @@ def test_a_burst_of_sends_waits_for_pooled_connections_and_loses_nothing() -> No
         live_galley(
             {**env, "ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url},
             db_connection_limit=ROLE_LIMIT,
+            serve_args=("--web-workers", "1"),  # the two processes ROLE_LIMIT is sized for
         ) as galley,
     ):
         url = galley.env["DATABASE_URL"]
