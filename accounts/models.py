@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from console.ids import new_id
+from api.ids import new_id
 
 API_KEY_PREFIX = "sk-galley-"
 

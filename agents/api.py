@@ -14,8 +14,8 @@ from agents.schemas import (
     EnvironmentUpdateParams,
     body_of,
 )
-from console.pagination import page_body
-from console.wire import to_utc
+from api.pagination import page_body
+from api.wire import to_utc
 
 router = Router()
 

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from console.errors import ApiError, bad_request
+from api.errors import ApiError, bad_request
 
 EFFORT_LEVELS = ("low", "medium", "high", "xhigh", "max")
 DEFAULT_EFFORT = "high"

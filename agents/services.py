@@ -13,12 +13,12 @@ from django.utils import timezone
 from accounts.models import Workspace
 from agents import definition as d
 from agents.models import Agent, AgentVersion, Environment
-from console.errors import ApiError, bad_request, conflict, not_found
-from console.ids import has_prefix, new_id
-from console.pagination import Page, check_limit, paginate
-from console.wire import check_metadata, iso, patch_metadata
-from sessions.sandbox.backends import backend_is_unsafe
-from sessions.sandbox.packages import packages_request_build, validate_packages
+from api.errors import ApiError, bad_request, conflict, not_found
+from api.ids import has_prefix, new_id
+from api.pagination import Page, check_limit, paginate
+from api.wire import check_metadata, iso, patch_metadata
+from sandboxes.backends import backend_is_unsafe
+from sandboxes.packages import packages_request_build, validate_packages
 from skills.runtime import skill_python_request
 from skills.services import skill_refs_resolve, skills_count_check
 from webhooks.services import webhook_event_emit

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "var" / "bench"
 
 
-# Benchmarks measure the platform, not its rate limits (console/ratelimit.py): they run without them.
+# Benchmarks measure the platform, not its rate limits (api/ratelimit.py): they run without them.
 RATE_LIMITS_OFF = {
     name: "0"
     for name in (

@@ -24,7 +24,7 @@ def _setup_django(data_dir: str) -> None:
     os.environ["GALLEY_DATA_DIR"] = data_dir
     os.environ["DATABASE_URL"] = f"sqlite:///{data_dir}/galley.sqlite3"
     os.environ.pop("REDIS_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "galley.settings")
     import django
 
     django.setup()
@@ -71,7 +71,7 @@ def _seed() -> tuple[str, Any]:
     from accounts.models import Role
     from accounts.services import user_create, workspace_get_default
     from agents.models import Agent, AgentVersion, Environment
-    from console.ids import new_id
+    from api.ids import new_id
     from sessions.models import Event, Session
 
     workspace = workspace_get_default()

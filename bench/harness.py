@@ -443,7 +443,7 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
             with live_galley(env, serve_args=serve_args) as live:
                 server = Server(live)
                 result["web_processes"] = sum(
-                    1 for c in _tree(server.root).values() if "console.webserver" in c
+                    1 for c in _tree(server.root).values() if "galley.webserver" in c
                 )
                 client = live.client(timeout=120, max_retries=0)
                 agent = client.beta.agents.create(name="bench", model=MODEL)

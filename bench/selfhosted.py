@@ -158,7 +158,7 @@ def main() -> dict[str, Any]:
                 }
                 worker_env.update(
                     {
-                        "DJANGO_SETTINGS_MODULE": "console.settings",
+                        "DJANGO_SETTINGS_MODULE": "galley.settings",
                         "GALLEY_DATA_DIR": host,
                         "ANTHROPIC_ENVIRONMENT_KEY": key,
                         "ANTHROPIC_BASE_URL": server.base_url,

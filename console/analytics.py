@@ -14,7 +14,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Workspace
-from sessions.harness import pricing
+from harness import pricing
 from sessions.models import Session
 
 GROUPS = {

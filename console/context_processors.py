@@ -2,7 +2,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from sessions.sandbox.backends import backend_is_unsafe
+from sandboxes.backends import backend_is_unsafe
 
 
 def sandbox(request: HttpRequest) -> dict[str, Any]:

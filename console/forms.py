@@ -7,7 +7,7 @@ from typing import Any
 
 from django.http import QueryDict
 
-from console.errors import ApiError
+from api.errors import ApiError
 
 MODELS = [
     ("claude-sonnet-4-6", "Claude Sonnet 4.6 (balanced)"),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sessions.harness import pricing
+from harness import pricing
 from sessions.models import Event, Session, SessionThread
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
-from console.errors import bad_request
-from console.pagination import page_body
+from api.errors import bad_request
+from api.pagination import page_body
 from deployments import services
 from deployments.models import Deployment
 

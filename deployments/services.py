@@ -19,10 +19,10 @@ from django.utils import timezone
 from accounts.models import Workspace
 from agents import definition as d
 from agents.services import agent_get, agent_version_get, environment_get
-from console.errors import ApiError, bad_request, not_found
-from console.ids import new_id
-from console.pagination import Page, check_limit, paginate
-from console.wire import check_metadata, iso, patch_metadata
+from api.errors import ApiError, bad_request, not_found
+from api.ids import new_id
+from api.pagination import Page, check_limit, paginate
+from api.wire import check_metadata, iso, patch_metadata
 from deployments.models import Deployment, DeploymentRun, DeploymentStatus
 from files import services as file_services
 from sessions import schemas as session_schemas

@@ -8,7 +8,7 @@ from django.http import FileResponse, HttpRequest
 from django.http.multipartparser import MultiPartParserError
 from ninja import Query, Router
 
-from console.errors import ApiError, bad_request
+from api.errors import ApiError, bad_request
 from files import services
 from files.schemas import (
     DeletedFile,

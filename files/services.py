@@ -24,13 +24,13 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import Workspace
-from console.errors import ApiError, bad_request, conflict, not_found
-from console.ids import new_id
-from console.pagination import Page, check_limit, page_body, paginate
-from console.wire import iso
+from api.errors import ApiError, bad_request, conflict, not_found
+from api.ids import new_id
+from api.pagination import Page, check_limit, page_body, paginate
+from api.wire import iso
 from files.models import File, ResourceType, SessionResource
+from sandboxes.repos import url_problem
 from sessions.models import Session
-from sessions.sandbox.repos import url_problem
 from vaults import crypto
 
 EXPIRES_MIN_SECONDS = 3600

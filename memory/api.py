@@ -9,9 +9,9 @@ from django.http import HttpRequest
 from django.utils.dateparse import parse_datetime
 from ninja import Router
 
-from console.errors import bad_request
-from console.pagination import page_body
-from console.wire import to_utc
+from api.errors import bad_request
+from api.pagination import page_body
+from api.wire import to_utc
 from memory import services
 from memory.models import MemoryStore
 

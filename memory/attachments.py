@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accounts.models import Workspace
-from console.errors import bad_request, not_found
+from api.errors import bad_request, not_found
 from memory.models import MemoryStore, SessionMemoryStore
 
 MAX_STORES_PER_SESSION = 8

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.db import transaction
 
-from console.errors import ApiError
+from api.errors import ApiError
 from memory import services
 from memory.attachments import attachments_of
 from memory.models import Memory, SessionMemoryStore

@@ -17,10 +17,10 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Workspace
 from agents import definition as d
-from console.errors import ApiError, bad_request, not_found
-from console.ids import has_prefix, new_id
-from console.pagination import Cursor, Page, check_limit, decode, encode, paginate
-from console.wire import check_metadata, iso, patch_metadata
+from api.errors import ApiError, bad_request, not_found
+from api.ids import has_prefix, new_id
+from api.pagination import Cursor, Page, check_limit, decode, encode, paginate
+from api.wire import check_metadata, iso, patch_metadata
 from memory.models import Memory, MemoryStore, MemoryVersion
 
 MAX_CONTENT_BYTES = 102_400

@@ -13,8 +13,8 @@ from typing import Any
 
 from django.conf import settings
 
+from harness.providers.base import ModelError, Provider
 from providers.config import DEFAULT_PROVIDER, ModelConfig, ProviderConfig
-from sessions.harness.providers.base import ModelError, Provider
 
 LIST_TTL_SECONDS = 60.0
 
@@ -185,8 +185,8 @@ def provider_build(config: ProviderConfig) -> Provider:
 
 
 def _new_provider(config: ProviderConfig) -> Provider:
-    from sessions.harness.providers.anthropic import AnthropicProvider
-    from sessions.harness.providers.openai import OpenAIProvider
+    from harness.providers.anthropic import AnthropicProvider
+    from harness.providers.openai import OpenAIProvider
 
     timeout = settings.GALLEY_MODEL_TIMEOUT_SECONDS
     missing = f"Provider {config.name!r} has no API key configured: the model cannot be called"
@@ -248,7 +248,7 @@ def _accepts_images(config: ProviderConfig, model_id: str) -> bool:
 def provider_for(model_id: str) -> Provider:
     """The provider that runs `model_id`. A model no provider serves (an agent made before it was
     removed) fails the call with a ModelError naming the cause."""
-    from sessions.harness.providers.anthropic import AnthropicProvider
+    from harness.providers.anthropic import AnthropicProvider
 
     try:
         found = route(model_id)

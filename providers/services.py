@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db import transaction
 
+from harness.providers.base import ModelError, ModelRequest, ModelUsage
 from providers import registry
 from providers.config import (
     DEFAULT_PROVIDER,
@@ -17,13 +18,12 @@ from providers.config import (
     name_check,
 )
 from providers.models import ModelCall, ModelProvider
-from sessions.harness.providers.base import ModelError, ModelRequest, ModelUsage
 
 
 def model_require(*, model_id: str, field: str) -> None:
     """A model id no configured provider serves is refused (400 naming the field and the choices)
     when an agent or session names it, not discovered mid-session."""
-    from console.errors import bad_request
+    from api.errors import bad_request
 
     try:
         registry.model_check(model_id)

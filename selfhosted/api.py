@@ -15,8 +15,8 @@ from ninja import Router
 
 from agents.models import Environment
 from agents.services import environment_get
-from console.errors import ApiError, bad_request, not_found
-from console.pagination import page_body
+from api.errors import ApiError, bad_request, not_found
+from api.pagination import page_body
 from selfhosted import services
 from selfhosted.auth import API_KEY_OR_WORKER, ENVIRONMENT_KEY, SESSIONS_TOKEN, expired_token, worker_scope
 from selfhosted.models import WorkItem

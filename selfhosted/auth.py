@@ -20,8 +20,8 @@ from ninja.security import HttpBearer
 
 from accounts.models import Workspace
 from agents.models import Environment
-from console.api import ApiKeyAuth
-from console.errors import ApiError, not_found
+from api.errors import ApiError, not_found
+from api.v1 import ApiKeyAuth
 from selfhosted import services
 from selfhosted.models import EnvironmentKey, WorkItem
 

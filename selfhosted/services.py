@@ -21,10 +21,10 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from agents.models import Environment
-from console.errors import ApiError, bad_request, conflict, not_found
-from console.ids import has_prefix, new_id
-from console.pagination import Page, check_limit, paginate
-from console.wire import iso, patch_metadata
+from api.errors import ApiError, bad_request, conflict, not_found
+from api.ids import has_prefix, new_id
+from api.pagination import Page, check_limit, paginate
+from api.wire import iso, patch_metadata
 from selfhosted.models import LIVE_STATES, EnvironmentKey, WorkerPoll, WorkItem, WorkState, hash_secret
 
 ENVIRONMENT_KEY_PREFIX = "sk-galley-env-"

@@ -10,8 +10,8 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from agents.models import Environment
+from api.errors import ApiError
 from console.access import console_view, render_page
-from console.errors import ApiError
 from selfhosted import services
 from selfhosted.models import EnvironmentKey, WorkItem
 

@@ -20,10 +20,10 @@ import anyio
 from anthropic.lib.tools._beta_functions import ToolError
 from django.conf import settings
 
-from sessions.harness.tools import TOOLSET
-from sessions.sandbox.backends import SAFE_PATH, Limits, SandboxSpec, backend_get, sandbox_uid
-from sessions.sandbox.services import LiveSandbox, sandbox_provision, sandbox_root, sandbox_stop
-from sessions.sandbox.toolset import run_sandbox_tool
+from harness.tools import TOOLSET
+from sandboxes.backends import SAFE_PATH, Limits, SandboxSpec, backend_get, sandbox_uid
+from sandboxes.services import LiveSandbox, sandbox_provision, sandbox_root, sandbox_stop
+from sandboxes.toolset import run_sandbox_tool
 
 log = logging.getLogger(__name__)
 

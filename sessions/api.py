@@ -15,9 +15,9 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from console.errors import bad_request, not_found
-from console.ids import has_prefix
-from console.pagination import page_body
+from api.errors import bad_request, not_found
+from api.ids import has_prefix
+from api.pagination import page_body
 from files import services as file_services
 from selfhosted.auth import API_KEY_OR_WORKER, check_session_access
 from sessions import schemas, services, streaming

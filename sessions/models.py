@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Workspace
 from agents.models import Agent, Environment
-from console.wire import iso
+from api.wire import iso
 
 
 class Status(models.TextChoices):

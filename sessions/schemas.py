@@ -7,7 +7,7 @@ the spec defines, normalized (defaults filled in, unknown keys dropped).
 
 from typing import Any
 
-from console.errors import bad_request
+from api.errors import bad_request
 
 SESSION_STATUSES = ("rescheduling", "running", "idle", "terminated")
 

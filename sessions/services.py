@@ -14,16 +14,16 @@ from accounts.models import ApiKey, Workspace
 from agents import definition
 from agents.models import AgentVersion, Environment
 from agents.services import agent_get, agent_version_get, environment_get
-from console.errors import ApiError, bad_request, conflict, not_found
-from console.ids import has_prefix, new_id
-from console.pagination import Page, check_limit, paginate
-from console.wire import check_metadata, iso, patch_metadata, to_utc
+from api.errors import ApiError, bad_request, conflict, not_found
+from api.ids import has_prefix, new_id
+from api.pagination import Page, check_limit, paginate
+from api.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
+from harness import pricing
 from memory import attachments as memory_attachments
 from selfhosted import harness as selfhosted_harness
 from selfhosted import services as selfhosted_services
 from sessions import schemas, streaming
-from sessions.harness import pricing
 from sessions.models import Event, Session, SessionThread
 from skills.services import skill_refs_check, skill_refs_check_exist
 from vaults.services import vault_get
@@ -155,7 +155,7 @@ def session_set_status(
 
 def session_list_cost(session: Session) -> dict[str, str]:
     """List cost: priced tokens, runtime while running and web searches, in whole cents (spec 16;
-    prices from sessions/harness/pricing.py)."""
+    prices from harness/pricing.py)."""
     micros = pricing.total_cost_micros(
         token_cost_micros=session.token_cost_micros,
         active_seconds=session.active_seconds_now(),
@@ -469,7 +469,7 @@ def session_create(
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
     skill_refs_check_exist(snapshot=snapshot)
     if budget is not None:
-        from sessions.harness.budget import check_budgetable
+        from harness.budget import check_budgetable
 
         check_budgetable(snapshot)
     now = timezone.now()
@@ -719,7 +719,7 @@ def session_delete(*, session: Session) -> dict[str, str]:
 
 
 def _destroy_sandbox(session_id: str) -> None:
-    from sessions.sandbox.services import sandbox_destroy
+    from sandboxes.services import sandbox_destroy
 
     sandbox_destroy(session_id=session_id)
 
@@ -728,7 +728,7 @@ def _destroy_sandbox(session_id: str) -> None:
 
 
 def _kick(session_id: str) -> None:
-    from sessions.harness.dispatch import session_kick
+    from harness.dispatch import session_kick
 
     session_kick(session_id)
 
@@ -788,7 +788,7 @@ def _check_references(*, session: Session, events: list[dict[str, Any]], environ
                 )
             _check_tool_result(session=session, event=event, where=where, seen=seen)
         elif kind == "user.define_outcome":
-            from sessions.harness.outcomes import outcome_check_define
+            from harness.outcomes import outcome_check_define
 
             if any(e["type"] == "user.define_outcome" for e in events[:index]):
                 raise bad_request(f"{where}: only one user.define_outcome can be worked on at a time.")

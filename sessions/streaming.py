@@ -21,8 +21,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from console.ids import new_id
-from console.wire import iso
+from api.ids import new_id
+from api.wire import iso
 from sessions import localbus
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from ninja import Router
 
-from console.errors import bad_request
+from api.errors import bad_request
 from selfhosted.auth import API_KEY_OR_WORKER
 from skills import services
 from skills.bundle import too_large

@@ -20,7 +20,7 @@ from typing import IO, Any
 import yaml
 from django.conf import settings
 
-from console.errors import ApiError, bad_request
+from api.errors import ApiError, bad_request
 
 SKILL_FILE = "SKILL.md"
 NAME_MAX = 64

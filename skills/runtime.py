@@ -165,7 +165,7 @@ def skill_tree(info: SkillInfo) -> Path:
 
 
 def _python_key() -> str:
-    from sessions.sandbox.packages import python_site_dir
+    from sandboxes.packages import python_site_dir
 
     blob = json.dumps({"pip": list(PYTHON_REQUIREMENTS), "python": python_site_dir(), "v": 1})
     return "skills-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -191,7 +191,7 @@ def skill_python_ensure() -> Path | None:
         return found
     if time.monotonic() - _last_failure < _RETRY_FAILED_BUILD_SECONDS and _last_failure:
         return None
-    from sessions.sandbox.packages import _build_into  # the environment package builder
+    from sandboxes.packages import _build_into  # the environment package builder
 
     root = Path(settings.GALLEY_PACKAGES_ROOT)
     root.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def skill_python_ensure() -> Path | None:
         staging = root / f".build-{key}-{os.getpid()}-{int(time.time() * 1000)}"
         log: list[str] = []
         try:
-            if _build_into(staging, {"pip": list(PYTHON_REQUIREMENTS), "npm": []}, log):
+            if _build_into(staging, {"pip": list(PYTHON_REQUIREMENTS)}, log):
                 staging.rename(root / key)
             else:
                 logger.error(

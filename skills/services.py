@@ -14,10 +14,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Workspace
-from console.errors import ApiError, bad_request, conflict, not_found
-from console.ids import has_prefix, new_id
-from console.pagination import Cursor, Page, check_limit, decode, encode, paginate
-from console.wire import iso
+from api.errors import ApiError, bad_request, conflict, not_found
+from api.ids import has_prefix, new_id
+from api.pagination import Cursor, Page, check_limit, decode, encode, paginate
+from api.wire import iso
 from skills import bundle as b
 from skills.catalog import BUILTIN_CREATED_AT, BuiltinSkill, builtin_archive, builtin_get, builtin_ids
 from skills.models import Skill, SkillVersion

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import connection
 
-from console.errors import ApiError
+from api.errors import ApiError
 
 
 def race(call: Callable[[], Any], *, threads: int = 2) -> list[Any]:

@@ -17,7 +17,7 @@ def live() -> Iterator[LiveGalley]:
 @pytest.fixture(autouse=True)
 def no_rate_limits(settings):  # type: ignore[no-untyped-def]
     """Suites that are not about rate limits run without them (tests/test_rate_limits.py turns them on)."""
-    from console import ratelimit
+    from api import ratelimit
 
     settings.GALLEY_RATE_LIMIT_CREATE_PER_MINUTE = 0
     settings.GALLEY_RATE_LIMIT_READ_PER_MINUTE = 0

@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts.models import Role, Workspace
 from accounts.services import user_create
 from agents.models import Agent, AgentVersion, Environment
-from console.ids import new_id
+from api.ids import new_id
 from sessions.models import Event, Session, SessionThread
 
 PASSWORD = "correct horse battery"

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 
 from agents.models import Agent, AgentVersion, Environment
-from console.ids import new_id
+from api.ids import new_id
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append, session_set_status
 
@@ -101,7 +101,7 @@ def events_of(session: Session | str, event_type: str) -> list[Event]:
 
 
 def step(session: Session | str) -> None:
-    from sessions.harness.services import session_step
+    from harness.services import session_step
 
     session_step(session_id=session if isinstance(session, str) else session.pk)
 
@@ -133,7 +133,7 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
 @contextmanager
 def harness_model(settings: Any) -> Iterator[Any]:
     """A scripted model server the in-process harness talks to, reset afterwards."""
-    from sessions.harness.providers.anthropic import AnthropicProvider
+    from harness.providers.anthropic import AnthropicProvider
     from tests.model_server import scripted_model
 
     with scripted_model() as server:
@@ -146,7 +146,7 @@ def harness_model(settings: Any) -> Iterator[Any]:
 
 def use_scripted_model(settings: Any, server: Any) -> None:
     """Point the harness's Anthropic provider at a scripted model server."""
-    from sessions.harness.providers.anthropic import AnthropicProvider
+    from harness.providers.anthropic import AnthropicProvider
 
     settings.ANTHROPIC_API_KEY = "sk-test"
     settings.ANTHROPIC_BASE_URL = server.base_url

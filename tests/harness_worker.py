@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from console.celery import worker_argv
+from galley.celery import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,13 +54,13 @@ class Worker:
 
 @contextmanager
 def celery_worker(env: dict[str, str] | None = None, *, concurrency: int = 32) -> Iterator[Worker]:
-    from console.celery import app
+    from galley.celery import app
 
     tmp = Path(tempfile.mkdtemp(prefix="galley-worker-"))
     full_env = dict(os.environ)
     full_env.update(
         {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "DJANGO_SETTINGS_MODULE": "galley.settings",
             "DATABASE_URL": _database_url(),
             "GALLEY_DATA_DIR": str(settings.DATA_DIR),
             "GALLEY_REDIS_PREFIX": str(

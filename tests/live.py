@@ -114,7 +114,7 @@ def live_galley(
             env = dict(os.environ)
             env.update(
                 {
-                    "DJANGO_SETTINGS_MODULE": "console.settings",
+                    "DJANGO_SETTINGS_MODULE": "galley.settings",
                     "GALLEY_DATA_DIR": str(data_dir),
                     "DATABASE_URL": database_url,
                     "GALLEY_REDIS_PREFIX": "galley-test-" + secrets.token_hex(4),
@@ -154,6 +154,6 @@ def live_galley(
                         os.killpg(proc.pid, signal.SIGKILL)
                         proc.wait()
                 log.close()
-                from sessions.sandbox.quota import volumes_release_under
+                from sandboxes.quota import volumes_release_under
 
                 volumes_release_under(data_dir)  # sandbox volumes the worker mounted

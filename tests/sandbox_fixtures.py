@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from console.ids import new_id
+from api.ids import new_id
 
 TOOLSET = {"type": "agent_toolset_20260401"}
 
@@ -23,8 +23,8 @@ def sandbox_root(settings: Any) -> Iterator[Path]:
     settings.GALLEY_PACKAGES_ROOT = base / "packages"
     settings.GALLEY_SANDBOX_BACKEND = "bwrap"
     yield base
-    from sessions.sandbox import services
-    from sessions.sandbox.quota import volumes_release_under
+    from sandboxes import services
+    from sandboxes.quota import volumes_release_under
 
     for key in list(services._registry):
         services.sandbox_destroy(session_id=key.split(".")[0])
@@ -77,7 +77,7 @@ def make_sandbox_session(db: Any, sandbox_root: Path) -> Callable[..., Any]:
 
 
 def run(session: Any, name: str, **tool_input: Any) -> Any:
-    from sessions.sandbox.toolset import run_tool
+    from sandboxes.toolset import run_tool
 
     return run_tool(session=session, name=name, tool_input=tool_input, tool_use_id="toolu_1")
 

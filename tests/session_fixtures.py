@@ -4,7 +4,7 @@ from typing import Any
 
 from accounts.models import Workspace
 from agents.models import Agent, AgentVersion, Environment
-from console.ids import new_id
+from api.ids import new_id
 
 
 def agent_definition(name: str = "helper", **extra: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from django.db import connection
 from accounts.models import Workspace
 from agents import services
 from agents.models import Agent, AgentVersion
-from console.errors import ApiError
+from api.errors import ApiError
 from skills import services as skill_services
 from skills.catalog import BUILTIN_VERSION
 

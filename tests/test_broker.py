@@ -1,4 +1,4 @@
-"""The embedded broker (console/broker.py): a put wakes an idle consumer at once (no polling), an
+"""The embedded broker (galley/broker.py): a put wakes an idle consumer at once (no polling), an
 unreadable message file is quarantined and the next message still arrives."""
 
 import threading
@@ -8,7 +8,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
-from console.broker import register
+from galley.broker import register
 
 register()
 

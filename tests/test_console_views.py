@@ -409,7 +409,7 @@ def test_every_console_route_requires_login(workspace):
     """A guard for new routes: anything but login, logout and assets sends strangers to the login page."""
     import re
 
-    from console.urls import console_urlpatterns
+    from galley.urls import console_urlpatterns
 
     client = Client()
     checked = 0
@@ -465,7 +465,7 @@ def test_session_page_lists_attached_repositories_and_their_checkout(workspace):
 
 def test_environment_page_shows_the_prefix_size_per_manager(workspace, settings, tmp_path):
     from agents.models import Environment
-    from sessions.sandbox.packages import package_key, package_lists
+    from sandboxes.packages import package_key, package_lists
 
     settings.GALLEY_PACKAGES_ROOT = tmp_path
     env = Environment.objects.create(

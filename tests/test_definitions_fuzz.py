@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents import services as agent_services
-from console.errors import ApiError
-from console.ids import new_id
+from api.errors import ApiError
+from api.ids import new_id
 from vaults import crypto
 from vaults import services as vault_services
 

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from accounts.models import Workspace
-from console.errors import ApiError
+from api.errors import ApiError
 from deployments import services
 from deployments.models import Deployment, DeploymentRun
 from sessions.models import Event, Session

@@ -5,7 +5,7 @@ import pytest
 from accounts.models import Workspace
 from agents import services
 from agents.models import Environment
-from console.errors import ApiError
+from api.errors import ApiError
 
 pytestmark = pytest.mark.django_db
 

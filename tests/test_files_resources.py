@@ -7,7 +7,7 @@ from django.test import Client
 
 from accounts.models import Workspace
 from accounts.services import api_key_create
-from console.errors import ApiError
+from api.errors import ApiError
 from files import services
 from files.models import File, SessionResource
 from sessions.models import Session

@@ -52,9 +52,9 @@ def test_make_setup_on_a_host_without_bwrap_brings_the_wheels_and_galley_uses_it
     probe = textwrap.dedent(
         """
         import django, os, shutil
-        os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
+        os.environ["DJANGO_SETTINGS_MODULE"] = "galley.settings"
         django.setup()
-        from sessions.sandbox.backends import bwrap_executable
+        from sandboxes.backends import bwrap_executable
         print(shutil.which("bwrap"), bwrap_executable())
         """
     )

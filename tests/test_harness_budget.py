@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from console.errors import ApiError
+from api.errors import ApiError
 from sessions import services
 from sessions.models import Session
 from tests.harness_helpers import events_of, harness_model, log_types, make_session, say, step

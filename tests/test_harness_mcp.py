@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from sessions.harness.context import INTERRUPTED
-from sessions.harness.services import LOST
+from harness.context import INTERRUPTED
+from harness.services import LOST
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append, session_set_status
 from tests.harness_helpers import (

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from console.ids import new_id
-from sessions.harness.outcome_prompts import GRADER_SYSTEM
+from api.ids import new_id
+from harness.outcome_prompts import GRADER_SYSTEM
 from sessions.models import Session
 from sessions.services import outcome_evaluations_by_session
 from tests.harness_helpers import custom_tool, events_of, harness_model, make_session, send, step
@@ -145,7 +145,7 @@ def test_an_interrupt_ends_the_outcome_as_interrupted(model: ScriptedModel) -> N
     define(session)
     step(session)
     assert Session.objects.get(pk=session.pk).stop_reason["type"] == "requires_action"
-    from console.errors import ApiError
+    from api.errors import ApiError
     from sessions.services import events_send
 
     another = {"type": "user.define_outcome", "description": "x", "rubric": {"type": "text", "content": "y"}}

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sessions.harness import pricing
-from sessions.harness.providers.anthropic import AnthropicProvider
+from harness import pricing
+from harness.providers.anthropic import AnthropicProvider
 from sessions.models import Event, Session
 from tests.harness_helpers import (
     custom_tool,

@@ -8,7 +8,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from sessions.harness.services import session_reschedule_expired, sessions_sweep
+from harness.services import session_reschedule_expired, sessions_sweep
 from sessions.models import Event, Session
 from sessions.services import NewEvent, events_append
 from tests.harness_helpers import harness_model, log_types, make_session, say, step

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sessions.harness.dispatch import session_kick
+from harness.dispatch import session_kick
 from sessions.models import Event, Session
 from tests.harness_helpers import events_of, log_types, make_session, say, wait_for
 from tests.harness_worker import celery_worker, purge_embedded_broker

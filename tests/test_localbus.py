@@ -23,7 +23,7 @@ def test_a_message_published_by_another_process_reaches_this_ones_listener(setti
         "from sessions import localbus\n"
         "localbus.send('sesn_x', {'kind': 'preview', 'frame': {'type': 'event_start'}})\n"
     )
-    env = dict(os.environ, GALLEY_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="console.settings")
+    env = dict(os.environ, GALLEY_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="galley.settings")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
     assert received.get(timeout=5) == ("sesn_x", {"kind": "preview", "frame": {"type": "event_start"}})
     localbus._listener = None

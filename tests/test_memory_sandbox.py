@@ -128,7 +128,7 @@ def test_two_sessions_racing_on_a_path(make_sandbox_session, store, sandbox_root
 
     worker = threading.Thread(target=slow_write)
     worker.start()
-    from sessions.sandbox.services import sandbox_root as root_of
+    from sandboxes.services import sandbox_root as root_of
 
     tmp = root_of(second.pk) / "volume" / "tmp"  # the sandbox volume holds its /tmp
     deadline = time.monotonic() + 60

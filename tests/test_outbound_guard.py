@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from harness.mcp import McpConnection, McpError
 from outbound.guard import AddressRefused, http_client, resolve_checked
-from sessions.harness.mcp import McpConnection, McpError
 from tests.mcp_server import McpServer, mcp_server
 
 PUBLIC = "93.184.216.34"  # a global unicast address; nothing here ever connects to it for real

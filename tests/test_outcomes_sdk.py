@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from sessions.harness.outcome_prompts import GRADER_SYSTEM
+from harness.outcome_prompts import GRADER_SYSTEM
 from tests.live_fixtures import until_idle
 from tests.model_server import Reply, ScriptedModel, scripted_model, text
 

@@ -358,7 +358,7 @@ def test_usage_is_priced_per_model_from_the_registry(server: ScriptedOpenAI) -> 
 
 
 def test_the_context_window_of_a_registry_model_sets_the_compaction_threshold(server: ScriptedOpenAI) -> None:
-    from sessions.harness.services import compaction_threshold
+    from harness.services import compaction_threshold
 
     assert compaction_threshold("local/local-model") == 25_600
     assert compaction_threshold("local/gpt-test") == 160_000

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from anthropic._constants import ANTHROPIC_API_VERSION
 
-from console.errors import ApiError
+from api.errors import ApiError
 from providers import registry, services
 from providers.config import ProviderConfigError, providers_parse
 from providers.models import ModelProvider
@@ -73,7 +73,7 @@ def test_the_settings_module_fails_loudly_on_a_bad_galley_providers() -> None:
         [
             sys.executable,
             "-c",
-            "import os, django; os.environ['DJANGO_SETTINGS_MODULE'] = 'console.settings'; django.setup()",
+            "import os, django; os.environ['DJANGO_SETTINGS_MODULE'] = 'galley.settings'; django.setup()",
         ],
         env=env,
         capture_output=True,
@@ -380,7 +380,7 @@ def test_a_session_whose_model_lost_its_provider_fails_the_turn_cleanly(settings
 def test_a_sessions_model_override_is_checked_like_an_agents(settings: Any, workspace: Any) -> None:
     from agents.models import Environment
     from agents.services import agent_create
-    from console.ids import new_id
+    from api.ids import new_id
     from sessions.services import session_create
 
     _env(

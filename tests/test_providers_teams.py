@@ -9,10 +9,10 @@ import pytest
 
 from accounts.models import Role
 from console.analytics import report_build
+from harness import pricing
 from providers import registry
 from providers.config import providers_parse
 from providers.models import ModelCall
-from sessions.harness import pricing
 from sessions.models import Session, SessionThread
 from tests.console_factories import client_for
 from tests.harness_helpers import harness_model, make_session, say, step

@@ -1,4 +1,4 @@
-"""Rate limits (console/ratelimit.py): per API key and per workspace on create and other routes, failed
+"""Rate limits (api/ratelimit.py): per API key and per workspace on create and other routes, failed
 authentications per client address on the API and the console login, 429 `rate_limit_error` with
 `retry-after`. The counters run in this process without REDIS_URL and in Redis with it; the store tests
 cover both."""
@@ -13,7 +13,7 @@ import anthropic
 import pytest
 from django.test import Client
 
-from console import ratelimit
+from api import ratelimit
 from tests.live import LiveGalley, live_galley
 
 AGENT = {"name": "limited", "model": "claude-sonnet-4-6"}

@@ -116,7 +116,7 @@ def test_unsupported_families_still_require_an_api_key() -> None:
 
 
 def test_capabilities_doc_names_every_unsupported_family() -> None:
-    from console.unsupported import FAMILIES
+    from api.unsupported import FAMILIES
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "capabilities.md").read_text()
     for prefix, _ in FAMILIES:

@@ -243,7 +243,7 @@ def test_an_echoing_host_never_puts_the_secret_into_the_sandbox(  # type: ignore
 
 
 def test_the_masker_catches_a_value_split_anywhere() -> None:
-    from sessions.sandbox.credentials import SecretMasker
+    from sandboxes.credentials import SecretMasker
 
     data = (b"x" * 50 + SECRET.encode() + b"y" * 10 + b'"real-secret-123"' + b"%2F") * 3
     for size in range(1, 40):

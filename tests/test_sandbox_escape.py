@@ -38,7 +38,7 @@ def test_data_dir_database_vault_key_and_checkout_are_invisible(make_sandbox_ses
         Path(settings.GALLEY_VAULT_KEY_FILE),
         Path(settings.BASE_DIR),
         Path(settings.BASE_DIR) / "manage.py",
-        Path(settings.BASE_DIR) / "console" / "settings.py",
+        Path(settings.BASE_DIR) / "galley" / "settings.py",
         Path(str(settings.DATABASES["default"].get("NAME") or "/nonexistent")),
         sandbox_root,
         Path(settings.GALLEY_SANDBOX_ROOT),
@@ -239,7 +239,7 @@ def test_a_server_under_a_120_character_data_directory_runs_bash_turns():
     """Through the SDK and a live server: the egress socket and the local bus both live under the data dir."""
     import tempfile
 
-    from sessions.sandbox.quota import volumes_release_under
+    from sandboxes.quota import volumes_release_under
     from tests.live import live_galley
     from tests.live_fixtures import until_idle
     from tests.model_server import scripted_model, tool_call

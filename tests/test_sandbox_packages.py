@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from console.errors import ApiError
-from sessions.sandbox.packages import packages_build, packages_request_build, validate_packages
+from api.errors import ApiError
+from sandboxes.packages import packages_build, packages_request_build, validate_packages
 from tests.sandbox_fixtures import run, text
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
@@ -186,7 +186,7 @@ def test_failed_build_is_reported_on_the_environment_and_to_the_tool(make_sandbo
 
 def test_a_session_on_a_building_environment_waits_for_the_build(make_sandbox_session):
     from agents.models import Environment
-    from sessions.sandbox.toolset import run_tool
+    from sandboxes.toolset import run_tool
 
     session = make_sandbox_session(build_status="building")
     results = []
@@ -246,7 +246,7 @@ def test_an_unknown_apt_package_or_version_fails_the_build_clearly(make_sandbox_
 
 
 def test_a_missing_toolchain_fails_the_build_naming_it(make_sandbox_session, monkeypatch):
-    from sessions.sandbox import packages
+    from sandboxes import packages
 
     monkeypatch.setattr(
         packages, "TOOLCHAINS", {**packages.TOOLCHAINS, "go": "galley-no-go", "gem": "galley-no-gem"}
@@ -263,7 +263,7 @@ def test_builds_reach_only_the_package_registries(make_sandbox_session, registri
     """A build's installers run arbitrary code: their traffic goes through the egress proxy, which refuses
     anything that is not a registry."""
     session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
-    from sessions.sandbox import packages
+    from sandboxes import packages
 
     real = packages._build_commands
 
@@ -368,7 +368,7 @@ def test_gem_and_go_packages_build_into_the_prefix_and_run(make_sandbox_session,
 
 def test_cargo_needs_a_system_wide_toolchain(make_sandbox_session):
     """Sandboxes see only the host's /usr: a cargo found elsewhere (rustup's ~/.cargo) cannot build."""
-    from sessions.sandbox import packages
+    from sandboxes import packages
 
     session = make_sandbox_session(packages={"cargo": ["ripgrep@14.1.0"]})
     try:

@@ -41,7 +41,7 @@ def server() -> Iterator[tuple[LiveGalley, ScriptedModel, Path]]:
             with live_galley(extra_env=env) as live:
                 yield live, model, root
     finally:
-        from sessions.sandbox.quota import volumes_release_under
+        from sandboxes.quota import volumes_release_under
 
         volumes_release_under(root)  # sandbox volumes the live worker mounted
         shutil.rmtree(root, ignore_errors=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from console.errors import ApiError
+from api.errors import ApiError
 from files import services as files
 from sessions.models import Event
 from tests.git_server import git, git_server, make_repository, self_signed
@@ -229,7 +229,7 @@ def test_other_paths_on_a_repository_host_stay_refused(make_sandbox_session, ser
 
 
 def session_root(session) -> str:
-    from sessions.sandbox.services import sandbox_root
+    from sandboxes.services import sandbox_root
 
     return str(sandbox_root(session.id))
 

@@ -26,7 +26,7 @@ def test_bash_keeps_cwd_and_exports_between_calls(make_sandbox_session):
 
 
 def test_bash_state_survives_a_killed_sandbox_process(make_sandbox_session):
-    from sessions.sandbox import services
+    from sandboxes import services
 
     session = make_sandbox_session()
     run(session, "bash", command="mkdir -p deep && cd deep && export KEEP=yes && echo data > f.txt")
@@ -37,7 +37,7 @@ def test_bash_state_survives_a_killed_sandbox_process(make_sandbox_session):
 
 
 def test_bash_state_survives_a_new_worker_process(make_sandbox_session):
-    from sessions.sandbox import services
+    from sandboxes import services
 
     session = make_sandbox_session()
     run(session, "bash", command="cd /tmp && export W=1 && echo x > /workspace/kept")
@@ -75,7 +75,7 @@ def test_bash_timeout_ms_kills_the_command(make_sandbox_session):
 
 
 def test_bash_cancel_stops_within_a_second(make_sandbox_session):
-    from sessions.sandbox.toolset import run_tool
+    from sandboxes.toolset import run_tool
 
     session = make_sandbox_session()
     run(session, "bash", command="true")
@@ -157,7 +157,7 @@ def test_file_tools_refuse_paths_outside_the_sandbox(make_sandbox_session):
 
 
 def test_disabled_tools_and_allow_listing(make_sandbox_session):
-    from sessions.sandbox.toolset import tool_definitions
+    from sandboxes.toolset import tool_definitions
 
     tools = [
         {

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from console.errors import ApiError
+from api.errors import ApiError
 from selfhosted.models import WorkItem
 from sessions.models import Event, Session, SessionThread
 from sessions.services import events_send

@@ -122,7 +122,7 @@ def test_a_key_of_another_environment_does_not_see_its_sessions(admin, workspace
 
 
 def test_keys_are_only_for_self_hosted_environments(workspace):
-    from console.errors import ApiError
+    from api.errors import ApiError
 
     cloud = make_environment(workspace, name="cloud")
     with pytest.raises(ApiError) as caught:

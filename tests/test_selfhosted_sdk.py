@@ -398,7 +398,7 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
     }
     env.update(
         {
-            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "DJANGO_SETTINGS_MODULE": "galley.settings",
             "GALLEY_DATA_DIR": str(host),
             "ANTHROPIC_ENVIRONMENT_KEY": key,
             "ANTHROPIC_BASE_URL": galley.base_url,
@@ -442,7 +442,7 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
     made = host / "sandboxes" / session.id / "volume" / "workspace" / "made.txt"
     assert made.read_text() == "made in bwrap"  # the workspace is kept on the worker's host
     assert not list(galley.data_dir.rglob("made.txt"))
-    from sessions.sandbox.quota import volumes_release_under
+    from sandboxes.quota import volumes_release_under
 
     volumes_release_under(host)  # the worker mounted each sandbox's volume image on this host
     shutil.rmtree(host, ignore_errors=True)

@@ -473,7 +473,7 @@ def test_wrong_prefixes_bad_json_and_oversized_bodies_get_4xx_in_the_error_shape
 
 
 def _child_thread(session_id: str, status: str = "idle") -> SessionThread:
-    from console.ids import new_id
+    from api.ids import new_id
 
     primary = SessionThread.objects.get(session_id=session_id, parent=None)
     return SessionThread.objects.create(
@@ -650,7 +650,7 @@ def test_outcome_evaluations_follow_the_evaluation_spans(api, agent, environment
 
 
 def test_vault_ids_must_name_vaults_of_the_workspace(api, agent, environment, workspace):
-    from console.ids import new_id
+    from api.ids import new_id
     from vaults.models import Vault
 
     mine = Vault.objects.create(id=new_id("vlt"), workspace=workspace, display_name="mine")

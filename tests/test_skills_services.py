@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from agents import services as agent_services
-from console.errors import ApiError
+from api.errors import ApiError
 from sessions import services as session_services
 from sessions.models import SessionThread
 from skills import runtime

@@ -1,4 +1,4 @@
-"""On SQLite, write transactions take turns through one flock (console/sqlite/base.py): a writer
+"""On SQLite, write transactions take turns through one flock (galley/sqlite/base.py): a writer
 that waits longer than SQLite's busy timeout still gets its turn instead of "database is locked",
 whichever thread or process holds the lock."""
 
@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from console.sqlite.base import DatabaseWrapper
+from galley.sqlite.base import DatabaseWrapper
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -35,7 +35,7 @@ def _children(pid: int) -> dict[int, str]:
 
 def _web_pids(live: LiveGalley) -> list[int]:
     assert live.proc is not None
-    return sorted(p for p, cmd in _children(live.proc.pid).items() if "console.webserver" in cmd)
+    return sorted(p for p, cmd in _children(live.proc.pid).items() if "galley.webserver" in cmd)
 
 
 def _worker_pids(live: LiveGalley) -> list[int]:

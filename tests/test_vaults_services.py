@@ -9,8 +9,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from accounts.models import Workspace
-from console.env import ConfigError
-from console.errors import ApiError
+from api.errors import ApiError
+from galley.env import ConfigError
 from vaults import crypto, services
 from vaults.models import Credential, Vault
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from standardwebhooks import WebhookVerificationError
 
 from accounts.models import Workspace
-from console.errors import ApiError
+from api.errors import ApiError
 from outbound.guard import AddressRefused, resolve_checked
 from sessions import services as session_services
 from tests.session_fixtures import make_agent, make_environment

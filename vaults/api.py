@@ -5,7 +5,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router
 
-from console.pagination import page_body
+from api.pagination import page_body
 from vaults import services
 from vaults.schemas import (
     CredentialCreateParams,

@@ -9,7 +9,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
-from console.env import ConfigError
+from galley.env import ConfigError
 
 
 def _key_file_keys() -> list[str]:

@@ -12,10 +12,10 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import Workspace
 from agents import definition as d
-from console.errors import bad_request, conflict, not_found
-from console.ids import has_prefix, new_id
-from console.pagination import Page, check_limit, paginate
-from console.wire import check_metadata, iso, patch_metadata
+from api.errors import bad_request, conflict, not_found
+from api.ids import has_prefix, new_id
+from api.pagination import Page, check_limit, paginate
+from api.wire import check_metadata, iso, patch_metadata
 from vaults import crypto, oauth
 from vaults.models import Credential, Vault
 from webhooks.services import webhook_event_emit

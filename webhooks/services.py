@@ -23,9 +23,9 @@ from django.utils import timezone
 
 from accounts.models import Workspace
 from agents import definition as d
-from console.errors import bad_request, not_found
-from console.ids import new_id
-from console.wire import iso
+from api.errors import bad_request, not_found
+from api.ids import new_id
+from api.wire import iso
 from outbound.guard import AddressRefused, http_client
 from vaults import crypto
 from webhooks import signing

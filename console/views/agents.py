@@ -10,9 +10,9 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from agents.models import Agent, AgentVersion, Environment
+from api.errors import ApiError
 from console import forms
 from console.access import console_view, render_page
-from console.errors import ApiError
 from console.timeline import with_costs
 from skills.models import Skill
 

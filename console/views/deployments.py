@@ -10,8 +10,8 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from agents.models import Agent, Environment
+from api.errors import ApiError
 from console.access import console_view, forbidden, render_page
-from console.errors import ApiError
 from console.forms import error_field
 from deployments import services
 from deployments.models import Deployment, DeploymentRun

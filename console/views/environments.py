@@ -7,10 +7,10 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from agents.models import Agent, Environment
+from api.errors import ApiError
 from console import forms
 from console.access import console_view, render_page
-from console.errors import ApiError
-from sessions.sandbox.packages import package_prefix_summary
+from sandboxes.packages import package_prefix_summary
 
 
 def _environment(request: HttpRequest, environment_id: str) -> Environment:

@@ -11,8 +11,8 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
+from api.errors import ApiError
 from console.access import console_view, render_page
-from console.errors import ApiError
 from memory import services
 from memory.models import Memory, MemoryStore, MemoryVersion
 

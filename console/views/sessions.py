@@ -12,8 +12,8 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from agents.models import Agent
+from api.errors import ApiError
 from console.access import console_view, render_page
-from console.errors import ApiError
 from console.timeline import (
     ChatContext,
     chat_item,
@@ -160,8 +160,8 @@ def _answer(request: HttpRequest, session: Session, *, error: str | None, done: 
     return HttpResponseRedirect(f"/sessions/{session.pk}")
 def _outcomes_and_budget(session: Session) -> dict[str, Any]:
     from console.timeline import money
-    from sessions.harness import budget
-    from sessions.harness.outcomes import outcome_history
+    from harness import budget
+    from harness.outcomes import outcome_history
 
     limit = budget.limit_cents(session.budget)
     shown = None

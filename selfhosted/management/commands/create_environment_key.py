@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.models import Environment
-from console.errors import ApiError
+from api.errors import ApiError
 from selfhosted.services import environment_key_create
 
 

@@ -1,0 +1,29 @@
+import os
+
+from celery import Celery
+
+from galley.broker import register as register_broker
+
+register_broker()
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "galley.settings")
+
+app = Celery("galley")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+# Task modules that live below an app package rather than at `<app>/tasks.py`.
+app.conf.imports = ("harness.tasks", "sandboxes.tasks", "skills.tasks")
+
+
+def worker_argv(
+    *, concurrency: int, schedule: str, loglevel: str = "WARNING", beat: bool = True, name: str = "worker"
+) -> list[str]:
+    """The command of one Galley worker process: harness steps on a thread pool (they mostly wait on
+    the model), with the periodic sweeper (beat) embedded in one of them."""
+    import sys
+
+    return [
+        sys.executable, "-m", "celery", "-A", "galley", "worker", *(["--beat"] if beat else []),
+        "--pool", "threads", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--schedule", schedule,
+    ]  # fmt: skip

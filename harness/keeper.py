@@ -1,0 +1,92 @@
+"""One background thread per worker process that serves every running step of that process: it
+renews their leases (one UPDATE) and watches for user.interrupt (one indexed query), cancelling
+the step's current model request or tool when one arrives."""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from harness.providers.base import CancelToken
+from sessions.models import Event, Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepHandle:
+    session_id: str
+    owner: str
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+    def fresh_cancel(self) -> CancelToken:
+        """A new token for the next model request or tool run."""
+        self.cancel = CancelToken()
+        return self.cancel
+
+
+class Keeper:
+    def __init__(self) -> None:
+        self._steps: dict[str, StepHandle] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_renewal = 0.0
+
+    def register(self, session_id: str, owner: str) -> StepHandle:
+        handle = StepHandle(session_id, owner)
+        with self._lock:
+            self._steps[session_id] = handle
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="harness-keeper", daemon=True)
+                self._thread.start()
+        return handle
+
+    def active_steps(self) -> int:
+        return len(self._steps)
+
+    def unregister(self, handle: StepHandle) -> None:
+        with self._lock:
+            if self._steps.get(handle.session_id) is handle:
+                del self._steps[handle.session_id]
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(settings.GALLEY_INTERRUPT_POLL_SECONDS)
+            with self._lock:
+                steps = dict(self._steps)
+            if not steps:
+                # Idle: hold no database connection (PostgreSQL counts them; tests drop databases).
+                if connection.connection is not None:
+                    connection.close()
+                continue
+            try:
+                self._tick(steps)
+            except Exception:
+                log.warning("the harness keeper failed a round", exc_info=True)
+                close_old_connections()
+                connection.close()
+
+    def _tick(self, steps: dict[str, StepHandle]) -> None:
+        interrupted = set(
+            Event.objects.filter(
+                session_id__in=list(steps), type="user.interrupt", processed_at=None
+            ).values_list("session_id", flat=True)
+        )
+        for session_id in interrupted:
+            steps[session_id].cancel.set()
+        now = time.monotonic()
+        lease = settings.GALLEY_LEASE_SECONDS
+        if now - self._last_renewal >= lease / 3:
+            self._last_renewal = now
+            # Owners are unique per step, so this renews exactly the leases this process holds.
+            Session.objects.filter(lease_owner__in=[h.owner for h in steps.values()]).update(
+                lease_expires_at=timezone.now() + timedelta(seconds=lease)
+            )
+
+
+keeper = Keeper()

@@ -1,0 +1,427 @@
+"""Sandbox lifecycle: directories on disk, the live shell registry of this worker process, reaping, removal.
+
+A session's sandbox is a directory `GALLEY_SANDBOX_ROOT/<session_id>/` holding `workspace/` (mounted at
+/workspace, the working directory), `tmp/` (its /tmp), `state/` (saved cwd and exports), `egress/` (the
+proxy's socket and the bridge script, read-only inside) and `etc/` (its passwd and group). The directory
+outlives every process; the processes (one bash in one bwrap) are started on the first tool call, kept per
+worker process, killed when idle, and restarted transparently. The worker only ever writes into directories
+the sandbox cannot change (never following a link the sandbox may have planted).
+"""
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from sandboxes.backends import (
+    CA_BUNDLE,
+    INSIDE_UID,
+    SAFE_PATH,
+    BwrapBackend,
+    Limits,
+    SandboxBackend,
+    SandboxError,
+    SandboxSpec,
+    backend_get,
+    rlimit_shell,
+    sandbox_uid,
+)
+from sandboxes.shell import Shell
+from sessions.models import Session
+from skills.runtime import sandbox_agent, sandbox_skills
+
+logger = logging.getLogger(__name__)
+
+PROXY_PORT = 3128
+BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
+
+
+@dataclass
+class LiveSandbox:
+    key: str
+    session_id: str
+    spec: SandboxSpec
+    backend: SandboxBackend
+    shell: Shell | None = None
+    egress: Any = None  # sandboxes.egress.EgressProxy when networking is limited
+    limited: bool = False
+    rules: Any = None  # sandboxes.egress.EgressRules when networking is limited
+    slots: list[Any] = None  # type: ignore[assignment]  # sandboxes.credentials.SecretSlot
+    lock: threading.Lock = None  # type: ignore[assignment]
+    # Outputs capture: path -> stat of the content last recorded, so unchanged files are not read again.
+    outputs_seen: dict[str, tuple[int, ...]] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slots = self.slots or []
+        self.outputs_seen = {}
+
+
+_registry: dict[str, LiveSandbox] = {}
+_registry_lock = threading.Lock()
+_reaper_started = False
+
+
+def _start_reaper() -> None:
+    """One daemon thread per worker process stops idle shells, whether or not a beat schedule exists."""
+    global _reaper_started
+    if _reaper_started:
+        return
+    _reaper_started = True
+
+    def loop() -> None:
+        while True:
+            time.sleep(1.0)  # a scan of this process's registry: cheap
+            try:
+                sandbox_reap_idle()
+            except Exception:  # the reaper must outlive any one bad sandbox
+                logger.exception("idle sandbox reaper failed")
+
+    threading.Thread(target=loop, daemon=True, name="sandbox-reaper").start()
+
+
+def sandbox_root(session_id: str, thread_id: str | None = None) -> Path:
+    name = session_id if thread_id is None else f"{session_id}.{thread_id}"
+    if not name.replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"bad sandbox name {name!r}")
+    return Path(settings.GALLEY_SANDBOX_ROOT) / name
+
+
+def _check_traversable(base: Path) -> None:
+    """bubblewrap runs as the sandbox's uid: every parent of the sandbox root must let others through."""
+    for parent in base.parents:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o001:
+            logger.error("sandbox root %s is unreachable for sandbox users: %s lacks o+x", base, parent)
+            raise SandboxError(
+                "the server's sandbox directory is not reachable by sandbox users (a parent directory lacks "
+                "o+x); an administrator should set GALLEY_SANDBOX_ROOT elsewhere (see the server log)"
+            )
+
+
+def sandbox_provision(*, root: Path, uid: int, quota: bool = True) -> None:
+    """Create the sandbox's directories (idempotent). Files inside belong to the sandbox's own uid.
+    With `quota`, the volume holding everything the sandbox can write is its quota-limited image."""
+    from sandboxes.quota import volume_path, volume_provision
+
+    base = Path(settings.GALLEY_SANDBOX_ROOT)
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o711)
+    if os.geteuid() == 0 and uid != 0:
+        _check_traversable(base)
+    root.mkdir(exist_ok=True)
+    os.chmod(root, 0o711)
+    volume = volume_path(root)
+    if quota:
+        volume_provision(root=root, limit=settings.GALLEY_SANDBOX_WORKSPACE_BYTES)
+    else:
+        volume.mkdir(mode=0o711, exist_ok=True)
+    own = os.geteuid() == 0
+    for name, mode in (("workspace", 0o755), ("tmp", 0o700), ("state", 0o700), ("outputs", 0o755)):
+        path = volume / name
+        old = root / name  # the layout before volumes: move its files into the volume once
+        if old.is_dir() and not old.is_symlink() and not path.exists():
+            shutil.move(str(old), str(path))
+        path.mkdir(exist_ok=True)
+        if own:
+            os.chown(path, uid, uid)
+        os.chmod(path, mode)
+    (root / "egress").mkdir(mode=0o711, exist_ok=True)
+    etc = root / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "passwd").write_text(
+        f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+        f"agent:x:{INSIDE_UID}:{INSIDE_UID}:agent:/workspace:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    (etc / "group").write_text(f"root:x:0:\nagent:x:{INSIDE_UID}:\nnogroup:x:65534:\n")
+
+
+def environment_networking(session: Session) -> dict[str, Any]:
+    config = session.environment.config or {}
+    return dict(config.get("networking") or {"type": "unrestricted"})
+
+
+def sandbox_spec(
+    *, session: Session, key: str, backend: SandboxBackend
+) -> tuple[SandboxSpec, bool, list[Any]]:
+    from sandboxes.credentials import ca_bundle_path, secret_slots
+    from sandboxes.packages import package_dir_for
+
+    root = sandbox_root(key)
+    uid = sandbox_uid(key) if os.geteuid() == 0 else os.geteuid()
+    # "limited" here means: no network of its own, egress through the proxy.
+    limited = (
+        environment_networking(session).get("type") == "limited"
+        or settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK == "proxy"
+    )
+    package_dir = package_dir_for(session.environment)
+    probe = SandboxSpec(
+        root=root, uid=uid, share_network=not limited, limits=Limits.from_settings(), package_dir=package_dir
+    )
+    workspace = backend.workspace_path(probe)
+    path = SAFE_PATH
+    env = {
+        "HOME": workspace,
+        "USER": "agent",
+        "LOGNAME": "agent",
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": backend.tmp_path(probe),
+        "PYTHONUNBUFFERED": "1",
+        "PAGER": "cat",
+        "GIT_PAGER": "cat",
+        # git never prompts: repository credentials are added by the egress proxy, outside the sandbox.
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    env["PATH"] = path
+    if package_dir is not None:
+        from sandboxes.packages import prefix_environment
+
+        env.update(prefix_environment(backend.packages_path(probe), path))
+    skills = sandbox_skills(agent=sandbox_agent(session, key))
+    if skills.pythonpath:
+        env["PYTHONPATH"] = ":".join(p for p in (env.get("PYTHONPATH"), skills.pythonpath) if p)
+    if limited:
+        proxy = f"http://127.0.0.1:{PROXY_PORT}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            env[name] = proxy
+        env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1"
+    # Vault environment_variable credentials: only a placeholder inside; the proxy substitutes the value.
+    slots = secret_slots(workspace_id=session.workspace_id, vault_ids=list(session.vault_ids or []))
+    for slot in slots:
+        env.setdefault(slot.secret_name, slot.placeholder)
+    repos = repo_ids(session)
+    ca_bundle = None
+    if (slots or repos) and limited and isinstance(backend, BwrapBackend):
+        ca_bundle = ca_bundle_path()
+        for name in (
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "PIP_CERT",
+        ):
+            env[name] = CA_BUNDLE
+    spec = SandboxSpec(
+        root=root,
+        uid=uid,
+        share_network=not limited,
+        limits=Limits.from_settings(),
+        env=env,
+        package_dir=package_dir,
+        ca_bundle=ca_bundle,
+        mounts=resource_mounts(session) + skills.mounts,
+        repos=repos,
+    )
+    return spec, limited, slots
+
+
+def repo_ids(session: Session) -> tuple[str, ...]:
+    from files.models import ResourceType, SessionResource
+
+    return tuple(
+        SessionResource.objects.filter(session=session, type=ResourceType.GITHUB_REPOSITORY)
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+    )
+
+
+def resource_mounts(session: Session) -> tuple[tuple[str, str], ...]:
+    """The session's file resources as read-only mounts (repositories are cloned by `sandboxes.repos`
+    when the shell starts)."""
+    from files.services import session_resource_mounts
+
+    mounts = []
+    for mount in session_resource_mounts(session):
+        if mount.type != "file" or mount.source is None:
+            continue
+        # Stored files are private to the server (0600); the sandbox's user must read the mounted one.
+        # The bind is read-only, and only sandboxes the file is attached to can see it.
+        os.chmod(mount.source, 0o644)
+        mounts.append((str(mount.source), mount.mount_path))
+    return tuple(mounts)
+
+
+def _shell_init(live: LiveSandbox) -> str:
+    backend, spec = live.backend, live.spec
+    state = backend.state_path(spec)
+    egress = backend.egress_path(spec)
+    workspace = backend.workspace_path(spec)
+    # Below the worker's priority once started: a busy sandbox slows itself before it slows the server.
+    lines = [rlimit_shell(spec.limits), "renice -n 10 -p $$ >/dev/null 2>&1 &"]
+    if live.limited:
+        lines.append(
+            f"/usr/bin/python3 -I {egress}/bridge.py {PROXY_PORT} {egress}/egress.sock {state}/bridge.ready"
+            " </dev/null >/dev/null 2>&1 &"
+        )
+        lines.append(
+            f"for __i in $(seq 200); do [ -e {state}/bridge.ready ] && break; sleep 0.01; done; unset __i"
+        )
+    lines.append(
+        f'{{ IFS= read -r __galley_cwd < {state}/cwd && cd "$__galley_cwd"; }} 2>/dev/null || cd {workspace}'
+    )
+    lines.append("unset __galley_cwd")
+    lines.append(f"[ -f {state}/env ] && . {state}/env 2>/dev/null")
+    # Variables the platform owns win over a restored copy (the environment may have changed since).
+    for name in (
+        "PATH",
+        "PYTHONPATH",
+        "NODE_PATH",
+        "LD_LIBRARY_PATH",
+        "GEM_PATH",
+        "MANPATH",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "HOME",
+        "TMPDIR",
+    ):
+        if name in spec.env:
+            lines.append(f"export {name}='{spec.env[name]}'")
+    return "\n".join(lines) + "\n"
+
+
+def _start_shell(live: LiveSandbox) -> Shell:
+    spec = live.spec
+    sandbox_provision(root=spec.root, uid=spec.uid)
+    if spec.repos:
+        from sandboxes.repos import repositories_prepare
+
+        # Cloned on the host before the shell starts; raises RepositoryError naming the repository.
+        binds = tuple(repositories_prepare(session_id=live.session_id, root=spec.root, uid=spec.uid))
+        if binds != spec.binds:
+            spec = live.spec = replace(spec, binds=binds)
+    for stale in (spec.state / "bridge.ready", spec.egress / "egress.sock"):
+        try:
+            stale.unlink()  # never follows a link the sandbox may have planted
+        except FileNotFoundError:
+            pass
+    if live.limited:
+        from sandboxes.egress import EgressProxy
+
+        shutil.copyfile(BRIDGE_SOURCE, spec.egress / "bridge.py")
+        if live.egress is None:
+            live.egress = EgressProxy(session_id=live.session_id, rules=live.rules, slots=live.slots)
+        try:
+            live.egress.listen(spec.egress / "egress.sock", uid=spec.uid)
+        except OSError as exc:
+            logger.error("egress proxy socket for %s failed: %s", live.key, exc)
+            reason = exc.strerror or exc
+            raise SandboxError(f"the sandbox's network proxy could not start ({reason})") from exc
+    argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
+    return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
+
+
+def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbox:
+    """This worker's live sandbox record for the session (no process is started here)."""
+    key = session.id if thread_id is None else f"{session.id}.{thread_id}"
+    with _registry_lock:
+        _start_reaper()
+        live = _registry.get(key)
+        created = live is None
+        if live is None:
+            backend = backend_get()
+            spec, limited, slots = sandbox_spec(session=session, key=key, backend=backend)
+            live = LiveSandbox(
+                key=key, session_id=session.id, spec=spec, backend=backend, limited=limited, slots=slots
+            )
+            if limited:
+                from sandboxes.egress import egress_rules
+
+                live.rules = egress_rules(
+                    networking=environment_networking(session), agent_snapshot=session.agent_snapshot or {}
+                )
+            _registry[key] = live
+            sandbox_provision(root=spec.root, uid=spec.uid)
+            from memory.mounts import memory_mounts_prepare
+
+            owner = spec.uid if os.geteuid() == 0 else None
+            live.spec = replace(
+                spec, memory_mounts=memory_mounts_prepare(session_id=session.id, root=spec.root, uid=owner)
+            )
+    if created:
+        return live  # its spec was just built with the current mounts
+    mounts = resource_mounts(session) + sandbox_skills(agent=sandbox_agent(session, key)).mounts
+    repos = repo_ids(session)
+    if mounts != live.spec.mounts or repos != live.spec.repos:
+        # Resources were added or removed since the shell started: the next call starts a new shell
+        # (cwd and exported variables are restored from the state file) that mounts them.
+        with live.lock:
+            sandbox_stop(live)
+            live.spec = replace(live.spec, mounts=mounts, repos=repos)
+    return live
+
+
+def sandbox_shell(live: LiveSandbox) -> Shell:
+    """The live shell, started (or restarted after it died) on demand. Call with live.lock held."""
+    if live.shell is None or not live.shell.alive():
+        if live.shell is not None:
+            live.shell.kill()
+        live.shell = _start_shell(live)
+    return live.shell
+
+
+def sandbox_stop(live: LiveSandbox) -> None:
+    if live.shell is not None:
+        live.shell.kill()
+        live.shell = None
+    if live.egress is not None:
+        live.egress.close()
+        live.egress = None
+
+
+def sandbox_destroy(*, session_id: str) -> None:
+    """Session deleted: kill its sandboxes in this worker and remove their directories (threads' too)."""
+    with _registry_lock:
+        keys = [k for k in _registry if k == session_id or k.startswith(session_id + ".")]
+        lives = [_registry.pop(k) for k in keys]
+    for live in lives:
+        with live.lock:
+            sandbox_stop(live)
+    base = Path(settings.GALLEY_SANDBOX_ROOT)
+    if not base.is_dir():
+        return
+    from sandboxes.quota import volume_release
+
+    for path in base.iterdir():
+        if path.name == session_id or path.name.startswith(session_id + "."):
+            volume_release(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def sandbox_reap_idle(idle_seconds: float | None = None) -> int:
+    """Kill shells idle longer than the timeout (their directories stay). Returns how many were stopped."""
+    limit = settings.GALLEY_SANDBOX_IDLE_SECONDS if idle_seconds is None else idle_seconds
+    now = time.monotonic()
+    stopped = 0
+    with _registry_lock:
+        lives = list(_registry.values())
+    for live in lives:
+        shell = live.shell
+        if shell is None or now - shell.last_used < limit:
+            continue
+        if not live.lock.acquire(blocking=False):
+            continue  # a command is running: not idle
+        try:
+            if live.shell is not None and time.monotonic() - live.shell.last_used >= limit:
+                sandbox_stop(live)
+                stopped += 1
+        finally:
+            live.lock.release()
+    return stopped
