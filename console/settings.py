@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "skills",
     "memory.apps.MemoryStoresConfig",
     "selfhosted",
+    "costs",
     "console",
 ]
 

@@ -468,6 +468,11 @@ def session_create(
 
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
     skill_refs_check_exist(snapshot=snapshot)
+    if budget is None:
+        # An admin's per-session default (costs/) stands in for a budget the body does not give.
+        from costs.services import session_budget_default
+
+        budget = session_budget_default(workspace=workspace)
     if budget is not None:
         from sessions.harness.budget import check_budgetable
 
