@@ -269,20 +269,39 @@ def thousands(value: int | float) -> str:
     return f"{int(value):,}"
 
 
+def compact(value: float) -> str:
+    """An axis tick for counts: 950, 12.5k, 1.24M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def seconds(value: float) -> str:
     return f"{value:,.2f} s"
 
 
 def _short(label: str, limit: int) -> str:
-    return label if len(label) <= limit else label[: max(1, limit - 1)] + "…"
+    """A bar's label as it fits under the bar: a day as "2 Nov", anything else cut with an ellipsis."""
+    try:
+        day = dt.date.fromisoformat(label)
+    except ValueError:
+        return label if len(label) <= limit else label[: max(1, limit - 1)] + "…"
+    return f"{day.day} {day:%b}"
 
 
 def bar_chart(
-    points: list[tuple[str, float]], *, label: str, unit: str, fmt: Callable[[float], str]
+    points: list[tuple[str, float]],
+    *,
+    label: str,
+    unit: str,
+    fmt: Callable[[float], str],
+    tick: Callable[[float], str] | None = None,
 ) -> SafeString:
     """An inline SVG bar chart (no script, works offline). `label` is the chart's accessible name,
-    `unit` the y axis title, `fmt` formats the axis ticks and each bar's tooltip."""
-    width, height, left, bottom, top_pad = 720, 240, 72, 40, 24
+    `unit` the y axis title, `fmt` formats each bar's tooltip and `tick` the axis ticks (`fmt`)."""
+    width, height, left, bottom, top_pad = 720, 240, 96, 40, 24
+    tick = tick or fmt
     if not points:
         return mark_safe("")
     top = max((v for _k, v in points), default=0) or 1
@@ -294,10 +313,10 @@ def bar_chart(
     for fraction in (0, 0.5, 1):
         y = height - bottom - plot_h * fraction
         parts.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{width}" y2="{y:.1f}"/>')
-        tick = escape(fmt(top * fraction))
-        parts.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>')
+        value = escape(tick(top * fraction))
+        parts.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
     # Every label when they fit, else every n-th; each cut to its slot with the full text in the tooltip.
-    per_label = 7.0  # px per character at the chart's font size
+    per_label = 8.5  # user units per character at the chart's 14px font
     step = max(1, math.ceil(len(points) / 10)) if len(points) > 12 else 1
     chars = max(3, int(slot * step / per_label) - 1)
     for i, (key, value) in enumerate(points):
@@ -311,8 +330,9 @@ def bar_chart(
         if i % step == 0:
             cx = left + i * slot + slot / 2
             parts.append(
+                f"<g><title>{escape(key)}</title>"
                 f'<text class="label" x="{cx:.1f}" y="{height - bottom + 16}" text-anchor="middle">'
-                f"<title>{escape(key)}</title>{escape(_short(key, chars))}</text>"
+                f"{escape(_short(key, chars))}</text></g>"
             )
     parts.append("</svg>")
     return mark_safe("".join(parts))

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import ApiKey, Role
-from console.analytics import NO_USER, usd
+from console.analytics import NO_USER, compact, usd
 from costs.models import WorkspaceBudget
 from sessions.models import Session
 from tests.console_factories import (
@@ -31,6 +31,7 @@ def test_money_always_has_two_decimals_and_separators():
     assert usd(19_990_000) == "$19.99"
     assert usd(1_234_567_890) == "$1,234.57"
     assert usd(-2_500_000) == "-$2.50"
+    assert [compact(v) for v in (0, 950, 12_500, 1_243_477)] == ["0", "950", "12.5k", "1.24M"]
 
 
 def test_analytics_formats_numbers_names_agents_and_labels_the_axes(workspace):
@@ -55,6 +56,9 @@ def test_analytics_formats_numbers_names_agents_and_labels_the_axes(workspace):
     assert "<title>Quarterly research assistant: 1,243,477</title>" in page  # all tokens
     ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', spend[: spend.index("</svg>")])
     assert ticks == ["$0.00", "$617.28", "$1,234.57"]
+    tokens = page[page.index('id="token-chart"') :]
+    token_ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', tokens[: tokens.index("</svg>")])
+    assert token_ticks == ["0", "622k", "1.24M"]
 
 
 def test_two_agents_of_the_same_name_are_told_apart(workspace):

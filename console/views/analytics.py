@@ -10,7 +10,17 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role
 from console.access import console_view, render_page
-from console.analytics import GROUPS, Report, bar_chart, dollars, report_build, seconds, thousands, usd
+from console.analytics import (
+    GROUPS,
+    Report,
+    bar_chart,
+    compact,
+    dollars,
+    report_build,
+    seconds,
+    thousands,
+    usd,
+)
 from console.errors import ApiError
 from console.forms import error_field
 
@@ -103,6 +113,7 @@ def _page(
                     label=f"Tokens (input, cache and output) by {by}",
                     unit="tokens",
                     fmt=thousands,
+                    tick=compact,
                 ),
                 "latency_chart": bar_chart(
                     [(day, mean) for day, mean, _n in report.latency],
