@@ -153,14 +153,14 @@ def test_only_admins_set_budgets_and_bad_amounts_are_named(workspace):
     page = bad.content.decode()
     assert bad.status_code == 400
     assert 'id="error-summary"' in page and 'href="#budget_monthly-error"' in page
-    assert 'id="budget_monthly-error"' in page and "monthly: enter an amount in US dollars" in page
+    assert 'id="budget_monthly-error"' in page and "Enter an amount in US dollars" in page
     assert 'value="lots"' in page  # what was typed stays, to correct it
     assert not WorkspaceBudget.objects.exists()
     for body, message in (
-        ({"monthly": "10", "warn_percent": "120"}, b"warn_percent: enter a whole percentage"),
-        ({"session": "0.001"}, b"session: use whole cents"),
-        ({"session": "-3"}, b"session: must be more than $0.00"),
-        ({"session": "1e12"}, b"session: must be at most $1,000,000,000"),
+        ({"monthly": "10", "warn_percent": "120"}, b"Enter a whole percentage"),
+        ({"session": "0.001"}, b"Use whole cents"),
+        ({"session": "-3"}, b"Must be more than $0.00"),
+        ({"session": "1e12"}, b"Must be at most $1,000,000,000"),
     ):
         response = admin.post("/analytics/budgets", body)
         assert response.status_code == 400 and message in response.content, body

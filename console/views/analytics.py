@@ -152,7 +152,10 @@ def analytics_budgets(request: HttpRequest) -> HttpResponse:
             )
     except ApiError as exc:
         field, message = error_field(exc)
-        return _page(request, budget_errors={f"budget_{field}": message}, budget_form=request.POST)
+        text = message.split(": ", 1)[-1]  # the field is named by where the message sits
+        return _page(
+            request, budget_errors={f"budget_{field}": text[:1].upper() + text[1:]}, budget_form=request.POST
+        )
     messages.success(request, "Budgets saved.")
     return HttpResponseRedirect("/analytics#budgets")
 
