@@ -354,3 +354,19 @@ def test_every_failed_form_gets_a_summary_linked_to_its_fields(workspace):
         assert f'href="#{key}-error" data-field="{key}"' in summary, url
     ok = admin.get("/agents/new").content.decode()
     assert "error-summary" not in ok
+
+
+def test_every_form_message_has_the_anchor_the_summary_links_to():
+    """The summary links to `#<field>-error`: each template that shows `errors.<field>` gives that
+    message the id (directly or through _err.html), so the link lands next to the field."""
+    from pathlib import Path
+
+    templates = Path(__file__).resolve().parent.parent / "templates" / "console"
+    missing = []
+    for path in sorted(templates.glob("*.html")):
+        text = path.read_text()
+        for key in sorted(set(re.findall(r"\berrors\.([a-z_]+)", text))):
+            included = re.search(rf'_err\.html" with err=errors\.{key} id="{key}"', text)
+            if f'id="{key}-error"' not in text and not included:
+                missing.append(f"{path.name}: errors.{key}")
+    assert missing == []
