@@ -25,12 +25,12 @@ GROUPS = {
     "model": "Model",
     "environment": "Environment",
     "api_key": "API key",
-    "user": "User (API key owner)",
+    "user": "User",
     "provider": "Provider (per model call)",
     "provider_model": "Provider / model / agent (per model call)",
 }
 
-NO_USER = "No recorded user (console, or a key without owner)"
+NO_USER = "No recorded user (a key without an owner, or a deployment)"
 
 _SUMS = (
     "input_tokens",
@@ -141,15 +141,16 @@ def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: s
             label = name if names.count(name) == 1 else f"{name} ({row['agent_id']})"
             report.rows.append((label, totals))
     elif group == "user":
-        for row in (
-            qs.values("api_key__created_by__username")
-            .annotate(**_sums())
-            .order_by("api_key__created_by__username")
-        ):
+        from django.db.models import F
+        from django.db.models.functions import Coalesce
+
+        # The console user who started the session, else the owner of the API key it came through.
+        person = Coalesce(F("starter__user__username"), F("api_key__created_by__username"))
+        people = qs.annotate(person=person)
+        for row in people.values("person").annotate(**_sums()).order_by("person"):
             totals = Totals()
             totals.add(row)
-            user = row["api_key__created_by__username"]
-            report.rows.append((str(user) if user else NO_USER, totals))
+            report.rows.append((str(row["person"]) if row["person"] else NO_USER, totals))
     elif group == "environment":
         for row in (
             qs.values("environment_id", "environment__name").annotate(**_sums()).order_by("environment__name")

@@ -29,3 +29,15 @@ class WorkspaceBudget(models.Model):
             "type": "limit",
             "max_list_cost": {"amount": str(self.session_default_cents), "currency": "USD"},
         }
+
+
+class SessionStarter(models.Model):
+    """The console user who started a session, for cost per user (a session made through the API
+    counts under the owner of its API key)."""
+
+    session = models.OneToOneField(
+        "agent_sessions.Session", primary_key=True, on_delete=models.CASCADE, related_name="starter"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )

@@ -87,3 +87,11 @@ def session_budget_default(*, workspace: Workspace) -> dict[str, Any] | None:
     """The budget a session created without one gets (API, console and deployments alike)."""
     budget = budget_get(workspace=workspace)
     return budget.session_budget() if budget is not None else None
+
+
+def session_starter_record(*, session: Any, user: Any) -> None:
+    """Remember who started a session in the console (in the transaction that creates it)."""
+    from costs.models import SessionStarter
+
+    if getattr(user, "is_authenticated", False):
+        SessionStarter.objects.create(session=session, user=user)

@@ -95,7 +95,7 @@ def test_analytics_reads_like_a_report_with_presets_groups_charts_and_the_banner
     page.get_by_label("Group by").select_option("user")
     page.get_by_role("button", name="Show").click()
     page.wait_for_url(re.compile(r"group=user"))
-    assert page.locator("#cost-table th").first.inner_text() == "User (API key owner)"
+    assert page.locator("#cost-table th").first.inner_text() == "User"
     assert page.locator("#cost-table td", has_text=re.compile(r"^admin$")).count() == 1
 
     page.goto(seeded.base_url + "/sessions")  # the banner is on every page of the workspace

@@ -84,15 +84,26 @@ def test_an_unknown_group_is_an_error_not_a_report_by_day(workspace):
     assert bad_preset.status_code == 400 and b"Unknown range" in bad_preset.content
 
 
-def test_group_by_user_names_the_api_keys_owner(workspace):
+def test_group_by_user_names_who_started_the_session_or_owns_its_key(workspace):
+    from costs.models import SessionStarter
+
     alice = make_user(workspace, Role.EDITOR, "alice")
     key, _raw = ApiKey.generate(workspace=workspace, name="alice's key", created_by=alice)
     make_session(workspace, api_key=key, token_cost_micros=3_000_000)
-    make_session(workspace, token_cost_micros=1_000_000)
+    make_session(workspace, token_cost_micros=1_000_000)  # e.g. a deployment's: nobody started it
+    # Bob starts one in the console, with the start form.
+    bob = client_for(workspace, Role.EDITOR)
+    agent = make_agent(workspace, name="Bobs agent")
+    env = make_environment(workspace, name="bob-env")
+    assert bob.post(f"/agents/{agent.pk}/start", {"environment_id": env.pk}).status_code == 302
+    started = Session.objects.get(agent=agent)
+    assert SessionStarter.objects.get(session=started).user.username == "editor-user"
+    Session.objects.filter(pk=started.pk).update(token_cost_micros=5_000_000)
     page = client_for(workspace, Role.VIEWER).get("/analytics?group=user").content.decode()
     table = page[page.index('id="cost-table"') :]
-    assert "<th>User (API key owner)</th>" in table
+    assert "<th>User</th>" in table
     assert "<td>alice</td>" in table and "$3.00</td>" in table
+    assert "<td>editor-user</td>" in table and "$5.00</td>" in table
     assert f"<td>{NO_USER}</td>" in table and "$1.00</td>" in table
     csv = client_for(workspace, Role.ADMIN).get("/analytics.csv?group=user").content.decode()
     assert any(line.startswith("alice,1,") for line in csv.splitlines())
