@@ -206,8 +206,8 @@ def latency_by_day(sessions: Any, start: dt.date, end: dt.date) -> list[tuple[st
         began = starts.get(str(start_id))
         if began is None:
             continue
-        day = began.astimezone(dt.UTC).date().isoformat()
-        per_day.setdefault(day, []).append(max(0.0, (ended - began).total_seconds()))
+        began_on = began.astimezone(dt.UTC).date().isoformat()
+        per_day.setdefault(began_on, []).append(max(0.0, (ended - began).total_seconds()))
     out: list[tuple[str, float, int]] = []
     day = start
     while day <= end:
@@ -314,8 +314,8 @@ def bar_chart(
     for fraction in (0, 0.5, 1):
         y = height - bottom - plot_h * fraction
         parts.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{width}" y2="{y:.1f}"/>')
-        value = escape(tick(top * fraction))
-        parts.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
+        mark = escape(tick(top * fraction))
+        parts.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{mark}</text>')
     # Every label when they fit, else every n-th; each cut to its slot with the full text in the tooltip.
     per_label = 8.5  # user units per character at the chart's 14px font
     step = max(1, math.ceil(len(points) / 10)) if len(points) > 12 else 1

@@ -76,10 +76,10 @@ def _report(request: HttpRequest) -> tuple[Report | None, dict[str, Any], dict[s
 
 
 def _budget_context(request: HttpRequest) -> dict[str, Any]:
-    from costs.services import budget_get, budget_status
+    """The budget form's values (the month's progress, `budget_status`, comes with every page)."""
+    from costs.services import budget_get
 
-    workspace = request.access.workspace  # type: ignore[attr-defined]
-    return {"budget": budget_get(workspace=workspace), "budget_status": budget_status(workspace=workspace)}
+    return {"budget": budget_get(workspace=request.access.workspace)}  # type: ignore[attr-defined]
 
 
 def _page(
