@@ -101,6 +101,13 @@ def test_analytics_reads_like_a_report_with_presets_groups_charts_and_the_banner
     page.goto(seeded.base_url + "/sessions")  # the banner is on every page of the workspace
     assert page.locator("#budget-banner").count() == 1
 
+    page.set_viewport_size({"width": 390, "height": 900})  # a phone: the report fits its width
+    page.goto(seeded.base_url + "/analytics?preset=30d&group=agent")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, f"the cost page overflows a narrow screen: {width}px"
+    assert page.locator("#spend-chart svg").bounding_box()["width"] <= 390
+    _shot(page, "analytics-narrow")
+
 
 def _kinds_visible(page: Any) -> dict[str, bool]:
     fields = ("bearer-url", "oauth-url", "env-name")
