@@ -99,11 +99,20 @@ def render_page(
     request: HttpRequest, template: str, context: dict[str, Any] | None = None, *, status: int = 200
 ) -> HttpResponse:
     """Render a console page with the layout's context: the access and whether a model provider is set."""
-    full = {
-        "access": getattr(request, "access", None),
+    access = getattr(request, "access", None)
+    full: dict[str, Any] = {
+        "access": access,
         "model_provider_missing": not settings.ANTHROPIC_API_KEY and not _any_provider(),
     }
     full.update(context or {})
+    errors = full.get("errors")
+    if isinstance(errors, dict) and errors:
+        # A failed form: the layout lists every message at the top, each linked to its field.
+        full["error_summary"] = list(errors.items())
+    if access is not None and not request.headers.get("HX-Request"):
+        from costs.services import budget_status
+
+        full["budget_status"] = budget_status(workspace=access.workspace)
     response = HttpResponse(render_to_string(template, full, request=request), status=status)
     response["Vary"] = "HX-Request"
     return response

@@ -3,8 +3,10 @@ counters, priced cost and running time up to date, so a report reads one row per
 of every model-request event."""
 
 import datetime as dt
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db.models import Sum
@@ -23,9 +25,12 @@ GROUPS = {
     "model": "Model",
     "environment": "Environment",
     "api_key": "API key",
+    "user": "User",
     "provider": "Provider (per model call)",
     "provider_model": "Provider / model / agent (per model call)",
 }
+
+NO_USER = "No recorded user (a key without an owner, or a deployment)"
 
 _SUMS = (
     "input_tokens",
@@ -63,6 +68,11 @@ class Totals:
         )
 
     @property
+    def all_tokens(self) -> int:
+        prompt = self.input_tokens + self.cache_read_input_tokens + self.cache_creation_tokens
+        return prompt + self.output_tokens
+
+    @property
     def cache_hit_ratio(self) -> float:
         prompt = self.input_tokens + self.cache_read_input_tokens + self.cache_creation_tokens
         return self.cache_read_input_tokens / prompt if prompt else 0.0
@@ -88,6 +98,7 @@ class Report:
     total: Totals = field(default_factory=Totals)
     rows: list[tuple[str, Totals]] = field(default_factory=list)
     top_sessions: list[Session] = field(default_factory=list)
+    latency: list[tuple[str, float, int]] = field(default_factory=list)  # (day, mean seconds, requests)
 
 
 def _sums() -> dict[str, Any]:
@@ -106,6 +117,8 @@ def sessions_in_range(workspace: Workspace, start: dt.date, end: dt.date) -> Any
 
 
 def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: str) -> Report:
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}")
     qs = sessions_in_range(workspace, start, end)
     report = Report(start=start, end=end, group=group)
     report.total.add(qs.aggregate(**_sums()))
@@ -118,10 +131,26 @@ def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: s
             report.rows.append((day.isoformat(), by_day.get(day.isoformat(), Totals())))
             day += dt.timedelta(days=1)
     elif group == "agent":
-        for row in qs.values("agent_id", "agent__name").annotate(**_sums()).order_by("agent__name"):
+        per_agent = list(qs.values("agent_id", "agent__name").annotate(**_sums()).order_by("agent__name"))
+        names = [str(row["agent__name"]) for row in per_agent]
+        for row in per_agent:
             totals = Totals()
             totals.add(row)
-            report.rows.append((f"{row['agent__name']} ({row['agent_id']})", totals))
+            name = str(row["agent__name"])
+            # Agents are named for people; the id only tells two agents of the same name apart.
+            label = name if names.count(name) == 1 else f"{name} ({row['agent_id']})"
+            report.rows.append((label, totals))
+    elif group == "user":
+        from django.db.models import F
+        from django.db.models.functions import Coalesce
+
+        # The console user who started the session, else the owner of the API key it came through.
+        person = Coalesce(F("starter__user__username"), F("api_key__created_by__username"))
+        people = qs.annotate(person=person)
+        for row in people.values("person").annotate(**_sums()).order_by("person"):
+            totals = Totals()
+            totals.add(row)
+            report.rows.append((str(row["person"]) if row["person"] else NO_USER, totals))
     elif group == "environment":
         for row in (
             qs.values("environment_id", "environment__name").annotate(**_sums()).order_by("environment__name")
@@ -155,7 +184,37 @@ def report_build(*, workspace: Workspace, start: dt.date, end: dt.date, group: s
     elif group in ("provider", "provider_model"):
         report.rows = _per_model_call(qs, by_model=group == "provider_model")
     report.top_sessions = list(qs.select_related("agent").order_by("-token_cost_micros", "-created_at")[:10])
+    report.latency = latency_by_day(qs, start, end)
     return report
+
+
+def latency_by_day(sessions: Any, start: dt.date, end: dt.date) -> list[tuple[str, float, int]]:
+    """Mean model request latency per day (start to end of each `span.model_request_end`'s span,
+    the coordinator's, its children's and the grader's alike), every day of the range present."""
+    from sessions.models import Event
+
+    ids = sessions.values("id")
+    starts = dict(
+        Event.objects.filter(session__in=ids, type="span.model_request_start").values_list("id", "created_at")
+    )
+    per_day: dict[str, list[float]] = {}
+    for start_id, ended in (
+        Event.objects.filter(session__in=ids, type="span.model_request_end")
+        .values_list("payload__model_request_start_id", "created_at")
+        .iterator()
+    ):
+        began = starts.get(str(start_id))
+        if began is None:
+            continue
+        began_on = began.astimezone(dt.UTC).date().isoformat()
+        per_day.setdefault(began_on, []).append(max(0.0, (ended - began).total_seconds()))
+    out: list[tuple[str, float, int]] = []
+    day = start
+    while day <= end:
+        values = per_day.get(day.isoformat(), [])
+        out.append((day.isoformat(), sum(values) / len(values) if values else 0.0, len(values)))
+        day += dt.timedelta(days=1)
+    return out
 
 
 def _per_model_call(sessions: Any, *, by_model: bool) -> list[tuple[str, Totals]]:
@@ -197,28 +256,85 @@ def today_start() -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def bar_chart(points: list[tuple[str, float]], *, label: str) -> SafeString:
-    """An inline SVG bar chart (no script, works offline). `label` is the chart's accessible name."""
-    width, height, pad = 720, 220, 28
+def usd(micros: int | float) -> str:
+    """Money as people read it in a report: always two decimals and thousands separators, so a
+    column lines up; a positive amount under half a cent reads "<$0.01", never "$0.00"."""
+    cents = (Decimal(int(micros)) / Decimal(10_000)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    if cents == 0 and micros > 0:
+        return "<$0.01"
+    sign = "-" if cents < 0 else ""
+    return f"{sign}${abs(cents) / 100:,.2f}"
+
+
+def thousands(value: int | float) -> str:
+    return f"{int(value):,}"
+
+
+def compact(value: float) -> str:
+    """An axis tick for counts: 950, 12.5k, 1.24M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def seconds(value: float) -> str:
+    return f"{value:,.2f} s"
+
+
+def _short(label: str, limit: int) -> str:
+    """A bar's label as it fits under the bar: a day as "2 Nov", anything else cut with an ellipsis."""
+    try:
+        day = dt.date.fromisoformat(label)
+    except ValueError:
+        return label if len(label) <= limit else label[: max(1, limit - 1)] + "…"
+    return f"{day.day} {day:%b}"
+
+
+def bar_chart(
+    points: list[tuple[str, float]],
+    *,
+    label: str,
+    unit: str,
+    fmt: Callable[[float], str],
+    tick: Callable[[float], str] | None = None,
+) -> SafeString:
+    """An inline SVG bar chart (no script, works offline). `label` is the chart's accessible name,
+    `unit` the y axis title, `fmt` formats each bar's tooltip and `tick` the axis ticks (`fmt`)."""
+    width, height, left, bottom, top_pad = 720, 240, 96, 40, 24
+    tick = tick or fmt
     if not points:
         return mark_safe("")
     top = max((v for _k, v in points), default=0) or 1
-    slot = (width - pad) / len(points)
+    plot_h = height - bottom - top_pad
+    slot = (width - left) / len(points)
     bar = max(1.0, slot * 0.7)
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">']
-    parts.append(f'<line x1="{pad}" y1="{height - pad}" x2="{width}" y2="{height - pad}" stroke="#d8dde3"/>')
-    step = max(1, len(points) // 10)
+    parts.append(f'<text class="axis-unit" x="4" y="12">{escape(unit)}</text>')
+    for fraction in (0, 0.5, 1):
+        y = height - bottom - plot_h * fraction
+        parts.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{width}" y2="{y:.1f}"/>')
+        mark = escape(tick(top * fraction))
+        parts.append(f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{mark}</text>')
+    # Every label when they fit, else every n-th; each cut to its slot with the full text in the tooltip.
+    per_label = 8.5  # user units per character at the chart's 14px font
+    step = max(1, math.ceil(len(points) / 10)) if len(points) > 12 else 1
+    chars = max(3, int(slot * step / per_label) - 1)
     for i, (key, value) in enumerate(points):
-        h = (height - 2 * pad) * (value / top)
-        x = pad + i * slot + (slot - bar) / 2
-        y = height - pad - h
+        h = plot_h * (value / top)
+        x = left + i * slot + (slot - bar) / 2
+        y = height - bottom - h
         parts.append(
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}">'
-            f"<title>{escape(key)}: {value:,.4f}</title></rect>"
+            f"<title>{escape(key)}: {escape(fmt(value))}</title></rect>"
         )
         if i % step == 0:
-            parts.append(f'<text x="{x:.1f}" y="{height - 10}">{escape(key[-12:])}</text>')
-    parts.append(f'<text x="2" y="14">{escape(f"{top:,.2f}")}</text>')
+            cx = left + i * slot + slot / 2
+            parts.append(
+                f"<g><title>{escape(key)}</title>"
+                f'<text class="label" x="{cx:.1f}" y="{height - bottom + 16}" text-anchor="middle">'
+                f"{escape(_short(key, chars))}</text></g>"
+            )
     parts.append("</svg>")
     return mark_safe("".join(parts))
 

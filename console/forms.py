@@ -3,6 +3,7 @@ messages. The services validate; these functions only translate."""
 
 import json
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.http import QueryDict
@@ -273,6 +274,29 @@ def environment_form_state(
     }
 
 
+MAX_CENTS = 100_000_000_000  # $1 billion: far above any real budget, far below a 64-bit column
+
+
+def cents_from_usd(text: str, field: str) -> int:
+    """Whole US cents from what a person types as dollars ("2.50", "$1,200"); a 400 naming `field`
+    for anything else, zero or a fraction of a cent."""
+    cleaned = text.strip().removeprefix("$").replace(",", "")
+    try:
+        amount = Decimal(cleaned)
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite():
+        raise ApiError(400, f"{field}: enter an amount in US dollars, for example 2.50.")
+    if amount <= 0:
+        raise ApiError(400, f"{field}: must be more than $0.00.")
+    cents = amount * 100
+    if cents > MAX_CENTS:
+        raise ApiError(400, f"{field}: must be at most ${MAX_CENTS // 100:,}.")
+    if cents != cents.to_integral_value():
+        raise ApiError(400, f"{field}: use whole cents, for example 2.50.")
+    return int(cents)
+
+
 def session_start_body(post: Any, *, agent_id: str) -> dict[str, Any]:
     """The console's "Start a session" form as a sessions.create body: the same validation path as
     the API, so a bad value is the API's 400 message."""
@@ -301,12 +325,7 @@ def session_start_body(post: Any, *, agent_id: str) -> dict[str, Any]:
         body["resources"] = resources
     budget = post.get("budget_usd", "").strip()
     if budget:
-        try:
-            cents = round(float(budget) * 100)
-        except ValueError:
-            raise ApiError(400, "budget: enter an amount in US dollars, for example 2.50.") from None
-        if cents <= 0:
-            raise ApiError(400, "budget: must be more than $0.00.")
+        cents = cents_from_usd(budget, "budget")
         body["budget"] = {"type": "limit", "max_list_cost": {"amount": str(cents), "currency": "USD"}}
     metadata: dict[str, str] = {}
     for number, line in enumerate(post.get("metadata", "").splitlines(), start=1):
@@ -319,3 +338,120 @@ def session_start_body(post: Any, *, agent_id: str) -> dict[str, Any]:
     if metadata:
         body["metadata"] = metadata
     return body
+
+
+# --- vault credentials ------------------------------------------------------------------------------
+
+CREDENTIAL_KINDS = [
+    ("static_bearer", "Bearer token for an MCP server"),
+    ("mcp_oauth", "OAuth access token for an MCP server (refreshed when it expires)"),
+    ("environment_variable", "Secret for the sandbox (injected only on requests to allowed hosts)"),
+]
+TOKEN_ENDPOINT_AUTHS = [
+    ("none", "None (public client)"),
+    ("client_secret_basic", "Client secret, HTTP Basic"),
+    ("client_secret_post", "Client secret, in the form body"),
+]
+# Each kind's fields are named <prefix>-<field> so the form can hold every kind at once (the page
+# shows only the chosen kind's); the API path of a service error maps back to the field it concerns.
+_CREDENTIAL_ERROR_FIELDS = {
+    "static_bearer": {"auth.mcp_server_url": "bearer-url", "auth.token": "bearer-token"},
+    "environment_variable": {
+        "auth.secret_name": "env-name",
+        "auth.secret_value": "env-value",
+        "auth.networking": "env-hosts",
+    },
+    "mcp_oauth": {
+        "auth.mcp_server_url": "oauth-url",
+        "auth.access_token": "oauth-access_token",
+        "auth.expires_at": "oauth-expires_at",
+        "auth.refresh.refresh_token": "oauth-refresh_token",
+        "auth.refresh.client_id": "oauth-client_id",
+        "auth.refresh.token_endpoint_auth.client_secret": "oauth-client_secret",
+        "auth.refresh.token_endpoint_auth": "oauth-token_endpoint_auth",
+        "auth.refresh.token_endpoint": "oauth-token_endpoint",
+        "auth.refresh.scope": "oauth-scope",
+        "auth.refresh": "oauth-refresh_token",
+    },
+}
+# The public (non-secret) fields a failed form may show again.
+CREDENTIAL_PUBLIC_FIELDS = (
+    "type",
+    "display_name",
+    "bearer-url",
+    "env-name",
+    "env-hosts",
+    "oauth-url",
+    "oauth-expires_at",
+    "oauth-client_id",
+    "oauth-token_endpoint",
+    "oauth-token_endpoint_auth",
+    "oauth-scope",
+)
+
+
+def credential_body(post: QueryDict) -> tuple[dict[str, Any], dict[str, str]]:
+    """The credentials.create body for the chosen kind, from that kind's fields only, and the
+    errors the form can tell by itself (a missing kind or secret)."""
+    kind = post.get("type", "")
+    errors: dict[str, str] = {}
+    body: dict[str, Any] = {"display_name": post.get("display_name", "").strip() or None}
+    secret_missing = "Enter the secret. It is stored encrypted and never shown again."
+    if kind == "static_bearer":
+        body["auth"] = {
+            "type": kind,
+            "mcp_server_url": post.get("bearer-url", "").strip(),
+            "token": post.get("bearer-token", ""),
+        }
+        if not body["auth"]["token"]:
+            errors["bearer-token"] = secret_missing
+    elif kind == "environment_variable":
+        hosts = _lines(post.get("env-hosts", ""))
+        body["auth"] = {
+            "type": kind,
+            "secret_name": post.get("env-name", "").strip(),
+            "secret_value": post.get("env-value", ""),
+            "networking": {"type": "limited", "allowed_hosts": hosts} if hosts else {"type": "unrestricted"},
+        }
+        if not body["auth"]["secret_value"]:
+            errors["env-value"] = secret_missing
+    elif kind == "mcp_oauth":
+        auth: dict[str, Any] = {
+            "type": kind,
+            "mcp_server_url": post.get("oauth-url", "").strip(),
+            "access_token": post.get("oauth-access_token", ""),
+            "expires_at": post.get("oauth-expires_at", "").strip() or None,
+        }
+        if not auth["access_token"]:
+            errors["oauth-access_token"] = secret_missing
+        refresh_token = post.get("oauth-refresh_token", "")
+        endpoint_auth = post.get("oauth-token_endpoint_auth", "") or "none"
+        if refresh_token:
+            method: dict[str, Any] = {"type": endpoint_auth}
+            if endpoint_auth != "none":
+                method["client_secret"] = post.get("oauth-client_secret", "")
+            auth["refresh"] = {
+                "refresh_token": refresh_token,
+                "client_id": post.get("oauth-client_id", "").strip(),
+                "token_endpoint": post.get("oauth-token_endpoint", "").strip(),
+                "token_endpoint_auth": method,
+                "scope": post.get("oauth-scope", "").strip() or None,
+            }
+        elif post.get("oauth-client_id", "").strip() or post.get("oauth-token_endpoint", "").strip():
+            errors["oauth-refresh_token"] = (
+                "Enter the refresh token too, or clear the refresh settings (client id, token endpoint)."
+            )
+        body["auth"] = auth
+    else:
+        errors["type"] = "Choose what kind of credential this is."
+    return body, errors
+
+
+def credential_error_field(kind: str, exc: ApiError) -> str:
+    """The form field a credentials.create error belongs to ("form" when none does)."""
+    path = exc.message.split(":", 1)[0]
+    fields = _CREDENTIAL_ERROR_FIELDS.get(kind, {})
+    for prefix in sorted(fields, key=len, reverse=True):
+        if path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "["):
+            return fields[prefix]
+    return "display_name" if path == "display_name" else "form"

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "memory.apps.MemoryStoresConfig",
     "selfhosted",
     "galley",
+    "costs",
     "console",
 ]
 

@@ -92,6 +92,7 @@ console_urlpatterns = [
     path("sessions/<str:session_id>/trace/tree.json", sessions.session_trace_tree),
     path("analytics", analytics.analytics),
     path("analytics.csv", analytics.analytics_csv),
+    path("analytics/budgets", analytics.analytics_budgets),
     path("api-keys", admin.api_keys),
     path("api-keys/<str:key_id>/revoke", admin.api_key_revoke),
     path("users", admin.users),

@@ -468,10 +468,26 @@ def session_create(
 
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
     skill_refs_check_exist(snapshot=snapshot)
+    defaulted = False
+    if budget is None:
+        # An admin's per-session default (costs/) stands in for a budget the body does not give.
+        from costs.services import session_budget_default
+
+        budget = session_budget_default(workspace=workspace)
+        defaulted = budget is not None
     if budget is not None:
         from harness.budget import check_budgetable
 
-        check_budgetable(snapshot)
+        try:
+            check_budgetable(snapshot)
+        except ApiError as exc:
+            if not defaulted:
+                raise
+            reason = exc.message.removeprefix("budget: ")
+            raise bad_request(
+                f"budget: this workspace's default session budget applies to new sessions, but {reason}",
+                error_code=exc.details.get("error_code"),
+            ) from None
     now = timezone.now()
     with transaction.atomic():
         session = Session.objects.create(

@@ -247,7 +247,7 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.goto(server.base_url + "/analytics")
     assert page.locator("#total-cost").inner_text() != "$0.00"
     assert page.locator("#cost-table tbody tr").count() >= 1
-    assert page.locator(".chart svg").count() == 1
+    assert page.locator(".chart svg").count() == 3  # spend, tokens, latency
     _shot(page, "analytics")
 
     for url, name in [

@@ -228,7 +228,7 @@ def test_admin_manages_credentials_and_never_sees_the_secret(workspace):
     client.post("/vaults", {"display_name": "Prod"})
     vault = Vault.objects.get()
     missing = client.post(
-        f"/vaults/{vault.pk}", {"type": "static_bearer", "mcp_server_url": "https://mcp.example.com/"}
+        f"/vaults/{vault.pk}", {"type": "static_bearer", "bearer-url": "https://mcp.example.com/"}
     )
     assert missing.status_code == 400 and b"Enter the secret" in missing.content
     response = client.post(
@@ -236,8 +236,8 @@ def test_admin_manages_credentials_and_never_sees_the_secret(workspace):
         {
             "type": "static_bearer",
             "display_name": "Docs MCP",
-            "mcp_server_url": "https://mcp.example.com/",
-            "secret": "tok-SECRET-1",
+            "bearer-url": "https://mcp.example.com/",
+            "bearer-token": "tok-SECRET-1",
         },
     )
     assert response.status_code == 302
@@ -252,9 +252,9 @@ def test_admin_manages_credentials_and_never_sees_the_secret(workspace):
         f"/vaults/{vault.pk}",
         {
             "type": "environment_variable",
-            "secret_name": "GH_TOKEN",
-            "allowed_hosts": "api.github.com",
-            "secret": "ghp-SECRET",
+            "env-name": "GH_TOKEN",
+            "env-hosts": "api.github.com",
+            "env-value": "ghp-SECRET",
         },
     )
     assert env_var.status_code == 302
@@ -263,7 +263,7 @@ def test_admin_manages_credentials_and_never_sees_the_secret(workspace):
     assert credential.archived_at is not None
     failed = client.post(
         f"/vaults/{vault.pk}",
-        {"type": "environment_variable", "secret_name": "", "secret": "should-not-echo"},
+        {"type": "environment_variable", "env-name": "", "env-value": "should-not-echo"},
     )
     assert failed.status_code == 400 and b"should-not-echo" not in failed.content
 
@@ -297,14 +297,15 @@ def test_only_admins_replace_or_archive_credentials(workspace, role):
     vault = Vault.objects.get()
     admin.post(
         f"/vaults/{vault.pk}",
-        {"type": "static_bearer", "mcp_server_url": "https://mcp.example.com/", "secret": "tok-1"},
+        {"type": "static_bearer", "bearer-url": "https://mcp.example.com/", "bearer-token": "tok-1"},
     )
     credential = Credential.objects.get()
     client = client_for(workspace, role)
     base = f"/vaults/{vault.pk}/credentials/{credential.pk}"
     assert client.post(f"{base}/replace", {"secret": "tok-evil"}).status_code == 403
     assert client.post(f"{base}/archive").status_code == 403
-    assert client.post(f"/vaults/{vault.pk}", {"type": "static_bearer", "secret": "x"}).status_code == 403
+    sneaky = {"type": "static_bearer", "bearer-token": "x"}
+    assert client.post(f"/vaults/{vault.pk}", sneaky).status_code == 403
     credential.refresh_from_db()
     assert credential.secret()["token"] == "tok-1" and credential.archived_at is None
     assert Credential.objects.count() == 1

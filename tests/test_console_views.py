@@ -330,7 +330,7 @@ def test_analytics_groups_and_csv(workspace):
     assert csv_body[0].startswith("model,sessions,input_tokens")
     assert any(line.startswith("claude-haiku-4-5,1,500,50") for line in csv_body)
     bad = client.get("/analytics?from=2026-13-40&group=nope")
-    assert bad.status_code == 200 and b"not a date" in bad.content
+    assert bad.status_code == 400 and b"not a date" in bad.content and b"Unknown grouping" in bad.content
 
 
 def test_analytics_empty_range_explains(workspace):

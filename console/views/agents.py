@@ -203,6 +203,7 @@ def agent_archive(request: HttpRequest, agent_id: str) -> HttpResponse:
 @require_POST
 @console_view(Role.EDITOR)
 def agent_start_session(request: HttpRequest, agent_id: str) -> HttpResponse:
+    from costs.services import session_starter_record
     from sessions.services import events_send, session_create
 
     agent = _agent(request, agent_id)
@@ -211,6 +212,7 @@ def agent_start_session(request: HttpRequest, agent_id: str) -> HttpResponse:
         body = forms.session_start_body(request.POST, agent_id=agent.pk)
         with transaction.atomic():
             session = session_create(workspace=request.access.workspace, body=body)  # type: ignore[attr-defined]
+            session_starter_record(session=session, user=request.user)
             if first:
                 events_send(
                     session=session,

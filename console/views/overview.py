@@ -3,8 +3,8 @@ import datetime as dt
 from django.http import HttpRequest, HttpResponse
 
 from console.access import console_view, render_page
-from console.analytics import spend_since, today_start
-from console.timeline import money, with_costs
+from console.analytics import spend_since, today_start, usd
+from console.timeline import with_costs
 from sessions.models import Event, Session
 
 
@@ -27,8 +27,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         "running": with_costs(running),
         "recent": with_costs(recent),
         "errors": errors,
-        "spend_today": money(spend_since(workspace, start)),
-        "spend_week": money(spend_since(workspace, start - dt.timedelta(days=6))),
+        "spend_today": usd(spend_since(workspace, start)),
+        "spend_week": usd(spend_since(workspace, start - dt.timedelta(days=6))),
         "has_agents": workspace.agents.exists(),
     }
     return render_page(request, "console/overview.html", context)

@@ -1,8 +1,6 @@
 """Vaults and credentials (admins only). Secrets go in through forms and never come back out:
 pages show only the public half of a credential, and a failed form never re-fills a secret."""
 
-from typing import Any
-
 from django.contrib import messages
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -11,12 +9,15 @@ from django.views.decorators.http import require_POST
 from accounts.models import Role
 from api.errors import ApiError
 from console.access import console_view, render_page
+from console.forms import (
+    CREDENTIAL_KINDS,
+    CREDENTIAL_PUBLIC_FIELDS,
+    TOKEN_ENDPOINT_AUTHS,
+    credential_body,
+    credential_error_field,
+)
 from vaults.models import Credential, Vault
 
-CREDENTIAL_TYPES = [
-    ("static_bearer", "Bearer token for an MCP server"),
-    ("environment_variable", "Secret for the sandbox (injected only on requests to allowed hosts)"),
-]
 SECRET_FIELD = {"static_bearer": "token", "environment_variable": "secret_value", "mcp_oauth": "access_token"}
 
 
@@ -61,33 +62,6 @@ def vault_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _credential_body(post: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    kind = post.get("type", "")
-    errors: dict[str, str] = {}
-    body: dict[str, Any] = {"display_name": post.get("display_name", "").strip() or None}
-    if kind == "static_bearer":
-        body["auth"] = {
-            "type": kind,
-            "mcp_server_url": post.get("mcp_server_url", "").strip(),
-            "token": post.get("secret", ""),
-        }
-    elif kind == "environment_variable":
-        hosts = [
-            h.strip() for h in post.get("allowed_hosts", "").replace(",", "\n").splitlines() if h.strip()
-        ]
-        body["auth"] = {
-            "type": kind,
-            "secret_name": post.get("secret_name", "").strip(),
-            "secret_value": post.get("secret", ""),
-            "networking": {"type": "limited", "allowed_hosts": hosts} if hosts else {"type": "unrestricted"},
-        }
-    else:
-        errors["type"] = "Choose what kind of credential this is."
-    if not post.get("secret"):
-        errors["secret"] = "Enter the secret. It is stored encrypted and never shown again."
-    return body, errors
-
-
 @console_view(Role.ADMIN)
 def vault_detail(request: HttpRequest, vault_id: str) -> HttpResponse:
     from vaults.services import credential_create
@@ -95,7 +69,7 @@ def vault_detail(request: HttpRequest, vault_id: str) -> HttpResponse:
     vault = _vault(request, vault_id)
     errors: dict[str, str] = {}
     if request.method == "POST":
-        body, errors = _credential_body(request.POST)
+        body, errors = credential_body(request.POST)
         if not errors:
             try:
                 with transaction.atomic():
@@ -103,20 +77,19 @@ def vault_detail(request: HttpRequest, vault_id: str) -> HttpResponse:
                 messages.success(request, "Credential saved. Its secret will not be shown again.")
                 return HttpResponseRedirect(f"/vaults/{vault.pk}")
             except ApiError as exc:
-                errors["form"] = exc.message
+                errors[credential_error_field(request.POST.get("type", ""), exc)] = exc.message
     credentials = vault.credentials.order_by("archived_at", "-created_at")
     # Only the public half (no secret field) reaches the template.
-    form = {
-        k: request.POST.get(k, "")
-        for k in ("type", "display_name", "mcp_server_url", "secret_name", "allowed_hosts")
-    }
+    form = {k.replace("-", "_"): request.POST.get(k, "") for k in CREDENTIAL_PUBLIC_FIELDS}
     context = {
         "nav": "vaults",
         "vault": vault,
         "credentials": credentials,
         "errors": errors,
-        "types": CREDENTIAL_TYPES,
+        "types": CREDENTIAL_KINDS,
+        "endpoint_auths": TOKEN_ENDPOINT_AUTHS,
         "form": form,
+        "field_errors": {k.replace("-", "_"): v for k, v in errors.items()},
     }
     return render_page(request, "console/vault_detail.html", context, status=400 if errors else 200)
 

@@ -48,6 +48,24 @@
     });
   });
 
+  // --- form errors: the summary takes the focus after a failed submit; its links focus the field ---
+  function fieldFor(key) {
+    var message = document.getElementById(key + "-error");
+    var box = message && (message.closest(".field-error") || message.parentElement);
+    var field = box && box.querySelector("input:not([type=hidden]), select, textarea");
+    return field || document.getElementById(key) || document.querySelector("[name='" + key + "']");
+  }
+
+  document.addEventListener("click", function (ev) {
+    var link = ev.target.closest("#error-summary a[data-field]");
+    if (!link) return;
+    var field = fieldFor(link.getAttribute("data-field"));
+    if (!field) return;  // the link's own anchor still scrolls to the message
+    ev.preventDefault();
+    field.focus();
+    field.scrollIntoView({block: "center"});
+  });
+
   // --- live chat -------------------------------------------------------------------------------
   function nearBottom() { return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 160; }
   function toBottom() { window.scrollTo(0, document.documentElement.scrollHeight); }
@@ -486,6 +504,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    var summary = document.getElementById("error-summary");
+    if (summary) summary.focus();
     var chat = document.getElementById("chat");
     if (chat && chat.dataset.live) toBottom();  // the newest message, the composer and any approval card
     if (chat && chat.dataset.live && "WebSocket" in window) startChat(chat);
