@@ -125,6 +125,12 @@ def attachments_of(session_id: str) -> list[SessionMemoryStore]:
     return list(SessionMemoryStore.objects.filter(session_id=session_id).order_by("position"))
 
 
+def attachment_of(session_id: str, store_id: str) -> SessionMemoryStore | None:
+    return SessionMemoryStore.objects.filter(
+        session_id=session_id, memory_store_id=store_id, store__isnull=False
+    ).first()
+
+
 def memory_system_prompt(session_id: str, system: str | None) -> str | None:
     """The agent's system prompt with a section describing the session's memory mounts."""
     rows = [r for r in attachments_of(session_id) if r.store_id is not None]
