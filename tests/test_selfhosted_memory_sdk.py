@@ -1,19 +1,28 @@
 """Memory stores for self-hosted workers against a live Galley, through the official SDK with strict
 response validation: the work item's sessions token on the /v1/memory_stores routes (scoped to its
 session's attachments, read-only refused, the session as the versions' actor, 401 once the item
-stopped)."""
+stopped), and `manage.py environment_worker` mounting a session's skills and memory stores in its
+bubblewrap sandbox, syncing the agent's changes back and reporting a lost race to the model."""
 
 import base64
 import json
+import os
 import secrets
-from collections.abc import Iterator
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
 
-from tests.live import LiveGalley, live_galley
-from tests.model_server import ScriptedModel, scripted_model
+from tests.live import ROOT, LiveGalley, live_galley
+from tests.model_server import ScriptedModel, scripted_model, text, tool_call
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +153,154 @@ def test_the_sessions_token_reaches_only_its_sessions_stores(galley: LiveGalley)
     assert [m.path for m in client.beta.memory_stores.memories.list(notes.id) if m.type == "memory"] == [
         "/kept.md"
     ]
+
+
+def _wait(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _text_of(event: Any) -> str:
+    return "".join(b.text for b in event.content if b.type == "text")
+
+
+SKILL_MD = b"""---
+name: house-style
+description: How this team writes notes.
+---
+# House style
+HOUSE-STYLE-MARKER: short sentences.
+"""
+
+
+def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
+    galley: LiveGalley, model: ScriptedModel, tmp_path: Path
+) -> None:
+    client = galley.client()
+    suffix = secrets.token_hex(3)
+    notes = client.beta.memory_stores.create(name=f"notes-{suffix}")
+    facts = client.beta.memory_stores.create(name=f"facts-{suffix}")
+    prefs = client.beta.memory_stores.memories.create(notes.id, path="/prefs.md", content="likes tea")
+    client.beta.memory_stores.memories.create(facts.id, path="/fact.md", content="water is wet")
+    skill = client.beta.skills.create(files=[("house-style/SKILL.md", SKILL_MD)])
+    agent = client.beta.agents.create(
+        name=f"mem-worker-{suffix}",
+        model="claude-sonnet-4-6",
+        tools=[
+            {
+                "type": "agent_toolset_20260401",
+                "default_config": {"enabled": False},
+                "configs": [{"name": n, "enabled": True} for n in ("bash", "read", "write")],
+            }
+        ],
+        skills=[{"type": "custom", "skill_id": skill.id}],
+    )
+    environment = client.beta.environments.create(name=f"mem-env-{suffix}", config={"type": "self_hosted"})
+    key = galley.manage("create_environment_key", environment.id, "w").stdout.strip().splitlines()[-1]
+    notes_dir, facts_dir = f"/mnt/memory/notes-{suffix}", f"/mnt/memory/facts-{suffix}"
+    model.push(
+        tool_call("read", {"file_path": f"{notes_dir}/prefs.md"}),
+        tool_call(
+            "bash",
+            {
+                "command": f"cat /workspace/skills/house-style/SKILL.md; cat {facts_dir}/fact.md; "
+                f"printf 'tea, then coffee' > {notes_dir}/new.md; "
+                f"(printf no > {facts_dir}/x.md) 2>/dev/null || echo read-only-refused"
+            },
+        ),
+        # Another writer changes prefs.md while this call runs (the test does, once it sees "mine").
+        tool_call(
+            "bash",
+            {
+                "command": f"printf mine > {notes_dir}/prefs.md; "
+                "while [ ! -e /workspace/go ]; do sleep 0.1; done; echo waited"
+            },
+        ),
+        text("Done."),
+    )
+    session = client.beta.sessions.create(
+        agent=agent.id,
+        environment_id=environment.id,
+        resources=[
+            {"type": "memory_store", "memory_store_id": notes.id},
+            {"type": "memory_store", "memory_store_id": facts.id, "access": "read_only"},
+        ],
+    )
+    host_dir = tempfile.TemporaryDirectory(prefix="galley-worker-host-")
+    host = Path(host_dir.name)
+    host.chmod(0o711)  # sandboxes run as their own uid and must traverse to their workspace
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "console.settings",
+            "GALLEY_DATA_DIR": str(host),
+            "ANTHROPIC_ENVIRONMENT_KEY": key,
+            "ANTHROPIC_BASE_URL": galley.base_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "environment_worker", "--environment", environment.id]
+        + ["--max-idle", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    sandbox = host / "sandboxes" / session.id
+    try:
+        client.beta.sessions.events.send(
+            session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go."}]}]
+        )
+        mine = sandbox / "memory" / f"notes-{suffix}" / "prefs.md"
+        _wait(lambda: mine.is_file() and mine.read_text() == "mine", what="the agent's edit")
+        client.beta.memory_stores.memories.update(prefs.id, memory_store_id=notes.id, content="likes juice")
+        (sandbox / "volume" / "workspace" / "go").write_text("")
+        _wait(
+            lambda: client.beta.sessions.retrieve(session.id).status == "idle"
+            and any(e.type == "session.status_idle" for e in client.beta.sessions.events.list(session.id)),
+            what="the turn",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    events = list(client.beta.sessions.events.list(session.id, limit=1000))
+    uses = [e for e in events if e.type == "agent.tool_use"]
+    results = {e.tool_use_id: e for e in events if e.type == "user.tool_result"}
+    assert len(uses) == 3 and set(results) == {u.id for u in uses}, log.read_text()[-3000:]
+    read_out, skill_out, race_out = (_text_of(results[u.id]) for u in uses)
+
+    # The agent read a memory and the skill, and could not write the read-only store.
+    assert "likes tea" in read_out
+    assert "HOUSE-STYLE-MARKER" in skill_out and "water is wet" in skill_out
+    assert "read-only-refused" in skill_out
+    assert [m.path for m in client.beta.memory_stores.memories.list(facts.id) if m.type == "memory"] == [
+        "/fact.md"
+    ]
+    # Its new memory is a version attributed to the session.
+    written = {m.path: m for m in client.beta.memory_stores.memories.list(notes.id) if m.type == "memory"}
+    assert set(written) == {"/prefs.md", "/new.md"}
+    new = client.beta.memory_stores.memories.retrieve(written["/new.md"].id, memory_store_id=notes.id)
+    assert new.content == "tea, then coffee"
+    [version] = client.beta.memory_stores.memory_versions.list(notes.id, memory_id=new.id)
+    assert version.created_by.type == "session_actor" and version.created_by.session_id == session.id
+    # The lost race: the other writer's content stays, the model is told with both versions.
+    assert "waited" in race_out and f"Memory conflict on {notes_dir}/prefs.md" in race_out
+    assert "mine" in race_out and "likes juice" in race_out
+    current = client.beta.memory_stores.memories.retrieve(prefs.id, memory_store_id=notes.id)
+    assert current.content == "likes juice"
+    assert mine.read_text() == "likes juice"
+    from sessions.sandbox.quota import volumes_release_under
+
+    volumes_release_under(host)
+    shutil.rmtree(host, ignore_errors=True)
+    host_dir.cleanup()
