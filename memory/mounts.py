@@ -9,6 +9,10 @@ content hash of each path as last synced, so a change is told apart from a stale
 write carries it as a content_sha256 precondition: a write that loses a race with another writer
 is not applied, the file is set to the current content and the model is told, with both contents.
 
+The sync (`store_pull`, `store_push`) is transport-neutral: it reads and writes a store through a
+`StoreRemote`. Here that is `DatabaseStore` (memory.services); a self-hosted worker, which has no
+database, uses the memory API with its sessions token (`selfhosted/worker_memory.py`).
+
 The sandbox owns those directories and may plant links in them, so every file operation here
 walks directory file descriptors with O_NOFOLLOW and ignores anything that is not a regular file
 or a directory; nothing outside the store's directory is ever read or written."""
