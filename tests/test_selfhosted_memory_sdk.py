@@ -5,6 +5,7 @@ stopped), and `manage.py environment_worker` mounting a session's skills and mem
 bubblewrap sandbox, syncing the agent's changes back and reporting a lost race to the model."""
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -304,3 +305,76 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     volumes_release_under(host)
     shutil.rmtree(host, ignore_errors=True)
     host_dir.cleanup()
+
+
+def test_the_sdks_own_worker_syncs_memory_with_the_sessions_token(
+    galley: LiveGalley, model: ScriptedModel, tmp_path: Path
+) -> None:
+    from tests.test_selfhosted_sdk import BackgroundWorker
+
+    client = galley.client()
+    suffix = secrets.token_hex(3)
+    store = client.beta.memory_stores.create(name=f"sdk-worker-{suffix}")
+    client.beta.memory_stores.memories.create(store.id, path="/prefs.md", content="likes tea")
+    agent = client.beta.agents.create(
+        name=f"sdk-mem-{suffix}",
+        model="claude-sonnet-4-6",
+        tools=[
+            {
+                "type": "agent_toolset_20260401",
+                "default_config": {"enabled": False},
+                "configs": [{"name": n, "enabled": True} for n in ("read", "write")],
+            }
+        ],
+    )
+    environment = client.beta.environments.create(name=f"sdk-env-{suffix}", config={"type": "self_hosted"})
+    key = galley.manage("create_environment_key", environment.id, "w").stdout.strip().splitlines()[-1]
+    session = client.beta.sessions.create(
+        agent=agent.id,
+        environment_id=environment.id,
+        resources=[{"type": "memory_store", "memory_store_id": store.id}],
+    )
+    [resource] = session.resources
+    mount = Path(resource.mount_path)  # the SDK's worker puts the store there, on its own host
+    assert not mount.exists()
+    parent_existed = mount.parent.exists()
+    model.push(
+        tool_call("read", {"file_path": f"{mount}/prefs.md"}),
+        tool_call("write", {"file_path": f"{mount}/new.md", "content": "from the sdk worker"}),
+        text("Saved."),
+    )
+    workdir = tmp_path / "sdk-worker"
+    workdir.mkdir()
+    try:
+        with BackgroundWorker(
+            galley,
+            environment_id=environment.id,
+            environment_key=key,
+            workdir=str(workdir),
+            max_idle=1.0,
+            memory_sync_interval=5.0,
+        ):
+            client.beta.sessions.events.send(
+                session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "Go."}]}]
+            )
+            _wait(
+                lambda: [
+                    m.path for m in client.beta.memory_stores.memories.list(store.id) if m.type == "memory"
+                ]
+                == ["/new.md", "/prefs.md"],
+                what="the worker's final sync",
+            )
+    finally:
+        shutil.rmtree(mount, ignore_errors=True)
+        if not parent_existed:
+            with contextlib.suppress(OSError):
+                mount.parent.rmdir()  # only if empty: another worker on this host may use it
+    events = list(client.beta.sessions.events.list(session.id, limit=1000))
+    results = [e for e in events if e.type == "user.tool_result"]
+    assert "likes tea" in _text_of(results[0])
+    new = next(m for m in client.beta.memory_stores.memories.list(store.id) if m.path == "/new.md")
+    assert client.beta.memory_stores.memories.retrieve(new.id, memory_store_id=store.id).content == (
+        "from the sdk worker"
+    )
+    [version] = client.beta.memory_stores.memory_versions.list(store.id, memory_id=new.id)
+    assert version.created_by.type == "session_actor" and version.created_by.session_id == session.id
