@@ -35,16 +35,12 @@ log = logging.getLogger(__name__)
 SANDBOX_TOOLS = ("bash", "read", "write", "edit", "glob", "grep")
 
 
-def _sandbox_uid(session_id: str) -> int:
-    return sandbox_uid(session_id) if os.geteuid() == 0 else os.geteuid()
-
-
 def host_sandbox(session_id: str) -> LiveSandbox:
     """This host's sandbox record for a session, built from settings alone (no session row here).
     The network is the host's: a self_hosted environment's networking is the user's own."""
     backend = backend_get()
     root = sandbox_root(session_id)
-    uid = _sandbox_uid(session_id)
+    uid = sandbox_uid(session_id) if os.geteuid() == 0 else os.geteuid()
     probe = SandboxSpec(root=root, uid=uid, share_network=True, limits=Limits.from_settings())
     workspace = backend.workspace_path(probe)
     env = {
@@ -120,8 +116,7 @@ def sandbox_tools(session_id: str, context: Any = None) -> list[SandboxTool]:
     live = host_sandbox(session_id)
     memory = None
     if context is not None:
-        uid = _sandbox_uid(session_id)
-        owner = uid if os.geteuid() == 0 else None
+        owner = live.spec.uid if os.geteuid() == 0 else None  # files the sandbox's uid must own
         memory = worker_memory(context, root=live.spec.root, uid=owner)
         live.spec = replace(
             live.spec,

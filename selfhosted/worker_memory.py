@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,7 @@ class WorkerMemory:
         self.root = root
         self.uid = uid
         self.remotes = {s.store_id: ApiStore(client, s.store_id) for s in stores}
+        self.lock = threading.Lock()  # one sync at a time per session
 
     def prepare(self) -> tuple[tuple[str, str, bool], ...]:
         """The stores' directories, filled from the stores: the sandbox's memory mounts."""
@@ -214,6 +216,10 @@ class WorkerMemory:
 
     def pull(self) -> None:
         """Other writers' changes into the sandbox's copies (before each tool call)."""
+        with self.lock:
+            self._pull()
+
+    def _pull(self) -> None:
         for store in self.stores:
             with store_dir_open(self.root, store.mount_path) as fd:
                 if fd is None:
@@ -229,6 +235,10 @@ class WorkerMemory:
     def push(self) -> list[dict[str, Any]]:
         """The agent's changes out to the stores (after each call that may have written); the text
         blocks to add to the tool result (conflicts, refusals, a failed sync)."""
+        with self.lock:
+            return self._push()
+
+    def _push(self) -> list[dict[str, Any]]:
         report = PushReport()
         failed = False
         for store in self.stores:
