@@ -43,6 +43,9 @@ from skills.runtime import SKILLS_MOUNT
 
 log = logging.getLogger(__name__)
 
+FETCH_ONE_BY_ONE = 10  # more changed memories than this are read by listing pages with content
+
+
 class _Missing(Exception):
     pass
 
@@ -99,9 +102,15 @@ class ApiStore:
         return (item.content or "", item.content_sha256) if item.path == path else None
 
     def contents(self, paths: list[str]) -> dict[str, str]:
-        # The pull listed the store just before, so the ids are current.
+        if len(paths) > FETCH_ONE_BY_ONE:  # a first fill: whole pages with content
+            wanted = set(paths)
+            return {
+                item.path: item.content or ""
+                for item in self.memories.list(self.store_id, view="full", limit=20)
+                if item.type == "memory" and item.path in wanted
+            }
         found = {}
-        for path in paths:
+        for path in paths:  # the pull listed the store just before, so the ids are current
             current = self._retrieve(path)
             if current is not None:
                 found[path] = current[0]
@@ -186,12 +195,11 @@ class WorkerMemory:
         self.lock = threading.Lock()  # one sync at a time per session
 
     def prepare(self) -> tuple[tuple[str, str, bool], ...]:
-        """The stores' directories, filled from the stores: the sandbox's memory mounts."""
-        mounts = store_dirs_prepare(
+        """The stores' directories: the sandbox's memory mounts. They are filled by the pull before
+        the first call, in its tool thread (this runs on the worker's event loop)."""
+        return store_dirs_prepare(
             root=self.root, stores=[(s.mount_path, s.writable) for s in self.stores], uid=self.uid
         )
-        self.pull()
-        return mounts
 
     def _base_file(self, store: Attached) -> Path:
         directory = store_dir(self.root, store.mount_path)

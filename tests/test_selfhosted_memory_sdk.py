@@ -188,6 +188,8 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     facts = client.beta.memory_stores.create(name=f"facts-{suffix}")
     prefs = client.beta.memory_stores.memories.create(notes.id, path="/prefs.md", content="likes tea")
     client.beta.memory_stores.memories.create(facts.id, path="/fact.md", content="water is wet")
+    for n in range(12):  # enough for the first fill to read whole pages
+        client.beta.memory_stores.memories.create(notes.id, path=f"/bulk/{n:02}.md", content=f"bulk {n}")
     skill = client.beta.skills.create(files=[("house-style/SKILL.md", SKILL_MD)])
     agent = client.beta.agents.create(
         name=f"mem-worker-{suffix}",
@@ -211,7 +213,8 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
             {
                 "command": f"cat /workspace/skills/house-style/SKILL.md; cat {facts_dir}/fact.md; "
                 f"printf 'tea, then coffee' > {notes_dir}/new.md; "
-                f"(printf no > {facts_dir}/x.md) 2>/dev/null || echo read-only-refused"
+                f"(printf no > {facts_dir}/x.md) 2>/dev/null || echo read-only-refused; "
+                f"echo bulk=$(ls {notes_dir}/bulk | wc -l) $(cat {notes_dir}/bulk/11.md)"
             },
         ),
         # Another writer changes prefs.md while this call runs (the test does, once it sees "mine").
@@ -283,13 +286,13 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     # The agent read a memory and the skill, and could not write the read-only store.
     assert "likes tea" in read_out
     assert "HOUSE-STYLE-MARKER" in skill_out and "water is wet" in skill_out
-    assert "read-only-refused" in skill_out
+    assert "read-only-refused" in skill_out and "bulk=12 bulk 11" in skill_out
     assert [m.path for m in client.beta.memory_stores.memories.list(facts.id) if m.type == "memory"] == [
         "/fact.md"
     ]
     # Its new memory is a version attributed to the session.
     written = {m.path: m for m in client.beta.memory_stores.memories.list(notes.id) if m.type == "memory"}
-    assert set(written) == {"/prefs.md", "/new.md"}
+    assert set(written) == {"/prefs.md", "/new.md", *(f"/bulk/{n:02}.md" for n in range(12))}
     new = client.beta.memory_stores.memories.retrieve(written["/new.md"].id, memory_store_id=notes.id)
     assert new.content == "tea, then coffee"
     [version] = client.beta.memory_stores.memory_versions.list(notes.id, memory_id=new.id)
