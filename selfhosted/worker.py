@@ -98,6 +98,9 @@ class SandboxTool:
                 outcome = ToolOutcome(content=[*outcome.content, *notes], is_error=outcome.is_error)
         return outcome
 
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)  # the final sync talks to the server
+
     def close(self) -> None:
         # The runner is done with the session: stop its shell (the workspace stays on disk), then
         # save what a background process may still have written to memory.
