@@ -8,8 +8,9 @@ Two worker credentials, both sent as `Authorization: Bearer`:
 
 Routes opt in with `auth=API_KEY_OR_WORKER` (or `API_KEY_OR_SESSIONS_TOKEN` for routes that must
 reject the environment key, such as memory stores) and then call `check_session_access(request,
-session)` once they have loaded the session. Everything else keeps the default API-key auth, so a
-worker credential is a 401 there.
+session)` once they have loaded the session, or `check_memory_store_access(request, store_id,
+write=...)` for a memory store (only those attached to the token's session). Everything else keeps
+the default API-key auth, so a worker credential is a 401 there.
 """
 
 from dataclasses import dataclass
