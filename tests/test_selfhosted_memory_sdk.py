@@ -225,6 +225,14 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
                 "while [ ! -e /workspace/go ]; do sleep 0.1; done; echo waited"
             },
         ),
+        # A background process that writes only after the turn ended: the worker's last sync saves it.
+        tool_call(
+            "bash",
+            {
+                "command": "(while [ ! -e /workspace/go2 ]; do sleep 0.1; done; "
+                f"printf late > {notes_dir}/late.md) >/dev/null 2>&1 & echo started"
+            },
+        ),
         text("Done."),
     )
     session = client.beta.sessions.create(
@@ -253,7 +261,7 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "environment_worker", "--environment", environment.id]
-        + ["--max-idle", "1"],
+        + ["--max-idle", "5"],  # time for the background write before the worker lets go
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),
@@ -274,14 +282,19 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
             and any(e.type == "session.status_idle" for e in client.beta.sessions.events.list(session.id)),
             what="the turn",
         )
+        (sandbox / "volume" / "workspace" / "go2").write_text("")
+        _wait(
+            lambda: any(m.path == "/late.md" for m in client.beta.memory_stores.memories.list(notes.id)),
+            what="the last sync",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     events = list(client.beta.sessions.events.list(session.id, limit=1000))
     uses = [e for e in events if e.type == "agent.tool_use"]
     results = {e.tool_use_id: e for e in events if e.type == "user.tool_result"}
-    assert len(uses) == 3 and set(results) == {u.id for u in uses}, log.read_text()[-3000:]
-    read_out, skill_out, race_out = (_text_of(results[u.id]) for u in uses)
+    assert len(uses) == 4 and set(results) == {u.id for u in uses}, log.read_text()[-3000:]
+    read_out, skill_out, race_out, _background = (_text_of(results[u.id]) for u in uses)
 
     # The agent read a memory and the skill, and could not write the read-only store.
     assert "likes tea" in read_out
@@ -292,11 +305,12 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     ]
     # Its new memory is a version attributed to the session.
     written = {m.path: m for m in client.beta.memory_stores.memories.list(notes.id) if m.type == "memory"}
-    assert set(written) == {"/prefs.md", "/new.md", *(f"/bulk/{n:02}.md" for n in range(12))}
+    assert set(written) == {"/prefs.md", "/new.md", "/late.md", *(f"/bulk/{n:02}.md" for n in range(12))}
     new = client.beta.memory_stores.memories.retrieve(written["/new.md"].id, memory_store_id=notes.id)
     assert new.content == "tea, then coffee"
-    [version] = client.beta.memory_stores.memory_versions.list(notes.id, memory_id=new.id)
-    assert version.created_by.type == "session_actor" and version.created_by.session_id == session.id
+    for memory_id in (new.id, written["/late.md"].id):
+        [version] = client.beta.memory_stores.memory_versions.list(notes.id, memory_id=memory_id)
+        assert version.created_by.type == "session_actor" and version.created_by.session_id == session.id
     # The lost race: the other writer's content stays, the model is told with both versions.
     assert "waited" in race_out and f"Memory conflict on {notes_dir}/prefs.md" in race_out
     assert "mine" in race_out and "likes juice" in race_out
