@@ -246,6 +246,8 @@ GALLEY_MODEL_TIMEOUT_SECONDS = env_float("GALLEY_MODEL_TIMEOUT_SECONDS", 600.0, 
 GALLEY_MODEL_MAX_RETRIES = env_int("GALLEY_MODEL_MAX_RETRIES", 5, minimum=0)
 GALLEY_MODEL_RETRY_BASE_SECONDS = env_float("GALLEY_MODEL_RETRY_BASE_SECONDS", 1.0, minimum=0)
 GALLEY_MODEL_RETRY_MAX_SECONDS = env_float("GALLEY_MODEL_RETRY_MAX_SECONDS", 30.0, minimum=0)
+# While an outcome's grader runs, a `span.outcome_evaluation_ongoing` heartbeat this often.
+GALLEY_OUTCOME_HEARTBEAT_SECONDS = env_float("GALLEY_OUTCOME_HEARTBEAT_SECONDS", 10.0, minimum=0.05)
 # Compact the context when the last request's prompt passed this many tokens (0: 80% of the
 # model's context window).
 GALLEY_COMPACTION_THRESHOLD_TOKENS = env_int("GALLEY_COMPACTION_THRESHOLD_TOKENS", 0, minimum=0)

@@ -6,14 +6,18 @@ Everything is derived from the log. An outcome is open from its `user.define_out
 outcome is open, the loop calls `outcome_evaluate`: a separate model request through the same
 provider interface with its own context (the grader's system prompt, the outcome, the rubric, a
 transcript of the work and the files in the outputs directory; never the agent's system prompt),
-recorded between `span.outcome_evaluation_start` and `_end`. A `needs_revision` end is rendered
-into the agent's context as the next user turn (outcome_prompts.evaluation_turn), so the agent
-revises with no client event; after the last allowed evaluation the verdict is
-`max_iterations_reached` and one acknowledgement turn runs before the session idles."""
+recorded between `span.outcome_evaluation_start` and `_end`, with a
+`span.outcome_evaluation_ongoing` heartbeat every GALLEY_OUTCOME_HEARTBEAT_SECONDS while the grader
+works. A `needs_revision` end is rendered into the agent's context as the next user turn
+(outcome_prompts.evaluation_turn), so the agent revises with no client event; after the last
+allowed evaluation the verdict is `max_iterations_reached` and one acknowledgement turn runs before
+the session idles."""
 
 import json
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,6 +206,37 @@ def _end(
     )
 
 
+def _grade(request: ModelRequest, cancel: threading.Event, beat: Any) -> Any:
+    """The grader's model call, in a helper thread (it touches no database). This thread calls
+    `beat()` every GALLEY_OUTCOME_HEARTBEAT_SECONDS until the answer comes, stops waiting at once on
+    an interrupt (the abandoned request ends on its own; its answer is dropped), and re-raises the
+    call's error."""
+    provider = provider_for(request.model)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            box["value"] = provider.complete(request, listener=_Silent(), cancel=cancel)
+        except BaseException as exc:  # re-raised in the step's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="outcome-grader", daemon=True).start()
+    interval = settings.GALLEY_OUTCOME_HEARTBEAT_SECONDS
+    next_beat = time.monotonic() + interval
+    while not done.wait(min(0.05, interval)):
+        if cancel.is_set():
+            raise ModelCancelled()
+        if time.monotonic() >= next_beat:
+            beat()
+            next_beat = time.monotonic() + interval
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def outcome_evaluate(session: Session, state: Any, outcome: OpenOutcome) -> bool:
     """Grade the agent's work once. Returns False when the session must stop (budget), True to
     let the loop look again (feedback to act on, or a terminal verdict to idle on)."""
@@ -256,9 +291,24 @@ def outcome_evaluate(session: Session, state: Any, outcome: OpenOutcome) -> bool
         max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
     )
     loop._release_connection()
+
+    def beat() -> None:
+        with transaction.atomic():
+            locked = loop._locked(session_id, owner)  # a lost lease ends the step here
+            events_append(
+                session=locked,
+                events=[
+                    NewEvent(
+                        "span.outcome_evaluation_ongoing",
+                        {"outcome_id": outcome.outcome_id, "iteration": iteration},
+                    )
+                ],
+            )
+        loop._release_connection()
+
     errors: list[NewEvent] = []
     try:
-        answer = provider_for(model).complete(request, listener=_Silent(), cancel=state.handle.fresh_cancel())
+        answer = _grade(request, state.handle.fresh_cancel(), beat)
     except ModelCancelled:
         return True  # an interrupt: the next move marks the outcome interrupted
     except ModelError as exc:

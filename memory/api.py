@@ -1,5 +1,10 @@
 """/v1/memory_stores, their memories and memory versions (spec 13). Thin: parse, one service call,
-wire dict. Bodies and query strings are read by hand so that every rejection names its field."""
+wire dict. Bodies and query strings are read by hand so that every rejection names its field.
+
+A self-hosted worker syncs its session's stores with the work item's sessions token (the SDK's
+`lib/tools/_memories.py`): the memory and version routes take it, scoped by
+`selfhosted.auth.check_memory_store_access`, and its writes are the session's versions. The routes
+that manage stores themselves stay with API keys."""
 
 import json
 from datetime import UTC, datetime
@@ -14,8 +19,14 @@ from api.pagination import page_body
 from api.wire import to_utc
 from memory import services
 from memory.models import MemoryStore
+from selfhosted.auth import (
+    API_KEY_OR_SESSIONS_TOKEN,
+    check_memory_store_access,
+    refuse_sessions_token,
+    worker_scope,
+)
 
-router = Router(tags=["memory_stores"])
+router = Router(tags=["memory_stores"], auth=API_KEY_OR_SESSIONS_TOKEN)
 
 
 def _body(request: HttpRequest) -> dict[str, Any]:
@@ -68,11 +79,20 @@ def _created_at(request: HttpRequest) -> dict[str, datetime | None]:
     return bounds
 
 
-def _store(request: HttpRequest, store_id: str) -> MemoryStore:
+def _store(request: HttpRequest, store_id: str, *, write: bool = False) -> MemoryStore:
+    check_memory_store_access(request, store_id, write=write)
     return services.store_get(workspace=request.workspace, store_id=store_id)  # type: ignore[attr-defined]
 
 
+def _managed_store(request: HttpRequest, store_id: str, what: str) -> MemoryStore:
+    refuse_sessions_token(request, what)
+    return _store(request, store_id)
+
+
 def _actor(request: HttpRequest) -> services.Actor | None:
+    scope = worker_scope(request)
+    if scope is not None and scope.session_id is not None:
+        return services.actor_session(scope.session_id)  # as the sandbox's own sync attributes it
     return services.actor_api(request.auth)  # type: ignore[attr-defined]
 
 
@@ -81,12 +101,14 @@ def _actor(request: HttpRequest) -> services.Actor | None:
 
 @router.post("/memory_stores")
 def stores_create(request: HttpRequest) -> dict[str, Any]:
+    refuse_sessions_token(request, "create memory stores")
     store = services.store_create(workspace=request.workspace, body=_body(request))  # type: ignore[attr-defined]
     return services.store_wire(store)
 
 
 @router.get("/memory_stores")
 def stores_list(request: HttpRequest) -> dict[str, Any]:
+    refuse_sessions_token(request, "list memory stores")
     found = services.store_list(
         workspace=request.workspace,  # type: ignore[attr-defined]
         include_archived=_bool(request, "include_archived"),
@@ -104,17 +126,19 @@ def stores_retrieve(request: HttpRequest, store_id: str) -> dict[str, Any]:
 
 @router.post("/memory_stores/{store_id}")
 def stores_update(request: HttpRequest, store_id: str) -> dict[str, Any]:
-    return services.store_wire(services.store_update(store=_store(request, store_id), body=_body(request)))
+    store = _managed_store(request, store_id, "update memory stores")
+    return services.store_wire(services.store_update(store=store, body=_body(request)))
 
 
 @router.delete("/memory_stores/{store_id}")
 def stores_delete(request: HttpRequest, store_id: str) -> dict[str, Any]:
-    return services.store_delete(store=_store(request, store_id))
+    return services.store_delete(store=_managed_store(request, store_id, "delete memory stores"))
 
 
 @router.post("/memory_stores/{store_id}/archive")
 def stores_archive(request: HttpRequest, store_id: str) -> dict[str, Any]:
-    return services.store_wire(services.store_archive(store=_store(request, store_id)))
+    store = _managed_store(request, store_id, "archive memory stores")
+    return services.store_wire(services.store_archive(store=store))
 
 
 # --- memories -----------------------------------------------------------------------------------------
@@ -122,7 +146,7 @@ def stores_archive(request: HttpRequest, store_id: str) -> dict[str, Any]:
 
 @router.post("/memory_stores/{store_id}/memories")
 def memories_create(request: HttpRequest, store_id: str) -> dict[str, Any]:
-    store = _store(request, store_id)
+    store = _store(request, store_id, write=True)
     view = services.check_view(request.GET.get("view"), default="basic")
     body = _body(request)
     for key in body:
@@ -162,7 +186,7 @@ def memories_retrieve(request: HttpRequest, store_id: str, memory_id: str) -> di
 
 @router.post("/memory_stores/{store_id}/memories/{memory_id}")
 def memories_update(request: HttpRequest, store_id: str, memory_id: str) -> dict[str, Any]:
-    store = _store(request, store_id)
+    store = _store(request, store_id, write=True)
     view = services.check_view(request.GET.get("view"), default="basic")
     memory = services.memory_get(store=store, memory_id=memory_id)
     memory = services.memory_update(store=store, memory=memory, body=_body(request), actor=_actor(request))
@@ -171,7 +195,7 @@ def memories_update(request: HttpRequest, store_id: str, memory_id: str) -> dict
 
 @router.delete("/memory_stores/{store_id}/memories/{memory_id}")
 def memories_delete(request: HttpRequest, store_id: str, memory_id: str) -> dict[str, Any]:
-    store = _store(request, store_id)
+    store = _store(request, store_id, write=True)
     memory = services.memory_get(store=store, memory_id=memory_id)
     return services.memory_delete(
         store=store,
@@ -212,7 +236,7 @@ def versions_retrieve(request: HttpRequest, store_id: str, version_id: str) -> d
 
 @router.post("/memory_stores/{store_id}/memory_versions/{version_id}/redact")
 def versions_redact(request: HttpRequest, store_id: str, version_id: str) -> dict[str, Any]:
-    store = _store(request, store_id)
+    store = _managed_store(request, store_id, "redact memory versions")
     version = services.version_get(store=store, version_id=version_id)
     version = services.version_redact(store=store, version=version, actor=_actor(request))
     return services.version_wire(version, view="full")

@@ -125,11 +125,36 @@ def attachments_of(session_id: str) -> list[SessionMemoryStore]:
     return list(SessionMemoryStore.objects.filter(session_id=session_id).order_by("position"))
 
 
+def attachment_of(session_id: str, store_id: str) -> SessionMemoryStore | None:
+    return SessionMemoryStore.objects.filter(
+        session_id=session_id, memory_store_id=store_id, store__isnull=False
+    ).first()
+
+
+def agent_paths(session_id: str, rows: list[SessionMemoryStore]) -> dict[str, str]:
+    """Where the agent finds each store: its mount path, except on the development-only `process`
+    sandbox backend, which has no mount namespace to bind /mnt/memory/<slug> in: there the agent
+    works on the store's host directory itself. A self-hosted session's worker mounts its own."""
+    from sandboxes.backends import backend_is_unsafe
+
+    paths = {r.mount_path: r.mount_path for r in rows}
+    if not rows or not backend_is_unsafe():
+        return paths
+    from memory.mounts import store_dir
+    from sandboxes.services import sandbox_root
+    from selfhosted.harness import session_is_remote
+
+    if session_is_remote(session_id):
+        return paths
+    return {path: str(store_dir(sandbox_root(session_id), path)) for path in paths}
+
+
 def memory_system_prompt(session_id: str, system: str | None) -> str | None:
     """The agent's system prompt with a section describing the session's memory mounts."""
     rows = [r for r in attachments_of(session_id) if r.store_id is not None]
     if not rows:
         return system
+    shown = agent_paths(session_id, rows)
     lines = [
         "Memory stores are mounted in your sandbox as directories of text files that persist across "
         "sessions. Read them with your file tools before you start; save what is worth remembering "
@@ -139,7 +164,7 @@ def memory_system_prompt(session_id: str, system: str | None) -> str | None:
     ]
     for row in rows:
         mode = "read-only" if row.access == "read_only" else "read and write"
-        line = f"- {row.mount_path}/ ({mode}): {row.name}"
+        line = f"- {shown[row.mount_path]}/ ({mode}): {row.name}"
         if row.description:
             line += f": {row.description}"
         if row.instructions:

@@ -348,9 +348,19 @@ FILE_TOOLS = {
 FILE_TOOL_TIMEOUT = 60.0
 
 
-def _call_sdk_tool(name: str, workdir: str, allowed_roots: list[str], args: dict[str, Any]) -> dict[str, Any]:
+def _call_sdk_tool(
+    name: str,
+    workdir: str,
+    allowed_roots: list[str],
+    args: dict[str, Any],
+    read_only_roots: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Run one SDK file tool; {"result": ...} or {"error": text}."""
-    ctx = AgentToolContext(workdir=workdir, allowed_roots=[Path(r) for r in allowed_roots])
+    ctx = AgentToolContext(
+        workdir=workdir,
+        allowed_roots=[Path(r) for r in allowed_roots],
+        read_only_roots=[Path(r) for r in read_only_roots],
+    )
     return _call_tool(FILE_TOOLS[name](ctx), name, args)
 
 
@@ -569,10 +579,12 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
 
 
 def _on_host(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
-    """The unsafe development backend: the tool runs in the worker on the host directories."""
+    """The unsafe development backend: the tool runs in the worker on the host directories (memory
+    stores included: the system prompt names their host directories)."""
     spec = live.spec
-    answer = _call_sdk_tool(name, str(spec.workspace), [str(spec.tmp)], dict(tool_input))
-    return answer
+    stores = [source for source, _target, _writable in spec.memory_mounts]
+    read_only = tuple(source for source, _target, writable in spec.memory_mounts if not writable)
+    return _call_sdk_tool(name, str(spec.workspace), [str(spec.tmp), *stores], dict(tool_input), read_only)
 
 
 def _tool_error_text(exc: ToolError) -> str:

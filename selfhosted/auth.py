@@ -8,8 +8,9 @@ Two worker credentials, both sent as `Authorization: Bearer`:
 
 Routes opt in with `auth=API_KEY_OR_WORKER` (or `API_KEY_OR_SESSIONS_TOKEN` for routes that must
 reject the environment key, such as memory stores) and then call `check_session_access(request,
-session)` once they have loaded the session. Everything else keeps the default API-key auth, so a
-worker credential is a 401 there.
+session)` once they have loaded the session, or `check_memory_store_access(request, store_id,
+write=...)` for a memory store (only those attached to the token's session). Everything else keeps
+the default API-key auth, so a worker credential is a 401 there.
 """
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from accounts.models import Workspace
 from agents.models import Environment
 from api.errors import ApiError, not_found
 from api.v1 import ApiKeyAuth
+from memory.attachments import attachment_of
 from selfhosted import services
 from selfhosted.models import EnvironmentKey, WorkItem
 
@@ -115,3 +117,32 @@ def check_session_access(request: HttpRequest, session: Any) -> None:
             raise not_found("session", session.pk)
     elif session.environment_id != scope.environment.pk:
         raise not_found("session", session.pk)
+
+
+def check_memory_store_access(request: HttpRequest, store_id: str, *, write: bool) -> str | None:
+    """A sessions token reaches only the memory stores attached to its session, and writes only to
+    those attached `read_write`; any other store looks missing. Returns the session a write is
+    attributed to (None for an API key)."""
+    scope = worker_scope(request)
+    if scope is None:
+        return None
+    if not scope.current:
+        raise expired_token()
+    assert scope.session_id is not None  # only sessions tokens reach the memory routes
+    attachment = attachment_of(scope.session_id, store_id)
+    if attachment is None:
+        raise not_found("memory store", store_id)
+    if write and attachment.access != "read_write":
+        raise ApiError(
+            403,
+            f"Memory store {store_id!r} is attached to session {scope.session_id!r} with access "
+            f"{attachment.access!r}: this sessions token cannot change it.",
+        )
+    return scope.session_id
+
+
+def refuse_sessions_token(request: HttpRequest, what: str) -> None:
+    """For the memory-store routes a session has no business calling (creating, renaming, archiving,
+    deleting stores, redacting versions): a sessions token there is a 403 naming the route."""
+    if worker_scope(request) is not None:
+        raise ApiError(403, f"A sessions token cannot {what}; use an API key.")

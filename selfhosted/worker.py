@@ -5,13 +5,17 @@ given tools that run each call in Galley's bubblewrap sandbox on this host inste
 worker's own process. Each session gets a sandbox directory under this host's
 GALLEY_SANDBOX_ROOT that outlives the work item, so a session that comes back to this host finds
 its workspace. The worker needs no database: only the server's base URL and an environment key.
+The session's skills and memory stores are mounted in the sandbox as on Galley's own hosts, through
+the API with the work item's sessions token (`selfhosted/worker_memory.py`).
 """
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ from django.conf import settings
 from harness.tools import TOOLSET
 from sandboxes.backends import SAFE_PATH, Limits, SandboxSpec, backend_get, sandbox_uid
 from sandboxes.services import LiveSandbox, sandbox_provision, sandbox_root, sandbox_stop
-from sandboxes.toolset import run_sandbox_tool
+from sandboxes.toolset import WRITING_TOOLS, ToolOutcome, run_sandbox_tool
+from selfhosted.worker_memory import WorkerMemory, skill_mounts, worker_memory
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,10 @@ class SandboxTool:
     """One agent-toolset tool, run in the session's sandbox. Shaped like the SDK's async tools
     (`name`, `to_dict()`, `async call(input)`), so the SDK's session tool runner dispatches it."""
 
-    def __init__(self, name: str, live: LiveSandbox) -> None:
+    def __init__(self, name: str, live: LiveSandbox, memory: WorkerMemory | None = None) -> None:
         self.name = name
         self.live = live
+        self.memory = memory
         self.cancel = threading.Event()
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,17 +89,44 @@ class SandboxTool:
 
     def _run(self, tool_input: dict[str, Any]) -> Any:
         self.cancel.clear()
-        return run_sandbox_tool(live=self.live, name=self.name, tool_input=tool_input, cancel=self.cancel)
+        if self.memory is not None:
+            self.memory.pull()  # other writers' changes first, as on Galley's own hosts
+        outcome = run_sandbox_tool(live=self.live, name=self.name, tool_input=tool_input, cancel=self.cancel)
+        if self.memory is not None and self.name in WRITING_TOOLS:
+            notes = self.memory.push()  # lost races and refusals are the model's to see
+            if notes:
+                outcome = ToolOutcome(content=[*outcome.content, *notes], is_error=outcome.is_error)
+        return outcome
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)  # the final sync talks to the server
 
     def close(self) -> None:
-        # The runner is done with the session: stop its shell; the workspace stays on disk.
+        # The runner is done with the session: stop its shell (the workspace stays on disk), then
+        # save what a background process may still have written to memory.
         with self.live.lock:
             sandbox_stop(self.live)
+        if self.memory is not None and self.name == "bash":
+            notes = self.memory.push()
+            if notes:
+                log.warning("the memory sync after the session's last call left %d notes unseen", len(notes))
 
 
-def sandbox_tools(session_id: str) -> list[SandboxTool]:
+def sandbox_tools(session_id: str, context: Any = None) -> list[SandboxTool]:
+    """The tools of one work item. With the SDK's tool context: the session's skills (downloaded by
+    the SDK's worker) and memory stores (synced through the API with the item's sessions token)
+    are mounted too."""
     live = host_sandbox(session_id)
-    return [SandboxTool(name, live) for name in SANDBOX_TOOLS]
+    memory = None
+    if context is not None:
+        owner = live.spec.uid if os.geteuid() == 0 else None  # files the sandbox's uid must own
+        memory = worker_memory(context, root=live.spec.root, uid=owner)
+        live.spec = replace(
+            live.spec,
+            mounts=skill_mounts(context, root=live.spec.root),
+            memory_mounts=memory.prepare() if memory is not None else (),
+        )
+    return [SandboxTool(name, live, memory) for name in SANDBOX_TOOLS]
 
 
 def default_worker_id() -> str:
@@ -112,19 +145,21 @@ def environment_worker(
     client = anthropic.AsyncAnthropic(base_url=base_url, auth_token=environment_key, api_key=None)
     scratch = Path(settings.DATA_DIR) / "worker"
     scratch.mkdir(parents=True, exist_ok=True)
+    # The SDK downloads each item's skills into scratch/skills and removes them after the item; a
+    # crashed run's leftovers must not be mounted for the next session.
+    shutil.rmtree(scratch / "skills", ignore_errors=True)
 
     def tools(context: Any) -> list[SandboxTool]:
-        session = context.session
-        return sandbox_tools(session.id)
+        return sandbox_tools(context.session.id, context)
 
     return client.beta.environments.work.worker(
         environment_id=environment_id,
         environment_key=environment_key,
         tools=tools,  # type: ignore[arg-type]  # duck-typed like the SDK's async tools
-        # The SDK's own file tools are not used; this is only where it would put downloads.
+        # The SDK's own file tools are not used; this is where it downloads the item's skills.
         workdir=str(scratch),
         max_idle=max_idle,
-        # Memory stores would be synced on the host, outside the sandbox the tools see.
+        # Not the SDK's host-side sync: the stores are mounted in the sandbox (worker_memory.py).
         memory_sync_interval=None,
         worker_id=worker_id or default_worker_id(),
     )

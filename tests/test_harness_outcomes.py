@@ -13,7 +13,16 @@ from api.ids import new_id
 from harness.outcome_prompts import GRADER_SYSTEM
 from sessions.models import Session
 from sessions.services import outcome_evaluations_by_session
-from tests.harness_helpers import custom_tool, events_of, harness_model, make_session, send, step
+from tests.harness_helpers import (
+    custom_tool,
+    events_of,
+    harness_model,
+    make_session,
+    send,
+    step,
+    step_in_background,
+    wait_for,
+)
 from tests.model_server import Reply, ScriptedModel, text, tool_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,6 +169,47 @@ def test_an_interrupt_ends_the_outcome_as_interrupted(model: ScriptedModel) -> N
     assert end.payload["outcome_evaluation_start_id"] == start.id
     assert grader_requests(model) == []
     assert outcome_evaluations_by_session([session.pk])[session.pk][0]["result"] == "interrupted"
+
+
+def test_a_slow_grader_beats_until_it_answers(model: ScriptedModel, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.GALLEY_OUTCOME_HEARTBEAT_SECONDS = 0.1
+    verdict = json.dumps({"result": "satisfied", "explanation": "fine"})
+
+    def responder(body: dict[str, Any]) -> Reply:
+        return text(verdict, delay=1.0) if is_grader(body) else text("A haiku.")
+
+    model.responder = responder
+    session = make_session()
+    outcome_id = define(session)
+    step(session)
+    log = list(session.events.order_by("seq"))
+    types = [e.type for e in log]
+    start, end = types.index("span.outcome_evaluation_start"), types.index("span.outcome_evaluation_end")
+    beats = [i for i, t in enumerate(types) if t == "span.outcome_evaluation_ongoing"]
+    assert beats and start < beats[0] and beats[-1] < end  # only while the grader works
+    beats = [log[i] for i in beats]
+    assert all(b.payload == {"outcome_id": outcome_id, "iteration": 0} for b in beats)
+    from anthropic.types.beta.sessions import BetaManagedAgentsSpanOutcomeEvaluationOngoingEvent
+
+    BetaManagedAgentsSpanOutcomeEvaluationOngoingEvent.model_validate(beats[0].wire(), strict=False)
+    assert log[end].payload["result"] == "satisfied"
+    assert Session.objects.get(pk=session.pk).status == "idle"
+
+
+def test_an_interrupt_stops_a_slow_grader(model: ScriptedModel, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.GALLEY_OUTCOME_HEARTBEAT_SECONDS = 0.1
+    verdict = json.dumps({"result": "satisfied", "explanation": "fine"})
+    model.responder = lambda body: text(verdict, delay=30.0) if is_grader(body) else text("A haiku.")
+    session = make_session()
+    define(session)
+    worker = step_in_background(session)
+    wait_for(lambda: events_of(session, "span.outcome_evaluation_ongoing"), timeout=20)
+    send(session, "user.interrupt")
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    step(session)
+    [end] = events_of(session, "span.outcome_evaluation_end")
+    assert end.payload["result"] == "interrupted"
 
 
 def test_an_unreadable_verdict_fails_the_outcome(model: ScriptedModel) -> None:

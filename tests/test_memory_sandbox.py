@@ -167,3 +167,48 @@ def test_links_in_the_mount_are_ignored(make_sandbox_session, store) -> None:
     memory.memory_create(store=store, path="/etc/hostname", content="not written", actor=None)
     run(session, "bash", command="true")
     assert open("/etc/hostname").read() != "not written"
+
+
+def test_the_process_backend_works_on_the_stores_host_directories(
+    make_sandbox_session, store, settings
+) -> None:  # type: ignore[no-untyped-def]
+    from accounts.services import workspace_get_default
+    from memory.mounts import store_dir
+    from sandboxes.services import sandbox_root
+
+    settings.GALLEY_SANDBOX_BACKEND = "process"  # no mount namespace: the prompt names host paths
+    settings.GALLEY_SANDBOX_ALLOW_UNSAFE = True
+    facts = memory.store_create(workspace=workspace_get_default(), body={"name": "Facts"})
+    memory.memory_create(store=facts, path="/fact.md", content="water is wet", actor=None)
+    session = make_sandbox_session()
+    planned = memory_resources_plan(
+        workspace=session.workspace,
+        resources=[
+            {"type": "memory_store", "memory_store_id": store.pk},
+            {"type": "memory_store", "memory_store_id": facts.pk, "access": "read_only"},
+        ],
+    )
+    memory_resources_attach(session=session, planned=planned)
+    prefs_dir = store_dir(sandbox_root(session.pk), "/mnt/memory/user-prefs")
+    facts_dir = store_dir(sandbox_root(session.pk), "/mnt/memory/facts")
+    prompt = memory_system_prompt(session.pk, None)
+    assert f"- {prefs_dir}/ (read and write)" in prompt and f"- {facts_dir}/ (read-only)" in prompt
+    assert "/mnt/memory/" not in prompt
+
+    assert text(run(session, "bash", command=f"cat {prefs_dir}/prefs.md")).strip() == "likes tea"
+    assert "water is wet" in text(run(session, "read", file_path=f"{facts_dir}/fact.md"))
+    run(session, "bash", command=f"printf sunny > {prefs_dir}/today.md")
+    outcome = run(session, "write", file_path=f"{prefs_dir}/notes/more.md", content="more")
+    assert not outcome.is_error, text(outcome)
+    made = {m.path: m for m in Memory.objects.filter(store=store)}
+    assert made["/today.md"].content == "sunny" and made["/notes/more.md"].content == "more"
+    versions = MemoryVersion.objects.filter(memory_id__in=[made["/today.md"].pk, made["/notes/more.md"].pk])
+    assert {v.created_by["session_id"] for v in versions} == {session.pk}
+
+    refused = run(session, "write", file_path=f"{facts_dir}/fact.md", content="dry")
+    assert refused.is_error and "read-only directory" in text(refused)
+    assert Memory.objects.get(store=facts, path="/fact.md").content == "water is wet"
+    # Other writers' changes still come in before each call.
+    prefs = Memory.objects.get(store=store, path="/prefs.md")
+    memory.memory_update(store=store, memory=prefs, body={"content": "likes juice\n"}, actor=None)
+    assert "likes juice" in text(run(session, "bash", command=f"cat {prefs_dir}/prefs.md"))

@@ -10,6 +10,7 @@ import anthropic
 import pytest
 
 from harness.outcome_prompts import GRADER_SYSTEM
+from tests.live import LiveGalley, live_galley
 from tests.live_fixtures import until_idle
 from tests.model_server import Reply, ScriptedModel, scripted_model, text
 
@@ -21,7 +22,8 @@ VERDICTS: list[tuple[str, str]] = []
 def responder(body: dict[str, Any]) -> Reply:
     if any(block.get("text") == GRADER_SYSTEM for block in body.get("system") or []):
         result, explanation = VERDICTS.pop(0) if VERDICTS else ("satisfied", "All criteria met.")
-        return text(json.dumps({"result": result, "explanation": explanation}))
+        # A slow grader, so the heartbeat (every 0.2 s here) is seen while it works.
+        return text(json.dumps({"result": result, "explanation": explanation}), delay=1.0)
     if "needs revision" in json.dumps(body["messages"][-1]):
         return text("Revised: the report now cites two sources.")
     return text("A report citing one source.")
@@ -30,6 +32,17 @@ def responder(body: dict[str, Any]) -> Reply:
 @pytest.fixture(scope="module")
 def model() -> Iterator[ScriptedModel]:
     with scripted_model(responder) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def galley(model: ScriptedModel) -> Iterator[LiveGalley]:
+    env = {
+        "ANTHROPIC_API_KEY": "sk-test",
+        "ANTHROPIC_BASE_URL": model.base_url,
+        "GALLEY_OUTCOME_HEARTBEAT_SECONDS": "0.2",
+    }
+    with live_galley(env) as server:
         yield server
 
 
@@ -58,13 +71,23 @@ def test_an_outcome_is_graded_revised_and_satisfied(galley, model) -> None:
         ).data
         assert sent.type == "user.define_outcome" and sent.outcome_id.startswith("outc_")
         assert sent.processed_at is not None
-        seen = until_idle(stream, limit=200)
+        seen = until_idle(stream, limit=400)
     types = [e.type for e in seen]
     assert types.count("span.outcome_evaluation_start") == 2
     ends = [e for e in seen if e.type == "span.outcome_evaluation_end"]
     assert [(e.iteration, e.result) for e in ends] == [(0, "needs_revision"), (1, "satisfied")]
     assert ends[0].explanation == "Only one source is cited."
     assert all(e.outcome_id == sent.outcome_id for e in ends)
+    # Each evaluation beats while its grader works, between its start and its end.
+    spans = [e for e in seen if e.type.startswith("span.outcome_evaluation_")]
+    for iteration in (0, 1):
+        mine = [e.type for e in spans if e.iteration == iteration]
+        assert mine[0] == "span.outcome_evaluation_start" and mine[-1] == "span.outcome_evaluation_end"
+        assert set(mine[1:-1]) == {"span.outcome_evaluation_ongoing"}, mine
+    assert [e.type for e in spans].index("span.outcome_evaluation_end") < [
+        i for i, e in enumerate(spans) if e.iteration == 1
+    ][0]  # the second evaluation's beats come after the first one ended
+    assert all(e.outcome_id == sent.outcome_id for e in spans)
     messages = [e.content[0].text for e in seen if e.type == "agent.message"]
     assert messages == ["A report citing one source.", "Revised: the report now cites two sources."]
     assert seen[-1].type == "session.status_idle" and seen[-1].stop_reason.type == "end_turn"

@@ -310,3 +310,33 @@ def test_a_worker_downloads_skills_with_its_own_credential(admin, worker, worksp
     assert zipfile.ZipFile(io.BytesIO(content.content)).read("notes/SKILL.md").startswith(b"---")
     assert worker.get("/skills").status_code == 401
     assert worker.get(f"/skills/{skill.pk}").status_code == 401
+
+
+def test_a_reclaimed_items_old_token_is_expired_on_the_memory_routes(admin, worker, env, workspace):
+    from memory import services as memory
+
+    store = memory.store_create(workspace=workspace, body={"name": "notes"})
+    memory.memory_create(store=store, path="/a.md", content="a", actor=None)
+    agent = make_agent(workspace)
+    response = admin.post(
+        "/sessions",
+        {
+            "agent": agent.id,
+            "environment_id": env.id,
+            "resources": [{"type": "memory_store", "memory_store_id": store.pk}],
+        },
+    )
+    assert response.status_code == 200, response.content
+    first = _claimed(worker, env.id)
+    old = Api(_token(first["secret"]))
+    listed = old.get(f"/memory_stores/{store.pk}/memories")
+    assert listed.status_code == 200 and [m["path"] for m in listed.json()["data"]] == ["/a.md"]
+    second = worker.get(f"/environments/{env.id}/work/poll", reclaim_older_than_ms=0).json()
+    assert second["id"] == first["id"]
+    error = _error(old.get(f"/memory_stores/{store.pk}/memories"), 401)
+    assert "expired" in error["message"]
+    made = old.post(f"/memory_stores/{store.pk}/memories", {"path": "/b.md", "content": "late"})
+    assert _error(made, 401)
+    new = Api(_token(second["secret"]))
+    assert new.get(f"/memory_stores/{store.pk}/memories").status_code == 200
+    assert not memory.Memory.objects.filter(store=store, path="/b.md").exists()
