@@ -165,11 +165,16 @@ ROW_FIELDS = (
 )
 
 
-def _locked(session_id: str, owner: str) -> Session:
-    """The session row, locked for this transaction, if our lease still holds it."""
+def _locked(session_id: str, owner: str, *, thread_id: str | None = None) -> Session:
+    """The session row, locked for this transaction, if our lease still holds the thread we run:
+    the session's own lease for its (primary) step, the child thread's for a child's step. Every
+    write of the log takes this lock, so a lease taken back stops its step's writes at once."""
     session = Session.objects.select_for_update().only(*ROW_FIELDS).get(pk=session_id)
-    if session.lease_owner != owner:
-        raise LeaseLost(session_id)
+    if thread_id is None:
+        if session.lease_owner != owner:
+            raise LeaseLost(session_id)
+    elif not SessionThread.objects.filter(pk=thread_id, lease_owner=owner).exists():
+        raise LeaseLost(thread_id)
     return session
 
 
@@ -258,11 +263,10 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
         target = (interrupt.payload.get("session_thread_id") if interrupt is not None else None) or None
         if interrupt is not None and target not in (None, state.primary_thread_id):
-            # Aimed at a child thread that is not running now (a running one takes its own): close
-            # what it waits on, if anything; the coordinator's open call then resumes it.
+            # Aimed at a child thread: stop it (its step, if one is at work, writes nothing more).
             from sessions.harness import threads
 
-            threads.close_waiting(session, state.primary_thread_id, only=target)
+            threads.thread_interrupt(session, state.context(session), target)
             _mark_processed([interrupt])
             return True
         if interrupt is not None:
@@ -308,17 +312,18 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             ctx.open_span_id = None
         pending: list[str] = []
         remote: list[str] = []  # self_hosted: calls the user's worker runs and answers
+        sends = [use.event for use in ctx.unresolved() if _is_send(state, use.event)]
+        children_at_work = False
+        if sends:
+            from sessions.harness import threads
+
+            moved = threads.sends_advance(session, state, ctx, sends)
+            if moved.moved:
+                return True  # the children's answers are the calls' results: read them back
+            pending.extend(moved.pending)
+            children_at_work = moved.running
         for use in ctx.unresolved():
             if _is_send(state, use.event):
-                from sessions.harness import threads
-
-                waiting = threads.waiting_ids(session, state, use.event)
-                if waiting:
-                    pending.extend(waiting)  # its child waits on the user
-                elif state.remote and threads.remote_ids(session, state, use.event):
-                    remote.append(use.event.id)  # its child waits on the worker
-                else:
-                    run_now.append(use.event)  # the child thread resumes from its own log
                 continue
             if use.custom:
                 pending.append(use.event.id)
@@ -344,6 +349,12 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         if run_now:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
+        elif children_at_work:
+            # Each child runs as its own step; the one that answers (or starts waiting) last kicks
+            # the session, and the coordinator's next step takes it from there.
+            if session.status != Status.RUNNING:
+                session_set_status(session=session, status=Status.RUNNING)
+            return False
         elif pending:
             stop = {"type": "requires_action", "event_ids": pending}
             if session.status != Status.IDLE or session.stop_reason != stop:
@@ -385,7 +396,7 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
     from sessions.harness import threads
 
     ctx = state.context(session)
-    threads.close_waiting(session, state.primary_thread_id)
+    threads.children_stop(session, state.primary_thread_id)
     closing = [_tool_result(use.event, INTERRUPTED, is_error=True) for use in ctx.unresolved()]
     if ctx.open_span_id is not None:
         closing.append(
@@ -417,17 +428,10 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             return
         _release_connection()
         errors: list[NewEvent] = []
+        if _is_send(state, use):
+            continue  # the next move delivers it to its child thread, which runs as its own step
         if use.type == "agent.mcp_tool_use":
             outcome = _run_mcp(state, use, errors, cancel)
-        elif _is_send(state, use):
-            from sessions.harness import threads
-
-            sent = threads.send_to_agent(session, state, use)
-            if sent is None:
-                return  # an interrupt stopped the session; the next move closes this call
-            if not isinstance(sent, ToolRun):
-                continue  # PAUSED: the child waits on the user; the next move idles with requires_action
-            outcome = sent
         elif state.remote and selfhosted_harness.runs_on_worker(use):
             continue  # the self-hosted worker runs it; its user.tool_result closes the call
         else:
