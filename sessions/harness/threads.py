@@ -247,7 +247,6 @@ def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: lis
     answered: list[tuple[Event, ToolRun]] = []
     busy: set[str] = set()
     kicks: list[str] = []
-    now = timezone.now()
     for use in uses:
         tool_input = use.payload.get("input") or {}
         name, message = tool_input.get("agent_name"), tool_input.get("message")
@@ -288,8 +287,10 @@ def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: lis
         stop = (thread.stop_reason or {}).get("type")
         if thread.status in (Status.RUNNING, Status.RESCHEDULING):
             out.running = True
-            if thread.lease_owner is None or (thread.lease_expires_at and thread.lease_expires_at < now):
-                kicks.append(thread.pk)  # nobody runs it: its wait may be over (a worker's answer)
+            if thread.lease_owner is None:
+                # Nobody runs it: its wait may be over (a worker's answer). An expired lease is the
+                # sweeper's, which says so in the log (session.thread_status_rescheduled) first.
+                kicks.append(thread.pk)
         elif thread.status == Status.TERMINATED:
             answered.append((use, ToolRun([{"type": "text", "text": f"{name}'s thread has ended."}], True)))
         elif stop == "retries_exhausted":
