@@ -14,7 +14,6 @@ from sessions.services import events_send
 from tests.harness_helpers import (
     TOOLSET_ALL,
     harness_model,
-    log_types,
     make_session,
     say,
     send,
@@ -316,7 +315,7 @@ def test_a_worker_killed_mid_child_is_recovered_with_no_event_duplicated(worker_
         wait_for(lambda: Session.objects.get(pk=session.pk).stop_reason == {"type": "end_turn"}, timeout=60)
     child.refresh_from_db()
     assert child.status == "idle" and child.lease_owner is None
-    types = log_types(session)
+    types = [e.type for e in primary(session)]
     assert types.count("session.thread_status_rescheduled") == 1
     assert "session.status_rescheduled" not in types  # the coordinator was not running
     own = list(Event.objects.filter(thread=child).order_by("seq").values_list("type", flat=True))
