@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from console.ids import new_id
@@ -84,6 +84,7 @@ class StepState:
     mcp: dict[str, McpConnection] = field(default_factory=dict)
     mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
     primary_thread_id: str | None = None
+    thread: SessionThread | None = None  # the child thread a thread step runs; None for the session's
     remote: bool = False  # a self_hosted session: built-in tools run on the user's worker
     waiting_on_worker: bool = False  # the last move found only calls the worker has to answer
 
@@ -420,12 +421,15 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
 # --- tools ----------------------------------------------------------------------------------------------
 
 
-def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
+def _run_tools(session: Session, state: StepState, uses: list[Event]) -> bool:
+    """Run allowed calls, the session's or a child thread's, one after another, each result
+    appended under the step's lease. False when an interrupt cancelled the run."""
     session_id = session.pk
+    thread_id = state.thread.pk if state.thread is not None else None
     for use in uses:
         cancel = state.handle.fresh_cancel()
         if cancel.is_set():
-            return
+            return False
         _release_connection()
         errors: list[NewEvent] = []
         if _is_send(state, use):
@@ -444,13 +448,14 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             )
         with transaction.atomic():
             # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
-            locked = _locked(session_id, state.handle.owner)
-            events_append(
-                session=locked,
-                events=[*errors, _tool_result(use, outcome.content, is_error=outcome.is_error)],
-            )
+            locked = _locked(session_id, state.handle.owner, thread_id=thread_id)
+            results = [*errors, _tool_result(use, outcome.content, is_error=outcome.is_error)]
+            for result in results:
+                result.thread = state.thread
+            events_append(session=locked, events=results)
         if state.handle.cancel.is_set():
-            return
+            return False
+    return True
 
 
 def _remote_ready(use: Any) -> bool:
@@ -967,10 +972,14 @@ def sessions_sweep(*, limit: int = 500) -> list[str]:
         if owner:
             session_reschedule_expired(session_id=session_id, owner=owner)
     free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
+    # A coordinator waiting on a child at work holds no lease: the child kicks it when it stops.
+    child_at_work = SessionThread.objects.filter(
+        session=OuterRef("pk"), parent__isnull=False, status=Status.RUNNING, lease_expires_at__gte=now
+    )
     stuck = set(
-        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING)).values_list(
-            "id", flat=True
-        )[:limit]
+        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING))
+        .exclude(Exists(child_at_work))
+        .values_list("id", flat=True)[:limit]
     )
     waiting = set(
         Event.objects.filter(

@@ -38,7 +38,7 @@ from sessions.harness.dispatch import session_kick, thread_kick
 from sessions.harness.keeper import keeper
 from sessions.harness.providers import ModelError, ModelRequest, ModelUsage, provider_for
 from sessions.harness.providers.base import ModelCancelled
-from sessions.harness.tools import READ_ONLY, ToolRun, ToolSpec, run_builtin, tool_catalog
+from sessions.harness.tools import READ_ONLY, ToolRun, ToolSpec, tool_catalog
 from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append
 from skills.runtime import skills_system_prompt
@@ -516,7 +516,7 @@ def thread_step(*, session_id: str, thread_id: str) -> None:
         thread = SessionThread.objects.get(pk=thread_id)
         if _interrupt_waits(session_id, thread_id):
             return
-        state = loop.StepState(handle)
+        state = loop.StepState(handle, thread=thread)
         state.remote = selfhosted_harness.session_is_remote(session_id)
         child = _Child(session_id, state, thread, thread.parent_id or "")
         if thread.status == Status.RESCHEDULING:
@@ -598,7 +598,7 @@ def _run_child(child: _Child) -> None:
             if plan.closing:
                 continue
         if rerun:
-            if not _run_tools(child, session, rerun):
+            if not loop._run_tools(session, child.state, rerun):
                 return
             continue
         if not ctx.needs_model():
@@ -638,7 +638,7 @@ def _run_child(child: _Child) -> None:
         if not answer.blocks:
             _finish(child)
             return
-        if uses and not _run_tools(child, session, uses):
+        if uses and not loop._run_tools(session, child.state, uses):
             return
 
 
@@ -707,30 +707,6 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
     return [
         r for r in rows if r.type == "agent.tool_use" and r.payload.get("evaluated_permission") == "allow"
     ]
-
-
-def _run_tools(child: _Child, session: Session, uses: list[Event]) -> bool:
-    """Run the child's allowed calls; False when an interrupt cancelled it (the coordinator's step
-    closes what is left open)."""
-    for use in uses:
-        cancel = child.state.handle.fresh_cancel()
-        if cancel.is_set():
-            return False
-        if child.state.remote and selfhosted_harness.runs_on_worker(use):
-            continue  # the self-hosted worker runs it; its user.tool_result resumes the child
-        loop._release_connection()
-        outcome = run_builtin(
-            session=session,
-            name=use.payload.get("name", ""),
-            tool_input=use.payload.get("input") or {},
-            tool_use_id=use.id,
-            cancel=cancel,
-        )
-        with transaction.atomic():
-            child.append(child.locked(), [loop._tool_result(use, outcome.content, is_error=outcome.is_error)])
-        if child.state.handle.cancel.is_set():
-            return False
-    return True
 
 
 def _finish(child: _Child) -> None:
