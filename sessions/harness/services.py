@@ -87,6 +87,7 @@ class StepState:
     thread: SessionThread | None = None  # the child thread a thread step runs; None for the session's
     remote: bool = False  # a self_hosted session: built-in tools run on the user's worker
     waiting_on_worker: bool = False  # the last move found only calls the worker has to answer
+    children_at_work: list[str] = field(default_factory=list)  # the children the last move waits on
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -216,13 +217,20 @@ def session_step(*, session_id: str) -> None:
         finally:
             keeper.unregister(handle)
             session_lease_release(session_id=session_id, owner=owner)
-        # An event that arrived while we held the lease found it taken and its step gave up.
+        # An event that arrived while we held the lease found it taken and its step gave up; so did
+        # the kick of a child that stopped meanwhile.
+        if state.children_at_work:
+            from sessions.harness import threads
+
+            if threads.children_stopped(state.children_at_work):
+                continue
         if not _has_work(session_id):
             return
 
 
 def _advance(session_id: str, state: StepState) -> bool:
     """One persisted move. Returns False when the session waits for input."""
+    state.children_at_work = []
     # Fast path, without the write lock: a running session with only new messages (or tool
     # results) to send goes straight to the model; the request's own transaction re-checks the lease.
     state.refresh(session_id)
@@ -314,7 +322,6 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         pending: list[str] = []
         remote: list[str] = []  # self_hosted: calls the user's worker runs and answers
         sends = [use.event for use in ctx.unresolved() if _is_send(state, use.event)]
-        children_at_work = False
         if sends:
             from sessions.harness import threads
 
@@ -322,7 +329,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             if moved.moved:
                 return True  # the children's answers are the calls' results: read them back
             pending.extend(moved.pending)
-            children_at_work = moved.running
+            state.children_at_work = moved.at_work
         for use in ctx.unresolved():
             if _is_send(state, use.event):
                 continue
@@ -350,7 +357,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         if run_now:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
-        elif children_at_work:
+        elif state.children_at_work:
             # Each child runs as its own step; the one that answers (or starts waiting) last kicks
             # the session, and the coordinator's next step takes it from there.
             if session.status != Status.RUNNING:

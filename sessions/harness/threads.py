@@ -216,7 +216,7 @@ class Sends:
     """What the coordinator's open send_to_agent calls wait on after one move."""
 
     moved: bool = False  # results were appended: the coordinator's model goes next
-    running: bool = False  # a child is at work; its step kicks the session when it stops
+    at_work: list[str] = field(default_factory=list)  # children at work; each kicks the session when it stops
     pending: list[str] = field(default_factory=list)  # child requests waiting on the user
 
 
@@ -266,7 +266,7 @@ def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: lis
             children[name] = delivered
             busy.add(delivered.pk)
             kicks.append(delivered.pk)
-            out.running = True
+            out.at_work.append(delivered.pk)
             continue
         busy.add(thread.pk)
         answer = (
@@ -286,7 +286,7 @@ def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: lis
         child = _Child(session.pk, state, thread, primary_id)
         stop = (thread.stop_reason or {}).get("type")
         if thread.status in (Status.RUNNING, Status.RESCHEDULING):
-            out.running = True
+            out.at_work.append(thread.pk)
             if thread.lease_owner is None:
                 # Nobody runs it: its wait may be over (a worker's answer). An expired lease is the
                 # sweeper's, which says so in the log (session.thread_status_rescheduled) first.
@@ -301,13 +301,13 @@ def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: lis
                 continue
             child.set_status(session, Status.RUNNING)
             kicks.append(thread.pk)
-            out.running = True
+            out.at_work.append(thread.pk)
         else:
             # Its request was answered or closed, or the budget that paused it was raised.
             child.set_status(session, Status.RUNNING)
             kicks.append(thread.pk)
-            out.running = True
-    if answered and not out.running and not out.pending:
+            out.at_work.append(thread.pk)
+    if answered and not out.at_work and not out.pending:
         events_append(
             session=session,
             events=[loop._tool_result(use, run.content, is_error=run.is_error) for use, run in answered],
@@ -316,6 +316,15 @@ def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: lis
     for thread_id in kicks:
         transaction.on_commit(lambda thread_id=thread_id: thread_kick(session.pk, thread_id))
     return out
+
+
+def children_stopped(thread_ids: list[str]) -> bool:
+    """Whether one of these children stopped: its kick may have found the coordinator's lease held."""
+    return (
+        SessionThread.objects.filter(pk__in=thread_ids)
+        .exclude(status__in=(Status.RUNNING, Status.RESCHEDULING))
+        .exists()
+    )
 
 
 def _sent_for(session: Session, ctx: Any, use: Event, thread: SessionThread) -> Event | None:
