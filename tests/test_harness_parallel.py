@@ -332,3 +332,85 @@ def test_a_worker_killed_mid_child_is_recovered_with_no_event_duplicated(worker_
     assert [r.payload["content"][0]["text"] for r in results] == ["Recovered facts."]
     assert len(calls) == 2
     _assert_log_is_whole(session)
+
+
+# --- the sweeper and the keeper for thread leases ------------------------------------------------------
+
+
+def _child_at_work(session: Session, *, owner: str, expires_in: float) -> SessionThread:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    thread = SessionThread.objects.create(
+        id=f"sthr_child_{session.pk[-8:]}",
+        session=session,
+        parent=SessionThread.objects.get(session=session, parent=None),
+        agent_name="researcher",
+        agent_snapshot=RESEARCHER,
+        status="running",
+        lease_owner=owner,
+        lease_expires_at=timezone.now() + timedelta(seconds=expires_in),
+    )
+    Session.objects.filter(pk=session.pk).update(status="running")
+    return thread
+
+
+def test_the_sweeper_reschedules_a_childs_expired_lease_once(model: ScriptedModel) -> None:
+    from sessions.harness.threads import thread_reschedule_expired, threads_sweep
+
+    session = coordinator(RESEARCHER)
+    thread = _child_at_work(session, owner="dead-worker", expires_in=-1)
+    assert threads_sweep() == [(session.pk, thread.pk)]
+    thread.refresh_from_db()
+    assert thread.status == "rescheduling" and thread.lease_owner is None
+    assert threads_sweep() == [(session.pk, thread.pk)]  # still needs a step, not rescheduled twice
+    assert thread_reschedule_expired(thread_id=thread.pk, owner="dead-worker") is False
+    cross = [e for e in primary(session) if e.type == "session.thread_status_rescheduled"]
+    assert len(cross) == 1 and cross[0].payload == {
+        "session_thread_id": thread.pk,
+        "agent_name": "researcher",
+    }
+    own = list(Event.objects.filter(thread=thread).values_list("type", flat=True))
+    assert own == ["session.status_rescheduled"]
+
+
+def test_the_sweeper_leaves_a_live_child_lease_and_its_waiting_coordinator_alone(
+    model: ScriptedModel,
+) -> None:
+    from sessions.harness.services import sessions_sweep
+    from sessions.harness.threads import threads_sweep
+
+    session = coordinator(RESEARCHER)
+    thread = _child_at_work(session, owner="live-worker", expires_in=30)
+    assert threads_sweep() == []
+    assert sessions_sweep() == []  # the child kicks the coordinator when it stops
+    thread.refresh_from_db()
+    assert thread.lease_owner == "live-worker" and thread.status == "running"
+    assert not [e for e in primary(session) if e.type == "session.thread_status_rescheduled"]
+
+
+def test_the_keeper_cancels_a_child_step_for_its_own_or_the_sessions_interrupt_only(
+    model: ScriptedModel,
+) -> None:
+    from sessions.harness.keeper import Keeper, StepHandle
+
+    session = coordinator(RESEARCHER, WRITER)
+    researcher = _child_at_work(session, owner="researcher-step", expires_in=30)
+    keeper = Keeper()  # its rounds are run here, without its background thread
+    child = StepHandle(session.pk, "researcher-step", researcher.pk)
+    other = StepHandle(session.pk, "writer-step", "sthr_writer")
+    keeper._steps = {child.owner: child, other.owner: other}
+    keeper._tick(dict(keeper._steps))
+    assert not child.cancel.is_set() and not other.cancel.is_set()
+    send(session, "user.interrupt", {"session_thread_id": researcher.pk})
+    keeper._tick(dict(keeper._steps))
+    assert child.cancel.is_set() and not other.cancel.is_set()
+    Event.objects.filter(session=session, type="user.interrupt").update(processed_at="2026-01-01T00:00:00Z")
+    send(session, "user.interrupt")
+    keeper._tick(dict(keeper._steps))
+    assert other.cancel.is_set()
+    keeper._last_renewal = 0.0
+    SessionThread.objects.filter(pk=researcher.pk).update(lease_expires_at=None)
+    keeper._tick(dict(keeper._steps))
+    assert SessionThread.objects.get(pk=researcher.pk).lease_expires_at is not None  # renewed

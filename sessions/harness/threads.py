@@ -587,6 +587,8 @@ def _run_child(child: _Child) -> None:
     while True:
         with transaction.atomic():
             session = child.locked()
+            if session.status == Status.TERMINATED or session.archived_at is not None:
+                return
             ctx = context_build(session=session, events=child.events())
             closing: list[NewEvent] = []
             if ctx.open_span_id is not None:
