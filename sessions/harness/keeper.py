@@ -71,8 +71,13 @@ class Keeper:
                 self._tick(steps)
             except Exception:
                 log.warning("the harness keeper failed a round", exc_info=True)
-                close_old_connections()
-                connection.close()
+                try:
+                    close_old_connections()
+                    connection.close()
+                except Exception:
+                    # The database is still unreachable: keep the thread alive for the next round,
+                    # or every lease this process holds would lapse.
+                    log.warning("the harness keeper could not reset its connection", exc_info=True)
 
     def _tick(self, steps: dict[str, StepHandle]) -> None:
         handles = list(steps.values())
