@@ -6,3 +6,10 @@ def session_kick(session_id: str) -> None:
     from harness.tasks import run_session_step
 
     run_session_step.delay(session_id)
+
+
+def thread_kick(session_id: str, thread_id: str) -> None:
+    """Enqueue a step of a coordinator's child thread. Safe to call twice: it claims the thread's lease."""
+    from harness.tasks import run_thread_step
+
+    run_thread_step.delay(session_id, thread_id)

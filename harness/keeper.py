@@ -1,6 +1,8 @@
-"""One background thread per worker process that serves every running step of that process: it
-renews their leases (one UPDATE) and watches for user.interrupt (one indexed query), cancelling
-the step's current model request or tool when one arrives."""
+"""One background thread per worker process that serves every running step of that process, the
+sessions' (primary threads') and the child threads': it renews their leases (one UPDATE per kind)
+and watches for user.interrupt (one indexed query), cancelling the step's current model request or
+tool when one arrives: any interrupt cancels the session's step, and an interrupt naming no thread
+or naming a child thread cancels that child's step."""
 
 import logging
 import threading
@@ -13,7 +15,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from harness.providers.base import CancelToken
-from sessions.models import Event, Session
+from sessions.models import Event, Session, SessionThread
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 class StepHandle:
     session_id: str
     owner: str
+    thread_id: str | None = None  # a child thread's step; None for the session's (primary) step
     cancel: CancelToken = field(default_factory=CancelToken)
 
     def fresh_cancel(self) -> CancelToken:
@@ -37,10 +40,10 @@ class Keeper:
         self._thread: threading.Thread | None = None
         self._last_renewal = 0.0
 
-    def register(self, session_id: str, owner: str) -> StepHandle:
-        handle = StepHandle(session_id, owner)
+    def register(self, session_id: str, owner: str, thread_id: str | None = None) -> StepHandle:
+        handle = StepHandle(session_id, owner, thread_id)
         with self._lock:
-            self._steps[session_id] = handle
+            self._steps[owner] = handle
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="harness-keeper", daemon=True)
                 self._thread.start()
@@ -51,8 +54,8 @@ class Keeper:
 
     def unregister(self, handle: StepHandle) -> None:
         with self._lock:
-            if self._steps.get(handle.session_id) is handle:
-                del self._steps[handle.session_id]
+            if self._steps.get(handle.owner) is handle:
+                del self._steps[handle.owner]
 
     def _run(self) -> None:
         while True:
@@ -68,25 +71,37 @@ class Keeper:
                 self._tick(steps)
             except Exception:
                 log.warning("the harness keeper failed a round", exc_info=True)
-                close_old_connections()
-                connection.close()
+                try:
+                    close_old_connections()
+                    connection.close()
+                except Exception:
+                    # The database is still unreachable: keep the thread alive for the next round,
+                    # or every lease this process holds would lapse.
+                    log.warning("the harness keeper could not reset its connection", exc_info=True)
 
     def _tick(self, steps: dict[str, StepHandle]) -> None:
-        interrupted = set(
-            Event.objects.filter(
-                session_id__in=list(steps), type="user.interrupt", processed_at=None
-            ).values_list("session_id", flat=True)
-        )
-        for session_id in interrupted:
-            steps[session_id].cancel.set()
+        handles = list(steps.values())
+        interrupts: dict[str, set[str]] = {}
+        for session_id, target in Event.objects.filter(
+            session_id__in={h.session_id for h in handles}, type="user.interrupt", processed_at=None
+        ).values_list("session_id", "payload__session_thread_id"):
+            interrupts.setdefault(session_id, set()).add(target or "")
+        for handle in handles:
+            targets = interrupts.get(handle.session_id)
+            if targets is not None and (handle.thread_id is None or targets & {"", handle.thread_id}):
+                handle.cancel.set()
         now = time.monotonic()
         lease = settings.GALLEY_LEASE_SECONDS
         if now - self._last_renewal >= lease / 3:
             self._last_renewal = now
+            expires = timezone.now() + timedelta(seconds=lease)
             # Owners are unique per step, so this renews exactly the leases this process holds.
-            Session.objects.filter(lease_owner__in=[h.owner for h in steps.values()]).update(
-                lease_expires_at=timezone.now() + timedelta(seconds=lease)
-            )
+            sessions = [h.owner for h in handles if h.thread_id is None]
+            threads = [h.owner for h in handles if h.thread_id is not None]
+            if sessions:
+                Session.objects.filter(lease_owner__in=sessions).update(lease_expires_at=expires)
+            if threads:
+                SessionThread.objects.filter(lease_owner__in=threads).update(lease_expires_at=expires)
 
 
 keeper = Keeper()

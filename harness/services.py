@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from api.ids import new_id
@@ -84,8 +84,10 @@ class StepState:
     mcp: dict[str, McpConnection] = field(default_factory=dict)
     mcp_tools: dict[str, list[ToolSpec]] = field(default_factory=dict)
     primary_thread_id: str | None = None
+    thread: SessionThread | None = None  # the child thread a thread step runs; None for the session's
     remote: bool = False  # a self_hosted session: built-in tools run on the user's worker
     waiting_on_worker: bool = False  # the last move found only calls the worker has to answer
+    children_at_work: list[str] = field(default_factory=list)  # the children the last move waits on
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -165,11 +167,16 @@ ROW_FIELDS = (
 )
 
 
-def _locked(session_id: str, owner: str) -> Session:
-    """The session row, locked for this transaction, if our lease still holds it."""
+def _locked(session_id: str, owner: str, *, thread_id: str | None = None) -> Session:
+    """The session row, locked for this transaction, if our lease still holds the thread we run:
+    the session's own lease for its (primary) step, the child thread's for a child's step. Every
+    write of the log takes this lock, so a lease taken back stops its step's writes at once."""
     session = Session.objects.select_for_update().only(*ROW_FIELDS).get(pk=session_id)
-    if session.lease_owner != owner:
-        raise LeaseLost(session_id)
+    if thread_id is None:
+        if session.lease_owner != owner:
+            raise LeaseLost(session_id)
+    elif not SessionThread.objects.filter(pk=thread_id, lease_owner=owner).exists():
+        raise LeaseLost(thread_id)
     return session
 
 
@@ -210,13 +217,20 @@ def session_step(*, session_id: str) -> None:
         finally:
             keeper.unregister(handle)
             session_lease_release(session_id=session_id, owner=owner)
-        # An event that arrived while we held the lease found it taken and its step gave up.
+        # An event that arrived while we held the lease found it taken and its step gave up; so did
+        # the kick of a child that stopped meanwhile.
+        if state.children_at_work:
+            from harness import threads
+
+            if threads.children_stopped(state.children_at_work):
+                continue
         if not _has_work(session_id):
             return
 
 
 def _advance(session_id: str, state: StepState) -> bool:
     """One persisted move. Returns False when the session waits for input."""
+    state.children_at_work = []
     # Fast path, without the write lock: a running session with only new messages (or tool
     # results) to send goes straight to the model; the request's own transaction re-checks the lease.
     state.refresh(session_id)
@@ -258,11 +272,10 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
         target = (interrupt.payload.get("session_thread_id") if interrupt is not None else None) or None
         if interrupt is not None and target not in (None, state.primary_thread_id):
-            # Aimed at a child thread that is not running now (a running one takes its own): close
-            # what it waits on, if anything; the coordinator's open call then resumes it.
+            # Aimed at a child thread: stop it (its step, if one is at work, writes nothing more).
             from harness import threads
 
-            threads.close_waiting(session, state.primary_thread_id, only=target)
+            threads.thread_interrupt(session, state.context(session), target)
             _mark_processed([interrupt])
             return True
         if interrupt is not None:
@@ -308,17 +321,17 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
             ctx.open_span_id = None
         pending: list[str] = []
         remote: list[str] = []  # self_hosted: calls the user's worker runs and answers
+        sends = [use.event for use in ctx.unresolved() if _is_send(state, use.event)]
+        if sends:
+            from harness import threads
+
+            moved = threads.sends_advance(session, state, ctx, sends)
+            if moved.moved:
+                return True  # the children's answers are the calls' results: read them back
+            pending.extend(moved.pending)
+            state.children_at_work = moved.at_work
         for use in ctx.unresolved():
             if _is_send(state, use.event):
-                from harness import threads
-
-                waiting = threads.waiting_ids(session, state, use.event)
-                if waiting:
-                    pending.extend(waiting)  # its child waits on the user
-                elif state.remote and threads.remote_ids(session, state, use.event):
-                    remote.append(use.event.id)  # its child waits on the worker
-                else:
-                    run_now.append(use.event)  # the child thread resumes from its own log
                 continue
             if use.custom:
                 pending.append(use.event.id)
@@ -344,6 +357,12 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         if run_now:
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
+        elif state.children_at_work:
+            # Each child runs as its own step; the one that answers (or starts waiting) last kicks
+            # the session, and the coordinator's next step takes it from there.
+            if session.status != Status.RUNNING:
+                session_set_status(session=session, status=Status.RUNNING)
+            return False
         elif pending:
             stop = {"type": "requires_action", "event_ids": pending}
             if session.status != Status.IDLE or session.stop_reason != stop:
@@ -385,7 +404,7 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
     from harness import threads
 
     ctx = state.context(session)
-    threads.close_waiting(session, state.primary_thread_id)
+    threads.children_stop(session, state.primary_thread_id)
     closing = [_tool_result(use.event, INTERRUPTED, is_error=True) for use in ctx.unresolved()]
     if ctx.open_span_id is not None:
         closing.append(
@@ -409,25 +428,21 @@ def _take_interrupt(session: Session, state: StepState, interrupt: Event) -> Non
 # --- tools ----------------------------------------------------------------------------------------------
 
 
-def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
+def _run_tools(session: Session, state: StepState, uses: list[Event]) -> bool:
+    """Run allowed calls, the session's or a child thread's, one after another, each result
+    appended under the step's lease. False when an interrupt cancelled the run."""
     session_id = session.pk
+    thread_id = state.thread.pk if state.thread is not None else None
     for use in uses:
         cancel = state.handle.fresh_cancel()
         if cancel.is_set():
-            return
+            return False
         _release_connection()
         errors: list[NewEvent] = []
+        if _is_send(state, use):
+            continue  # the next move delivers it to its child thread, which runs as its own step
         if use.type == "agent.mcp_tool_use":
             outcome = _run_mcp(state, use, errors, cancel)
-        elif _is_send(state, use):
-            from harness import threads
-
-            sent = threads.send_to_agent(session, state, use)
-            if sent is None:
-                return  # an interrupt stopped the session; the next move closes this call
-            if not isinstance(sent, ToolRun):
-                continue  # PAUSED: the child waits on the user; the next move idles with requires_action
-            outcome = sent
         elif state.remote and selfhosted_harness.runs_on_worker(use):
             continue  # the self-hosted worker runs it; its user.tool_result closes the call
         else:
@@ -440,13 +455,14 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> None:
             )
         with transaction.atomic():
             # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
-            locked = _locked(session_id, state.handle.owner)
-            events_append(
-                session=locked,
-                events=[*errors, _tool_result(use, outcome.content, is_error=outcome.is_error)],
-            )
+            locked = _locked(session_id, state.handle.owner, thread_id=thread_id)
+            results = [*errors, _tool_result(use, outcome.content, is_error=outcome.is_error)]
+            for result in results:
+                result.thread = state.thread
+            events_append(session=locked, events=results)
         if state.handle.cancel.is_set():
-            return
+            return False
+    return True
 
 
 def _remote_ready(use: Any) -> bool:
@@ -963,10 +979,14 @@ def sessions_sweep(*, limit: int = 500) -> list[str]:
         if owner:
             session_reschedule_expired(session_id=session_id, owner=owner)
     free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
+    # A coordinator waiting on a child at work holds no lease: the child kicks it when it stops.
+    child_at_work = SessionThread.objects.filter(
+        session=OuterRef("pk"), parent__isnull=False, status=Status.RUNNING, lease_expires_at__gte=now
+    )
     stuck = set(
-        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING)).values_list(
-            "id", flat=True
-        )[:limit]
+        Session.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING))
+        .exclude(Exists(child_at_work))
+        .values_list("id", flat=True)[:limit]
     )
     waiting = set(
         Event.objects.filter(

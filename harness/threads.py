@@ -2,11 +2,16 @@
 
 A coordinator session offers its model one extra tool, `send_to_agent`. A call starts (or continues)
 a child thread running that roster member: a SessionThread whose events carry thread=<child> and
-whose context is built from those events only. The call returns when the child's turn ends, with the
-child's last agent.message as the tool result. Calls run one after another inside the coordinator's
-step (the session's lease covers them), so at most one child runs at a time. Summaries are
-cross-posted on the primary log: session.thread_created, session.thread_status_*, and
-agent.thread_message_sent / _received.
+whose context is built from those events only. The coordinator's step delivers the message and
+ends; the child runs as its own unit of harness work (`thread_step`, the Celery task
+`harness.run_thread_step`) under its own lease (the thread row's `lease_owner`), so the children of
+one answer run at the same time. A child's answer (its last agent.message) kicks the session; once
+no child is at work, the coordinator's step appends the answers as the calls' results, in call
+order. Summaries are cross-posted on the primary log: session.thread_created,
+session.thread_status_*, and agent.thread_message_sent / _received.
+
+Interrupts are the coordinator step's to take (a child's step only stops when the keeper cancels
+it): `_stop` takes the child's lease back, closes its open calls and request and idles it.
 
 Child threads run built-in tools in the session's sandbox (threads share the container's
 filesystem). Their always_ask and custom tool calls are stored on the primary log with
@@ -14,28 +19,33 @@ session_thread_id set; the session idles with requires_action listing them, and 
 (routed by tool_use_id) resumes the child. MCP servers are not offered to children.
 """
 
+import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from api.ids import new_id
 from harness import budget
 from harness import services as loop
 from harness.context import CONTEXT_TYPES, INTERRUPTED, context_build
+from harness.dispatch import session_kick, thread_kick
+from harness.keeper import keeper
 from harness.providers import ModelError, ModelRequest, ModelUsage, provider_for
 from harness.providers.base import ModelCancelled
-from harness.tools import READ_ONLY, ToolRun, ToolSpec, run_builtin, tool_catalog
+from harness.tools import READ_ONLY, ToolRun, ToolSpec, tool_catalog
 from selfhosted import harness as selfhosted_harness
 from sessions.models import Event, Session, SessionThread, Status
 from sessions.services import NewEvent, events_append
 from skills.runtime import skills_system_prompt
 
+log = logging.getLogger(__name__)
+
 SEND_TOOL = "send_to_agent"
-PAUSED = False  # send_to_agent's answer when the child waits on the user
 # A child's requests to the user and the user's answers: stored on the primary log (the stream
 # clients watch) with session_thread_id naming the child.
 CROSS_POSTED = (
@@ -113,6 +123,10 @@ class _Child:
     def events(self) -> list[Event]:
         return child_events(self.session_id, self.thread.pk)
 
+    def locked(self) -> Session:
+        """The session row, locked for this transaction, if this step still holds the thread's lease."""
+        return loop._locked(self.session_id, self.owner, thread_id=self.thread.pk)
+
     def append(self, session: Session, child: list[NewEvent], primary: list[NewEvent] | None = None) -> None:
         for item in child:
             item.thread = self.thread
@@ -132,10 +146,11 @@ class _Child:
         thread.save(update_fields=["status", "stop_reason", "active_seconds", "running_since", "updated_at"])
         own: dict[str, Any] = {"stop_reason": stop_reason} if status == Status.IDLE else {}
         cross = {"session_thread_id": thread.pk, "agent_name": thread.agent_name, **own}
+        name = "rescheduled" if status == Status.RESCHEDULING else status
         self.append(
             session,
-            [NewEvent(f"session.status_{status}", own)],
-            [NewEvent(f"session.thread_status_{status}", cross)],
+            [NewEvent(f"session.status_{name}", own)],
+            [NewEvent(f"session.thread_status_{name}", cross)],
         )
 
 
@@ -189,57 +204,269 @@ def _plan(ctx: Any, thread: SessionThread, *, remote: bool = False) -> _Plan:
     return plan
 
 
-def waiting_ids(session: Session, state: "loop.StepState", use: Event) -> list[str]:
-    """The child requests a coordinator's unfinished send_to_agent call waits on."""
-    name = (use.payload.get("input") or {}).get("agent_name")
-    primary_id = state.primary_thread_id
-    thread = SessionThread.objects.filter(
-        session_id=session.pk, parent_id=primary_id, agent_name=name, archived_at=None, status=Status.IDLE
-    ).first()
-    if thread is None or (thread.stop_reason or {}).get("type") != "requires_action":
-        return []
-    ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
-    return _plan(ctx, thread).pending
+def _child_context(session: Session, thread: SessionThread) -> Any:
+    return context_build(session=session, events=child_events(session.pk, thread.pk))
 
 
-def remote_ids(session: Session, state: "loop.StepState", use: Event) -> list[str]:
-    """The calls of a self_hosted child thread that a send_to_agent call waits on the worker for."""
-    name = (use.payload.get("input") or {}).get("agent_name")
-    thread = SessionThread.objects.filter(
-        session_id=session.pk, parent_id=state.primary_thread_id, agent_name=name, archived_at=None
-    ).first()
-    if thread is None:
-        return []
-    ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
-    return _plan(ctx, thread, remote=True).remote
+# --- the coordinator's side: one locked move over its open send_to_agent calls ------------------------
 
 
-def close_waiting(session: Session, primary_id: str | None, *, only: str | None = None) -> None:
-    """An interrupt closes the requests children (or the one it names) wait on."""
-    threads = SessionThread.objects.filter(
-        session_id=session.pk, parent_id=primary_id, status=Status.IDLE, archived_at=None
-    )
-    if only is not None:
-        threads = threads.filter(pk=only)
-    for thread in threads:
-        if (thread.stop_reason or {}).get("type") != "requires_action":
+@dataclass
+class Sends:
+    """What the coordinator's open send_to_agent calls wait on after one move."""
+
+    moved: bool = False  # results were appended: the coordinator's model goes next
+    at_work: list[str] = field(default_factory=list)  # children at work; each kicks the session when it stops
+    pending: list[str] = field(default_factory=list)  # child requests waiting on the user
+
+
+def _refusal(members: dict[str, Any], name: Any, message: Any) -> ToolRun | None:
+    if not isinstance(name, str) or name not in members:
+        return ToolRun(
+            [{"type": "text", "text": f"No agent named {name!r}; choose one of {sorted(members)}."}], True
+        )
+    if not isinstance(message, str) or not message.strip():
+        return ToolRun([{"type": "text", "text": "message must be a non-empty string."}], True)
+    return None
+
+
+def sends_advance(session: Session, state: "loop.StepState", ctx: Any, uses: list[Event]) -> Sends:
+    """Move the coordinator's open send_to_agent calls on, in call order, with the session row
+    locked: deliver each call's message to its child (which then runs as its own step, so the
+    children of one answer run at the same time), resume children whose wait is over, and once no
+    child is at work or waiting on the user, append the answers as the calls' results in call
+    order. Two calls to one agent take turns: the second is delivered after the first's result."""
+    members = roster(state.agent)
+    primary_id = state.primary_thread_id or ""
+    out = Sends()
+    children: dict[str, SessionThread] = {}
+    for thread in SessionThread.objects.filter(
+        session_id=session.pk, parent_id=primary_id, archived_at=None
+    ).order_by("created_at", "id"):
+        children.setdefault(thread.agent_name, thread)
+    answered: list[tuple[Event, ToolRun]] = []
+    busy: set[str] = set()
+    kicks: list[str] = []
+    for use in uses:
+        tool_input = use.payload.get("input") or {}
+        name, message = tool_input.get("agent_name"), tool_input.get("message")
+        refusal = _refusal(members, name, message)
+        if refusal is not None:
+            answered.append((use, refusal))
             continue
-        ctx = context_build(session=session, events=child_events(session.pk, thread.pk))
-        closing = [
-            NewEvent(
-                "agent.tool_result",
-                {
-                    "tool_use_id": u.event.id,
-                    "content": [{"type": "text", "text": INTERRUPTED}],
-                    "is_error": True,
-                },
-                thread=thread,
+        thread = children.get(name)
+        if thread is not None and thread.pk in busy:
+            continue  # the agent is still on an earlier call of this answer
+        sent = _sent_for(session, ctx, use, thread) if thread is not None else None
+        if sent is None:
+            delivered = _deliver(session, use, name, members[name], thread, primary_id, message)
+            if isinstance(delivered, ToolRun):
+                answered.append((use, delivered))
+                continue
+            children[name] = delivered
+            busy.add(delivered.pk)
+            kicks.append(delivered.pk)
+            out.at_work.append(delivered.pk)
+            continue
+        busy.add(thread.pk)
+        answer = (
+            Event.objects.filter(
+                session_id=session.pk,
+                thread=None,
+                seq__gt=sent.seq,
+                type="agent.thread_message_received",
+                payload__from_session_thread_id=thread.pk,
             )
+            .order_by("seq")
+            .first()
+        )
+        if answer is not None:
+            answered.append((use, ToolRun(answer.payload.get("content") or [], False)))
+            continue
+        child = _Child(session.pk, state, thread, primary_id)
+        stop = (thread.stop_reason or {}).get("type")
+        if thread.status in (Status.RUNNING, Status.RESCHEDULING):
+            out.at_work.append(thread.pk)
+            if thread.lease_owner is None:
+                # Nobody runs it: its wait may be over (a worker's answer). An expired lease is the
+                # sweeper's, which says so in the log (session.thread_status_rescheduled) first.
+                kicks.append(thread.pk)
+        elif thread.status == Status.TERMINATED:
+            answered.append((use, ToolRun([{"type": "text", "text": f"{name}'s thread has ended."}], True)))
+        elif stop == "retries_exhausted":
+            answered.append((use, _failed(session, thread)))
+        elif stop == "requires_action" and (plan := _plan(_child_context(session, thread), thread)).pending:
+            if not plan.run and not plan.closing:
+                out.pending.extend(plan.pending)
+                continue
+            child.set_status(session, Status.RUNNING)
+            kicks.append(thread.pk)
+            out.at_work.append(thread.pk)
+        else:
+            # Its request was answered or closed, or the budget that paused it was raised.
+            child.set_status(session, Status.RUNNING)
+            kicks.append(thread.pk)
+            out.at_work.append(thread.pk)
+    if answered and not out.at_work and not out.pending:
+        events_append(
+            session=session,
+            events=[loop._tool_result(use, run.content, is_error=run.is_error) for use, run in answered],
+        )
+        out.moved = True
+    for thread_id in kicks:
+        transaction.on_commit(lambda thread_id=thread_id: thread_kick(session.pk, thread_id))
+    return out
+
+
+def children_stopped(thread_ids: list[str]) -> bool:
+    """Whether one of these children stopped: its kick may have found the coordinator's lease held."""
+    return (
+        SessionThread.objects.filter(pk__in=thread_ids)
+        .exclude(status__in=(Status.RUNNING, Status.RESCHEDULING))
+        .exists()
+    )
+
+
+def _sent_for(session: Session, ctx: Any, use: Event, thread: SessionThread) -> Event | None:
+    """The message a call delivered to its child, if it did. A child takes one call at a time, so
+    it is the first message sent to that thread after the call and the results of the earlier
+    calls to the same agent (a rerun after a crash finds it again instead of sending it twice)."""
+    name = (use.payload.get("input") or {}).get("agent_name")
+    floor = use.seq
+    for seq, tool_use_id in Event.objects.filter(
+        session_id=session.pk, thread=None, seq__gt=use.seq, type="agent.tool_result"
+    ).values_list("seq", "payload__tool_use_id"):
+        earlier = ctx.uses.get(tool_use_id)
+        if earlier is not None and earlier.event.payload.get("name") == SEND_TOOL:
+            if (earlier.event.payload.get("input") or {}).get("agent_name") == name:
+                floor = max(floor, seq)
+    return (
+        Event.objects.filter(
+            session_id=session.pk,
+            thread=None,
+            seq__gt=floor,
+            type="agent.thread_message_sent",
+            payload__to_session_thread_id=thread.pk,
+        )
+        .order_by("seq")
+        .first()
+    )
+
+
+def _deliver(
+    session: Session,
+    use: Event,
+    name: str,
+    member: dict[str, Any],
+    thread: SessionThread | None,
+    primary_id: str,
+    message: str,
+) -> SessionThread | ToolRun:
+    """Start (or continue) the member's child thread with the call's message."""
+    content = [{"type": "text", "text": message}]
+    if thread is None:
+        if SessionThread.objects.filter(session_id=session.pk).count() > MAX_THREADS:
+            return ToolRun([{"type": "text", "text": f"At most {MAX_THREADS} threads per session."}], True)
+        now = timezone.now()
+        thread = SessionThread.objects.create(
+            id=new_id("sthr"),
+            session_id=session.pk,
+            parent_id=primary_id,
+            agent_name=name,
+            agent_snapshot=member,
+            created_at=now,
+            updated_at=now,
+        )
+        events_append(
+            session=session,
+            events=[NewEvent("session.thread_created", {"session_thread_id": thread.pk, "agent_name": name})],
+        )
+    child = _Child(session.pk, None, thread, primary_id)  # type: ignore[arg-type]
+    child.append(
+        session,
+        [
+            NewEvent(
+                "agent.thread_message_received", {"from_session_thread_id": primary_id, "content": content}
+            )
+        ],
+        [
+            NewEvent(
+                "agent.thread_message_sent",
+                {"to_session_thread_id": thread.pk, "to_agent_name": name, "content": content},
+            )
+        ],
+    )
+    if thread.status != Status.RUNNING:
+        child.set_status(session, Status.RUNNING)
+    return thread
+
+
+def _failed(session: Session, thread: SessionThread) -> ToolRun:
+    error = (
+        Event.objects.filter(session_id=session.pk, thread=thread, type="session.error")
+        .order_by("-seq")
+        .first()
+    )
+    message = ((error.payload.get("error") or {}).get("message") if error else None) or "its model failed"
+    return ToolRun([{"type": "text", "text": f"{thread.agent_name} failed: {message}"}], True)
+
+
+def _stop(session: Session, thread: SessionThread) -> None:
+    """Stop a child thread for an interrupt (or a waiting one's request): take its lease back, so
+    its step, if one is still at work, writes nothing more, close its open calls and model
+    request, and idle it."""
+    SessionThread.objects.filter(pk=thread.pk).update(lease_owner=None, lease_expires_at=None)
+    ctx = _child_context(session, thread)
+    closing = [
+        NewEvent(
+            "agent.tool_result",
+            {"tool_use_id": u.event.id, "content": [{"type": "text", "text": INTERRUPTED}], "is_error": True},
+        )
+        for u in ctx.unresolved()
+    ]
+    if ctx.open_span_id is not None:
+        closing.append(loop._span_end(ctx.open_span_id, ModelUsage(), is_error=True))
+    child = _Child(session.pk, None, thread, thread.parent_id or "")  # type: ignore[arg-type]
+    child.append(session, closing)
+    child.set_status(session, Status.IDLE, {"type": "end_turn"})
+
+
+def _stoppable(thread: SessionThread) -> bool:
+    if thread.status in (Status.RUNNING, Status.RESCHEDULING):
+        return True
+    return thread.status == Status.IDLE and (thread.stop_reason or {}).get("type") == "requires_action"
+
+
+def children_stop(session: Session, primary_id: str | None) -> None:
+    """An interrupt of the whole session stops every child at work or waiting on the user."""
+    for thread in SessionThread.objects.filter(session_id=session.pk, parent_id=primary_id, archived_at=None):
+        if _stoppable(thread):
+            _stop(session, thread)
+
+
+def thread_interrupt(session: Session, ctx: Any, target: str) -> None:
+    """An interrupt naming a child thread. A child at work stops and its open call returns that it
+    was interrupted; a child waiting on the user has its request closed and answers from there
+    (the coordinator's open call resumes it)."""
+    thread = SessionThread.objects.filter(session_id=session.pk, pk=target, parent__isnull=False).first()
+    if thread is None or not _stoppable(thread):
+        return
+    working = thread.status != Status.IDLE
+    _stop(session, thread)
+    if not working:
+        return
+    use = next(
+        (
+            u.event
             for u in ctx.unresolved()
-        ]
-        child = _Child(session.pk, None, thread, primary_id or "")  # type: ignore[arg-type]
-        child.append(session, closing)
-        child.set_status(session, Status.IDLE, {"type": "end_turn"})
+            if u.event.payload.get("name") == SEND_TOOL
+            and (u.event.payload.get("input") or {}).get("agent_name") == thread.agent_name
+        ),
+        None,
+    )
+    if use is not None:
+        text = f"The user interrupted {thread.agent_name}'s thread."
+        events_append(session=session, events=[loop._tool_result(use, text, is_error=True)])
 
 
 def terminate_children(session: Session) -> None:
@@ -248,6 +475,7 @@ def terminate_children(session: Session) -> None:
         status=Status.TERMINATED
     )
     for thread in live:
+        SessionThread.objects.filter(pk=thread.pk).update(lease_owner=None, lease_expires_at=None)
         _Child(session.pk, None, thread, thread.parent_id or "").set_status(session, Status.TERMINATED)  # type: ignore[arg-type]
 
 
@@ -255,125 +483,112 @@ def _text(content: list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
 
 
-def _thread_for(
-    session_id: str, primary_id: str, name: str, member: dict[str, Any]
-) -> tuple[SessionThread, bool]:
-    found = (
-        SessionThread.objects.filter(
-            session_id=session_id, parent_id=primary_id, agent_name=name, archived_at=None
-        )
-        .order_by("created_at", "id")
-        .first()
-    )
-    if found is not None:
-        return found, False
+# --- the child's side: a child thread's step, under its own lease -------------------------------------
+
+
+def thread_lease_claim(*, thread_id: str, owner: str) -> bool:
     now = timezone.now()
-    thread = SessionThread(
-        id=new_id("sthr"),
-        session_id=session_id,
-        parent_id=primary_id,
-        agent_name=name,
-        agent_snapshot=member,
-        created_at=now,
-        updated_at=now,
+    # Conditional UPDATE, as for the session: one step wins a free (or expired) lease.
+    claimed = (
+        SessionThread.objects.filter(pk=thread_id, status__in=(Status.RUNNING, Status.RESCHEDULING))
+        .filter(Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now))
+        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=settings.GALLEY_LEASE_SECONDS))
     )
-    return thread, True
+    return claimed == 1
 
 
-def send_to_agent(session: Session, state: "loop.StepState", use: Event) -> ToolRun | None | bool:
-    """Run the coordinator's send_to_agent call. None means an interrupt stopped the session,
-    PAUSED that the child waits on the user (the call stays open)."""
-    members = roster(state.agent)
-    tool_input = use.payload.get("input") or {}
-    name, message = tool_input.get("agent_name"), tool_input.get("message")
-    if not isinstance(name, str) or name not in members:
-        return ToolRun(
-            [{"type": "text", "text": f"No agent named {name!r}; choose one of {sorted(members)}."}], True
+def thread_lease_release(*, thread_id: str, owner: str) -> None:
+    SessionThread.objects.filter(pk=thread_id, lease_owner=owner).update(
+        lease_owner=None, lease_expires_at=None
+    )
+
+
+def _interrupt_waits(session_id: str, thread_id: str) -> bool:
+    """An interrupt for this child (or the whole session) is queued: the coordinator's step takes it."""
+    return any(
+        (target or "") in ("", thread_id)
+        for target in Event.objects.filter(
+            session_id=session_id, thread=None, type="user.interrupt", processed_at=None
+        ).values_list("payload__session_thread_id", flat=True)
+    )
+
+
+def thread_step(*, session_id: str, thread_id: str) -> None:
+    """Run a child thread until its turn ends or it waits (on the user, the worker, the budget).
+    Safe to call twice: the thread's lease admits one step. Its answer, or its wait on the user,
+    kicks the session, whose step hands the answer to the coordinator."""
+    owner = loop._new_owner()
+    if not thread_lease_claim(thread_id=thread_id, owner=owner):
+        return
+    handle = keeper.register(session_id, owner, thread_id)
+    try:
+        thread = SessionThread.objects.get(pk=thread_id)
+        if _interrupt_waits(session_id, thread_id):
+            return
+        state = loop.StepState(handle, thread=thread)
+        state.remote = selfhosted_harness.session_is_remote(session_id)
+        child = _Child(session_id, state, thread, thread.parent_id or "")
+        if thread.status == Status.RESCHEDULING:
+            with transaction.atomic():
+                child.set_status(child.locked(), Status.RUNNING)
+        _run_child(child)
+    except loop.LeaseLost:
+        log.warning(
+            "thread %s of %s lost its lease; it was stopped or another worker continues",
+            thread_id,
+            session_id,
         )
-    if not isinstance(message, str) or not message.strip():
-        return ToolRun([{"type": "text", "text": "message must be a non-empty string."}], True)
-    primary_id = SessionThread.objects.values_list("id", flat=True).get(session_id=session.pk, parent=None)
-    content = [{"type": "text", "text": message}]
+    finally:
+        keeper.unregister(handle)
+        thread_lease_release(thread_id=thread_id, owner=owner)
+
+
+def thread_reschedule_expired(*, thread_id: str, owner: str) -> bool:
+    """Take back the expired lease of a child step whose worker died: the thread is `rescheduling`
+    (session.thread_status_rescheduled) until its next step resumes it from its log."""
+    now = timezone.now()
+    session_id = SessionThread.objects.values_list("session_id", flat=True).get(pk=thread_id)
     with transaction.atomic():
-        locked = loop._locked(session.pk, state.handle.owner)
-        thread, new = _thread_for(session.pk, primary_id, name, members[name])
-        child = _Child(session.pk, state, thread, primary_id)
-        # A rerun after a crash: the message may already be delivered, or even answered. Calls run
-        # in answer order, so this call's message comes after the results of the calls before it.
-        floor = (
-            Event.objects.filter(
-                session_id=session.pk, thread=None, seq__gt=use.seq, type__in=loop.RESULT_TYPES
-            ).aggregate(top=Max("seq"))["top"]
-            or use.seq
-        )
-        sent = (
-            Event.objects.filter(
-                session_id=session.pk,
-                thread=None,
-                seq__gt=floor,
-                type="agent.thread_message_sent",
-                payload__to_session_thread_id=thread.pk,
-            )
-            .order_by("seq")
-            .first()
-            if not new
-            else None
-        )
-        if sent is not None:
-            answer = (
-                Event.objects.filter(
-                    session_id=session.pk,
-                    thread=None,
-                    seq__gt=sent.seq,
-                    type="agent.thread_message_received",
-                    payload__from_session_thread_id=thread.pk,
-                )
-                .order_by("seq")
-                .first()
-            )
-            if answer is not None:
-                return ToolRun(answer.payload.get("content") or [], False)
-        else:
-            if new:
-                if SessionThread.objects.filter(session_id=session.pk).count() > MAX_THREADS:
-                    return ToolRun(
-                        [{"type": "text", "text": f"At most {MAX_THREADS} threads per session."}], True
-                    )
-                thread.save(force_insert=True)
-                events_append(
-                    session=locked,
-                    events=[
-                        NewEvent(
-                            "session.thread_created", {"session_thread_id": thread.pk, "agent_name": name}
-                        )
-                    ],
-                )
-            child.append(
-                locked,
-                [
-                    NewEvent(
-                        "agent.thread_message_received",
-                        {"from_session_thread_id": primary_id, "content": content},
-                    )
-                ],
-                [
-                    NewEvent(
-                        "agent.thread_message_sent",
-                        {"to_session_thread_id": thread.pk, "to_agent_name": name, "content": content},
-                    )
-                ],
-            )
-        if thread.status != Status.RUNNING:
-            child.set_status(locked, Status.RUNNING)
-    return _run_child(child)
+        session = Session.objects.select_for_update().only(*loop.ROW_FIELDS).get(pk=session_id)
+        released = SessionThread.objects.filter(
+            pk=thread_id, lease_owner=owner, lease_expires_at__lt=now, status=Status.RUNNING
+        ).update(lease_owner=None, lease_expires_at=None)
+        if released != 1:
+            return False
+        thread = SessionThread.objects.get(pk=thread_id)
+        _Child(session_id, None, thread, thread.parent_id or "").set_status(session, Status.RESCHEDULING)  # type: ignore[arg-type]
+    log.warning("thread %s of %s: the lease of %s expired; rescheduled", thread_id, session_id, owner)
+    return True
 
 
-def _run_child(child: _Child) -> ToolRun | None | bool:
+def threads_sweep(*, limit: int = 500) -> list[tuple[str, str]]:
+    """(session id, thread id) of child threads that need a step and have none: a crashed worker's
+    expired lease (the thread is marked rescheduled first), or a lost kick."""
+    now = timezone.now()
+    expired = SessionThread.objects.filter(
+        lease_owner__isnull=False, lease_expires_at__lt=now, status=Status.RUNNING
+    ).values_list("id", "lease_owner")[:limit]
+    for thread_id, owner in list(expired):
+        thread_reschedule_expired(thread_id=thread_id, owner=owner)
+    free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now)
+    return list(
+        SessionThread.objects.filter(free, status__in=(Status.RUNNING, Status.RESCHEDULING))
+        .exclude(session__status=Status.TERMINATED)
+        .values_list("session_id", "id")
+        .order_by("session_id", "id")[:limit]
+    )
+
+
+def _run_child(child: _Child) -> None:
+    """The child's loop: resume from its log, call its model and run its tools until its turn ends
+    (its answer is cross-posted and the session kicked) or it waits."""
     member = child.thread.agent_snapshot
     catalog = {n: s for n, s in tool_catalog(member).items() if s.kind in ("builtin", "custom")}
     while True:
         with transaction.atomic():
-            session = loop._locked(child.session_id, child.owner)
+            session = child.locked()
+            if session.status == Status.TERMINATED or session.archived_at is not None:
+                return
             ctx = context_build(session=session, events=child.events())
             closing: list[NewEvent] = []
             if ctx.open_span_id is not None:
@@ -385,17 +600,21 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
                 stop = {"type": "requires_action", "event_ids": plan.pending}
                 if child.thread.status != Status.IDLE or child.thread.stop_reason != stop:
                     child.set_status(session, Status.IDLE, stop)
-                return PAUSED
+                transaction.on_commit(lambda: session_kick(child.session_id))
+                return
             if plan.remote and not rerun and not plan.closing:
-                return PAUSED  # running: the worker's user.tool_result resumes the child
+                # Running: the worker's user.tool_result kicks the session, whose step kicks us.
+                selfhosted_harness.remote_wait(child.session_id)
+                return
             if plan.closing:
                 continue
         if rerun:
-            if _run_tools(child, session, rerun) is None:
-                return _stopped(child)
+            if not loop._run_tools(session, child.state, rerun):
+                return
             continue
         if not ctx.needs_model():
-            return _finish(child)
+            _finish(child)
+            return
         request = ModelRequest(
             model=loop._model_id(member),
             system=skills_system_prompt(member.get("system"), member),
@@ -404,9 +623,9 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
             max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
         )
         with transaction.atomic():
-            session = loop._locked(child.session_id, child.owner)
+            session = child.locked()
             if budget.budget_stop(session=session, child=child):
-                return None  # paused at the budget; the coordinator's call resumes the child
+                return  # paused at the budget; raising it kicks the session, whose step resumes us
             span = events_append(
                 session=session, events=[NewEvent("span.model_request_start", {}, thread=child.thread)]
             )[0]
@@ -415,26 +634,23 @@ def _run_child(child: _Child) -> ToolRun | None | bool:
         try:
             answer = provider_for(request.model).complete(request, listener=_Quiet(), cancel=cancel)
         except ModelCancelled:
-            with transaction.atomic():
-                session = loop._locked(child.session_id, child.owner)
-                child.append(session, [loop._span_end(span.id, ModelUsage(), is_error=True)])
-            return _stopped(child)
+            return  # an interrupt: the coordinator's step stops this thread and closes the request
         except ModelError as exc:
             with transaction.atomic():
-                session = loop._locked(child.session_id, child.owner)
+                session = child.locked()
                 child.append(
                     session,
                     [loop._span_end(span.id, exc.usage, is_error=True), loop._error_event(exc, "exhausted")],
                 )
                 child.set_status(session, Status.IDLE, {"type": "retries_exhausted"})
-            return ToolRun(
-                [{"type": "text", "text": f"{child.thread.agent_name} failed: {exc.message}"}], True
-            )
+                transaction.on_commit(lambda: session_kick(child.session_id))
+            return
         uses = _record(child, answer, span.id, catalog)
         if not answer.blocks:
-            return _finish(child)
-        if uses and _run_tools(child, session, uses) is None:
-            return _stopped(child)
+            _finish(child)
+            return
+        if uses and not loop._run_tools(session, child.state, uses):
+            return
 
 
 def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpec]) -> list[Event]:
@@ -490,7 +706,7 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
         if not event.payload.get("session_thread_id"):
             event.thread = child.thread
     with transaction.atomic():
-        session = loop._locked(child.session_id, child.owner)
+        session = child.locked()
         rows = events_append(session=session, events=events)
         loop._usage_update(
             child.session_id,
@@ -504,57 +720,11 @@ def _record(child: _Child, answer: Any, span_id: str, catalog: dict[str, ToolSpe
     ]
 
 
-def _run_tools(child: _Child, session: Session, uses: list[Event]) -> bool | None:
-    for use in uses:
-        cancel = child.state.handle.fresh_cancel()
-        if cancel.is_set():
-            return None
-        if child.state.remote and selfhosted_harness.runs_on_worker(use):
-            continue  # the self-hosted worker runs it; its user.tool_result resumes the child
-        loop._release_connection()
-        outcome = run_builtin(
-            session=session,
-            name=use.payload.get("name", ""),
-            tool_input=use.payload.get("input") or {},
-            tool_use_id=use.id,
-            cancel=cancel,
-        )
-        with transaction.atomic():
-            locked = loop._locked(child.session_id, child.owner)
-            child.append(locked, [loop._tool_result(use, outcome.content, is_error=outcome.is_error)])
-        if child.state.handle.cancel.is_set():
-            return None
-    return True
-
-
-def _stopped(child: _Child) -> ToolRun | None:
-    """An interrupt cancelled the child: close its open calls and idle it. Returns the tool result
-    when the interrupt named this thread only; None when it stops the whole session."""
+def _finish(child: _Child) -> None:
+    """The child's turn ended: its last message goes back to the coordinator (agent.thread_message_*)
+    and the session is kicked, whose step makes it the call's result."""
     with transaction.atomic():
-        session = loop._locked(child.session_id, child.owner)
-        interrupts = list(
-            Event.objects.filter(
-                session_id=child.session_id, thread=None, type="user.interrupt", processed_at=None
-            ).order_by("seq")
-        )
-        ctx = context_build(session=session, events=child.events())
-        child.append(
-            session, [loop._tool_result(u.event, INTERRUPTED, is_error=True) for u in ctx.unresolved()]
-        )
-        if child.thread.status != Status.IDLE:
-            child.set_status(session, Status.IDLE, {"type": "end_turn"})
-        own = [e for e in interrupts if e.payload.get("session_thread_id") == child.thread.pk]
-        if interrupts and len(own) == len(interrupts):
-            loop._mark_processed(own)
-            return ToolRun(
-                [{"type": "text", "text": f"The user interrupted {child.thread.agent_name}'s thread."}], True
-            )
-    return None
-
-
-def _finish(child: _Child) -> ToolRun:
-    with transaction.atomic():
-        session = loop._locked(child.session_id, child.owner)
+        session = child.locked()
         last = (
             Event.objects.filter(session_id=child.session_id, thread=child.thread, type="agent.message")
             .order_by("-seq")
@@ -582,4 +752,4 @@ def _finish(child: _Child) -> ToolRun:
             ],
         )
         child.set_status(session, Status.IDLE, {"type": "end_turn"})
-    return ToolRun(content, False)
+        transaction.on_commit(lambda: session_kick(child.session_id))

@@ -94,9 +94,16 @@ class SessionThread(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     archived_at = models.DateTimeField(null=True, blank=True)
+    # A child thread's own lease, held by the worker running its step (the primary thread's lease
+    # is the session's: the session row is the primary thread's state).
+    lease_owner = models.CharField(max_length=128, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes: ClassVar = [models.Index(fields=["session", "created_at", "id"])]
+        indexes: ClassVar = [
+            models.Index(fields=["session", "created_at", "id"]),
+            models.Index(fields=["status", "lease_expires_at"]),
+        ]
 
 
 class Event(models.Model):

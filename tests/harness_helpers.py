@@ -101,9 +101,51 @@ def events_of(session: Session | str, event_type: str) -> list[Event]:
 
 
 def step(session: Session | str) -> None:
-    from harness.services import session_step
+    """Run the session's harness work here until nothing moves: its step, then the child thread
+    steps it kicked, each on its own thread at the same time (what worker threads do with the
+    kicks), then the session's step again when a child kicked it or input is waiting."""
+    from unittest import mock
 
-    session_step(session_id=session if isinstance(session, str) else session.pk)
+    from django.db import connection
+
+    from harness import threads
+    from harness.services import _has_work, session_step
+
+    session_id = session if isinstance(session, str) else session.pk
+    kicked: set[str] = set()
+    lock = threading.Lock()
+    session_kicked = threading.Event()
+
+    def thread_kick(kicked_session: str, thread_id: str) -> None:
+        assert kicked_session == session_id
+        with lock:
+            kicked.add(thread_id)
+
+    def run(thread_id: str) -> None:
+        try:
+            threads.thread_step(session_id=session_id, thread_id=thread_id)
+        finally:
+            connection.close()
+
+    with (
+        mock.patch.object(threads, "thread_kick", thread_kick),
+        mock.patch.object(threads, "session_kick", lambda kicked_session: session_kicked.set()),
+    ):
+        while True:
+            session_step(session_id=session_id)
+            with lock:
+                children = sorted(kicked)
+                kicked.clear()
+            if not children:
+                return
+            session_kicked.clear()
+            workers = [threading.Thread(target=run, args=(t,), daemon=True) for t in children]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            if not session_kicked.is_set() and not _has_work(session_id):
+                return  # the children wait on something outside (a self-hosted worker's answer)
 
 
 def step_in_background(session: Session | str) -> threading.Thread:
