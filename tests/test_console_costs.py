@@ -140,7 +140,9 @@ def test_presets_pick_the_range(workspace):
 
 def test_latency_chart_is_the_mean_model_request_time_per_day(workspace):
     session = make_session(workspace, token_cost_micros=10_000)
-    start = timezone.now().replace(microsecond=0) - dt.timedelta(minutes=5)
+    now = timezone.now().replace(microsecond=0)
+    # Five minutes ago, but never yesterday: the chart's day is the session's (created now).
+    start = max(now - dt.timedelta(minutes=5), now.replace(hour=0, minute=0, second=0))
     for begin, seconds in ((start, 2.0), (start + dt.timedelta(minutes=1), 4.0)):
         [span] = add_events(session, [("span.model_request_start", {})], at=begin)
         add_events(
