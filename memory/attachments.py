@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import Exists, OuterRef
+
 from accounts.models import Workspace
 from console.errors import bad_request, not_found
 from memory.models import MemoryStore, SessionMemoryStore
@@ -125,9 +127,19 @@ def attachments_of(session_id: str) -> list[SessionMemoryStore]:
     return list(SessionMemoryStore.objects.filter(session_id=session_id).order_by("position"))
 
 
+def _mounted(row: SessionMemoryStore) -> bool:
+    return row.store_id is not None  # a deleted store's attachment stays, without its mount
+
+
+def memory_mounted_exists() -> Exists:
+    """For an annotation on sessions: whether the session (OuterRef "pk") mounts any store, so a
+    caller that reads the session row anyway learns it without a query of its own."""
+    return Exists(SessionMemoryStore.objects.filter(session_id=OuterRef("pk"), store__isnull=False))
+
+
 def memory_system_prompt(session_id: str, system: str | None) -> str | None:
     """The agent's system prompt with a section describing the session's memory mounts."""
-    rows = [r for r in attachments_of(session_id) if r.store_id is not None]
+    rows = [r for r in attachments_of(session_id) if _mounted(r)]
     if not rows:
         return system
     lines = [

@@ -22,10 +22,6 @@ def runs_on_worker(event: Any) -> bool:
     return event.type == "agent.tool_use" and event.payload.get("name") in WORKER_TOOLS
 
 
-def session_is_remote(session_id: str) -> bool:
-    return Session.objects.filter(pk=session_id, environment__config__type="self_hosted").exists()
-
-
 def remote_wait(session_id: str) -> None:
     """The session waits on its worker: enqueue a work item if none is live (the worker left, or
     its lease was lost and the item already stopped). Runs with the session row locked."""
