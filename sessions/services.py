@@ -17,6 +17,7 @@ from agents.services import agent_get, agent_version_get, environment_get
 from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
+from console.prepared import rows_insert
 from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
 from memory import attachments as memory_attachments
@@ -118,7 +119,7 @@ def events_append(
         )
         for index, item in enumerate(events)
     ]
-    Event.objects.bulk_create(rows)
+    rows_insert(rows)  # one INSERT for the append
     # The workspace only if this instance already holds it: a deferred field would cost a query per
     # append, and the webhooks outbox looks it up itself only when an event has a webhook.
     loaded = isinstance(session, Session) and "workspace_id" not in session.get_deferred_fields()

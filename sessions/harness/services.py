@@ -6,6 +6,7 @@ to do (idle) or the session waits on the user (idle with requires_action). Every
 before the next is taken, so any worker can resume a session from its log alone.
 """
 
+import json
 import logging
 import os
 import socket
@@ -20,7 +21,9 @@ from django.db import connection, transaction
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from agents.models import Environment
 from console.ids import new_id
+from console.prepared import prepared_exists, prepared_rows
 from memory.attachments import memory_mounted_exists, memory_system_prompt
 from selfhosted import harness as selfhosted_harness
 from sessions import streaming
@@ -101,7 +104,12 @@ class StepState:
         `known_seq` (read or locked just before) says no event came since."""
         if known_seq is not None and known_seq <= self.last_seq:
             return
-        fresh = list(Event.objects.filter(session_id=session_id, seq__gt=self.last_seq).order_by("seq"))
+        fresh: list[Event] = prepared_rows(
+            "harness.fresh",
+            lambda pk, seq: Event.objects.filter(session_id=pk, seq__gt=seq).order_by("seq"),
+            session_id,
+            self.last_seq,
+        )
         if fresh:
             self.last_seq = fresh[-1].seq
             self.events.extend(e for e in fresh if e.thread_id is None)
@@ -154,20 +162,36 @@ def _new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
+def _lease_update(where: str, values: list[Any], *, owner: str | None, expires: Any) -> int:
+    """UPDATE the session's lease columns under `where` (SQL over its columns), written by hand
+    because it runs twice per step and the ORM compiles its UPDATE each time. Rows changed."""
+    db = connection
+    expiry = Session._meta.get_field("lease_expires_at").get_db_prep_value(expires, db)  # type: ignore[union-attr]
+    table = Session._meta.db_table
+    with db.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE "{table}" SET "lease_owner" = %s, "lease_expires_at" = %s WHERE {where}',
+            [owner, expiry, *values],
+        )
+        return int(cursor.rowcount)
+
+
 def session_lease_claim(*, session_id: str, owner: str) -> bool:
     now = timezone.now()
+    expires = now + timedelta(seconds=settings.GALLEY_LEASE_SECONDS)
+    stamp = Session._meta.get_field("lease_expires_at").get_db_prep_value(now, connection)  # type: ignore[union-attr]
     # Conditional UPDATE: only one step wins a free (or expired) lease; the others see 0 rows.
-    claimed = (
-        Session.objects.filter(pk=session_id)
-        .filter(Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now))
-        .exclude(status=Status.TERMINATED)
-        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=settings.GALLEY_LEASE_SECONDS))
+    claimed = _lease_update(
+        '"id" = %s AND ("lease_owner" IS NULL OR "lease_expires_at" < %s) AND "status" <> %s',
+        [session_id, stamp, Status.TERMINATED.value],
+        owner=owner,
+        expires=expires,
     )
     return claimed == 1
 
 
 def session_lease_release(*, session_id: str, owner: str) -> None:
-    Session.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner=None, lease_expires_at=None)
+    _lease_update('"id" = %s AND "lease_owner" = %s', [session_id, owner], owner=None, expires=None)
 
 
 # What a move reads of the session row (the agent snapshot is read once per step): with the
@@ -190,19 +214,41 @@ ROW_FIELDS = (
 )
 
 
+def _row(session_id: str, *, lock: bool) -> Session:
+    """The session's ROW_FIELDS (a query compiled once: console/prepared.py), locked for this
+    transaction with `lock`."""
+    if lock:
+        rows = prepared_rows(
+            "harness.locked",
+            lambda pk: Session.objects.select_for_update().only(*ROW_FIELDS).filter(pk=pk),
+            session_id,
+        )
+    else:
+        rows = prepared_rows(
+            "harness.row", lambda pk: Session.objects.only(*ROW_FIELDS).filter(pk=pk), session_id
+        )
+    if not rows:
+        raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+    return rows[0]  # type: ignore[no-any-return]
+
+
 def _locked(session_id: str, owner: str) -> Session:
     """The session row, locked for this transaction, if our lease still holds it."""
-    session = Session.objects.select_for_update().only(*ROW_FIELDS).get(pk=session_id)
+    session = _row(session_id, lock=True)
     if session.lease_owner != owner:
         raise LeaseLost(session_id)
     return session
 
 
 def _has_work(session_id: str) -> bool:
-    return (
-        Event.objects.filter(session_id=session_id, thread=None, processed_at=None, type__in=ACTIONABLE)
-        .exclude(session__status=Status.TERMINATED)
-        .exists()
+    return prepared_exists(
+        "harness.has_work",
+        lambda pk: (
+            Event.objects.filter(session_id=pk, thread=None, processed_at=None, type__in=ACTIONABLE)
+            .exclude(session__status=Status.TERMINATED)
+            .values_list("pk")[:1]
+        ),
+        session_id,
     )
 
 
@@ -235,18 +281,31 @@ def session_step(*, session_id: str) -> None:
 def _step_load(session_id: str, state: StepState) -> None:
     """What a step reads once, in one query: the agent snapshot, the vaults, the primary thread,
     whether the environment is self-hosted and whether the session mounts memory stores."""
-    primary = SessionThread.objects.filter(session_id=OuterRef("pk"), parent=None).values("id")[:1]
-    session = (
-        Session.objects.select_related("environment")
-        .only("agent_snapshot", "vault_ids", "environment__config")
-        .annotate(primary_thread=Subquery(primary), has_memory=memory_mounted_exists())
-        .get(pk=session_id)
+    rows = prepared_rows(
+        "harness.step_load",
+        lambda pk: (
+            Session.objects.only("agent_snapshot", "vault_ids")
+            .annotate(
+                primary_thread=Subquery(
+                    SessionThread.objects.filter(session_id=OuterRef("pk"), parent=None).values("id")[:1]
+                ),
+                has_memory=memory_mounted_exists(),
+                environment_config=F("environment__config"),
+            )
+            .filter(pk=pk)
+        ),
+        session_id,
     )
+    if not rows:
+        raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+    session = rows[0]
     state.agent = session.agent_snapshot or {}
     state.vault_ids = [v for v in session.vault_ids or [] if isinstance(v, str)]
-    state.primary_thread_id = session.primary_thread  # type: ignore[attr-defined]
-    state.remote = session.environment.is_self_hosted
-    state.has_memory = session.has_memory  # type: ignore[attr-defined]
+    state.primary_thread_id = session.primary_thread
+    state.has_memory = bool(session.has_memory)
+    config = session.environment_config  # a raw annotation: JSON text
+    config = json.loads(config) if isinstance(config, (str, bytes)) else config
+    state.remote = Environment(config=config or {}).is_self_hosted
 
 
 def _advance(session_id: str, state: StepState) -> bool:
@@ -258,7 +317,7 @@ def _advance(session_id: str, state: StepState) -> bool:
         return _advance_after_look(session_id, state)
     # Fast path, without the write lock: a running session with only new messages (or tool
     # results) to send goes straight to the model; the request's own transaction re-checks the lease.
-    session = Session.objects.only(*ROW_FIELDS).get(pk=session_id)
+    session = _row(session_id, lock=False)
     state.refresh(session_id, session.last_seq)
     queued = state.queued()
     if (
