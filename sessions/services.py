@@ -17,7 +17,7 @@ from agents.services import agent_get, agent_version_get, environment_get
 from console.errors import ApiError, bad_request, conflict, not_found
 from console.ids import has_prefix, new_id
 from console.pagination import Page, check_limit, paginate
-from console.prepared import rows_insert
+from console.prepared import prepared_rows, rows_insert
 from console.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
 from memory import attachments as memory_attachments
@@ -544,10 +544,16 @@ def session_create(
 
 
 def session_get(*, workspace: Workspace, session_id: str) -> Session:
-    session = Session.objects.filter(pk=session_id, workspace=workspace).first()
-    if session is None:
+    # Every session route starts here: compiled once (console/prepared.py).
+    rows = prepared_rows(
+        "sessions.get",
+        lambda pk, ws: Session.objects.filter(pk=pk, workspace_id=ws),
+        session_id,
+        workspace.pk,
+    )
+    if not rows:
         raise not_found("session", session_id)
-    return session
+    return rows[0]  # type: ignore[no-any-return]
 
 
 def parse_timestamp(value: str, where: str) -> datetime:
