@@ -46,16 +46,21 @@ def limit_cents(budget: dict[str, Any] | None) -> int | None:
     return int(budget["max_list_cost"]["amount"])
 
 
-def budget_reached(session_id: str) -> bool:
-    full = Session.objects.get(pk=session_id)
-    limit = limit_cents(full.budget)
-    return limit is not None and spent_cents(full) >= limit
+# What the check reads of the session row; a caller's (locked) row that holds them costs no query.
+BUDGET_FIELDS = ("budget", "token_cost_micros", "web_search_requests", "active_seconds", "running_since")
+
+
+def budget_reached(session: Session) -> bool:
+    if any(name in session.get_deferred_fields() for name in BUDGET_FIELDS):
+        session = Session.objects.only(*BUDGET_FIELDS).get(pk=session.pk)
+    limit = limit_cents(session.budget)
+    return limit is not None and spent_cents(session) >= limit
 
 
 def budget_stop(*, session: Session, thread: SessionThread | None = None, child: Any = None) -> bool:
     """Before a model request, in the caller's transaction with the session row locked. True
     when the budget is spent: the pause is recorded and the request must not be made."""
-    if not budget_reached(session.pk):
+    if not budget_reached(session):
         return False
     if child is not None:
         child.set_status(session, Status.IDLE, BUDGET_REACHED)
@@ -68,7 +73,7 @@ def budget_holds(*, session: Session, queued: list[Event]) -> bool:
     queued before the pause join the context (they are seen when the session resumes)."""
     if session.status != Status.IDLE or (session.stop_reason or {}).get("type") != "budget_reached":
         return False
-    if not budget_reached(session.pk):
+    if not budget_reached(session):
         return False
     waiting = [e.pk for e in queued if e.type in ("user.message", "system.message")]
     if waiting:

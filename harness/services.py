@@ -6,6 +6,7 @@ to do (idle) or the session waits on the user (idle with requires_action). Every
 before the next is taken, so any worker can resume a session from its log alone.
 """
 
+import json
 import logging
 import os
 import socket
@@ -17,10 +18,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from agents.models import Environment
 from api.ids import new_id
+from galley.prepared import prepared_exists, prepared_rows
 from harness import budget, outcomes, pricing
 from harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from harness.keeper import StepHandle, keeper
@@ -36,11 +39,11 @@ from harness.tools import (
     run_builtin,
     tool_catalog,
 )
-from memory.attachments import memory_system_prompt
+from memory.attachments import memory_mounted_exists, memory_system_prompt
 from selfhosted import harness as selfhosted_harness
 from sessions import streaming
 from sessions.models import Event, Session, SessionThread, Status
-from sessions.services import NewEvent, events_append, session_set_status
+from sessions.services import LeaseLost, NewEvent, events_append, session_set_status
 from skills.runtime import skills_system_prompt
 
 log = logging.getLogger(__name__)
@@ -65,10 +68,6 @@ ERROR_TYPES = {
 DEFAULT_CONTEXT_WINDOW = 200_000
 
 
-class LeaseLost(Exception):
-    """Another step owns the session now (our lease expired): stop without writing."""
-
-
 @dataclass
 class StepState:
     handle: StepHandle
@@ -88,6 +87,11 @@ class StepState:
     remote: bool = False  # a self_hosted session: built-in tools run on the user's worker
     waiting_on_worker: bool = False  # the last move found only calls the worker has to answer
     children_at_work: list[str] = field(default_factory=list)  # the children the last move waits on
+    # The system prompt with its memory section: attachments are fixed when the session is created.
+    has_memory: bool = True
+    system: str | None = None
+    system_ready: bool = False
+    turn_over: bool = False  # the model's last answer asked for no tool: its turn is over
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -97,8 +101,17 @@ class StepState:
             self.mcp[server] = McpConnection(server_name=server, url=found[0], vault_ids=self.vault_ids)
         return self.mcp[server]
 
-    def refresh(self, session_id: str) -> None:
-        fresh = list(Event.objects.filter(session_id=session_id, seq__gt=self.last_seq).order_by("seq"))
+    def refresh(self, session_id: str, known_seq: int | None = None) -> None:
+        """Read what was appended since the last read; nothing to read when the session row's
+        `known_seq` (read or locked just before) says no event came since."""
+        if known_seq is not None and known_seq <= self.last_seq:
+            return
+        fresh: list[Event] = prepared_rows(
+            "harness.fresh",
+            lambda pk, seq: Event.objects.filter(session_id=pk, seq__gt=seq).order_by("seq"),
+            session_id,
+            self.last_seq,
+        )
         if fresh:
             self.last_seq = fresh[-1].seq
             self.events.extend(e for e in fresh if e.thread_id is None)
@@ -119,6 +132,21 @@ class StepState:
     def queued(self) -> list[Event]:
         return [e for e in self.events if e.processed_at is None]
 
+    def absorb(self, rows: list[Event]) -> None:
+        """Events this step has just appended (and committed): when nothing else was appended since
+        the last read they extend it, and the next refresh need not read them back."""
+        if rows and rows[0].seq == self.last_seq + 1:
+            self.last_seq = rows[-1].seq
+            self.events.extend(e for e in rows if e.thread_id is None)
+
+    def system_prompt(self, session_id: str) -> str | None:
+        if not self.system_ready:
+            agent = self.agent
+            system = skills_system_prompt(agent.get("system"), agent)
+            self.system = memory_system_prompt(session_id, system) if self.has_memory else system
+            self.system_ready = True
+        return self.system
+
 
 def _mark_processed(events: list[Event]) -> None:
     if not events:
@@ -136,25 +164,46 @@ def _new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
+def _lease_update(where: str, values: list[Any], *, owner: str | None, expires: Any) -> int:
+    """UPDATE the session's lease columns under `where` (SQL over its columns), written by hand
+    because it runs twice per step and the ORM compiles its UPDATE each time. Rows changed."""
+    db = connection
+    expiry = Session._meta.get_field("lease_expires_at").get_db_prep_value(expires, db)  # type: ignore[union-attr]
+    table = Session._meta.db_table
+    with db.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE "{table}" SET "lease_owner" = %s, "lease_expires_at" = %s WHERE {where}',
+            [owner, expiry, *values],
+        )
+        return int(cursor.rowcount)
+
+
 def session_lease_claim(*, session_id: str, owner: str) -> bool:
     now = timezone.now()
+    expires = now + timedelta(seconds=settings.GALLEY_LEASE_SECONDS)
+    stamp = Session._meta.get_field("lease_expires_at").get_db_prep_value(now, connection)  # type: ignore[union-attr]
     # Conditional UPDATE: only one step wins a free (or expired) lease; the others see 0 rows.
-    claimed = (
-        Session.objects.filter(pk=session_id)
-        .filter(Q(lease_owner__isnull=True) | Q(lease_expires_at__lt=now))
-        .exclude(status=Status.TERMINATED)
-        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=settings.GALLEY_LEASE_SECONDS))
+    claimed = _lease_update(
+        '"id" = %s AND ("lease_owner" IS NULL OR "lease_expires_at" < %s) AND "status" <> %s',
+        [session_id, stamp, Status.TERMINATED.value],
+        owner=owner,
+        expires=expires,
     )
     return claimed == 1
 
 
 def session_lease_release(*, session_id: str, owner: str) -> None:
-    Session.objects.filter(pk=session_id, lease_owner=owner).update(lease_owner=None, lease_expires_at=None)
+    _lease_update('"id" = %s AND "lease_owner" = %s', [session_id, owner], owner=None, expires=None)
 
 
-# What a move reads of the session row (the agent snapshot is read once per step).
+# What a move reads of the session row (the agent snapshot is read once per step): with the
+# workspace the webhooks outbox needs no lookup, with the budget and cost the budget check none.
 ROW_FIELDS = (
     "id",
+    "workspace",
+    "budget",
+    "token_cost_micros",
+    "web_search_requests",
     "status",
     "stop_reason",
     "running_since",
@@ -167,11 +216,29 @@ ROW_FIELDS = (
 )
 
 
+def _row(session_id: str, *, lock: bool) -> Session:
+    """The session's ROW_FIELDS (a query compiled once: galley/prepared.py), locked for this
+    transaction with `lock`."""
+    if lock:
+        rows = prepared_rows(
+            "harness.locked",
+            lambda pk: Session.objects.select_for_update().only(*ROW_FIELDS).filter(pk=pk),
+            session_id,
+        )
+    else:
+        rows = prepared_rows(
+            "harness.row", lambda pk: Session.objects.only(*ROW_FIELDS).filter(pk=pk), session_id
+        )
+    if not rows:
+        raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+    return rows[0]  # type: ignore[no-any-return]
+
+
 def _locked(session_id: str, owner: str, *, thread_id: str | None = None) -> Session:
     """The session row, locked for this transaction, if our lease still holds the thread we run:
     the session's own lease for its (primary) step, the child thread's for a child's step. Every
     write of the log takes this lock, so a lease taken back stops its step's writes at once."""
-    session = Session.objects.select_for_update().only(*ROW_FIELDS).get(pk=session_id)
+    session = _row(session_id, lock=True)
     if thread_id is None:
         if session.lease_owner != owner:
             raise LeaseLost(session_id)
@@ -181,10 +248,14 @@ def _locked(session_id: str, owner: str, *, thread_id: str | None = None) -> Ses
 
 
 def _has_work(session_id: str) -> bool:
-    return (
-        Event.objects.filter(session_id=session_id, thread=None, processed_at=None, type__in=ACTIONABLE)
-        .exclude(session__status=Status.TERMINATED)
-        .exists()
+    return prepared_exists(
+        "harness.has_work",
+        lambda pk: (
+            Event.objects.filter(session_id=pk, thread=None, processed_at=None, type__in=ACTIONABLE)
+            .exclude(session__status=Status.TERMINATED)
+            .values_list("pk")[:1]
+        ),
+        session_id,
     )
 
 
@@ -199,15 +270,7 @@ def session_step(*, session_id: str) -> None:
             return
         handle = keeper.register(session_id, owner)
         state = StepState(handle)
-        agent, vault_ids = Session.objects.values_list("agent_snapshot", "vault_ids").get(pk=session_id)
-        state.agent = agent or {}
-        state.vault_ids = [v for v in vault_ids or [] if isinstance(v, str)]
-        state.primary_thread_id = (
-            SessionThread.objects.filter(session_id=session_id, parent=None)
-            .values_list("id", flat=True)
-            .first()
-        )
-        state.remote = selfhosted_harness.session_is_remote(session_id)
+        _step_load(session_id, state)
         try:
             while _advance(session_id, state):
                 pass
@@ -228,13 +291,48 @@ def session_step(*, session_id: str) -> None:
             return
 
 
+def _step_load(session_id: str, state: StepState) -> None:
+    """What a step reads once, in one query: the agent snapshot, the vaults, the primary thread,
+    whether the environment is self-hosted and whether the session mounts memory stores."""
+    rows = prepared_rows(
+        "harness.step_load",
+        lambda pk: (
+            Session.objects.only("agent_snapshot", "vault_ids")
+            .annotate(
+                primary_thread=Subquery(
+                    SessionThread.objects.filter(session_id=OuterRef("pk"), parent=None).values("id")[:1]
+                ),
+                has_memory=memory_mounted_exists(),
+                environment_config=F("environment__config"),
+            )
+            .filter(pk=pk)
+        ),
+        session_id,
+    )
+    if not rows:
+        raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+    session = rows[0]
+    state.agent = session.agent_snapshot or {}
+    state.vault_ids = [v for v in session.vault_ids or [] if isinstance(v, str)]
+    state.primary_thread_id = session.primary_thread
+    state.has_memory = bool(session.has_memory)
+    config = session.environment_config  # a raw annotation: JSON text
+    config = json.loads(config) if isinstance(config, (str, bytes)) else config
+    state.remote = Environment(config=config or {}).is_self_hosted
+
+
 def _advance(session_id: str, state: StepState) -> bool:
     """One persisted move. Returns False when the session waits for input."""
     state.children_at_work = []
+    if state.turn_over:
+        # The model has just ended its turn: only the locked move can idle (or grade an outcome, or
+        # take what was sent meanwhile), so the unlocked look below would be a wasted read.
+        state.turn_over = False
+        return _advance_after_look(session_id, state)
     # Fast path, without the write lock: a running session with only new messages (or tool
     # results) to send goes straight to the model; the request's own transaction re-checks the lease.
-    state.refresh(session_id)
-    session = Session.objects.only(*ROW_FIELDS).get(pk=session_id)
+    session = _row(session_id, lock=False)
+    state.refresh(session_id, session.last_seq)
     queued = state.queued()
     if (
         session.status == Status.RUNNING
@@ -249,6 +347,10 @@ def _advance(session_id: str, state: StepState) -> bool:
         ):
             state.ended_empty = False
             return _call_model(session, state, take=queued, refresh=False)
+    return _advance_after_look(session_id, state)
+
+
+def _advance_after_look(session_id: str, state: StepState) -> bool:
     moved = _advance_locked(session_id, state)
     if not moved and state.waiting_on_worker:
         state.waiting_on_worker = False
@@ -267,7 +369,7 @@ def _advance_locked(session_id: str, state: StepState) -> bool:
         session = _locked(session_id, owner)
         if session.status == Status.TERMINATED or session.archived_at is not None:
             return False
-        state.refresh(session_id)
+        state.refresh(session_id, session.last_seq)
         queued = state.queued()
         interrupt = next((e for e in queued if e.type == "user.interrupt"), None)
         target = (interrupt.payload.get("session_thread_id") if interrupt is not None else None) or None
@@ -454,12 +556,18 @@ def _run_tools(session: Session, state: StepState, uses: list[Event]) -> bool:
                 cancel=cancel,
             )
         with transaction.atomic():
-            # Only this step writes the log while it holds the lease, so nothing closed the call meanwhile.
-            locked = _locked(session_id, state.handle.owner, thread_id=thread_id)
+            # Only this step writes the log while it holds the lease, so nothing closed the call
+            # meanwhile.
             results = [*errors, _tool_result(use, outcome.content, is_error=outcome.is_error)]
-            for result in results:
-                result.thread = state.thread
-            events_append(session=locked, events=results)
+            if thread_id is None:  # the append checks the session's lease in its own UPDATE
+                rows = events_append(session=session_id, events=results, owner=state.handle.owner)
+            else:  # a child thread's step: its own lease, checked under the session row's lock
+                locked = _locked(session_id, state.handle.owner, thread_id=thread_id)
+                for result in results:
+                    result.thread = state.thread
+                events_append(session=locked, events=results)
+                rows = []
+        state.absorb(rows)
         if state.handle.cancel.is_set():
             return False
     return True
@@ -644,7 +752,8 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
     _release_connection()
     catalog = _catalog(session_id, state)
     if refresh:
-        state.refresh(session_id)  # what this move appended (denials, closed spans)
+        # What this move appended (denials, closed spans): the locked row's last_seq counts them.
+        state.refresh(session_id, session.last_seq)
     taken_at = timezone.now()
     for event in take:
         event.processed_at = taken_at  # in the context from here; stored with the request's span
@@ -656,7 +765,7 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
         ctx = state.context(session)
     request = ModelRequest(
         model=model,
-        system=memory_system_prompt(session_id, skills_system_prompt(agent.get("system"), agent)),
+        system=state.system_prompt(session_id),
         tools=[spec.definition for spec in catalog.values()],
         messages=ctx.messages(session.context_summary),
         max_tokens=settings.GALLEY_MODEL_MAX_TOKENS,
@@ -667,8 +776,9 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
     if not isinstance(result, tuple):
         return False
     answer, span_id = result
-    allowed = _record_answer(session_id, owner, answer, span_id, catalog)
+    allowed = _record_answer(session_id, owner, answer, span_id, catalog, state=state)
     state.own_uses.update(e.id for e in allowed)
+    state.turn_over = not any(block.get("type") == "tool_use" for block in answer.blocks)
     if not answer.blocks:
         state.ended_empty = True
     if allowed:
@@ -694,6 +804,7 @@ def _model_request(
             if session.status != Status.RUNNING:
                 session_set_status(session=session, status=Status.RUNNING)
             span = events_append(session=session, events=[NewEvent("span.model_request_start", {})])[0]
+        state.absorb([span])
         cancel = state.handle.fresh_cancel()
         previews = _Previews(session_id)
         _release_connection()
@@ -776,9 +887,8 @@ def _fail(session_id: str, owner: str, span_id: str, exc: ModelError, *, retry_s
         session_set_status(session=session, status=Status.IDLE, stop_reason={"type": "retries_exhausted"})
 
 
-def _usage_update(
-    session_id: str, model: str, usage: ModelUsage, *, thread_id: str = "", agent_name: str = ""
-) -> None:
+def _usage_increments(model: str, usage: ModelUsage) -> tuple[dict[str, int], int]:
+    """The session row's counters a priced model call adds to, and its cost in micros."""
     cost = pricing.token_cost_micros(
         model=model,
         input_tokens=usage.input_tokens,
@@ -787,15 +897,35 @@ def _usage_update(
         cache_write_5m_tokens=usage.cache_creation_5m_tokens,
         cache_write_1h_tokens=usage.cache_creation_1h_tokens,
     )
-    Session.objects.filter(pk=session_id).update(
-        input_tokens=F("input_tokens") + usage.input_tokens,
-        output_tokens=F("output_tokens") + usage.output_tokens,
-        cache_read_input_tokens=F("cache_read_input_tokens") + usage.cache_read_input_tokens,
-        cache_creation_5m_tokens=F("cache_creation_5m_tokens") + usage.cache_creation_5m_tokens,
-        cache_creation_1h_tokens=F("cache_creation_1h_tokens") + usage.cache_creation_1h_tokens,
-        web_search_requests=F("web_search_requests") + usage.web_search_requests,
-        token_cost_micros=F("token_cost_micros") + cost,
-    )
+    increments = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cache_creation_5m_tokens": usage.cache_creation_5m_tokens,
+        "cache_creation_1h_tokens": usage.cache_creation_1h_tokens,
+        "web_search_requests": usage.web_search_requests,
+        "token_cost_micros": cost,
+    }
+    return increments, cost
+
+
+def _usage_update(
+    session_id: str,
+    model: str,
+    usage: ModelUsage,
+    *,
+    thread_id: str = "",
+    agent_name: str = "",
+    counted: int | None = None,
+) -> None:
+    """Add a model call's usage to the session's counters and the cost ledger. `counted`: the
+    cost of a call whose counters the caller's append already added (row_increments)."""
+    cost = counted
+    if cost is None:
+        increments, cost = _usage_increments(model, usage)
+        Session.objects.filter(pk=session_id).update(
+            **{name: F(name) + amount for name, amount in increments.items()}
+        )
     from providers.services import model_call_record
 
     model_call_record(
@@ -809,7 +939,13 @@ def _usage_update(
 
 
 def _record_answer(
-    session_id: str, owner: str, answer: ModelAnswer, span_id: str, catalog: dict[str, ToolSpec]
+    session_id: str,
+    owner: str,
+    answer: ModelAnswer,
+    span_id: str,
+    catalog: dict[str, ToolSpec],
+    *,
+    state: StepState | None = None,
 ) -> list[Event]:
     """Append the answer's events and its span end in one transaction; return tool calls to run now."""
     events: list[NewEvent] = []
@@ -876,10 +1012,13 @@ def _record_answer(
             )
         )
     events.append(_span_end(span_id, answer.usage))
+    increments, cost = _usage_increments(answer.model, answer.usage)
     with transaction.atomic():
-        session = _locked(session_id, owner)
-        rows = events_append(session=session, events=events)
-        _usage_update(session_id, answer.model, answer.usage)
+        # One UPDATE checks the lease, reserves the seqs and adds the usage counters.
+        rows = events_append(session=session_id, events=events, row_increments=increments, owner=owner)
+        _usage_update(session_id, answer.model, answer.usage, counted=cost)
+    if state is not None:
+        state.absorb(rows)
     return [
         row
         for row in rows

@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import Exists, OuterRef
+
 from accounts.models import Workspace
 from api.errors import bad_request, not_found
 from memory.models import MemoryStore, SessionMemoryStore
@@ -147,11 +149,19 @@ def agent_paths(session_id: str, rows: list[SessionMemoryStore]) -> dict[str, st
     if session_is_remote(session_id):
         return paths
     return {path: str(store_dir(sandbox_root(session_id), path)) for path in paths}
+def _mounted(row: SessionMemoryStore) -> bool:
+    return row.store_id is not None  # a deleted store's attachment stays, without its mount
+
+
+def memory_mounted_exists() -> Exists:
+    """For an annotation on sessions: whether the session (OuterRef "pk") mounts any store, so a
+    caller that reads the session row anyway learns it without a query of its own."""
+    return Exists(SessionMemoryStore.objects.filter(session_id=OuterRef("pk"), store__isnull=False))
 
 
 def memory_system_prompt(session_id: str, system: str | None) -> str | None:
     """The agent's system prompt with a section describing the session's memory mounts."""
-    rows = [r for r in attachments_of(session_id) if r.store_id is not None]
+    rows = [r for r in attachments_of(session_id) if _mounted(r)]
     if not rows:
         return system
     shown = agent_paths(session_id, rows)

@@ -23,6 +23,8 @@ def runs_on_worker(event: Any) -> bool:
 
 
 def session_is_remote(session_id: str) -> bool:
+    """For callers without the session row at hand (a child thread's step, the memory mounts);
+    the session's own step reads this with its row."""
     return Session.objects.filter(pk=session_id, environment__config__type="self_hosted").exists()
 
 

@@ -19,6 +19,7 @@ from api.ids import has_prefix, new_id
 from api.pagination import Page, check_limit, paginate
 from api.wire import check_metadata, iso, patch_metadata, to_utc
 from files import services as file_services
+from galley.prepared import prepared_rows, rows_insert
 from harness import pricing
 from memory import attachments as memory_attachments
 from selfhosted import harness as selfhosted_harness
@@ -39,9 +40,21 @@ class NewEvent:
     id: str | None = None  # preassigned id (e.g. a preview's event id)
 
 
-def _allocate_seqs(session_id: str, count: int, row_updates: dict[str, Any] | None) -> int:
-    """One statement: reserve `count` seqs (and set `row_updates` on the same row), returning the
-    new last_seq. Both SQLite (3.35+) and PostgreSQL support UPDATE ... RETURNING."""
+class LeaseLost(Exception):
+    """Another step owns the session now (our lease expired): stop without writing."""
+
+
+def _allocate_seqs(
+    session_id: str,
+    count: int,
+    row_updates: dict[str, Any] | None,
+    row_increments: dict[str, int] | None = None,
+    owner: str | None = None,
+) -> int:
+    """One statement: reserve `count` seqs (and set `row_updates`, add `row_increments` on the same
+    row), returning the new last_seq. With `owner`, the statement is also the lease check: it changes
+    nothing unless that step still holds the lease. Both SQLite (3.35+) and PostgreSQL support
+    UPDATE ... RETURNING."""
     connection = transaction.get_connection()
     columns = ['"last_seq" = "last_seq" + %s']
     params: list[Any] = [count]
@@ -49,32 +62,49 @@ def _allocate_seqs(session_id: str, count: int, row_updates: dict[str, Any] | No
         model_field = Session._meta.get_field(name)
         columns.append(f'"{model_field.column}" = %s')  # type: ignore[union-attr]
         params.append(model_field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
+    for name, amount in (row_increments or {}).items():
+        column = Session._meta.get_field(name).column  # type: ignore[union-attr]
+        columns.append(f'"{column}" = "{column}" + %s')
+        params.append(int(amount))
     params.append(session_id)
+    where = '"id" = %s'
+    if owner is not None:
+        where += ' AND "lease_owner" = %s'
+        params.append(owner)
     table = Session._meta.db_table
     with connection.cursor() as cursor:
         sets = ", ".join(columns)
-        cursor.execute(f'UPDATE "{table}" SET {sets} WHERE "id" = %s RETURNING "last_seq"', params)
+        cursor.execute(f'UPDATE "{table}" SET {sets} WHERE {where} RETURNING "last_seq"', params)
         row = cursor.fetchone()
     if row is None:
+        if owner is not None:
+            raise LeaseLost(session_id)
         raise Session.DoesNotExist(f"session {session_id!r} does not exist")
     return int(row[0])
 
 
 def events_append(
-    *, session: Session | str, events: list[NewEvent], row_updates: dict[str, Any] | None = None
+    *,
+    session: Session | str,
+    events: list[NewEvent],
+    row_updates: dict[str, Any] | None = None,
+    row_increments: dict[str, int] | None = None,
+    owner: str | None = None,
 ) -> list[Event]:
     """Append events to a session's log with consecutive seqs. Must run inside a transaction.
 
     The UPDATE on the session row is the allocator: on PostgreSQL it row-locks the session until
     commit, on SQLite the immediate transaction serializes writers, so seqs commit in order.
-    `row_updates` (field -> value) are written to the session row by that same UPDATE.
+    `row_updates` (field -> value) are written to the session row by that same UPDATE, and
+    `row_increments` (field -> amount) added to it. With `owner` nothing is written unless that
+    harness step still holds the session's lease (LeaseLost): the append is its own lease check.
     """
     if not events:
         return []
     assert transaction.get_connection().in_atomic_block, "events_append needs a transaction"
     session_id = session if isinstance(session, str) else session.pk
     count = len(events)
-    last = _allocate_seqs(session_id, count, row_updates)
+    last = _allocate_seqs(session_id, count, row_updates, row_increments, owner)
     now = timezone.now()
     rows = [
         Event(
@@ -89,7 +119,7 @@ def events_append(
         )
         for index, item in enumerate(events)
     ]
-    Event.objects.bulk_create(rows)
+    rows_insert(rows)  # one INSERT for the append
     # The workspace only if this instance already holds it: a deferred field would cost a query per
     # append, and the webhooks outbox looks it up itself only when an event has a webhook.
     loaded = isinstance(session, Session) and "workspace_id" not in session.get_deferred_fields()
@@ -530,10 +560,16 @@ def session_create(
 
 
 def session_get(*, workspace: Workspace, session_id: str) -> Session:
-    session = Session.objects.filter(pk=session_id, workspace=workspace).first()
-    if session is None:
+    # Every session route starts here: compiled once (galley/prepared.py).
+    rows = prepared_rows(
+        "sessions.get",
+        lambda pk, ws: Session.objects.filter(pk=pk, workspace_id=ws),
+        session_id,
+        workspace.pk,
+    )
+    if not rows:
         raise not_found("session", session_id)
-    return session
+    return rows[0]  # type: ignore[no-any-return]
 
 
 def parse_timestamp(value: str, where: str) -> datetime:
@@ -751,16 +787,21 @@ def _kick(session_id: str) -> None:
 
 def _check_references(*, session: Session, events: list[dict[str, Any]], environment: Environment) -> None:
     """Cross-row checks: ids must name events of this session that still await an answer."""
-    answered_confirmations = set(
-        Event.objects.filter(session=session, type="user.tool_confirmation").values_list(
-            "payload__tool_use_id", flat=True
+    kinds = {event["type"] for event in events}
+    answered_confirmations: set[str] = set()
+    if "user.tool_confirmation" in kinds:
+        answered_confirmations = set(
+            Event.objects.filter(session=session, type="user.tool_confirmation").values_list(
+                "payload__tool_use_id", flat=True
+            )
         )
-    )
-    answered_custom = set(
-        Event.objects.filter(session=session, type="user.custom_tool_result").values_list(
-            "payload__custom_tool_use_id", flat=True
+    answered_custom: set[str] = set()
+    if "user.custom_tool_result" in kinds:
+        answered_custom = set(
+            Event.objects.filter(session=session, type="user.custom_tool_result").values_list(
+                "payload__custom_tool_use_id", flat=True
+            )
         )
-    )
     seen: set[str] = set()
     for index, event in enumerate(events):
         where = f"events[{index}]"
@@ -854,14 +895,16 @@ def _append_client_events(
         if event["type"] == "user.define_outcome":
             payload["outcome_id"] = new_id("outc")
         new.append(NewEvent(event["type"], payload, processed=event["type"] in schemas.PROCESSED_ON_RECEIPT))
-    rows = events_append(session=session, events=new)
     if any(e["type"] in schemas.ACTIONABLE_TYPES and e["type"] != "user.tool_result" for e in events):
         # A self_hosted session whose worker left (or never came) gets a new work item.
         selfhosted_services.work_ensure(environment=environment, session_id=session.pk)
     if session.status in ("idle", "rescheduling") and any(
         e["type"] in schemas.ACTIONABLE_TYPES for e in events
     ):
-        session_set_status(session=session, status="running")
+        # The events and the status_running after them: one append, one UPDATE of the row.
+        rows = session_set_status(session=session, status="running", extra_events=new)[: len(new)]
+    else:
+        rows = events_append(session=session, events=new)
     session_id = session.pk
     transaction.on_commit(lambda: _kick(session_id))
     return rows

@@ -18,8 +18,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # 27 -> 33 when issues 9-13 merged: the session's memory attachments (system prompt), whether its
 # environment is self-hosted, the per-call cost ledger row (providers.ModelCall), the workspace's
 # webhook endpoints on a status change.
-TEXT_TURN_QUERIES = 33
-PER_TOOL_ROUND = 16  # the tool_use + result transaction and the next model call (+ ledger, memory sync)
+# 33 -> 23 (issue 14, cheaper steps): one read of what a step needs once (snapshot, vaults, primary
+# thread, self-hosted, memory mounts), the budget and webhook checks use the locked row, the answer's
+# append is its own lease check and adds the usage counters, the step keeps what it appended instead
+# of reading it back, and the move after a final answer skips the unlocked look.
+TEXT_TURN_QUERIES = 23
+PER_TOOL_ROUND = 11  # the tool_use + result transaction and the next model call (+ ledger)
+# events.send of one user.message to an idle session: the API key, the session, and one
+# transaction (the locked row, one UPDATE for the seqs and the status, one INSERT, the webhook
+# endpoints) with its BEGIN and COMMIT.
+SEND_QUERIES = 8
 
 
 @pytest.fixture
@@ -68,3 +76,22 @@ def test_a_status_change_is_one_update_of_the_session_row(model: ScriptedModel) 
     # lease claim, span start, answer (+ usage counters), idle, lease release
     assert sum('"status"' in sql.split(" WHERE ")[0] for sql in updates) == 1
     assert all("RETURNING" in sql for sql in updates if '"last_seq"' in sql)
+
+
+def test_a_send_stays_within_its_query_budget(api_key: str) -> None:
+    from unittest import mock
+
+    from django.test import Client
+
+    session = make_session()
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    assert client.get(f"/v1/sessions/{session.pk}").status_code == 200  # the key's first use is a write
+    body = {"events": [{"type": "user.message", "content": [{"type": "text", "text": "Hi"}]}]}
+    with mock.patch("harness.dispatch.session_kick") as kick:
+        with CaptureQueriesContext(connection) as queries:
+            response = client.post(f"/v1/sessions/{session.pk}/events", body, content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert [e["type"] for e in response.json()["data"]] == ["user.message"]
+    assert log_types(session) == ["user.message", "session.status_running"]
+    kick.assert_called_once_with(session.pk)
+    assert len(queries.captured_queries) <= SEND_QUERIES, [q["sql"][:80] for q in queries]

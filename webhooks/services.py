@@ -26,6 +26,7 @@ from agents import definition as d
 from api.errors import bad_request, not_found
 from api.ids import new_id
 from api.wire import iso
+from galley.prepared import prepared_rows
 from outbound.guard import AddressRefused, http_client
 from vaults import crypto
 from webhooks import signing
@@ -210,8 +211,13 @@ def webhook_events_for_log(*, session_id: str, workspace_id: str | None, events:
         workspace_id = Session.objects.filter(pk=session_id).values_list("workspace_id", flat=True).first()
         if workspace_id is None:
             return
-    # One read of the workspace's enabled endpoints for all of this append's webhook events.
-    endpoints = list(WebhookEndpoint.objects.filter(workspace_id=workspace_id, state=EndpointState.ENABLED))
+    # One read of the workspace's enabled endpoints for all of this append's webhook events (on
+    # every status change: compiled once, galley/prepared.py).
+    endpoints = prepared_rows(
+        "webhooks.enabled_endpoints",
+        lambda workspace: WebhookEndpoint.objects.filter(workspace_id=workspace, state=EndpointState.ENABLED),
+        workspace_id,
+    )
     for hook_type, data in wanted:
         webhook_event_emit(
             workspace=workspace_id, type=hook_type, data=data, ordering_key=session_id, endpoints=endpoints
