@@ -213,7 +213,16 @@ def test_the_seccomp_program_exists_for_both_architectures():
         denied = {k for code, _jt, _jf, k in insns if code == 0x15} - {audit_arch}
         assert {table["bpf"], table["add_key"], table["keyctl"], table["mount"]} <= denied
         assert insns[-1] == (0x06, 0, 0, 0x00050000 | 1)  # EPERM
-        assert insns[-2] == (0x06, 0, 0, 0x7FFF0000)  # allow
+        assert insns[-2] == (0x06, 0, 0, 0x00050000 | 38)  # ENOSYS
+        assert insns[-3] == (0x06, 0, 0, 0x7FFF0000)  # allow
+        # Every jump lands on one of the three answers or inside the program.
+        for index, (code, jt, jf, _k) in enumerate(insns):
+            if code in (0x15, 0x35):
+                assert index + 1 + max(jt, jf) < len(insns)
+        # memfd_create jumps to ENOSYS, bpf to EPERM.
+        for name, answer in (("memfd_create", -2), ("bpf", -1), ("mq_open", -2), ("shmget", -1)):
+            index = next(i for i, insn in enumerate(insns) if insn[0] == 0x15 and insn[3] == table[name])
+            assert index + 1 + insns[index][1] == len(insns) + answer, name
 
 
 def test_outputs_are_stored_once_per_content_with_a_session_quota(
@@ -264,3 +273,59 @@ def test_outputs_are_stored_once_per_content_with_a_session_quota(
             file_delete(workspace=session.workspace, file_id=row.id)
             assert blob.exists() or row is rows[-1]
     assert not blob.exists()
+
+
+# --- memory the kernel holds outside RLIMIT_AS ------------------------------------------------------------
+
+_KERNEL_MEMORY_PROBE = r"""
+import ctypes, errno, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+x86 = platform.machine() == "x86_64"
+MiB = 1024 * 1024
+chunk = b"x" * MiB
+
+def fill(fd, most):
+    written = 0
+    try:
+        while written < most:
+            written += os.write(fd, chunk)
+    except OSError as exc:
+        return written, errno.errorcode[exc.errno]
+    return written, "0"
+
+try:
+    fd = os.memfd_create("hog")
+except OSError as exc:
+    print("memfd", 0, errno.errorcode[exc.errno])
+else:
+    print("memfd", *fill(fd, 320 * MiB))
+fd = os.open("/dev/shm/hog", os.O_CREAT | os.O_WRONLY, 0o600)  # the fallback: a file in the sized /dev/shm
+print("shm_file", *fill(fd, 320 * MiB))
+os.close(fd)
+os.unlink("/dev/shm/hog")
+for name, nr in (("mq_open", 240 if x86 else 180), ("msgget", 68 if x86 else 186),
+                 ("semget", 64 if x86 else 190), ("shmget", 29 if x86 else 194),
+                 ("memfd_secret", 447)):
+    ctypes.set_errno(0)
+    flags = 0x200 | 0o600  # IPC_CREAT
+    args = {"mq_open": (b"/hog", os.O_CREAT | os.O_RDWR, 0o600, 0)}.get(name, (0, flags, flags))
+    print(name, libc.syscall(nr, *args), errno.errorcode.get(ctypes.get_errno(), "0"))
+"""
+
+
+def test_memfd_mqueues_and_sysv_ipc_cannot_hold_memory_past_the_limits(make_sandbox_session, settings):
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+    settings.GALLEY_SANDBOX_SHM_BYTES = 16 * 1024 * 1024
+    session = make_sandbox_session()
+    run(session, "bash", command=f"cat > /tmp/probe.py <<'PY'\n{_KERNEL_MEMORY_PROBE}\nPY")
+    out = run(session, "bash", command="python3 /tmp/probe.py")
+    lines = {line.split(" ")[0]: line.split(" ")[1:] for line in text(out).splitlines()}
+    # A memfd would hold 320 MiB of RAM that RLIMIT_AS never counts: the kernel answers as if it had none.
+    assert lines["memfd"] == ["0", "ENOSYS"], text(out)
+    # The fallback, a file in /dev/shm, stops at the tmpfs size.
+    written, error = lines["shm_file"]
+    assert int(written) <= 16 * 1024 * 1024 and error == "ENOSPC", text(out)
+    for name in ("mq_open", "msgget", "semget", "memfd_secret"):
+        assert lines[name] == ["-1", "ENOSYS"], (name, text(out))
+    assert lines["shmget"] == ["-1", "EPERM"], text(out)
+    assert text(run(session, "bash", command="echo fine")) == "fine"
