@@ -495,6 +495,7 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
     with live.lock:
         try:
             shell = sandbox_shell(live)
+            shell.last_used = time.monotonic()  # in use: the idle reaper must not stop it meanwhile
             inner = shell.inner_pid()
             ns = os.open(f"/proc/{inner}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         except (RuntimeError, OSError) as exc:
