@@ -199,6 +199,7 @@ GALLEY_WEBHOOK_RETENTION_DAYS = env_float("GALLEY_WEBHOOK_RETENTION_DAYS", 30.0,
 # Galley has no organizations; this is the organization_id webhook payloads carry.
 GALLEY_ORGANIZATION_ID = env_str("GALLEY_ORGANIZATION_ID", "org_galley") or "org_galley"
 GALLEY_DEPLOYMENT_TICK_SECONDS = env_float("GALLEY_DEPLOYMENT_TICK_SECONDS", 15.0, minimum=0.1)
+CELERY_BEAT_SCHEDULER = "console.beat:PrivateScheduler"  # its schedule file is 0600 like the other data files
 CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
     # Each worker process also reaps its own idle shells every second; this is a backstop.
