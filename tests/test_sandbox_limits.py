@@ -329,3 +329,50 @@ def test_memfd_mqueues_and_sysv_ipc_cannot_hold_memory_past_the_limits(make_sand
         assert lines[name] == ["-1", "ENOSYS"], (name, text(out))
     assert lines["shmget"] == ["-1", "EPERM"], text(out)
     assert text(run(session, "bash", command="echo fine")) == "fine"
+
+
+# --- the egress proxy: what one sandbox can make the worker hold --------------------------------------------
+
+_PROXY_FLOOD = r"""
+import socket, sys
+def ask(host):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+    s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    status = s.recv(200).split(b" ")[1].decode()
+    s.close()
+    return status
+if sys.argv[1] == "refused":
+    print(sorted({ask(f"h{i}.example.com") for i in range(300)}))
+else:
+    held = [socket.create_connection(("127.0.0.1", 3128), timeout=20) for _ in range(150)]
+    busy = 0
+    for s in held:
+        s.settimeout(3)
+        try:
+            busy += s.recv(200).startswith(b"HTTP/1.1 503")
+        except socket.timeout:
+            pass  # a connection the proxy serves: it waits for a request
+    print("busy", busy)
+"""
+
+
+def test_a_flood_of_refused_requests_and_held_connections_is_bounded(make_sandbox_session):
+    from sessions.sandbox.egress import MAX_CONNECTIONS, MAX_DENIALS
+
+    session = make_sandbox_session(networking={"type": "limited", "allowed_hosts": []})
+    run(session, "bash", command=f"cat > /tmp/flood.py <<'PY'\n{_PROXY_FLOOD}\nPY")
+    out = text(run(session, "bash", command="python3 /tmp/flood.py refused"))
+    assert out.splitlines()[0] == "['403']"
+    # 300 distinct refusals: the first are named, the rest counted, so the result stays small.
+    named = [line for line in out.splitlines() if line.startswith("[egress proxy refused a connection to")]
+    assert len(named) == MAX_DENIALS and "h0.example.com" in named[0]
+    assert f"[egress proxy refused {300 - MAX_DENIALS} more connection(s) not listed]" in out
+    assert len(out) < 5000
+    # Connections held open: past the cap each gets a 503 at once instead of a thread in the worker.
+    out = text(run(session, "bash", command="python3 /tmp/flood.py held", timeout_ms=60_000))
+    busy = int(out.splitlines()[0].split()[1])
+    assert busy >= 150 - MAX_CONNECTIONS, out
+    assert f"more than {MAX_CONNECTIONS} connections open at once" in out
+    # Once they are closed, the proxy serves again.
+    out = text(run(session, "bash", command="curl -s -m 5 http://denied.example.com/ | head -c 40"))
+    assert "refused" in out
