@@ -307,6 +307,11 @@ if GALLEY_SANDBOX_QUOTA not in ("auto", "image", "watch"):
     raise ConfigError(
         f"GALLEY_SANDBOX_QUOTA must be 'auto', 'image' or 'watch', got {GALLEY_SANDBOX_QUOTA!r}"
     )
+# Memory and process cgroups per sandbox: "auto" (v2 where delegated, else v1 where writable, else none) or
+# "off" (sessions/sandbox/cgroup.py, docs/sandboxes.md).
+GALLEY_SANDBOX_CGROUPS = env_str("GALLEY_SANDBOX_CGROUPS", "auto") or "auto"
+if GALLEY_SANDBOX_CGROUPS not in ("auto", "off"):
+    raise ConfigError(f"GALLEY_SANDBOX_CGROUPS must be 'auto' or 'off', got {GALLEY_SANDBOX_CGROUPS!r}")
 # /dev/shm is RAM: a sized tmpfs, never larger than the sandbox's memory limit.
 GALLEY_SANDBOX_SHM_BYTES = min(
     env_int("GALLEY_SANDBOX_SHM_BYTES", 64 * 1024**2, minimum=1024**2), GALLEY_SANDBOX_MEMORY_BYTES

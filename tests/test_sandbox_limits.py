@@ -376,3 +376,40 @@ def test_a_flood_of_refused_requests_and_held_connections_is_bounded(make_sandbo
     # Once they are closed, the proxy serves again.
     out = text(run(session, "bash", command="curl -s -m 5 http://denied.example.com/ | head -c 40"))
     assert "refused" in out
+
+
+# --- cgroups, where the host lets the worker make them ------------------------------------------------------
+
+
+def test_a_memory_cgroup_bounds_the_sandbox_as_a_whole(make_sandbox_session, settings):
+    from sessions.sandbox.cgroup import cgroup_mode
+
+    if cgroup_mode() == "none":
+        pytest.skip("this host gives the worker no writable memory and pids cgroups (rlimits only)")
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+    settings.GALLEY_SANDBOX_MAX_PROCESSES = 40
+    session = make_sandbox_session()
+    run(session, "bash", command="true")
+    live = services._registry[session.id]
+    group = live.cgroup
+    assert group is not None
+    # The shell and what it started are in the sandbox's cgroup, with its limits.
+    members = {int(p) for p in (group.paths[0] / "cgroup.procs").read_text().split()}
+    assert live.shell.proc.pid in members and len(members) >= 2
+    pids = group.paths[-1] / "pids.max"
+    assert pids.read_text().strip() == "40"
+    # Five processes of 100 MiB each: every one is under RLIMIT_AS (256 MiB), together they are not.
+    hog = "python3 -c 'import time; x = bytearray(100 * 1024 * 1024); time.sleep(4); print(\"kept\")'"
+    script = f"p=; for i in 1 2 3 4 5; do {hog} & p=\"$p $!\"; done; wait $p"  # not the shell's own jobs
+    out = text(run(session, "bash", command=script, timeout_ms=60_000))
+    kept = [line for line in out.splitlines() if line == "kept"]
+    assert 1 <= len(kept) <= 2 and "Killed" in out, out  # the OOM killer, within the sandbox's cgroup
+    if group.version == 1:
+        peak = int((group.paths[0] / "memory.max_usage_in_bytes").read_text())
+    else:
+        peak = int((group.paths[0] / "memory.peak").read_text())
+    assert peak <= 256 * 1024 * 1024
+    assert text(run(session, "bash", command="echo fine")) == "fine"
+    # Stopping the sandbox removes its cgroups.
+    services.sandbox_reap_idle(idle_seconds=0)
+    assert live.cgroup is None and not any(p.exists() for p in group.paths)

@@ -60,6 +60,7 @@ class LiveSandbox:
     # Outputs capture: path -> stat of the content last recorded, so unchanged files are not read again.
     outputs_seen: dict[str, tuple[int, ...]] = None  # type: ignore[assignment]
     image: bool = False  # the running shell's volume is a mounted image (quota.py)
+    cgroup: Any = None  # sessions.sandbox.cgroup.SandboxCgroup where the host allows one
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -332,7 +333,18 @@ def _start_shell(live: LiveSandbox) -> Shell:
 
     live.image = volume_is_image(spec.root)
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
-    return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
+    shell = Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
+    if isinstance(live.backend, BwrapBackend):
+        from sessions.sandbox.cgroup import cgroup_create, process_tree
+
+        if live.cgroup is None:
+            live.cgroup = cgroup_create(
+                key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
+            )
+        if live.cgroup is not None:
+            # Before any command: everything a command starts descends from these, so it is counted.
+            live.cgroup.attach(process_tree(shell.proc.pid))
+    return shell
 
 
 def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbox:
@@ -406,6 +418,9 @@ def sandbox_stop(live: LiveSandbox, *, keep_volume: bool = False) -> None:
     if live.egress is not None:
         live.egress.close()
         live.egress = None
+    if live.cgroup is not None:
+        live.cgroup.release()
+        live.cgroup = None
     if not keep_volume:
         from sessions.sandbox.quota import volume_release
 
