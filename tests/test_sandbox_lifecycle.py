@@ -233,3 +233,72 @@ def test_worker_shutdown_unmounts_every_volume(make_sandbox_session):
     assert services._registry == {}
     assert not any(os.path.ismount(r / "volume") for r in roots)
     assert _loop_devices_freed(*images)
+
+
+@pytest.mark.slow
+def test_a_live_worker_unmounts_an_archived_sessions_volume_and_every_volume_when_it_stops() -> None:
+    """Through the official SDK against `manage.py serve` (a real Celery worker): archiving a session releases
+    its sandbox (the `sandbox.release` task), and a stopping worker unmounts the volumes it still had."""
+    import os
+    import signal
+    import tempfile
+    import time
+
+    from tests.live import live_galley
+    from tests.model_server import scripted_model, tool_call
+    from tests.model_server import text as say
+
+    def wait(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 90
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    with tempfile.TemporaryDirectory(prefix="galley-release-") as tmp:
+        root = Path(tmp)
+        os.chmod(root, 0o711)
+        sandboxes = root / "sandboxes"
+        try:
+            with scripted_model() as model:
+                env = {
+                    "ANTHROPIC_API_KEY": "sk-test",
+                    "ANTHROPIC_BASE_URL": model.base_url,
+                    "GALLEY_SANDBOX_ROOT": str(sandboxes),
+                }
+                with live_galley(extra_env=env) as live:
+                    client = live.client()
+                    environment = client.beta.environments.create(name="release-env")
+                    agent = client.beta.agents.create(
+                        name="a", model="claude-sonnet-4-6", tools=[{"type": "agent_toolset_20260401"}]
+                    )
+                    sessions = []
+                    for name in ("archived", "kept"):
+                        session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+                        bash = tool_call("bash", {"command": f"echo {name} > /workspace/f"})
+                        model.push(bash, say("Done."))
+                        client.beta.sessions.events.send(
+                            session.id,
+                            events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}],
+                        )
+                        volume = sandboxes / session.id / "volume"
+                        wait(lambda v=volume: os.path.ismount(v), f"the {name} session's volume")
+                        wait(
+                            lambda s=session: client.beta.sessions.retrieve(s.id).status == "idle",
+                            f"the {name} session's turn",
+                        )
+                        sessions.append(session)
+                    archived, kept = sessions
+                    client.beta.sessions.archive(archived.id)
+                    wait(lambda: not os.path.ismount(sandboxes / archived.id / "volume"), "the release")
+                    assert _loop_devices_freed(sandboxes / archived.id / "volume.img")
+                    assert os.path.ismount(sandboxes / kept.id / "volume")  # only the archived one
+                    # The worker stops (SIGTERM to serve, as an administrator would): nothing stays mounted.
+                    assert live.proc is not None
+                    os.killpg(live.proc.pid, signal.SIGTERM)
+                    live.proc.wait(timeout=60)
+                    assert not os.path.ismount(sandboxes / kept.id / "volume")
+                    assert _loop_devices_freed(sandboxes / kept.id / "volume.img")
+        finally:
+            from sessions.sandbox.quota import volumes_release_under
+
+            volumes_release_under(root)
