@@ -247,14 +247,16 @@ def seccomp_program(machine: str | None = None) -> bytes:
     deny = _insn(_BPF_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)
     # Layout: check arch, load nr, [x32 check], one JEQ per number (jumping to its answer), allow, enosys,
     # deny. A foreign ABI or x32 call jumps to the final deny.
-    head = [
+    # (code, jump-if-true target, jump-if-false target, k); targets are named and resolved below.
+    head: list[tuple[int, str | None, str | None, int]] = [
         (_BPF_LD_W_ABS, None, None, _OFFSET_ARCH),
         (_BPF_JEQ_K, None, "deny", audit_arch),
         (_BPF_LD_W_ABS, None, None, _OFFSET_NR),
     ]
     if machine == "x86_64":
         head.append((_BPF_JGE_K, "deny", None, _X32_SYSCALL_BIT))
-    body = [(_BPF_JEQ_K, "deny", None, n) for n in denied] + [(_BPF_JEQ_K, "enosys", None, n) for n in absent]
+    body: list[tuple[int, str | None, str | None, int]] = [(_BPF_JEQ_K, "deny", None, n) for n in denied]
+    body += [(_BPF_JEQ_K, "enosys", None, n) for n in absent]
     targets = {"allow": len(head) + len(body), "enosys": len(head) + len(body) + 1}
     targets["deny"] = targets["enosys"] + 1
     program: list[bytes] = []
