@@ -41,6 +41,9 @@ class SandboxCgroup:
                     (path / "cgroup.procs").write_text(f"{pid}\n")
                 except ProcessLookupError:
                     pass  # it ended meanwhile
+                except OSError as exc:  # the sandbox runs on its rlimits rather than fail the call
+                    logger.warning("could not move sandbox process %d into %s (%s)", pid, path, exc)
+                    return
 
     def release(self) -> None:
         """Remove the cgroups (their processes are gone or going: retry briefly while they exit)."""
