@@ -3,8 +3,9 @@
 Each limit is a token bucket of `per_minute` tokens refilled at `per_minute / 60` per second, so a client can
 spend a minute's allowance at once and then gets one request every 60 / per_minute seconds. A request over
 the limit is told how long to wait (`retry-after`). Counters live in Redis when REDIS_URL is set (shared by
-every web process; the bucket is updated in one script, so concurrent requests never overspend) and in this
-process otherwise (the embedded default serves the API from one process).
+every web process; the bucket is updated in one script, so concurrent requests never overspend) and otherwise
+in a small SQLite file of the data dir, `ratelimit.sqlite3` (shared by the web processes of one `serve
+--web-workers N`; each bucket is read and written in one write transaction, so they never overspend either).
 
 Create routes (a POST to a collection: `/v1/agents`, `/v1/vaults/{id}/credentials`, ...) get
 GALLEY_RATE_LIMIT_CREATE_PER_MINUTE; every other call, reads and streams included, gets
@@ -13,13 +14,18 @@ GALLEY_RATE_LIMIT_READ_PER_MINUTE. A limit of 0 is no limit.
 
 import logging
 import math
+import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
+
+from galley.datafiles import private_file
 
 log = logging.getLogger(__name__)
 
@@ -73,40 +79,64 @@ class Verdict:
     retry_after: float  # seconds until the request would be allowed; 0 when allowed
 
 
-class MemoryBuckets:
-    """Token buckets in this process."""
+class FileBuckets:
+    """Token buckets in a SQLite file (WAL, no fsync: counters need no durability). One connection per
+    process, used under a lock by its threads; SQLite's own file lock orders the processes."""
 
-    def __init__(self) -> None:
+    PRUNE_SECONDS = 60.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (monotonic time, tokens)
-        self._last_prune = time.monotonic()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._last_prune = 0.0
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            private_file(self.path)  # 0600 like every data file; SQLite gives its journals the same mode
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS bucket"
+                " (key TEXT PRIMARY KEY, ts REAL NOT NULL, tokens REAL NOT NULL) WITHOUT ROWID"
+            )
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
 
     def take(self, key: str, *, per_minute: int, cost: int) -> Verdict:
         rate, burst = per_minute / 60.0, float(per_minute)
-        now = time.monotonic()
         with self._lock:
-            ts, tokens = self._buckets.get(key, (now, burst))
-            tokens = min(burst, tokens + max(0.0, now - ts) * rate)
-            need = max(cost, 1)
-            if tokens >= need:
-                self._buckets[key] = (now, tokens - cost)
-                verdict = Verdict(True, 0.0)
-            else:
-                self._buckets[key] = (now, tokens)
-                verdict = Verdict(False, (need - tokens) / rate)
-            if now - self._last_prune > 60:
-                self._prune(now)
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")  # the read and the write below are one step for every process
+            try:
+                # Wall-clock time, comparable between processes and across restarts; a clock set back only
+                # delays the refill by as much.
+                now = time.time()
+                row = conn.execute("SELECT ts, tokens FROM bucket WHERE key = ?", (key,)).fetchone()
+                ts, tokens = row if row is not None else (now, burst)
+                tokens = min(burst, tokens + max(0.0, now - ts) * rate)
+                need = max(cost, 1)
+                if tokens >= need:
+                    tokens -= cost
+                    verdict = Verdict(True, 0.0)
+                else:
+                    verdict = Verdict(False, (need - tokens) / rate)
+                conn.execute(
+                    "INSERT INTO bucket (key, ts, tokens) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET ts = excluded.ts, tokens = excluded.tokens",
+                    (key, now, tokens),
+                )
+                if now - self._last_prune > self.PRUNE_SECONDS:
+                    # A bucket untouched for a minute is full again: forgetting it changes nothing.
+                    self._last_prune = now
+                    conn.execute("DELETE FROM bucket WHERE ts < ?", (now - self.PRUNE_SECONDS,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         return verdict
-
-    def _prune(self, now: float) -> None:
-        # A bucket untouched for over a minute is full again: forgetting it changes nothing.
-        self._last_prune = now
-        for key in [k for k, (ts, _tokens) in self._buckets.items() if now - ts > 60]:
-            del self._buckets[key]
-
-    def reset(self) -> None:
-        with self._lock:
-            self._buckets.clear()
 
 
 class RedisBuckets:
@@ -121,13 +151,17 @@ class RedisBuckets:
         return Verdict(bool(int(allowed)), float(wait))
 
 
-_memory = MemoryBuckets()
+_files: dict[Path, FileBuckets] = {}
 _redis: dict[str, RedisBuckets] = {}
 
 
 def buckets() -> Any:
     if not settings.REDIS_URL:
-        return _memory
+        path = Path(settings.DATA_DIR) / "ratelimit.sqlite3"
+        embedded = _files.get(path)
+        if embedded is None:
+            embedded = _files[path] = FileBuckets(path)
+        return embedded
     store = _redis.get(settings.REDIS_URL)
     if store is None:
         store = _redis[settings.REDIS_URL] = RedisBuckets(settings.REDIS_URL)

@@ -201,6 +201,7 @@ GALLEY_WEBHOOK_RETENTION_DAYS = env_float("GALLEY_WEBHOOK_RETENTION_DAYS", 30.0,
 # Galley has no organizations; this is the organization_id webhook payloads carry.
 GALLEY_ORGANIZATION_ID = env_str("GALLEY_ORGANIZATION_ID", "org_galley") or "org_galley"
 GALLEY_DEPLOYMENT_TICK_SECONDS = env_float("GALLEY_DEPLOYMENT_TICK_SECONDS", 15.0, minimum=0.1)
+CELERY_BEAT_SCHEDULER = "galley.beat:PrivateScheduler"  # its schedule file is 0600 like the other data files
 CELERY_BEAT_SCHEDULE = {
     "harness-sweep": {"task": "harness.sweep", "schedule": GALLEY_SWEEP_SECONDS},
     # Each worker process also reaps its own idle shells every second; this is a backstop.
@@ -310,6 +311,11 @@ if GALLEY_SANDBOX_QUOTA not in ("auto", "image", "watch"):
     raise ConfigError(
         f"GALLEY_SANDBOX_QUOTA must be 'auto', 'image' or 'watch', got {GALLEY_SANDBOX_QUOTA!r}"
     )
+# Memory and process cgroups per sandbox: "auto" (v2 where delegated, else v1 where writable, else none) or
+# "off" (sandboxes/cgroup.py, docs/sandboxes.md).
+GALLEY_SANDBOX_CGROUPS = env_str("GALLEY_SANDBOX_CGROUPS", "auto") or "auto"
+if GALLEY_SANDBOX_CGROUPS not in ("auto", "off"):
+    raise ConfigError(f"GALLEY_SANDBOX_CGROUPS must be 'auto' or 'off', got {GALLEY_SANDBOX_CGROUPS!r}")
 # /dev/shm is RAM: a sized tmpfs, never larger than the sandbox's memory limit.
 GALLEY_SANDBOX_SHM_BYTES = min(
     env_int("GALLEY_SANDBOX_SHM_BYTES", 64 * 1024**2, minimum=1024**2), GALLEY_SANDBOX_MEMORY_BYTES

@@ -110,15 +110,26 @@ def _resolve(
         return None, f"{bare}: {exc.reason}"
 
 
+# Connections one sandbox may hold open through its proxy at once: each is a thread of the worker, which other
+# sessions share. Past it a connection gets a 503 at once, from the accepting thread.
+MAX_CONNECTIONS = 64
+# Distinct refusals kept between two drains (one tool call); more are only counted, so a loop of refused
+# requests cannot grow the worker's memory or the tool result past the output limit.
+MAX_DENIALS = 20
+MAX_HOST_CHARS = 255
+
+
 class EgressProxy:
     def __init__(self, *, session_id: str, rules: EgressRules, slots: list[Any] | None = None) -> None:
         self.session_id = session_id
         self.rules = rules
         self.slots = list(slots or [])  # sandboxes.credentials.SecretSlot
         self._listener: socket.socket | None = None
-        self._denials: list[tuple[str, str]] = []
+        self._denials: dict[tuple[str, str], None] = {}  # distinct, in order
+        self._dropped = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def listen(self, path: Path, *, uid: int) -> None:
         if self._listener is not None:
@@ -152,15 +163,27 @@ class EgressProxy:
                 pass
             self._listener = None
 
-    def drain_denials(self) -> list[tuple[str, str]]:
+    def drain_denials(self) -> tuple[list[tuple[str, str]], int]:
+        """The distinct (host, reason) refusals since the last drain, and how many more were not kept."""
         with self._lock:
-            denials, self._denials = self._denials, []
-        return denials
+            denials, self._denials = list(self._denials), {}
+            dropped, self._dropped = self._dropped, 0
+        return denials, dropped
+
+    def _record(self, host: str, reason: str) -> None:
+        if len(host) > MAX_HOST_CHARS:
+            host = host[:MAX_HOST_CHARS] + "..."
+        with self._lock:
+            if (host, reason) in self._denials:
+                return
+            if len(self._denials) < MAX_DENIALS:
+                self._denials[(host, reason)] = None
+            else:
+                self._dropped += 1
 
     def _deny(self, client: socket.socket, host: str, reason: str, status: str = "403 Forbidden") -> None:
-        with self._lock:
-            self._denials.append((host, reason))
-        logger.info("egress refused for session %s: %s (%s)", self.session_id, host, reason)
+        self._record(host, reason)
+        logger.info("egress refused for session %s: %s (%s)", self.session_id, host[:MAX_HOST_CHARS], reason)
         body = f"Galley egress proxy: connection to {host} refused: {reason}\n".encode()
         head = (
             f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
@@ -178,6 +201,15 @@ class EgressProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if not self._connections.acquire(blocking=False):
+                client.settimeout(1.0)  # never blocks the accepting thread for long
+                self._deny(
+                    client,
+                    "(any host)",
+                    f"more than {MAX_CONNECTIONS} connections open at once",
+                    status="503 Service Unavailable",
+                )
+                continue
             threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
     def _handle(self, client: socket.socket) -> None:
@@ -189,6 +221,8 @@ class EgressProxy:
                 client.close()
             except OSError:
                 pass
+        finally:
+            self._connections.release()
 
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(30)

@@ -492,8 +492,11 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
             finally:
                 spawn_done(kwargs)
             log.append(done.stdout.decode(errors="replace"))
-            for host, reason in egress.drain_denials():
+            denials, dropped = egress.drain_denials()
+            for host, reason in denials:
                 log.append(f"egress refused: {host}: {reason}\n")
+            if dropped:
+                log.append(f"egress refused {dropped} more connection(s) not listed\n")
             if done.returncode != 0:
                 log.append(f"exit code {done.returncode}\n")
                 return False

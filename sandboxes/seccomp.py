@@ -4,8 +4,12 @@ It refuses, with EPERM (so programs fail cleanly instead of being killed), the s
 has no use for and that widen the kernel's attack surface: keyrings, eBPF, perf events, tracing other
 processes, every way of mounting, kexec, kernel modules, userfaultfd, io_uring, namespace changes, SysV shared
 memory (RAM no sandbox limit would count), and clock, host name, swap, reboot and quota administration.
-System calls made under any other ABI than the host's native one (32-bit x86 on x86_64, x32) are refused
-the same way, so a foreign-ABI binary cannot reach them by their other numbers.
+Kernel-held memory a sandbox could grow outside RLIMIT_AS is answered with ENOSYS instead, as if the kernel
+lacked it, so programs take their fallbacks: `memfd_create` and `memfd_secret` (programs fall back to files in
+the sized /dev/shm or in /tmp, under the volume's quota), POSIX message queues (`mq_open`), and SysV message
+queues and semaphores (`msgget`, `semget`: each IPC namespace allows about 500 MiB of queued messages and
+billions of semaphores). System calls made under any other ABI than the host's native one (32-bit x86 on
+x86_64, x32) are refused with EPERM, so a foreign-ABI binary cannot reach them by their other numbers.
 """
 
 import errno
@@ -85,6 +89,15 @@ DENIED = (
     "fanotify_init",
 )
 
+# Answered with ENOSYS: memory the kernel holds for the sandbox outside every limit it has (see above).
+ABSENT = (
+    "memfd_create",
+    "memfd_secret",
+    "mq_open",
+    "msgget",
+    "semget",
+)
+
 _X86_64 = {
     "add_key": 248,
     "request_key": 249,
@@ -140,6 +153,11 @@ _X86_64 = {
     "vhangup": 153,
     "nfsservctl": 180,
     "fanotify_init": 300,
+    "memfd_create": 319,
+    "memfd_secret": 447,
+    "mq_open": 240,
+    "msgget": 68,
+    "semget": 64,
 }
 
 # aarch64 uses the generic table; it has no create_module, iopl, ioperm or uselib.
@@ -194,6 +212,11 @@ _AARCH64 = {
     "vhangup": 58,
     "nfsservctl": 42,
     "fanotify_init": 262,
+    "memfd_create": 279,
+    "memfd_secret": 447,
+    "mq_open": 180,
+    "msgget": 186,
+    "semget": 190,
 }
 
 # machine -> (AUDIT_ARCH_* value, syscall table)
@@ -217,30 +240,32 @@ def seccomp_program(machine: str | None = None) -> bytes:
     if machine not in ARCHITECTURES:
         raise SeccompUnsupported(f"no seccomp filter for the {machine} architecture")
     audit_arch, table = ARCHITECTURES[machine]
-    numbers = sorted({table[name] for name in DENIED if name in table})
-    deny = _insn(_BPF_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)
+    denied = sorted({table[name] for name in DENIED if name in table})
+    absent = sorted({table[name] for name in ABSENT if name in table})
     allow = _insn(_BPF_RET_K, 0, 0, _RET_ALLOW)
-    # Layout: check arch, load nr, [x32 check], one JEQ per number jumping to the final deny, allow, deny.
-    body: list[bytes] = []
-    count = len(numbers)
-    for index, number in enumerate(numbers):
-        # Jump over the remaining JEQs and the allow to land on deny.
-        body.append(_insn(_BPF_JEQ_K, count - index, 0, number))
-    head = [
-        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_ARCH),
-        # Native architecture: fall through; otherwise jump to deny (past every later instruction).
-        _insn(_BPF_JEQ_K, 0, 0, audit_arch),  # jf patched below
-        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_NR),
+    enosys = _insn(_BPF_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)
+    deny = _insn(_BPF_RET_K, 0, 0, _RET_ERRNO | errno.EPERM)
+    # Layout: check arch, load nr, [x32 check], one JEQ per number (jumping to its answer), allow, enosys,
+    # deny. A foreign ABI or x32 call jumps to the final deny.
+    # (code, jump-if-true target, jump-if-false target, k); targets are named and resolved below.
+    head: list[tuple[int, str | None, str | None, int]] = [
+        (_BPF_LD_W_ABS, None, None, _OFFSET_ARCH),
+        (_BPF_JEQ_K, None, "deny", audit_arch),
+        (_BPF_LD_W_ABS, None, None, _OFFSET_NR),
     ]
     if machine == "x86_64":
-        head.append(_insn(_BPF_JGE_K, 0, 0, _X32_SYSCALL_BIT))  # jt patched below
-    program = [*head, *body, allow, deny]
-    deny_at = len(program) - 1
-    code, _jt, _jf, k = struct.unpack("=HBBI", program[1])
-    program[1] = _insn(code, 0, deny_at - 2, k)
-    if machine == "x86_64":
-        code, _jt, _jf, k = struct.unpack("=HBBI", program[3])
-        program[3] = _insn(code, deny_at - 4, 0, k)
+        head.append((_BPF_JGE_K, "deny", None, _X32_SYSCALL_BIT))
+    body: list[tuple[int, str | None, str | None, int]] = [(_BPF_JEQ_K, "deny", None, n) for n in denied]
+    body += [(_BPF_JEQ_K, "enosys", None, n) for n in absent]
+    targets = {"allow": len(head) + len(body), "enosys": len(head) + len(body) + 1}
+    targets["deny"] = targets["enosys"] + 1
+    program: list[bytes] = []
+    for index, (code, jt, jf, k) in enumerate([*head, *body]):
+        # A jump offset counts the instructions skipped after this one.
+        program.append(
+            _insn(code, targets[jt] - index - 1 if jt else 0, targets[jf] - index - 1 if jf else 0, k)
+        )
+    program += [allow, enosys, deny]
     if len(program) > 255:
         raise SeccompUnsupported("seccomp program too long for 8-bit jumps")
     return b"".join(program)

@@ -4,8 +4,10 @@ A session's sandbox is a directory `GALLEY_SANDBOX_ROOT/<session_id>/` holding `
 /workspace, the working directory), `tmp/` (its /tmp), `state/` (saved cwd and exports), `egress/` (the
 proxy's socket and the bridge script, read-only inside) and `etc/` (its passwd and group). The directory
 outlives every process; the processes (one bash in one bwrap) are started on the first tool call, kept per
-worker process, killed when idle, and restarted transparently. The worker only ever writes into directories
-the sandbox cannot change (never following a link the sandbox may have planted).
+worker process, killed when idle, and restarted transparently. The volume's image (quota.py) is mounted while
+a shell runs and unmounted, freeing its loop device, whenever the sandbox stops (idle, session terminated,
+worker shutdown); the next tool call mounts it again with its files. The worker only ever writes into
+directories the sandbox cannot change (never following a link the sandbox may have planted).
 """
 
 import logging
@@ -39,6 +41,7 @@ from skills.runtime import sandbox_agent, sandbox_skills
 logger = logging.getLogger(__name__)
 
 PROXY_PORT = 3128
+RELEASED = "released"  # in a sandbox root: its session was terminated, every worker stops its shell
 BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
 
 
@@ -56,6 +59,8 @@ class LiveSandbox:
     lock: threading.Lock = None  # type: ignore[assignment]
     # Outputs capture: path -> stat of the content last recorded, so unchanged files are not read again.
     outputs_seen: dict[str, tuple[int, ...]] = None  # type: ignore[assignment]
+    image: bool = False  # the running shell's volume is a mounted image (quota.py)
+    cgroup: Any = None  # sandboxes.cgroup.SandboxCgroup where the host allows one
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -307,7 +312,7 @@ def _start_shell(live: LiveSandbox) -> Shell:
         binds = tuple(repositories_prepare(session_id=live.session_id, root=spec.root, uid=spec.uid))
         if binds != spec.binds:
             spec = live.spec = replace(spec, binds=binds)
-    for stale in (spec.state / "bridge.ready", spec.egress / "egress.sock"):
+    for stale in (spec.state / "bridge.ready", spec.egress / "egress.sock", spec.root / RELEASED):
         try:
             stale.unlink()  # never follows a link the sandbox may have planted
         except FileNotFoundError:
@@ -324,8 +329,22 @@ def _start_shell(live: LiveSandbox) -> Shell:
             logger.error("egress proxy socket for %s failed: %s", live.key, exc)
             reason = exc.strerror or exc
             raise SandboxError(f"the sandbox's network proxy could not start ({reason})") from exc
+    from sandboxes.quota import volume_is_image
+
+    live.image = volume_is_image(spec.root)
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
-    return Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
+    shell = Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
+    if isinstance(live.backend, BwrapBackend):
+        from sandboxes.cgroup import cgroup_create, process_tree
+
+        if live.cgroup is None:
+            live.cgroup = cgroup_create(
+                key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
+            )
+        if live.cgroup is not None:
+            # Before any command: everything a command starts descends from these, so it is counted.
+            live.cgroup.attach(process_tree(shell.proc.pid))
+    return shell
 
 
 def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbox:
@@ -363,7 +382,7 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
         # Resources were added or removed since the shell started: the next call starts a new shell
         # (cwd and exported variables are restored from the state file) that mounts them.
         with live.lock:
-            sandbox_stop(live)
+            sandbox_stop(live, keep_volume=True)
             live.spec = replace(live.spec, mounts=mounts, repos=repos)
     return live
 
@@ -374,23 +393,51 @@ def sandbox_shell(live: LiveSandbox) -> Shell:
         if live.shell is not None:
             live.shell.kill()
         live.shell = _start_shell(live)
+    elif live.image and not _volume_mounted(live):
+        # Another worker process stopped its shell of this session and unmounted the volume on the host. This
+        # shell still sees it through its own mount namespace; the worker's host-side reads (usage, outputs)
+        # need it mounted again (the same image file reuses the same loop device, so one filesystem).
+        from sandboxes.quota import volume_provision
+
+        volume_provision(root=live.spec.root, limit=settings.GALLEY_SANDBOX_WORKSPACE_BYTES)
     return live.shell
 
 
-def sandbox_stop(live: LiveSandbox) -> None:
+def _volume_mounted(live: LiveSandbox) -> bool:
+    from sandboxes.quota import volume_is_image
+
+    return volume_is_image(live.spec.root)
+
+
+def sandbox_stop(live: LiveSandbox, *, keep_volume: bool = False) -> None:
+    """Kill the shell and the egress proxy and unmount the volume (its files stay in the image). Call with
+    live.lock held. `keep_volume` when a new shell follows at once."""
     if live.shell is not None:
         live.shell.kill()
         live.shell = None
     if live.egress is not None:
         live.egress.close()
         live.egress = None
+    if live.cgroup is not None:
+        live.cgroup.release()
+        live.cgroup = None
+    if not keep_volume:
+        from sandboxes.quota import volume_release
+
+        volume_release(live.spec.root)
+        live.image = False
 
 
-def sandbox_destroy(*, session_id: str) -> None:
-    """Session deleted: kill its sandboxes in this worker and remove their directories (threads' too)."""
+def _session_keys(session_id: str, names: Any) -> list[str]:
+    return [k for k in names if k == session_id or k.startswith(session_id + ".")]
+
+
+def sandbox_release(*, session_id: str) -> None:
+    """Session terminated: stop its sandboxes (threads' too) in this worker and unmount their volumes on this
+    host. Each sandbox root gets a `released` mark, so a shell of the session in another worker process
+    stops on that process's next reaper pass. Directories and images stay (the session can be deleted)."""
     with _registry_lock:
-        keys = [k for k in _registry if k == session_id or k.startswith(session_id + ".")]
-        lives = [_registry.pop(k) for k in keys]
+        lives = [_registry.pop(k) for k in _session_keys(session_id, list(_registry))]
     for live in lives:
         with live.lock:
             sandbox_stop(live)
@@ -399,14 +446,37 @@ def sandbox_destroy(*, session_id: str) -> None:
         return
     from sandboxes.quota import volume_release
 
-    for path in base.iterdir():
-        if path.name == session_id or path.name.startswith(session_id + "."):
-            volume_release(path)
-            shutil.rmtree(path, ignore_errors=True)
+    for name in _session_keys(session_id, os.listdir(base)):
+        root = base / name
+        if root.is_dir() and not root.is_symlink():
+            (root / RELEASED).touch()  # the root is the server's: the sandbox cannot plant a link here
+        volume_release(root)
+
+
+def sandboxes_release_all() -> None:
+    """Worker shutdown: stop every sandbox of this process and unmount its volume (no loop device is left
+    behind; the next worker mounts the image again)."""
+    with _registry_lock:
+        lives = list(_registry.values())
+        _registry.clear()
+    for live in lives:
+        with live.lock:
+            sandbox_stop(live)
+
+
+def sandbox_destroy(*, session_id: str) -> None:
+    """Session deleted: kill its sandboxes in this worker and remove their directories (threads' too)."""
+    sandbox_release(session_id=session_id)
+    base = Path(settings.GALLEY_SANDBOX_ROOT)
+    if not base.is_dir():
+        return
+    for name in _session_keys(session_id, os.listdir(base)):
+        shutil.rmtree(base / name, ignore_errors=True)
 
 
 def sandbox_reap_idle(idle_seconds: float | None = None) -> int:
-    """Kill shells idle longer than the timeout (their directories stay). Returns how many were stopped."""
+    """Stop shells idle longer than the timeout, and shells of sessions released by another process (their
+    session was terminated); their directories stay. Returns how many were stopped."""
     limit = settings.GALLEY_SANDBOX_IDLE_SECONDS if idle_seconds is None else idle_seconds
     now = time.monotonic()
     stopped = 0
@@ -414,12 +484,18 @@ def sandbox_reap_idle(idle_seconds: float | None = None) -> int:
         lives = list(_registry.values())
     for live in lives:
         shell = live.shell
-        if shell is None or now - shell.last_used < limit:
+        if shell is None:
+            continue
+        released = (live.spec.root / RELEASED).exists()
+        if not released and now - shell.last_used < limit:
             continue
         if not live.lock.acquire(blocking=False):
             continue  # a command is running: not idle
         try:
-            if live.shell is not None and time.monotonic() - live.shell.last_used >= limit:
+            if live.shell is None:
+                continue
+            released = (live.spec.root / RELEASED).exists()
+            if released or time.monotonic() - live.shell.last_used >= limit:
                 sandbox_stop(live)
                 stopped += 1
         finally:

@@ -1,4 +1,7 @@
+from typing import Any
+
 from celery import shared_task
+from celery.signals import worker_shutdown
 
 
 @shared_task(name="sandbox.build_environment_packages", acks_late=True)
@@ -14,3 +17,19 @@ def reap_idle_sandboxes() -> int:
     from sandboxes.services import sandbox_reap_idle
 
     return sandbox_reap_idle()
+
+
+@shared_task(name="sandbox.release")
+def release_session_sandboxes(session_id: str) -> None:
+    """A terminated session's sandboxes stop and their volumes are unmounted on this host."""
+    from sandboxes.services import sandbox_release
+
+    sandbox_release(session_id=session_id)
+
+
+@worker_shutdown.connect
+def _release_on_shutdown(**_kwargs: Any) -> None:
+    # A stopping worker leaves no mounted volume (and no loop device) behind.
+    from sandboxes.services import sandboxes_release_all
+
+    sandboxes_release_all()

@@ -298,8 +298,11 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
     notes: list[str] = []
     is_error = False
     if live.egress is not None:
-        for host, reason in live.egress.drain_denials():
+        denials, dropped = live.egress.drain_denials()
+        for host, reason in denials:
             notes.append(f"[egress proxy refused a connection to {host}: {reason}]")
+        if dropped:
+            notes.append(f"[egress proxy refused {dropped} more connection(s) not listed]")
     if watcher is not None and watcher.tripped:
         notes.append(
             f"[killed: the command wrote past the sandbox's storage limit of {limit} bytes (shared by "
@@ -505,6 +508,7 @@ def _in_sandbox(live: Any, name: str, tool_input: dict[str, Any]) -> dict[str, A
     with live.lock:
         try:
             shell = sandbox_shell(live)
+            shell.last_used = time.monotonic()  # in use: the idle reaper must not stop it meanwhile
             inner = shell.inner_pid()
             ns = os.open(f"/proc/{inner}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         except (RuntimeError, OSError) as exc:

@@ -172,6 +172,8 @@ def session_set_status(
         payload["stop_reason"] = fields["stop_reason"]
     if status == "terminated":
         selfhosted_services.work_stop_for_session(session_id=session.pk)
+        session_id = session.pk
+        transaction.on_commit(lambda: _release_sandbox(session_id))
     # The status fields ride on the seq allocator's UPDATE: one statement for the row.
     return events_append(
         session=session, events=[*(extra_events or []), NewEvent(event_type, payload)], row_updates=fields
@@ -768,6 +770,12 @@ def session_delete(*, session: Session) -> dict[str, str]:
         transaction.on_commit(lambda: streaming.publish_deleted(session_id, wire))
         transaction.on_commit(lambda: _destroy_sandbox(session_id))
     return {"id": session_id, "type": "session_deleted"}
+
+
+def _release_sandbox(session_id: str) -> None:
+    from sandboxes.tasks import release_session_sandboxes
+
+    release_session_sandboxes.delay(session_id)
 
 
 def _destroy_sandbox(session_id: str) -> None:

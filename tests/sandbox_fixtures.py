@@ -84,3 +84,12 @@ def run(session: Any, name: str, **tool_input: Any) -> Any:
 
 def text(outcome: Any) -> str:
     return "\n".join(b.get("text", "") for b in outcome.content if b.get("type") == "text")
+
+
+def volume_mount(root: Path) -> None:
+    """Mount a stopped sandbox's volume image again (as its next tool call would), for a test to read it."""
+    from django.conf import settings
+
+    from sandboxes.quota import volume_provision
+
+    volume_provision(root=root, limit=settings.GALLEY_SANDBOX_WORKSPACE_BYTES)

@@ -1,7 +1,7 @@
 """Rate limits (api/ratelimit.py): per API key and per workspace on create and other routes, failed
 authentications per client address on the API and the console login, 429 `rate_limit_error` with
-`retry-after`. The counters run in this process without REDIS_URL and in Redis with it; the store tests
-cover both."""
+`retry-after`. The counters live in a SQLite file of the data dir without REDIS_URL (shared by the web
+processes of one `serve`) and in Redis with it; the store tests cover both."""
 
 import os
 import secrets
@@ -20,7 +20,7 @@ AGENT = {"name": "limited", "model": "claude-sonnet-4-6"}
 
 
 def _stores() -> list[Any]:
-    stores: list[Any] = [pytest.param("memory", id="memory")]
+    stores: list[Any] = [pytest.param("file", id="file")]
     stores.append(
         pytest.param(
             "redis",
@@ -38,10 +38,10 @@ def unique_prefix(settings) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(params=_stores())
-def store(request, settings, unique_prefix) -> Any:  # type: ignore[no-untyped-def]
-    if request.param == "memory":
+def store(request, settings, unique_prefix, tmp_path) -> Any:  # type: ignore[no-untyped-def]
+    if request.param == "file":
         settings.REDIS_URL = None
-        return ratelimit.MemoryBuckets()
+        return ratelimit.FileBuckets(tmp_path / "ratelimit.sqlite3")
     return ratelimit.RedisBuckets(os.environ["REDIS_URL"])
 
 
@@ -70,9 +70,34 @@ def test_concurrent_requests_never_overspend_a_bucket(store, unique_prefix) -> N
     assert results.count(True) == 10
 
 
+def test_the_embedded_counters_are_shared_by_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from tests.live import ROOT
+
+    # Four processes take from one bucket of 30 at once, 20 tries each: 30 succeed in all, not 30 each.
+    script = (
+        "import sys; from pathlib import Path; from api.ratelimit import FileBuckets; "
+        "store = FileBuckets(Path(sys.argv[1])); "
+        "print(sum(store.take('shared', per_minute=30, cost=1).allowed for _ in range(20)))"
+    )
+    path = str(tmp_path / "ratelimit.sqlite3")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, path], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    allowed = [int(proc.communicate(timeout=120)[0]) for proc in procs]
+    assert sum(allowed) == 30, allowed
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["ratelimit.sqlite3"] == 0o600 and set(modes.values()) == {0o600}, modes
+
+
 @pytest.fixture
-def limits(settings, unique_prefix) -> Any:  # type: ignore[no-untyped-def]
-    """Low limits on the backend this run is configured with (in-process, or Redis with REDIS_URL)."""
+def limits(settings, unique_prefix, tmp_path) -> Any:  # type: ignore[no-untyped-def]
+    """Low limits on the backend this run is configured with (the data dir's file, or Redis with REDIS_URL),
+    with counters no other test has touched."""
+    settings.DATA_DIR = tmp_path
     settings.GALLEY_RATE_LIMIT_CREATE_PER_MINUTE = 3
     settings.GALLEY_RATE_LIMIT_READ_PER_MINUTE = 5
     settings.GALLEY_RATE_LIMIT_WORKSPACE_CREATE_PER_MINUTE = 100
@@ -199,3 +224,59 @@ def test_the_sdk_gets_429_after_repeated_bad_keys(limited: LiveGalley) -> None:
     with pytest.raises(anthropic.RateLimitError) as refused:
         bad.beta.agents.list()
     assert int(refused.value.response.headers["retry-after"]) >= 1
+
+
+
+@pytest.fixture(scope="module")
+def limited_two_web() -> Iterator[LiveGalley]:
+    # The embedded default (no Redis), whatever this run is configured with.
+    env = {
+        "GALLEY_RATE_LIMIT_CREATE_PER_MINUTE": "3",
+        "GALLEY_RATE_LIMIT_READ_PER_MINUTE": "600",
+        "REDIS_URL": "",
+    }
+    with live_galley(env, worker=False, serve_args=("--web-workers", "2")) as server:
+        yield server
+
+
+def _web_processes_counting(live: LiveGalley) -> tuple[int, int]:
+    """(web processes of this serve, those that have the data dir's counter file open)."""
+    assert live.proc is not None
+    counter = str(live.data_dir / "ratelimit.sqlite3")
+    web = counting = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline").read()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != live.proc.pid or "galley.webserver" not in cmdline:
+                continue
+            web += 1
+            links = {os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")}
+        except OSError:
+            continue
+        counting += counter in links
+    return web, counting
+
+
+@pytest.mark.slow
+def test_two_web_processes_of_one_serve_share_the_limit(limited_two_web: LiveGalley) -> None:
+    def fresh() -> anthropic.Anthropic:  # a new connection, so whichever process accepts it answers
+        return limited_two_web.client()
+
+    for _ in range(200):  # reads until both processes have answered (each then has the counter file open)
+        fresh().beta.agents.list()
+        if _web_processes_counting(limited_two_web) == (2, 2):
+            break
+    assert _web_processes_counting(limited_two_web) == (2, 2)
+    outcomes = []
+    for index in range(8):
+        try:
+            fresh().beta.agents.create(name=f"a{index}", model="claude-sonnet-4-6")
+            outcomes.append("created")
+        except anthropic.RateLimitError:
+            outcomes.append("429")
+    # 3 per minute for the key across the serve, not 3 per web process.
+    assert outcomes.count("created") == 3, outcomes
+    assert len(fresh().beta.agents.list().data) == 3

