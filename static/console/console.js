@@ -576,15 +576,15 @@
       });
       scrub.value = String(i);
       pos.textContent = "Event " + (current + 1) + " of " + rows.length + " · " + rows[current].type;
-      if (scroll !== false) bring(current);
+      bring(current, scroll !== false);
       if (!hashTimer) hashTimer = setTimeout(function () { hashTimer = null; history.replaceState(null, "", "#seq-" + rows[current].seq); }, 150);
     }
-    function bring(k) {
-      // The row on screen: its lane scrolled to it (drawing it), then the page.
+    function bring(k, page) {
+      // The row drawn and in its lane's view; with `page`, the page scrolled to it too.
       var l = lanes[rows[k].lane], t = tops(l), i = laneAt[k];
       if (t[i] < l.box.scrollTop || t[i + 1] > l.box.scrollTop + l.box.clientHeight) l.box.scrollTop = t[i] - l.box.clientHeight / 2;
       draw(l, false);
-      if (l.shown[k]) l.shown[k].scrollIntoView({ block: "nearest" });
+      if (page && l.shown[k]) l.shown[k].scrollIntoView({ block: "nearest" });
     }
     function go(seq) {
       // Show one event, turning its kind back on if it was filtered out.
