@@ -665,13 +665,13 @@
 
   function startTraceView(view, root) {
     // One load for the tree and the replay; again every 2 s while the session runs.
-    var replay = startReplay(root), tree = startTree(view, replay);
+    var replay = startReplay(root), tree = startTree(view, replay), seen = null;
     function load() {
       fetch(view.dataset.src, { credentials: "same-origin" })
         .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
         .then(function (raw) {
-          var data = decodeTrace(raw);
-          tree.show(data); replay.show(data);
+          var data = decodeTrace(raw), key = data.last_seq + " " + data.status;
+          if (key !== seen) { seen = key; tree.show(data); replay.show(data); }  // redrawn only when the log moved
           if (data.status === "running" || data.status === "rescheduling") setTimeout(load, 2000);
         })
         .catch(function () { tree.fail(); replay.fail(); });
