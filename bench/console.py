@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +329,9 @@ def browser_times(data_dir: str, big_id: str) -> list[tuple[str, float]]:
                 samples = []
                 for run in range(RUNS + 1):
                     if before is not None:
-                        before()
+                        # Playwright's loop runs in this thread; Django's ORM refuses it.
+                        with ThreadPoolExecutor(1) as pool:
+                            pool.submit(before).result()
                     page.goto(base + url, wait_until="commit")
                     page.wait_for_function(condition)
                     elapsed = page.evaluate("performance.now()")  # since this navigation started
