@@ -251,19 +251,22 @@
     }
     // A lane's bars between `from` and `to` (px of a track `px` wide). A bar that starts before the
     // previous bar of its kind ends joins it: at 10,000 events a lane has more requests than pixels.
+    // Errors come after the others, so they are drawn on top.
     function drawBars(track, lane, px, from, to, clickable) {
       var span = Math.max(data.duration_ms, 1), last = {}, groups = [];
       lane.flat.forEach(function (n) {
         var dur = n.duration_ms === null ? data.duration_ms - n.at_ms : n.duration_ms;
         var x0 = n.at_ms / span * px, x1 = Math.max(x0 + dur / span * px, x0 + px * 0.0025);
         if (x1 < from || x0 > to) return;
-        var prev = last[n.kind];
+        var key = n.kind + (n.is_error ? " error" : "");  // errors stay marks of their own
+        var prev = last[key];
         if (prev && x0 <= prev.x1) { prev.x1 = Math.max(prev.x1, x1); prev.nodes.push(n); return; }
-        groups.push(last[n.kind] = { x0: x0, x1: x1, nodes: [n] });
+        groups.push(last[key] = { x0: x0, x1: x1, nodes: [n] });
       });
+      groups.sort(function (a, b) { return (a.nodes[0].is_error ? 1 : 0) - (b.nodes[0].is_error ? 1 : 0); });
       groups.forEach(function (g) {
         var n = g.nodes[0], many = g.nodes.length > 1;
-        var bar = el("a", "wf-bar " + n.kind + (g.nodes.some(function (m) { return m.is_error; }) ? " error" : ""));
+        var bar = el("a", "wf-bar " + n.kind + (n.is_error ? " error" : ""));
         bar.href = "#node-" + n.seq;
         bar.style.left = (100 * g.x0 / px) + "%";
         bar.style.width = (100 * (g.x1 - g.x0) / px) + "%";
