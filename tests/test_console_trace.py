@@ -167,3 +167,9 @@ def test_one_turns_markdown(workspace):
     assert "Question 0" not in md and "Question 2" not in md
     missing = client.get(f"/sessions/{session.pk}/trace/tree.json?format=md&lane=main&turn=9")
     assert missing.status_code == 404
+
+
+def test_an_empty_sessions_view(workspace):
+    session = make_console_session(workspace)
+    view = client_for(workspace, Role.VIEWER).get(f"/sessions/{session.pk}/trace/data.json").json()
+    assert (view["lanes"], view["replay"]["rows"], view["last_seq"], view["duration_ms"]) == ([], [], 0, 0)

@@ -31,7 +31,7 @@ from files.models import ResourceType
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
-TRACE_PAGE = 2000  # events per trace.json page; the replay fetches pages until done
+TRACE_PAGE = 2000  # events per trace.json page: the replay fetches the JSON of opened rows in such ranges
 TRACE_KINDS = [
     ("message", "Messages"),
     ("tool", "Tool calls"),
