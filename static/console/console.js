@@ -212,9 +212,8 @@
     var rows = r.rows.map(function (a) {
       var row = zip(f.row, a);
       row.kind = r.kinds[row.kind]; row.lane = r.lanes[row.lane]; row.type = r.types[row.type];
-      row.at = new Date(t0 + row.at_ms).toISOString();
+      row.t0 = t0;
       if (row.tokens) row.tokens = zip(f.tokens, row.tokens);
-      row.hay = (row.summary + " " + row.type).toLowerCase();
       return row;
     });
     return { status: raw.status, duration_ms: raw.duration_ms, last_seq: raw.last_seq, totals: zip(f.totals, raw.totals), lanes: lanes, names: names, rows: rows };
@@ -328,7 +327,7 @@
       var act = ev.target.closest("[data-tree-act]");
       if (act) {
         var opening = act.dataset.treeAct === "open";
-        if (opening) tree.querySelectorAll(".tturn").forEach(buildTurn);
+        if (opening) { finish(); tree.querySelectorAll(".tturn").forEach(buildTurn); }
         tree.querySelectorAll("details").forEach(function (d) { d.open = opening; });
       }
       var link = ev.target.closest("a[href^='#seq-']");
@@ -369,37 +368,65 @@
       box.appendChild(copy);
       turn.nodes.forEach(function (n) { renderNode(n, box); });
     }
+    function flatten() {  // each lane's requests and tool calls in one list, for the bars
+      data.lanes.forEach(function (lane) {
+        lane.flat = [];
+        lane.turns.forEach(function (turn) {
+          turn.nodes.forEach(function (n) { lane.flat.push(n); n.children.forEach(function (c) { lane.flat.push(c); }); });
+        });
+      });
+    }
+    // Turns are drawn a chunk at a time: the first ones with the page, the rest in later tasks,
+    // so 1,000 turns never hold the page up. `finish()` draws what is left at once.
+    var TURN_CHUNK = 100, pending = [], generation = 0;
+    function turnBox(lane, turn) {
+      var box = el("details", "tturn"); box.id = "turn-" + lane.id + "-" + turn.index;
+      box._lane = lane; box._turn = turn;
+      var tt = turn.totals;
+      var sum = el("summary");
+      sum.appendChild(el("strong", null, (turn.index ? "Turn " + turn.index + ": " : "") + turn.title));
+      sum.appendChild(el("span", "muted", " · " + fmtMs(turn.duration_ms) + " · " + tt.model_requests + " model requests · " + tt.tool_calls + " tool calls · " + fmtInt(tt.input_tokens) + " in / " + fmtInt(tt.output_tokens) + " out · " + tt.cost + (tt.wait_ms ? " · waited " + fmtMs(tt.wait_ms) : "")));
+      box.appendChild(sum);
+      var isOpen = open[box.id] !== undefined ? open[box.id] : turn === lane.turns[lane.turns.length - 1];
+      if (isOpen) { buildTurn(box); box.open = true; }
+      box.addEventListener("toggle", function () { open[box.id] = box.open; if (box.open) buildTurn(box); });
+      return box;
+    }
+    function drawTurns(limit) {
+      while (pending.length && limit > 0) {
+        var p = pending[0];
+        while (p.at < p.lane.turns.length && limit-- > 0) p.section.appendChild(turnBox(p.lane, p.lane.turns[p.at++]));
+        if (p.at >= p.lane.turns.length) pending.shift();
+      }
+      return !pending.length;
+    }
+    function drawLater(gen) {
+      setTimeout(function () { if (gen === generation && !drawTurns(TURN_CHUNK)) drawLater(gen); }, 0);
+    }
+    function finish() { drawTurns(Infinity); }
     function renderTree() {
-      tree.innerHTML = ""; turnOf = {};
+      tree.innerHTML = ""; turnOf = {}; pending = []; generation++;
       data.lanes.forEach(function (lane) {
         var section = el("section", "tlane");
         var t = lane.totals;
         section.appendChild(el("h3", null, lane.name + " · " + fmtInt(t.input_tokens) + " in / " + fmtInt(t.output_tokens) + " out · " + t.cost));
-        lane.flat = [];
         lane.turns.forEach(function (turn) {
-          var box = el("details", "tturn"); box.id = "turn-" + lane.id + "-" + turn.index;
-          box._lane = lane; box._turn = turn;
+          var id = "turn-" + lane.id + "-" + turn.index;
           turn.nodes.forEach(function (n) {
-            lane.flat.push(n); turnOf[n.seq] = box;
-            n.children.forEach(function (c) { lane.flat.push(c); turnOf[c.seq] = box; });
+            turnOf[n.seq] = id;
+            n.children.forEach(function (c) { turnOf[c.seq] = id; });
           });
-          var tt = turn.totals;
-          var sum = el("summary");
-          sum.appendChild(el("strong", null, (turn.index ? "Turn " + turn.index + ": " : "") + turn.title));
-          sum.appendChild(el("span", "muted", " · " + fmtMs(turn.duration_ms) + " · " + tt.model_requests + " model requests · " + tt.tool_calls + " tool calls · " + fmtInt(tt.input_tokens) + " in / " + fmtInt(tt.output_tokens) + " out · " + tt.cost + (tt.wait_ms ? " · waited " + fmtMs(tt.wait_ms) : "")));
-          box.appendChild(sum);
-          var isOpen = open[box.id] !== undefined ? open[box.id] : turn === lane.turns[lane.turns.length - 1];
-          if (isOpen) { buildTurn(box); box.open = true; }
-          box.addEventListener("toggle", function () { open[box.id] = box.open; if (box.open) buildTurn(box); });
-          section.appendChild(box);
         });
         tree.appendChild(section);
+        pending.push({ section: section, lane: lane, at: 0 });
       });
       if (!data.lanes.length) tree.appendChild(el("div", "empty", "This session has no events yet."));
+      if (!drawTurns(TURN_CHUNK)) drawLater(generation);
     }
     function reveal(seq) {
-      var turn = turnOf[seq];
-      if (!turn) return;
+      if (!turnOf[seq]) return;
+      finish();
+      var turn = document.getElementById(turnOf[seq]);
       buildTurn(turn);
       var node = document.getElementById("node-" + seq);
       if (!node) return;
@@ -415,7 +442,8 @@
     return {
       show: function (fresh) {
         data = fresh; view.dataset.status = fresh.status;
-        renderSummary(fresh.totals); renderTree(); renderTimeline();
+        // The timeline measures its tracks: before the tree is added, that layout is small.
+        renderSummary(fresh.totals); flatten(); renderTimeline(); renderTree();
       },
       fail: function () { tree.textContent = "Could not load the trace."; },
     };
@@ -430,7 +458,7 @@
     var search = document.getElementById("trace-search");
     var filter = document.getElementById("trace-filter");
     var playButton = root.querySelector("[data-act=play]");
-    var EST_PX = 56, OVERSCAN = 60, PAGE = 2000;  // a row's first guess; rows drawn beyond the view; trace.json's page
+    var EST_PX = 56, OVERSCAN = 25, PAGE = 2000;  // a row's first guess; rows drawn beyond the view; trace.json's page
     var rows = [], bySeq = {}, visible = [], current = 0, cursor = 0, timer = null;
     var lanes = {}, laneAt = [], heights = [], opened = {}, names = {}, loaded = false;
 
@@ -536,7 +564,7 @@
       summary.appendChild(el("strong", null, "#" + row.seq + " "));
       summary.appendChild(document.createTextNode(row.summary));
       details.appendChild(summary);
-      var meta = [row.type, row.at.replace("T", " ").slice(0, 23)];
+      var meta = [row.type, new Date(row.t0 + row.at_ms).toISOString().replace("T", " ").slice(0, 23)];
       if (row.latency_ms !== null) meta.push("latency " + row.latency_ms + " ms");
       if (row.duration_ms !== null) meta.push("took " + row.duration_ms + " ms");
       if (row.tokens) meta.push("in " + fmtInt(row.tokens.input_tokens) + " · out " + fmtInt(row.tokens.output_tokens) + " · cache read " + fmtInt(row.tokens.cache_read_input_tokens) + " · cache write " + fmtInt(row.tokens.cache_creation_input_tokens));
@@ -552,13 +580,17 @@
       return node;
     }
 
+    function hay(row) {  // what the search looks in, made on the first search
+      if (row.hay === undefined) row.hay = (row.summary + " " + row.type).toLowerCase();
+      return row.hay;
+    }
     function applyFilter() {
       var kinds = shownKinds(), q = (search.value || "").toLowerCase();
       visible = [];
       Object.keys(lanes).forEach(function (id) { lanes[id].ids = []; lanes[id].tops = null; });
       for (var k = 0; k < rows.length; k++) {
         var row = rows[k];
-        if (kinds[row.kind] !== false && (!q || row.hay.indexOf(q) >= 0)) {
+        if (kinds[row.kind] !== false && (!q || hay(row).indexOf(q) >= 0)) {
           var l = lanes[row.lane]; laneAt[k] = l.ids.length; l.ids.push(k); visible.push(k);
         } else laneAt[k] = -1;
       }
@@ -596,7 +628,7 @@
       var k = rows.indexOf(row);
       if (laneAt[k] < 0) {
         filter.querySelectorAll("input[name=kind]").forEach(function (b) { if (b.value === row.kind) b.checked = true; });
-        if (row.hay.indexOf((search.value || "").toLowerCase()) < 0) search.value = "";
+        if (hay(row).indexOf((search.value || "").toLowerCase()) < 0) search.value = "";
         applyFilter();
       }
       opened[seq] = true;
