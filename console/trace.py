@@ -317,7 +317,7 @@ def _observe(lane: Lane, event: Event | LogEvent, model_id: str) -> None:
     p = event.payload
     t = event.type
     if t in INPUT_TYPES:
-        index = sum(1 for turn in lane.turns if turn.index > 0) + 1
+        index = len(lane.turns) + (0 if lane.turns and lane.turns[0].index == 0 else 1)  # turn 0 comes before
         title = one_line(content_text(p.get("content")) or p.get("description") or t, 100)
         lane.turns.append(Turn(index=index, seq=event.seq, start=event.created_at, title=title))
         return

@@ -173,3 +173,17 @@ def test_an_empty_sessions_view(workspace):
     session = make_console_session(workspace)
     view = client_for(workspace, Role.VIEWER).get(f"/sessions/{session.pk}/trace/data.json").json()
     assert (view["lanes"], view["replay"]["rows"], view["last_seq"], view["duration_ms"]) == ([], [], 0, 0)
+
+
+def test_turns_are_numbered_after_what_came_before_the_first_message(workspace):
+    session = make_console_session(workspace)
+    add_events(session, [("session.status_idle", {"stop_reason": {"type": "end_turn"}})])
+    add_turns(session, 3)
+    tree = trace_tree(session, list(Event.objects.filter(session=session).order_by("seq")))
+    turns = tree["lanes"][0]["turns"]
+    assert [(t["index"], t["title"]) for t in turns] == [
+        (0, "Before the first message"),
+        (1, "Question 0"),
+        (2, "Question 1"),
+        (3, "Question 2"),
+    ]
