@@ -2,12 +2,16 @@
 replay. Both read `Event.wire()`, the same JSON the API returns."""
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import pricing
 from sessions.models import Event, Session, SessionThread
+
+if TYPE_CHECKING:
+    from console.trace import LogEvent
 
 
 def step_cost_micros(model_id: str, usage: dict[str, Any]) -> int:
@@ -305,14 +309,19 @@ def trace_references(events: list[Event]) -> set[str]:
 
 
 def trace_rows(
-    session: Session, events: list[Event], earlier: dict[str, Event] | None = None
+    session: Session,
+    events: "Sequence[Event | LogEvent]",
+    earlier: dict[str, Event] | None = None,
+    *,
+    full: bool = True,
 ) -> list[dict[str, Any]]:
     """The replay's rows: one per event, with latency and cost on model spans and duration on tools.
-    `earlier` holds referenced events from before this page, so a page boundary loses nothing."""
+    `earlier` holds referenced events from before this page, so a page boundary loses nothing.
+    `full` adds each event's JSON (`Event.wire()`) as the row's `event`."""
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
     before = earlier or {}
-    starts: dict[str, Event] = {k: v for k, v in before.items() if v.type == "span.model_request_start"}
-    tool_starts: dict[str, Event] = {k: v for k, v in before.items() if v.type != "span.model_request_start"}
+    starts: dict[str, Any] = {k: v for k, v in before.items() if v.type == "span.model_request_start"}
+    tool_starts: dict[str, Any] = {k: v for k, v in before.items() if v.type != "span.model_request_start"}
     rows: list[dict[str, Any]] = []
     for event in events:
         p = event.payload
@@ -336,8 +345,9 @@ def trace_rows(
             "lane": event.thread_id or "main",
             "at": event.created_at.isoformat(),
             "summary": "",
-            "event": event.wire(),
         }
+        if full:
+            row["event"] = event.wire()  # type: ignore[union-attr]
         if t == "span.model_request_start":
             starts[event.id] = event
             row["summary"] = "Model request started"

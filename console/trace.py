@@ -4,17 +4,40 @@ person (an approval, a custom tool's answer) is kept apart from the time it ran.
 
 Built from the log alone (`Event` rows in seq order), so it is exact for any session and any worker."""
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from console.timeline import content_text, money, one_line, step_cost_micros, tool_summary
+from django.core.cache import cache
+
+from console.timeline import content_text, money, one_line, step_cost_micros, tool_summary, trace_rows
 from sessions.models import Event, Session
 
+TRACE_CACHE_SECONDS = 600
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 INPUT_TYPES = ("user.message", "system.message", "user.define_outcome", "agent.thread_message_received")
 TOOL_USES = ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use")
 TOOL_RESULTS = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result", "user.tool_result")
+
+
+class LogEvent(NamedTuple):
+    """The columns of an `Event` the trace reads: ten thousand of these cost half of as many model
+    instances."""
+
+    id: str
+    seq: int
+    type: str
+    thread_id: str | None
+    created_at: datetime
+    payload: dict[str, Any]
+
+
+def trace_events(session: Session) -> list[LogEvent]:
+    """The session's whole log in seq order, as the trace reads it."""
+    rows = Event.objects.filter(session=session).order_by("seq").values_list(*LogEvent._fields)
+    return [LogEvent(*row) for row in rows]
 
 
 def _ms(a: datetime, b: datetime) -> int:
@@ -40,6 +63,9 @@ class Totals:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["cost"] = money(self.cost_micros)
         return out
+
+    def compact(self) -> list[Any]:
+        return [getattr(self, name) for name in self.__dataclass_fields__] + [money(self.cost_micros)]
 
 
 @dataclass
@@ -79,6 +105,24 @@ class Node:
             out["run_ms"] = None if duration is None else max(0, duration - self.wait_ms)
         return out
 
+    def compact(self, origin: datetime) -> list[Any]:
+        model = self.kind == "model"
+        return [
+            self.kind,
+            self.seq,
+            self.end_seq,
+            _ms(origin, self.start),
+            _ms(self.start, self.end) if self.end else None,
+            self.name,
+            self.summary,
+            int(self.is_error),
+            self.wait_ms,
+            [self.tokens.get(key, 0) for key in TOKEN_KEYS] if model else None,
+            money(self.cost_micros) if model else None,
+            self.text,
+            [child.compact(origin) for child in self.children],
+        ]
+
 
 @dataclass
 class Turn:
@@ -102,6 +146,17 @@ class Turn:
             "nodes": [node.wire() for node in self.nodes],
         }
 
+    def compact(self, origin: datetime) -> list[Any]:
+        return [
+            self.index,
+            self.seq,
+            self.title,
+            _ms(origin, self.start),
+            _ms(self.start, self.end or self.start),
+            self.totals.compact(),
+            [node.compact(origin) for node in self.nodes],
+        ]
+
 
 @dataclass
 class Lane:
@@ -114,7 +169,7 @@ class Lane:
     tools: dict[str, Node] = field(default_factory=dict)
     current: Node | None = None  # the model request whose answer is being recorded
 
-    def turn(self, event: Event) -> Turn:
+    def turn(self, event: Event | LogEvent) -> Turn:
         if not self.turns:
             self.turns.append(
                 Turn(index=0, seq=event.seq, start=event.created_at, title="Before the first message")
@@ -122,8 +177,8 @@ class Lane:
         return self.turns[-1]
 
 
-def trace_tree(session: Session, events: list[Event]) -> dict[str, Any]:
-    """The tree for the session's whole log (events in seq order)."""
+def _trace_lanes(session: Session, events: Sequence[Event | LogEvent]) -> tuple[list[Lane], Totals]:
+    """The log read once into lanes of turns and nodes, with the roll-ups of each level."""
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
     names = dict(session.threads.values_list("id", "agent_name"))
     lanes: dict[str, Lane] = {}
@@ -141,8 +196,19 @@ def trace_tree(session: Session, events: list[Event]) -> dict[str, Any]:
         for turn in lane.turns:
             lane.totals.add(turn.totals)
         session_totals.add(lane.totals)
-    start = events[0].created_at if events else session.created_at
-    end = events[-1].created_at if events else session.created_at
+    return list(lanes.values()), session_totals
+
+
+def _span(session: Session, events: Sequence[Event | LogEvent]) -> tuple[datetime, datetime]:
+    if not events:
+        return session.created_at, session.created_at
+    return events[0].created_at, events[-1].created_at
+
+
+def trace_tree(session: Session, events: Sequence[Event | LogEvent]) -> dict[str, Any]:
+    """The tree for the session's whole log (events in seq order)."""
+    lanes, session_totals = _trace_lanes(session, events)
+    start, end = _span(session, events)
     return {
         "session_id": session.pk,
         "status": session.status,
@@ -158,9 +224,88 @@ def trace_tree(session: Session, events: list[Event]) -> dict[str, Any]:
                 "totals": lane.totals.wire(),
                 "turns": [_with_markdown(turn.wire()) for turn in lane.turns],
             }
-            for lane in lanes.values()
+            for lane in lanes
         ],
     }
+
+
+# The console's compact trace (`trace_view`): positional arrays, times in ms from the first event.
+TOTALS_FIELDS = (*TOKEN_KEYS, "cost_micros", "model_requests", "tool_calls", "wait_ms", "cost")
+TURN_FIELDS = ("index", "seq", "title", "at_ms", "duration_ms", "totals", "nodes")
+NODE_FIELDS = (
+    "kind", "seq", "end_seq", "at_ms", "duration_ms", "name", "summary", "is_error",
+    "wait_ms", "tokens", "cost", "text", "children",
+)  # fmt: skip
+ROW_FIELDS = (
+    "seq", "kind", "lane", "type", "at_ms", "summary", "latency_ms", "duration_ms", "tokens", "cost",
+)  # fmt: skip
+
+
+def trace_view(session: Session, events: Sequence[Event | LogEvent]) -> dict[str, Any]:
+    """Everything the trace page shows, from one read of the log: the tree with its roll-ups and
+    the replay's rows, as positional arrays (the `*_FIELDS` name their columns; a node's tokens
+    follow TOKEN_KEYS, the replay's kinds, lanes and types are indexes into their lists). Turn
+    markdown and each event's JSON are left out: the page fetches them when they are asked for."""
+    lanes, session_totals = _trace_lanes(session, events)
+    start, end = _span(session, events)
+    kinds: dict[str, int] = {}
+    lane_ids: dict[str, int] = {}
+    types: dict[str, int] = {}
+    rows = []
+    for event, row in zip(events, trace_rows(session, events, full=False), strict=True):
+        tokens = row.get("tokens")
+        rows.append(
+            [
+                row["seq"],
+                kinds.setdefault(row["kind"], len(kinds)),
+                lane_ids.setdefault(row["lane"], len(lane_ids)),
+                types.setdefault(row["type"], len(types)),
+                _ms(start, event.created_at),
+                row["summary"],
+                row.get("latency_ms"),
+                row.get("duration_ms"),
+                [tokens[key] for key in TOKEN_KEYS] if tokens else None,
+                row.get("cost"),
+            ]
+        )
+    return {
+        "session_id": session.pk,
+        "status": session.status,
+        "start": start.isoformat(),
+        "duration_ms": _ms(start, end),
+        "last_seq": events[-1].seq if events else 0,
+        "fields": {
+            "tokens": TOKEN_KEYS,
+            "totals": TOTALS_FIELDS,
+            "turn": TURN_FIELDS,
+            "node": NODE_FIELDS,
+            "row": ROW_FIELDS,
+        },
+        "totals": session_totals.compact(),
+        "lanes": [
+            {
+                "id": lane.id,
+                "name": lane.name,
+                "totals": lane.totals.compact(),
+                "turns": [turn.compact(start) for turn in lane.turns],
+            }
+            for lane in lanes
+        ],
+        "replay": {"kinds": list(kinds), "lanes": list(lane_ids), "types": list(types), "rows": rows},
+    }
+
+
+def trace_view_json(session: Session) -> bytes:
+    """`trace_view` of the session's whole log as JSON, kept in the cache under the session's
+    `last_seq` and status: the log only grows, and every append moves `last_seq`, so an entry is
+    never stale. An ended session's trace is built once; a running one's when it has moved."""
+    key = f"galley:trace-view:{session.pk}:{session.last_seq}:{session.status}"
+    body = cache.get(key)
+    if body is None:
+        view = trace_view(session, trace_events(session))
+        body = json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
+        cache.set(key, body, TRACE_CACHE_SECONDS)
+    return body
 
 
 def _with_markdown(turn: dict[str, Any]) -> dict[str, Any]:
@@ -168,11 +313,11 @@ def _with_markdown(turn: dict[str, Any]) -> dict[str, Any]:
     return turn
 
 
-def _observe(lane: Lane, event: Event, model_id: str) -> None:
+def _observe(lane: Lane, event: Event | LogEvent, model_id: str) -> None:
     p = event.payload
     t = event.type
     if t in INPUT_TYPES:
-        index = sum(1 for turn in lane.turns if turn.index > 0) + 1
+        index = len(lane.turns) + (0 if lane.turns and lane.turns[0].index == 0 else 1)  # turn 0 comes before
         title = one_line(content_text(p.get("content")) or p.get("description") or t, 100)
         lane.turns.append(Turn(index=index, seq=event.seq, start=event.created_at, title=title))
         return

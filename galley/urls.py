@@ -90,6 +90,7 @@ console_urlpatterns = [
     path("sessions/<str:session_id>/trace", sessions.session_trace),
     path("sessions/<str:session_id>/trace.json", sessions.session_trace_json),
     path("sessions/<str:session_id>/trace/tree.json", sessions.session_trace_tree),
+    path("sessions/<str:session_id>/trace/data.json", sessions.session_trace_data),
     path("analytics", analytics.analytics),
     path("analytics.csv", analytics.analytics_csv),
     path("analytics/budgets", analytics.analytics_budgets),

@@ -111,3 +111,45 @@ ROLES = (Role.ADMIN, Role.EDITOR, Role.VIEWER)
 def fast_passwords(settings: Any) -> None:
     """Console tests create many users; a slow hash only measures the hasher."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def add_turns(session: Session, turns: int) -> None:
+    """A big log, bulk-inserted: `turns` turns of 8 events (a question, a model request of 100 in /
+    10 out tokens with a bash call `echo item-<n>` and its result, the answer, the idle), 100 ms
+    apart. The result of turns 7, 507, 1007, … is an error."""
+    start = session.created_at
+    rows: list[Event] = []
+    seq = session.last_seq
+
+    def add(type_: str, payload: dict[str, Any], ms: int) -> str:
+        nonlocal seq
+        seq += 1
+        event = Event(
+            id=new_id("sevt"),
+            session=session,
+            seq=seq,
+            type=type_,
+            payload=payload,
+            processed_at=start,
+            created_at=start + dt.timedelta(milliseconds=ms),
+        )
+        rows.append(event)
+        return event.id
+
+    usage = {"input_tokens": 100, "output_tokens": 10}
+    for i in range(turns):
+        t = i * 100
+        add("user.message", {"content": text(f"Question {i}")}, t)
+        add("session.status_running", {}, t)
+        span = add("span.model_request_start", {}, t + 1)
+        add("agent.message", {"content": text(f"Answer {i}")}, t + 20)
+        call = {"name": "bash", "input": {"command": f"echo item-{i}"}, "evaluated_permission": "allow"}
+        use = add("agent.tool_use", call, t + 21)
+        result = {"tool_use_id": use, "content": text(str(i)), "is_error": i % 500 == 7}
+        add("agent.tool_result", result, t + 40)
+        end = {"model_request_start_id": span, "is_error": False, "model_usage": usage}
+        add("span.model_request_end", end, t + 41)
+        add("session.status_idle", {"stop_reason": {"type": "end_turn"}}, t + 42)
+    Event.objects.bulk_create(rows, batch_size=2000)
+    session.last_seq = seq
+    Session.objects.filter(pk=session.pk).update(last_seq=seq)

@@ -217,8 +217,8 @@ def test_build_agent_run_session_approve_tool_and_replay(
     assert found is not None
     total = int(found.group(1))
     assert total >= 8
-    statuses = page.locator(".tev.k-status").count()
-    assert statuses > 0 and page.locator(".tev.k-status:visible").count() == 0  # hidden by default
+    statuses = int(page.locator("[data-kind-count=status]").inner_text().strip("()"))
+    assert statuses > 0 and page.locator(".tev.k-status").count() == 0  # hidden by default: not drawn
     shown = total - statuses
     assert page.locator(".tev.current:visible").count() == 1  # the newest shown event
     page.get_by_role("button", name="First event").click()
@@ -261,6 +261,88 @@ def test_build_agent_run_session_approve_tool_and_replay(
     ]:
         page.goto(server.base_url + url)
         _shot(page, name)
+    page.close()
+
+
+def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: LiveGalley):
+    """A 10,000-event trace: the page draws what is in view, filters, searches, steps and scrubs
+    through all of it, and the tree's roll-ups cover every turn."""
+    seeded = server.manage(
+        "shell",
+        "-c",
+        (
+            "from accounts.services import workspace_get_default; "
+            "from tests.console_factories import add_turns, make_session; "
+            "s = make_session(workspace_get_default(), title='Ten thousand events'); "
+            "add_turns(s, 1250); print(s.pk)"
+        ),
+    )
+    session_id = seeded.stdout.strip().splitlines()[-1]
+    page = _login(browser, server)
+    page.goto(f"{server.base_url}/sessions/{session_id}/trace")
+    watch = _Watch(page)
+    position = page.locator("#trace-pos")
+    page.wait_for_function(
+        "document.getElementById('trace-pos').textContent.startsWith('Event 9999 of 10000')"
+    )
+    assert page.locator("#trace-total-tokens").inner_text() == "125,000 / 12,500"
+    page.wait_for_function("document.querySelectorAll('.tturn').length === 1250")  # drawn in chunks
+    assert page.locator(".tturn[open] .tnode.tool summary").text_content().startswith("bash: echo item-1249")
+    assert page.locator(".tnode").count() == 2  # only the open turn's requests and calls are drawn
+    counts = {
+        k: page.locator(f"[data-kind-count={k}]").inner_text()
+        for k in ("message", "tool", "span", "error", "status")
+    }
+    assert counts == {
+        "message": "(2,500)",
+        "tool": "(2,497)",
+        "span": "(2,500)",
+        "error": "(3)",
+        "status": "(2,500)",
+    }
+    drawn = page.locator(".tev").count()
+    assert 0 < drawn < 1000  # rows in view, not 7,500
+    assert page.locator(".tev.current").count() == 1 and page.locator(".tev.k-status").count() == 0
+
+    # Errors only: three events, stepped through in order.
+    for label in ("Messages", "Tool calls", "Model requests"):
+        page.get_by_label(label).uncheck()
+    page.wait_for_function("document.querySelectorAll('.tev').length === 3")
+    assert page.locator(".tev.k-error").count() == 3
+    page.get_by_role("button", name="First event").click()
+    assert position.inner_text() == "Event 62 of 10000 · agent.tool_result"
+    page.get_by_role("button", name="Next event").click()
+    assert position.inner_text().startswith("Event 4062 of 10000")
+    page.locator("#trace-scrub").fill("2")
+    assert position.inner_text().startswith("Event 8062 of 10000")
+    assert page.locator("#seq-8062.current").count() == 1
+
+    # Everything again, searched; then the first and the last of 10,000 events.
+    for label in ("Messages", "Tool calls", "Model requests", "Status changes"):
+        page.get_by_label(label).check()
+    page.get_by_label("Search events").fill("Question 1249")
+    page.wait_for_function("document.querySelectorAll('.tev').length === 1")
+    assert position.inner_text() == "Event 9993 of 10000 · user.message"
+    page.get_by_label("Search events").fill("")
+    page.get_by_role("button", name="First event").click()
+    assert position.inner_text().startswith("Event 1 of 10000")
+    assert page.locator("#seq-1.current").is_visible() and page.locator("#seq-10000").count() == 0
+    page.get_by_role("button", name="Last event").click()
+    assert page.locator("#seq-10000.current").is_visible() and page.locator("#seq-1").count() == 0
+    page.get_by_role("button", name="Previous event").click()
+    assert position.inner_text() == "Event 9999 of 10000 · span.model_request_end"
+    page.locator("#seq-9999 summary").click()  # its JSON is fetched when opened
+    page.wait_for_function(
+        "document.querySelector('#seq-9999 pre').textContent.includes('model_request_start_id')"
+    )
+
+    # The waterfall merges what a pixel cannot tell apart; a bar leads to its turn in the tree.
+    bars = page.locator(".waterfall .wf-bar.tool")
+    assert 0 < bars.count() < 1250
+    bars.first.click()
+    page.wait_for_function("document.querySelector('.tnode.tool') && document.getElementById('node-5')")
+    assert page.locator("#node-5 summary").inner_text().startswith("bash: echo item-0")
+    watch.check()
     page.close()
 
 

@@ -10,7 +10,7 @@ from django.test import Client
 from accounts.models import Role
 from console.trace import trace_markdown, trace_tree
 from sessions.models import Event, Session
-from tests.console_factories import add_events, client_for, fast_passwords  # noqa: F401
+from tests.console_factories import add_events, add_turns, client_for, fast_passwords  # noqa: F401
 from tests.console_factories import make_session as make_console_session
 from tests.console_factories import text as text_blocks
 from tests.harness_helpers import custom_tool, events_of, harness_model, make_session, say, send, step
@@ -105,3 +105,85 @@ def test_approval_time_is_waiting_not_running(workspace):
     assert tree["lanes"][0]["turns"][0]["totals"]["wait_ms"] == 30_000
     md = client.get(f"/sessions/{session.pk}/trace/tree.json?format=md").content.decode()
     assert "- bash: `make`, ran 2000 ms, waited 30000 ms for a person" in md
+
+
+def _decoded(view: dict) -> dict:  # type: ignore[type-arg]
+    """The compact view's arrays back into named fields, as the page reads them."""
+    fields = view["fields"]
+    totals = dict(zip(fields["totals"], view["totals"], strict=True))
+    turns = [dict(zip(fields["turn"], turn, strict=True)) for lane in view["lanes"] for turn in lane["turns"]]
+    rows = [dict(zip(fields["row"], row, strict=True)) for row in view["replay"]["rows"]]
+    return {"totals": totals, "turns": turns, "rows": rows}
+
+
+def test_the_pages_compact_view_is_the_tree_and_the_replay_in_one(workspace):
+    session = make_console_session(workspace)
+    add_turns(session, 30)
+    client: Client = client_for(workspace, Role.VIEWER)
+    response = client.get(f"/sessions/{session.pk}/trace/data.json", HTTP_ACCEPT_ENCODING="gzip")
+    assert response.status_code == 200 and response["Content-Encoding"] == "gzip"
+    view = client.get(f"/sessions/{session.pk}/trace/data.json").json()
+    tree = client.get(f"/sessions/{session.pk}/trace/tree.json").json()
+    got = _decoded(view)
+    assert {k: got["totals"][k] for k in tree["totals"]} == tree["totals"]
+    assert got["totals"]["input_tokens"] == 3000 and got["totals"]["tool_calls"] == 30
+    assert [t["title"] for t in got["turns"]] == [t["title"] for t in tree["lanes"][0]["turns"]]
+    model_node = dict(zip(view["fields"]["node"], view["lanes"][0]["turns"][7][6][0], strict=True))
+    tool_node = dict(zip(view["fields"]["node"], model_node["children"][0], strict=True))
+    assert model_node["tokens"] == [100, 10, 0, 0] and model_node["duration_ms"] == 40
+    assert (tool_node["name"], tool_node["summary"], tool_node["is_error"]) == ("bash", "echo item-7", 1)
+    # The replay: every event once, in order, with the kinds the filters use.
+    replay = view["replay"]
+    assert [r["seq"] for r in got["rows"]] == list(range(1, 241))
+    kinds = [replay["kinds"][r["kind"]] for r in got["rows"]]
+    assert kinds.count("status") == 60 and kinds.count("error") == 1 and kinds.count("span") == 60
+    end = got["rows"][6]
+    assert replay["types"][end["type"]] == "span.model_request_end" and end["latency_ms"] == 40
+    assert end["tokens"] == [100, 10, 0, 0] and got["rows"][5]["duration_ms"] == 19
+    assert got["rows"][8]["at_ms"] == 100 and "event" not in end  # each event's JSON comes when opened
+
+
+def test_the_cached_view_follows_the_log(workspace):
+    session = make_console_session(workspace)
+    add_turns(session, 2)
+    client: Client = client_for(workspace, Role.VIEWER)
+    first = client.get(f"/sessions/{session.pk}/trace/data.json").json()
+    assert first == client.get(f"/sessions/{session.pk}/trace/data.json").json()  # from the cache
+    add_turns(session, 1)
+    later = client.get(f"/sessions/{session.pk}/trace/data.json").json()
+    assert (first["last_seq"], later["last_seq"]) == (16, 24)
+    assert len(later["replay"]["rows"]) == 24 and len(later["lanes"][0]["turns"]) == 3
+    Session.objects.filter(pk=session.pk).update(status="terminated")
+    assert client.get(f"/sessions/{session.pk}/trace/data.json").json()["status"] == "terminated"
+    assert client.get("/sessions/sesn_nope/trace/data.json").status_code == 404
+
+
+def test_one_turns_markdown(workspace):
+    session = make_console_session(workspace)
+    add_turns(session, 3)
+    client: Client = client_for(workspace, Role.VIEWER)
+    md = client.get(f"/sessions/{session.pk}/trace/tree.json?format=md&lane=main&turn=2").content.decode()
+    assert md.startswith("### Turn 2: Question 1\n") and "- bash: `echo item-1`, ran 19 ms" in md
+    assert "Question 0" not in md and "Question 2" not in md
+    missing = client.get(f"/sessions/{session.pk}/trace/tree.json?format=md&lane=main&turn=9")
+    assert missing.status_code == 404
+
+
+def test_an_empty_sessions_view(workspace):
+    session = make_console_session(workspace)
+    view = client_for(workspace, Role.VIEWER).get(f"/sessions/{session.pk}/trace/data.json").json()
+    assert (view["lanes"], view["replay"]["rows"], view["last_seq"], view["duration_ms"]) == ([], [], 0, 0)
+
+
+def test_turns_are_numbered_after_what_came_before_the_first_message(workspace):
+    session = make_console_session(workspace)
+    add_events(session, [("session.status_idle", {"stop_reason": {"type": "end_turn"}})])
+    add_turns(session, 3)
+    tree = trace_tree(session, list(Event.objects.filter(session=session).order_by("seq")))
+    turns = tree["lanes"][0]["turns"]
+    assert [(t["index"], t["title"]) for t in turns] == [
+        (0, "Before the first message"),
+        (1, "Question 0"),
+        (2, "Question 1"),
+        (3, "Question 2"),
+    ]

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.loader import render_to_string
+from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
@@ -25,12 +26,12 @@ from console.timeline import (
     with_costs,
     work_state,
 )
-from console.trace import trace_markdown, trace_tree
+from console.trace import trace_events, trace_markdown, trace_tree, trace_view_json
 from files.models import ResourceType
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
-TRACE_PAGE = 2000  # events per trace.json page; the replay fetches pages until done
+TRACE_PAGE = 2000  # events per trace.json page: the replay fetches the JSON of opened rows in such ranges
 TRACE_KINDS = [
     ("message", "Messages"),
     ("tool", "Tool calls"),
@@ -301,12 +302,28 @@ def session_trace_json(request: HttpRequest, session_id: str) -> HttpResponse:
 @console_view()
 def session_trace_tree(request: HttpRequest, session_id: str) -> HttpResponse:
     """The trace tree (turns, model requests, tool calls, roll-ups) as JSON, or as markdown with
-    `format=md` (the "copy the whole trace" button)."""
+    `format=md`: the whole trace (the "copy the whole trace" button), or one turn's with `lane` and
+    `turn` (its index)."""
     session = _session(request, session_id)
-    tree = trace_tree(session, list(Event.objects.filter(session=session).order_by("seq")))
-    if request.GET.get("format") == "md":
+    tree = trace_tree(session, trace_events(session))
+    if request.GET.get("format") != "md":
+        return JsonResponse(tree, json_dumps_params={"ensure_ascii": False})
+    if "turn" not in request.GET:
         return HttpResponse(trace_markdown(tree), content_type="text/markdown; charset=utf-8")
-    return JsonResponse(tree, json_dumps_params={"ensure_ascii": False})
+    lane_id, index = request.GET.get("lane", "main"), request.GET.get("turn", "")
+    for lane in tree["lanes"]:
+        for turn in lane["turns"] if lane["id"] == lane_id else []:
+            if str(turn["index"]) == index:
+                return HttpResponse(turn["markdown"], content_type="text/markdown; charset=utf-8")
+    raise Http404("No such turn")
+
+
+@console_view()
+@gzip_page
+def session_trace_data(request: HttpRequest, session_id: str) -> HttpResponse:
+    """What the trace page draws, in one compact response (`console.trace.trace_view`)."""
+    session = _session(request, session_id)
+    return HttpResponse(trace_view_json(session), content_type="application/json")
 
 
 def render_chat_item(item: dict[str, Any]) -> str:

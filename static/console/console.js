@@ -189,7 +189,10 @@
     connect();
   }
 
-  // --- trace replay ----------------------------------------------------------------------------
+  // --- trace: summary, timeline (waterfall + minimap), turn tree and replay --------------------
+  // The page loads one compact response (`console.trace.trace_view`: positional arrays, times in ms
+  // from the first event) and draws only what is on screen: turn bodies when opened, waterfall bars
+  // inside the scrolled window (bars closer than a pixel merged), replay rows in view per lane.
   function el(tag, cls, text) { var n = document.createElement(tag); if (cls) n.className = cls; if (text !== undefined) n.textContent = text; return n; }
 
   function fmtInt(n) { return Number(n || 0).toLocaleString("en-US"); }
@@ -199,16 +202,50 @@
     if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
     return Math.floor(ms / 60000) + " min " + Math.round((ms % 60000) / 1000) + " s";
   }
+  function zip(names, values) { var o = {}; for (var i = 0; i < names.length; i++) o[names[i]] = values[i]; return o; }
 
-  // --- trace: summary, timeline (waterfall + minimap) and the turn tree -------------------------
-  function startTree(view) {
+  function decodeTrace(raw) {
+    var f = raw.fields, t0 = Date.parse(raw.start);
+    function node(a) {
+      var n = zip(f.node, a);
+      n.is_error = !!n.is_error;
+      if (n.tokens) n.tokens = zip(f.tokens, n.tokens);
+      n.children = n.children.map(node);
+      n.run_ms = n.duration_ms === null ? null : Math.max(0, n.duration_ms - n.wait_ms);
+      return n;
+    }
+    var names = {};
+    var lanes = raw.lanes.map(function (lane) {
+      names[lane.id] = lane.name;
+      return {
+        id: lane.id, name: lane.name, totals: zip(f.totals, lane.totals),
+        turns: lane.turns.map(function (a) {
+          var turn = zip(f.turn, a);
+          turn.totals = zip(f.totals, turn.totals); turn.nodes = turn.nodes.map(node);
+          return turn;
+        }),
+      };
+    });
+    var r = raw.replay;
+    var rows = r.rows.map(function (a) {
+      var row = zip(f.row, a);
+      row.kind = r.kinds[row.kind]; row.lane = r.lanes[row.lane]; row.type = r.types[row.type];
+      row.t0 = t0;
+      if (row.tokens) row.tokens = zip(f.tokens, row.tokens);
+      return row;
+    });
+    return { status: raw.status, duration_ms: raw.duration_ms, last_seq: raw.last_seq, totals: zip(f.totals, raw.totals), lanes: lanes, names: names, rows: rows };
+  }
+
+  function startTree(view, replay) {
     var summary = document.getElementById("trace-summary");
     var tree = document.getElementById("trace-tree");
     var wrap = document.getElementById("trace-waterfall-wrap");
     var fall = document.getElementById("trace-waterfall");
     var mini = document.getElementById("trace-minimap");
     var win = document.getElementById("trace-window");
-    var zoom = 1, data = null, open = {};
+    var NAME_PX = 140;  // the lane name column (.wf-name)
+    var zoom = 1, data = null, open = {}, turnOf = {}, drawn = null, tracks = [];
 
     function stat(label, value, id) {
       var card = el("div", "card");
@@ -226,57 +263,93 @@
       summary.appendChild(stat("Token cost", t.cost, "trace-total-cost"));
       summary.appendChild(stat("Waiting for a person", fmtMs(t.wait_ms), "trace-total-wait"));
     }
-    function bars(into, t0, span, lane, scale) {
+    function nodeTitle(n) {
+      return (n.kind === "model" ? "Model request" : n.name + (n.summary ? ": " + n.summary : "")) + " · " + fmtMs(n.duration_ms) + (n.wait_ms ? " (" + fmtMs(n.wait_ms) + " waiting for a person)" : "");
+    }
+    // A lane's bars between `from` and `to` (px of a track `px` wide). A bar that starts before the
+    // previous bar of its kind ends joins it: at 10,000 events a lane has more requests than pixels.
+    // Errors come after the others, so they are drawn on top.
+    function drawBars(track, lane, px, from, to, clickable) {
+      var span = Math.max(data.duration_ms, 1), last = {}, groups = [];
+      lane.flat.forEach(function (n) {
+        var dur = n.duration_ms === null ? data.duration_ms - n.at_ms : n.duration_ms;
+        var x0 = n.at_ms / span * px, x1 = Math.max(x0 + dur / span * px, x0 + px * 0.0025);
+        if (x1 < from || x0 > to) return;
+        var key = n.kind + (n.is_error ? " error" : "");  // errors stay marks of their own
+        var prev = last[key];
+        if (prev && x0 <= prev.x1) { prev.x1 = Math.max(prev.x1, x1); prev.nodes.push(n); return; }
+        groups.push(last[key] = { x0: x0, x1: x1, nodes: [n] });
+      });
+      groups.sort(function (a, b) { return (a.nodes[0].is_error ? 1 : 0) - (b.nodes[0].is_error ? 1 : 0); });
+      groups.forEach(function (g) {
+        var n = g.nodes[0], many = g.nodes.length > 1;
+        var bar = el("a", "wf-bar " + n.kind + (n.is_error ? " error" : ""));
+        bar.href = "#node-" + n.seq;
+        bar.style.left = (100 * g.x0 / px) + "%";
+        bar.style.width = (100 * (g.x1 - g.x0) / px) + "%";
+        bar.title = many ? fmtInt(g.nodes.length) + (n.kind === "model" ? " model requests" : " tool calls") + ", the first: " + nodeTitle(n) : nodeTitle(n);
+        var dur = n.duration_ms;
+        if (!many && n.wait_ms && dur) {
+          var w = el("span", "wait"); w.style.width = (100 * n.wait_ms / dur) + "%"; bar.appendChild(w);
+        }
+        if (clickable) bar.addEventListener("click", function (ev) { ev.preventDefault(); reveal(n.seq); });
+        track.appendChild(bar);
+      });
+    }
+    function laneRow(into, lane) {
       var row = el("div", "wf-lane");
       row.appendChild(el("div", "wf-name", lane.name));
       var track = el("div", "wf-track");
-      lane.turns.forEach(function (turn) {
-        turn.nodes.forEach(function (node) {
-          var all = [node].concat(node.children || []);
-          all.forEach(function (n) {
-            var start = Date.parse(n.start) - t0;
-            var dur = n.duration_ms === null ? (Date.parse(data.end) - Date.parse(n.start)) : n.duration_ms;
-            var bar = el("a", "wf-bar " + n.kind + (n.is_error ? " error" : ""));
-            bar.href = "#node-" + n.seq;
-            bar.style.left = (100 * start / span) + "%";
-            bar.style.width = Math.max(100 * dur / span, 0.25) + "%";
-            bar.title = (n.kind === "model" ? "Model request" : n.name + (n.summary ? ": " + n.summary : "")) + " · " + fmtMs(n.duration_ms) + (n.wait_ms ? " (" + fmtMs(n.wait_ms) + " waiting for a person)" : "");
-            if (n.wait_ms && dur) {
-              var w = el("span", "wait"); w.style.width = (100 * n.wait_ms / dur) + "%"; bar.appendChild(w);
-            }
-            if (scale) bar.addEventListener("click", function (ev) { ev.preventDefault(); reveal(n.seq); });
-            track.appendChild(bar);
-          });
-        });
-      });
       row.appendChild(track);
       into.appendChild(row);
+      return track;
     }
     function renderTimeline() {
-      var t0 = Date.parse(data.start), span = Math.max(Date.parse(data.end) - t0, 1);
+      var span = Math.max(data.duration_ms, 1);
       fall.innerHTML = ""; mini.querySelectorAll(".wf-lane").forEach(function (n) { n.remove(); });
       fall.style.width = (zoom * 100) + "%";
-      data.lanes.forEach(function (lane) { bars(fall, t0, span, lane, true); bars(mini, t0, span, lane, false); });
+      tracks = data.lanes.map(function (lane) { return { lane: lane, track: laneRow(fall, lane), mini: laneRow(mini, lane) }; });
+      tracks.forEach(function (t) { drawBars(t.mini, t.lane, t.mini.clientWidth || 1, -Infinity, Infinity, false); });
       var axis = el("div", "wf-axis");
       for (var i = 0; i <= 4; i++) { var tick = el("span", null, fmtMs(Math.round(span * i / 4))); tick.style.left = (25 * i) + "%"; axis.appendChild(tick); }
       fall.appendChild(axis);
-      syncWindow();
+      drawn = null; drawWindow(); syncWindow();
+    }
+    function drawWindow() {
+      // The waterfall's bars around what is scrolled into view (one screen either side).
+      var width = wrap.clientWidth, left = wrap.scrollLeft - NAME_PX;
+      if (drawn && left >= drawn.from && left + width <= drawn.to) return;
+      drawn = { from: left - width, to: left + 2 * width };
+      tracks.forEach(function (t) {
+        t.track.querySelectorAll(".wf-bar").forEach(function (b) { b.remove(); });
+        drawBars(t.track, t.lane, t.track.clientWidth || 1, drawn.from, drawn.to, true);
+      });
     }
     function syncWindow() {
       var total = wrap.scrollWidth || 1;
       win.style.left = (100 * wrap.scrollLeft / total) + "%";
       win.style.width = Math.min(100, 100 * wrap.clientWidth / total) + "%";
     }
-    wrap.addEventListener("scroll", syncWindow);
+    var framed = false;
+    wrap.addEventListener("scroll", function () {
+      syncWindow();
+      if (!framed) { framed = true; requestAnimationFrame(function () { framed = false; if (data) drawWindow(); }); }
+    });
     mini.addEventListener("click", function (ev) {
       var rect = mini.getBoundingClientRect();
       wrap.scrollLeft = (ev.clientX - rect.left) / rect.width * wrap.scrollWidth - wrap.clientWidth / 2;
     });
     view.addEventListener("click", function (ev) {
       var z = ev.target.closest("[data-zoom]");
-      if (z) { zoom = z.dataset.zoom === "in" ? Math.min(zoom * 2, 64) : Math.max(zoom / 2, 1); renderTimeline(); }
+      if (z && data) { zoom = z.dataset.zoom === "in" ? Math.min(zoom * 2, 64) : Math.max(zoom / 2, 1); renderTimeline(); }
       var act = ev.target.closest("[data-tree-act]");
-      if (act) tree.querySelectorAll("details").forEach(function (d) { d.open = act.dataset.treeAct === "open"; });
+      if (act) {
+        var opening = act.dataset.treeAct === "open";
+        if (opening) { finish(); tree.querySelectorAll(".tturn").forEach(buildTurn); }
+        tree.querySelectorAll("details").forEach(function (d) { d.open = opening; });
+      }
+      var link = ev.target.closest("a[href^='#seq-']");
+      if (link && tree.contains(link)) { ev.preventDefault(); replay.go(parseInt(link.getAttribute("href").slice(5), 10)); }
     });
 
     function nodeLine(n) {
@@ -290,43 +363,89 @@
     function renderNode(n, into) {
       var box = el("details", "tnode " + n.kind + (n.is_error ? " error" : ""));
       box.id = "node-" + n.seq;
-      var sum = el("summary", null, nodeLine(n));
-      box.appendChild(sum);
+      box.appendChild(el("summary", null, nodeLine(n)));
       if (n.text) box.appendChild(el("p", "said", n.text));
       var link = el("a", "muted", "events #" + n.seq + (n.end_seq ? "–#" + n.end_seq : ""));
       link.href = "#seq-" + n.seq;
       box.appendChild(link);
-      (n.children || []).forEach(function (c) { renderNode(c, box); });
+      n.children.forEach(function (c) { renderNode(c, box); });
       if (open[box.id]) box.open = true;
       box.addEventListener("toggle", function () { open[box.id] = box.open; });
       into.appendChild(box);
     }
+    function buildTurn(box) {
+      // A turn's requests and tool calls are drawn when it is first opened.
+      if (box.dataset.built) return;
+      box.dataset.built = "1";
+      var lane = box._lane, turn = box._turn;
+      var copy = el("button", null, "Copy turn as markdown"); copy.type = "button";
+      copy.addEventListener("click", function () {
+        fetch(view.dataset.tree + "?format=md&lane=" + encodeURIComponent(lane.id) + "&turn=" + turn.index, { credentials: "same-origin" })
+          .then(function (r) { return r.text(); }).then(function (md) { copyText(md, copy); });
+      });
+      box.appendChild(copy);
+      turn.nodes.forEach(function (n) { renderNode(n, box); });
+    }
+    function flatten() {  // each lane's requests and tool calls in one list, for the bars
+      data.lanes.forEach(function (lane) {
+        lane.flat = [];
+        lane.turns.forEach(function (turn) {
+          turn.nodes.forEach(function (n) { lane.flat.push(n); n.children.forEach(function (c) { lane.flat.push(c); }); });
+        });
+      });
+    }
+    // Turns are drawn a chunk at a time: the first ones with the page, the rest in later tasks,
+    // so 1,000 turns never hold the page up. `finish()` draws what is left at once.
+    var TURN_CHUNK = 100, pending = [], generation = 0;
+    function turnBox(lane, turn) {
+      var box = el("details", "tturn"); box.id = "turn-" + lane.id + "-" + turn.index;
+      box._lane = lane; box._turn = turn;
+      var tt = turn.totals;
+      var sum = el("summary");
+      sum.appendChild(el("strong", null, (turn.index ? "Turn " + turn.index + ": " : "") + turn.title));
+      sum.appendChild(el("span", "muted", " · " + fmtMs(turn.duration_ms) + " · " + tt.model_requests + " model requests · " + tt.tool_calls + " tool calls · " + fmtInt(tt.input_tokens) + " in / " + fmtInt(tt.output_tokens) + " out · " + tt.cost + (tt.wait_ms ? " · waited " + fmtMs(tt.wait_ms) : "")));
+      box.appendChild(sum);
+      var isOpen = open[box.id] !== undefined ? open[box.id] : turn === lane.turns[lane.turns.length - 1];
+      if (isOpen) { buildTurn(box); box.open = true; }
+      box.addEventListener("toggle", function () { open[box.id] = box.open; if (box.open) buildTurn(box); });
+      return box;
+    }
+    function drawTurns(limit) {
+      while (pending.length && limit > 0) {
+        var p = pending[0];
+        while (p.at < p.lane.turns.length && limit-- > 0) p.section.appendChild(turnBox(p.lane, p.lane.turns[p.at++]));
+        if (p.at >= p.lane.turns.length) pending.shift();
+      }
+      return !pending.length;
+    }
+    function drawLater(gen) {
+      setTimeout(function () { if (gen === generation && !drawTurns(TURN_CHUNK)) drawLater(gen); }, 0);
+    }
+    function finish() { drawTurns(Infinity); }
     function renderTree() {
-      tree.innerHTML = "";
+      tree.innerHTML = ""; turnOf = {}; pending = []; generation++;
       data.lanes.forEach(function (lane) {
         var section = el("section", "tlane");
         var t = lane.totals;
         section.appendChild(el("h3", null, lane.name + " · " + fmtInt(t.input_tokens) + " in / " + fmtInt(t.output_tokens) + " out · " + t.cost));
         lane.turns.forEach(function (turn) {
-          var box = el("details", "tturn"); box.id = "turn-" + lane.id + "-" + turn.index;
-          var tt = turn.totals;
-          var sum = el("summary");
-          sum.appendChild(el("strong", null, (turn.index ? "Turn " + turn.index + ": " : "") + turn.title));
-          sum.appendChild(el("span", "muted", " · " + fmtMs(turn.duration_ms) + " · " + tt.model_requests + " model requests · " + tt.tool_calls + " tool calls · " + fmtInt(tt.input_tokens) + " in / " + fmtInt(tt.output_tokens) + " out · " + tt.cost + (tt.wait_ms ? " · waited " + fmtMs(tt.wait_ms) : "")));
-          box.appendChild(sum);
-          var copy = el("button", null, "Copy turn as markdown"); copy.type = "button";
-          copy.addEventListener("click", function () { copyText(turn.markdown, copy); });
-          box.appendChild(copy);
-          turn.nodes.forEach(function (n) { renderNode(n, box); });
-          if (open[box.id] !== undefined) box.open = open[box.id]; else box.open = turn === lane.turns[lane.turns.length - 1];
-          box.addEventListener("toggle", function () { open[box.id] = box.open; });
-          section.appendChild(box);
+          var id = "turn-" + lane.id + "-" + turn.index;
+          turn.nodes.forEach(function (n) {
+            turnOf[n.seq] = id;
+            n.children.forEach(function (c) { turnOf[c.seq] = id; });
+          });
         });
         tree.appendChild(section);
+        pending.push({ section: section, lane: lane, at: 0 });
       });
       if (!data.lanes.length) tree.appendChild(el("div", "empty", "This session has no events yet."));
+      if (!drawTurns(TURN_CHUNK)) drawLater(generation);
     }
     function reveal(seq) {
+      if (!turnOf[seq]) return;
+      finish();
+      var turn = document.getElementById(turnOf[seq]);
+      buildTurn(turn);
       var node = document.getElementById("node-" + seq);
       if (!node) return;
       for (var p = node; p && p !== tree; p = p.parentElement) if (p.tagName === "DETAILS") p.open = true;
@@ -338,130 +457,225 @@
       fetch(view.dataset.tree + "?format=md", { credentials: "same-origin" }).then(function (r) { return r.text(); })
         .then(function (md) { copyText(md, button); });
     });
-    function load() {
-      fetch(view.dataset.tree, { credentials: "same-origin" })
-        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
-        .then(function (tree) {
-          data = tree; view.dataset.status = tree.status;
-          renderSummary(tree.totals); renderTimeline(); renderTree();
-          if (tree.status === "running" || tree.status === "rescheduling") setTimeout(load, 2000);  // live while it runs
-        })
-        .catch(function () { tree.textContent = "Could not load the trace."; });
-    }
-    load();
+    return {
+      show: function (fresh) {
+        data = fresh; view.dataset.status = fresh.status;
+        // The timeline measures its tracks: before the tree is added, that layout is small.
+        renderSummary(fresh.totals); flatten(); renderTimeline(); renderTree();
+      },
+      fail: function () { tree.textContent = "Could not load the trace."; },
+    };
   }
 
-  // --- trace: the event-by-event replay ---------------------------------------------------------
-  function startTrace(root) {
+  // --- trace: the event-by-event replay, one virtual list per lane --------------------------------
+  function startReplay(root) {
     var lanesBox = document.getElementById("trace-lanes");
     var scrub = document.getElementById("trace-scrub");
     var pos = document.getElementById("trace-pos");
     var speed = document.getElementById("trace-speed");
     var search = document.getElementById("trace-search");
     var filter = document.getElementById("trace-filter");
-    var rows = [], nodes = [], visible = [], current = 0, timer = null, lanes = {}, threads = {};
     var playButton = root.querySelector("[data-act=play]");
+    var EST_PX = 56, OVERSCAN = 25, PAGE = 2000;  // a row's first guess; rows drawn beyond the view; trace.json's page
+    var rows = [], bySeq = {}, visible = [], current = 0, cursor = 0, timer = null;
+    var lanes = {}, laneAt = [], heights = [], opened = {}, names = {}, loaded = false;
 
     function shownKinds() {
       var kinds = {};
       filter.querySelectorAll("input[name=kind]").forEach(function (b) { kinds[b.value] = b.checked; });
       return kinds;
     }
-    function applyFilter() {
-      var kinds = shownKinds(), q = (search.value || "").toLowerCase();
-      visible = [];
-      for (var k = 0; k < rows.length; k++) {
-        var row = rows[k];
-        var ok = kinds[row.kind] !== false && (!q || (row.summary + " " + row.type).toLowerCase().indexOf(q) >= 0);
-        nodes[k].hidden = !ok;
-        if (ok) visible.push(k);
+    function lane(id) {
+      if (lanes[id]) return lanes[id];
+      var section = el("section", "lane");
+      section.appendChild(el("h3", null, id === "main" ? "Main thread" : "Thread " + (names[id] || "") + " (" + id + ")"));
+      var box = el("div", "vlist"), top = el("div", "vpad"), bottom = el("div", "vpad");
+      box.appendChild(top); box.appendChild(bottom); section.appendChild(box); lanesBox.appendChild(section);
+      var l = lanes[id] = { box: box, top: top, bottom: bottom, ids: [], tops: null, shown: {}, from: -1, to: -1, framed: false };
+      box.addEventListener("scroll", function () {
+        if (l.framed) return;
+        l.framed = true; requestAnimationFrame(function () { l.framed = false; draw(l, false); });
+      });
+      return l;
+    }
+    function tops(l) {
+      if (!l.tops) {
+        l.tops = new Float64Array(l.ids.length + 1);
+        for (var i = 0; i < l.ids.length; i++) l.tops[i + 1] = l.tops[i] + (heights[l.ids[i]] || EST_PX);
       }
-      scrub.max = String(Math.max(visible.length - 1, 0));
-      if (!visible.length) { pos.textContent = "No event matches"; return; }
-      var at = visible.indexOf(current);
-      show(at >= 0 ? at : visible.length - 1, false);
+      return l.tops;
     }
-    function show(i, scroll) {
-      if (!visible.length) return;
-      i = Math.max(0, Math.min(visible.length - 1, i));
-      var prev = nodes[current];
-      current = visible[i];
-      if (prev) prev.classList.remove("current");
-      nodes[current].classList.add("current");
-      for (var k = 0; k < nodes.length; k++) nodes[k].classList.toggle("future", k > current);
-      scrub.value = String(i);
-      pos.textContent = "Event " + (current + 1) + " of " + rows.length + " · " + rows[current].type;
-      if (scroll !== false) nodes[current].scrollIntoView({ block: "nearest" });
-      history.replaceState(null, "", "#seq-" + rows[current].seq);
+    function indexAt(t, y) {  // the last row starting at or above y
+      var lo = 0, hi = t.length - 2;
+      while (lo < hi) { var mid = (lo + hi + 1) >> 1; if (t[mid] <= y) lo = mid; else hi = mid - 1; }
+      return Math.max(lo, 0);
     }
-    function at() { return Math.max(visible.indexOf(current), 0); }
-    function stop() { if (timer) { clearInterval(timer); timer = null; playButton.textContent = "▶ Play"; } }
-    function play() {
-      if (timer) { stop(); return; }
-      if (at() >= visible.length - 1) show(0);
-      playButton.textContent = "⏸ Pause";
-      timer = setInterval(function () { if (at() >= visible.length - 1) { stop(); return; } show(at() + 1); }, parseInt(speed.value, 10));
+    function draw(l, force) {
+      var t = tops(l), n = l.ids.length;
+      var y = l.box.scrollTop, h = l.box.clientHeight || 600;
+      var a = Math.max(0, indexAt(t, y) - OVERSCAN), b = Math.min(n, indexAt(t, y + h) + 1 + OVERSCAN);
+      if (!force && a === l.from && b === l.to) return;
+      l.from = a; l.to = b;
+      var want = {};
+      for (var i = a; i < b; i++) want[l.ids[i]] = true;
+      Object.keys(l.shown).forEach(function (k) { if (!want[k]) { l.shown[k].remove(); delete l.shown[k]; } });
+      var ref = l.top.nextSibling;
+      for (i = a; i < b; i++) {
+        var k = l.ids[i], node = l.shown[k];
+        if (!node) node = l.shown[k] = build(k);
+        if (node === ref) ref = ref.nextSibling; else l.box.insertBefore(node, ref);
+      }
+      l.top.style.height = t[a] + "px";
+      var changed = false;
+      for (i = a; i < b; i++) {
+        var px = l.shown[l.ids[i]].offsetHeight + 6;  // .tev's margin-bottom
+        if (px !== heights[l.ids[i]]) { heights[l.ids[i]] = px; changed = true; }
+      }
+      if (changed) l.tops = null;
+      t = tops(l);
+      l.bottom.style.height = (t[n] - t[b]) + "px";
     }
-    speed.addEventListener("change", function () { if (timer) { stop(); play(); } });
+    function drawAll(force) { Object.keys(lanes).forEach(function (id) { draw(lanes[id], force); }); }
 
-    function addRow(row) {
-      var laneId = row.lane;
-      if (!lanes[laneId]) {
-        var lane = el("section", "lane");
-        var name = laneId === "main" ? "Main thread" : ("Thread " + (threads[laneId] || "") + " (" + laneId + ")");
-        lane.appendChild(el("h3", null, name));
-        lanes[laneId] = lane; lanesBox.appendChild(lane);
+    var wanted = {}, wantTimer = null;
+    function fetchEvents() {
+      // The JSON of rows opened together comes in one request (a range of seqs).
+      wantTimer = null;
+      var seqs = Object.keys(wanted).map(Number).sort(function (x, y) { return x - y; });
+      if (!seqs.length) return;
+      var lo = seqs[0], batch = {};
+      seqs.forEach(function (s) { if (s - lo < PAGE) { batch[s] = wanted[s]; delete wanted[s]; } });
+      var hi = Math.max.apply(null, Object.keys(batch).map(Number));
+      fetch(root.dataset.src + "?after=" + (lo - 1) + "&limit=" + (hi - lo + 1), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (page) {
+          page.rows.forEach(function (r) {
+            if (bySeq[r.seq]) bySeq[r.seq].event = r.event;
+            (batch[r.seq] || []).forEach(function (pre) { pre.textContent = JSON.stringify(r.event, null, 2); });
+          });
+          fetchEvents();
+        });
+    }
+    function fill(row, details) {
+      if (details.dataset.built) return;
+      details.dataset.built = "1";
+      var pre = el("pre", null, row.event ? JSON.stringify(row.event, null, 2) : "loading…");
+      details.appendChild(pre);
+      if (!row.event) {
+        (wanted[row.seq] = wanted[row.seq] || []).push(pre);
+        if (!wantTimer) wantTimer = setTimeout(fetchEvents, 0);
       }
-      var i = rows.length;
-      var node = el("div", "tev k-" + row.kind);
+      var bar = el("div", "actions");
+      var copy = el("button", null, "Copy event"); copy.type = "button";
+      copy.addEventListener("click", function () { copyText(pre.textContent, copy); });
+      var link = el("a", null, "Link"); link.href = "#seq-" + row.seq;
+      link.addEventListener("click", function (e) { e.preventDefault(); go(row.seq); });
+      bar.appendChild(copy); bar.appendChild(link);
+      details.appendChild(bar);
+    }
+    function build(k) {
+      var row = rows[k];
+      var node = el("div", "tev k-" + row.kind + (k === current ? " current" : "") + (k > current ? " future" : ""));
       node.id = "seq-" + row.seq; node.tabIndex = 0;
       var details = el("details");
       var summary = el("summary");
       summary.appendChild(el("strong", null, "#" + row.seq + " "));
       summary.appendChild(document.createTextNode(row.summary));
       details.appendChild(summary);
-      var meta = [row.type, row.at.replace("T", " ").slice(0, 23)];
-      if (row.latency_ms !== undefined) meta.push("latency " + row.latency_ms + " ms");
-      if (row.duration_ms !== undefined) meta.push("took " + row.duration_ms + " ms");
+      var meta = [row.type, new Date(row.t0 + row.at_ms).toISOString().replace("T", " ").slice(0, 23)];
+      if (row.latency_ms !== null) meta.push("latency " + row.latency_ms + " ms");
+      if (row.duration_ms !== null) meta.push("took " + row.duration_ms + " ms");
       if (row.tokens) meta.push("in " + fmtInt(row.tokens.input_tokens) + " · out " + fmtInt(row.tokens.output_tokens) + " · cache read " + fmtInt(row.tokens.cache_read_input_tokens) + " · cache write " + fmtInt(row.tokens.cache_creation_input_tokens));
       if (row.cost) meta.push("cost " + row.cost);
       node.appendChild(el("div", "meta", meta.join(" · ")));
-      // The event's JSON is built when it is opened: 10,000 rows stay light.
+      if (opened[row.seq]) { details.open = true; fill(row, details); }
       details.addEventListener("toggle", function () {
-        if (!details.open || details.dataset.built) return;
-        details.dataset.built = "1";
-        var pre = el("pre", null, row.event ? JSON.stringify(row.event, null, 2) : "loading…");
-        details.appendChild(pre);
-        if (!row.event) {
-          fetch(root.dataset.src + "?after=" + (row.seq - 1) + "&limit=1", { credentials: "same-origin" })
-            .then(function (r) { return r.json(); })
-            .then(function (one) { row.event = one.rows[0].event; pre.textContent = JSON.stringify(row.event, null, 2); });
-        }
-        var bar = el("div", "actions");
-        var copy = el("button", null, "Copy event"); copy.type = "button";
-        copy.addEventListener("click", function () { copyText(pre.textContent, copy); });
-        var link = el("a", null, "Link"); link.href = "#seq-" + row.seq;
-        link.addEventListener("click", function (e) { e.preventDefault(); show(visible.indexOf(i)); });
-        bar.appendChild(copy); bar.appendChild(link);
-        details.appendChild(bar);
+        if (details.open) { opened[row.seq] = true; fill(row, details); } else delete opened[row.seq];
+        var l = lanes[row.lane]; if (!l.framed) { l.framed = true; requestAnimationFrame(function () { l.framed = false; draw(l, true); }); }
       });
       node.appendChild(details);
-      node.addEventListener("focus", function () { if (!timer && visible.indexOf(i) >= 0) show(visible.indexOf(i), false); });
-      lanes[laneId].appendChild(node);
-      rows.push(row); nodes.push(node);
+      node.addEventListener("focus", function () { if (!timer && laneAt[k] >= 0) show(visible.indexOf(k), false); });
+      return node;
     }
 
+    function hay(row) {  // what the search looks in, made on the first search
+      if (row.hay === undefined) row.hay = (row.summary + " " + row.type).toLowerCase();
+      return row.hay;
+    }
+    function applyFilter() {
+      var kinds = shownKinds(), q = (search.value || "").toLowerCase();
+      visible = [];
+      Object.keys(lanes).forEach(function (id) { lanes[id].ids = []; lanes[id].tops = null; });
+      for (var k = 0; k < rows.length; k++) {
+        var row = rows[k];
+        if (kinds[row.kind] !== false && (!q || hay(row).indexOf(q) >= 0)) {
+          var l = lanes[row.lane]; laneAt[k] = l.ids.length; l.ids.push(k); visible.push(k);
+        } else laneAt[k] = -1;
+      }
+      drawAll(true);
+      scrub.max = String(Math.max(visible.length - 1, 0));
+      if (!visible.length) { pos.textContent = "No event matches"; return; }
+      var at = visible.indexOf(current);
+      show(at >= 0 ? at : visible.length - 1, false);
+    }
+    var hashTimer = null;
+    function show(i, scroll) {
+      if (!visible.length) return;
+      i = Math.max(0, Math.min(visible.length - 1, i));
+      cursor = i; current = visible[i];
+      Object.keys(lanes).forEach(function (id) {
+        var shown = lanes[id].shown;
+        Object.keys(shown).forEach(function (key) { var k = +key; shown[key].classList.toggle("current", k === current); shown[key].classList.toggle("future", k > current); });
+      });
+      scrub.value = String(i);
+      pos.textContent = "Event " + (current + 1) + " of " + rows.length + " · " + rows[current].type;
+      bring(current, scroll !== false);
+      if (!hashTimer) hashTimer = setTimeout(function () { hashTimer = null; history.replaceState(null, "", "#seq-" + rows[current].seq); }, 150);
+    }
+    function bring(k, page) {
+      // The row drawn and in its lane's view; with `page`, the page scrolled to it too.
+      var l = lanes[rows[k].lane], t = tops(l), i = laneAt[k];
+      if (t[i] < l.box.scrollTop || t[i + 1] > l.box.scrollTop + l.box.clientHeight) l.box.scrollTop = t[i] - l.box.clientHeight / 2;
+      draw(l, false);
+      if (page && l.shown[k]) l.shown[k].scrollIntoView({ block: "nearest" });
+    }
+    function go(seq) {
+      // Show one event, turning its kind back on if it was filtered out.
+      var row = bySeq[seq];
+      if (!row) return;
+      var k = rows.indexOf(row);
+      if (laneAt[k] < 0) {
+        filter.querySelectorAll("input[name=kind]").forEach(function (b) { if (b.value === row.kind) b.checked = true; });
+        if (hay(row).indexOf((search.value || "").toLowerCase()) < 0) search.value = "";
+        applyFilter();
+      }
+      opened[seq] = true;
+      if (lanes[row.lane].shown[k]) { var d = lanes[row.lane].shown[k].querySelector("details"); d.open = true; }
+      show(visible.indexOf(k));
+    }
+    function stop() { if (timer) { clearInterval(timer); timer = null; playButton.textContent = "▶ Play"; } }
+    function play() {
+      if (timer) { stop(); return; }
+      if (cursor >= visible.length - 1) show(0);
+      playButton.textContent = "⏸ Pause";
+      timer = setInterval(function () { if (cursor >= visible.length - 1) { stop(); return; } show(cursor + 1); }, parseInt(speed.value, 10));
+    }
+    speed.addEventListener("change", function () { if (timer) { stop(); play(); } });
     root.addEventListener("click", function (ev) {
       var b = ev.target.closest("[data-act]");
       if (!b) return;
       var act = b.dataset.act;
       if (act === "first") { stop(); show(0); }
-      else if (act === "prev") { stop(); show(at() - 1); }
-      else if (act === "next") { stop(); show(at() + 1); }
+      else if (act === "prev") { stop(); show(cursor - 1); }
+      else if (act === "next") { stop(); show(cursor + 1); }
       else if (act === "last") { stop(); show(visible.length - 1); }
       else if (act === "play") play();
       else if (act === "expand" || act === "collapse") {
-        visible.forEach(function (k) { nodes[k].querySelector("details").open = act === "expand"; });
+        if (act === "expand") visible.forEach(function (k) { opened[rows[k].seq] = true; }); else opened = {};
+        Object.keys(lanes).forEach(function (id) {
+          var shown = lanes[id].shown;
+          Object.keys(shown).forEach(function (key) { shown[key].querySelector("details").open = act === "expand"; });
+        });
       }
     });
     scrub.addEventListener("input", function () { stop(); show(parseInt(scrub.value, 10)); });
@@ -469,38 +683,53 @@
     search.addEventListener("input", applyFilter);
     document.addEventListener("keydown", function (ev) {
       if (ev.target.closest("input, textarea, select")) return;
-      if (ev.key === "ArrowRight" || ev.key === "j") { stop(); show(at() + 1); }
-      else if (ev.key === "ArrowLeft" || ev.key === "k") { stop(); show(at() - 1); }
+      if (ev.key === "ArrowRight" || ev.key === "j") { stop(); show(cursor + 1); }
+      else if (ev.key === "ArrowLeft" || ev.key === "k") { stop(); show(cursor - 1); }
     });
-    // The log comes in pages; while the session runs, new events are fetched as they are logged.
-    var lastSeq = 0, first = true;
-    function load(after) {
-      fetch(root.dataset.src + "?lean=1&after=" + after, { credentials: "same-origin" })
-        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
-        .then(function (data) {
-          threads = data.threads || threads;
-          var wasLast = visible.length && current === visible[visible.length - 1];
-          data.rows.forEach(addRow);
-          if (data.rows.length) lastSeq = data.rows[data.rows.length - 1].seq;
-          if (data.next_after) { pos.textContent = "Loading… " + rows.length + " events"; load(data.next_after); return; }
-          if (first) {
-            first = false;
-            if (!rows.length) { lanesBox.appendChild(el("div", "empty", "This session has no events yet.")); }
-            var m = /^#seq-(\d+)$/.exec(location.hash);  // before applyFilter moves the hash
-            applyFilter();
-            if (m) for (var k = 0; k < rows.length; k++) if (String(rows[k].seq) === m[1]) {
-              nodes[k].hidden = false; if (visible.indexOf(k) < 0) { visible.push(k); visible.sort(function (a, b) { return a - b; }); }
-              nodes[k].querySelector("details").open = true; show(visible.indexOf(k));
-            }
-          } else if (data.rows.length) {
-            var keep = current; applyFilter();
-            if (!wasLast) show(Math.max(visible.indexOf(keep), 0), false);
-          }
-          if (data.status === "running" || data.status === "rescheduling") setTimeout(function () { load(lastSeq); }, 2000);
-        })
-        .catch(function () { pos.textContent = "Could not load the trace."; });
+    function counts() {
+      var per = {};
+      rows.forEach(function (row) { per[row.kind] = (per[row.kind] || 0) + 1; });
+      filter.querySelectorAll("[data-kind-count]").forEach(function (n) { n.textContent = "(" + fmtInt(per[n.dataset.kindCount] || 0) + ")"; });
     }
-    load(0);
+    return {
+      go: go,
+      show: function (data) {
+        // New rows (the log only grows) are added; the position stays unless it was on the newest.
+        names = data.names;
+        var wasLast = visible.length && current === visible[visible.length - 1];
+        var before = rows.length, last = rows.length ? rows[rows.length - 1].seq : 0;
+        data.rows.forEach(function (row) { if (row.seq > last) { lane(row.lane); bySeq[row.seq] = row; rows.push(row); } });
+        counts();
+        if (!loaded) {
+          loaded = true;
+          if (!rows.length) lanesBox.appendChild(el("div", "empty", "This session has no events yet."));
+          var m = /^#seq-(\d+)$/.exec(location.hash);  // before show() moves the hash
+          current = rows.length - 1;
+          applyFilter();
+          if (m && bySeq[m[1]]) go(parseInt(m[1], 10));
+        } else if (rows.length > before) {
+          var keep = current; applyFilter();
+          if (!wasLast && laneAt[keep] >= 0) show(visible.indexOf(keep), false);
+        }
+      },
+      fail: function () { pos.textContent = "Could not load the trace."; },
+    };
+  }
+
+  function startTraceView(view, root) {
+    // One load for the tree and the replay; again every 2 s while the session runs.
+    var replay = startReplay(root), tree = startTree(view, replay), seen = null;
+    function load() {
+      fetch(view.dataset.src, { credentials: "same-origin" })
+        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+        .then(function (raw) {
+          var data = decodeTrace(raw), key = data.last_seq + " " + data.status;
+          if (key !== seen) { seen = key; tree.show(data); replay.show(data); }  // redrawn only when the log moved
+          if (data.status === "running" || data.status === "rescheduling") setTimeout(load, 2000);
+        })
+        .catch(function () { tree.fail(); replay.fail(); });
+    }
+    load();
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -510,9 +739,7 @@
     if (chat && chat.dataset.live) toBottom();  // the newest message, the composer and any approval card
     if (chat && chat.dataset.live && "WebSocket" in window) startChat(chat);
     tickWorking();
-    var trace = document.getElementById("trace");
-    if (trace) startTrace(trace);
-    var view = document.getElementById("trace-view");
-    if (view) startTree(view);
+    var view = document.getElementById("trace-view"), trace = document.getElementById("trace");
+    if (view && trace) startTraceView(view, trace);
   });
 })();
