@@ -69,6 +69,7 @@ console_urlpatterns = [
         "environments/<str:environment_id>/keys/<str:key_id>/revoke", selfhosted_views.environment_key_revoke
     ),
     path("environments/<str:environment_id>/work", selfhosted_views.environment_work),
+    path("environments/<str:environment_id>/healthcheck", selfhosted_views.environment_healthcheck),
     path("vaults", vaults.vault_list),
     path("vaults/<str:vault_id>", vaults.vault_detail),
     path("vaults/<str:vault_id>/archive", vaults.vault_archive),
