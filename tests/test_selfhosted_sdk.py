@@ -68,9 +68,13 @@ def _setup(galley: LiveGalley, tools: list[str] | None = None) -> tuple[anthropi
     return client, agent, environment, key
 
 
-def _async_client(galley: LiveGalley, *, strict: bool = True) -> anthropic.AsyncAnthropic:
+def _async_client(galley: LiveGalley, *, strict: bool = True, **options: Any) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(
-        base_url=galley.base_url, api_key="sk-unused", max_retries=0, _strict_response_validation=strict
+        base_url=galley.base_url,
+        api_key="sk-unused",
+        max_retries=0,
+        _strict_response_validation=strict,
+        **options,
     )
 
 
@@ -79,9 +83,17 @@ class BackgroundWorker:
     `strict=False` is the SDK's default client: the generated work type models only `session`
     items, so a strictly validating client cannot parse a `healthcheck` item the worker skips."""
 
-    def __init__(self, galley: LiveGalley, *, strict: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        galley: LiveGalley,
+        *,
+        strict: bool = True,
+        client_options: Callable[[], dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
         self.galley = galley
         self.strict = strict
+        self.client_options = client_options  # called on the worker's loop (an http client, say)
         self.options = options
         self.loop = asyncio.new_event_loop()
         self.task: asyncio.Task[None] | None = None
@@ -92,7 +104,8 @@ class BackgroundWorker:
         asyncio.set_event_loop(self.loop)
 
         async def run() -> None:
-            client = _async_client(self.galley, strict=self.strict)
+            extra = self.client_options() if self.client_options else {}
+            client = _async_client(self.galley, strict=self.strict, **extra)
             worker = client.beta.environments.work.worker(**self.options)
             self.task = asyncio.current_task()
             await worker.run()
