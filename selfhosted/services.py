@@ -222,6 +222,24 @@ def work_ensure(*, environment: Environment, session_id: str) -> WorkItem | None
     return work_enqueue(environment=environment, session_id=session_id)
 
 
+def worker_wait_since(*, session_id: str, now: datetime | None = None) -> datetime | None:
+    """Since when a session has waited for a worker that has not come: its item is queued and no
+    worker acknowledged it, or its worker's lease ran out and nobody took it over. None when a
+    worker holds it, or when it has no live item. The API says nothing more than `running`, as
+    upstream; the console shows this."""
+    now = now or timezone.now()
+    waiting = None
+    for item in WorkItem.objects.filter(session_id=session_id, kind=WorkKind.SESSION, state__in=LIVE_STATES):
+        if item.state == WorkState.QUEUED:
+            since = item.created_at
+        elif item.lease_expires_at is not None and item.lease_expires_at < now:
+            since = item.lease_expires_at
+        else:
+            return None  # a worker holds the session
+        waiting = since if waiting is None else min(waiting, since)
+    return waiting
+
+
 def work_stop_for_session(*, session_id: str) -> int:
     """The session ended (terminated, archived or deleted): stop its items; tokens expire with them."""
     now = timezone.now()

@@ -111,3 +111,28 @@ def environment_healthcheck(request: HttpRequest, environment_id: str) -> HttpRe
     if "healthcheck" not in context:
         context["healthcheck"] = services.healthcheck_latest(environment=env)
     return render_page(request, "console/_environment_healthcheck.html", context)
+
+
+def session_worker_context(session: Any) -> dict[str, Any]:
+    """What a session's page says about its worker (called by its view): nothing unless the session
+    is in a self_hosted environment and waits for a worker that has not come."""
+    if not session.environment.is_self_hosted:
+        return {}
+    return {
+        "self_hosted": True,
+        "worker_wait_since": services.worker_wait_since(session_id=session.pk),
+        "workers_polling": services.work_stats(environment=session.environment)["workers_polling"],
+    }
+
+
+@console_view()
+def session_worker_wait(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The session page's "waiting for a worker" line alone, which the page polls with htmx."""
+    from console.views.sessions import _session
+
+    session = _session(request, session_id)
+    if not session.environment.is_self_hosted:
+        raise Http404("No such self-hosted session")
+    return render_page(
+        request, "console/_session_worker_wait.html", {"session": session, **session_worker_context(session)}
+    )

@@ -59,6 +59,8 @@ def test_an_admin_creates_a_key_and_watches_a_worker_take_the_queue(browser: Any
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
 
     page = _admin_page(browser, server)
+    page.goto(f"{server.base_url}/sessions/{session.id}")
+    assert "Waiting for a worker since" in page.locator("#worker-wait").inner_text()  # nobody polls yet
     page.goto(f"{server.base_url}/environments/{environment.id}")
     assert page.locator("#build").count() == 0  # no sandbox build for a self-hosted environment
     assert session.id in page.locator("#work-items").inner_text()
@@ -87,6 +89,8 @@ def test_an_admin_creates_a_key_and_watches_a_worker_take_the_queue(browser: Any
     page.locator("#env-keys", has_text="revoked").wait_for()
     with pytest.raises(anthropic.AuthenticationError):
         worker.beta.environments.work.stats(environment.id)
+    page.goto(f"{server.base_url}/sessions/{session.id}")
+    page.locator("#worker-wait").wait_for(state="hidden")  # a worker holds the session now
     page.close()
 
 
