@@ -91,6 +91,23 @@ def _tool_gaps(
     return [timings[i + 1][0] - timings[i][1] for i in range(TOOL_CALLS)], session.id, timings
 
 
+def _transactions(server: Any) -> int | None:
+    """PostgreSQL only: the transactions committed so far in the server's database (every
+    autocommit query is one), a count that does not depend on how loaded the machine is."""
+    url = server.env.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        return None
+    import psycopg
+
+    time.sleep(1.5)  # backends report their counters when idle for a moment
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else None
+
+
 def _legs(server: Any, session_id: str, timings: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
     """Split each self-hosted round trip at the moments its `agent.tool_use` and `user.tool_result`
     were recorded (the events' created_at, read from the database; same host, same clock)."""
@@ -177,7 +194,9 @@ def main() -> dict[str, Any]:
                 worker.beta.environments.work.ack(box["item"].id, environment_id=hosted.id)
                 worker.beta.environments.work.stop(box["item"].id, environment_id=hosted.id, force=True)
 
+            before = _transactions(server)
             local, _session, _timings = _tool_gaps(model, client, agent.id, cloud.id)
+            local_tx = _transactions(server)
 
             with tempfile.TemporaryDirectory(prefix="galley-bench-worker-") as host:
                 os.chmod(host, 0o711)
@@ -211,7 +230,9 @@ def main() -> dict[str, Any]:
                     start_new_session=True,
                 )
                 try:
+                    remote_before = _transactions(server)
                     remote, remote_session, remote_timings = _tool_gaps(model, client, agent.id, hosted.id)
+                    remote_tx = _transactions(server)
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=30)
@@ -219,6 +240,13 @@ def main() -> dict[str, Any]:
 
                     volumes_release_under(Path(host))  # the worker mounted its sandbox's volume here
             results["self_hosted_legs"] = _legs(server, remote_session, remote_timings)
+            if before is not None and local_tx is not None and remote_before is not None and remote_tx:
+                # Two turns each (warm-up and measured): per tool call, roughly.
+                calls = TOOL_CALLS + 1
+                results["db_transactions_per_call"] = {
+                    "local_sandbox": round((local_tx - before) / calls, 1),
+                    "self_hosted": round((remote_tx - remote_before) / calls, 1),
+                }
 
     results["poll_to_ack"] = _stats(poll_ack)
     results["enqueue_to_handout"] = _stats(handout) | {"samples": len(handout)}
@@ -240,6 +268,10 @@ def main() -> dict[str, Any]:
     ):
         print(f"| {name} | {results[name]['p50_ms']} ms | {results[name]['p95_ms']} ms |")
     print(f"| self-hosted adds (p50) | {results['self_hosted_added_p50_ms']} ms | |")
+    if "db_transactions_per_call" in results:
+        tx = results["db_transactions_per_call"]
+        print(f"| PostgreSQL transactions per call | local {tx['local_sandbox']} |", end="")
+        print(f" self-hosted {tx['self_hosted']} |")
     for name, leg in results["self_hosted_legs"].items():
         print(f"| self-hosted leg: {name} | {leg['p50_ms']} ms | {leg['p95_ms']} ms |")
     return results
