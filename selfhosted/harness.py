@@ -30,9 +30,11 @@ def session_is_remote(session_id: str) -> bool:
 
 def remote_wait(session_id: str) -> None:
     """The session waits on its worker: enqueue a work item if none is live (the worker left, or
-    its lease was lost and the item already stopped). Runs with the session row locked."""
-    environment_id = Session.objects.values_list("environment_id", flat=True).get(pk=session_id)
-    environment = Environment.objects.get(pk=environment_id)
+    its lease was lost and the item already stopped). Runs with the session row locked, once per
+    remote call: one query while the worker is there."""
+    if services.work_live(session_id=session_id):
+        return
+    environment = Environment.objects.get(sessions__pk=session_id)
     services.work_ensure(environment=environment, session_id=session_id)
 
 

@@ -215,11 +215,14 @@ def healthcheck_latest(*, environment: Environment) -> HealthcheckResult | None:
 def work_ensure(*, environment: Environment, session_id: str) -> WorkItem | None:
     """Enqueue an item for a session of a self_hosted environment unless one is live (queued or
     held by a worker). Callers hold the session row's lock, so two callers cannot both enqueue."""
-    if not environment.is_self_hosted:
-        return None
-    if WorkItem.objects.filter(session_id=session_id, state__in=LIVE_STATES).exists():
+    if not environment.is_self_hosted or work_live(session_id=session_id):
         return None
     return work_enqueue(environment=environment, session_id=session_id)
+
+
+def work_live(*, session_id: str) -> bool:
+    """Whether the session has a live item: queued, or held by a worker."""
+    return WorkItem.objects.filter(session_id=session_id, state__in=LIVE_STATES).exists()
 
 
 def worker_wait_since(*, session_id: str, now: datetime | None = None) -> datetime | None:
