@@ -9,7 +9,10 @@ Figures, p50 and p95, in one run:
   (`manage.py environment_worker`, bwrap on its host) receives it on its stream, runs it, posts
   `user.tool_result`, the harness is kicked and calls the model. Baseline: the same tool in a
   local bwrap sandbox run by the harness itself (a cloud environment). The difference of the p50s
-  is what the self-hosted round trip adds.
+  is what the self-hosted round trip adds. The self-hosted round trip is also split in three legs,
+  from the events' own timestamps: the model's answer -> `agent.tool_use` recorded (harness),
+  -> `user.tool_result` recorded (the push to the worker's stream, the tool, the worker's send),
+  -> the next model request (the harness noticing the answer and calling the model).
 The data dir, database and broker come from tests/live.py: the embedded defaults unless
 DATABASE_URL / REDIS_URL say otherwise.
 """
@@ -68,9 +71,10 @@ def _idle(client: anthropic.Anthropic, session_id: str) -> bool:
 
 def _tool_gaps(
     model: ScriptedModel, client: anthropic.Anthropic, agent_id: str, environment_id: str
-) -> list[float]:
+) -> tuple[list[float], str, list[tuple[float, float]]]:
     """Run one warm-up turn, then a turn of TOOL_CALLS bash calls; the gaps between the end of
-    each answer that asked for a tool and the arrival of the next request."""
+    each answer that asked for a tool and the arrival of the next request (with the session and
+    the model's (start, end) timings, for the split)."""
     session = client.beta.sessions.create(agent=agent_id, environment_id=environment_id)
     model.push(tool_call("bash", {"command": "true"}), text("warm"))
     client.beta.sessions.events.send(
@@ -84,7 +88,50 @@ def _tool_gaps(
     )
     _wait(lambda: len(model.timings) >= first + TOOL_CALLS + 1 and _idle(client, session.id))
     timings = model.timings[first : first + TOOL_CALLS + 1]
-    return [timings[i + 1][0] - timings[i][1] for i in range(TOOL_CALLS)]
+    return [timings[i + 1][0] - timings[i][1] for i in range(TOOL_CALLS)], session.id, timings
+
+
+def _transactions(server: Any) -> int | None:
+    """PostgreSQL only: the transactions committed so far in the server's database (every
+    autocommit query is one), a count that does not depend on how loaded the machine is."""
+    url = server.env.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        return None
+    import psycopg
+
+    time.sleep(1.5)  # backends report their counters when idle for a moment
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else None
+
+
+def _legs(server: Any, session_id: str, timings: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """Split each self-hosted round trip at the moments its `agent.tool_use` and `user.tool_result`
+    were recorded (the events' created_at, read from the database; same host, same clock)."""
+    code = (
+        "import json; from sessions.models import Event; "
+        f"rows = Event.objects.filter(session_id={session_id!r}, "
+        "type__in=('agent.tool_use', 'user.tool_result')).order_by('seq'); "
+        "print(json.dumps([[e.type, e.created_at.timestamp()] for e in rows]))"
+    )
+    rows = json.loads(server.manage("shell", "-c", code).stdout.strip().splitlines()[-1])
+    uses = [at for kind, at in rows if kind == "agent.tool_use"][-TOOL_CALLS:]
+    results = [at for kind, at in rows if kind == "user.tool_result"][-TOOL_CALLS:]
+    offset = time.time() - time.monotonic()  # the model's timings are monotonic
+    legs: dict[str, list[float]] = {
+        "answer_to_tool_use": [],
+        "tool_use_to_result": [],
+        "result_to_next_request": [],
+    }
+    for i in range(min(TOOL_CALLS, len(uses), len(results))):
+        answered, next_request = timings[i][1] + offset, timings[i + 1][0] + offset
+        legs["answer_to_tool_use"].append(uses[i] - answered)
+        legs["tool_use_to_result"].append(results[i] - uses[i])
+        legs["result_to_next_request"].append(next_request - results[i])
+    return {name: _stats(values) for name, values in legs.items() if values}
 
 
 def main() -> dict[str, Any]:
@@ -147,7 +194,9 @@ def main() -> dict[str, Any]:
                 worker.beta.environments.work.ack(box["item"].id, environment_id=hosted.id)
                 worker.beta.environments.work.stop(box["item"].id, environment_id=hosted.id, force=True)
 
-            local = _tool_gaps(model, client, agent.id, cloud.id)
+            before = _transactions(server)
+            local, _session, _timings = _tool_gaps(model, client, agent.id, cloud.id)
+            local_tx = _transactions(server)
 
             with tempfile.TemporaryDirectory(prefix="galley-bench-worker-") as host:
                 os.chmod(host, 0o711)
@@ -181,10 +230,23 @@ def main() -> dict[str, Any]:
                     start_new_session=True,
                 )
                 try:
-                    remote = _tool_gaps(model, client, agent.id, hosted.id)
+                    remote_before = _transactions(server)
+                    remote, remote_session, remote_timings = _tool_gaps(model, client, agent.id, hosted.id)
+                    remote_tx = _transactions(server)
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=30)
+                    from sandboxes.quota import volumes_release_under
+
+                    volumes_release_under(Path(host))  # the worker mounted its sandbox's volume here
+            results["self_hosted_legs"] = _legs(server, remote_session, remote_timings)
+            if before is not None and local_tx is not None and remote_before is not None and remote_tx:
+                # Two turns each (warm-up and measured): per tool call, roughly.
+                calls = TOOL_CALLS + 1
+                results["db_transactions_per_call"] = {
+                    "local_sandbox": round((local_tx - before) / calls, 1),
+                    "self_hosted": round((remote_tx - remote_before) / calls, 1),
+                }
 
     results["poll_to_ack"] = _stats(poll_ack)
     results["enqueue_to_handout"] = _stats(handout) | {"samples": len(handout)}
@@ -206,6 +268,12 @@ def main() -> dict[str, Any]:
     ):
         print(f"| {name} | {results[name]['p50_ms']} ms | {results[name]['p95_ms']} ms |")
     print(f"| self-hosted adds (p50) | {results['self_hosted_added_p50_ms']} ms | |")
+    if "db_transactions_per_call" in results:
+        tx = results["db_transactions_per_call"]
+        print(f"| PostgreSQL transactions per call | local {tx['local_sandbox']} |", end="")
+        print(f" self-hosted {tx['self_hosted']} |")
+    for name, leg in results["self_hosted_legs"].items():
+        print(f"| self-hosted leg: {name} | {leg['p50_ms']} ms | {leg['p95_ms']} ms |")
     return results
 
 

@@ -260,6 +260,9 @@ GALLEY_WORK_LEASE_SECONDS = env_int("GALLEY_WORK_LEASE_SECONDS", 60, minimum=2)
 # A worker holding a session that has had no event at all for this long is told to stop (the
 # session's first input then enqueues new work): the SDK's worker serves one session at a time.
 GALLEY_WORK_UNUSED_SECONDS = env_float("GALLEY_WORK_UNUSED_SECONDS", 60.0, minimum=0)
+# A healthcheck item (the console's "Check workers") that no worker stops within this long is
+# stopped by the queue and shown as unanswered.
+GALLEY_HEALTHCHECK_TIMEOUT_SECONDS = env_float("GALLEY_HEALTHCHECK_TIMEOUT_SECONDS", 30.0, minimum=1)
 # A step of a self_hosted session waits this long for the worker's tool result before it ends
 # (the result then schedules a new step); 0 ends it at once.
 GALLEY_WORKER_ANSWER_WAIT_SECONDS = env_float("GALLEY_WORKER_ANSWER_WAIT_SECONDS", 5.0, minimum=0)

@@ -69,6 +69,8 @@ console_urlpatterns = [
         "environments/<str:environment_id>/keys/<str:key_id>/revoke", selfhosted_views.environment_key_revoke
     ),
     path("environments/<str:environment_id>/work", selfhosted_views.environment_work),
+    path("environments/<str:environment_id>/healthcheck", selfhosted_views.environment_healthcheck),
+    path("sessions/<str:session_id>/worker-wait", selfhosted_views.session_worker_wait),
     path("vaults", vaults.vault_list),
     path("vaults/<str:vault_id>", vaults.vault_detail),
     path("vaults/<str:vault_id>/archive", vaults.vault_archive),

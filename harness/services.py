@@ -356,7 +356,9 @@ def _advance_after_look(session_id: str, state: StepState) -> bool:
         state.waiting_on_worker = False
         # Keep the lease a little while for the worker's answer: a quick tool's result then
         # continues this step instead of waiting for a new one to be scheduled.
-        return selfhosted_harness.worker_answer_wait(session_id, cancel=state.handle.fresh_cancel())
+        return selfhosted_harness.worker_answer_wait(
+            session_id, after=state.last_seq, cancel=state.handle.fresh_cancel()
+        )
     return moved
 
 

@@ -45,15 +45,24 @@ class WorkState(models.TextChoices):
 LIVE_STATES = (WorkState.QUEUED, WorkState.STARTING, WorkState.ACTIVE)
 
 
+class WorkKind(models.TextChoices):
+    """The item's `data.type`. A healthcheck asks whether any worker is polling: the worker acks
+    it, skips it and stops it, and the console shows who did and how long it took."""
+
+    SESSION = "session"
+    HEALTHCHECK = "healthcheck"
+
+
 class WorkItem(models.Model):
     """One unit of work: a session that needs a worker. The database is the queue; every state
     change is a conditional UPDATE on (id, generation, state)."""
 
     id = models.CharField(primary_key=True, max_length=64, editable=False)
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="work_items")
+    kind = models.CharField(max_length=16, choices=WorkKind.choices, default=WorkKind.SESSION)
     # Not a foreign key: the item outlives a deleted session (it is stopped, and a worker still
     # holding it must get a clean answer).
-    session_id = models.CharField(max_length=64, db_index=True)
+    session_id = models.CharField(max_length=64, db_index=True)  # "" for a healthcheck
     state = models.CharField(max_length=16, choices=WorkState.choices, default=WorkState.QUEUED)
     metadata = models.JSONField(default=dict)
     # Bumped each time a poll hands the item out: a sessions token names the generation it was
@@ -71,6 +80,8 @@ class WorkItem(models.Model):
     latest_heartbeat_at = models.DateTimeField(null=True, blank=True)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # A healthcheck no worker stopped within GALLEY_HEALTHCHECK_TIMEOUT_SECONDS: the queue stopped it.
+    timed_out = models.BooleanField(default=False)
 
     class Meta:
         indexes: ClassVar = [models.Index(fields=["environment", "state", "created_at"])]

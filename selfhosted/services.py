@@ -25,7 +25,15 @@ from api.errors import ApiError, bad_request, conflict, not_found
 from api.ids import has_prefix, new_id
 from api.pagination import Page, check_limit, paginate
 from api.wire import iso, patch_metadata
-from selfhosted.models import LIVE_STATES, EnvironmentKey, WorkerPoll, WorkItem, WorkState, hash_secret
+from selfhosted.models import (
+    LIVE_STATES,
+    EnvironmentKey,
+    WorkerPoll,
+    WorkItem,
+    WorkKind,
+    WorkState,
+    hash_secret,
+)
 
 ENVIRONMENT_KEY_PREFIX = "sk-galley-env-"
 SESSIONS_TOKEN_PREFIX = "sk-galley-work-"
@@ -141,20 +149,98 @@ def _wake(environment_id: str) -> None:
     streaming.notify(_channel(environment_id), 0)
 
 
-def work_enqueue(*, environment: Environment, session_id: str) -> WorkItem:
-    item = WorkItem.objects.create(id=new_id("work"), environment=environment, session_id=session_id)
+def work_enqueue(*, environment: Environment, session_id: str, kind: str = WorkKind.SESSION) -> WorkItem:
+    item = WorkItem.objects.create(
+        id=new_id("work"), environment=environment, session_id=session_id, kind=kind
+    )
     transaction.on_commit(lambda: _wake(environment.pk))
     return item
+
+
+def work_healthcheck_enqueue(*, environment: Environment) -> WorkItem:
+    """Ask the environment's workers to show they are there: a `healthcheck` item, which a worker
+    polls, acks and stops without running anything. Unanswered, it stops itself after
+    GALLEY_HEALTHCHECK_TIMEOUT_SECONDS (`timed_out`), so a late worker never gets a stale check."""
+    if not environment.is_self_hosted:
+        raise bad_request(f"environment {environment.pk!r} is not self_hosted and has no workers to check.")
+    if environment.is_archived:
+        raise bad_request(f"environment {environment.pk!r} is archived.", error_code="environment_archived")
+    return work_enqueue(environment=environment, session_id="", kind=WorkKind.HEALTHCHECK)
+
+
+@dataclass(frozen=True)
+class HealthcheckResult:
+    item: WorkItem
+    status: str  # "waiting" | "picked_up" | "answered" | "no_answer"
+    took: timedelta | None  # enqueue to the worker's stop, for an answered check
+    timeout_seconds: float
+
+    @property
+    def pending(self) -> bool:
+        return self.status in ("waiting", "picked_up")
+
+    @property
+    def took_ms(self) -> int | None:
+        return round(self.took.total_seconds() * 1000) if self.took is not None else None
+
+
+def healthcheck_result(item: WorkItem, *, now: datetime | None = None) -> HealthcheckResult:
+    """Where a healthcheck stands. Past its timeout without a stop it has no answer, whether or not
+    a poll has yet stopped it (nobody may be polling at all)."""
+    now = now or timezone.now()
+    timeout = float(settings.GALLEY_HEALTHCHECK_TIMEOUT_SECONDS)
+    took = None
+    if item.state == WorkState.STOPPED and not item.timed_out and item.acknowledged_at is not None:
+        status = "answered"
+        took = item.stopped_at - item.created_at if item.stopped_at else None
+    elif item.state == WorkState.STOPPED or now - item.created_at > timedelta(seconds=timeout):
+        status = "no_answer"
+    elif item.polled_at is not None:
+        status = "picked_up"
+    else:
+        status = "waiting"
+    return HealthcheckResult(item=item, status=status, took=took, timeout_seconds=timeout)
+
+
+def healthcheck_latest(*, environment: Environment) -> HealthcheckResult | None:
+    _finish_abandoned(environment.pk, timezone.now())
+    item = (
+        WorkItem.objects.filter(environment=environment, kind=WorkKind.HEALTHCHECK)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    return healthcheck_result(item) if item is not None else None
 
 
 def work_ensure(*, environment: Environment, session_id: str) -> WorkItem | None:
     """Enqueue an item for a session of a self_hosted environment unless one is live (queued or
     held by a worker). Callers hold the session row's lock, so two callers cannot both enqueue."""
-    if not environment.is_self_hosted:
-        return None
-    if WorkItem.objects.filter(session_id=session_id, state__in=LIVE_STATES).exists():
+    if not environment.is_self_hosted or work_live(session_id=session_id):
         return None
     return work_enqueue(environment=environment, session_id=session_id)
+
+
+def work_live(*, session_id: str) -> bool:
+    """Whether the session has a live item: queued, or held by a worker."""
+    return WorkItem.objects.filter(session_id=session_id, state__in=LIVE_STATES).exists()
+
+
+def worker_wait_since(*, session_id: str, now: datetime | None = None) -> datetime | None:
+    """Since when a session has waited for a worker that has not come: its item is queued and no
+    worker acknowledged it, or its worker's lease ran out and nobody took it over. None when a
+    worker holds it, or when it has no live item. The API says nothing more than `running`, as
+    upstream; the console shows this."""
+    now = now or timezone.now()
+    waiting = None
+    for item in WorkItem.objects.filter(session_id=session_id, kind=WorkKind.SESSION, state__in=LIVE_STATES):
+        if item.state == WorkState.QUEUED:
+            since = item.created_at
+        elif item.lease_expires_at is not None and item.lease_expires_at < now:
+            since = item.lease_expires_at
+        else:
+            return None  # a worker holds the session
+        waiting = since if waiting is None else min(waiting, since)
+    return waiting
 
 
 def work_stop_for_session(*, session_id: str) -> int:
@@ -168,13 +254,20 @@ def work_stop_for_session(*, session_id: str) -> int:
 
 
 def _finish_abandoned(environment_id: str, now: datetime) -> None:
-    # A stop was requested but the worker never came back to confirm it before its lease ran out.
-    # Read first: on SQLite even an UPDATE that matches nothing takes the write lock.
-    abandoned = WorkItem.objects.filter(
-        environment_id=environment_id, state=WorkState.STOPPING, lease_expires_at__lt=now
+    # A stop was requested but the worker never came back to confirm it before its lease ran out;
+    # or a healthcheck nobody stopped in time. Read first: on SQLite even an UPDATE that matches
+    # nothing takes the write lock.
+    items = WorkItem.objects.filter(environment_id=environment_id)
+    abandoned = Q(state=WorkState.STOPPING, lease_expires_at__lt=now)
+    expired = Q(
+        kind=WorkKind.HEALTHCHECK,
+        state__in=LIVE_STATES,
+        created_at__lt=now - timedelta(seconds=settings.GALLEY_HEALTHCHECK_TIMEOUT_SECONDS),
     )
-    if abandoned.exists():
-        abandoned.update(state=WorkState.STOPPED, stopped_at=now, token_hash="")
+    if not items.filter(abandoned | expired).exists():
+        return
+    items.filter(abandoned).update(state=WorkState.STOPPED, stopped_at=now, token_hash="")
+    items.filter(expired).update(state=WorkState.STOPPED, stopped_at=now, token_hash="", timed_out=True)
 
 
 def _claimable(environment_id: str, now: datetime, reclaim_ms: int) -> Q:
@@ -471,7 +564,7 @@ def work_wire(item: WorkItem, *, secret: str | None = None) -> dict[str, Any]:
         "id": item.pk,
         "type": "work",
         "environment_id": item.environment_id,
-        "data": {"type": "session", "id": item.session_id},
+        "data": {"type": item.kind, "id": item.session_id or item.pk},
         "state": item.state,
         "secret": secret,
         "metadata": item.metadata,

@@ -1,5 +1,6 @@
 """Console pages of a self_hosted environment: its keys (created and revoked by admins, the raw
-key shown once after a POST-redirect-GET), its work queue and the workers that poll it."""
+key shown once after a POST-redirect-GET), its work queue, the workers that poll it, and the
+admin's "Check workers" healthcheck (htmx: the section swaps itself until the check is answered)."""
 
 from typing import Any
 
@@ -11,7 +12,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import Role
 from agents.models import Environment
 from api.errors import ApiError
-from console.access import console_view, render_page
+from console.access import console_view, forbidden, render_page
 from selfhosted import services
 from selfhosted.models import EnvironmentKey, WorkItem
 
@@ -45,7 +46,12 @@ def environment_context(request: HttpRequest, env: Environment) -> dict[str, Any
         .select_related("created_by")
         .order_by("revoked_at", "-created_at")
     )
-    return {"env_keys": keys, "raw_env_key": raw_key, **work_context(env)}
+    return {
+        "env_keys": keys,
+        "raw_env_key": raw_key,
+        "healthcheck": services.healthcheck_latest(environment=env),
+        **work_context(env),
+    }
 
 
 @require_POST
@@ -81,3 +87,52 @@ def environment_work(request: HttpRequest, environment_id: str) -> HttpResponse:
     """The queue section alone, which the page polls with htmx."""
     env = _environment(request, environment_id)
     return render_page(request, "console/_environment_work.html", {"env": env, **work_context(env)})
+
+
+@console_view()
+def environment_healthcheck(request: HttpRequest, environment_id: str) -> HttpResponse:
+    """GET: the healthcheck section alone (polled while a check waits). POST (admins): enqueue a
+    healthcheck item and answer with the section, which then polls until the check ends."""
+    env = _environment(request, environment_id)
+    context: dict[str, Any] = {"env": env}
+    if request.method == "POST":
+        if not request.access.is_admin:  # type: ignore[attr-defined]
+            return forbidden(request, "Checking workers needs the admin role.")
+        try:
+            item = services.work_healthcheck_enqueue(environment=env)
+        except ApiError as exc:
+            context["healthcheck_error"] = exc.message
+        else:
+            context["healthcheck"] = services.healthcheck_result(item)
+        if not request.htmx:  # type: ignore[attr-defined]  # a plain form post: back to the page
+            if "healthcheck_error" in context:
+                messages.error(request, context["healthcheck_error"])
+            return HttpResponseRedirect(f"/environments/{env.pk}#healthcheck")
+    if "healthcheck" not in context:
+        context["healthcheck"] = services.healthcheck_latest(environment=env)
+    return render_page(request, "console/_environment_healthcheck.html", context)
+
+
+def session_worker_context(session: Any) -> dict[str, Any]:
+    """What a session's page says about its worker (called by its view): nothing unless the session
+    is in a self_hosted environment and waits for a worker that has not come."""
+    if not session.environment.is_self_hosted:
+        return {}
+    return {
+        "self_hosted": True,
+        "worker_wait_since": services.worker_wait_since(session_id=session.pk),
+        "workers_polling": services.work_stats(environment=session.environment)["workers_polling"],
+    }
+
+
+@console_view()
+def session_worker_wait(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The session page's "waiting for a worker" line alone, which the page polls with htmx."""
+    from console.views.sessions import _session
+
+    session = _session(request, session_id)
+    if not session.environment.is_self_hosted:
+        raise Http404("No such self-hosted session")
+    return render_page(
+        request, "console/_session_worker_wait.html", {"session": session, **session_worker_context(session)}
+    )

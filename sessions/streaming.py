@@ -13,8 +13,9 @@ same channel as the wake-ups.
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -72,9 +73,13 @@ def publish_deleted(session_id: str, event: dict[str, Any]) -> None:
 # --- in-process fan-out (embedded default; also what tests in one process see) -------------------
 _local: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
 _local_loops: dict[int, asyncio.AbstractEventLoop] = {}
+_local_threads: dict[str, set[threading.Event]] = {}  # sync waiters (`wakeups`)
 
 
 def _local_publish(session_id: str, message: dict[str, Any]) -> None:
+    if message.get("kind") != "preview":
+        for flag in list(_local_threads.get(session_id, ())):
+            flag.set()
     for queue in list(_local.get(session_id, ())):
         loop = _local_loops.get(id(queue))
         if loop is None or loop.is_closed():
@@ -136,6 +141,58 @@ async def subscribe(session_id: str) -> AsyncIterator[Subscription]:
         _local_loops.pop(id(queue), None)
         if not _local.get(session_id):
             _local.pop(session_id, None)
+
+
+class Wakeups:
+    """A thread's subscription to a session's wake-ups (not its previews): `wait(timeout)` is True
+    when events were appended since the last wait, False when the timeout passed first."""
+
+    def __init__(self, flag: threading.Event | None = None, pubsub: Any = None) -> None:
+        self._flag = flag
+        self._pubsub = pubsub
+
+    def wait(self, timeout: float) -> bool:
+        if self._pubsub is None:
+            assert self._flag is not None
+            woke = self._flag.wait(timeout)
+            self._flag.clear()
+            return woke
+        msg = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        while msg is not None:
+            try:
+                if msg.get("type") == "message" and json.loads(msg["data"]).get("kind") != "preview":
+                    return True
+            except (ValueError, TypeError, AttributeError):
+                return True  # unreadable: treat it as a hint, the caller reads the log anyway
+            msg = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+        return False
+
+
+@contextmanager
+def wakeups(session_id: str) -> Iterator[Wakeups]:
+    """Subscribe a (non-async) thread to a session's wake-ups: the harness waiting for a
+    self-hosted worker's answer. Subscribe before reading the log, then wait and read again."""
+    if settings.REDIS_URL:
+        pubsub = _redis().pubsub()
+        try:
+            pubsub.subscribe(_channel(session_id))
+            yield Wakeups(pubsub=pubsub)
+        finally:
+            try:
+                pubsub.close()
+            except Exception:
+                log.debug("closing a wake-up subscription failed", exc_info=True)
+        return
+    localbus.listen(_local_publish)
+    flag = threading.Event()
+    _local_threads.setdefault(session_id, set()).add(flag)
+    try:
+        yield Wakeups(flag=flag)
+    finally:
+        waiters = _local_threads.get(session_id, set())
+        waiters.discard(flag)
+        if not waiters:
+            _local_threads.pop(session_id, None)
 
 
 # --- the SSE response body (spec 8) ---------------------------------------------------------------

@@ -57,3 +57,49 @@ def test_cloud_environments_have_no_key_routes(workspace):
     admin = client_for(workspace, Role.ADMIN)
     assert admin.post(f"/environments/{env.id}/keys", {"name": "x"}).status_code == 404
     assert "Build" in admin.get(f"/environments/{env.id}").content.decode()
+
+
+def _self_hosted_session():  # type: ignore[no-untyped-def]
+    from tests.harness_helpers import make_session
+
+    session = make_session()
+    session.environment.config = {"type": "self_hosted"}
+    session.environment.save(update_fields=["config"])
+    return session
+
+
+def test_a_session_no_worker_took_says_since_when_it_waits_and_stops_once_one_does(workspace):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from selfhosted.services import work_ack, work_heartbeat
+
+    session = _self_hosted_session()
+    item = WorkItem.objects.create(id="work_wait1", environment=session.environment, session_id=session.pk)
+    viewer = client_for(workspace, Role.VIEWER)
+    page = viewer.get(f"/sessions/{session.pk}").content.decode()
+    assert 'id="worker-wait"' in page and "Waiting for a worker since" in page
+    assert timezone.localtime(item.created_at).strftime("%Y-%m-%d %H:%M:%S") in page
+    assert "0 workers polling" in page
+
+    claimed, _token = work_claim(environment=session.environment, worker_id="box-9", reclaim_ms=5000)
+    work_ack(item=claimed)
+    work_heartbeat(item=claimed, expected="NO_HEARTBEAT", desired_ttl=None, generation=claimed.generation)
+    line = viewer.get(f"/sessions/{session.pk}/worker-wait", HTTP_HX_REQUEST="true").content.decode()
+    assert line.startswith('<p id="worker-wait"') and " hidden" in line and "Waiting" not in line
+
+    # The worker died: once its lease ran out, the session waits again, since then.
+    expired = timezone.now() - timedelta(seconds=5)
+    WorkItem.objects.filter(pk=item.pk).update(lease_expires_at=expired)
+    line = viewer.get(f"/sessions/{session.pk}/worker-wait").content.decode()
+    assert "Waiting for a worker since" in line and timezone.localtime(expired).strftime("%H:%M:%S") in line
+
+
+def test_cloud_sessions_have_no_worker_line(workspace):
+    from tests.harness_helpers import make_session
+
+    session = make_session()
+    viewer = client_for(workspace, Role.VIEWER)
+    assert 'id="worker-wait"' not in viewer.get(f"/sessions/{session.pk}").content.decode()
+    assert viewer.get(f"/sessions/{session.pk}/worker-wait").status_code == 404

@@ -2,6 +2,7 @@
 on the worker's host (its workdir), never in a Galley sandbox, and the work item ends stopped."""
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -68,17 +69,32 @@ def _setup(galley: LiveGalley, tools: list[str] | None = None) -> tuple[anthropi
     return client, agent, environment, key
 
 
-def _async_client(galley: LiveGalley) -> anthropic.AsyncAnthropic:
+def _async_client(galley: LiveGalley, *, strict: bool = True, **options: Any) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(
-        base_url=galley.base_url, api_key="sk-unused", max_retries=0, _strict_response_validation=True
+        base_url=galley.base_url,
+        api_key="sk-unused",
+        max_retries=0,
+        _strict_response_validation=strict,
+        **options,
     )
 
 
 class BackgroundWorker:
-    """`worker.run()` of the SDK's EnvironmentWorker on its own event loop, cancelled at the end."""
+    """`worker.run()` of the SDK's EnvironmentWorker on its own event loop, cancelled at the end.
+    `strict=False` is the SDK's default client: the generated work type models only `session`
+    items, so a strictly validating client cannot parse a `healthcheck` item the worker skips."""
 
-    def __init__(self, galley: LiveGalley, **options: Any) -> None:
+    def __init__(
+        self,
+        galley: LiveGalley,
+        *,
+        strict: bool = True,
+        client_options: Callable[[], dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
         self.galley = galley
+        self.strict = strict
+        self.client_options = client_options  # called on the worker's loop (an http client, say)
         self.options = options
         self.loop = asyncio.new_event_loop()
         self.task: asyncio.Task[None] | None = None
@@ -89,7 +105,8 @@ class BackgroundWorker:
         asyncio.set_event_loop(self.loop)
 
         async def run() -> None:
-            client = _async_client(self.galley)
+            extra = self.client_options() if self.client_options else {}
+            client = _async_client(self.galley, strict=self.strict, **extra)
             worker = client.beta.environments.work.worker(**self.options)
             self.task = asyncio.current_task()
             await worker.run()
@@ -377,6 +394,70 @@ def test_two_workers_polling_one_queue_each_get_different_items(
     assert stats.workers_polling == 2 and stats.depth == 0
 
 
+def _galley_worker(
+    galley: LiveGalley, environment_id: str, key: str, host: Path, log: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    """`manage.py environment_worker` as a deployment runs it: no database, only the URL and key."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "galley.settings",
+            "GALLEY_DATA_DIR": str(host),
+            "ANTHROPIC_ENVIRONMENT_KEY": key,
+            "ANTHROPIC_BASE_URL": galley.base_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "environment_worker", "--environment", environment_id]
+        + ["--max-idle", "1", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _healthcheck(galley: LiveGalley, environment_id: str, *, enqueue: bool = False) -> dict[str, Any]:
+    """Queue a healthcheck (as the console's button does) or read the latest one's result."""
+    code = (
+        "import json; from agents.models import Environment; from selfhosted import services; "
+        f"env = Environment.objects.get(pk={environment_id!r}); "
+        + ("services.work_healthcheck_enqueue(environment=env); " if enqueue else "")
+        + "r = services.healthcheck_latest(environment=env); "
+        "print(json.dumps({'status': r.status, 'worker_id': r.item.worker_id, 'took_ms': r.took_ms, "
+        "'acked': r.item.acknowledged_at is not None}))"
+    )
+    return dict(json.loads(galley.manage("shell", "-c", code).stdout.strip().splitlines()[-1]))
+
+
+def test_manage_py_environment_worker_answers_a_healthcheck_without_a_sandbox(
+    galley: LiveGalley, tmp_path: Path
+) -> None:
+    _client, _agent, environment, key = _setup(galley)
+    host_dir = tempfile.TemporaryDirectory(prefix="galley-worker-host-")
+    host = Path(host_dir.name)
+    log = tmp_path / "worker.log"
+    assert _healthcheck(galley, environment.id, enqueue=True)["status"] == "waiting"
+    proc = _galley_worker(galley, environment.id, key, host, log, "--worker-id", "galley-host-7")
+    try:
+        result = _wait(
+            lambda: (r := _healthcheck(galley, environment.id))["status"] == "answered" and r,
+            timeout=90,
+            what="the healthcheck",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert result["worker_id"] == "galley-host-7", log.read_text()
+    assert result["acked"] and result["took_ms"] >= 0
+    assert not (host / "sandboxes").exists() or not any((host / "sandboxes").iterdir())  # nothing was run
+    host_dir.cleanup()
+
+
 def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
     galley: LiveGalley, model: ScriptedModel, tmp_path: Path
 ) -> None:
@@ -394,35 +475,8 @@ def test_manage_py_environment_worker_runs_each_tool_in_bubblewrap_on_its_host(
         text("Done."),
     )
     session = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "galley.settings",
-            "GALLEY_DATA_DIR": str(host),
-            "ANTHROPIC_ENVIRONMENT_KEY": key,
-            "ANTHROPIC_BASE_URL": galley.base_url,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "environment_worker",
-            "--environment",
-            environment.id,
-            "--max-idle",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = _galley_worker(galley, environment.id, key, host, log)
     try:
         _message(client, session.id, "Work in the sandbox.")
         _wait(lambda: _idle_end_turn(client, session.id), timeout=120, what="the turn")

@@ -28,6 +28,7 @@ from console.timeline import (
 )
 from console.trace import trace_events, trace_markdown, trace_tree, trace_view_json
 from files.models import ResourceType
+from selfhosted.views import session_worker_context
 from sessions.models import Event, Session, Status
 
 CHAT_WINDOW = 300  # events read for the chat; older ones are one click away
@@ -142,6 +143,7 @@ def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         "status_label": status_label(session),
         "working": work_state(session),
         **_outcomes_and_budget(session),
+        **session_worker_context(session),  # self_hosted: "waiting for a worker since …"
     }
     return render_page(request, "console/session_detail.html", context)
 
