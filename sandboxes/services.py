@@ -156,6 +156,25 @@ def environment_networking(session: Session) -> dict[str, Any]:
     return dict(config.get("networking") or {"type": "unrestricted"})
 
 
+def sandbox_env(backend: Any, probe: SandboxSpec) -> dict[str, str]:
+    """The environment every sandbox's shell starts with (callers add PATH and their own)."""
+    return {
+        "HOME": backend.workspace_path(probe),
+        "USER": "agent",
+        "LOGNAME": "agent",
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": backend.tmp_path(probe),
+        "PYTHONUNBUFFERED": "1",
+        "PAGER": "cat",
+        "GIT_PAGER": "cat",
+        # git never prompts: repository credentials are added by the egress proxy, outside the sandbox.
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
 def sandbox_spec(
     *, session: Session, key: str, backend: SandboxBackend
 ) -> tuple[SandboxSpec, bool, list[Any]]:
@@ -173,23 +192,8 @@ def sandbox_spec(
     probe = SandboxSpec(
         root=root, uid=uid, share_network=not limited, limits=Limits.from_settings(), package_dir=package_dir
     )
-    workspace = backend.workspace_path(probe)
     path = SAFE_PATH
-    env = {
-        "HOME": workspace,
-        "USER": "agent",
-        "LOGNAME": "agent",
-        "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "TERM": "dumb",
-        "TMPDIR": backend.tmp_path(probe),
-        "PYTHONUNBUFFERED": "1",
-        "PAGER": "cat",
-        "GIT_PAGER": "cat",
-        # git never prompts: repository credentials are added by the egress proxy, outside the sandbox.
-        "GIT_TERMINAL_PROMPT": "0",
-    }
+    env = sandbox_env(backend, probe)
     env["PATH"] = path
     if package_dir is not None:
         from sandboxes.packages import prefix_environment

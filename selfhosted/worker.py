@@ -26,7 +26,7 @@ from django.conf import settings
 
 from harness.tools import TOOLSET
 from sandboxes.backends import SAFE_PATH, Limits, SandboxSpec, backend_get, sandbox_uid
-from sandboxes.services import LiveSandbox, sandbox_provision, sandbox_root, sandbox_stop
+from sandboxes.services import LiveSandbox, sandbox_env, sandbox_provision, sandbox_root, sandbox_stop
 from sandboxes.toolset import WRITING_TOOLS, ToolOutcome, run_sandbox_tool
 from selfhosted.worker_memory import WorkerMemory, skill_mounts, worker_memory
 
@@ -42,21 +42,7 @@ def host_sandbox(session_id: str) -> LiveSandbox:
     root = sandbox_root(session_id)
     uid = sandbox_uid(session_id) if os.geteuid() == 0 else os.geteuid()
     probe = SandboxSpec(root=root, uid=uid, share_network=True, limits=Limits.from_settings())
-    workspace = backend.workspace_path(probe)
-    env = {
-        "HOME": workspace,
-        "USER": "agent",
-        "LOGNAME": "agent",
-        "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "TERM": "dumb",
-        "TMPDIR": backend.tmp_path(probe),
-        "PYTHONUNBUFFERED": "1",
-        "PAGER": "cat",
-        "GIT_PAGER": "cat",
-        "PATH": SAFE_PATH,
-    }
+    env = {**sandbox_env(backend, probe), "PATH": SAFE_PATH}
     spec = SandboxSpec(root=root, uid=uid, share_network=True, limits=Limits.from_settings(), env=env)
     sandbox_provision(root=root, uid=uid)
     return LiveSandbox(key=session_id, session_id=session_id, spec=spec, backend=backend)

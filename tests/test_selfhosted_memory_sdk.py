@@ -11,8 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +20,9 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.live import ROOT, LiveGalley, live_galley
+from tests.live import LiveGalley, live_galley
 from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.test_selfhosted_sdk import _galley_worker
 
 pytestmark = pytest.mark.slow
 
@@ -246,28 +245,9 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     host_dir = tempfile.TemporaryDirectory(prefix="galley-worker-host-")
     host = Path(host_dir.name)
     host.chmod(0o711)  # sandboxes run as their own uid and must traverse to their workspace
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "ANTHROPIC_"))
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "galley.settings",
-            "GALLEY_DATA_DIR": str(host),
-            "ANTHROPIC_ENVIRONMENT_KEY": key,
-            "ANTHROPIC_BASE_URL": galley.base_url,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "environment_worker", "--environment", environment.id]
-        + ["--max-idle", "5"],  # time for the background write before the worker lets go
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # A later --max-idle wins: time for the background write before the worker lets go.
+    proc = _galley_worker(galley, environment.id, key, host, log, "--max-idle", "5")
     sandbox = host / "sandboxes" / session.id
     try:
         client.beta.sessions.events.send(
