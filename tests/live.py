@@ -157,3 +157,5 @@ def live_galley(
                 from sandboxes.quota import volumes_release_under
 
                 volumes_release_under(data_dir)  # sandbox volumes the worker mounted
+                if env.get("GALLEY_SANDBOX_ROOT"):  # a test's own sandbox root, outside the data dir
+                    volumes_release_under(Path(env["GALLEY_SANDBOX_ROOT"]))

