@@ -341,7 +341,10 @@ def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: Li
     assert 0 < bars.count() < 1250
     bars.first.click()
     page.wait_for_function("document.querySelector('.tnode.tool') && document.getElementById('node-5')")
-    assert page.locator("#node-5 summary").inner_text().startswith("bash: echo item-0")
+    # A turn is drawn lazily (content-visibility): its text is there once the next frame has laid it out.
+    page.wait_for_function(
+        "document.querySelector('#node-5 summary').innerText.startsWith('bash: echo item-0')"
+    )
     watch.check()
     page.close()
 
