@@ -87,9 +87,18 @@ class ApiKey(models.Model):
     def authenticate(cls, raw: str) -> "ApiKey | None":
         if not raw:
             return None
-        key = cls.objects.select_related("workspace").filter(key_hash=hash_key(raw), revoked_at=None).first()
-        if key is None:
+        from galley.prepared import prepared_rows
+
+        # Every API request starts here: compiled once per process (galley/prepared.py). The
+        # workspace comes with only its id loaded, which is all most requests read; any other field
+        # is fetched when first read, as for a deferred field.
+        keys = prepared_rows(
+            "accounts.api_key", lambda h: cls.objects.filter(key_hash=h, revoked_at=None)[:1], hash_key(raw)
+        )
+        if not keys:
             return None
+        key: ApiKey = keys[0]
+        key.workspace = Workspace.from_db(key._state.db, ["id"], [key.workspace_id])
         now = timezone.now()
         if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
             # Throttled so a busy key does not turn every read into a write.

@@ -106,6 +106,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
+    # Opening a connection (with the pragmas above) costs ~6 ms, more than most requests: each
+    # thread keeps its own open (web requests run on one thread per process under ASGI).
+    _db["CONN_MAX_AGE"] = None
+    _db["CONN_HEALTH_CHECKS"] = True
     _db["TEST"] = {"NAME": str(DATA_DIR / f"test_{Path(_db['NAME']).stem}.sqlite3")}
     # SQLite gives its -wal and -shm files the database file's mode: create it 0600 first.
     private_file(Path(_db["NAME"]))

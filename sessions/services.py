@@ -268,9 +268,10 @@ def outcome_evaluations_by_session(session_ids: list[str]) -> dict[str, list[dic
     for (sid, outcome_id), seq in pending_since.items():
         entry = by_session[sid][outcome_id]
         # Pending until the agent's first model request after the outcome was defined.
-        if entry["result"] == "pending" and Event.objects.filter(
-            session_id=sid, type="span.model_request_start", seq__gt=seq
-        ).exists():
+        if (
+            entry["result"] == "pending"
+            and Event.objects.filter(session_id=sid, type="span.model_request_start", seq__gt=seq).exists()
+        ):
             entry["result"] = "running"
     return {sid: list(outcomes.values()) for sid, outcomes in by_session.items()}
 
@@ -882,9 +883,15 @@ def _check_tool_result(*, session: Session, event: dict[str, Any], where: str, s
     ).exists()
     if answered or use_id in seen:
         raise conflict(f"{where}.tool_use_id: {use_id!r} was already answered.")
-    if target.payload.get("evaluated_permission") == "ask" and not Event.objects.filter(
-        session=session, type="user.tool_confirmation", payload__tool_use_id=use_id, payload__result="allow"
-    ).exists():
+    if (
+        target.payload.get("evaluated_permission") == "ask"
+        and not Event.objects.filter(
+            session=session,
+            type="user.tool_confirmation",
+            payload__tool_use_id=use_id,
+            payload__result="allow",
+        ).exists()
+    ):
         raise conflict(f"{where}.tool_use_id: {use_id!r} is still awaiting user.tool_confirmation.")
     seen.add(use_id)
     if target.payload.get("session_thread_id"):
@@ -921,7 +928,16 @@ def _append_client_events(
 def events_send(*, session: Session, events: list[dict[str, Any]]) -> list[Event]:
     checked = schemas.check_client_events(events, "events")
     with transaction.atomic():
-        session = Session.objects.select_for_update().select_related("environment").get(pk=session.pk)
+        # The hottest write: compiled once per process (galley/prepared.py).
+        locked = prepared_rows(
+            "sessions.send_lock", lambda pk: Session.objects.select_for_update().filter(pk=pk), session.pk
+        )
+        if not locked:
+            raise not_found("session", session.pk)
+        session = locked[0]
+        session.environment = prepared_rows(
+            "sessions.send_environment", lambda pk: Environment.objects.filter(pk=pk), session.environment_id
+        )[0]
         _check_writable(session)
         if session.status == "terminated":
             raise conflict(

@@ -25,9 +25,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TEXT_TURN_QUERIES = 23
 PER_TOOL_ROUND = 11  # the tool_use + result transaction and the next model call (+ ledger)
 # events.send of one user.message to an idle session: the API key, the session, and one
-# transaction (the locked row, one UPDATE for the seqs and the status, one INSERT, the webhook
-# endpoints) with its BEGIN and COMMIT.
-SEND_QUERIES = 8
+# transaction (the locked row, its environment, one UPDATE for the seqs and the status, one INSERT,
+# the webhook endpoints) with its BEGIN and COMMIT. (The locked row and its environment are two
+# precompiled reads, cheaper than compiling their join on every send.)
+SEND_QUERIES = 9
 
 
 @pytest.fixture
