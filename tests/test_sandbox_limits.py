@@ -452,15 +452,22 @@ def _cgroup_memory(group, name: str) -> int:  # type: ignore[no-untyped-def]
     return int((group.paths[0] / (v1[name] if group.version == 1 else f"memory.{name}")).read_text())
 
 
-def _queued(session, names: list[str]) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Each filler's bytes queued so far and how it ended ("" while it runs; "gone" if it was killed)."""
+def _queued(session, names: list[str]) -> dict[str, tuple[int, str, bool]]:  # type: ignore[no-untyped-def]
+    """Each filler's bytes queued so far, how it ended ("-" while it fills) and whether it is still alive
+    (not killed, not a zombie)."""
     script = "; ".join(
-        f'echo "{n} $(cat /tmp/{n} 2>/dev/null || echo 0) $(cat /tmp/{n}.end 2>/dev/null || '
-        f'(kill -0 $(cat /tmp/{n}.pid) 2>/dev/null && echo running || echo gone))"'
+        f"p=$(cat /tmp/{n}.pid); s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); "
+        f'e=$([ -f /tmp/{n}.end ] && tr " " _ < /tmp/{n}.end || echo -); '
+        f'echo "{n} $(cat /tmp/{n} 2>/dev/null || echo 0) $e '
+        f'$([ -n "$s" ] && [ "$s" != Z ] && echo alive || echo gone)"'
         for n in names
     )
     lines = text(run(session, "bash", command=script)).splitlines()
-    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in lines}
+    state = {}
+    for line in lines:
+        name, queued, end, alive = line.split(" ")
+        state[name] = (int(queued), end, alive == "alive")
+    return state
 
 
 def test_unix_socket_buffers_are_charged_to_the_sandbox_and_stop_at_its_memory_limit(
@@ -486,31 +493,36 @@ def test_unix_socket_buffers_are_charged_to_the_sandbox_and_stop_at_its_memory_l
         )
         run(session, "bash", command=f"rm -f /tmp/q*; {starts} sleep 0.2")
 
-    def settled(names: list[str]) -> dict[str, str]:
+    def settled(names: list[str]) -> dict[str, tuple[int, str, bool]]:
         deadline = time.monotonic() + 60
         while True:
             state = _queued(session, names)
-            if all(not s.endswith("running") for s in state.values()) or time.monotonic() > deadline:
-                return state
+            if (
+                all(end != "-" or not alive for _, end, alive in state.values())
+                or time.monotonic() > deadline
+            ):
+                time.sleep(0.5)  # a process the OOM killer chose may still be on its way out
+                return _queued(session, names)
             time.sleep(0.3)
 
     # 64 MiB queued by one process: the cgroup's usage grows by as much (it is charged, not just capped).
     before = _cgroup_memory(group, "current")
     start(["q0"], 64 * 1024 * 1024)
     state = settled(["q0"])
-    queued = int(state["q0"].split()[0])
-    assert state["q0"].endswith("full") and queued >= 64 * 1024 * 1024, state
+    queued, end, alive = state["q0"]
+    assert end == "full" and alive and queued >= 64 * 1024 * 1024, state
     charged = _cgroup_memory(group, "current") - before
     assert charged >= 0.9 * queued, (charged, queued)
     run(session, "bash", command="kill $(cat /tmp/q0.pid); sleep 0.3")
 
-    # Eight processes asking for 64 MiB each, twice the limit: what they hold together stays under it.
+    # Eight processes asking for 64 MiB each, twice the limit: what the living hold together stays under it.
     names = [f"q{i}" for i in range(8)]
     start(names, 64 * 1024 * 1024)
     state = settled(names)
-    held = sum(int(s.split()[0]) for s in state.values() if not s.endswith("gone"))
+    held = sum(queued for queued, _, alive in state.values() if alive)
     assert held <= limit, state
-    assert any(not s.endswith("full") for s in state.values()), state  # the kernel refused or killed some
-    assert _cgroup_memory(group, "peak") <= limit
+    assert any(not alive or end != "full" for _, end, alive in state.values()), state  # refused or killed
+    # The kernel may charge past the limit by its per-CPU batch (64 pages) before it reclaims or kills.
+    assert _cgroup_memory(group, "peak") <= limit + 64 * 4096
     run(session, "bash", command="pkill -f fill.py; true")
     assert text(run(session, "bash", command="echo fine")) == "fine"
