@@ -327,6 +327,9 @@ if GALLEY_SANDBOX_CGROUPS not in ("auto", "off"):
 GALLEY_SANDBOX_SHM_BYTES = min(
     env_int("GALLEY_SANDBOX_SHM_BYTES", 64 * 1024**2, minimum=1024**2), GALLEY_SANDBOX_MEMORY_BYTES
 )
+# Total bytes one session's event log may hold (the events' JSON, counted as they are appended):
+# a send past it is refused with a 413, a harness step that reaches it ends the session.
+GALLEY_SESSION_LOG_BYTES = env_int("GALLEY_SESSION_LOG_BYTES", 1024**3, minimum=1024)
 # Total bytes of files captured from one session's /mnt/session/outputs (each distinct content stored once).
 GALLEY_SESSION_OUTPUTS_BYTES = env_int("GALLEY_SESSION_OUTPUTS_BYTES", 1024**3, minimum=1024**2)
 GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()

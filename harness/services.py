@@ -43,7 +43,14 @@ from memory.attachments import memory_mounted_exists, memory_system_prompt
 from selfhosted import harness as selfhosted_harness
 from sessions import streaming
 from sessions.models import Event, Session, SessionThread, Status
-from sessions.services import LeaseLost, NewEvent, events_append, session_set_status
+from sessions.services import (
+    LeaseLost,
+    NewEvent,
+    SessionLogFull,
+    events_append,
+    log_limit_waived,
+    session_set_status,
+)
 from skills.runtime import skills_system_prompt
 
 log = logging.getLogger(__name__)
@@ -276,6 +283,9 @@ def session_step(*, session_id: str) -> None:
                 pass
         except LeaseLost:
             log.warning("harness step for %s lost its lease; another worker continues", session_id)
+            return
+        except SessionLogFull as exc:
+            session_end_log_full(session_id=session_id, exc=exc)
             return
         finally:
             keeper.unregister(handle)
@@ -1085,6 +1095,34 @@ def _compact(
     session.context_summary = summary or None
     session.context_summary_seq = boundary
     return True
+
+
+# --- the log's size limit ---------------------------------------------------------------------------------
+
+
+def session_end_log_full(*, session_id: str, exc: SessionLogFull) -> None:
+    """A step's append was refused because the log reached GALLEY_SESSION_LOG_BYTES: nothing the
+    session did next could be recorded, so it ends here and says why (a terminal session.error,
+    its threads and itself terminated; these last events are counted but not refused)."""
+    from harness import threads
+
+    error = NewEvent(
+        "session.error",
+        {
+            "error": {
+                "type": "unknown_error",
+                "message": f"The session was ended: {exc.message}",
+                "retry_status": {"type": "terminal"},
+            }
+        },
+    )
+    with transaction.atomic(), log_limit_waived():
+        session = _row(session_id, lock=True)
+        if session.status == Status.TERMINATED:
+            return
+        threads.terminate_children(session)
+        session_set_status(session=session, status=Status.TERMINATED, extra_events=[error])
+    log.warning("session %s reached its log limit of %d bytes; terminated", session_id, exc.limit)
 
 
 # --- the sweeper -----------------------------------------------------------------------------------------

@@ -538,6 +538,8 @@ def thread_step(*, session_id: str, thread_id: str) -> None:
             thread_id,
             session_id,
         )
+    except loop.SessionLogFull as exc:  # the log is the session's: it ends, with all its threads
+        loop.session_end_log_full(session_id=session_id, exc=exc)
     finally:
         keeper.unregister(handle)
         thread_lease_release(thread_id=thread_id, owner=owner)

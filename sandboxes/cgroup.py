@@ -1,7 +1,8 @@
 """A memory and a process cgroup per sandbox, where the host lets the worker make them.
 
 RLIMIT_AS and RLIMIT_NPROC count per process and per uid; a cgroup counts the whole sandbox, kernel memory the
-kernel charges included (pipe buffers, page tables, tmpfs pages). GALLEY_SANDBOX_CGROUPS picks:
+kernel charges included (pipe and Unix socket buffers, page tables, tmpfs pages).
+GALLEY_SANDBOX_CGROUPS picks:
 - `auto` (default): cgroup v2 when the worker's own cgroup delegates the `memory` and `pids` controllers to
   its children (systemd `Delegate=yes` with the worker in a leaf below the service's cgroup, or a container's
   writable cgroup); else cgroup v1 when the worker may create cgroups in separate `memory` and `pids`

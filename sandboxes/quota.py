@@ -124,13 +124,12 @@ def volume_release(root: Path) -> None:
         subprocess.run(["umount", "-l", str(volume)], capture_output=True, timeout=60, check=False)
 
 
-def volumes_release_under(base: Path) -> None:
-    """Unmount every sandbox volume below `base` (removing a sandbox root must never descend into a mount)."""
+def _mount_points_under(base: Path) -> list[str]:
     prefix = str(base).rstrip("/") + "/"
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        return
+        return []
     points = []
     for line in lines:
         fields = line.split(" ")
@@ -138,8 +137,51 @@ def volumes_release_under(base: Path) -> None:
             point = fields[4].replace("\\040", " ")
             if point.startswith(prefix):
                 points.append(point)
-    for point in sorted(points, key=len, reverse=True):
+    return points
+
+
+def volumes_release_under(base: Path) -> None:
+    """Unmount every sandbox volume below `base` (removing a sandbox root must never descend into a mount)."""
+    for point in sorted(_mount_points_under(base), key=len, reverse=True):
         volume_release(Path(point).parent)
+
+
+def volumes_mounted_under(base: Path) -> dict[Path, str]:
+    """The sandbox roots directly below `base` whose volume is mounted on this host, each with its
+    filesystem's device ("major:minor", as /proc/*/mountinfo names it)."""
+    found: dict[Path, str] = {}
+    for point in _mount_points_under(base):
+        path = Path(point)
+        if path.name != "volume" or path.parent.parent != base:
+            continue
+        try:
+            device = os.stat(path).st_dev
+        except OSError:
+            continue
+        found[path.parent] = f"{os.major(device)}:{os.minor(device)}"
+    return found
+
+
+def devices_in_sandboxes() -> set[str]:
+    """The filesystems that processes in other mount namespaces than the worker's see ("major:minor"):
+    a running sandbox (bubblewrap makes a namespace for each) holds its volume's. One read of
+    /proc/<pid>/ns/mnt per process, one mountinfo per foreign namespace."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    seen: set[str] = {ours}
+    devices: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            namespace = os.readlink(f"/proc/{entry}/ns/mnt")
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+            lines = Path(f"/proc/{entry}/mountinfo").read_text().splitlines()
+        except OSError:
+            continue  # it ended meanwhile
+        devices.update(line.split(" ")[2] for line in lines if line.count(" ") > 2)
+    return devices
 
 
 def volume_usage(root: Path, *, limit: int) -> int:

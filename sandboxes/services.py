@@ -13,6 +13,7 @@ directories the sandbox cannot change (never following a link the sandbox may ha
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from sandboxes.backends import (
     CA_BUNDLE,
@@ -71,6 +73,9 @@ class LiveSandbox:
 _registry: dict[str, LiveSandbox] = {}
 _registry_lock = threading.Lock()
 _reaper_started = False
+# A worker process (not the web, not a test) also sweeps this host's leftover volumes from its reaper.
+ORPHAN_SWEEP_SECONDS = 30.0
+_sweep_orphans = False
 
 
 def _start_reaper() -> None:
@@ -81,12 +86,16 @@ def _start_reaper() -> None:
     _reaper_started = True
 
     def loop() -> None:
+        swept = time.monotonic()
         while True:
             time.sleep(1.0)  # a scan of this process's registry: cheap
             try:
                 sandbox_reap_idle()
             except Exception:  # the reaper must outlive any one bad sandbox
                 logger.exception("idle sandbox reaper failed")
+            if _sweep_orphans and time.monotonic() - swept >= ORPHAN_SWEEP_SECONDS:
+                swept = time.monotonic()
+                _release_orphans_safely(own_thread=True)
 
     threading.Thread(target=loop, daemon=True, name="sandbox-reaper").start()
 
@@ -466,6 +475,103 @@ def sandboxes_release_all() -> None:
     for live in lives:
         with live.lock:
             sandbox_stop(live)
+
+
+def _owner_alive(owner: str, now: Any, expires: Any) -> bool:
+    """Whether a harness lease may still have a step at work: unexpired, and (when it is this host's)
+    its process still runs. A lease of a SIGKILLed worker on this host is dead at once."""
+    if expires is None or expires < now:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another host's worker: trust its lease until it expires
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def sandboxes_release_orphans() -> list[str]:
+    """Unmount the volumes on this host that no sandbox uses any more: those a killed worker left
+    mounted (its shells died with it: bubblewrap runs with --die-with-parent). A volume is released
+    only when no process of this worker has it (the registry), no running sandbox of any worker holds
+    it (no other mount namespace sees its filesystem), and no harness step may be about to start a
+    shell on it (its session, or the thread, has no lease of a live owner, or is terminated or gone).
+    A deleted session's directory goes too. Returns the released sandbox names."""
+    from sandboxes.quota import devices_in_sandboxes, volume_release, volumes_mounted_under
+
+    base = Path(settings.GALLEY_SANDBOX_ROOT)
+    mounted = volumes_mounted_under(base)
+    with _registry_lock:
+        ours = {live.spec.root for live in _registry.values()}
+    candidates = {root: device for root, device in mounted.items() if root not in ours}
+    if not candidates:
+        return []
+    held = devices_in_sandboxes()
+    candidates = {root: device for root, device in candidates.items() if device not in held}
+    if not candidates:
+        return []
+    from sessions.models import SessionThread
+
+    names = {root.name for root in candidates}
+    session_ids = {name.split(".")[0] for name in names}
+    now = timezone.now()
+    sessions = {
+        pk: (status, owner, expires)
+        for pk, status, owner, expires in Session.objects.filter(pk__in=session_ids).values_list(
+            "pk", "status", "lease_owner", "lease_expires_at"
+        )
+    }
+    leased_threads = {
+        pk
+        for pk, owner, expires in SessionThread.objects.filter(
+            session_id__in=session_ids, lease_owner__isnull=False
+        ).values_list("pk", "lease_owner", "lease_expires_at")
+        if owner and _owner_alive(owner, now, expires)
+    }
+    released = []
+    for root in sorted(candidates):
+        session_id, _, thread_id = root.name.partition(".")
+        found = sessions.get(session_id)
+        if found is not None and found[0] != "terminated":
+            _status, owner, expires = found
+            if thread_id and thread_id in leased_threads:
+                continue
+            if not thread_id and owner and _owner_alive(owner, now, expires):
+                continue
+        volume_release(root)
+        if found is None and not os.path.ismount(root / "volume"):
+            shutil.rmtree(root, ignore_errors=True)  # its session was deleted meanwhile
+        released.append(root.name)
+    if released:
+        logger.warning("released sandbox volumes left mounted by a stopped worker: %s", released)
+    return released
+
+
+def _release_orphans_safely(*, own_thread: bool) -> None:
+    from django.db import connection
+
+    try:
+        sandboxes_release_orphans()
+    except Exception:  # a sweep that fails is tried again on the next pass
+        logger.exception("releasing leftover sandbox volumes failed")
+    finally:
+        if own_thread:
+            connection.close()  # the reaper's own, opened only when there was something to look up
+
+
+def sandboxes_sweep_start() -> None:
+    """A worker starts: release what a killed worker left on this host, and keep doing so every
+    ORPHAN_SWEEP_SECONDS from this process's reaper."""
+    global _sweep_orphans
+    _sweep_orphans = True
+    _release_orphans_safely(own_thread=False)
+    with _registry_lock:
+        _start_reaper()
 
 
 def sandbox_destroy(*, session_id: str) -> None:

@@ -1,7 +1,7 @@
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 
 
 @shared_task(name="sandbox.build_environment_packages", acks_late=True)
@@ -13,9 +13,11 @@ def build_environment_packages(environment_id: str) -> str:
 
 @shared_task(name="sandbox.reap_idle")
 def reap_idle_sandboxes() -> int:
-    """Stops this worker's idle shells (each worker also reaps on every tool call)."""
-    from sandboxes.services import sandbox_reap_idle
+    """Stops this worker's idle shells (each worker also reaps on every tool call), and releases the
+    volumes a killed worker left mounted on this host (each worker also does every 30 s)."""
+    from sandboxes.services import sandbox_reap_idle, sandboxes_release_orphans
 
+    sandboxes_release_orphans()
     return sandbox_reap_idle()
 
 
@@ -33,3 +35,11 @@ def _release_on_shutdown(**_kwargs: Any) -> None:
     from sandboxes.services import sandboxes_release_all
 
     sandboxes_release_all()
+
+
+@worker_ready.connect
+def _release_orphans_on_start(**_kwargs: Any) -> None:
+    # A worker that replaces a SIGKILLed one finds that one's volumes still mounted: release them.
+    from sandboxes.services import sandboxes_sweep_start
+
+    sandboxes_sweep_start()

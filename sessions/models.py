@@ -48,6 +48,8 @@ class Session(models.Model):
 
     # The event log's sequence allocator: the last seq handed out for this session.
     last_seq = models.BigIntegerField(default=0)
+    # The log's size as its appends counted it (bounded by GALLEY_SESSION_LOG_BYTES).
+    log_bytes = models.BigIntegerField(default=0)
 
     # Harness lease: exactly one step runs per session (claimed by a conditional UPDATE).
     lease_owner = models.CharField(max_length=128, null=True, blank=True)

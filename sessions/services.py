@@ -1,10 +1,15 @@
 """Session workflows. The event log is insert-only and numbered per session; every append happens
 in the same transaction as the state change it records (style.md 5)."""
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -44,20 +49,60 @@ class LeaseLost(Exception):
     """Another step owns the session now (our lease expired): stop without writing."""
 
 
+# What an event costs the log besides its payload's JSON: its id, type, seq, times and index entries.
+EVENT_OVERHEAD = 128
+
+
+class SessionLogFull(ApiError):
+    """The append would grow the session's log past GALLEY_SESSION_LOG_BYTES; nothing was written.
+    An API call that hits it answers 413; a harness step that hits it ends the session."""
+
+    def __init__(self, session_id: str, *, size: int, adding: int, limit: int) -> None:
+        super().__init__(
+            413,
+            f"session {session_id!r}: its event log holds {size} bytes and these events would add "
+            f"{adding}, past the limit of {limit} bytes per session (GALLEY_SESSION_LOG_BYTES).",
+            error_code="session_log_limit_reached",
+            details={"limit_bytes": limit},
+        )
+        self.session_id = session_id
+        self.limit = limit
+
+
+_limit_waived: ContextVar[bool] = ContextVar("session_log_limit_waived", default=False)
+
+
+@contextmanager
+def log_limit_waived() -> Iterator[None]:
+    """Appends that end a session (its termination, its deletion, the error that says why) are
+    counted but never refused: a full log must still be able to say it is full and stop."""
+    token = _limit_waived.set(True)
+    try:
+        yield
+    finally:
+        _limit_waived.reset(token)
+
+
+def _event_bytes(event: "NewEvent") -> int:
+    return len(json.dumps(event.payload)) + len(event.type) + EVENT_OVERHEAD
+
+
 def _allocate_seqs(
     session_id: str,
     count: int,
     row_updates: dict[str, Any] | None,
     row_increments: dict[str, int] | None = None,
     owner: str | None = None,
+    size: int = 0,
 ) -> int:
     """One statement: reserve `count` seqs (and set `row_updates`, add `row_increments` on the same
     row), returning the new last_seq. With `owner`, the statement is also the lease check: it changes
-    nothing unless that step still holds the lease. Both SQLite (3.35+) and PostgreSQL support
-    UPDATE ... RETURNING."""
+    nothing unless that step still holds the lease. The same statement adds `size` to the log's
+    byte counter, and changes nothing if that passes GALLEY_SESSION_LOG_BYTES (SessionLogFull) unless
+    the limit is waived. Both SQLite (3.35+) and PostgreSQL support UPDATE ... RETURNING."""
     connection = transaction.get_connection()
-    columns = ['"last_seq" = "last_seq" + %s']
-    params: list[Any] = [count]
+    columns = ['"last_seq" = "last_seq" + %s', '"log_bytes" = "log_bytes" + %s']
+    params: list[Any] = [count, size]
     for name, value in (row_updates or {}).items():
         model_field = Session._meta.get_field(name)
         columns.append(f'"{model_field.column}" = %s')  # type: ignore[union-attr]
@@ -71,15 +116,23 @@ def _allocate_seqs(
     if owner is not None:
         where += ' AND "lease_owner" = %s'
         params.append(owner)
+    limit = settings.GALLEY_SESSION_LOG_BYTES
+    if not _limit_waived.get():
+        where += ' AND "log_bytes" + %s <= %s'
+        params.extend([size, limit])
     table = Session._meta.db_table
     with connection.cursor() as cursor:
         sets = ", ".join(columns)
         cursor.execute(f'UPDATE "{table}" SET {sets} WHERE {where} RETURNING "last_seq"', params)
         row = cursor.fetchone()
     if row is None:
-        if owner is not None:
+        # Only a refused append reads the row again, to say which condition refused it.
+        found = Session.objects.filter(pk=session_id).values_list("lease_owner", "log_bytes").first()
+        if found is None:
+            raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+        if owner is not None and found[0] != owner:
             raise LeaseLost(session_id)
-        raise Session.DoesNotExist(f"session {session_id!r} does not exist")
+        raise SessionLogFull(session_id, size=found[1], adding=size, limit=limit)
     return int(row[0])
 
 
@@ -98,13 +151,16 @@ def events_append(
     `row_updates` (field -> value) are written to the session row by that same UPDATE, and
     `row_increments` (field -> amount) added to it. With `owner` nothing is written unless that
     harness step still holds the session's lease (LeaseLost): the append is its own lease check.
+    Nothing is written either if the events would grow the log past GALLEY_SESSION_LOG_BYTES
+    (SessionLogFull), unless in `log_limit_waived()`.
     """
     if not events:
         return []
     assert transaction.get_connection().in_atomic_block, "events_append needs a transaction"
     session_id = session if isinstance(session, str) else session.pk
     count = len(events)
-    last = _allocate_seqs(session_id, count, row_updates, row_increments, owner)
+    size = sum(_event_bytes(item) for item in events)
+    last = _allocate_seqs(session_id, count, row_updates, row_increments, owner, size)
     now = timezone.now()
     rows = [
         Event(
@@ -170,14 +226,15 @@ def session_set_status(
     payload: dict[str, Any] = {}
     if status == "idle":
         payload["stop_reason"] = fields["stop_reason"]
+    new = [*(extra_events or []), NewEvent(event_type, payload)]
     if status == "terminated":
         selfhosted_services.work_stop_for_session(session_id=session.pk)
         session_id = session.pk
         transaction.on_commit(lambda: _release_sandbox(session_id))
+        with log_limit_waived():
+            return events_append(session=session, events=new, row_updates=fields)
     # The status fields ride on the seq allocator's UPDATE: one statement for the row.
-    return events_append(
-        session=session, events=[*(extra_events or []), NewEvent(event_type, payload)], row_updates=fields
-    )
+    return events_append(session=session, events=new, row_updates=fields)
 
 
 # === Sessions: create, read, update, archive, delete (spec 5) ======================================
@@ -763,7 +820,8 @@ def session_delete(*, session: Session) -> dict[str, str]:
         session = Session.objects.select_for_update().get(pk=session.pk)
         if session.status == "running":
             raise conflict(f"session {session.pk!r} is running; interrupt it before deleting it.")
-        [event] = events_append(session=session, events=[NewEvent("session.deleted")])
+        with log_limit_waived():
+            [event] = events_append(session=session, events=[NewEvent("session.deleted")])
         wire = event.wire()
         session_id = session.pk
         selfhosted_services.work_stop_for_session(session_id=session_id)

@@ -302,3 +302,72 @@ def test_a_live_worker_unmounts_an_archived_sessions_volume_and_every_volume_whe
             from sandboxes.quota import volumes_release_under
 
             volumes_release_under(root)
+
+
+def test_volumes_a_killed_worker_left_are_released_and_never_one_a_live_sandbox_uses(
+    make_sandbox_session, monkeypatch, settings
+):
+    """A SIGKILLed worker's shells die with it (bubblewrap's --die-with-parent) but its volumes stay mounted
+    on the host. A worker releases them when it starts and on its periodic sweep; never the volume of a
+    sandbox another worker process runs, nor one whose session a live step holds."""
+    import os
+    import socket
+    import subprocess
+    from datetime import timedelta
+
+    from celery.signals import worker_ready
+    from django.utils import timezone
+
+    from sandboxes import tasks  # noqa: F401  (its receivers; a worker imports it at start)
+    from sandboxes.quota import volumes_mounted_under
+    from sessions.models import Session
+
+    # worker_ready turns this process's sweep on: not past this test.
+    monkeypatch.setattr(services, "_sweep_orphans", False)
+    left, running, leased, deleted = (make_sandbox_session() for _ in range(4))
+    for session in (left, running, leased, deleted):
+        run(session, "bash", command="echo kept > /workspace/f")
+    roots = {s.id: services._registry[s.id].spec.root for s in (left, running, leased, deleted)}
+    images = {k: root / "volume.img" for k, root in roots.items()}
+    base = Path(settings.GALLEY_SANDBOX_ROOT)
+    assert set(volumes_mounted_under(base)) == set(roots.values())
+
+    def killed_worker(session) -> None:  # type: ignore[no-untyped-def]
+        # What a SIGKILL leaves: no shell, no registry entry, the volume still mounted on the host.
+        live = services._registry.pop(session.id)
+        with live.lock:
+            services.sandbox_stop(live, keep_volume=True)
+        assert os.path.ismount(live.spec.volume)
+
+    for session in (left, leased, deleted):
+        killed_worker(session)
+    # `running`: another worker process's sandbox (not in this process's registry), its shell alive.
+    other = services._registry.pop(running.id)
+    # `leased`: a step of a live worker on this host holds the session.
+    expires = timezone.now() + timedelta(seconds=60)
+    Session.objects.filter(pk=leased.id).update(
+        lease_owner=f"{socket.gethostname()}:{os.getpid()}:step", lease_expires_at=expires
+    )
+    Session.objects.filter(pk=deleted.id).delete()
+
+    assert sorted(services.sandboxes_release_orphans()) == sorted([left.id, deleted.id])
+    mounted = volumes_mounted_under(base)
+    assert set(mounted) == {roots[running.id], roots[leased.id]}
+    assert _loop_devices_freed(images[left.id])
+    assert not roots[deleted.id].exists()  # a deleted session's leftover goes with its directory
+    assert services.sandboxes_release_orphans() == []  # the rest is in use: a second sweep changes nothing
+    # The other worker's sandbox kept its volume and its files.
+    services._registry[running.id] = other
+    assert text(run(running, "bash", command="cat /workspace/f; echo more >> /workspace/f")) == "kept"
+
+    # The lease's owner was SIGKILLed too (its pid is gone on this host): a starting worker releases it.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    Session.objects.filter(pk=leased.id).update(lease_owner=f"{socket.gethostname()}:{gone.pid}:step")
+    worker_ready.send(sender=None)
+    assert set(volumes_mounted_under(base)) == {roots[running.id]}
+    assert _loop_devices_freed(images[leased.id])
+    # Released volumes come back, files and all, on their session's next tool call.
+    Session.objects.filter(pk=leased.id).update(lease_owner=None, lease_expires_at=None)
+    assert text(run(left, "bash", command="cat /workspace/f")) == "kept"
+    assert text(run(leased, "read", file_path="/workspace/f")) == "kept\n"

@@ -402,7 +402,7 @@ def test_a_memory_cgroup_bounds_the_sandbox_as_a_whole(make_sandbox_session, set
     assert pids.read_text().strip() == "40"
     # Five processes of 100 MiB each: every one is under RLIMIT_AS (256 MiB), together they are not.
     hog = "python3 -c 'import time; x = bytearray(100 * 1024 * 1024); time.sleep(4); print(\"kept\")'"
-    script = f"p=; for i in 1 2 3 4 5; do {hog} & p=\"$p $!\"; done; wait $p"  # not the shell's own jobs
+    script = f'p=; for i in 1 2 3 4 5; do {hog} & p="$p $!"; done; wait $p'  # not the shell's own jobs
     out = text(run(session, "bash", command=script, timeout_ms=60_000))
     # Two survivors' prints can share a line; bash's "Killed" lines quote the command, print("kept") and all.
     kept = sum(line.count("kept") for line in out.splitlines() if "Killed" not in line)
@@ -416,3 +416,113 @@ def test_a_memory_cgroup_bounds_the_sandbox_as_a_whole(make_sandbox_session, set
     # Stopping the sandbox removes its cgroups.
     services.sandbox_reap_idle(idle_seconds=0)
     assert live.cgroup is None and not any(p.exists() for p in group.paths)
+
+
+# Fills Unix socket pairs (each with the largest send buffer the kernel allows) without ever reading them,
+# until `target` bytes are queued or the kernel refuses; writes the running total to `out`, then holds it all.
+_SOCKET_FILL = r"""
+import os, socket, sys, time
+target, out = int(sys.argv[1]), sys.argv[2]
+open("/proc/self/oom_score_adj", "w").write("1000")  # if the OOM killer comes, these go first, not the shell
+chunk, held, queued = b"x" * 65536, [], 0
+try:
+    while queued < target:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024 * 1024)  # capped at 2 x net.core.wmem_max
+        a.setblocking(False)
+        held.append((a, b))
+        while True:
+            try:
+                queued += a.send(chunk)
+            except BlockingIOError:
+                break
+        with open(out + ".tmp", "w") as f:
+            f.write(str(queued))
+        os.replace(out + ".tmp", out)
+    result = "full"
+except OSError as exc:
+    result = f"errno {exc.errno}"
+open(out + ".end", "w").write(result)
+time.sleep(120)
+"""
+
+
+def _cgroup_memory(group, name: str) -> int:  # type: ignore[no-untyped-def]
+    v1 = {"current": "memory.usage_in_bytes", "peak": "memory.max_usage_in_bytes"}
+    return int((group.paths[0] / (v1[name] if group.version == 1 else f"memory.{name}")).read_text())
+
+
+def _queued(session, names: list[str]) -> dict[str, tuple[int, str, bool]]:  # type: ignore[no-untyped-def]
+    """Each filler's bytes queued so far, how it ended ("-" while it fills) and whether it is still alive
+    (not killed, not a zombie)."""
+    script = "; ".join(
+        f"p=$(cat /tmp/{n}.pid); s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); "
+        f'e=$([ -f /tmp/{n}.end ] && tr " " _ < /tmp/{n}.end || echo -); '
+        f'echo "{n} $(cat /tmp/{n} 2>/dev/null || echo 0) $e '
+        f'$([ -n "$s" ] && [ "$s" != Z ] && echo alive || echo gone)"'
+        for n in names
+    )
+    lines = text(run(session, "bash", command=script)).splitlines()
+    state = {}
+    for line in lines:
+        name, queued, end, alive = line.split(" ")
+        state[name] = (int(queued), end, alive == "alive")
+    return state
+
+
+def test_unix_socket_buffers_are_charged_to_the_sandbox_and_stop_at_its_memory_limit(
+    make_sandbox_session, settings
+):
+    """Data queued in Unix sockets nobody reads is kernel memory no rlimit counts (a process can queue
+    2 x wmem_max per socket, times its open files, times its processes). The sandbox's memory cgroup
+    charges it: a sandbox cannot pin more than its memory limit in socket buffers."""
+    from sandboxes.cgroup import cgroup_mode
+
+    if cgroup_mode() == "none":
+        pytest.skip("this host gives the worker no memory cgroup: socket buffers are bounded by rlimits only")
+    limit = 256 * 1024 * 1024
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = limit
+    session = make_sandbox_session()
+    run(session, "bash", command=f"cat > /tmp/fill.py <<'PY'\n{_SOCKET_FILL}\nPY")
+    group = services._registry[session.id].cgroup
+    assert group is not None
+
+    def start(names: list[str], target: int) -> None:
+        starts = " ".join(
+            f"(python3 /tmp/fill.py {target} /tmp/{n} & echo $! > /tmp/{n}.pid);" for n in names
+        )
+        run(session, "bash", command=f"rm -f /tmp/q*; {starts} sleep 0.2")
+
+    def settled(names: list[str]) -> dict[str, tuple[int, str, bool]]:
+        deadline = time.monotonic() + 60
+        while True:
+            state = _queued(session, names)
+            if (
+                all(end != "-" or not alive for _, end, alive in state.values())
+                or time.monotonic() > deadline
+            ):
+                time.sleep(0.5)  # a process the OOM killer chose may still be on its way out
+                return _queued(session, names)
+            time.sleep(0.3)
+
+    # 64 MiB queued by one process: the cgroup's usage grows by as much (it is charged, not just capped).
+    before = _cgroup_memory(group, "current")
+    start(["q0"], 64 * 1024 * 1024)
+    state = settled(["q0"])
+    queued, end, alive = state["q0"]
+    assert end == "full" and alive and queued >= 64 * 1024 * 1024, state
+    charged = _cgroup_memory(group, "current") - before
+    assert charged >= 0.9 * queued, (charged, queued)
+    run(session, "bash", command="kill $(cat /tmp/q0.pid); sleep 0.3")
+
+    # Eight processes asking for 64 MiB each, twice the limit: what the living hold together stays under it.
+    names = [f"q{i}" for i in range(8)]
+    start(names, 64 * 1024 * 1024)
+    state = settled(names)
+    held = sum(queued for queued, _, alive in state.values() if alive)
+    assert held <= limit, state
+    assert any(not alive or end != "full" for _, end, alive in state.values()), state  # refused or killed
+    # The kernel may charge past the limit by its per-CPU batch (64 pages) before it reclaims or kills.
+    assert _cgroup_memory(group, "peak") <= limit + 64 * 4096
+    run(session, "bash", command="pkill -f fill.py; true")
+    assert text(run(session, "bash", command="echo fine")) == "fine"
