@@ -24,7 +24,7 @@ from django.utils import timezone
 from agents.models import Environment
 from api.ids import new_id
 from galley.prepared import prepared_exists, prepared_rows
-from harness import budget, outcomes, pricing
+from harness import budget, logcache, outcomes, pricing
 from harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
 from harness.keeper import StepHandle, keeper
 from harness.mcp import McpConnection, McpError
@@ -277,10 +277,14 @@ def session_step(*, session_id: str) -> None:
             return
         handle = keeper.register(session_id, owner)
         state = StepState(handle)
-        _step_load(session_id, state)
+        log_seq = _step_load(session_id, state)
+        cached_seq, cached = logcache.take(session_id)  # what an earlier step in this process read
+        if cached_seq <= log_seq:  # (a log cut back, as tests do to stage a crash, is read afresh)
+            state.last_seq, state.events = cached_seq, cached
         try:
             while _advance(session_id, state):
                 pass
+            logcache.keep(session_id, state.last_seq, state.events)
         except LeaseLost:
             log.warning("harness step for %s lost its lease; another worker continues", session_id)
             return
@@ -301,13 +305,14 @@ def session_step(*, session_id: str) -> None:
             return
 
 
-def _step_load(session_id: str, state: StepState) -> None:
+def _step_load(session_id: str, state: StepState) -> int:
     """What a step reads once, in one query: the agent snapshot, the vaults, the primary thread,
-    whether the environment is self-hosted and whether the session mounts memory stores."""
+    whether the environment is self-hosted and whether the session mounts memory stores. Returns
+    the log's last seq."""
     rows = prepared_rows(
         "harness.step_load",
         lambda pk: (
-            Session.objects.only("agent_snapshot", "vault_ids")
+            Session.objects.only("agent_snapshot", "vault_ids", "last_seq")
             .annotate(
                 primary_thread=Subquery(
                     SessionThread.objects.filter(session_id=OuterRef("pk"), parent=None).values("id")[:1]
@@ -329,6 +334,7 @@ def _step_load(session_id: str, state: StepState) -> None:
     config = session.environment_config  # a raw annotation: JSON text
     config = json.loads(config) if isinstance(config, (str, bytes)) else config
     state.remote = Environment(config=config or {}).is_self_hosted
+    return int(session.last_seq)
 
 
 def _advance(session_id: str, state: StepState) -> bool:

@@ -7,6 +7,8 @@ import threading
 from typing import Any
 
 import anthropic
+from anthropic import Stream
+from anthropic.types import Message, RawMessageStreamEvent
 from django.conf import settings
 
 from harness.providers.base import (
@@ -46,6 +48,22 @@ class AnthropicProvider:
             timeout=settings.GALLEY_MODEL_TIMEOUT_SECONDS,
         )
 
+    def _stream(self, params: dict[str, Any]) -> Any:
+        """`messages.create(stream=True)`. On the plain client the body goes as JSON text made here:
+        `create` deep-copies the whole conversation to prepare it (a tenth of a step's CPU in a long
+        session) and encodes it in Python. Bedrock and Vertex clients rewrite the request from its
+        parsed body, so they keep `create`."""
+        if not _plain_client(self.client):
+            return self.client.messages.create(**params, stream=True)
+        body = json.dumps({**params, "stream": True}, ensure_ascii=False, separators=(",", ":"))
+        return self.client.post(
+            "/v1/messages",
+            content=body.encode(),
+            cast_to=Message,
+            stream=True,
+            stream_cls=Stream[RawMessageStreamEvent],
+        )
+
     def upstream_model(self, model: str) -> str:
         prefix = f"{self.name}/"
         return model[len(prefix) :] if self.name and model.startswith(prefix) else model
@@ -74,7 +92,7 @@ class AnthropicProvider:
         stop_reason: str | None = None
         model = request.model
         try:
-            stream = self.client.messages.create(**params, stream=True)
+            stream = self._stream(params)
             on_cancel = getattr(cancel, "on_cancel", None)
             if on_cancel is not None:
                 on_cancel(stream.close)
@@ -138,6 +156,10 @@ class AnthropicProvider:
             raise ModelCancelled()
         ordered = [blocks[index] for index in sorted(blocks)]
         return ModelAnswer(blocks=ordered, stop_reason=stop_reason, usage=usage, model=model)
+
+
+def _plain_client(client: Any) -> bool:
+    return type(client) is anthropic.Anthropic
 
 
 def request_params(request: ModelRequest) -> dict[str, Any]:

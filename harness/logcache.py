@@ -1,0 +1,89 @@
+"""The primary-thread log a worker process has read, kept from one step of a session to the next.
+
+The harness is stateless between steps: each step rebuilds the model's context from the session
+log, and without this each step of a long session would read and decode the whole log again (the
+larger part of a step's CPU after thirty turns). An event never changes once stored, except that
+its `processed_at` goes from null to a time once, so what a step read up to the first event still
+unprocessed is still true for any later step, in any process: a step starts from that prefix and
+reads only what follows it. Another worker's step of the same session changes nothing here: it can
+only append events and mark unprocessed ones, and both are read again.
+
+The cache is per process, least recently used first out, and bounded by the size of the events'
+payloads (`GALLEY_HARNESS_LOG_CACHE_BYTES`, 0 turns it off)."""
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from sessions.models import Event
+
+
+@dataclass
+class _Entry:
+    last_seq: int
+    events: list[Event]
+    size: int
+
+
+_entries: "OrderedDict[str, _Entry]" = OrderedDict()
+_sizes: dict[int, int] = {}  # an event's payload size by its pk, counted once when first kept
+_lock = threading.Lock()
+_total = 0
+
+
+def _size(event: Event) -> int:
+    found = _sizes.get(event.pk)
+    if found is None:
+        found = len(json.dumps(event.payload, separators=(",", ":"), default=str)) + 200
+        _sizes[event.pk] = found
+    return found
+
+
+def take(session_id: str) -> tuple[int, list[Event]]:
+    """The seq read up to and the primary-thread events up to it (a copy of the list), or (0, [])."""
+    with _lock:
+        entry = _entries.get(session_id)
+        if entry is None:
+            return 0, []
+        _entries.move_to_end(session_id)
+        return entry.last_seq, list(entry.events)
+
+
+def keep(session_id: str, last_seq: int, events: list[Event]) -> None:
+    """Keeps what a step that ended normally read: the events before the first one still
+    unprocessed (those may yet be marked, by any process), and the seq just before it."""
+    global _total
+    limit = settings.GALLEY_HARNESS_LOG_CACHE_BYTES
+    if limit <= 0:
+        return
+    cut = next((i for i, e in enumerate(events) if e.processed_at is None), None)
+    if cut is not None:
+        last_seq = events[cut].seq - 1
+        events = events[:cut]
+    with _lock:
+        old = _entries.pop(session_id, None)
+        if old is not None:
+            _total -= old.size
+        size = sum(_size(e) for e in events)
+        if size > limit:
+            for event in events:
+                _sizes.pop(event.pk, None)
+            return
+        _entries[session_id] = _Entry(last_seq, events, size)
+        _total += size
+        while _total > limit and _entries:
+            _, dropped = _entries.popitem(last=False)
+            _total -= dropped.size
+            for event in dropped.events:
+                _sizes.pop(event.pk, None)
+
+
+def clear() -> None:
+    global _total
+    with _lock:
+        _entries.clear()
+        _sizes.clear()
+        _total = 0
