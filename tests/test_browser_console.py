@@ -264,6 +264,83 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.close()
 
 
+def test_a_failed_start_shows_the_error_summary_on_the_field_and_keeps_the_form(
+    browser: Any, server: LiveGalley
+):
+    seeded = server.manage(
+        "shell",
+        "-c",
+        (
+            "from accounts.services import workspace_get_default; "
+            "from tests.console_factories import make_agent, make_environment; "
+            "from vaults.models import Vault; "
+            "ws = workspace_get_default(); make_environment(ws, name='start-env'); "
+            "a = make_agent(ws, name='Start form'); "
+            "Vault.objects.create(id='vlt_start_keep', workspace=ws, display_name='Keep'); "
+            "Vault.objects.create(id='vlt_start_gone', workspace=ws, display_name='Going away'); "
+            "print(a.pk)"
+        ),
+    )
+    agent_id = seeded.stdout.strip().splitlines()[-1]
+    page = _login(browser, server)
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(f"{server.base_url}/agents/{agent_id}")
+    page.get_by_label("Title").fill("Kept title")
+    page.get_by_label("First message").fill("Kept message")
+    page.locator("#start-more summary").click()
+    page.get_by_label("Going away").check()
+    page.get_by_label("Budget in USD").fill("0.001")
+    page.get_by_label("Metadata").fill("team=blue")
+
+    def start() -> int:
+        with page.expect_response(lambda r: r.url.endswith("/start")) as answer:
+            page.get_by_role("button", name="Start session").click()
+        page.wait_for_load_state()
+        return int(answer.value.status)
+
+    # A budget the server refuses: the page comes back with the summary focused and the form as it was.
+    assert start() == 400
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'error-summary'")
+    assert "use whole cents" in page.locator("#budget_usd-error").inner_text()
+    assert page.locator("#s-budget").is_visible()  # the section holding it is open
+    assert page.get_by_label("Title").input_value() == "Kept title"
+    assert page.get_by_label("First message").input_value() == "Kept message"
+    assert page.get_by_label("Metadata").input_value() == "team=blue"
+    assert page.get_by_label("Budget in USD").input_value() == "0.001"
+    assert page.get_by_label("Going away").is_checked() and not page.get_by_label("Keep").is_checked()
+    assert page.locator(".flash, .messages").count() == 0
+    page.locator("#error-summary a").first.click()
+    assert page.evaluate("document.activeElement.id") == "s-budget"
+    _shot(page, "start-session-error", full_page=False)
+
+    # A vault archived since the page loaded: the error is on the vaults.
+    server.manage(
+        "shell",
+        "-c",
+        (
+            "from django.utils import timezone; from vaults.models import Vault; "
+            "Vault.objects.filter(pk='vlt_start_gone').update(archived_at=timezone.now())"
+        ),
+    )
+    page.get_by_label("Budget in USD").fill("2.50")
+    assert start() == 400
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'error-summary'")
+    assert "is archived" in page.locator("#vault_ids-error").inner_text()
+    assert page.get_by_label("Going away").count() == 0  # no longer offered
+    page.locator("#error-summary a").first.click()
+    assert page.evaluate("document.activeElement.name") == "vault_ids"
+
+    # Corrected, it starts.
+    page.get_by_label("First message").fill("")
+    assert start() == 302
+    page.wait_for_url(re.compile(r"/sessions/sesn_"))
+    assert page.locator("h1").inner_text().startswith("Kept title")
+    assert problems == []
+    page.close()
+
+
 def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: LiveGalley):
     """A 10,000-event trace: the page draws what is in view, filters, searches, steps and scrubs
     through all of it, and the tree's roll-ups cover every turn."""
