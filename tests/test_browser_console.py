@@ -426,6 +426,94 @@ def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: Li
     page.close()
 
 
+LIVE_EVENTS = """
+from django.utils import timezone
+from sessions.models import Session
+from tests.console_factories import add_events, text
+s = Session.objects.get(pk={session_id!r})
+question, _run, span, said, use = add_events(s, [
+    ("user.message", {{"content": text("Live question")}}),
+    ("session.status_running", {{}}),
+    ("span.model_request_start", {{}}),
+    ("agent.message", {{"content": text("Live answer")}}),
+    ("agent.tool_use", {{"name": "bash", "input": {{"command": "echo live"}}}}),
+], at=timezone.now())
+add_events(s, [
+    ("agent.tool_result", {{"tool_use_id": use.id, "content": text("live")}}),
+    ("span.model_request_end", {{"model_request_start_id": span.id, "model_usage": {{"input_tokens": 5}}}}),
+], at=timezone.now())
+"""
+
+
+def test_a_running_sessions_trace_gains_new_events_in_place(browser: Any, server: LiveGalley):
+    """While a session runs, the trace page asks for what is new and adds it: the turn the reader
+    opened stays open, the page stays where it was scrolled, the replay's cursor stays put, and the
+    turns that did not change are the same elements as before (not redrawn)."""
+    seeded = server.manage(
+        "shell",
+        "-c",
+        (
+            "import datetime as dt; from django.utils import timezone; "
+            "from accounts.services import workspace_get_default; "
+            "from tests.console_factories import add_turns, make_session; "
+            # A lease held by nobody real keeps the sweeper from stepping it: only this test writes.
+            "s = make_session(workspace_get_default(), title='Live trace', status='running', "
+            "lease_owner='browser-test', lease_expires_at=timezone.now() + dt.timedelta(hours=1)); "
+            "add_turns(s, 30); print(s.pk)"
+        ),
+    )
+    session_id = seeded.stdout.strip().splitlines()[-1]
+    page = _login(browser, server)
+    polls: list[str] = []
+    page.on("request", lambda r: "/trace/data.json" in r.url and polls.append(r.url))
+    page.goto(f"{server.base_url}/sessions/{session_id}/trace")
+    watch = _Watch(page)
+    page.wait_for_function("document.querySelectorAll('.tturn').length === 30")
+    page.get_by_role("button", name="First event").click()
+    page.get_by_role("button", name="Next event").click()
+    position = page.locator("#trace-pos")
+    assert position.inner_text().startswith("Event 3 of 240")  # status events are hidden
+    # The reader opens turn 3 and its model request, and scrolls it to the top of the window.
+    page.locator("#turn-main-3 > summary").click()
+    page.locator("#turn-main-3 .tnode.model > summary").click()
+    page.evaluate(
+        """() => { document.querySelectorAll('.tturn').forEach(t => { t.dataset.kept = '1'; });
+        const turn = document.getElementById('turn-main-3');
+        window.scrollTo(0, window.scrollY + turn.getBoundingClientRect().top - 40); }"""
+    )
+    before = page.evaluate(
+        "() => ({y: window.scrollY, top: document.getElementById('turn-main-3').getBoundingClientRect().top})"
+    )
+    asked = len(polls)
+    server.manage("shell", "-c", LIVE_EVENTS.format(session_id=session_id))
+    page.wait_for_function("document.querySelectorAll('.tturn').length === 31")
+    page.wait_for_function("document.getElementById('trace-pos').textContent.includes('of 247')")
+    new_turn = page.locator("#turn-main-31")
+    assert new_turn.locator("summary").first.text_content().startswith("Turn 31: Live question")
+    page.wait_for_function(
+        # textContent: the turn is below the window, so (content-visibility) it has no innerText yet.
+        "document.querySelector('#turn-main-31 .tnode.tool summary')"
+        ".textContent.startsWith('bash: echo live')"
+    )
+    assert page.locator("#trace-total-tokens").inner_text() == "3,005 / 300"
+    # What the reader had: the open turn and node, the scroll, the replay's cursor.
+    assert page.evaluate("document.getElementById('turn-main-3').open")
+    assert page.evaluate("document.querySelector('#turn-main-3 .tnode.model').open")
+    after = page.evaluate(
+        "() => ({y: window.scrollY, top: document.getElementById('turn-main-3').getBoundingClientRect().top})"
+    )
+    assert abs(after["y"] - before["y"]) <= 1 and abs(after["top"] - before["top"]) <= 1, (before, after)
+    assert position.inner_text().startswith("Event 3 of 247")
+    # Incremental: the thirty turns already drawn are the same elements; the polls asked for what is new.
+    assert page.locator(".tturn[data-kept='1']").count() == 30
+    assert polls[0].endswith("/trace/data.json") and all("?after=240" in url for url in polls[1:asked])
+    assert any("?after=240" in url for url in polls[asked:])
+    if not any("?after=247" in url for url in polls):  # the page keeps asking from where it is
+        page.wait_for_event("request", lambda r: "?after=247" in r.url)
+    watch.check()
+    page.close()
+
+
 def test_narrow_screen_and_viewer(browser: Any, server: LiveGalley):
     page = _login(browser, server, username="viv", width=390)
     page.goto(server.base_url + "/sessions")
