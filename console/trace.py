@@ -182,6 +182,7 @@ class Lane:
     models: dict[str, tuple[Node, Turn]] = field(default_factory=dict)
     tools: dict[str, tuple[Node, Turn]] = field(default_factory=dict)
     current: Node | None = None  # the model request whose answer is being recorded
+    priced: dict[str, int] = field(default_factory=dict)  # this read's model request costs, by end event id
 
     def turn(self, event: Event | LogEvent) -> Turn:
         if not self.turns:
@@ -308,7 +309,12 @@ def _view(
         # Latencies and durations of the new rows point back at starts read before.
         refs = trace_references(list(events))  # type: ignore[arg-type]
         earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else None
-    for event, row in zip(events, trace_rows(session, events, earlier, full=False), strict=True):
+    costs: dict[str, int] = {}  # priced once, for the tree and the rows
+    for lane in lanes:
+        costs |= lane.priced
+        lane.priced.clear()  # the rows below are its only reader; a kept state carries none
+    replay_rows = trace_rows(session, events, earlier, full=False, costs=costs)
+    for event, row in zip(events, replay_rows, strict=True):
         tokens = row.get("tokens")
         rows.append(
             [
@@ -407,7 +413,7 @@ def _observe(lane: Lane, event: Event | LogEvent, model_id: str) -> None:
         usage = p.get("model_usage") or {}
         node.end, node.end_seq, node.is_error = event.created_at, event.seq, bool(p.get("is_error"))
         node.tokens = {key: int(usage.get(key) or 0) for key in TOKEN_KEYS}
-        node.cost_micros = step_cost_micros(model_id, usage)
+        node.cost_micros = lane.priced[event.id] = step_cost_micros(model_id, usage)
         for key in TOKEN_KEYS:
             setattr(turn.totals, key, getattr(turn.totals, key) + node.tokens[key])
         turn.totals.cost_micros += node.cost_micros

@@ -235,9 +235,9 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.get_by_label("Search events").fill("hello-from-sandbox")
     page.wait_for_function("document.querySelectorAll('.tev:not([hidden])').length < 6")
     page.get_by_label("Search events").fill("")
-    page.get_by_role("button", name="Copy the whole trace as markdown").click()
     page.evaluate("window.scrollTo(0, 0)")
     _shot(page, "trace", full_page=False)
+    page.get_by_role("button", name="Copy the whole trace as markdown").click()
     trace_watch.check()
     page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")  # a deep link
     page.reload()
