@@ -370,18 +370,22 @@ def trace_view_json(session: Session, *, after: int | None = None) -> bytes:
     With `after` (the `last_seq` the page has), a delta: the turns changed since and the new replay
     rows, read from the events after it only, when the state that reading left is still cached;
     else the whole view (it has no `after`, and the page compares it turn by turn)."""
-    state = cache.get(_state_key(session.pk, after)) if after else None
-    if after and state is None:
-        return trace_view_json(session)
     key = f"galley:trace-view:{session.pk}:{session.last_seq}:{session.status}:{after or 0}"
     body = cache.get(key)
     if body is None:
+        state = cache.get(_state_key(session.pk, after)) if after else None
+        if after and state is None:
+            return trace_view_json(session)
         events = trace_events(session, after=state.last_seq if state else 0)
         view, new_state = _view(session, events, state)
         body = json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
         cache.set(key, body, STATE_CACHE_SECONDS if after else TRACE_CACHE_SECONDS)
         if new_state is not None and session.status in LIVE:
             cache.set(_state_key(session.pk, new_state.last_seq), new_state, STATE_CACHE_SECONDS)
+        if state is not None and new_state is not None and new_state.last_seq != state.last_seq:
+            # One state per session, not one per poll (a 10,000-event state is most of a megabyte);
+            # a page still at `after` gets this delta from the cache, a later one the whole view.
+            cache.delete(_state_key(session.pk, state.last_seq))
     return body
 
 

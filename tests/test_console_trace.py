@@ -246,6 +246,14 @@ def test_a_running_sessions_page_gets_only_what_changed_since_it_last_asked(work
     assert rows == [row for row in _named_rows(full) if row["seq"] > 28]
     assert rows[2]["latency_ms"] is not None  # the span's start was read before this delta
     assert rows[0]["summary"] == "Result of bash"
+    # One state kept per session: the one read from is dropped, yet a second page at the same
+    # position gets the same delta (cached).
+    from django.core.cache import cache
+
+    from console.trace import _state_key
+
+    assert cache.get(_state_key(session.pk, 28)) is None and cache.get(_state_key(session.pk, 31))
+    assert client.get(f"{url}?after=28").json() == delta
     # Nothing new: no turn, no row. A position the server has no state for: the whole view.
     quiet = client.get(f"{url}?after=31").json()
     assert quiet["after"] == 31 and quiet["lanes"][0]["turns"] == [] and quiet["replay"]["rows"] == []
