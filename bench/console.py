@@ -197,6 +197,37 @@ def _log_moves(session_id: str) -> None:
     Session.objects.filter(pk=session_id).update(last_seq=session.last_seq)
 
 
+def _delta_time(client: Any, session_id: str) -> float:
+    """A running session's live trace page: one event appended, then the poll for what is new
+    (`trace/data.json?after=<the seq it had>`), served from the state the previous read left."""
+    import gzip
+
+    from sessions.models import Session
+
+    status = Session.objects.filter(pk=session_id).values_list("status", flat=True).get()
+    Session.objects.filter(pk=session_id).update(status="running")
+    url = f"/sessions/{session_id}/trace/data.json"
+
+    def body(response: Any) -> Any:
+        raw = response.content
+        return json.loads(gzip.decompress(raw) if response.get("Content-Encoding") == "gzip" else raw)
+
+    last = body(client.get(url, **GZIP))["last_seq"]
+    samples = []
+    try:
+        for _ in range(RUNS + 1):  # the first is a warm-up
+            _log_moves(session_id)
+            started = time.perf_counter()
+            response = client.get(f"{url}?after={last}", **GZIP)
+            samples.append(time.perf_counter() - started)
+            delta = body(response)
+            assert delta.get("after") == last, "the poll was not served as a delta"
+            last = delta["last_seq"]
+    finally:
+        Session.objects.filter(pk=session_id).update(status=status)
+    return statistics.median(samples[1:])
+
+
 def _time(call: Callable[[], Any]) -> float:
     call()  # warm-up: template loading, first queries
     samples = []
@@ -235,6 +266,10 @@ def run() -> list[tuple[str, float]]:
         (
             "trace page data, from the cache",
             _time(lambda: client.get(f"/sessions/{big_id}/trace/data.json", **GZIP)),
+        ),
+        (
+            "trace page data, a running session's poll after one new event (delta)",
+            _delta_time(client, big_id),
         ),
         (
             "trace JSON export, all 10,000 events",

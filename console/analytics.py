@@ -266,6 +266,14 @@ def usd(micros: int | float) -> str:
     return f"{sign}${abs(cents) / 100:,.2f}"
 
 
+def usd_tick(top_micros: int) -> Callable[[float], str]:
+    """The spend axis's ticks (in dollars): cents as in the report, unless the tallest bar is under
+    ten cents, where cents would label $0.0079 as "$0.01" and its half as "<$0.01"."""
+    if top_micros >= 100_000:
+        return lambda v: usd(v * 1_000_000)
+    return lambda v: f"${v:.4f}"
+
+
 def thousands(value: int | float) -> str:
     return f"{int(value):,}"
 

@@ -340,6 +340,64 @@ def session_start_body(post: Any, *, agent_id: str) -> dict[str, Any]:
     return body
 
 
+# Where a sessions.create error path points on the start form.
+_START_PATHS = {
+    "environment_id": "environment_id",
+    "title": "title",
+    "vault_ids": "vault_ids",
+    "budget": "budget_usd",
+    "metadata": "metadata",
+}
+_RESOURCE_FIELDS = {"file": "file_ids", "memory_store": "memory_store_ids", "github_repository": "repo_url"}
+_QUOTED = re.compile(r"'([^']+)'")
+
+
+def session_start_error_field(post: Any, exc: ApiError) -> str:
+    """The start form's field a sessions.create error belongs to ("form" when none does): by the
+    error's path (`budget.max_list_cost…`, `resources[2].checkout…`), or for a 404 by the id it names
+    ("Vault 'vlt_…' was not found." belongs to the vault the user ticked)."""
+    head = exc.message.split(":", 1)[0] if ":" in exc.message else ""
+    root = _FIELD.match(head)
+    if root and root.group(1) in _START_PATHS:
+        return _START_PATHS[root.group(1)]
+    if root and root.group(1) == "resources" and root.group(3) is not None:
+        try:
+            resources = session_start_body(post, agent_id="")["resources"]
+            kind = resources[int(root.group(3))]["type"]
+        except (ApiError, KeyError, IndexError, TypeError):
+            return "form"
+        if kind == "github_repository" and ".checkout" in head:
+            return "repo_branch"
+        if kind == "github_repository" and ".authorization_token" in head:
+            return "repo_token"
+        return _RESOURCE_FIELDS.get(kind, "form")
+    named = _QUOTED.search(exc.message)
+    if named:
+        for field in ("environment_id", "vault_ids", "memory_store_ids", "file_ids"):
+            if named.group(1) in post.getlist(field):
+                return field
+    return "form"
+
+
+def session_start_state(post: Any | None) -> dict[str, Any]:
+    """What the start form shows: empty, or what the user entered before a failed start (never the
+    access token, a secret)."""
+    if post is None:
+        return {"memory_access": "read_write", "vault_ids": [], "memory_store_ids": [], "file_ids": []}
+    state: dict[str, Any] = {
+        k: post.get(k, "")
+        for k in ("environment_id", "title", "message", "repo_url", "repo_branch", "budget_usd", "metadata")
+    }
+    state["memory_access"] = post.get("memory_access") or "read_write"
+    for k in ("vault_ids", "memory_store_ids", "file_ids"):
+        state[k] = [v for v in post.getlist(k) if v]
+    state["token_given"] = bool(post.get("repo_token"))
+    state["more"] = state["token_given"] or any(
+        state[k] for k in ("vault_ids", "memory_store_ids", "file_ids", "repo_url", "budget_usd", "metadata")
+    )
+    return state
+
+
 # --- vault credentials ------------------------------------------------------------------------------
 
 CREDENTIAL_KINDS = [

@@ -314,10 +314,12 @@ def trace_rows(
     earlier: dict[str, Event] | None = None,
     *,
     full: bool = True,
+    costs: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """The replay's rows: one per event, with latency and cost on model spans and duration on tools.
     `earlier` holds referenced events from before this page, so a page boundary loses nothing.
-    `full` adds each event's JSON (`Event.wire()`) as the row's `event`."""
+    `full` adds each event's JSON (`Event.wire()`), its id and time; without it a row holds what
+    the trace page's compact view reads. `costs`: model request costs already priced, by event id."""
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
     before = earlier or {}
     starts: dict[str, Any] = {k: v for k, v in before.items() if v.type == "span.model_request_start"}
@@ -339,14 +341,13 @@ def trace_rows(
             kind = "error"
         row: dict[str, Any] = {
             "seq": event.seq,
-            "id": event.id,
             "type": t,
             "kind": kind,
             "lane": event.thread_id or "main",
-            "at": event.created_at.isoformat(),
             "summary": "",
         }
         if full:
+            row |= {"id": event.id, "at": event.created_at.isoformat()}
             row["event"] = event.wire()  # type: ignore[union-attr]
         if t == "span.model_request_start":
             starts[event.id] = event
@@ -365,7 +366,8 @@ def trace_rows(
                     "cache_creation_input_tokens",
                 )
             }
-            row["cost"] = money(step_cost_micros(model_id, usage))
+            cost = costs.get(event.id) if costs is not None else None
+            row["cost"] = money(step_cost_micros(model_id, usage) if cost is None else cost)
             row["summary"] = (
                 f"Model request: {row['tokens']['input_tokens']} in / {row['tokens']['output_tokens']} out"
             )

@@ -12,7 +12,15 @@ from typing import Any, NamedTuple
 
 from django.core.cache import cache
 
-from console.timeline import content_text, money, one_line, step_cost_micros, tool_summary, trace_rows
+from console.timeline import (
+    content_text,
+    money,
+    one_line,
+    step_cost_micros,
+    tool_summary,
+    trace_references,
+    trace_rows,
+)
 from sessions.models import Event, Session
 
 TRACE_CACHE_SECONDS = 600
@@ -34,9 +42,14 @@ class LogEvent(NamedTuple):
     payload: dict[str, Any]
 
 
-def trace_events(session: Session) -> list[LogEvent]:
-    """The session's whole log in seq order, as the trace reads it."""
-    rows = Event.objects.filter(session=session).order_by("seq").values_list(*LogEvent._fields)
+def trace_events(session: Session, *, after: int = 0) -> list[LogEvent]:
+    """The session's log (after `after`) in seq order, as the trace reads it."""
+    qs = (
+        Event.objects.filter(session=session, seq__gt=after)
+        if after
+        else Event.objects.filter(session=session)
+    )
+    rows = qs.order_by("seq").values_list(*LogEvent._fields)
     return [LogEvent(*row) for row in rows]
 
 
@@ -133,6 +146,7 @@ class Turn:
     end: datetime | None = None
     nodes: list[Node] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
+    last_seq: int = 0  # the newest event that changed this turn: a live page redraws only those
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -164,10 +178,11 @@ class Lane:
     name: str
     turns: list[Turn] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
-    # Open work, by the id of the event that started it.
-    models: dict[str, Node] = field(default_factory=dict)
-    tools: dict[str, Node] = field(default_factory=dict)
+    # Open work, by the id of the event that started it, with the turn that holds it.
+    models: dict[str, tuple[Node, Turn]] = field(default_factory=dict)
+    tools: dict[str, tuple[Node, Turn]] = field(default_factory=dict)
     current: Node | None = None  # the model request whose answer is being recorded
+    priced: dict[str, int] = field(default_factory=dict)  # this read's model request costs, by end event id
 
     def turn(self, event: Event | LogEvent) -> Turn:
         if not self.turns:
@@ -177,11 +192,14 @@ class Lane:
         return self.turns[-1]
 
 
-def _trace_lanes(session: Session, events: Sequence[Event | LogEvent]) -> tuple[list[Lane], Totals]:
-    """The log read once into lanes of turns and nodes, with the roll-ups of each level."""
+def _trace_lanes(
+    session: Session, events: Sequence[Event | LogEvent], lanes: dict[str, Lane] | None = None
+) -> tuple[list[Lane], Totals]:
+    """The log read into lanes of turns and nodes, with the roll-ups of each level; with `lanes`
+    (what an earlier read left, `TraceState`), only the events after it are read into them."""
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
-    names = dict(session.threads.values_list("id", "agent_name"))
-    lanes: dict[str, Lane] = {}
+    names = dict(session.threads.values_list("id", "agent_name")) if events else {}
+    lanes = {} if lanes is None else lanes
     for event in events:
         lane_id = event.thread_id or "main"
         lane = lanes.get(lane_id)
@@ -191,12 +209,33 @@ def _trace_lanes(session: Session, events: Sequence[Event | LogEvent]) -> tuple[
         _observe(lane, event, model_id)
         if lane.turns:
             lane.turns[-1].end = event.created_at
+            lane.turns[-1].last_seq = event.seq
     session_totals = Totals()
     for lane in lanes.values():
+        lane.totals = Totals()
         for turn in lane.turns:
             lane.totals.add(turn.totals)
         session_totals.add(lane.totals)
     return list(lanes.values()), session_totals
+
+
+@dataclass
+class TraceState:
+    """What reading the log up to `last_seq` left: enough to read only the events after it. Kept in
+    the cache for a running session, whose page asks every 2 s for what is new."""
+
+    last_seq: int
+    start: datetime
+    end: datetime
+    lanes: dict[str, Lane]
+
+
+STATE_CACHE_SECONDS = 120  # a live page asks every 2 s; a state older than that is rebuilt from the log
+LIVE = ("running", "rescheduling")
+
+
+def _state_key(session_id: str, last_seq: int) -> str:
+    return f"galley:trace-state:{session_id}:{last_seq}"
 
 
 def _span(session: Session, events: Sequence[Event | LogEvent]) -> tuple[datetime, datetime]:
@@ -246,13 +285,36 @@ def trace_view(session: Session, events: Sequence[Event | LogEvent]) -> dict[str
     the replay's rows, as positional arrays (the `*_FIELDS` name their columns; a node's tokens
     follow TOKEN_KEYS, the replay's kinds, lanes and types are indexes into their lists). Turn
     markdown and each event's JSON are left out: the page fetches them when they are asked for."""
-    lanes, session_totals = _trace_lanes(session, events)
-    start, end = _span(session, events)
+    return _view(session, events)[0]
+
+
+def _view(
+    session: Session, events: Sequence[Event | LogEvent], state: TraceState | None = None
+) -> tuple[dict[str, Any], TraceState | None]:
+    """The view of `events` read after `state` (None: the whole log): with a state, a delta that
+    holds the turns those events changed and their replay rows only (`after` says from where)."""
+    lanes, session_totals = _trace_lanes(session, events, state.lanes if state else None)
+    if state is not None:
+        start, end = state.start, events[-1].created_at if events else state.end
+    else:
+        start, end = _span(session, events)
+    after = state.last_seq if state else 0
+    last_seq = events[-1].seq if events else after
     kinds: dict[str, int] = {}
     lane_ids: dict[str, int] = {}
     types: dict[str, int] = {}
     rows = []
-    for event, row in zip(events, trace_rows(session, events, full=False), strict=True):
+    earlier: dict[str, Any] | None = None
+    if state is not None and events:
+        # Latencies and durations of the new rows point back at starts read before.
+        refs = trace_references(list(events))  # type: ignore[arg-type]
+        earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else None
+    costs: dict[str, int] = {}  # priced once, for the tree and the rows
+    for lane in lanes:
+        costs |= lane.priced
+        lane.priced.clear()  # the rows below are its only reader; a kept state carries none
+    replay_rows = trace_rows(session, events, earlier, full=False, costs=costs)
+    for event, row in zip(events, replay_rows, strict=True):
         tokens = row.get("tokens")
         rows.append(
             [
@@ -268,12 +330,12 @@ def trace_view(session: Session, events: Sequence[Event | LogEvent]) -> dict[str
                 row.get("cost"),
             ]
         )
-    return {
+    view: dict[str, Any] = {
         "session_id": session.pk,
         "status": session.status,
         "start": start.isoformat(),
         "duration_ms": _ms(start, end),
-        "last_seq": events[-1].seq if events else 0,
+        "last_seq": last_seq,
         "fields": {
             "tokens": TOKEN_KEYS,
             "totals": TOTALS_FIELDS,
@@ -287,24 +349,43 @@ def trace_view(session: Session, events: Sequence[Event | LogEvent]) -> dict[str
                 "id": lane.id,
                 "name": lane.name,
                 "totals": lane.totals.compact(),
-                "turns": [turn.compact(start) for turn in lane.turns],
+                "turns": [turn.compact(start) for turn in lane.turns if turn.last_seq > after],
             }
             for lane in lanes
         ],
         "replay": {"kinds": list(kinds), "lanes": list(lane_ids), "types": list(types), "rows": rows},
     }
+    if state is not None:
+        view["after"] = after
+    if not lanes:
+        return view, None
+    return view, TraceState(last_seq=last_seq, start=start, end=end, lanes={lane.id: lane for lane in lanes})
 
 
-def trace_view_json(session: Session) -> bytes:
-    """`trace_view` of the session's whole log as JSON, kept in the cache under the session's
-    `last_seq` and status: the log only grows, and every append moves `last_seq`, so an entry is
-    never stale. An ended session's trace is built once; a running one's when it has moved."""
-    key = f"galley:trace-view:{session.pk}:{session.last_seq}:{session.status}"
+def trace_view_json(session: Session, *, after: int | None = None) -> bytes:
+    """`trace_view` of the session's log as JSON, kept in the cache under the session's `last_seq`
+    and status: the log only grows, and every append moves `last_seq`, so an entry is never stale.
+    An ended session's trace is built once; a running one's when it has moved.
+
+    With `after` (the `last_seq` the page has), a delta: the turns changed since and the new replay
+    rows, read from the events after it only, when the state that reading left is still cached;
+    else the whole view (it has no `after`, and the page compares it turn by turn)."""
+    key = f"galley:trace-view:{session.pk}:{session.last_seq}:{session.status}:{after or 0}"
     body = cache.get(key)
     if body is None:
-        view = trace_view(session, trace_events(session))
+        state = cache.get(_state_key(session.pk, after)) if after else None
+        if after and state is None:
+            return trace_view_json(session)
+        events = trace_events(session, after=state.last_seq if state else 0)
+        view, new_state = _view(session, events, state)
         body = json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
-        cache.set(key, body, TRACE_CACHE_SECONDS)
+        cache.set(key, body, STATE_CACHE_SECONDS if after else TRACE_CACHE_SECONDS)
+        if new_state is not None and session.status in LIVE:
+            cache.set(_state_key(session.pk, new_state.last_seq), new_state, STATE_CACHE_SECONDS)
+        if state is not None and new_state is not None and new_state.last_seq != state.last_seq:
+            # One state per session, not one per poll (a 10,000-event state is most of a megabyte);
+            # a page still at `after` gets this delta from the cache, a later one the whole view.
+            cache.delete(_state_key(session.pk, state.last_seq))
     return body
 
 
@@ -324,18 +405,19 @@ def _observe(lane: Lane, event: Event | LogEvent, model_id: str) -> None:
     turn = lane.turn(event)
     if t == "span.model_request_start":
         node = Node(kind="model", seq=event.seq, start=event.created_at, name="Model request")
-        lane.models[event.id] = node
+        lane.models[event.id] = (node, turn)
         lane.current = node
         turn.nodes.append(node)
         turn.totals.model_requests += 1
     elif t == "span.model_request_end":
-        node = lane.models.pop(str(p.get("model_request_start_id")), None)
-        if node is None:
+        found = lane.models.pop(str(p.get("model_request_start_id")), None)
+        if found is None:
             return
+        node, found[1].last_seq = found[0], event.seq  # its turn changed, if it is an earlier one
         usage = p.get("model_usage") or {}
         node.end, node.end_seq, node.is_error = event.created_at, event.seq, bool(p.get("is_error"))
         node.tokens = {key: int(usage.get(key) or 0) for key in TOKEN_KEYS}
-        node.cost_micros = step_cost_micros(model_id, usage)
+        node.cost_micros = lane.priced[event.id] = step_cost_micros(model_id, usage)
         for key in TOKEN_KEYS:
             setattr(turn.totals, key, getattr(turn.totals, key) + node.tokens[key])
         turn.totals.cost_micros += node.cost_micros
@@ -352,14 +434,15 @@ def _observe(lane: Lane, event: Event | LogEvent, model_id: str) -> None:
             name=name,
             summary=tool_summary(p.get("input")),
         )
-        lane.tools[event.id] = node
+        lane.tools[event.id] = (node, turn)
         (lane.current.children if lane.current is not None else turn.nodes).append(node)
         turn.totals.tool_calls += 1
         if t == "agent.custom_tool_use":
             node.name = f"{name} (custom)"
     elif t == "user.tool_confirmation":
-        node = lane.tools.get(str(p.get("tool_use_id")))
-        if node is not None:
+        held = lane.tools.get(str(p.get("tool_use_id")))
+        if held is not None:
+            node, held[1].last_seq = held[0], event.seq
             # From the call until the person decided: waiting, not running.
             node.wait_ms = _ms(node.start, event.created_at)
             turn.totals.wait_ms += node.wait_ms
@@ -367,9 +450,10 @@ def _observe(lane: Lane, event: Event | LogEvent, model_id: str) -> None:
                 node.summary = (node.summary + " · denied").strip(" ·")
     elif t in TOOL_RESULTS:
         use_id = str(p.get("tool_use_id") or p.get("mcp_tool_use_id") or p.get("custom_tool_use_id") or "")
-        node = lane.tools.pop(use_id, None)
-        if node is None:
+        held = lane.tools.pop(use_id, None)
+        if held is None:
             return
+        node, held[1].last_seq = held[0], event.seq
         node.end, node.end_seq, node.is_error = event.created_at, event.seq, bool(p.get("is_error"))
         if t == "user.custom_tool_result":  # a person (or their program) answered: all of it is waiting
             node.wait_ms = _ms(node.start, event.created_at)

@@ -559,8 +559,10 @@ def session_create(
     snapshot = _apply_overrides(_session_snapshot(version), body["agent"], workspace=workspace)
     skill_refs_check_exist(snapshot=snapshot)
     defaulted = False
-    if budget is None:
-        # An admin's per-session default (costs/) stands in for a budget the body does not give.
+    if budget is None and "budget" not in body:
+        # An admin's per-session default (costs/) stands in for a budget the body leaves out. An
+        # explicit `budget: null` is the wire's "no budget" (the session's `budget` is null, and null
+        # on update removes one), so the client gets an uncapped session, as it asked.
         from costs.services import session_budget_default
 
         budget = session_budget_default(workspace=workspace)

@@ -235,9 +235,9 @@ def test_build_agent_run_session_approve_tool_and_replay(
     page.get_by_label("Search events").fill("hello-from-sandbox")
     page.wait_for_function("document.querySelectorAll('.tev:not([hidden])').length < 6")
     page.get_by_label("Search events").fill("")
-    page.get_by_role("button", name="Copy the whole trace as markdown").click()
     page.evaluate("window.scrollTo(0, 0)")
     _shot(page, "trace", full_page=False)
+    page.get_by_role("button", name="Copy the whole trace as markdown").click()
     trace_watch.check()
     page.goto(re.sub(r"#.*$", "", page.url) + "#seq-3")  # a deep link
     page.reload()
@@ -261,6 +261,83 @@ def test_build_agent_run_session_approve_tool_and_replay(
     ]:
         page.goto(server.base_url + url)
         _shot(page, name)
+    page.close()
+
+
+def test_a_failed_start_shows_the_error_summary_on_the_field_and_keeps_the_form(
+    browser: Any, server: LiveGalley
+):
+    seeded = server.manage(
+        "shell",
+        "-c",
+        (
+            "from accounts.services import workspace_get_default; "
+            "from tests.console_factories import make_agent, make_environment; "
+            "from vaults.models import Vault; "
+            "ws = workspace_get_default(); make_environment(ws, name='start-env'); "
+            "a = make_agent(ws, name='Start form'); "
+            "Vault.objects.create(id='vlt_start_keep', workspace=ws, display_name='Keep'); "
+            "Vault.objects.create(id='vlt_start_gone', workspace=ws, display_name='Going away'); "
+            "print(a.pk)"
+        ),
+    )
+    agent_id = seeded.stdout.strip().splitlines()[-1]
+    page = _login(browser, server)
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(f"{server.base_url}/agents/{agent_id}")
+    page.get_by_label("Title").fill("Kept title")
+    page.get_by_label("First message").fill("Kept message")
+    page.locator("#start-more summary").click()
+    page.get_by_label("Going away").check()
+    page.get_by_label("Budget in USD").fill("0.001")
+    page.get_by_label("Metadata").fill("team=blue")
+
+    def start() -> int:
+        with page.expect_response(lambda r: r.url.endswith("/start")) as answer:
+            page.get_by_role("button", name="Start session").click()
+        page.wait_for_load_state()
+        return int(answer.value.status)
+
+    # A budget the server refuses: the page comes back with the summary focused and the form as it was.
+    assert start() == 400
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'error-summary'")
+    assert "use whole cents" in page.locator("#budget_usd-error").inner_text()
+    assert page.locator("#s-budget").is_visible()  # the section holding it is open
+    assert page.get_by_label("Title").input_value() == "Kept title"
+    assert page.get_by_label("First message").input_value() == "Kept message"
+    assert page.get_by_label("Metadata").input_value() == "team=blue"
+    assert page.get_by_label("Budget in USD").input_value() == "0.001"
+    assert page.get_by_label("Going away").is_checked() and not page.get_by_label("Keep").is_checked()
+    assert page.locator(".flash, .messages").count() == 0
+    page.locator("#error-summary a").first.click()
+    assert page.evaluate("document.activeElement.id") == "s-budget"
+    _shot(page, "start-session-error", full_page=False)
+
+    # A vault archived since the page loaded: the error is on the vaults.
+    server.manage(
+        "shell",
+        "-c",
+        (
+            "from django.utils import timezone; from vaults.models import Vault; "
+            "Vault.objects.filter(pk='vlt_start_gone').update(archived_at=timezone.now())"
+        ),
+    )
+    page.get_by_label("Budget in USD").fill("2.50")
+    assert start() == 400
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'error-summary'")
+    assert "is archived" in page.locator("#vault_ids-error").inner_text()
+    assert page.get_by_label("Going away").count() == 0  # no longer offered
+    page.locator("#error-summary a").first.click()
+    assert page.evaluate("document.activeElement.name") == "vault_ids"
+
+    # Corrected, it starts.
+    page.get_by_label("First message").fill("")
+    assert start() == 302
+    page.wait_for_url(re.compile(r"/sessions/sesn_"))
+    assert page.locator("h1").inner_text().startswith("Kept title")
+    assert problems == []
     page.close()
 
 
@@ -349,12 +426,102 @@ def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: Li
     page.close()
 
 
+LIVE_EVENTS = """
+from django.utils import timezone
+from sessions.models import Session
+from tests.console_factories import add_events, text
+s = Session.objects.get(pk={session_id!r})
+question, _run, span, said, use = add_events(s, [
+    ("user.message", {{"content": text("Live question")}}),
+    ("session.status_running", {{}}),
+    ("span.model_request_start", {{}}),
+    ("agent.message", {{"content": text("Live answer")}}),
+    ("agent.tool_use", {{"name": "bash", "input": {{"command": "echo live"}}}}),
+], at=timezone.now())
+add_events(s, [
+    ("agent.tool_result", {{"tool_use_id": use.id, "content": text("live")}}),
+    ("span.model_request_end", {{"model_request_start_id": span.id, "model_usage": {{"input_tokens": 5}}}}),
+], at=timezone.now())
+"""
+
+
+def test_a_running_sessions_trace_gains_new_events_in_place(browser: Any, server: LiveGalley):
+    """While a session runs, the trace page asks for what is new and adds it: the turn the reader
+    opened stays open, the page stays where it was scrolled, the replay's cursor stays put, and the
+    turns that did not change are the same elements as before (not redrawn)."""
+    seeded = server.manage(
+        "shell",
+        "-c",
+        (
+            "import datetime as dt; from django.utils import timezone; "
+            "from accounts.services import workspace_get_default; "
+            "from tests.console_factories import add_turns, make_session; "
+            # A lease held by nobody real keeps the sweeper from stepping it: only this test writes.
+            "s = make_session(workspace_get_default(), title='Live trace', status='running', "
+            "lease_owner='browser-test', lease_expires_at=timezone.now() + dt.timedelta(hours=1)); "
+            "add_turns(s, 30); print(s.pk)"
+        ),
+    )
+    session_id = seeded.stdout.strip().splitlines()[-1]
+    page = _login(browser, server)
+    polls: list[str] = []
+    page.on("request", lambda r: "/trace/data.json" in r.url and polls.append(r.url))
+    page.goto(f"{server.base_url}/sessions/{session_id}/trace")
+    watch = _Watch(page)
+    page.wait_for_function("document.querySelectorAll('.tturn').length === 30")
+    page.get_by_role("button", name="First event").click()
+    page.get_by_role("button", name="Next event").click()
+    position = page.locator("#trace-pos")
+    assert position.inner_text().startswith("Event 3 of 240")  # status events are hidden
+    # The reader opens turn 3 and its model request, and scrolls it to the top of the window.
+    page.locator("#turn-main-3 > summary").click()
+    page.locator("#turn-main-3 .tnode.model > summary").click()
+    page.evaluate(
+        """() => { document.querySelectorAll('.tturn').forEach(t => { t.dataset.kept = '1'; });
+        const turn = document.getElementById('turn-main-3');
+        window.scrollTo(0, window.scrollY + turn.getBoundingClientRect().top - 40); }"""
+    )
+    before = page.evaluate(
+        "() => ({y: window.scrollY, top: document.getElementById('turn-main-3').getBoundingClientRect().top})"
+    )
+    asked = len(polls)
+    server.manage("shell", "-c", LIVE_EVENTS.format(session_id=session_id))
+    page.wait_for_function("document.querySelectorAll('.tturn').length === 31")
+    page.wait_for_function("document.getElementById('trace-pos').textContent.includes('of 247')")
+    new_turn = page.locator("#turn-main-31")
+    assert new_turn.locator("summary").first.text_content().startswith("Turn 31: Live question")
+    page.wait_for_function(
+        # textContent: the turn is below the window, so (content-visibility) it has no innerText yet.
+        "document.querySelector('#turn-main-31 .tnode.tool summary')"
+        ".textContent.startsWith('bash: echo live')"
+    )
+    assert page.locator("#trace-total-tokens").inner_text() == "3,005 / 300"
+    # What the reader had: the open turn and node, the scroll, the replay's cursor.
+    assert page.evaluate("document.getElementById('turn-main-3').open")
+    assert page.evaluate("document.querySelector('#turn-main-3 .tnode.model').open")
+    after = page.evaluate(
+        "() => ({y: window.scrollY, top: document.getElementById('turn-main-3').getBoundingClientRect().top})"
+    )
+    assert abs(after["y"] - before["y"]) <= 1 and abs(after["top"] - before["top"]) <= 1, (before, after)
+    assert position.inner_text().startswith("Event 3 of 247")
+    # Incremental: the thirty turns already drawn are the same elements; the polls asked for what is new.
+    assert page.locator(".tturn[data-kept='1']").count() == 30
+    assert polls[0].endswith("/trace/data.json") and all("?after=240" in url for url in polls[1:asked])
+    assert any("?after=240" in url for url in polls[asked:])
+    if not any("?after=247" in url for url in polls):  # the page keeps asking from where it is
+        page.wait_for_event("request", lambda r: "?after=247" in r.url)
+    watch.check()
+    page.close()
+
+
 def test_narrow_screen_and_viewer(browser: Any, server: LiveGalley):
     page = _login(browser, server, username="viv", width=390)
     page.goto(server.base_url + "/sessions")
     rows = page.locator("table tbody tr")
     if rows.count():
-        rows.first.get_by_role("link").click()
+        # The conversation of the first test when it ran (the README's picture), else any session.
+        shown = page.get_by_role("link", name="Say hello")
+        (shown if shown.count() else rows.first.get_by_role("link")).click()
         page.wait_for_url(re.compile(r"/sessions/sesn_"))
         assert page.locator("#composer-text").count() == 0  # viewers read, never act
         assert page.get_by_role("button", name="Approve").count() == 0

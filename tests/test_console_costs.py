@@ -34,6 +34,17 @@ def test_money_always_has_two_decimals_and_separators():
     assert [compact(v) for v in (0, 950, 12_500, 1_243_477)] == ["0", "950", "12.5k", "1.24M"]
 
 
+def test_a_spend_axis_under_ten_cents_is_labelled_finer_than_cents(workspace):
+    from console.analytics import usd_tick
+
+    assert [usd_tick(8_000_000)(v) for v in (0, 4.0, 8.0)] == ["$0.00", "$4.00", "$8.00"]
+    assert [usd_tick(7_900)(v) for v in (0, 0.0079)] == ["$0.0000", "$0.0079"]  # not "$0.01"
+    make_session(workspace, token_cost_micros=7_900)
+    page = client_for(workspace, Role.VIEWER).get("/analytics?group=agent").content.decode()
+    spend = page[page.index('id="spend-chart"') : page.index('id="token-chart"')]
+    assert ">$0.0079</text>" in spend and "&lt;$0.01</text>" not in spend
+
+
 def test_analytics_formats_numbers_names_agents_and_labels_the_axes(workspace):
     agent = make_agent(workspace, name="Quarterly research assistant")
     make_session(
@@ -238,7 +249,8 @@ def test_the_default_session_budget_applies_to_sessions_created_without_one(work
         {"agent": agent.pk, "environment_id": env.pk, "budget": None},
         content_type="application/json",
     )
-    assert nulled.json()["budget"] == limit  # null is "none given", not a way around the admin's limit
+    # null is the wire's "no budget" (as on update, which could remove the default anyway): uncapped.
+    assert nulled.status_code == 200 and nulled.json()["budget"] is None
     # The console's start form, left without a budget.
     editor = client_for(workspace, Role.EDITOR)
     started = editor.post(f"/agents/{agent.pk}/start", {"environment_id": env.pk, "message": "hi"})

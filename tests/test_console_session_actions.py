@@ -49,9 +49,17 @@ def test_editor_starts_a_session_from_the_agent_page(workspace):
 
 def test_starting_without_a_valid_environment_explains(workspace):
     agent = make_agent(workspace)
+    make_environment(workspace)  # the form is shown; the one posted has gone since
     client = client_for(workspace, Role.EDITOR)
-    response = client.post(f"/agents/{agent.pk}/start", {"environment_id": "env_missing"}, follow=True)
-    assert b"Could not start a session" in response.content
+    response = client.post(
+        f"/agents/{agent.pk}/start", {"environment_id": "env_missing", "title": "Kept", "message": "Hi?"}
+    )
+    assert response.status_code == 400  # the agent page again, not a redirect with a flash
+    page = response.content.decode()
+    assert 'id="error-summary"' in page
+    assert "Environment &#x27;env_missing&#x27; was not found." in page
+    assert 'id="environment_id-error"' in page  # on the field it concerns
+    assert 'name="title" value="Kept"' in page and ">Hi?</textarea>" in page
     assert Session.objects.count() == 0
 
 

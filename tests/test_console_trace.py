@@ -187,3 +187,76 @@ def test_turns_are_numbered_after_what_came_before_the_first_message(workspace):
         (2, "Question 1"),
         (3, "Question 2"),
     ]
+
+
+def _named_rows(view: dict) -> list[dict]:  # type: ignore[type-arg]
+    """The replay's rows with their kind, lane and type as names (each response numbers its own)."""
+    replay, names = view["replay"], view["fields"]["row"]
+    rows = []
+    for values in replay["rows"]:
+        row = dict(zip(names, values, strict=True))
+        row |= {k: replay[k + "s"][row[k]] for k in ("kind", "lane", "type")}
+        rows.append(row)
+    return rows
+
+
+def test_a_running_sessions_page_gets_only_what_changed_since_it_last_asked(workspace):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    session = make_console_session(workspace, status="running")
+    add_turns(session, 3)  # seq 1-24
+    question, _running, span, use = add_events(
+        session,
+        [
+            ("user.message", {"content": text_blocks("Question 3")}),
+            ("session.status_running", {}),
+            ("span.model_request_start", {}),
+            ("agent.tool_use", {"name": "bash", "input": {"command": "make"}}),
+        ],
+    )
+    client: Client = client_for(workspace, Role.VIEWER)
+    url = f"/sessions/{session.pk}/trace/data.json"
+    first = client.get(url).json()
+    assert first["last_seq"] == 28 and "after" not in first
+    # The call's result, a new question (turn 5), then the end of turn 4's model request.
+    usage = {"input_tokens": 7, "output_tokens": 3}
+    add_events(
+        session,
+        [
+            ("agent.tool_result", {"tool_use_id": use.id, "content": text_blocks("ok")}),
+            ("user.message", {"content": text_blocks("Question 4")}),
+            ("span.model_request_end", {"model_request_start_id": span.id, "model_usage": usage}),
+        ],
+    )
+    session.refresh_from_db()
+    with CaptureQueriesContext(connection) as queries:
+        delta = client.get(f"{url}?after=28").json()
+    table = Event._meta.db_table
+    reads = [q["sql"] for q in queries if f'FROM "{table}"' in q["sql"]]
+    assert reads and all('"seq" > 28' in sql or " IN (" in sql for sql in reads), reads  # only what is new
+    full = client.get(url).json()
+    assert delta["after"] == 28 and delta["last_seq"] == full["last_seq"] == 31
+    [lane] = delta["lanes"]
+    assert [turn[0] for turn in lane["turns"]] == [4, 5]  # the turn whose request ended, and the new one
+    assert lane["turns"] == full["lanes"][0]["turns"][-2:]
+    assert (delta["totals"], lane["totals"]) == (full["totals"], full["lanes"][0]["totals"])
+    assert delta["duration_ms"] == full["duration_ms"]
+    rows = _named_rows(delta)
+    assert rows == [row for row in _named_rows(full) if row["seq"] > 28]
+    assert rows[2]["latency_ms"] is not None  # the span's start was read before this delta
+    assert rows[0]["summary"] == "Result of bash"
+    # One state kept per session: the one read from is dropped, yet a second page at the same
+    # position gets the same delta (cached).
+    from django.core.cache import cache
+
+    from console.trace import _state_key
+
+    assert cache.get(_state_key(session.pk, 28)) is None and cache.get(_state_key(session.pk, 31))
+    assert client.get(f"{url}?after=28").json() == delta
+    # Nothing new: no turn, no row. A position the server has no state for: the whole view.
+    quiet = client.get(f"{url}?after=31").json()
+    assert quiet["after"] == 31 and quiet["lanes"][0]["turns"] == [] and quiet["replay"]["rows"] == []
+    unknown = client.get(f"{url}?after=5").json()
+    assert "after" not in unknown and unknown["lanes"] == full["lanes"]
+    assert question.seq == 25 and client.get(f"{url}?after=x").status_code == 400

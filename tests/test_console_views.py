@@ -572,8 +572,52 @@ def test_start_a_session_with_vaults_files_a_repository_budget_and_metadata(work
     assert session.vault_ids == [vault.pk] and session.metadata == {"channel": "C123", "thread": "42"}
     assert session.budget == {"type": "limit", "max_list_cost": {"amount": "250", "currency": "USD"}}
     assert sorted(session.resources.values_list("type", flat=True)) == ["file", "github_repository"]
-    bad = client.post(f"/agents/{agent.pk}/start", {"environment_id": env.pk, "metadata": "no equals sign"})
-    assert bad.status_code == 302 and Session.objects.count() == 1  # refused, nothing created
+    bad = client.post(
+        f"/agents/{agent.pk}/start",
+        {"environment_id": env.pk, "metadata": "no equals sign", "repo_token": "ghp_console_start_secret"},
+    )
+    assert bad.status_code == 400 and Session.objects.count() == 1  # refused, nothing created
+    page = bad.content.decode()
+    assert 'id="metadata-error"' in page and "line 1 is not key=value" in page
+    assert ">no equals sign</textarea>" in page and "ghp_console_start_secret" not in page
+
+
+def test_a_failed_start_names_the_field_it_concerns(workspace):
+    from django.http import QueryDict
+
+    from api.errors import ApiError, bad_request, not_found
+    from console.forms import session_start_error_field
+
+    post = QueryDict(mutable=True)
+    post.update({"environment_id": "env_a", "repo_url": "https://github.com/o/r", "repo_branch": "x"})
+    post.setlist("vault_ids", ["vlt_a", "vlt_b"])
+    post.setlist("file_ids", ["file_a"])
+    post.setlist("memory_store_ids", ["memstore_a"])
+    cases = {
+        "budget.max_list_cost.amount: bad": "budget_usd",
+        "budget: model 'x' has no list price": "budget_usd",
+        "vault_ids[1]: vault 'vlt_b' is archived.": "vault_ids",
+        "metadata: line 2 is not key=value.": "metadata",
+        "title: must be a string": "title",
+        "resources[0].file_id: bad": "file_ids",
+        "resources[1].memory_store_id: memory store 'memstore_a' is archived.": "memory_store_ids",
+        "resources[2].url: must be a GitHub URL": "repo_url",
+        "resources[2].checkout.name: bad": "repo_branch",
+        "resources[7].url: out of range": "form",
+        "agent: roster member 'agent_x' version 2 no longer exists.": "form",
+    }
+    for message, field in cases.items():
+        assert session_start_error_field(post, bad_request(message)) == field, message
+    found = {
+        not_found("Vault", "vlt_b"): "vault_ids",
+        not_found("Environment", "env_a"): "environment_id",
+        not_found("memory store", "memstore_a"): "memory_store_ids",
+        not_found("File", "file_a"): "file_ids",
+        not_found("Vault", "vlt_other"): "form",
+        ApiError(409, "Something else."): "form",
+    }
+    for exc, field in found.items():
+        assert session_start_error_field(post, exc) == field, exc.message
 
 
 def test_the_environment_page_links_back_to_the_agent_that_sent_you(workspace):

@@ -121,7 +121,14 @@ def agent_edit(request: HttpRequest, agent_id: str) -> HttpResponse:
 
 @console_view()
 def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
-    agent = _agent(request, agent_id)
+    return _detail_page(request, _agent(request, agent_id), forms.session_start_state(None), {})
+
+
+def _detail_page(
+    request: HttpRequest, agent: Agent, start: dict[str, Any], errors: dict[str, str], status: int = 200
+) -> HttpResponse:
+    """The agent page; after a failed start, with the start form as the user left it and the errors
+    on its fields."""
     latest = agent.latest()
     versions = list(agent.versions.order_by("-version").only("version", "created_at", "definition")[:100])
     environments = Environment.objects.filter(workspace=agent.workspace, archived_at=None).order_by("name")
@@ -135,9 +142,11 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
         "definition_json": json.dumps(latest.definition, indent=2, sort_keys=True),
         "recent": with_costs(list(agent.sessions.order_by("-created_at")[:10])),
         "tools": forms.agent_form_state(latest.definition),
+        "start": start,
+        "errors": errors,
         **_start_choices(agent.workspace),
     }
-    return render_page(request, "console/agent_detail.html", context)
+    return render_page(request, "console/agent_detail.html", context, status=status)
 
 
 def _start_choices(workspace: Any) -> dict[str, Any]:
@@ -208,17 +217,21 @@ def agent_start_session(request: HttpRequest, agent_id: str) -> HttpResponse:
 
     agent = _agent(request, agent_id)
     first = request.POST.get("message", "").strip()
+    field = "form"
     try:
         body = forms.session_start_body(request.POST, agent_id=agent.pk)
         with transaction.atomic():
             session = session_create(workspace=request.access.workspace, body=body)  # type: ignore[attr-defined]
             session_starter_record(session=session, user=request.user)
             if first:
+                field = "message"  # what fails from here on is the first message
                 events_send(
                     session=session,
                     events=[{"type": "user.message", "content": [{"type": "text", "text": first}]}],
                 )
     except ApiError as exc:
-        messages.error(request, f"Could not start a session: {exc.message}")
-        return HttpResponseRedirect(f"/agents/{agent.pk}")
+        if field == "form":
+            field = forms.session_start_error_field(request.POST, exc)
+        errors = {field: exc.message}
+        return _detail_page(request, agent, forms.session_start_state(request.POST), errors, status=400)
     return HttpResponseRedirect(f"/sessions/{session.pk}")

@@ -21,6 +21,7 @@ from console.analytics import (
     seconds,
     thousands,
     usd,
+    usd_tick,
 )
 from console.forms import error_field
 
@@ -107,6 +108,7 @@ def _page(
                     label=f"Spend in US dollars by {by}",
                     unit="USD",
                     fmt=lambda v: usd(v * 1_000_000),
+                    tick=usd_tick(max((t.cost_micros for _key, t in report.rows), default=0)),
                 ),
                 "token_chart": bar_chart(
                     [(key, float(t.all_tokens)) for key, t in report.rows],

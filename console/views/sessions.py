@@ -161,6 +161,8 @@ def _answer(request: HttpRequest, session: Session, *, error: str | None, done: 
     else:
         messages.success(request, done)
     return HttpResponseRedirect(f"/sessions/{session.pk}")
+
+
 def _outcomes_and_budget(session: Session) -> dict[str, Any]:
     from console.timeline import money
     from harness import budget
@@ -323,9 +325,20 @@ def session_trace_tree(request: HttpRequest, session_id: str) -> HttpResponse:
 @console_view()
 @gzip_page
 def session_trace_data(request: HttpRequest, session_id: str) -> HttpResponse:
-    """What the trace page draws, in one compact response (`console.trace.trace_view`)."""
+    """What the trace page draws, in one compact response (`console.trace.trace_view`); with
+    `after=<last_seq>`, what changed since (the live page's polls)."""
     session = _session(request, session_id)
-    return HttpResponse(trace_view_json(session), content_type="application/json")
+    after_text = request.GET.get("after", "")
+    if after_text and not after_text.isdigit():
+        return JsonResponse(
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": "after: expected a sequence number."},
+            },
+            status=400,
+        )
+    after = int(after_text) if after_text else None
+    return HttpResponse(trace_view_json(session, after=after), content_type="application/json")
 
 
 def render_chat_item(item: dict[str, Any]) -> str:

@@ -222,6 +222,7 @@
         turns: lane.turns.map(function (a) {
           var turn = zip(f.turn, a);
           turn.totals = zip(f.totals, turn.totals); turn.nodes = turn.nodes.map(node);
+          turn.raw = a;  // what a live update compares to tell a changed turn
           return turn;
         }),
       };
@@ -422,24 +423,48 @@
       setTimeout(function () { if (gen === generation && !drawTurns(TURN_CHUNK)) drawLater(gen); }, 0);
     }
     function finish() { drawTurns(Infinity); }
+    function laneTitle(lane) {
+      var t = lane.totals;
+      return lane.name + " · " + fmtInt(t.input_tokens) + " in / " + fmtInt(t.output_tokens) + " out · " + t.cost;
+    }
+    function mapTurn(lane, turn) {
+      var id = "turn-" + lane.id + "-" + turn.index;
+      turn.nodes.forEach(function (n) {
+        turnOf[n.seq] = id;
+        n.children.forEach(function (c) { turnOf[c.seq] = id; });
+      });
+    }
+    function addLane(lane) {
+      var section = lane.section = el("section", "tlane");
+      section.appendChild(lane.heading = el("h3", null, laneTitle(lane)));
+      lane.turns.forEach(function (turn) { mapTurn(lane, turn); });
+      tree.appendChild(section);
+      pending.push({ section: section, lane: lane, at: 0 });
+    }
     function renderTree() {
       tree.innerHTML = ""; turnOf = {}; pending = []; generation++;
-      data.lanes.forEach(function (lane) {
-        var section = el("section", "tlane");
-        var t = lane.totals;
-        section.appendChild(el("h3", null, lane.name + " · " + fmtInt(t.input_tokens) + " in / " + fmtInt(t.output_tokens) + " out · " + t.cost));
-        lane.turns.forEach(function (turn) {
-          var id = "turn-" + lane.id + "-" + turn.index;
-          turn.nodes.forEach(function (n) {
-            turnOf[n.seq] = id;
-            n.children.forEach(function (c) { turnOf[c.seq] = id; });
-          });
-        });
-        tree.appendChild(section);
-        pending.push({ section: section, lane: lane, at: 0 });
-      });
+      data.lanes.forEach(addLane);
       if (!data.lanes.length) tree.appendChild(el("div", "empty", "This session has no events yet."));
       if (!drawTurns(TURN_CHUNK)) drawLater(generation);
+    }
+    function putTurn(lane, turn) {
+      // A changed turn takes its place, drawn the way the reader left it (open or closed, its open
+      // nodes); a new one goes at the end. The browser's scroll anchoring keeps what is in view
+      // where it was when a turn above it changes size.
+      mapTurn(lane, turn);
+      for (var at = lane.turns.length - 1; at >= 0 && lane.turns[at].index !== turn.index; at--);
+      if (at < 0) {
+        lane.turns.push(turn);
+        var drawing = pending.some(function (p) { return p.lane === lane; });
+        if (!drawing) lane.section.appendChild(turnBox(lane, turn));
+        return;
+      }
+      if (JSON.stringify(lane.turns[at].raw) === JSON.stringify(turn.raw)) return;
+      lane.turns[at] = turn;
+      var old = document.getElementById("turn-" + lane.id + "-" + turn.index);
+      if (!old) return;  // not drawn yet: drawn from the new data when its chunk comes
+      open[old.id] = old.open;
+      old.replaceWith(turnBox(lane, turn));
     }
     function reveal(seq) {
       if (!turnOf[seq]) return;
@@ -462,6 +487,26 @@
         data = fresh; view.dataset.status = fresh.status;
         // The timeline measures its tracks: before the tree is added, that layout is small.
         renderSummary(fresh.totals); flatten(); renderTimeline(); renderTree();
+      },
+      update: function (fresh) {
+        // A live poll: what changed since the last one (or the whole view, compared turn by turn).
+        var byId = {};
+        data.lanes.forEach(function (lane) { byId[lane.id] = lane; });
+        data.status = fresh.status; data.duration_ms = fresh.duration_ms; data.last_seq = fresh.last_seq;
+        data.totals = fresh.totals; data.names = fresh.names; view.dataset.status = fresh.status;
+        var empty = tree.querySelector(":scope > .empty");
+        fresh.lanes.forEach(function (next) {
+          var lane = byId[next.id];
+          if (!lane) {
+            if (empty) { empty.remove(); empty = null; }
+            lane = { id: next.id, name: next.name, totals: next.totals, turns: [] };
+            data.lanes.push(lane); addLane(lane);
+          }
+          lane.name = next.name; lane.totals = next.totals; lane.heading.textContent = laneTitle(lane);
+          next.turns.forEach(function (turn) { putTurn(lane, turn); });
+        });
+        if (pending.length) drawLater(generation);
+        renderSummary(data.totals); flatten(); renderTimeline();  // the time axis grows with the session
       },
       fail: function () { tree.textContent = "Could not load the trace."; },
     };
@@ -718,13 +763,19 @@
 
   function startTraceView(view, root) {
     // One load for the tree and the replay; again every 2 s while the session runs.
-    var replay = startReplay(root), tree = startTree(view, replay), seen = null;
+    // After the first load, a poll asks only for what is new since the last seq it has.
+    var replay = startReplay(root), tree = startTree(view, replay), seen = null, last = null;
     function load() {
-      fetch(view.dataset.src, { credentials: "same-origin" })
+      fetch(view.dataset.src + (last === null ? "" : "?after=" + last), { credentials: "same-origin" })
         .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
         .then(function (raw) {
           var data = decodeTrace(raw), key = data.last_seq + " " + data.status;
-          if (key !== seen) { seen = key; tree.show(data); replay.show(data); }  // redrawn only when the log moved
+          if (key !== seen) {  // drawn only when the log moved
+            seen = key;
+            if (last === null) tree.show(data); else tree.update(data);
+            replay.show(data);
+          }
+          last = data.last_seq;
           if (data.status === "running" || data.status === "rescheduling") setTimeout(load, 2000);
         })
         .catch(function () { tree.fail(); replay.fail(); });
