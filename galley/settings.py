@@ -273,6 +273,9 @@ GALLEY_WORKER_ANSWER_WAIT_SECONDS = env_float("GALLEY_WORKER_ANSWER_WAIT_SECONDS
 # Harness steps keep their PostgreSQL connection across model calls while at most this many run
 # in the worker process; beyond it they close it before each wait (max_connections is finite).
 GALLEY_HARNESS_KEEP_CONNECTIONS = env_int("GALLEY_HARNESS_KEEP_CONNECTIONS", 16, minimum=0)
+# Each worker process keeps the session logs its steps read (the processed prefix), so the next step
+# of a session reads only what came after (harness/logcache.py); bounded by payload bytes, 0: off.
+GALLEY_HARNESS_LOG_CACHE_BYTES = env_int("GALLEY_HARNESS_LOG_CACHE_BYTES", 64 * 1024 * 1024, minimum=0)
 # How often a running step looks for a user.interrupt (the spec asks for a stop within 2 s).
 GALLEY_INTERRUPT_POLL_SECONDS = env_float("GALLEY_INTERRUPT_POLL_SECONDS", 0.2, minimum=0.01)
 # Per-request timeout for calls to agents' MCP servers (discovery and tool calls, from the harness).
