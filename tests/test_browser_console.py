@@ -65,6 +65,11 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
+def _seeded(server: LiveGalley, code: str) -> str:
+    """Runs `code` in the live server's `manage.py shell`; returns the last line it printed."""
+    return str(server.manage("shell", "-c", code).stdout.strip().splitlines()[-1])
+
+
 def _login(browser: Any, server: LiveGalley, username: str = "admin", width: int = 1280) -> Any:
     page = browser.new_page(viewport={"width": width, "height": 900})
     page.set_default_timeout(WAIT_MS)
@@ -267,9 +272,8 @@ def test_build_agent_run_session_approve_tool_and_replay(
 def test_a_failed_start_shows_the_error_summary_on_the_field_and_keeps_the_form(
     browser: Any, server: LiveGalley
 ):
-    seeded = server.manage(
-        "shell",
-        "-c",
+    agent_id = _seeded(
+        server,
         (
             "from accounts.services import workspace_get_default; "
             "from tests.console_factories import make_agent, make_environment; "
@@ -281,7 +285,6 @@ def test_a_failed_start_shows_the_error_summary_on_the_field_and_keeps_the_form(
             "print(a.pk)"
         ),
     )
-    agent_id = seeded.stdout.strip().splitlines()[-1]
     page = _login(browser, server)
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
@@ -344,9 +347,8 @@ def test_a_failed_start_shows_the_error_summary_on_the_field_and_keeps_the_form(
 def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: LiveGalley):
     """A 10,000-event trace: the page draws what is in view, filters, searches, steps and scrubs
     through all of it, and the tree's roll-ups cover every turn."""
-    seeded = server.manage(
-        "shell",
-        "-c",
+    session_id = _seeded(
+        server,
         (
             "from accounts.services import workspace_get_default; "
             "from tests.console_factories import add_turns, make_session; "
@@ -354,7 +356,6 @@ def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: Li
             "add_turns(s, 1250); print(s.pk)"
         ),
     )
-    session_id = seeded.stdout.strip().splitlines()[-1]
     page = _login(browser, server)
     page.goto(f"{server.base_url}/sessions/{session_id}/trace")
     watch = _Watch(page)
@@ -449,9 +450,8 @@ def test_a_running_sessions_trace_gains_new_events_in_place(browser: Any, server
     """While a session runs, the trace page asks for what is new and adds it: the turn the reader
     opened stays open, the page stays where it was scrolled, the replay's cursor stays put, and the
     turns that did not change are the same elements as before (not redrawn)."""
-    seeded = server.manage(
-        "shell",
-        "-c",
+    session_id = _seeded(
+        server,
         (
             "import datetime as dt; from django.utils import timezone; "
             "from accounts.services import workspace_get_default; "
@@ -462,7 +462,6 @@ def test_a_running_sessions_trace_gains_new_events_in_place(browser: Any, server
             "add_turns(s, 30); print(s.pk)"
         ),
     )
-    session_id = seeded.stdout.strip().splitlines()[-1]
     page = _login(browser, server)
     polls: list[str] = []
     page.on("request", lambda r: "/trace/data.json" in r.url and polls.append(r.url))
