@@ -120,9 +120,19 @@ MAX_HOST_CHARS = 255
 
 
 class EgressProxy:
-    def __init__(self, *, session_id: str, rules: EgressRules, slots: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        rules: EgressRules,
+        slots: list[Any] | None = None,
+        repositories: bool = True,
+    ) -> None:
         self.session_id = session_id
         self.rules = rules
+        # Whether the session's repository resources get their token injected (read from the
+        # database per connection); a package build has none, and may run on a host with no database.
+        self.repositories = repositories
         self.slots = list(slots or [])  # sandboxes.credentials.SecretSlot
         self._listener: socket.socket | None = None
         self._denials: dict[tuple[str, str], None] = {}  # distinct, in order
@@ -334,6 +344,8 @@ class EgressProxy:
     def _repo_targets(self, host: str, port: int) -> list[Any]:
         from sandboxes.repos import session_targets
 
+        if not self.repositories:
+            return []
         bare = host.lower().rstrip(".").strip("[]")
         return [t for t in session_targets(self.session_id) if t.host == bare and t.port == port]
 

@@ -463,7 +463,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         registries = tuple([*PACKAGE_REGISTRIES, *configured])
         rules = EgressRules(allowed_hosts=registries, registries=registries)
         shutil.copyfile(BRIDGE_SOURCE, spec.egress / "bridge.py")
-        egress = EgressProxy(session_id=f"build-{staging.name}", rules=rules)
+        egress = EgressProxy(session_id=f"build-{staging.name}", rules=rules, repositories=False)
         egress.listen(spec.egress / "egress.sock", uid=uid)
         inside = backend.egress_path(spec)
         state = backend.state_path(spec)

@@ -5,8 +5,9 @@ given tools that run each call in Galley's bubblewrap sandbox on this host inste
 worker's own process. Each session gets a sandbox directory under this host's
 GALLEY_SANDBOX_ROOT that outlives the work item, so a session that comes back to this host finds
 its workspace. The worker needs no database: only the server's base URL and an environment key.
-The session's skills and memory stores are mounted in the sandbox as on Galley's own hosts, through
-the API with the work item's sessions token (`selfhosted/worker_memory.py`).
+The session's skills (with the built-in skills' Python libraries) and memory stores are mounted in
+the sandbox as on Galley's own hosts, through the API with the work item's sessions token
+(`selfhosted/worker_memory.py`).
 """
 
 import logging
@@ -29,6 +30,8 @@ from sandboxes.backends import SAFE_PATH, Limits, SandboxSpec, backend_get, sand
 from sandboxes.services import LiveSandbox, sandbox_env, sandbox_provision, sandbox_root, sandbox_stop
 from sandboxes.toolset import WRITING_TOOLS, ToolOutcome, run_sandbox_tool
 from selfhosted.worker_memory import WorkerMemory, skill_mounts, worker_memory
+from skills.catalog import builtin_get, builtin_ids
+from skills.runtime import PYTHON_MOUNT, SKILLS_MOUNT, skill_python_ensure
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,17 @@ class SandboxTool:
     """One agent-toolset tool, run in the session's sandbox. Shaped like the SDK's async tools
     (`name`, `to_dict()`, `async call(input)`), so the SDK's session tool runner dispatches it."""
 
-    def __init__(self, name: str, live: LiveSandbox, memory: WorkerMemory | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        live: LiveSandbox,
+        memory: WorkerMemory | None = None,
+        python: "SkillsPython | None" = None,
+    ) -> None:
         self.name = name
         self.live = live
         self.memory = memory
+        self.python = python
         self.cancel = threading.Event()
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +85,8 @@ class SandboxTool:
 
     def _run(self, tool_input: dict[str, Any]) -> Any:
         self.cancel.clear()
+        if self.python is not None:
+            self.python.apply()  # here, on the tool's thread: a first build must not hold the loop
         if self.memory is not None:
             self.memory.pull()  # other writers' changes first, as on Galley's own hosts
         outcome = run_sandbox_tool(live=self.live, name=self.name, tool_input=tool_input, cancel=self.cancel)
@@ -98,21 +110,56 @@ class SandboxTool:
                 log.warning("the memory sync after the session's last call left %d notes unseen", len(notes))
 
 
+class SkillsPython:
+    """The built-in skills' Python libraries for a sandbox that mounts a built-in skill, as on
+    Galley's own hosts: the same prefix (`skills.runtime`), built once per host under this host's
+    GALLEY_PACKAGES_ROOT, mounted read-only and put on PYTHONPATH before the sandbox's first call.
+    When it cannot be built (no package index reachable), the skill is mounted without it and the
+    build's output is logged."""
+
+    def __init__(self, live: LiveSandbox) -> None:
+        self.live = live
+        self.lock = threading.Lock()
+        self.done = False
+
+    def apply(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            prefix = skill_python_ensure()
+            if prefix is None:
+                return
+            spec = self.live.spec
+            path = ":".join(p for p in (spec.env.get("PYTHONPATH"), PYTHON_MOUNT) if p)
+            self.live.spec = replace(
+                spec, mounts=(*spec.mounts, (str(prefix), PYTHON_MOUNT)), env={**spec.env, "PYTHONPATH": path}
+            )
+
+
+def _has_builtin_skill(mounts: tuple[tuple[str, str], ...]) -> bool:
+    names = {f"{SKILLS_MOUNT}/{skill.bundle.name}" for i in builtin_ids() if (skill := builtin_get(i))}
+    return any(target in names for _source, target in mounts)
+
+
 def sandbox_tools(session_id: str, context: Any = None) -> list[SandboxTool]:
     """The tools of one work item. With the SDK's tool context: the session's skills (downloaded by
     the SDK's worker) and memory stores (synced through the API with the item's sessions token)
     are mounted too."""
     live = host_sandbox(session_id)
     memory = None
+    python = None
     if context is not None:
         owner = live.spec.uid if os.geteuid() == 0 else None  # files the sandbox's uid must own
         memory = worker_memory(context, root=live.spec.root, uid=owner)
+        mounts = skill_mounts(context, root=live.spec.root)
         live.spec = replace(
             live.spec,
-            mounts=skill_mounts(context, root=live.spec.root),
+            mounts=mounts,
             memory_mounts=memory.prepare() if memory is not None else (),
         )
-    return [SandboxTool(name, live, memory) for name in SANDBOX_TOOLS]
+        python = SkillsPython(live) if _has_builtin_skill(mounts) else None
+    return [SandboxTool(name, live, memory, python) for name in SANDBOX_TOOLS]
 
 
 def default_worker_id() -> str:

@@ -200,7 +200,8 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
                 "configs": [{"name": n, "enabled": True} for n in ("bash", "read", "write")],
             }
         ],
-        skills=[{"type": "custom", "skill_id": skill.id}],
+        # A built-in skill too: its helper scripts' libraries are built and mounted on the worker's host.
+        skills=[{"type": "custom", "skill_id": skill.id}, {"type": "anthropic", "skill_id": "xlsx"}],
     )
     environment = client.beta.environments.create(name=f"mem-env-{suffix}", config={"type": "self_hosted"})
     key = galley.manage("create_environment_key", environment.id, "w").stdout.strip().splitlines()[-1]
@@ -213,7 +214,9 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
                 "command": f"cat /workspace/skills/house-style/SKILL.md; cat {facts_dir}/fact.md; "
                 f"printf 'tea, then coffee' > {notes_dir}/new.md; "
                 f"(printf no > {facts_dir}/x.md) 2>/dev/null || echo read-only-refused; "
-                f"echo bulk=$(ls {notes_dir}/bulk | wc -l) $(cat {notes_dir}/bulk/11.md)"
+                f"echo bulk=$(ls {notes_dir}/bulk | wc -l) $(cat {notes_dir}/bulk/11.md); "
+                "ls /workspace/skills/xlsx/SKILL.md; "
+                "python3 -c 'import openpyxl; print(\"openpyxl\", openpyxl.__version__)'"
             },
         ),
         # Another writer changes prefs.md while this call runs (the test does, once it sees "mine").
@@ -280,6 +283,7 @@ def test_manage_py_environment_worker_mounts_skills_and_syncs_memory(
     assert "likes tea" in read_out
     assert "HOUSE-STYLE-MARKER" in skill_out and "water is wet" in skill_out
     assert "read-only-refused" in skill_out and "bulk=12 bulk 11" in skill_out
+    assert "/workspace/skills/xlsx/SKILL.md" in skill_out and "openpyxl 3.1.5" in skill_out, skill_out
     assert [m.path for m in client.beta.memory_stores.memories.list(facts.id) if m.type == "memory"] == [
         "/fact.md"
     ]
