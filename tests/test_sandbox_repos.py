@@ -11,6 +11,7 @@ from files import services as files
 from sessions.models import Event
 from tests.git_server import git, git_server, make_repository, self_signed
 from tests.sandbox_fixtures import run, text
+from tests.scan import file_holds
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.django_db(transaction=True)]
 
@@ -53,7 +54,7 @@ def _scan_for(root: Path, needle: bytes) -> list[str]:
         for name in names:
             path = Path(top) / name
             try:
-                if not path.is_symlink() and needle in path.read_bytes():
+                if not path.is_symlink() and file_holds(path, needle):
                     hits.append(str(path))
             except OSError:
                 pass

@@ -14,6 +14,7 @@ import pytest
 from tests.git_server import git, git_server, make_repository
 from tests.live import live_galley
 from tests.model_server import scripted_model, text, tool_call
+from tests.scan import file_holds
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -94,7 +95,7 @@ def test_a_session_clones_changes_and_pushes_its_repository() -> None:
                 hits = [
                     str(p)
                     for p in (root / "sandboxes").rglob("*")
-                    if p.is_file() and not p.is_symlink() and TOKEN.encode() in p.read_bytes()
+                    if p.is_file() and not p.is_symlink() and file_holds(p, TOKEN.encode())
                 ]
                 assert hits == []
                 assert TOKEN not in (live.data_dir / "serve.log").read_text(errors="replace")
