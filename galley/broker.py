@@ -20,6 +20,7 @@ import os
 import secrets
 import select
 import shutil
+import signal
 import socket
 import threading
 import uuid
@@ -62,6 +63,19 @@ class Waker:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + WAKE_PREFIX + self.name)
         self.sock.setblocking(False)
+        # A signal may be delivered to any thread, and Python runs its handler on the main thread only
+        # once that thread is back from a blocking call: the signal's byte on this pair ends the wait,
+        # so a SIGTERM stops a waiting worker at once, not after its poll.
+        self.signals, self._signal_in = socket.socketpair()
+        self.signals.setblocking(False)
+        self._signal_in.setblocking(False)
+        self._wakeup_fd = False
+        if threading.current_thread() is threading.main_thread():
+            try:
+                signal.set_wakeup_fd(self._signal_in.fileno(), warn_on_full_buffer=False)
+                self._wakeup_fd = True
+            except ValueError:
+                pass
         (self.folder / self.name).touch(mode=0o600)
 
     def clear(self) -> None:
@@ -76,9 +90,14 @@ class Waker:
 
     def wait(self, timeout: float) -> None:
         try:
-            select.select([self.sock], [], [], max(0.0, timeout))
+            ready, _, _ = select.select([self.sock, self.signals], [], [], max(0.0, timeout))
         except (OSError, ValueError):
             return
+        if self.signals in ready:
+            try:
+                self.signals.recv(64)
+            except OSError:
+                pass
 
     def poke(self) -> None:
         """Wake this process's own consumer (after an ack frees a prefetch slot)."""
@@ -89,7 +108,16 @@ class Waker:
             (self.folder / self.name).unlink()
         except OSError:
             pass
+        if self._wakeup_fd and threading.current_thread() is threading.main_thread():
+            try:
+                previous = signal.set_wakeup_fd(-1)
+                if previous != self._signal_in.fileno():  # another owner set it since: theirs stays
+                    signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+            except ValueError:
+                pass
         self.sock.close()
+        self.signals.close()
+        self._signal_in.close()
 
 
 _send_lock = threading.Lock()
@@ -204,6 +232,7 @@ class Transport(filesystem.Transport):
             return None
         try:
             self._waker = Waker(folder)
+            _consumers.append(self._waker)
         except OSError:
             log.warning("the broker cannot bind a wake-up socket; polling instead", exc_info=True)
             self._waker = None
@@ -234,18 +263,45 @@ class Transport(filesystem.Transport):
                 if left <= 0:
                     raise TimeoutError()
                 wait = min(wait, left)
+            if _worker_stopping():  # Celery's loop drains once more after its stop is decided
+                raise TimeoutError()
             if waker is not None:
                 waker.wait(wait)
             else:
                 select.select([], [], [], wait)
+            if _worker_stopping():
+                raise TimeoutError()  # back to Celery's loop, which stops now instead of in 2 s
 
     def close_connection(self, connection: Any) -> None:
         waker = self._waker
         if waker is not None and waker.pid == os.getpid():
             waker.close()
+            if waker in _consumers:
+                _consumers.remove(waker)
             self._waker = None
         super().close_connection(connection)
 
 
+def _worker_stopping() -> bool:
+    from celery.worker import state
+
+    # As Celery's own check: set means neither None nor False (a warm stop sets exit code 0).
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
+
+
+def _wake_for_shutdown(**_kwargs: Any) -> None:
+    """Sent from the worker's SIGTERM/SIGINT handler, in the thread waiting for messages: a
+    datagram to its own socket ends the wait, so a stopping worker does not sit out the poll."""
+    for waker in list(_consumers):
+        if waker.pid == os.getpid():
+            waker.poke()
+
+
+_consumers: list[Waker] = []  # this process's consuming wakers (one per connection that waits)
+
+
 def register() -> None:
+    from celery.signals import worker_shutting_down
+
     TRANSPORT_ALIASES[SCHEME] = "galley.broker:Transport"
+    worker_shutting_down.connect(_wake_for_shutdown, weak=False)
