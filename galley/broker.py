@@ -232,7 +232,6 @@ class Transport(filesystem.Transport):
             return None
         try:
             self._waker = Waker(folder)
-            _consumers.append(self._waker)
         except OSError:
             log.warning("the broker cannot bind a wake-up socket; polling instead", exc_info=True)
             self._waker = None
@@ -276,8 +275,6 @@ class Transport(filesystem.Transport):
         waker = self._waker
         if waker is not None and waker.pid == os.getpid():
             waker.close()
-            if waker in _consumers:
-                _consumers.remove(waker)
             self._waker = None
         super().close_connection(connection)
 
@@ -289,19 +286,5 @@ def _worker_stopping() -> bool:
     return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
-def _wake_for_shutdown(**_kwargs: Any) -> None:
-    """Sent from the worker's SIGTERM/SIGINT handler, in the thread waiting for messages: a
-    datagram to its own socket ends the wait, so a stopping worker does not sit out the poll."""
-    for waker in list(_consumers):
-        if waker.pid == os.getpid():
-            waker.poke()
-
-
-_consumers: list[Waker] = []  # this process's consuming wakers (one per connection that waits)
-
-
 def register() -> None:
-    from celery.signals import worker_shutting_down
-
     TRANSPORT_ALIASES[SCHEME] = "galley.broker:Transport"
-    worker_shutting_down.connect(_wake_for_shutdown, weak=False)

@@ -29,17 +29,12 @@ class _Entry:
 
 
 _entries: "OrderedDict[str, _Entry]" = OrderedDict()
-_sizes: dict[int, int] = {}  # an event's payload size by its pk, counted once when first kept
 _lock = threading.Lock()
 _total = 0
 
 
 def _size(event: Event) -> int:
-    found = _sizes.get(event.pk)
-    if found is None:
-        found = len(json.dumps(event.payload, separators=(",", ":"), default=str)) + 200
-        _sizes[event.pk] = found
-    return found
+    return len(json.dumps(event.payload, separators=(",", ":"), default=str)) + 200
 
 
 def take(session_id: str) -> tuple[int, list[Event]]:
@@ -65,25 +60,24 @@ def keep(session_id: str, last_seq: int, events: list[Event]) -> None:
         events = events[:cut]
     with _lock:
         old = _entries.pop(session_id, None)
+        size, counted = 0, 0
         if old is not None:
             _total -= old.size
-        size = sum(_size(e) for e in events)
+            n = len(old.events)
+            if n and len(events) >= n and events[n - 1] is old.events[-1]:
+                size, counted = old.size, n  # the step started from it: count only what it added
+        size += sum(_size(e) for e in events[counted:])
         if size > limit:
-            for event in events:
-                _sizes.pop(event.pk, None)
             return
         _entries[session_id] = _Entry(last_seq, events, size)
         _total += size
         while _total > limit and _entries:
             _, dropped = _entries.popitem(last=False)
             _total -= dropped.size
-            for event in dropped.events:
-                _sizes.pop(event.pk, None)
 
 
 def clear() -> None:
     global _total
     with _lock:
         _entries.clear()
-        _sizes.clear()
         _total = 0
