@@ -8,8 +8,10 @@ Figures, p50 and p95, in one run:
   arrives, for `bash true`. Self-hosted: `agent.tool_use` appended, the worker
   (`manage.py environment_worker`, bwrap on its host) receives it on its stream, runs it, posts
   `user.tool_result`, the harness is kicked and calls the model. Baseline: the same tool in a
-  local bwrap sandbox run by the harness itself (a cloud environment). The difference of the p50s
-  is what the self-hosted round trip adds. The self-hosted round trip is also split in three legs,
+  local bwrap sandbox run by the harness itself (a cloud environment). The two are measured in
+  paired blocks (a turn of calls in each session, ABBA order, the worker running throughout): what
+  the self-hosted round trip adds is the median of the blocks' differences of medians, so a drift
+  in the machine's load falls on both sides alike. The self-hosted round trip is also split in three legs,
   from the events' own timestamps: the model's answer -> `agent.tool_use` recorded (harness),
   -> `user.tool_result` recorded (the push to the worker's stream, the tool, the worker's send),
   -> the next model request (the harness noticing the answer and calling the model).
@@ -37,7 +39,8 @@ from tests.model_server import ScriptedModel, scripted_model, text, tool_call  #
 
 RESULT = ROOT / "var" / "bench" / "selfhosted.json"
 POLLS = 30
-TOOL_CALLS = 40
+BLOCKS = 8
+CALLS_PER_BLOCK = 5
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -69,26 +72,54 @@ def _idle(client: anthropic.Anthropic, session_id: str) -> bool:
     return client.beta.sessions.retrieve(session_id).status == "idle"
 
 
-def _tool_gaps(
-    model: ScriptedModel, client: anthropic.Anthropic, agent_id: str, environment_id: str
-) -> tuple[list[float], str, list[tuple[float, float]]]:
-    """Run one warm-up turn, then a turn of TOOL_CALLS bash calls; the gaps between the end of
-    each answer that asked for a tool and the arrival of the next request (with the session and
-    the model's (start, end) timings, for the split)."""
+def _session(model: ScriptedModel, client: anthropic.Anthropic, agent_id: str, environment_id: str) -> str:
+    """A session warmed up by one turn with one bash call (the sandbox, or the worker's attach)."""
     session = client.beta.sessions.create(agent=agent_id, environment_id=environment_id)
     model.push(tool_call("bash", {"command": "true"}), text("warm"))
     client.beta.sessions.events.send(
         session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "warm up"}]}]
     )
     _wait(lambda: _idle(client, session.id))
+    return session.id
+
+
+def _tool_turn(
+    model: ScriptedModel, client: anthropic.Anthropic, session_id: str
+) -> list[tuple[float, float]]:
+    """One turn of CALLS_PER_BLOCK bash calls; for each call, the moment the answer that asked for
+    it ended and the moment the next request arrived (the model's monotonic clock)."""
     first = len(model.timings)
-    model.push(*[tool_call("bash", {"command": "true"}) for _ in range(TOOL_CALLS)], text("done"))
+    model.push(*[tool_call("bash", {"command": "true"}) for _ in range(CALLS_PER_BLOCK)], text("done"))
     client.beta.sessions.events.send(
-        session.id, events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}]
+        session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}]
     )
-    _wait(lambda: len(model.timings) >= first + TOOL_CALLS + 1 and _idle(client, session.id))
-    timings = model.timings[first : first + TOOL_CALLS + 1]
-    return [timings[i + 1][0] - timings[i][1] for i in range(TOOL_CALLS)], session.id, timings
+    _wait(lambda: len(model.timings) >= first + CALLS_PER_BLOCK + 1 and _idle(client, session_id))
+    timings = model.timings[first : first + CALLS_PER_BLOCK + 1]
+    return [(timings[i][1], timings[i + 1][0]) for i in range(CALLS_PER_BLOCK)]
+
+
+def _paired_blocks(
+    model: ScriptedModel, client: anthropic.Anthropic, local_id: str, remote_id: str
+) -> tuple[list[float], list[float], list[float], list[tuple[float, float]]]:
+    """BLOCKS pairs of turns, one in each session, in ABBA order so that a drift in the machine's
+    load falls on both alike. Returns the local and self-hosted gaps, each block's difference of
+    medians (self-hosted minus local), and the self-hosted calls' (answered, next request) pairs."""
+    local: list[float] = []
+    remote: list[float] = []
+    paired: list[float] = []
+    remote_calls: list[tuple[float, float]] = []
+    for block in range(BLOCKS):
+        order = (local_id, remote_id) if block % 2 == 0 else (remote_id, local_id)
+        gaps: dict[str, list[float]] = {}
+        for session_id in order:
+            calls = _tool_turn(model, client, session_id)
+            gaps[session_id] = [after - before for before, after in calls]
+            if session_id == remote_id:
+                remote_calls.extend(calls)
+        local.extend(gaps[local_id])
+        remote.extend(gaps[remote_id])
+        paired.append(_pct(gaps[remote_id], 0.5) - _pct(gaps[local_id], 0.5))
+    return local, remote, paired, remote_calls
 
 
 def _transactions(server: Any) -> int | None:
@@ -108,7 +139,7 @@ def _transactions(server: Any) -> int | None:
     return int(row[0]) if row else None
 
 
-def _legs(server: Any, session_id: str, timings: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
+def _legs(server: Any, session_id: str, calls: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
     """Split each self-hosted round trip at the moments its `agent.tool_use` and `user.tool_result`
     were recorded (the events' created_at, read from the database; same host, same clock)."""
     code = (
@@ -118,19 +149,19 @@ def _legs(server: Any, session_id: str, timings: list[tuple[float, float]]) -> d
         "print(json.dumps([[e.type, e.created_at.timestamp()] for e in rows]))"
     )
     rows = json.loads(server.manage("shell", "-c", code).stdout.strip().splitlines()[-1])
-    uses = [at for kind, at in rows if kind == "agent.tool_use"][-TOOL_CALLS:]
-    results = [at for kind, at in rows if kind == "user.tool_result"][-TOOL_CALLS:]
+    # The measured calls are the session's last ones (the warm-up turn's call comes first).
+    uses = [at for kind, at in rows if kind == "agent.tool_use"][-len(calls) :]
+    results = [at for kind, at in rows if kind == "user.tool_result"][-len(calls) :]
     offset = time.time() - time.monotonic()  # the model's timings are monotonic
     legs: dict[str, list[float]] = {
         "answer_to_tool_use": [],
         "tool_use_to_result": [],
         "result_to_next_request": [],
     }
-    for i in range(min(TOOL_CALLS, len(uses), len(results))):
-        answered, next_request = timings[i][1] + offset, timings[i + 1][0] + offset
-        legs["answer_to_tool_use"].append(uses[i] - answered)
-        legs["tool_use_to_result"].append(results[i] - uses[i])
-        legs["result_to_next_request"].append(next_request - results[i])
+    for (answered, next_request), used, result in zip(calls, uses, results, strict=True):
+        legs["answer_to_tool_use"].append(used - (answered + offset))
+        legs["tool_use_to_result"].append(result - used)
+        legs["result_to_next_request"].append(next_request + offset - result)
     return {name: _stats(values) for name, values in legs.items() if values}
 
 
@@ -194,10 +225,6 @@ def main() -> dict[str, Any]:
                 worker.beta.environments.work.ack(box["item"].id, environment_id=hosted.id)
                 worker.beta.environments.work.stop(box["item"].id, environment_id=hosted.id, force=True)
 
-            before = _transactions(server)
-            local, _session, _timings = _tool_gaps(model, client, agent.id, cloud.id)
-            local_tx = _transactions(server)
-
             with tempfile.TemporaryDirectory(prefix="galley-bench-worker-") as host:
                 os.chmod(host, 0o711)
                 worker_env = {
@@ -221,7 +248,7 @@ def main() -> dict[str, Any]:
                         "--environment",
                         hosted.id,
                         "--max-idle",
-                        "30",
+                        "60",
                     ],
                     cwd=ROOT,
                     env=worker_env,
@@ -230,32 +257,38 @@ def main() -> dict[str, Any]:
                     start_new_session=True,
                 )
                 try:
-                    remote_before = _transactions(server)
-                    remote, remote_session, remote_timings = _tool_gaps(model, client, agent.id, hosted.id)
+                    local_id = _session(model, client, agent.id, cloud.id)
+                    remote_session = _session(model, client, agent.id, hosted.id)
+                    before = _transactions(server)
+                    _tool_turn(model, client, local_id)
+                    local_tx = _transactions(server)
+                    _tool_turn(model, client, remote_session)
                     remote_tx = _transactions(server)
+                    local, remote, paired, remote_calls = _paired_blocks(
+                        model, client, local_id, remote_session
+                    )
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=30)
                     from sandboxes.quota import volumes_release_under
 
                     volumes_release_under(Path(host))  # the worker mounted its sandbox's volume here
-            results["self_hosted_legs"] = _legs(server, remote_session, remote_timings)
-            if before is not None and local_tx is not None and remote_before is not None and remote_tx:
-                # Two turns each (warm-up and measured): per tool call, roughly.
-                calls = TOOL_CALLS + 1
+            results["self_hosted_legs"] = _legs(server, remote_session, remote_calls)
+            if before is not None and local_tx is not None and remote_tx is not None:
+                # One turn each, its CALLS_PER_BLOCK calls and the closing answer: per call, roughly.
                 results["db_transactions_per_call"] = {
-                    "local_sandbox": round((local_tx - before) / calls, 1),
-                    "self_hosted": round((remote_tx - remote_before) / calls, 1),
+                    "local_sandbox": round((local_tx - before) / CALLS_PER_BLOCK, 1),
+                    "self_hosted": round((remote_tx - local_tx) / CALLS_PER_BLOCK, 1),
                 }
 
     results["poll_to_ack"] = _stats(poll_ack)
     results["enqueue_to_handout"] = _stats(handout) | {"samples": len(handout)}
     results["tool_round_trip_local_sandbox"] = _stats(local)
     results["tool_round_trip_self_hosted"] = _stats(remote)
-    results["self_hosted_added_p50_ms"] = round(
-        results["tool_round_trip_self_hosted"]["p50_ms"] - results["tool_round_trip_local_sandbox"]["p50_ms"],
-        2,
-    )
+    # What self-hosting adds: the median over blocks of each block's difference of medians, the
+    # two sides measured side by side in the same moment of the machine's load.
+    results["self_hosted_added_p50_ms"] = round(_pct(paired, 0.5) * 1000, 2)
+    results["self_hosted_added_by_block_ms"] = [round(d * 1000, 2) for d in paired]
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"| figure ({backend}) | p50 | p95 |")
@@ -267,7 +300,8 @@ def main() -> dict[str, Any]:
         "tool_round_trip_self_hosted",
     ):
         print(f"| {name} | {results[name]['p50_ms']} ms | {results[name]['p95_ms']} ms |")
-    print(f"| self-hosted adds (p50) | {results['self_hosted_added_p50_ms']} ms | |")
+    added = results["self_hosted_added_p50_ms"]
+    print(f"| self-hosted adds (median of {BLOCKS} paired blocks) | {added} ms | |")
     if "db_transactions_per_call" in results:
         tx = results["db_transactions_per_call"]
         print(f"| PostgreSQL transactions per call | local {tx['local_sandbox']} |", end="")
