@@ -10,8 +10,8 @@ GALLEY_SANDBOX_CGROUPS picks:
 - `off`: none.
 
 Each sandbox gets `galley-<tag>-<key>` below the worker's own cgroup in each hierarchy (the tag names the
-sandbox root, GALLEY_SANDBOX_ROOT, so installations sharing a host never touch each other's), with the memory limit at
-GALLEY_SANDBOX_MEMORY_BYTES for the sandbox as a whole (no swap) and the process limit at
+sandbox root, GALLEY_SANDBOX_ROOT, so installations sharing a host never touch each other's), with the memory
+limit at GALLEY_SANDBOX_MEMORY_BYTES for the sandbox as a whole (no swap) and the process limit at
 GALLEY_SANDBOX_MAX_PROCESSES. The shell's processes join it as soon as bubblewrap has started them, before any
 command runs (every process a command starts is their descendant, so it is counted). The cgroups are removed
 when the sandbox stops; those a killed worker left are removed by the next sweep for leftovers

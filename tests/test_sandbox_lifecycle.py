@@ -392,7 +392,6 @@ def test_cgroups_a_killed_worker_left_are_removed_and_never_those_of_a_live_sand
     """The sweep for leftovers removes the cgroups of sandboxes no worker process runs (killing what is still
     inside only then), never those of a sandbox another worker runs or is starting, nor another
     installation's."""
-    import os
     import subprocess
 
     from sandboxes.cgroup import cgroup_create, cgroup_mode, cgroups_left
@@ -409,25 +408,26 @@ def test_cgroups_a_killed_worker_left_are_removed_and_never_those_of_a_live_sand
         _killed_worker(session)
     # A process that outlived its worker in `orphaned`'s cgroups (the kernel normally kills them all).
     stray = subprocess.Popen(["sleep", "120"])
-    for path in groups[orphaned.id]:
-        (path / "cgroup.procs").write_text(str(stray.pid))
-    # `deleted`: its session was deleted meanwhile (the web removes its directory; it has no cgroups there).
-    services.sandbox_destroy(session_id=deleted.id)
-    assert all(path.exists() for path in groups[deleted.id])
-    # `running`: another worker process's live sandbox. `starting`: another worker's, between making its
-    # cgroups and moving its shell in (empty, but its volume is claimed).
-    other = services._registry.pop(running.id)
-    root = services.sandbox_root(starting.id)
-    root.mkdir(parents=True)
-    claim = volume_claim(root)
-    group = cgroup_create(key=starting.id, memory_bytes=2**30, max_processes=64)
-    assert group is not None
-    groups[starting.id] = group.paths
-    # Another installation's sandbox cgroup on the same host (another sandbox root): never ours to touch.
-    foreign = [path.parent / f"galley-00000000-{left.id}" for path in groups[left.id]]
-    for path in foreign:
-        path.mkdir()
+    claim, group, foreign = None, None, []
     try:
+        for path in groups[orphaned.id]:
+            (path / "cgroup.procs").write_text(str(stray.pid))
+        # `deleted`: its session was deleted meanwhile (the web removes its directory, not its cgroups).
+        services.sandbox_destroy(session_id=deleted.id)
+        assert all(path.exists() for path in groups[deleted.id])
+        # `running`: another worker process's live sandbox. `starting`: another worker's, between making its
+        # cgroups and moving its shell in (empty, but its volume is claimed).
+        other = services._registry.pop(running.id)
+        root = services.sandbox_root(starting.id)
+        root.mkdir(parents=True)
+        claim = volume_claim(root)
+        group = cgroup_create(key=starting.id, memory_bytes=2**30, max_processes=64)
+        assert group is not None
+        groups[starting.id] = group.paths
+        # Another installation's sandbox cgroup on the same host (another sandbox root): never ours to touch.
+        foreign = [path.parent / f"galley-00000000-{left.id}" for path in groups[left.id]]
+        for path in foreign:
+            path.mkdir()
         assert set(cgroups_left()) == {left.id, orphaned.id, deleted.id, running.id, starting.id}
 
         assert sorted(services.sandboxes_release_orphans()) == sorted([left.id, orphaned.id, deleted.id])
@@ -443,6 +443,7 @@ def test_cgroups_a_killed_worker_left_are_removed_and_never_those_of_a_live_sand
         assert str(other.shell.proc.pid) in members
         # The starting one's cgroups go once no worker claims its volume any more.
         volume_unclaim(claim)
+        claim = None
         assert services.sandboxes_release_orphans() == [starting.id]
         assert not any(path.exists() for path in groups[starting.id])
         # A sandbox whose leftovers were removed starts again with new cgroups and its files.
@@ -450,9 +451,12 @@ def test_cgroups_a_killed_worker_left_are_removed_and_never_those_of_a_live_sand
         assert all(path.exists() for path in services._registry[left.id].cgroup.paths)
     finally:
         stray.kill()
+        if claim is not None:
+            volume_unclaim(claim)
         for path in foreign:
             path.rmdir()
-        group.release()
+        if group is not None:
+            group.release()
 
 
 def test_a_release_of_leftovers_and_a_shell_claiming_the_volume_never_interleave(
@@ -487,7 +491,9 @@ def test_a_release_of_leftovers_and_a_shell_claiming_the_volume_never_interleave
     def use_it() -> None:
         with other.lock:
             shell = services.sandbox_shell(other)
-            seen["out"] = shell.run("cat /workspace/f; echo more >> /workspace/f", timeout=30, cancel=None, cap=4096)
+            seen["out"] = shell.run(
+                "cat /workspace/f; echo more >> /workspace/f", timeout=30, cancel=None, cap=4096
+            )
 
     unmount = quota.volume_release
 
