@@ -53,7 +53,8 @@ def test_a_sigkilled_worker_s_sandbox_is_released_by_the_next_worker_and_the_ses
             if cgroup_mode() != "none":
                 assert groups
                 # The shells die with the worker (bubblewrap's --die-with-parent), a moment after it.
-                wait_for(lambda: all(not (g / "cgroup.procs").read_text().split() for g in groups), timeout=10)
+                empty = lambda: all(not (g / "cgroup.procs").read_text().split() for g in groups)  # noqa: E731
+                wait_for(empty, timeout=10)
             with volume_unclaimed(root) as free:
                 assert (
                     free
