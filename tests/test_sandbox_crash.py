@@ -56,9 +56,7 @@ def test_a_sigkilled_worker_s_sandbox_is_released_by_the_next_worker_and_the_ses
                 empty = lambda: all(not (g / "cgroup.procs").read_text().split() for g in groups)  # noqa: E731
                 wait_for(empty, timeout=10)
             with volume_unclaimed(root) as free:
-                assert (
-                    free
-                )  # no process holds the volume any more: the kernel dropped the dead worker's claim
+                assert free  # the kernel dropped the dead worker's claim on the volume
             assert Session.objects.get(pk=session.pk).lease_owner is not None
 
             with celery_worker(env) as second:
