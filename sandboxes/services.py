@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -361,19 +362,59 @@ def _start_shell(live: LiveSandbox) -> Shell:
     from sandboxes.quota import volume_is_image
 
     live.image = volume_is_image(spec.root)
+    bwrap = isinstance(live.backend, BwrapBackend)
+    if bwrap and live.cgroup is None:
+        from sandboxes.cgroup import cgroup_create
+
+        live.cgroup = cgroup_create(
+            key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
+        )
+        if live.cgroup is None:
+            # No memory cgroup will charge its socket buffers: the limits that bound them instead.
+            spec = live.spec = replace(spec, limits=spec.limits.without_cgroup())
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
     shell = Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
-    if isinstance(live.backend, BwrapBackend):
-        from sandboxes.cgroup import cgroup_create, process_tree
+    if live.cgroup is not None:
+        from sandboxes.cgroup import process_tree
 
-        if live.cgroup is None:
-            live.cgroup = cgroup_create(
-                key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
-            )
-        if live.cgroup is not None:
-            # Before any command: everything a command starts descends from these, so it is counted.
-            live.cgroup.attach(process_tree(shell.proc.pid))
+        # Before any command: everything a command starts descends from these, so it is counted.
+        live.cgroup.attach(process_tree(shell.proc.pid))
+    if bwrap and spec.limits.fixed_socket_buffers and not spec.share_network:
+        try:
+            _limit_backlogs(shell.inner_pid())
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            shell.kill()
+            logger.error("could not limit the listen backlog in sandbox %s: %s", live.key, exc)
+            raise SandboxError("the sandbox's network limits could not be set (see the server log)") from exc
     return shell
+
+
+def _limit_backlogs(pid: int) -> None:
+    """In the sandbox's own network namespace (before any command runs): a listening socket queues at most
+    NO_CGROUP_LISTEN_BACKLOG + 1 connections and a datagram socket as many datagrams, each holding at most
+    one socket buffer. The worker (root on the host) may set them there; the sandbox may not."""
+    from sandboxes.backends import NO_CGROUP_LISTEN_BACKLOG
+
+    def capped(name: str) -> int:  # never above what the host has
+        return min(NO_CGROUP_LISTEN_BACKLOG, int(Path(f"/proc/sys/net/{name}").read_text()))
+
+    done = subprocess.run(
+        [
+            shutil.which("nsenter") or "/usr/bin/nsenter",
+            f"--net=/proc/{pid}/ns/net",
+            "--",
+            shutil.which("sysctl") or "/usr/sbin/sysctl",
+            "-q",
+            "-w",
+            f"net.core.somaxconn={capped('core/somaxconn')}",
+            f"net.unix.max_dgram_qlen={capped('unix/max_dgram_qlen')}",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise OSError(done.stderr.decode(errors="replace").strip()[:300] or f"exit {done.returncode}")
 
 
 def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbox:
