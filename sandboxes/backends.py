@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +67,12 @@ ETC_ENTRIES = (
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+# Without a memory cgroup nothing charges socket buffers to the sandbox (see Limits.without_cgroup).
+NO_CGROUP_OPEN_FILES = 256
+NO_CGROUP_MAX_PROCESSES = 64
+NO_CGROUP_LISTEN_BACKLOG = 8  # net.core.somaxconn and net.unix.max_dgram_qlen in the sandbox's network
+
+
 @dataclass(frozen=True)
 class Limits:
     memory_bytes: int
@@ -74,6 +80,23 @@ class Limits:
     max_processes: int
     file_bytes: int
     shm_bytes: int = 64 * 1024**2
+    open_files: int = 1024
+    # Socket buffers stay at the kernel's default size (setsockopt SO_SNDBUF/SO_RCVBUF do nothing).
+    fixed_socket_buffers: bool = False
+
+    def without_cgroup(self) -> "Limits":
+        """The limits of a sandbox no memory cgroup bounds. Pipe and Unix socket buffers are kernel memory no
+        rlimit counts: without a cgroup a process could pin (listen backlog + 1) x 2 x net.core.wmem_max in
+        every descriptor it holds (a listening socket keeps each queued connection's unread data). Here each
+        socket keeps the default buffer (net.core.wmem_default), a listen backlog or datagram queue holds
+        at most NO_CGROUP_LISTEN_BACKLOG + 1 (set in the sandbox's own network namespace), and fewer files
+        and processes multiply it: see docs/sandboxes.md for the bound this gives."""
+        return replace(
+            self,
+            open_files=min(self.open_files, NO_CGROUP_OPEN_FILES),
+            max_processes=min(self.max_processes, NO_CGROUP_MAX_PROCESSES),
+            fixed_socket_buffers=True,
+        )
 
     @classmethod
     def from_settings(cls) -> "Limits":
@@ -141,7 +164,7 @@ def rlimit_shell(limits: Limits) -> str:
     """The limits as bash builtins (soft and hard, so they cannot be raised again): no extra exec at start."""
     return (
         f"ulimit -u {limits.max_processes} -v {limits.memory_bytes // 1024} -t {limits.cpu_seconds} "
-        f"-f {limits.file_bytes // 1024} -c 0 -n 1024"
+        f"-f {limits.file_bytes // 1024} -c 0 -n {limits.open_files}"
     )
 
 
@@ -154,7 +177,7 @@ def rlimit_argv(limits: Limits) -> list[str]:
         f"--cpu={limits.cpu_seconds}",
         f"--fsize={limits.file_bytes}",
         "--core=0",
-        "--nofile=1024",
+        f"--nofile={limits.open_files}",
         "--",
     ]
 
@@ -285,7 +308,7 @@ class BwrapBackend:
             "env": {},
             "start_new_session": True,
         }
-        fd = seccomp_fd()
+        fd = seccomp_fd(fixed_socket_buffers=spec.limits.fixed_socket_buffers)
         if fd is None:
             logger.warning("no seccomp filter for this architecture: sandboxes run without one")
         else:

@@ -9,15 +9,19 @@ GALLEY_SANDBOX_CGROUPS picks:
   hierarchies (a root worker on a v1 or hybrid host); else none, logged once (rlimits and seccomp remain).
 - `off`: none.
 
-Each sandbox gets `galley-<key>` below the worker's own cgroup in each hierarchy, with the memory limit at
-GALLEY_SANDBOX_MEMORY_BYTES for the sandbox as a whole (no swap) and the process limit at
+Each sandbox gets `galley-<tag>-<key>` below the worker's own cgroup in each hierarchy (the tag names the
+sandbox root, GALLEY_SANDBOX_ROOT, so installations sharing a host never touch each other's), with the memory
+limit at GALLEY_SANDBOX_MEMORY_BYTES for the sandbox as a whole (no swap) and the process limit at
 GALLEY_SANDBOX_MAX_PROCESSES. The shell's processes join it as soon as bubblewrap has started them, before any
 command runs (every process a command starts is their descendant, so it is counted). The cgroups are removed
-when the sandbox stops.
+when the sandbox stops; those a killed worker left are removed by the next sweep for leftovers
+(`cgroups_left`, `cgroup_remove`, called from `sandboxes.services.sandboxes_release_orphans`).
 """
 
+import hashlib
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,16 +53,22 @@ class SandboxCgroup:
     def release(self) -> None:
         """Remove the cgroups (their processes are gone or going: retry briefly while they exit)."""
         for path in self.paths:
-            for _ in range(50):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
-            else:
+            if not _rmdir(path, tries=50):
                 logger.warning("sandbox cgroup %s still has processes; left in place", path)
+
+
+def _rmdir(path: Path, *, tries: int) -> bool:
+    """rmdir a cgroup, which the kernel allows only once it has no processes; True once it is gone."""
+    for attempt in range(tries):
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if attempt + 1 < tries:
+                time.sleep(0.02)
+    return False
 
 
 def _own(controller: str) -> str | None:
@@ -101,6 +111,12 @@ def cgroup_mode() -> str:
     return _mode[0]
 
 
+def _prefix() -> str:
+    """`galley-<tag>-`: the tag is this installation's sandbox root, as a short digest."""
+    base = os.path.realpath(settings.GALLEY_SANDBOX_ROOT)
+    return f"galley-{hashlib.sha256(base.encode()).hexdigest()[:8]}-"
+
+
 def cgroup_create(*, key: str, memory_bytes: int, max_processes: int) -> SandboxCgroup | None:
     """The sandbox's cgroups with their limits set, or None where the host has none for us. A failure
     here is logged and the sandbox runs on rlimits (never a failed tool call)."""
@@ -108,7 +124,7 @@ def cgroup_create(*, key: str, memory_bytes: int, max_processes: int) -> Sandbox
     assert _mode is not None
     if mode == "none":
         return None
-    name = f"galley-{key}"
+    name = _prefix() + key
     try:
         if mode == "v2":
             path = _mode[1][0] / name
@@ -129,6 +145,66 @@ def cgroup_create(*, key: str, memory_bytes: int, max_processes: int) -> Sandbox
     except OSError as exc:
         logger.warning("could not set up the cgroups of sandbox %s (%s); rlimits only", key, exc)
         return None
+
+
+def cgroups_left() -> dict[str, list[Path]]:
+    """This installation's sandbox cgroups below this worker's own (where a worker of the same service left
+    them), by sandbox key: the candidates a sweep for leftovers looks at."""
+    if cgroup_mode() == "none":
+        return {}
+    assert _mode is not None
+    prefix = _prefix()
+    found: dict[str, list[Path]] = {}
+    for parent in _mode[1]:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(prefix) and (parent / name).is_dir():
+                found.setdefault(name[len(prefix) :], []).append(parent / name)
+    return found
+
+
+def cgroup_remove(paths: list[Path], *, kill: bool) -> bool:
+    """Remove a left-over sandbox's cgroups; True when all are gone. `kill` only when the caller has proved
+    that no worker runs that sandbox (its volume's claim, quota.volume_unclaimed): then whatever is still
+    inside is an orphan and is killed first. Without it a cgroup with a process in it stays."""
+    gone = True
+    for path in paths:
+        if kill:
+            _kill_members(path)
+        if not _rmdir(path, tries=50 if kill else 1):
+            logger.warning("left-over sandbox cgroup %s still has processes; left in place", path)
+            gone = False
+    return gone
+
+
+def _kill_members(path: Path) -> None:
+    if (path / "cgroup.kill").exists():  # cgroup v2 (Linux 5.14+): the kernel kills them all at once
+        try:
+            (path / "cgroup.kill").write_text("1")
+            return
+        except OSError:
+            pass
+    try:
+        pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        # A pidfd first, then the membership check: a pid that ended and was reused meanwhile by a process
+        # outside this cgroup is never signalled.
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if path.name in Path(f"/proc/{pid}/cgroup").read_text():
+                signal.pidfd_send_signal(handle, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
 
 
 def process_tree(pid: int) -> list[int]:

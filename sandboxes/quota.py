@@ -10,13 +10,22 @@ host are only those written (sparse, mounted with `discard` so deletes give the 
 Otherwise (no root, no loop devices, GALLEY_SANDBOX_QUOTA=watch) the volume is a plain directory, and a
 watcher measures it while a command runs and kills a command that pushes it past the quota; the tool
 result says why. That measure walks the volume, so the kernel quota is the one to use in production.
+
+Every worker process that runs a shell of a sandbox holds a shared `flock` on `<root>/volume.lock` (a claim)
+from before it sets the volume up until it has stopped the shell and unmounted it. The kernel drops the lock
+when its holder dies, SIGKILL included, so whoever gets the lock exclusively knows that no worker process on
+this host runs or is starting a sandbox of that root, and keeps any from starting while it holds it: that is
+how leftovers of a killed worker are released (`sandboxes.services.sandboxes_release_orphans`).
 """
 
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -26,6 +35,7 @@ from sandboxes.backends import SandboxError
 logger = logging.getLogger(__name__)
 
 IMAGE_NAME = "volume.img"
+CLAIM_NAME = "volume.lock"
 _fallback_logged = False
 _locks: dict[str, threading.Lock] = {}
 _locks_lock = threading.Lock()
@@ -162,26 +172,51 @@ def volumes_mounted_under(base: Path) -> dict[Path, str]:
     return found
 
 
-def devices_in_sandboxes() -> set[str]:
-    """The filesystems that processes in other mount namespaces than the worker's see ("major:minor"):
-    a running sandbox (bubblewrap makes a namespace for each) holds its volume's. One read of
-    /proc/<pid>/ns/mnt per process, one mountinfo per foreign namespace."""
-    ours = os.readlink("/proc/self/ns/mnt")
-    seen: set[str] = {ours}
-    devices: set[str] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _claim_fd(root: Path) -> int:
+    # The root belongs to the server (0711); the sandbox cannot plant a link here, O_NOFOLLOW all the same.
+    return os.open(root / CLAIM_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
+def volume_claim(root: Path) -> int:
+    """Take this process's shared claim on the sandbox's volume (waiting while a release holds it) and
+    return its descriptor; `volume_unclaim` gives it back. Held for as long as a shell of the sandbox runs."""
+    fd = _claim_fd(root)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def volume_unclaim(fd: int) -> None:
+    os.close(fd)  # closing the last descriptor of the open file drops its flock
+
+
+@contextmanager
+def volume_claimed(root: Path) -> Iterator[None]:
+    """A claim for the time of a block (setting the volume up)."""
+    fd = volume_claim(root)
+    try:
+        yield
+    finally:
+        volume_unclaim(fd)
+
+
+@contextmanager
+def volume_unclaimed(root: Path) -> Iterator[bool]:
+    """The claim taken exclusively, without waiting: True when no worker process on this host holds one
+    (none runs or is starting a sandbox of this root), and none can take one until the block ends."""
+    fd = _claim_fd(root)
+    try:
         try:
-            namespace = os.readlink(f"/proc/{entry}/ns/mnt")
-            if namespace in seen:
-                continue
-            seen.add(namespace)
-            lines = Path(f"/proc/{entry}/mountinfo").read_text().splitlines()
-        except OSError:
-            continue  # it ended meanwhile
-        devices.update(line.split(" ")[2] for line in lines if line.count(" ") > 2)
-    return devices
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def volume_usage(root: Path, *, limit: int) -> int:

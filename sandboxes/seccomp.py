@@ -10,6 +10,10 @@ the sized /dev/shm or in /tmp, under the volume's quota), POSIX message queues (
 queues and semaphores (`msgget`, `semget`: each IPC namespace allows about 500 MiB of queued messages and
 billions of semaphores). System calls made under any other ABI than the host's native one (32-bit x86 on
 x86_64, x32) are refused with EPERM, so a foreign-ABI binary cannot reach them by their other numbers.
+
+For a sandbox no memory cgroup bounds, `fixed_socket_buffers` also answers setsockopt(SOL_SOCKET, SO_SNDBUF,
+SO_RCVBUF and their FORCE forms) with success without doing anything: every socket keeps the kernel's default
+buffer size (net.core.wmem_default) instead of up to twice net.core.wmem_max (backends.Limits.without_cgroup).
 """
 
 import errno
@@ -20,6 +24,10 @@ import struct
 # struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6]
 _OFFSET_NR = 0
 _OFFSET_ARCH = 4
+_OFFSET_ARGS = 16  # args[i] at 16 + 8 * i; its low 32 bits first (little-endian: x86_64, aarch64)
+
+SOL_SOCKET = 1
+SOCKET_BUFFER_OPTIONS = (7, 8, 32, 33)  # SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE (both tables)
 
 _BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
@@ -99,6 +107,7 @@ ABSENT = (
 )
 
 _X86_64 = {
+    "setsockopt": 54,  # not denied: see fixed_socket_buffers
     "add_key": 248,
     "request_key": 249,
     "keyctl": 250,
@@ -162,6 +171,7 @@ _X86_64 = {
 
 # aarch64 uses the generic table; it has no create_module, iopl, ioperm or uselib.
 _AARCH64 = {
+    "setsockopt": 208,  # not denied: see fixed_socket_buffers
     "add_key": 217,
     "request_key": 218,
     "keyctl": 219,
@@ -234,7 +244,7 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
-def seccomp_program(machine: str | None = None) -> bytes:
+def seccomp_program(machine: str | None = None, *, fixed_socket_buffers: bool = False) -> bytes:
     """The filter for this host's architecture, as the bytes of a `struct sock_filter` array."""
     machine = machine or platform.machine()
     if machine not in ARCHITECTURES:
@@ -257,34 +267,52 @@ def seccomp_program(machine: str | None = None) -> bytes:
         head.append((_BPF_JGE_K, "deny", None, _X32_SYSCALL_BIT))
     body: list[tuple[int, str | None, str | None, int]] = [(_BPF_JEQ_K, "deny", None, n) for n in denied]
     body += [(_BPF_JEQ_K, "enosys", None, n) for n in absent]
-    targets = {"allow": len(head) + len(body), "enosys": len(head) + len(body) + 1}
-    targets["deny"] = targets["enosys"] + 1
+    if fixed_socket_buffers:
+        body.insert(0, (_BPF_JEQ_K, "setsockopt", None, table["setsockopt"]))
+    end = len(head) + len(body)
+    targets = {"allow": end, "enosys": end + 1, "deny": end + 2}
+    # setsockopt(fd, level, name, ...): a buffer size at SOL_SOCKET answers 0 (success) and does nothing.
+    # BPF jumps only forward, so this block after the answers ends with its own allow.
+    tail: list[tuple[int, str | None, str | None, int]] = []
+    if fixed_socket_buffers:
+        tail = [
+            (_BPF_LD_W_ABS, None, None, _OFFSET_ARGS + 8),
+            (_BPF_JEQ_K, None, "tail_allow", SOL_SOCKET),
+            (_BPF_LD_W_ABS, None, None, _OFFSET_ARGS + 16),
+            *[(_BPF_JEQ_K, "ignore", None, option) for option in SOCKET_BUFFER_OPTIONS],
+            (_BPF_RET_K, None, None, _RET_ALLOW),
+            (_BPF_RET_K, None, None, _RET_ERRNO | 0),  # errno 0: the call returns success
+        ]
+        targets["setsockopt"] = end + 3
+        targets["tail_allow"] = end + 3 + len(tail) - 2
+        targets["ignore"] = end + 3 + len(tail) - 1
     program: list[bytes] = []
-    for index, (code, jt, jf, k) in enumerate([*head, *body]):
+    numbered = [*enumerate([*head, *body]), *enumerate(tail, start=end + 3)]
+    for index, (code, jt, jf, k) in numbered:
         # A jump offset counts the instructions skipped after this one.
         program.append(
             _insn(code, targets[jt] - index - 1 if jt else 0, targets[jf] - index - 1 if jf else 0, k)
         )
-    program += [allow, enosys, deny]
+        if index == end - 1:
+            program += [allow, enosys, deny]
     if len(program) > 255:
         raise SeccompUnsupported("seccomp program too long for 8-bit jumps")
     return b"".join(program)
 
 
-_cached: bytes | None = None
+_cached: dict[bool, bytes] = {}
 
 
-def seccomp_fd() -> int | None:
+def seccomp_fd(*, fixed_socket_buffers: bool = False) -> int | None:
     """A fresh file descriptor holding the program, positioned at its start, for one bubblewrap launch.
     None on an architecture without a table (the sandbox then runs without the filter; logged by the caller).
     The caller passes it with `pass_fds` and closes it after the launch."""
-    global _cached
-    if _cached is None:
+    if fixed_socket_buffers not in _cached:
         try:
-            _cached = seccomp_program()
+            _cached[fixed_socket_buffers] = seccomp_program(fixed_socket_buffers=fixed_socket_buffers)
         except SeccompUnsupported:
             return None
     fd = os.memfd_create("galley-seccomp", os.MFD_CLOEXEC)
-    os.write(fd, _cached)
+    os.write(fd, _cached[fixed_socket_buffers])
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -63,6 +64,7 @@ class LiveSandbox:
     outputs_seen: dict[str, tuple[int, ...]] = None  # type: ignore[assignment]
     image: bool = False  # the running shell's volume is a mounted image (quota.py)
     cgroup: Any = None  # sandboxes.cgroup.SandboxCgroup where the host allows one
+    claim: int | None = None  # this process's claim on the volume while a shell runs (quota.volume_claim)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -125,7 +127,7 @@ def _check_traversable(base: Path) -> None:
 def sandbox_provision(*, root: Path, uid: int, quota: bool = True) -> None:
     """Create the sandbox's directories (idempotent). Files inside belong to the sandbox's own uid.
     With `quota`, the volume holding everything the sandbox can write is its quota-limited image."""
-    from sandboxes.quota import volume_path, volume_provision
+    from sandboxes.quota import volume_claimed, volume_path, volume_provision
 
     base = Path(settings.GALLEY_SANDBOX_ROOT)
     base.mkdir(parents=True, exist_ok=True)
@@ -134,11 +136,29 @@ def sandbox_provision(*, root: Path, uid: int, quota: bool = True) -> None:
         _check_traversable(base)
     root.mkdir(exist_ok=True)
     os.chmod(root, 0o711)
-    volume = volume_path(root)
     if quota:
-        volume_provision(root=root, limit=settings.GALLEY_SANDBOX_WORKSPACE_BYTES)
+        # Under a claim: a release of a killed worker's leftover volume never unmounts it half set up.
+        with volume_claimed(root):
+            volume_provision(root=root, limit=settings.GALLEY_SANDBOX_WORKSPACE_BYTES)
+            _provision_volume(root=root, uid=uid)
     else:
-        volume.mkdir(mode=0o711, exist_ok=True)
+        volume_path(root).mkdir(mode=0o711, exist_ok=True)
+        _provision_volume(root=root, uid=uid)
+    (root / "egress").mkdir(mode=0o711, exist_ok=True)
+    etc = root / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "passwd").write_text(
+        f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+        f"agent:x:{INSIDE_UID}:{INSIDE_UID}:agent:/workspace:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    (etc / "group").write_text(f"root:x:0:\nagent:x:{INSIDE_UID}:\nnogroup:x:65534:\n")
+
+
+def _provision_volume(*, root: Path, uid: int) -> None:
+    from sandboxes.quota import volume_path
+
+    volume = volume_path(root)
     own = os.geteuid() == 0
     for name, mode in (("workspace", 0o755), ("tmp", 0o700), ("state", 0o700), ("outputs", 0o755)):
         path = volume / name
@@ -149,15 +169,6 @@ def sandbox_provision(*, root: Path, uid: int, quota: bool = True) -> None:
         if own:
             os.chown(path, uid, uid)
         os.chmod(path, mode)
-    (root / "egress").mkdir(mode=0o711, exist_ok=True)
-    etc = root / "etc"
-    etc.mkdir(exist_ok=True)
-    (etc / "passwd").write_text(
-        f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
-        f"agent:x:{INSIDE_UID}:{INSIDE_UID}:agent:/workspace:/bin/bash\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-    )
-    (etc / "group").write_text(f"root:x:0:\nagent:x:{INSIDE_UID}:\nnogroup:x:65534:\n")
 
 
 def environment_networking(session: Session) -> dict[str, Any]:
@@ -317,6 +328,12 @@ def _shell_init(live: LiveSandbox) -> str:
 
 def _start_shell(live: LiveSandbox) -> Shell:
     spec = live.spec
+    if live.claim is None:
+        from sandboxes.quota import volume_claim
+
+        # Held until sandbox_stop: no release of leftovers touches this volume or cgroup while the shell runs.
+        spec.root.mkdir(parents=True, exist_ok=True)
+        live.claim = volume_claim(spec.root)
     sandbox_provision(root=spec.root, uid=spec.uid)
     if spec.repos:
         from sandboxes.repos import repositories_prepare
@@ -345,19 +362,59 @@ def _start_shell(live: LiveSandbox) -> Shell:
     from sandboxes.quota import volume_is_image
 
     live.image = volume_is_image(spec.root)
+    bwrap = isinstance(live.backend, BwrapBackend)
+    if bwrap and live.cgroup is None:
+        from sandboxes.cgroup import cgroup_create
+
+        live.cgroup = cgroup_create(
+            key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
+        )
+        if live.cgroup is None:
+            # No memory cgroup will charge its socket buffers: the limits that bound them instead.
+            spec = live.spec = replace(spec, limits=spec.limits.without_cgroup())
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)
     shell = Shell(argv, kwargs, live.backend.state_path(spec), init=_shell_init(live))
-    if isinstance(live.backend, BwrapBackend):
-        from sandboxes.cgroup import cgroup_create, process_tree
+    if live.cgroup is not None:
+        from sandboxes.cgroup import process_tree
 
-        if live.cgroup is None:
-            live.cgroup = cgroup_create(
-                key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
-            )
-        if live.cgroup is not None:
-            # Before any command: everything a command starts descends from these, so it is counted.
-            live.cgroup.attach(process_tree(shell.proc.pid))
+        # Before any command: everything a command starts descends from these, so it is counted.
+        live.cgroup.attach(process_tree(shell.proc.pid))
+    if bwrap and spec.limits.fixed_socket_buffers and not spec.share_network:
+        try:
+            _limit_backlogs(shell.inner_pid())
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            shell.kill()
+            logger.error("could not limit the listen backlog in sandbox %s: %s", live.key, exc)
+            raise SandboxError("the sandbox's network limits could not be set (see the server log)") from exc
     return shell
+
+
+def _limit_backlogs(pid: int) -> None:
+    """In the sandbox's own network namespace (before any command runs): a listening socket queues at most
+    NO_CGROUP_LISTEN_BACKLOG + 1 connections and a datagram socket as many datagrams, each holding at most
+    one socket buffer. The worker (root on the host) may set them there; the sandbox may not."""
+    from sandboxes.backends import NO_CGROUP_LISTEN_BACKLOG
+
+    def capped(name: str) -> int:  # never above what the host has
+        return min(NO_CGROUP_LISTEN_BACKLOG, int(Path(f"/proc/sys/net/{name}").read_text()))
+
+    done = subprocess.run(
+        [
+            shutil.which("nsenter") or "/usr/bin/nsenter",
+            f"--net=/proc/{pid}/ns/net",
+            "--",
+            shutil.which("sysctl") or "/usr/sbin/sysctl",
+            "-q",
+            "-w",
+            f"net.core.somaxconn={capped('core/somaxconn')}",
+            f"net.unix.max_dgram_qlen={capped('unix/max_dgram_qlen')}",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise OSError(done.stderr.decode(errors="replace").strip()[:300] or f"exit {done.returncode}")
 
 
 def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbox:
@@ -439,6 +496,11 @@ def sandbox_stop(live: LiveSandbox, *, keep_volume: bool = False) -> None:
 
         volume_release(live.spec.root)
         live.image = False
+    if live.claim is not None:
+        from sandboxes.quota import volume_unclaim
+
+        volume_unclaim(live.claim)
+        live.claim = None
 
 
 def _session_keys(session_id: str, names: Any) -> list[str]:
@@ -496,28 +558,56 @@ def _owner_alive(owner: str, now: Any, expires: Any) -> bool:
 
 
 def sandboxes_release_orphans() -> list[str]:
-    """Unmount the volumes on this host that no sandbox uses any more: those a killed worker left
-    mounted (its shells died with it: bubblewrap runs with --die-with-parent). A volume is released
-    only when no process of this worker has it (the registry), no running sandbox of any worker holds
-    it (no other mount namespace sees its filesystem), and no harness step may be about to start a
-    shell on it (its session, or the thread, has no lease of a live owner, or is terminated or gone).
-    A deleted session's directory goes too. Returns the released sandbox names."""
-    from sandboxes.quota import devices_in_sandboxes, volume_release, volumes_mounted_under
+    """Release what a killed worker left on this host: volumes still mounted and cgroups still there (its
+    shells died with it: bubblewrap runs with --die-with-parent). A sandbox's leftovers are touched only while
+    its volume's claim is taken exclusively (quota.volume_unclaimed): no worker process on this host runs a
+    shell of it, none can start one meanwhile (a starting one waits, then sets the volume up again), and any
+    process still in its cgroups is an orphan, so it is killed and the cgroups removed. A mounted volume is
+    kept while its session (or the thread) has a lease of a live owner: a step of it may start a shell soon,
+    and need not mount it again. A terminated session's volume is unmounted; a deleted session's directory
+    goes too. Returns the names of the sandboxes released."""
+    from sandboxes.cgroup import cgroup_remove, cgroups_left
+    from sandboxes.quota import volume_release, volume_unclaimed, volumes_mounted_under
 
     base = Path(settings.GALLEY_SANDBOX_ROOT)
-    mounted = volumes_mounted_under(base)
+    mounted = set(volumes_mounted_under(base))
+    groups = cgroups_left()
     with _registry_lock:
-        ours = {live.spec.root for live in _registry.values()}
-    candidates = {root: device for root, device in mounted.items() if root not in ours}
-    if not candidates:
+        ours = {live.key for live in _registry.values()}
+    names = ({root.name for root in mounted} | set(groups)) - ours
+    if not names:
         return []
-    held = devices_in_sandboxes()
-    candidates = {root: device for root, device in candidates.items() if device not in held}
-    if not candidates:
-        return []
+    keep, deleted = _volumes_to_keep(names)
+    released = []
+    for name in sorted(names):
+        root = base / name
+        if not root.is_dir():
+            # Its session was deleted and its directory removed: no worker can start a shell of it (that
+            # would make the directory again), so an empty cgroup of it is a leftover. Nothing is killed.
+            if name in groups and cgroup_remove(groups[name], kill=False):
+                released.append(name)
+            continue
+        with volume_unclaimed(root) as free:
+            if not free:
+                continue  # a worker process on this host runs (or is starting) this sandbox
+            done = name in groups and cgroup_remove(groups[name], kill=True)
+            if root in mounted and name not in keep:
+                volume_release(root)
+                done = True
+                if name.split(".")[0] in deleted and not os.path.ismount(root / "volume"):
+                    shutil.rmtree(root, ignore_errors=True)  # its session was deleted meanwhile
+            if done:
+                released.append(name)
+    if released:
+        logger.warning("released sandboxes left by a stopped worker: %s", released)
+    return released
+
+
+def _volumes_to_keep(names: set[str]) -> tuple[set[str], set[str]]:
+    """Of these sandbox names, those whose session (or thread) has a lease of a live owner and is not
+    terminated; and the ids of the sessions that no longer exist."""
     from sessions.models import SessionThread
 
-    names = {root.name for root in candidates}
     session_ids = {name.split(".")[0] for name in names}
     now = timezone.now()
     sessions = {
@@ -533,23 +623,18 @@ def sandboxes_release_orphans() -> list[str]:
         ).values_list("pk", "lease_owner", "lease_expires_at")
         if owner and _owner_alive(owner, now, expires)
     }
-    released = []
-    for root in sorted(candidates):
-        session_id, _, thread_id = root.name.partition(".")
+    keep = set()
+    for name in names:
+        session_id, _, thread_id = name.partition(".")
         found = sessions.get(session_id)
-        if found is not None and found[0] != "terminated":
-            _status, owner, expires = found
-            if thread_id and thread_id in leased_threads:
-                continue
-            if not thread_id and owner and _owner_alive(owner, now, expires):
-                continue
-        volume_release(root)
-        if found is None and not os.path.ismount(root / "volume"):
-            shutil.rmtree(root, ignore_errors=True)  # its session was deleted meanwhile
-        released.append(root.name)
-    if released:
-        logger.warning("released sandbox volumes left mounted by a stopped worker: %s", released)
-    return released
+        if found is None or found[0] == "terminated":
+            continue
+        _status, owner, expires = found
+        if thread_id and thread_id in leased_threads:
+            keep.add(name)
+        elif not thread_id and owner and _owner_alive(owner, now, expires):
+            keep.add(name)
+    return keep, session_ids - set(sessions)
 
 
 def _release_orphans_safely(*, own_thread: bool) -> None:

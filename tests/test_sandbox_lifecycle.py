@@ -371,3 +371,153 @@ def test_volumes_a_killed_worker_left_are_released_and_never_one_a_live_sandbox_
     Session.objects.filter(pk=leased.id).update(lease_owner=None, lease_expires_at=None)
     assert text(run(left, "bash", command="cat /workspace/f")) == "kept"
     assert text(run(leased, "read", file_path="/workspace/f")) == "kept\n"
+
+
+def _killed_worker(session):  # type: ignore[no-untyped-def]
+    """What a SIGKILLed worker leaves of its sandbox: no shell (it died with the worker), no claim (the kernel
+    drops a dead process's flock), but the volume still mounted and the cgroups still there."""
+    from sandboxes.quota import volume_unclaim
+
+    live = services._registry.pop(session.id)
+    live.shell.kill()
+    live.shell = None
+    volume_unclaim(live.claim)
+    live.claim = None
+    return live
+
+
+def test_cgroups_a_killed_worker_left_are_removed_and_never_those_of_a_live_sandbox(
+    make_sandbox_session, monkeypatch, settings
+):
+    """The sweep for leftovers removes the cgroups of sandboxes no worker process runs (killing what is still
+    inside only then), never those of a sandbox another worker runs or is starting, nor another
+    installation's."""
+    import subprocess
+
+    from sandboxes.cgroup import cgroup_create, cgroup_mode, cgroups_left
+    from sandboxes.quota import volume_claim, volume_unclaim
+
+    if cgroup_mode() == "none":
+        pytest.skip("this host gives the worker no writable memory and pids cgroups")
+    monkeypatch.setattr(services, "_sweep_orphans", False)
+    left, orphaned, deleted, running, starting = (make_sandbox_session() for _ in range(5))
+    for session in (left, orphaned, deleted, running):
+        run(session, "bash", command="echo kept > /workspace/f")
+    groups = {s.id: services._registry[s.id].cgroup.paths for s in (left, orphaned, deleted, running)}
+    for session in (left, orphaned, deleted):
+        _killed_worker(session)
+    # A process that outlived its worker in `orphaned`'s cgroups (the kernel normally kills them all).
+    stray = subprocess.Popen(["sleep", "120"])
+    claim, group, foreign = None, None, []
+    try:
+        for path in groups[orphaned.id]:
+            (path / "cgroup.procs").write_text(str(stray.pid))
+        # `deleted`: its session was deleted meanwhile (the web removes its directory, not its cgroups).
+        services.sandbox_destroy(session_id=deleted.id)
+        assert all(path.exists() for path in groups[deleted.id])
+        # `running`: another worker process's live sandbox. `starting`: another worker's, between making its
+        # cgroups and moving its shell in (empty, but its volume is claimed).
+        other = services._registry.pop(running.id)
+        root = services.sandbox_root(starting.id)
+        root.mkdir(parents=True)
+        claim = volume_claim(root)
+        group = cgroup_create(key=starting.id, memory_bytes=2**30, max_processes=64)
+        assert group is not None
+        groups[starting.id] = group.paths
+        # Another installation's sandbox cgroup on the same host (another sandbox root): never ours to touch.
+        foreign = [path.parent / f"galley-00000000-{left.id}" for path in groups[left.id]]
+        for path in foreign:
+            path.mkdir()
+        assert set(cgroups_left()) == {left.id, orphaned.id, deleted.id, running.id, starting.id}
+
+        assert sorted(services.sandboxes_release_orphans()) == sorted([left.id, orphaned.id, deleted.id])
+        for key in (left.id, orphaned.id, deleted.id):
+            assert not any(path.exists() for path in groups[key]), key
+        assert stray.wait(timeout=10) == -9  # provably orphaned (its volume unclaimed): killed
+        assert all(path.exists() for path in [*groups[running.id], *groups[starting.id], *foreign])
+        assert services.sandboxes_release_orphans() == []
+        # The live sandbox kept its cgroups, its processes in them.
+        services._registry[running.id] = other
+        assert text(run(running, "bash", command="cat /workspace/f")) == "kept"
+        members = (groups[running.id][0] / "cgroup.procs").read_text().split()
+        assert str(other.shell.proc.pid) in members
+        # The starting one's cgroups go once no worker claims its volume any more.
+        volume_unclaim(claim)
+        claim = None
+        assert services.sandboxes_release_orphans() == [starting.id]
+        assert not any(path.exists() for path in groups[starting.id])
+        # A sandbox whose leftovers were removed starts again with new cgroups and its files.
+        assert text(run(left, "bash", command="cat /workspace/f")) == "kept"
+        assert all(path.exists() for path in services._registry[left.id].cgroup.paths)
+    finally:
+        stray.kill()
+        if claim is not None:
+            volume_unclaim(claim)
+        for path in foreign:
+            path.rmdir()
+        if group is not None:
+            group.release()
+
+
+def test_a_release_of_leftovers_and_a_shell_claiming_the_volume_never_interleave(
+    make_sandbox_session, monkeypatch
+):
+    """The sweep decides a volume is left over, and before it unmounts it another worker process on this host
+    starts a shell of that session: the shell waits until the release is done, then mounts the volume again
+    (its host-side reads, usage and outputs, then see the sandbox's files, and its quota holds)."""
+    import os
+    import threading
+
+    from sandboxes import quota
+
+    monkeypatch.setattr(services, "_sweep_orphans", False)
+    session = make_sandbox_session()
+    run(session, "bash", command="echo kept > /workspace/f")
+    gone = _killed_worker(session)
+    volume = gone.spec.volume
+    assert os.path.ismount(volume)
+    # Another worker process's record of the session (not in this process's registry).
+    other = services.LiveSandbox(
+        key=gone.key,
+        session_id=gone.session_id,
+        spec=gone.spec,
+        backend=gone.backend,
+        limited=gone.limited,
+        rules=gone.rules,
+        slots=gone.slots,
+    )
+    seen: dict[str, object] = {}
+
+    def use_it() -> None:
+        with other.lock:
+            shell = services.sandbox_shell(other)
+            seen["out"] = shell.run(
+                "cat /workspace/f; echo more >> /workspace/f", timeout=30, cancel=None, cap=4096
+            )
+
+    unmount = quota.volume_release
+
+    def claimed_meanwhile(root: Path) -> None:
+        # The sweep has checked everything and is about to unmount: the other worker starts its shell now.
+        if "thread" not in seen:
+            seen["thread"] = thread = threading.Thread(target=use_it)
+            thread.start()
+            thread.join(timeout=3)
+            seen["waited"] = thread.is_alive()
+        unmount(root)
+
+    monkeypatch.setattr(quota, "volume_release", claimed_meanwhile)
+    try:
+        assert services.sandboxes_release_orphans() == [session.id]
+        seen["thread"].join(timeout=60)  # type: ignore[attr-defined]
+        assert seen["waited"] is True  # it waited for the release instead of starting in the middle of it
+        assert seen["out"].output.strip() == "kept"  # type: ignore[attr-defined]
+        assert os.path.ismount(volume)  # mounted again for it: the host sees what the shell sees
+        assert (volume / "workspace" / "f").read_text() == "kept\nmore\n"
+        # While its shell runs, a sweep leaves the volume alone (no lease needed: the claim says so).
+        assert services.sandboxes_release_orphans() == []
+        assert os.path.ismount(volume)
+    finally:
+        monkeypatch.undo()
+        with other.lock:
+            services.sandbox_stop(other)

@@ -208,6 +208,21 @@ def test_the_seccomp_program_exists_for_both_architectures():
 
     for machine, (audit_arch, table) in ARCHITECTURES.items():
         program = seccomp_program(machine)
+        # The variant for a sandbox without a memory cgroup: setsockopt goes to its own block, whose jumps
+        # stay inside the program.
+        fixed = seccomp_program(machine, fixed_socket_buffers=True)
+        steps = [struct.unpack("=HBBI", fixed[i : i + 8]) for i in range(0, len(fixed), 8)]
+        at = next(i for i, s in enumerate(steps) if s[0] == 0x15 and s[3] == table["setsockopt"])
+        assert steps[at + 1 + steps[at][1]] == (0x20, 0, 0, 16 + 8)  # loads the level
+        assert steps[-1] == (0x06, 0, 0, 0x00050000) and steps[-2] == (0x06, 0, 0, 0x7FFF0000)
+        assert all(i + 1 + max(s[1], s[2]) < len(steps) for i, s in enumerate(steps) if s[0] == 0x15)
+        assert table["setsockopt"] not in {
+            k
+            for code, _jt, _jf, k in (
+                struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)
+            )
+            if code == 0x15
+        }
         insns = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
         assert insns[1][3] == audit_arch
         denied = {k for code, _jt, _jf, k in insns if code == 0x15} - {audit_arch}
@@ -526,3 +541,122 @@ def test_unix_socket_buffers_are_charged_to_the_sandbox_and_stop_at_its_memory_l
     assert _cgroup_memory(group, "peak") <= limit + 64 * 4096
     run(session, "bash", command="pkill -f fill.py; true")
     assert text(run(session, "bash", command="echo fine")) == "fine"
+
+
+# Pins as much Unix socket buffer memory as one process can: every descriptor a listening socket whose queued
+# connections each hold a full send buffer of unread data (their clients closed), after asking for the
+# largest buffers; also measures each mechanism on its own. Prints one JSON line, then holds everything.
+_SOCKET_PIN = r"""
+import json, os, resource, socket, sys, time
+chunk = b"x" * 65536
+report = open(sys.argv[2] + ".tmp", "w")  # before the descriptors run out
+def fill(s):
+    s.setblocking(False)
+    q = 0
+    while True:
+        try:
+            q += s.send(chunk)
+        except (BlockingIOError, OSError):
+            return q
+facts = {"nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}
+facts["nproc"] = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+a, b = socket.socketpair()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+facts["sndbuf"] = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+facts["pair"] = fill(a)
+a.close(); b.close()
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind("\0galley-probe-dgram")
+sent = 0
+for i in range(50):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.setblocking(False)
+    try:
+        c.sendto(b"x" * 100_000, "\0galley-probe-dgram"); sent += 1
+    except OSError:
+        break
+    finally:
+        c.close()
+facts["datagrams"] = sent
+d.close()
+held, queued, listeners, per_listener = [], 0, 0, []
+try:
+    while True:
+        l = socket.socket(socket.AF_UNIX); l.bind("\0galley-probe-%d" % listeners); l.listen(4096)
+        held.append(l); listeners += 1; n = 0
+        if queued > int(sys.argv[3]):
+            break  # far past the bound already: enough to fail, and the host keeps its memory
+        for i in range(int(sys.argv[1])):
+            c = socket.socket(socket.AF_UNIX); c.setblocking(False)
+            try:
+                c.connect("\0galley-probe-%d" % (listeners - 1))
+            except (BlockingIOError, OSError):
+                c.close(); break
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+            queued += fill(c); n += 1; c.close()
+        per_listener.append(n)
+except OSError as exc:
+    facts["stopped"] = exc.errno
+facts.update(queued=queued, listeners=listeners, connections=max(per_listener or [0]))
+report.write(json.dumps(facts))
+report.close()
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+time.sleep(120)
+"""
+
+
+def _mem_available() -> int:
+    from pathlib import Path
+
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no MemAvailable")
+
+
+def test_without_a_memory_cgroup_socket_buffers_are_bounded_per_process(
+    make_sandbox_session, settings, monkeypatch
+):
+    """With no memory cgroup (GALLEY_SANDBOX_CGROUPS=off here), nothing charges socket buffers to the sandbox:
+    without limits one descriptor could pin somaxconn x 2 wmem_max (a listening socket holding its queued
+    connections' unread data). The sandbox then gets default-sized socket buffers (setsockopt of a size does
+    nothing), a listen backlog and datagram queue of 8 in its own network, 256 files and 64 processes: one
+    process pins at most 256 x 9 socket buffers."""
+    import json
+    import time
+    from pathlib import Path
+
+    from sandboxes import cgroup
+    from sandboxes.backends import NO_CGROUP_LISTEN_BACKLOG, NO_CGROUP_MAX_PROCESSES, NO_CGROUP_OPEN_FILES
+
+    settings.GALLEY_SANDBOX_CGROUPS = "off"
+    monkeypatch.setattr(cgroup, "_mode", None)
+    session = make_sandbox_session()
+    run(session, "bash", command=f"cat > /tmp/pin.py <<'PY'\n{_SOCKET_PIN}\nPY")
+    assert services._registry[session.id].cgroup is None
+    wmem_default = int(Path("/proc/sys/net/core/wmem_default").read_text())
+    per_socket = wmem_default + 65536  # a send is refused once the buffer is full: one chunk past it at most
+    queue = NO_CGROUP_LISTEN_BACKLOG + 1
+    bound = NO_CGROUP_OPEN_FILES * queue * per_socket
+    before = _mem_available()
+    pin = f"python3 /tmp/pin.py 100 /tmp/pin.json {2 * bound} >/tmp/pin.log 2>&1"
+    run(session, "bash", command=f"({pin} &) ; sleep 0.1")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = text(
+            run(session, "bash", command="cat /tmp/pin.json 2>/dev/null || { echo -; cat /tmp/pin.log; }")
+        )
+        if out.startswith("{"):
+            break
+        time.sleep(0.5)
+    assert out.startswith("{"), out
+    facts = json.loads(out)
+    pinned = before - _mem_available()
+    run(session, "bash", command="pkill -f pin.py; true")
+    print(facts, f"host memory pinned: {pinned / 2**20:.1f} MiB")
+    assert facts["nofile"] == NO_CGROUP_OPEN_FILES
+    assert facts["nproc"] <= NO_CGROUP_MAX_PROCESSES
+    assert facts["sndbuf"] == wmem_default  # the 64 MiB asked for was not given
+    assert facts["pair"] <= per_socket
+    assert facts["datagrams"] <= queue and facts["connections"] <= queue
+    assert facts["stopped"] == 24  # EMFILE: the descriptors ran out, not the connections
+    assert facts["queued"] <= bound, (facts, bound)
+    assert facts["queued"] >= bound // 4  # the probe really did fill them
