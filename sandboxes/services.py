@@ -379,7 +379,7 @@ def _start_shell(live: LiveSandbox) -> Shell:
 
         # Before any command: everything a command starts descends from these, so it is counted.
         live.cgroup.attach(process_tree(shell.proc.pid))
-    if bwrap and spec.limits.fixed_socket_buffers and not spec.share_network:
+    if bwrap and spec.limits.fixed_socket_buffers and not spec.share_network and _backlogs_settable():
         try:
             _limit_backlogs(shell.inner_pid())
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
@@ -387,6 +387,25 @@ def _start_shell(live: LiveSandbox) -> Shell:
             logger.error("could not limit the listen backlog in sandbox %s: %s", live.key, exc)
             raise SandboxError("the sandbox's network limits could not be set (see the server log)") from exc
     return shell
+
+
+_backlogs_warned = False
+
+
+def _backlogs_settable() -> bool:
+    """Only a worker running as root can enter a sandbox's network namespace to set its backlogs (setns
+    needs CAP_SYS_ADMIN in the worker's own user namespace too); elsewhere the sandbox keeps the other
+    no-cgroup limits, and the server log says once what it lacks (docs/sandboxes.md)."""
+    global _backlogs_warned
+    if os.geteuid() == 0:
+        return True
+    if not _backlogs_warned:
+        _backlogs_warned = True
+        logger.warning(
+            "the worker is not root: sandboxes without a memory cgroup keep the host's listen backlog "
+            "(net.core.somaxconn); their socket buffers are bounded by the other limits only"
+        )
+    return False
 
 
 def _limit_backlogs(pid: int) -> None:
