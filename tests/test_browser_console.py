@@ -411,7 +411,7 @@ def test_trace_of_10000_events_filters_steps_and_scrubs(browser: Any, server: Li
     assert position.inner_text() == "Event 9999 of 10000 · span.model_request_end"
     page.locator("#seq-9999 summary").click()  # its JSON is fetched when opened
     page.wait_for_function(
-        "document.querySelector('#seq-9999 pre').textContent.includes('model_request_start_id')"
+        "document.querySelector('#seq-9999 pre')?.textContent.includes('model_request_start_id')"
     )
 
     # The waterfall merges what a pixel cannot tell apart; a bar leads to its turn in the tree.

@@ -350,13 +350,17 @@ def test_a_sigkilled_workers_item_is_reclaimed_and_the_session_finishes_on_anoth
         galley, environment_id=environment.id, environment_key=key, workdir=str(workdir), max_idle=1.0
     ):
         _wait(lambda: _idle_end_turn(client, session.id), timeout=120, what="the session to finish")
+        # The worker stops its item once the session has been idle for max_idle; it is cancelled
+        # when this block ends, so the stop is waited for here.
+        _wait(
+            lambda: [w.state for w in _work_items(client, environment.id, key)] == ["stopped"],
+            what="the same item, reclaimed after its lease, then stopped",
+        )
     events = _events(client, session.id)
     uses = [e for e in events if e.type == "agent.tool_use"]
     results = [e for e in events if e.type == "user.tool_result"]
     assert len(uses) == 2 and sorted(r.tool_use_id for r in results) == sorted(u.id for u in uses)
     assert "passed-the-gate" in "".join(b.text for b in results[0].content if b.type == "text")
-    [item] = _work_items(client, environment.id, key)
-    assert item.state == "stopped"  # the same item, reclaimed after its lease, then stopped
 
 
 def test_two_workers_polling_one_queue_each_get_different_items(
