@@ -1,11 +1,12 @@
 """How the console shows a session's log: chat items for the session page and trace rows for the
 replay. Both read `Event.wire()`, the same JSON the API returns."""
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from harness import pricing
 from sessions.models import Event, Session, SessionThread
@@ -26,6 +27,7 @@ def step_cost_micros(model_id: str, usage: dict[str, Any]) -> int:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a long trace prices thousands of requests at a few costs
 def money(micros: int | float) -> str:
     dollars = Decimal(int(micros)) / Decimal(1_000_000)
     if dollars and abs(dollars) < Decimal("0.01"):
@@ -308,90 +310,116 @@ def trace_references(events: list[Event]) -> set[str]:
     return refs - ids
 
 
-def trace_rows(
+class RowValues(NamedTuple):
+    """One replay row's own values (`trace_row_values`); the event gives its seq, type and lane."""
+
+    kind: str
+    summary: str
+    latency_ms: int | None
+    duration_ms: int | None
+    tokens: list[int] | None  # in TOKEN_KEYS order
+    cost: str | None
+
+
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+_TOOL_USES = frozenset(("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use"))
+_TOOL_RESULTS = frozenset(("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result"))
+_MESSAGES = frozenset(("agent.message", "user.message", "system.message"))
+
+
+def _kind(event_type: str) -> str:
+    return _KIND.get(event_type) or (
+        "span"
+        if event_type.startswith("span.")
+        else "error"
+        if event_type.endswith("error")
+        else "status"
+        if ".status_" in event_type or event_type.startswith("session.")
+        else "message"
+    )
+
+
+def trace_row_values(
     session: Session,
     events: "Sequence[Event | LogEvent]",
-    earlier: dict[str, Event] | None = None,
+    earlier: dict[str, Any] | None = None,
     *,
-    full: bool = True,
     costs: dict[str, int] | None = None,
-) -> list[dict[str, Any]]:
-    """The replay's rows: one per event, with latency and cost on model spans and duration on tools.
-    `earlier` holds referenced events from before this page, so a page boundary loses nothing.
-    `full` adds each event's JSON (`Event.wire()`), its id and time; without it a row holds what
-    the trace page's compact view reads. `costs`: model request costs already priced, by event id."""
+) -> list[RowValues]:
+    """The replay's rows, one per event: latency and cost on model spans, duration on tools.
+    `earlier` holds referenced events from before `events`, so a page boundary loses nothing;
+    `costs`: model request costs already priced, by event id."""
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
     before = earlier or {}
     starts: dict[str, Any] = {k: v for k, v in before.items() if v.type == "span.model_request_start"}
     tool_starts: dict[str, Any] = {k: v for k, v in before.items() if v.type != "span.model_request_start"}
-    rows: list[dict[str, Any]] = []
+    kinds: dict[str, str] = {}
+    rows: list[RowValues] = []
+    append = rows.append
     for event in events:
         p = event.payload
         t = event.type
-        kind = _KIND.get(t) or (
-            "span"
-            if t.startswith("span.")
-            else "error"
-            if t.endswith("error")
-            else "status"
-            if ".status_" in t or t.startswith("session.")
-            else "message"
-        )
+        kind = kinds.get(t) or kinds.setdefault(t, _kind(t))
         if p.get("is_error"):
             kind = "error"
-        row: dict[str, Any] = {
-            "seq": event.seq,
-            "type": t,
-            "kind": kind,
-            "lane": event.thread_id or "main",
-            "summary": "",
-        }
-        if full:
-            row |= {"id": event.id, "at": event.created_at.isoformat()}
-            row["event"] = event.wire()  # type: ignore[union-attr]
+        latency = duration = tokens = cost = None
         if t == "span.model_request_start":
             starts[event.id] = event
-            row["summary"] = "Model request started"
+            summary = "Model request started"
         elif t == "span.model_request_end":
             usage = p.get("model_usage") or {}
             start = starts.get(str(p.get("model_request_start_id")))
             if start is not None:
-                row["latency_ms"] = round((event.created_at - start.created_at).total_seconds() * 1000)
-            row["tokens"] = {
-                k: int(usage.get(k) or 0)
-                for k in (
-                    "input_tokens",
-                    "output_tokens",
-                    "cache_read_input_tokens",
-                    "cache_creation_input_tokens",
-                )
-            }
-            cost = costs.get(event.id) if costs is not None else None
-            row["cost"] = money(step_cost_micros(model_id, usage) if cost is None else cost)
-            row["summary"] = (
-                f"Model request: {row['tokens']['input_tokens']} in / {row['tokens']['output_tokens']} out"
-            )
-        elif t in ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use"):
+                latency = round((event.created_at - start.created_at).total_seconds() * 1000)
+            tokens = [int(usage.get(k) or 0) for k in TOKEN_KEYS]
+            priced = costs.get(event.id) if costs is not None else None
+            cost = money(step_cost_micros(model_id, usage) if priced is None else priced)
+            summary = f"Model request: {tokens[0]} in / {tokens[1]} out"
+        elif t in _TOOL_USES:
             tool_starts[event.id] = event
-            row["summary"] = f"Tool call {p.get('name', '')}"
-        elif t in ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result"):
+            summary = f"Tool call {p.get('name', '')}"
+        elif t in _TOOL_RESULTS:
             use_id = str(
                 p.get("tool_use_id") or p.get("mcp_tool_use_id") or p.get("custom_tool_use_id") or ""
             )
             start = tool_starts.get(use_id)
             if start is not None:
-                row["duration_ms"] = round((event.created_at - start.created_at).total_seconds() * 1000)
-                row["summary"] = f"Result of {start.payload.get('name', 'tool')}" + (
+                duration = round((event.created_at - start.created_at).total_seconds() * 1000)
+                summary = f"Result of {start.payload.get('name', 'tool')}" + (
                     " (error)" if p.get("is_error") else ""
                 )
             else:
-                row["summary"] = "Tool result"
-        elif t in ("agent.message", "user.message", "system.message"):
-            text = content_text(p.get("content"))
-            row["summary"] = (t.split(".")[0].title() + ": " + text)[:160]
+                summary = "Tool result"
+        elif t in _MESSAGES:
+            summary = (t.split(".")[0].title() + ": " + content_text(p.get("content")))[:160]
         elif t == "session.error":
-            row["summary"] = "Error: " + str((p.get("error") or {}).get("message", ""))[:160]
+            summary = "Error: " + str((p.get("error") or {}).get("message", ""))[:160]
         else:
-            row["summary"] = t
+            summary = t
+        append(RowValues(kind, summary, latency, duration, tokens, cost))
+    return rows
+
+
+def trace_rows(
+    session: Session, events: list[Event], earlier: dict[str, Event] | None = None
+) -> list[dict[str, Any]]:
+    """The replay's rows as the trace JSON gives them: each with its event's JSON (`Event.wire()`)."""
+    rows: list[dict[str, Any]] = []
+    for event, values in zip(events, trace_row_values(session, events, earlier), strict=True):
+        row: dict[str, Any] = {
+            "seq": event.seq,
+            "type": event.type,
+            "kind": values.kind,
+            "lane": event.thread_id or "main",
+            "summary": values.summary,
+            "id": event.id,
+            "at": event.created_at.isoformat(),
+            "event": event.wire(),
+        }
+        if values.tokens is not None:
+            row["tokens"] = dict(zip(TOKEN_KEYS, values.tokens, strict=True))
+        for key in ("latency_ms", "duration_ms", "cost"):
+            if getattr(values, key) is not None:
+                row[key] = getattr(values, key)
         rows.append(row)
     return rows

@@ -5,29 +5,39 @@ person (an approval, a custom tool's answer) is kept apart from the time it ran.
 Built from the log alone (`Event` rows in seq order), so it is exact for any session and any worker."""
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from django.core.cache import cache
+from django.db import connection
+from django.db.models import Case, F, Func, JSONField, When
 
 from console.timeline import (
+    TOKEN_KEYS,
     content_text,
     money,
     one_line,
     step_cost_micros,
     tool_summary,
     trace_references,
-    trace_rows,
+    trace_row_values,
 )
 from sessions.models import Event, Session
 
 TRACE_CACHE_SECONDS = 600
-TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+DELTA_CACHE_SECONDS = 120  # a second page at the same position, polling every 2 s
 INPUT_TYPES = ("user.message", "system.message", "user.define_outcome", "agent.thread_message_received")
 TOOL_USES = ("agent.tool_use", "agent.mcp_tool_use", "agent.custom_tool_use")
 TOOL_RESULTS = ("agent.tool_result", "agent.mcp_tool_result", "user.custom_tool_result", "user.tool_result")
+# What moves the tree; any other event (a status, a thinking block) only extends its turn.
+OBSERVED_TYPES = frozenset(
+    (*INPUT_TYPES, *TOOL_USES, *TOOL_RESULTS, "span.model_request_start", "span.model_request_end")
+    + ("agent.message", "user.tool_confirmation")
+)
 
 
 class LogEvent(NamedTuple):
@@ -42,15 +52,49 @@ class LogEvent(NamedTuple):
     payload: dict[str, Any]
 
 
+class WithoutContent(Func):
+    """A payload without its `content` key, dropped in the database: a tool's output is most of a
+    long log's bytes, and the trace reads none of it."""
+
+    output_field = JSONField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="JSON_REMOVE(%(expressions)s, '$.content')")
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="(%(expressions)s - 'content')")
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> Any:  # type: ignore[override]
+        return super().as_sql(compiler, connection, **({"template": "%(expressions)s"} | extra))
+
+
 def trace_events(session: Session, *, after: int = 0) -> list[LogEvent]:
-    """The session's log (after `after`) in seq order, as the trace reads it."""
+    """The session's log (after `after`) in seq order, as the trace reads it.
+
+    Read through a plain cursor, and the payloads decoded as one JSON array: the ORM's per-value
+    converters and a `json.loads` per event cost more than the decoding itself."""
     qs = (
         Event.objects.filter(session=session, seq__gt=after)
-        if after
-        else Event.objects.filter(session=session)
+        .order_by("seq")
+        .annotate(
+            body=Case(When(type__in=TOOL_RESULTS, then=WithoutContent("payload")), default=F("payload"))
+        )
+        .values_list("id", "seq", "type", "thread_id", "created_at", "body")
     )
-    rows = qs.order_by("seq").values_list(*LogEvent._fields)
-    return [LogEvent(*row) for row in rows]
+    sql, params = qs.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    # Both drivers give JSON as text (Django has psycopg load jsonb as text, for JSONField to
+    # decode); SQLite's gives naive UTC datetimes, psycopg aware ones.
+    payloads = json.loads("[" + ",".join([row[5] for row in rows]) + "]")
+    utc = UTC
+    return [
+        LogEvent(id, seq, type_, thread_id, at if at.tzinfo is not None else at.replace(tzinfo=utc), payload)
+        for (id, seq, type_, thread_id, at, _), payload in zip(rows, payloads, strict=True)
+    ]
 
 
 def _ms(a: datetime, b: datetime) -> int:
@@ -200,16 +244,19 @@ def _trace_lanes(
     model_id = str((session.agent_snapshot or {}).get("model", {}).get("id", ""))
     names = dict(session.threads.values_list("id", "agent_name")) if events else {}
     lanes = {} if lanes is None else lanes
+    lane: Lane | None = None
     for event in events:
         lane_id = event.thread_id or "main"
-        lane = lanes.get(lane_id)
-        if lane is None:
-            name = "Main thread" if lane_id == "main" else f"{names.get(lane_id) or 'Sub-agent'}"
-            lane = lanes[lane_id] = Lane(id=lane_id, name=name)
-        _observe(lane, event, model_id)
-        if lane.turns:
-            lane.turns[-1].end = event.created_at
-            lane.turns[-1].last_seq = event.seq
+        if lane is None or lane.id != lane_id:
+            lane = lanes.get(lane_id)
+            if lane is None:
+                name = "Main thread" if lane_id == "main" else f"{names.get(lane_id) or 'Sub-agent'}"
+                lane = lanes[lane_id] = Lane(id=lane_id, name=name)
+        if event.type in OBSERVED_TYPES:
+            _observe(lane, event, model_id)
+        turn = lane.turn(event)
+        turn.end = event.created_at
+        turn.last_seq = event.seq
     session_totals = Totals()
     for lane in lanes.values():
         lane.totals = Totals()
@@ -222,7 +269,7 @@ def _trace_lanes(
 @dataclass
 class TraceState:
     """What reading the log up to `last_seq` left: enough to read only the events after it. Kept in
-    the cache for a running session, whose page asks every 2 s for what is new."""
+    this process for a running session, whose page asks every 2 s for what is new."""
 
     last_seq: int
     start: datetime
@@ -230,12 +277,44 @@ class TraceState:
     lanes: dict[str, Lane]
 
 
-STATE_CACHE_SECONDS = 120  # a live page asks every 2 s; a state older than that is rebuilt from the log
 LIVE = ("running", "rescheduling")
+STATES_KEPT_EVENTS = 200_000  # about 45 MB of states at the most (a 10,000-event one holds 2.2 MB)
 
 
-def _state_key(session_id: str, last_seq: int) -> str:
-    return f"galley:trace-state:{session_id}:{last_seq}"
+class TraceStates:
+    """The newest trace state of each running session this process has read, least recently used
+    first out. Kept as objects, not in the cache: pickling a 10,000-event state in and out took
+    30 ms of a 40 ms poll. A poll that lands on another process (several web processes) finds no
+    state there, or an older one: it reads the log after what that process has."""
+
+    def __init__(self, kept_events: int) -> None:
+        self.kept_events = kept_events
+        self.states: OrderedDict[str, TraceState] = OrderedDict()
+        self.events = 0
+        self.lock = threading.Lock()
+
+    def take(self, session_id: str) -> TraceState | None:
+        """The session's state, taken out: the reader advances it in place and puts it back, and a
+        second poll at the same moment reads the whole log rather than a state half advanced."""
+        with self.lock:
+            state = self.states.pop(session_id, None)
+            self.events -= state.last_seq if state else 0
+            return state
+
+    def put(self, session_id: str, state: TraceState) -> None:
+        with self.lock:
+            kept = self.states.pop(session_id, None)
+            self.events -= kept.last_seq if kept else 0
+            if kept is not None and kept.last_seq > state.last_seq:
+                state = kept  # a concurrent reader's is newer
+            self.states[session_id] = state
+            self.events += state.last_seq
+            while self.events > self.kept_events and len(self.states) > 1:
+                _, oldest = self.states.popitem(last=False)
+                self.events -= oldest.last_seq
+
+
+trace_states = TraceStates(STATES_KEPT_EVENTS)
 
 
 def _span(session: Session, events: Sequence[Event | LogEvent]) -> tuple[datetime, datetime]:
@@ -289,47 +368,49 @@ def trace_view(session: Session, events: Sequence[Event | LogEvent]) -> dict[str
 
 
 def _view(
-    session: Session, events: Sequence[Event | LogEvent], state: TraceState | None = None
+    session: Session, events: Sequence[Event | LogEvent], state: TraceState | None = None, after: int = 0
 ) -> tuple[dict[str, Any], TraceState | None]:
-    """The view of `events` read after `state` (None: the whole log): with a state, a delta that
-    holds the turns those events changed and their replay rows only (`after` says from where)."""
-    lanes, session_totals = _trace_lanes(session, events, state.lanes if state else None)
-    if state is not None:
-        start, end = state.start, events[-1].created_at if events else state.end
-    else:
+    """The view of `events` (the log after `min(after, state.last_seq)`; all of it without a state):
+    with a state, a delta that holds the turns changed after `after` and the replay rows after it."""
+    if state is None:
+        lanes, session_totals = _trace_lanes(session, events)
         start, end = _span(session, events)
-    after = state.last_seq if state else 0
-    last_seq = events[-1].seq if events else after
-    kinds: dict[str, int] = {}
-    lane_ids: dict[str, int] = {}
-    types: dict[str, int] = {}
-    rows = []
+        row_events = events
+    else:
+        known = state.last_seq
+        lanes, session_totals = _trace_lanes(session, [e for e in events if e.seq > known], state.lanes)
+        start, end = state.start, events[-1].created_at if events else state.end
+        row_events = [e for e in events if e.seq > after] if known < after else events
+    last_seq = events[-1].seq if events else (state.last_seq if state else 0)
     earlier: dict[str, Any] | None = None
-    if state is not None and events:
+    if state is not None and row_events:
         # Latencies and durations of the new rows point back at starts read before.
-        refs = trace_references(list(events))  # type: ignore[arg-type]
+        refs = trace_references(row_events)  # type: ignore[arg-type]
         earlier = {e.id: e for e in Event.objects.filter(session=session, id__in=refs)} if refs else None
     costs: dict[str, int] = {}  # priced once, for the tree and the rows
     for lane in lanes:
         costs |= lane.priced
         lane.priced.clear()  # the rows below are its only reader; a kept state carries none
-    replay_rows = trace_rows(session, events, earlier, full=False, costs=costs)
-    for event, row in zip(events, replay_rows, strict=True):
-        tokens = row.get("tokens")
-        rows.append(
-            [
-                row["seq"],
-                kinds.setdefault(row["kind"], len(kinds)),
-                lane_ids.setdefault(row["lane"], len(lane_ids)),
-                types.setdefault(row["type"], len(types)),
-                _ms(start, event.created_at),
-                row["summary"],
-                row.get("latency_ms"),
-                row.get("duration_ms"),
-                [tokens[key] for key in TOKEN_KEYS] if tokens else None,
-                row.get("cost"),
-            ]
+    kinds: dict[str, int] = {}
+    lane_ids: dict[str, int] = {}
+    types: dict[str, int] = {}
+    rows = [
+        [
+            event.seq,
+            kinds.setdefault(values.kind, len(kinds)),
+            lane_ids.setdefault(event.thread_id or "main", len(lane_ids)),
+            types.setdefault(event.type, len(types)),
+            _ms(start, event.created_at),
+            values.summary,
+            values.latency_ms,
+            values.duration_ms,
+            values.tokens,
+            values.cost,
+        ]
+        for event, values in zip(
+            row_events, trace_row_values(session, row_events, earlier, costs=costs), strict=True
         )
+    ]
     view: dict[str, Any] = {
         "session_id": session.pk,
         "status": session.status,
@@ -368,24 +449,21 @@ def trace_view_json(session: Session, *, after: int | None = None) -> bytes:
     An ended session's trace is built once; a running one's when it has moved.
 
     With `after` (the `last_seq` the page has), a delta: the turns changed since and the new replay
-    rows, read from the events after it only, when the state that reading left is still cached;
-    else the whole view (it has no `after`, and the page compares it turn by turn)."""
+    rows, read from the log after what the state this process kept for the session has; with no
+    state here, the whole view (it has no `after`, and the page compares it turn by turn)."""
     key = f"galley:trace-view:{session.pk}:{session.last_seq}:{session.status}:{after or 0}"
     body = cache.get(key)
-    if body is None:
-        state = cache.get(_state_key(session.pk, after)) if after else None
-        if after and state is None:
-            return trace_view_json(session)
-        events = trace_events(session, after=state.last_seq if state else 0)
-        view, new_state = _view(session, events, state)
-        body = json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
-        cache.set(key, body, STATE_CACHE_SECONDS if after else TRACE_CACHE_SECONDS)
-        if new_state is not None and session.status in LIVE:
-            cache.set(_state_key(session.pk, new_state.last_seq), new_state, STATE_CACHE_SECONDS)
-        if state is not None and new_state is not None and new_state.last_seq != state.last_seq:
-            # One state per session, not one per poll (a 10,000-event state is most of a megabyte);
-            # a page still at `after` gets this delta from the cache, a later one the whole view.
-            cache.delete(_state_key(session.pk, state.last_seq))
+    if body is not None:
+        return body
+    state = trace_states.take(session.pk) if after else None
+    if state is not None and max(state.last_seq, after or 0) > session.last_seq:
+        state = None  # the log was cut back (as tests stage a crash), or the page knows a log we do not
+    events = trace_events(session, after=min(state.last_seq, after or 0) if state else 0)
+    view, new_state = _view(session, events, state, (after or 0) if state else 0)
+    body = json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
+    cache.set(key, body, TRACE_CACHE_SECONDS if state is None else DELTA_CACHE_SECONDS)
+    if new_state is not None and session.status in LIVE:
+        trace_states.put(session.pk, new_state)
     return body
 
 

@@ -246,17 +246,82 @@ def test_a_running_sessions_page_gets_only_what_changed_since_it_last_asked(work
     assert rows == [row for row in _named_rows(full) if row["seq"] > 28]
     assert rows[2]["latency_ms"] is not None  # the span's start was read before this delta
     assert rows[0]["summary"] == "Result of bash"
-    # One state kept per session: the one read from is dropped, yet a second page at the same
-    # position gets the same delta (cached).
-    from django.core.cache import cache
-
-    from console.trace import _state_key
-
-    assert cache.get(_state_key(session.pk, 28)) is None and cache.get(_state_key(session.pk, 31))
+    # A second page at the same position gets the same delta (cached); nothing new: no turn, no row.
     assert client.get(f"{url}?after=28").json() == delta
-    # Nothing new: no turn, no row. A position the server has no state for: the whole view.
     quiet = client.get(f"{url}?after=31").json()
     assert quiet["after"] == 31 and quiet["lanes"][0]["turns"] == [] and quiet["replay"]["rows"] == []
-    unknown = client.get(f"{url}?after=5").json()
-    assert "after" not in unknown and unknown["lanes"] == full["lanes"]
+    # A page further behind (a second tab) still gets a delta: the turns changed since its position.
+    behind = client.get(f"{url}?after=5").json()
+    assert behind["after"] == 5 and behind["lanes"][0]["turns"] == full["lanes"][0]["turns"]
+    assert _named_rows(behind) == [row for row in _named_rows(full) if row["seq"] > 5]
+    # A page that knows a log this server does not: the whole view.
+    ahead = client.get(f"{url}?after=99").json()
+    assert "after" not in ahead and ahead["lanes"] == full["lanes"]
     assert question.seq == 25 and client.get(f"{url}?after=x").status_code == 400
+
+
+def test_a_live_poll_keeps_its_state_in_the_process_not_pickled_into_the_cache(workspace, monkeypatch):
+    from django.core.cache import cache
+
+    session = make_console_session(workspace, status="running")
+    add_turns(session, 3)  # seq 1-24
+    client: Client = client_for(workspace, Role.VIEWER)
+    url = f"/sessions/{session.pk}/trace/data.json"
+    assert client.get(url).json()["last_seq"] == 24
+    stored: list[type] = []
+    real_set = cache.set
+    monkeypatch.setattr(
+        cache, "set", lambda key, value, *a, **k: (stored.append(type(value)), real_set(key, value, *a, **k))
+    )
+    add_turns(session, 1)
+    delta = client.get(f"{url}?after=24").json()
+    assert delta["after"] == 24 and [turn[0] for turn in delta["lanes"][0]["turns"]] == [4]
+    assert stored == [bytes]  # the response body only
+    from console.trace import trace_states
+
+    assert trace_states.states[session.pk].last_seq == 32
+
+
+def test_a_poll_on_a_process_whose_state_is_older_reads_on_from_it(workspace):
+    """Several web processes: each keeps its own state, so a page's position can be past what this
+    process read (another served the polls between); it reads the log after its own state."""
+    from console.trace import trace_states
+
+    session = make_console_session(workspace, status="running")
+    add_turns(session, 2)  # seq 1-16
+    client: Client = client_for(workspace, Role.VIEWER)
+    url = f"/sessions/{session.pk}/trace/data.json"
+    client.get(url)
+    assert trace_states.states[session.pk].last_seq == 16
+    add_turns(session, 2)  # seq 17-32: the page got 17-24 from another process
+    delta = client.get(f"{url}?after=24").json()
+    full = client.get(url).json()
+    assert delta["after"] == 24 and delta["last_seq"] == 32
+    assert delta["lanes"][0]["turns"] == full["lanes"][0]["turns"][-1:]
+    assert delta["totals"] == full["totals"] and delta["duration_ms"] == full["duration_ms"]
+    assert _named_rows(delta) == [row for row in _named_rows(full) if row["seq"] > 24]
+    # No state here at all (this process never read the session): the whole view, then a state.
+    trace_states.take(session.pk)
+    whole = client.get(f"{url}?after=32").json()
+    assert "after" not in whole and whole["lanes"] == full["lanes"]
+    assert trace_states.states[session.pk].last_seq == 32
+
+
+def test_the_trace_reads_no_tool_output(workspace):
+    from console.trace import trace_events
+
+    session = make_console_session(workspace)
+    _use, result = add_events(
+        session,
+        [
+            ("agent.tool_use", {"name": "bash", "input": {"command": "cat big"}}),
+            (
+                "agent.tool_result",
+                {"tool_use_id": "sevt_x", "content": text_blocks("x" * 100_000), "is_error": True},
+            ),
+        ],
+    )
+    [use_read, result_read] = trace_events(session)
+    assert use_read.payload == {"name": "bash", "input": {"command": "cat big"}}
+    assert result_read.payload == {"tool_use_id": "sevt_x", "is_error": True}
+    assert result_read.created_at == Event.objects.get(pk=result.pk).created_at
