@@ -1,6 +1,8 @@
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_prerun
 
 from galley.broker import register as register_broker
 
@@ -13,6 +15,15 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Task modules that live below an app package rather than at `<app>/tasks.py`.
 app.conf.imports = ("harness.tasks", "sandboxes.tasks", "skills.tasks")
+
+
+@task_prerun.connect
+def _drop_unusable_connections(**_kwargs: Any) -> None:
+    """A task thread keeps its SQLite connection from one task to the next (settings:
+    CELERY_DB_REUSE_MAX); one a previous task left broken or inside a transaction is closed here."""
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 def worker_argv(

@@ -181,6 +181,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if IS_SQLITE:
+    # Celery's Django fixup closes the task thread's connection before and after every task, and
+    # reopening a SQLite one with its pragmas was a tenth of a step's CPU: the fixup now closes one
+    # only every 2 x this many tasks, and galley/celery.py drops a broken one before each task.
+    # (PostgreSQL keeps the closes: they hand the pool's connections back.)
+    CELERY_DB_REUSE_MAX = 1 << 62
 GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
 # The harness sweeper re-enqueues sessions whose step lease expired (a crashed worker) or whose
 # queued input was never picked up.

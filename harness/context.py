@@ -1,6 +1,8 @@
 """Rebuild the model's context from the session log (design.md: the log is the truth)."""
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from harness import outcome_prompts
@@ -62,6 +64,21 @@ class Context:
             self.turns[-1].first_seq = min(self.turns[-1].first_seq, seq)
         else:
             self.turns.append(Turn(role, list(blocks), seq))
+
+    def copy(self) -> "Context":
+        """A copy a build may extend and its caller change: the earlier turns are shared (a fold
+        only extends the last one), the tool uses are copied (their state changes)."""
+        turns = list(self.turns)
+        if turns:
+            last = turns[-1]
+            turns[-1] = Turn(last.role, list(last.blocks), last.first_seq)
+        return Context(
+            turns=turns,
+            uses={k: replace(u) for k, u in self.uses.items()},
+            open_span_id=self.open_span_id,
+            last_prompt_tokens=self.last_prompt_tokens,
+            interrupted=self.interrupted,
+        )
 
     def unresolved(self) -> list[ToolUse]:
         return [use for use in self.uses.values() if not use.resolved]
@@ -149,12 +166,79 @@ def context_build(
                 seq__gt=session.context_summary_seq,
             ).order_by("seq")
         )
+    ctx = Context()
+    _fold(ctx, sorted(events, key=_order), primary_thread_id)
+    return ctx
+
+
+def _order(event: Event) -> tuple[datetime, int]:
     # Queued input joins the conversation when it is taken (processed_at), not when it was sent:
     # a message sent during a model call belongs after that call's answer.
-    events = sorted(
-        events, key=lambda e: (e.processed_at if e.type in TAKEN and e.processed_at else e.created_at, e.seq)
-    )
-    ctx = Context()
+    taken = event.processed_at if event.type in TAKEN else None
+    return (taken or event.created_at, event.seq)
+
+
+@dataclass
+class ContextCache:
+    """A step's context kept between builds (and, with the log cache, between steps): the fold of
+    the log's settled prefix, the events before the first one still unprocessed. A settled event
+    never changes, so a build folds only what came after, on a copy; it starts over when the
+    summary moved (compaction), the events are not the ones it folded (a log read afresh), or a
+    newer event sorts before what it folded (input taken out of seq order)."""
+
+    summary_seq: int = 0
+    consumed: int = 0  # the events (in seq order, relevant or not) the prefix covers
+    last: Event | None = None  # the last of them, to tell that the list is still the one folded
+    ctx: Context = field(default_factory=Context)
+    order: tuple[Any, ...] = ()  # the sort key of the last event folded
+
+    def fits(self, events: list[Event], summary_seq: int) -> bool:
+        return (
+            self.summary_seq == summary_seq
+            and self.consumed <= len(events)
+            and (self.consumed == 0 or events[self.consumed - 1] is self.last)
+        )
+
+
+def context_build_cached(
+    cache: ContextCache,
+    events: list[Event],
+    *,
+    summary_seq: int,
+    relevant: Callable[[Event], bool],
+    primary_thread_id: str | None,
+) -> tuple[Context, ContextCache]:
+    """What context_build gives for the `relevant` events of `events` (a thread's log in seq
+    order) after `summary_seq`, folding only what `cache` has not; returns the cache to keep."""
+
+    def ordered(part: list[Event]) -> list[Event]:
+        return sorted((e for e in part if e.seq > summary_seq and relevant(e)), key=_order)
+
+    if not cache.fits(events, summary_seq):
+        cache = ContextCache(summary_seq=summary_seq)
+    settled = next((i for i in range(cache.consumed, len(events)) if events[i].processed_at is None), None)
+    settled = len(events) if settled is None else settled
+    if settled > cache.consumed:
+        fresh = ordered(events[cache.consumed : settled])
+        if fresh and _order(fresh[0]) < cache.order:  # it sorts into what was folded: fold it all again
+            cache = ContextCache(summary_seq=summary_seq)
+            fresh = ordered(events[:settled])
+        _fold(cache.ctx, fresh, primary_thread_id)
+        if fresh:
+            cache.order = _order(fresh[-1])
+        cache.consumed, cache.last = settled, events[settled - 1]
+    rest = ordered(events[settled:])
+    if rest and _order(rest[0]) < cache.order:
+        ctx = Context()  # unsettled input taken out of order: this build alone starts over
+        _fold(ctx, ordered(events), primary_thread_id)
+        return ctx, cache
+    ctx = cache.ctx.copy()
+    _fold(ctx, rest, primary_thread_id)
+    return ctx, cache
+
+
+def _fold(ctx: Context, events: list[Event], primary_thread_id: str | None) -> None:
+    """Applies `events`, in context order, to `ctx`."""
     for event in events:
         kind, payload = event.type, event.payload
         if kind == "user.message" and event.processed_at is not None:
@@ -247,4 +331,3 @@ def context_build(
                     + int(usage.get("cache_read_input_tokens", 0))
                     + int(usage.get("cache_creation_input_tokens", 0))
                 )
-    return ctx

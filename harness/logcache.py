@@ -6,7 +6,9 @@ larger part of a step's CPU after thirty turns). An event never changes once sto
 its `processed_at` goes from null to a time once, so what a step read up to the first event still
 unprocessed is still true for any later step, in any process: a step starts from that prefix and
 reads only what follows it. Another worker's step of the same session changes nothing here: it can
-only append events and mark unprocessed ones, and both are read again.
+only append events and mark unprocessed ones, and both are read again. With the events goes the
+model's context built from them (harness/context.py, ContextCache), so a step folds only the new
+events into it instead of rebuilding it from the whole log.
 
 The cache is per process, least recently used first out, and bounded by the size of the events'
 payloads (`GALLEY_HARNESS_LOG_CACHE_BYTES`, 0 turns it off)."""
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from harness.context import ContextCache
 from sessions.models import Event
 
 
@@ -26,6 +29,7 @@ class _Entry:
     last_seq: int
     events: list[Event]
     size: int
+    context: ContextCache | None
 
 
 _entries: "OrderedDict[str, _Entry]" = OrderedDict()
@@ -37,19 +41,30 @@ def _size(event: Event) -> int:
     return len(json.dumps(event.payload, separators=(",", ":"), default=str)) + 200
 
 
-def take(session_id: str) -> tuple[int, list[Event]]:
-    """The seq read up to and the primary-thread events up to it (a copy of the list), or (0, [])."""
+def take(session_id: str) -> tuple[int, list[Event], ContextCache | None]:
+    """The seq read up to, the primary-thread events up to it (a copy of the list) and the context
+    built from them (a copy a step may extend), or (0, [], None)."""
     with _lock:
         entry = _entries.get(session_id)
         if entry is None:
-            return 0, []
+            return 0, [], None
         _entries.move_to_end(session_id)
-        return entry.last_seq, list(entry.events)
+        context = entry.context
+        if context is not None:  # a step extends its cache in place; another may take this entry
+            context = ContextCache(
+                summary_seq=context.summary_seq,
+                consumed=context.consumed,
+                last=context.last,
+                ctx=context.ctx.copy(),
+                order=context.order,
+            )
+        return entry.last_seq, list(entry.events), context
 
 
-def keep(session_id: str, last_seq: int, events: list[Event]) -> None:
+def keep(session_id: str, last_seq: int, events: list[Event], context: ContextCache | None = None) -> None:
     """Keeps what a step that ended normally read: the events before the first one still
-    unprocessed (those may yet be marked, by any process), and the seq just before it."""
+    unprocessed (those may yet be marked, by any process), the seq just before it, and the context
+    built from them when it covers no more than those events."""
     global _total
     limit = settings.GALLEY_HARNESS_LOG_CACHE_BYTES
     if limit <= 0:
@@ -58,6 +73,8 @@ def keep(session_id: str, last_seq: int, events: list[Event]) -> None:
     if cut is not None:
         last_seq = events[cut].seq - 1
         events = events[:cut]
+    if context is not None and not context.fits(events, context.summary_seq):
+        context = None
     with _lock:
         old = _entries.pop(session_id, None)
         size, counted = 0, 0
@@ -69,7 +86,7 @@ def keep(session_id: str, last_seq: int, events: list[Event]) -> None:
         size += sum(_size(e) for e in events[counted:])
         if size > limit:
             return
-        _entries[session_id] = _Entry(last_seq, events, size)
+        _entries[session_id] = _Entry(last_seq, events, size, context)
         _total += size
         while _total > limit and _entries:
             _, dropped = _entries.popitem(last=False)

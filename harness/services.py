@@ -25,7 +25,7 @@ from agents.models import Environment
 from api.ids import new_id
 from galley.prepared import prepared_exists, prepared_rows
 from harness import budget, logcache, outcomes, pricing
-from harness.context import CONTEXT_TYPES, INTERRUPTED, Context, context_build
+from harness.context import CONTEXT_TYPES, INTERRUPTED, Context, ContextCache, context_build_cached
 from harness.keeper import StepHandle, keeper
 from harness.mcp import McpConnection, McpError
 from harness.providers import ModelAnswer, ModelError, ModelRequest, ModelUsage, provider_for
@@ -99,6 +99,8 @@ class StepState:
     system: str | None = None
     system_ready: bool = False
     turn_over: bool = False  # the model's last answer asked for no tool: its turn is over
+    # The context of the events read so far, built only from what came since the last build.
+    context_cache: ContextCache = field(default_factory=ContextCache)
 
     def mcp_connection(self, server: str) -> McpConnection | None:
         if server not in self.mcp:
@@ -124,17 +126,14 @@ class StepState:
             self.events.extend(e for e in fresh if e.thread_id is None)
 
     def context(self, session: Session) -> Context:
-        from harness.threads import cross_posted
-
-        return context_build(
-            session=session,
-            events=[
-                e
-                for e in self.events
-                if e.type in CONTEXT_TYPES and e.seq > session.context_summary_seq and not cross_posted(e)
-            ],
+        ctx, self.context_cache = context_build_cached(
+            self.context_cache,
+            self.events,
+            summary_seq=session.context_summary_seq,
+            relevant=_in_context,
             primary_thread_id=self.primary_thread_id,
         )
+        return ctx
 
     def queued(self) -> list[Event]:
         return [e for e in self.events if e.processed_at is None]
@@ -155,10 +154,17 @@ class StepState:
         return self.system
 
 
-def _mark_processed(events: list[Event]) -> None:
+def _in_context(event: Event) -> bool:
+    from harness.threads import cross_posted
+
+    return event.type in CONTEXT_TYPES and not cross_posted(event)
+
+
+def _mark_processed(events: list[Event], *, at: Any = None) -> None:
+    """Marks queued events taken, at `at` (the time the step's context already gave them) or now."""
     if not events:
         return
-    now = timezone.now()
+    now = at or timezone.now()
     Event.objects.filter(pk__in=[e.pk for e in events]).update(processed_at=now)
     for event in events:
         event.processed_at = now
@@ -278,13 +284,15 @@ def session_step(*, session_id: str) -> None:
         handle = keeper.register(session_id, owner)
         state = StepState(handle)
         log_seq = _step_load(session_id, state)
-        cached_seq, cached = logcache.take(session_id)  # what an earlier step in this process read
+        cached_seq, cached, context = logcache.take(session_id)  # what an earlier step here read
         if cached_seq <= log_seq:  # (a log cut back, as tests do to stage a crash, is read afresh)
             state.last_seq, state.events = cached_seq, cached
+            if context is not None:
+                state.context_cache = context
         try:
             while _advance(session_id, state):
                 pass
-            logcache.keep(session_id, state.last_seq, state.events)
+            logcache.keep(session_id, state.last_seq, state.events, state.context_cache)
         except LeaseLost:
             log.warning("harness step for %s lost its lease; another worker continues", session_id)
             return
@@ -815,7 +823,7 @@ def _model_request(
         with transaction.atomic():
             session = _locked(session_id, owner)
             if take:
-                _mark_processed(take)
+                _mark_processed(take, at=take[0].processed_at)  # when _call_model took them
                 take = None
             if budget.budget_stop(session=session):
                 return False

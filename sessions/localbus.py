@@ -2,7 +2,7 @@
 and the web process on one host, with no Redis.
 
 Every process that has stream subscribers binds one Unix datagram socket in `<data dir>/bus/`; a
-publisher sends each message to every socket there (a directory scan and one `sendto` each). A
+publisher sends each message to every socket there (one `send` each on a socket connected once). A
 datagram is a hint, like a Redis pub/sub message: when it is lost (a full buffer, a process not yet
 listening) the subscriber's poll of the log still finds the events, so only latency is lost.
 """
@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ MAX_DATAGRAM = 64 * 1024
 
 _lock = threading.Lock()
 _listener: "Listener | None" = None
-_sender: socket.socket | None = None
 
 
 def bus_dir() -> Path:
@@ -75,44 +75,107 @@ def listen(deliver: Callable[[str, dict[str, Any]], None]) -> None:
 
 def send(session_id: str, message: dict[str, Any]) -> None:
     """Send a message to every other listening process on this host. Never raises."""
-    global _sender
     data = json.dumps([session_id, message], separators=(",", ":")).encode()
     if len(data) > MAX_DATAGRAM:
         if message.get("kind") == "preview":
             return  # previews are best effort
         data = json.dumps([session_id, {"kind": "wake", "seq": 0}]).encode()
-    own = _listener.path.name if _listener is not None and _listener.pid == os.getpid() else None
     try:
-        entries = [e for e in os.scandir(bus_dir()) if e.name.endswith(".sock") and e.name != own]
+        with _lock:
+            peers = _peers().current()
     except OSError:
         return
-    if not entries:
-        return
-    with _lock:
-        if _sender is None:
-            _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            _sender.setblocking(False)
-        sender = _sender
-    try:
-        directory = os.open(bus_dir(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # short addresses
-    except OSError:
-        return
-    try:
-        _send_all(sender, data, entries, f"/proc/self/fd/{directory}/")
-    finally:
-        os.close(directory)
-
-
-def _send_all(sender: socket.socket, data: bytes, entries: list[os.DirEntry[str]], prefix: str) -> None:
-    for entry in entries:
+    for name, sock in peers:
         try:
-            sender.sendto(data, prefix + entry.name)
+            sock.send(data)
         except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                # Nobody is bound there any more: a process that exited without cleaning up.
-                try:
-                    os.unlink(entry.path)
-                except OSError:
-                    pass
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN):
+                with _lock:
+                    _peers().forget(name, unlink=True)  # its process exited without cleaning up
             elif exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
-                log.debug("local bus send to %s failed", entry.name, exc_info=True)
+                log.debug("local bus send to %s failed", name, exc_info=True)
+
+
+# A directory's mtime moves on every bind and unlink, but only at the kernel's coarse clock: a
+# listing is trusted only once the directory's last change is this much older than the listing.
+_SETTLED_NS = 50_000_000
+
+
+class _Peers:
+    """This process's sockets connected to the other processes' listeners. A send costs one fstat
+    of the directory and one `send` per peer: the directory is listed, and a new peer's address
+    resolved, only when a bind or an unlink there moved its mtime."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.mtime_ns = -1
+        self.settled = False
+        self.socks: dict[str, socket.socket] = {}
+
+    def current(self) -> list[tuple[str, socket.socket]]:
+        try:
+            mtime_ns = os.fstat(self.fd).st_mtime_ns
+        except OSError:
+            return []
+        if mtime_ns != self.mtime_ns or not self.settled:
+            self._rescan(mtime_ns)
+        return list(self.socks.items())
+
+    def _rescan(self, mtime_ns: int) -> None:
+        own = _listener.path.name if _listener is not None and _listener.pid == self.pid else None
+        try:
+            names = {e.name for e in os.scandir(self.fd) if e.name.endswith(".sock") and e.name != own}
+        except OSError:
+            return
+        self.mtime_ns = mtime_ns
+        self.settled = time.time_ns() - mtime_ns > _SETTLED_NS
+        for name in list(self.socks):
+            if name not in names:
+                self.forget(name, unlink=False)
+        for name in names - self.socks.keys():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
+            try:
+                # Through the directory's descriptor: a socket address holds at most 107 bytes.
+                sock.connect(f"/proc/self/fd/{self.fd}/{name}")
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                    self._unlink(name)  # nobody is bound there any more
+                continue
+            self.socks[name] = sock
+
+    def forget(self, name: str, *, unlink: bool) -> None:
+        sock = self.socks.pop(name, None)
+        if sock is not None:
+            sock.close()
+        if unlink:
+            self._unlink(name)
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for name in list(self.socks):
+            self.forget(name, unlink=False)
+        os.close(self.fd)
+
+
+_peer_set: _Peers | None = None
+
+
+def _peers() -> _Peers:
+    """The peers of this process's bus directory (called under _lock)."""
+    global _peer_set
+    path = os.path.join(settings.DATA_DIR, "bus")
+    if _peer_set is None or _peer_set.pid != os.getpid() or _peer_set.path != path:
+        if _peer_set is not None and _peer_set.pid == os.getpid():
+            _peer_set.close()
+        bus_dir()
+        _peer_set = _Peers(path)
+    return _peer_set

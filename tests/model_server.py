@@ -33,6 +33,7 @@ class Reply:
     error_message: str = "scripted error"
     delay: float = 0.0  # seconds before the first byte
     chunk_delay: float = 0.0  # seconds between streamed events
+    stream_error: str | None = None  # an `error` event of this type right after message_start
 
     def final_stop_reason(self) -> str:
         if self.stop_reason:
@@ -224,6 +225,10 @@ class ScriptedModel:
             def _events(self, body: dict[str, Any], reply: Reply) -> Iterator[dict[str, Any]]:
                 usage = self._usage(body, reply)
                 yield {"type": "message_start", "message": self._message(body, reply, full=False)}
+                if reply.stream_error:
+                    error = {"type": reply.stream_error, "message": reply.error_message}
+                    yield {"type": "error", "error": error}
+                    return
                 for index, block in enumerate(self._content(reply)):
                     if block["type"] == "text":
                         yield {

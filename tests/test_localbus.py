@@ -39,3 +39,23 @@ def test_a_socket_nobody_listens_on_is_removed_and_sending_never_raises(settings
     localbus.send("sesn_y", {"kind": "wake", "seq": 3})
     assert not stale.exists()
     localbus.send("sesn_y", {"kind": "wake", "seq": 4, "pad": "x" * (localbus.MAX_DATAGRAM + 1)})
+
+
+def test_a_listener_that_binds_after_a_send_gets_the_next_one_and_one_that_left_is_dropped(
+    settings, tmp_path
+):
+    """A publisher keeps its connected peers between sends; a bind or an unlink in the directory
+    makes it look again, even one in the same tick of the coarse clock as its last look."""
+    settings.DATA_DIR = tmp_path
+    localbus._listener = None
+    localbus.send("sesn_z", {"kind": "wake", "seq": 1})  # nobody listens yet: the peers are cached
+    for seq in (2, 3):
+        path = localbus.bus_dir() / f"999998-late{seq}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.settimeout(5)
+        localbus.send("sesn_z", {"kind": "wake", "seq": seq})
+        assert sock.recv(localbus.MAX_DATAGRAM) == b'["sesn_z",{"kind":"wake","seq":%d}]' % seq
+        sock.close()  # gone without unlinking: the next send finds nobody there and removes it
+        localbus.send("sesn_z", {"kind": "wake", "seq": 9})
+        assert not path.exists()

@@ -4,11 +4,12 @@ marks on the stable prefix (tools, system) and on the conversation tail."""
 import json
 import os
 import threading
+from collections.abc import Iterator
+from functools import cached_property
 from typing import Any
 
 import anthropic
-from anthropic import Stream
-from anthropic.types import Message, RawMessageStreamEvent
+import httpx2
 from django.conf import settings
 
 from harness.providers.base import (
@@ -48,21 +49,72 @@ class AnthropicProvider:
             timeout=settings.GALLEY_MODEL_TIMEOUT_SECONDS,
         )
 
-    def _stream(self, params: dict[str, Any]) -> Any:
-        """`messages.create(stream=True)`. On the plain client the body goes as JSON text made here:
-        `create` deep-copies the whole conversation to prepare it (a tenth of a step's CPU in a long
-        session) and encodes it in Python. Bedrock and Vertex clients rewrite the request from its
-        parsed body, so they keep `create`."""
+    def _events(self, params: dict[str, Any], cancel: threading.Event) -> Iterator[dict[str, Any]]:
+        """The stream's events as plain dicts (`messages.create(stream=True)`, each event's JSON).
+
+        On the plain client the request goes out on the SDK's own HTTP client (its pool, proxies,
+        TLS and timeouts) with the SDK's headers, as JSON text made here, and the server-sent
+        events are read by a lean reader: `create` deep-copied the whole conversation to prepare
+        it, and its stream built a pydantic model per event (together about a third of a step's
+        CPU). Errors are the SDK's own: a status error from the SDK's constructor, a connection
+        or timeout error of its types, an `error` event raised as the SDK raises it. Bedrock and
+        Vertex clients rewrite the request from its parsed body, so they keep `create`."""
         if not _plain_client(self.client):
-            return self.client.messages.create(**params, stream=True)
-        body = json.dumps({**params, "stream": True}, ensure_ascii=False, separators=(",", ":"))
-        return self.client.post(
-            "/v1/messages",
-            content=body.encode(),
-            cast_to=Message,
-            stream=True,
-            stream_cls=Stream[RawMessageStreamEvent],
+            stream = self.client.messages.create(**params, stream=True)
+            _on_cancel(cancel, stream.close)
+            with stream:
+                for event in stream:
+                    yield event.model_dump(exclude_none=True)
+            return
+        client = self.client
+        body = json.dumps({**params, "stream": True}, ensure_ascii=False, separators=(",", ":")).encode()
+        http = client._client
+        request = http.build_request(
+            "POST", self._url, headers=self._headers, content=body, timeout=client.timeout
         )
+        try:
+            response = http.send(request, stream=True)
+        except httpx2.TimeoutException as exc:
+            raise anthropic.APITimeoutError(request=request) from exc
+        except Exception as exc:
+            raise anthropic.APIConnectionError(request=request) from exc
+        _on_cancel(cancel, response.close)
+        try:
+            if response.is_error:
+                response.read()
+                raise client._make_status_error_from_response(response)
+            for name, data in _server_sent_events(response.iter_bytes()):
+                if name is None or name == "ping":
+                    continue
+                if name == "error":
+                    try:
+                        error_body: Any = json.loads(data)
+                        message = f"{error_body}"
+                    except ValueError:
+                        error_body, message = data, data or f"Error code: {response.status_code}"
+                    raise client._make_status_error(message, body=error_body, response=response)
+                if data:
+                    yield json.loads(data)
+        finally:
+            response.close()
+
+    @cached_property
+    def _url(self) -> Any:
+        return self.client._prepare_url("/v1/messages")
+
+    @cached_property
+    def _headers(self) -> dict[str, str]:
+        """What the SDK sends with every request (its version, auth, platform and custom headers),
+        plus what it adds per attempt: the retry count and the timeouts."""
+        timeout = self.client.timeout
+        read = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
+        headers = {
+            "x-stainless-retry-count": "0",
+            "x-stainless-timeout": str(read),
+            **({"x-stainless-read-timeout": str(read)} if read is not None else {}),
+        }
+        headers.update((k, v) for k, v in self.client.default_headers.items() if isinstance(v, str))
+        return headers
 
     def upstream_model(self, model: str) -> str:
         prefix = f"{self.name}/"
@@ -92,52 +144,52 @@ class AnthropicProvider:
         stop_reason: str | None = None
         model = request.model
         try:
-            stream = self._stream(params)
-            on_cancel = getattr(cancel, "on_cancel", None)
-            if on_cancel is not None:
-                on_cancel(stream.close)
-            with stream:
-                for event in stream:
-                    if cancel.is_set():
-                        raise ModelCancelled()
-                    kind = event.type
-                    if kind == "message_start":
-                        model = model if named else (event.message.model or model)
-                        _read_usage(usage, event.message.usage)
-                    elif kind == "content_block_start":
-                        block = event.content_block.model_dump(exclude_none=True)
-                        if block["type"] == "tool_use":
-                            block["input"] = {}
-                            partial_json[event.index] = []
-                        blocks[event.index] = block
-                        listener.block_start(event.index, block["type"])
-                    elif kind == "content_block_delta":
-                        delta = event.delta
-                        block = blocks.get(event.index)
-                        if block is None:
-                            continue
-                        if delta.type == "text_delta":
-                            block["text"] = block.get("text", "") + delta.text
-                            listener.text_delta(event.index, delta.text)
-                        elif delta.type == "input_json_delta":
-                            partial_json[event.index].append(delta.partial_json)
-                        elif delta.type == "thinking_delta":
-                            block["thinking"] = block.get("thinking", "") + delta.thinking
-                        elif delta.type == "signature_delta":
-                            block["signature"] = delta.signature
-                    elif kind == "content_block_stop":
-                        block = blocks.get(event.index)
-                        if block is not None and block["type"] == "tool_use":
-                            raw = "".join(partial_json.pop(event.index, []))
-                            try:
-                                block["input"] = json.loads(raw) if raw else {}
-                            except ValueError:
-                                raise ModelError(
-                                    "the model sent tool input that is not valid JSON", retryable=True
-                                ) from None
-                    elif kind == "message_delta":
-                        stop_reason = event.delta.stop_reason or stop_reason
-                        _read_usage(usage, event.usage)
+            for event in self._events(params, cancel):
+                if cancel.is_set():
+                    raise ModelCancelled()
+                kind = event.get("type")
+                if kind == "message_start":
+                    message = event.get("message") or {}
+                    model = model if named else (message.get("model") or model)
+                    _read_usage(usage, message.get("usage"))
+                elif kind == "content_block_start":
+                    block = _without_nulls(event["content_block"])
+                    index = event["index"]
+                    if block["type"] == "tool_use":
+                        block["input"] = {}
+                        partial_json[index] = []
+                    blocks[index] = block
+                    listener.block_start(index, block["type"])
+                elif kind == "content_block_delta":
+                    delta = event["delta"]
+                    index = event["index"]
+                    block = blocks.get(index)
+                    if block is None:
+                        continue
+                    delta_type = delta.get("type")
+                    if delta_type == "text_delta":
+                        block["text"] = block.get("text", "") + delta["text"]
+                        listener.text_delta(index, delta["text"])
+                    elif delta_type == "input_json_delta":
+                        partial_json[index].append(delta["partial_json"])
+                    elif delta_type == "thinking_delta":
+                        block["thinking"] = block.get("thinking", "") + delta["thinking"]
+                    elif delta_type == "signature_delta":
+                        block["signature"] = delta["signature"]
+                elif kind == "content_block_stop":
+                    index = event["index"]
+                    block = blocks.get(index)
+                    if block is not None and block["type"] == "tool_use":
+                        raw = "".join(partial_json.pop(index, []))
+                        try:
+                            block["input"] = json.loads(raw) if raw else {}
+                        except ValueError:
+                            raise ModelError(
+                                "the model sent tool input that is not valid JSON", retryable=True
+                            ) from None
+                elif kind == "message_delta":
+                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                    _read_usage(usage, event.get("usage"))
         except ModelCancelled:
             raise
         except ModelError:
@@ -185,26 +237,80 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
     return params
 
 
-def _read_usage(usage: ModelUsage, raw: Any) -> None:
-    if raw is None:
+def _read_usage(usage: ModelUsage, raw: dict[str, Any] | None) -> None:
+    if not raw:
         return
     for name in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
-        value = getattr(raw, name, None)
+        value = raw.get(name)
         if value is not None:
             setattr(usage, name, int(value))
-    creation = getattr(raw, "cache_creation", None)
-    if creation is not None and (
-        getattr(creation, "ephemeral_5m_input_tokens", None) is not None
-        or getattr(creation, "ephemeral_1h_input_tokens", None) is not None
+    creation = raw.get("cache_creation")
+    if isinstance(creation, dict) and (
+        creation.get("ephemeral_5m_input_tokens") is not None
+        or creation.get("ephemeral_1h_input_tokens") is not None
     ):
-        usage.cache_creation_5m_tokens = int(getattr(creation, "ephemeral_5m_input_tokens", 0) or 0)
-        usage.cache_creation_1h_tokens = int(getattr(creation, "ephemeral_1h_input_tokens", 0) or 0)
-    elif getattr(raw, "cache_creation_input_tokens", None) is not None:
-        usage.cache_creation_5m_tokens = int(raw.cache_creation_input_tokens)
+        usage.cache_creation_5m_tokens = int(creation.get("ephemeral_5m_input_tokens") or 0)
+        usage.cache_creation_1h_tokens = int(creation.get("ephemeral_1h_input_tokens") or 0)
+    elif raw.get("cache_creation_input_tokens") is not None:
+        usage.cache_creation_5m_tokens = int(raw["cache_creation_input_tokens"])
         usage.cache_creation_1h_tokens = 0
-    server_tools = getattr(raw, "server_tool_use", None)
-    if server_tools is not None and getattr(server_tools, "web_search_requests", None) is not None:
-        usage.web_search_requests = int(server_tools.web_search_requests)
+    server_tools = raw.get("server_tool_use")
+    if isinstance(server_tools, dict) and server_tools.get("web_search_requests") is not None:
+        usage.web_search_requests = int(server_tools["web_search_requests"])
+
+
+def _without_nulls(value: Any) -> Any:
+    """A content block as the SDK's `model_dump(exclude_none=True)` gave it: no null fields."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _on_cancel(cancel: threading.Event, close: Any) -> None:
+    on_cancel = getattr(cancel, "on_cancel", None)
+    if on_cancel is not None:
+        on_cancel(close)
+
+
+def _server_sent_events(chunks: Iterator[bytes]) -> Iterator[tuple[str | None, str]]:
+    """(event name, data) of each server-sent event, read as the SDK's SSEDecoder reads them: a
+    line ends at \\n, \\r or \\r\\n (also split across chunks), a blank line ends an event, its
+    data lines are joined with \\n, comments and other fields are skipped, and an event the stream
+    ends before its blank line is dropped."""
+    name: str | None = None
+    data: list[str] = []
+    pending = b""
+    done = False
+    while not done:
+        chunk = next(chunks, None)
+        if chunk is None:
+            lines, done = pending.splitlines(keepends=True), True
+        else:
+            lines = (pending + chunk if pending else chunk).splitlines(keepends=True)
+            # The last line waits for the next chunk unless it ended at \\n (a lone \\r may be
+            # half of \\r\\n).
+            pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for raw in lines:
+            line = raw.rstrip(b"\r\n")
+            if line:
+                name = _sse_field(line, name, data)
+            elif name is not None or data:
+                yield name, "\n".join(data)
+                name, data = None, []
+
+
+def _sse_field(line: bytes, name: str | None, data: list[str]) -> str | None:
+    """Applies one field line: a data line is appended to `data`; returns the event name."""
+    field, colon, value = line.partition(b":")
+    if colon and value.startswith(b" "):
+        value = value[1:]
+    if field == b"data":
+        data.append(value.decode())
+    elif field == b"event":
+        return value.decode()
+    return name
 
 
 def _model_error(exc: Exception) -> ModelError:
