@@ -192,6 +192,10 @@ class ContextCache:
     ctx: Context = field(default_factory=Context)
     order: tuple[Any, ...] = ()  # the sort key of the last event folded
 
+    def copy(self) -> "ContextCache":
+        """A copy whose context a step may extend in place while another step holds this one."""
+        return replace(self, ctx=self.ctx.copy())
+
     def fits(self, events: list[Event], summary_seq: int) -> bool:
         return (
             self.summary_seq == summary_seq

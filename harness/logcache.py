@@ -49,15 +49,8 @@ def take(session_id: str) -> tuple[int, list[Event], ContextCache | None]:
         if entry is None:
             return 0, [], None
         _entries.move_to_end(session_id)
-        context = entry.context
-        if context is not None:  # a step extends its cache in place; another may take this entry
-            context = ContextCache(
-                summary_seq=context.summary_seq,
-                consumed=context.consumed,
-                last=context.last,
-                ctx=context.ctx.copy(),
-                order=context.order,
-            )
+        # A step extends its context cache in place; another may take this entry.
+        context = entry.context.copy() if entry.context is not None else None
         return entry.last_seq, list(entry.events), context
 
 
