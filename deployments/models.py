@@ -30,6 +30,10 @@ class Deployment(models.Model):
     resources_ciphertext = models.TextField(blank=True, default="")  # the full list, vault-encrypted
     vault_ids = models.JSONField(default=list)
     budget = models.JSONField(null=True, blank=True)
+    # An explicit `budget: null` (create or update): the sessions it creates are uncapped. Without a
+    # budget and without this, they get the workspace's default session budget (costs/), as a
+    # sessions.create that omits the field does.
+    budget_uncapped = models.BooleanField(default=False)
     schedule = models.JSONField(null=True, blank=True)  # {type: "cron", expression, timezone}
     # The next due time of the schedule (UTC), claimed by exactly one firing (deployments/services.py).
     next_fire_at = models.DateTimeField(null=True, blank=True)

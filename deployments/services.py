@@ -262,6 +262,7 @@ def deployment_create(*, workspace: Workspace, body: dict[str, Any]) -> Deployme
         metadata=metadata,
         vault_ids=_check_vaults(workspace, body.get("vault_ids")),
         budget=budget,
+        budget_uncapped="budget" in body and body["budget"] is None,
         schedule=schedule,
         next_fire_at=next_due(schedule, now) if schedule else None,
         created_at=now,
@@ -313,6 +314,7 @@ def deployment_update(*, deployment: Deployment, body: dict[str, Any]) -> Deploy
             locked.budget = (
                 session_schemas.check_budget(body["budget"]) if body["budget"] is not None else None
             )
+            locked.budget_uncapped = locked.budget is None
         if "schedule" in body:
             locked.schedule = check_schedule(body["schedule"]) if body["schedule"] is not None else None
             locked.next_fire_at = next_due(locked.schedule, timezone.now()) if locked.schedule else None
@@ -478,8 +480,8 @@ def _fire(deployment: Deployment, *, trigger: str, scheduled_at: datetime | None
     }  # the deployment's metadata stays its own; the session names it by deployment_id
     if deployment.resources_ciphertext:
         body["resources"] = crypto.decrypt(deployment.resources_ciphertext)["resources"]
-    if deployment.budget is not None:
-        body["budget"] = deployment.budget
+    if deployment.budget is not None or deployment.budget_uncapped:
+        body["budget"] = deployment.budget  # null: uncapped; omitted: the workspace default
     try:
         with transaction.atomic():
             session = session_create(workspace=deployment.workspace, body=body, deployment_id=deployment.pk)

@@ -32,6 +32,12 @@ def test_a_deployment_through_the_sdk(galley: LiveGalley, model: ScriptedModel) 
     assert deployment.schedule is not None and len(deployment.schedule.upcoming_runs_at or []) == 5
     assert client.beta.deployments.retrieve(deployment.id).name == "nightly report"
     assert deployment.id in [d.id for d in client.beta.deployments.list()]
+    # The SDK sends `budget=None` as null: accepted (uncapped sessions), and absent on the wire.
+    capped = client.beta.deployments.update(
+        deployment.id, budget={"type": "limit", "max_list_cost": {"amount": "5", "currency": "USD"}}
+    )
+    assert capped.budget is not None and capped.budget.max_list_cost.amount == "5"
+    assert client.beta.deployments.update(deployment.id, budget=None).budget is None
 
     paused = client.beta.deployments.pause(deployment.id)
     assert (

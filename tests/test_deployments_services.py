@@ -258,3 +258,34 @@ def test_resource_tokens_are_write_only(workspace: Workspace) -> None:
     wire = services.deployment_wire(deployment)
     assert wire["resources"] == [{"type": "github_repository", "url": "https://github.com/acme/app"}]
     assert "ghp_secret1" not in str(wire) and "ghp_secret1" not in deployment.resources_ciphertext
+
+
+@pytest.mark.django_db
+def test_an_explicit_null_budget_makes_uncapped_sessions_and_an_omitted_one_the_default(
+    workspace: Workspace,
+) -> None:
+    """`budget: null` on a deployment is the wire's "uncapped", as on sessions.create; only a
+    deployment that leaves the field out gets the workspace's default session budget."""
+    from costs.models import WorkspaceBudget
+
+    WorkspaceBudget.objects.create(workspace=workspace, session_default_cents=250)
+    default = {"type": "limit", "max_list_cost": {"amount": "250", "currency": "USD"}}
+    own = {"type": "limit", "max_list_cost": {"amount": "900", "currency": "USD"}}
+
+    def session_budget(deployment: Deployment) -> Any:
+        run = services.deployment_run_now(deployment=deployment)
+        assert run.session_id, run.error
+        return Session.objects.get(pk=run.session_id).budget
+
+    omitted = nightly(workspace)
+    assert session_budget(omitted) == default
+    uncapped = nightly(workspace, budget=None)
+    assert "budget" not in services.deployment_wire(uncapped)  # absent when no budget is set
+    assert session_budget(uncapped) is None
+    capped = services.deployment_update(deployment=uncapped, body={"budget": own})
+    assert services.deployment_wire(capped)["budget"] == own and session_budget(capped) == own
+    cleared = services.deployment_update(deployment=capped, body={"budget": None})
+    assert session_budget(cleared) is None  # "send null to clear (sessions created afterwards are uncapped)"
+    renamed = services.deployment_update(deployment=cleared, body={"name": "still uncapped"})
+    assert session_budget(renamed) is None  # an update that leaves budget out keeps it
+    assert session_budget(services.deployment_update(deployment=omitted, body={"name": "x"})) == default
