@@ -12,7 +12,12 @@ keeps at most `KEEP` idle executors, closing the database connections of any it 
 The middleware chain and the view also run as one sync call on that thread. Django's async mode
 would run each `MiddlewareMixin` hook through its own `sync_to_async` (two thread hand-offs per
 middleware, a dozen per request); an async view (a long poll) runs on the event loop while the
-request's thread waits for it."""
+request's thread waits for it.
+
+A streaming response (an SSE stream, held open for as long as the client listens) gives its thread's
+pooled PostgreSQL connections back as soon as the view has returned: Django closes them only when
+the response ends, so 16 idle streams per web process would otherwise hold its whole pool, and
+every other request would wait for a connection. The stream's own reads borrow one each time."""
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +51,13 @@ class _Executors:
         executor.shutdown(wait=False)
 
 
+def _release_pooled_connections() -> None:
+    """Hand this thread's pooled database connections back (SQLite's thread connection is kept)."""
+    for connection in connections.all(initialized_only=True):
+        if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+            connection.close()
+
+
 class PooledThreadsASGIHandler(ASGIHandler):
     def __init__(self, keep: int = KEEP) -> None:
         super().__init__()
@@ -54,6 +66,12 @@ class PooledThreadsASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
         self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
+
+    async def run_get_response(self, request: Any) -> Any:
+        response = await super().run_get_response(request)
+        if response.streaming:
+            await sync_to_async(_release_pooled_connections, thread_sensitive=True)()
+        return response
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

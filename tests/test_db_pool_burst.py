@@ -122,3 +122,52 @@ def test_a_burst_of_sends_waits_for_pooled_connections_and_loses_nothing() -> No
         assert 0 < peak[0] <= ROLE_LIMIT
         log = (galley.data_dir / "serve.log").read_text(errors="replace")
         assert "too many connections" not in log and "Traceback" not in log, log[-4000:]
+
+
+def test_open_streams_hold_no_pooled_connection() -> None:
+    """An SSE stream is open for as long as its client listens. Django gives a request's connection
+    back only when its response ends, so each idle stream used to hold one: POOL streams on the one web
+    process held its whole pool and every other request waited for a connection (and failed after the
+    pool timeout). Three times POOL streams are open here while the API still answers at once."""
+    env = {"GALLEY_DB_POOL_MAX_SIZE": str(POOL), "GALLEY_DB_POOL_TIMEOUT": "5"}
+    with (
+        scripted_model() as model,
+        live_galley(
+            {**env, "ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": model.base_url},
+            serve_args=("--web-workers", "1"),
+        ) as galley,
+    ):
+        client = galley.client(max_retries=0, timeout=30)
+        agent = client.beta.agents.create(name="streams", model="claude-sonnet-4-6")
+        environment = client.beta.environments.create(name="streams")
+        ids = [
+            client.beta.sessions.create(agent=agent.id, environment_id=environment.id).id
+            for _ in range(3 * POOL)
+        ]
+        opened: list[threading.Event] = []
+        streams: list[Any] = []
+
+        def listen(session_id: str, ready: threading.Event) -> None:
+            try:
+                with client.beta.sessions.events.stream(session_id) as stream:
+                    streams.append(stream)
+                    ready.set()
+                    for _ in stream:
+                        pass
+            except Exception:  # closed at the end of the test
+                return
+
+        for session_id in ids:
+            ready = threading.Event()
+            opened.append(ready)
+            threading.Thread(target=listen, args=(session_id, ready), daemon=True).start()
+        assert all(ready.wait(20) for ready in opened), "a stream did not open"
+        time.sleep(1.5)  # past a heartbeat: every stream is waiting
+        started = time.monotonic()
+        for session_id in ids[:POOL]:
+            client.beta.sessions.retrieve(session_id)
+        created = client.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+        assert created.id.startswith("sesn_")
+        assert time.monotonic() - started < 4, "requests waited for a pooled connection"
+        for stream in streams:
+            stream.close()
