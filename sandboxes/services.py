@@ -65,9 +65,14 @@ class LiveSandbox:
     image: bool = False  # the running shell's volume is a mounted image (quota.py)
     cgroup: Any = None  # sandboxes.cgroup.SandboxCgroup where the host allows one
     claim: int | None = None  # this process's claim on the volume while a shell runs (quota.volume_claim)
+    # Without a memory cgroup: set by the reaper's memory watch when the shell held more than the limit
+    # (the bytes it held), with `memory_event`, which the running command polls to be killed.
+    memory_over: int | None = None
+    memory_event: threading.Event = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.memory_event = threading.Event()
         self.slots = self.slots or []
         self.outputs_seen = {}
 
@@ -78,22 +83,33 @@ _reaper_started = False
 # A worker process (not the web, not a test) also sweeps this host's leftover volumes from its reaper.
 ORPHAN_SWEEP_SECONDS = 30.0
 _sweep_orphans = False
+# How often the reaper measures sandboxes no memory cgroup bounds (sandboxes/memory.py), and reaps idle ones.
+MEMORY_WATCH_SECONDS = 0.25
+REAP_SECONDS = 1.0
 
 
 def _start_reaper() -> None:
-    """One daemon thread per worker process stops idle shells, whether or not a beat schedule exists."""
+    """One daemon thread per worker process stops idle shells, whether or not a beat schedule exists, and
+    kills the shells of sandboxes without a memory cgroup that hold more than their memory limit."""
     global _reaper_started
     if _reaper_started:
         return
     _reaper_started = True
 
     def loop() -> None:
-        swept = time.monotonic()
+        swept = reaped = time.monotonic()
         while True:
-            time.sleep(1.0)  # a scan of this process's registry: cheap
+            time.sleep(MEMORY_WATCH_SECONDS)  # scans of this process's registry: cheap
+            try:
+                sandboxes_watch_memory()
+            except Exception:  # the reaper must outlive any one bad sandbox
+                logger.exception("sandbox memory watch failed")
+            if time.monotonic() - reaped < REAP_SECONDS:
+                continue
+            reaped = time.monotonic()
             try:
                 sandbox_reap_idle()
-            except Exception:  # the reaper must outlive any one bad sandbox
+            except Exception:
                 logger.exception("idle sandbox reaper failed")
             if _sweep_orphans and time.monotonic() - swept >= ORPHAN_SWEEP_SECONDS:
                 swept = time.monotonic()
@@ -715,3 +731,54 @@ def sandbox_reap_idle(idle_seconds: float | None = None) -> int:
         finally:
             live.lock.release()
     return stopped
+
+
+def sandboxes_watch_memory() -> int:
+    """For each shell of this process that no memory cgroup bounds (`Limits.without_cgroup` was applied), the
+    memory its processes hold (sandboxes/memory.py); past the memory limit the running command is killed (it
+    polls `memory_event`), or the shell at once when no command runs. Returns how many were found over."""
+    from sandboxes.memory import sandbox_memory_used
+
+    over = 0
+    with _registry_lock:
+        lives = list(_registry.values())
+    for live in lives:
+        shell = live.shell
+        spec = live.spec
+        if shell is None or live.memory_over is not None or not spec.limits.fixed_socket_buffers:
+            continue
+        limit = spec.limits.memory_bytes
+        try:
+            used = sandbox_memory_used(shell.inner_pid(), own_network=not spec.share_network, limit=limit)
+        except (OSError, RuntimeError, ValueError):
+            continue  # the shell ended meanwhile
+        if used <= limit or live.shell is not shell:
+            continue
+        over += 1
+        logger.warning(
+            "sandbox %s held %d bytes of memory, past its limit of %d: killed", live.key, used, limit
+        )
+        live.memory_over = used
+        live.memory_event.set()
+        if live.lock.acquire(blocking=False):  # no command runs: the next one reports it
+            try:
+                if live.shell is shell:
+                    shell.kill()
+                    live.shell = None
+            finally:
+                live.lock.release()
+    return over
+
+
+def sandbox_memory_reset(live: LiveSandbox) -> int | None:
+    """The bytes the memory watch found the shell holding past its limit since the last call, if it did
+    (the shell is then killed, if the command did not end that way); call with live.lock held."""
+    used = live.memory_over
+    if used is None:
+        return None
+    if live.shell is not None:
+        live.shell.kill()
+        live.shell = None  # the next call starts a new one, restoring cwd and exports
+    live.memory_over = None
+    live.memory_event.clear()
+    return used

@@ -31,6 +31,16 @@ class CommandResult:
     truncated_bytes: int = 0
 
 
+class AnyEvent:
+    """Set when any of its events is (the shell polls a command's cancel with `is_set`)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [event for event in events if event is not None]
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
+
 def quote(text: str) -> str:
     return "'" + text.replace("\x00", "").replace("'", "'\"'\"'") + "'"
 
@@ -95,7 +105,9 @@ class Shell:
                 except OSError:
                     pass
 
-    def run(self, command: str, *, timeout: float, cancel: threading.Event | None, cap: int) -> CommandResult:
+    def run(
+        self, command: str, *, timeout: float, cancel: threading.Event | AnyEvent | None, cap: int
+    ) -> CommandResult:
         state = self.state_dir
         script = (
             f"eval {quote(command)} </dev/null\n"
@@ -109,7 +121,7 @@ class Shell:
             self.last_used = time.monotonic()
 
     def _exchange(
-        self, script: str, *, timeout: float, cancel: threading.Event | None, cap: int
+        self, script: str, *, timeout: float, cancel: threading.Event | AnyEvent | None, cap: int
     ) -> CommandResult:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:

@@ -202,6 +202,8 @@ def _report_repository_error(session: Session, exc: RepositoryError) -> None:
     }
     with transaction.atomic():
         events_append(session=session.id, events=[NewEvent("session.error", {"error": error})])
+
+
 def run_sandbox_tool(
     *, live: Any, name: str, tool_input: dict[str, Any], cancel: threading.Event | None = None
 ) -> ToolOutcome:
@@ -246,7 +248,8 @@ def _await_packages(session: Session, cancel: threading.Event | None) -> ToolOut
 
 def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | None) -> ToolOutcome:
     from sandboxes.quota import QuotaWatcher, volume_full, volume_is_image
-    from sandboxes.services import sandbox_shell
+    from sandboxes.services import sandbox_memory_reset, sandbox_shell
+    from sandboxes.shell import AnyEvent
 
     if tool_input.get("restart"):
         with live.lock:
@@ -275,6 +278,8 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
     limit = settings.GALLEY_SANDBOX_WORKSPACE_BYTES
     watcher: QuotaWatcher | None = None
     with live.lock:
+        # Without a memory cgroup the reaper's memory watch may have killed the shell between commands.
+        held_before = sandbox_memory_reset(live)
         try:
             shell = sandbox_shell(live)
         except RuntimeError as exc:
@@ -282,16 +287,25 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
         kernel_quota = volume_is_image(live.spec.root)
         if kernel_quota:
             result = shell.run(
-                command, timeout=timeout, cancel=cancel, cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES
+                command,
+                timeout=timeout,
+                cancel=AnyEvent(cancel, live.memory_event),
+                cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES,
             )
         else:
             # No kernel quota on this host: a watcher kills the command once it writes past the limit.
             with QuotaWatcher(root=live.spec.root, limit=limit, cancel=cancel) as watcher:
                 result = shell.run(
-                    command, timeout=timeout, cancel=watcher.event, cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES
+                    command,
+                    timeout=timeout,
+                    cancel=AnyEvent(watcher.event, live.memory_event),
+                    cap=settings.GALLEY_SANDBOX_OUTPUT_BYTES,
                 )
             if watcher.tripped:
                 result.cancelled = False
+        held = sandbox_memory_reset(live)
+        if held is not None:
+            result.cancelled = False
         if result.exit_code is None:
             live.shell = None  # killed or dead: the next call starts a new one, restoring cwd and exports
     output = result.output.rstrip("\n")
@@ -303,7 +317,22 @@ def _run_bash(live: Any, tool_input: dict[str, Any], cancel: threading.Event | N
             notes.append(f"[egress proxy refused a connection to {host}: {reason}]")
         if dropped:
             notes.append(f"[egress proxy refused {dropped} more connection(s) not listed]")
-    if watcher is not None and watcher.tripped:
+    memory = live.spec.limits.memory_bytes
+    if held_before is not None:
+        notes.append(
+            f"[killed: the sandbox's processes held {held_before} bytes of memory, past its limit of "
+            f"{memory} bytes, while no command ran; the shell was restarted before this command "
+            "(working directory and exported variables are kept)]"
+        )
+        is_error = True
+    if held is not None:
+        notes.append(
+            f"[killed: the sandbox's processes held {held} bytes of memory, past its limit of {memory} bytes "
+            "(all its processes together); the command was killed and the shell restarted (working directory "
+            "and exported variables are kept)]"
+        )
+        is_error = True
+    elif watcher is not None and watcher.tripped:
         notes.append(
             f"[killed: the command wrote past the sandbox's storage limit of {limit} bytes (shared by "
             "/workspace, /tmp and /mnt/session/outputs); the shell was restarted. Delete files to continue]"

@@ -660,3 +660,73 @@ def test_without_a_memory_cgroup_socket_buffers_are_bounded_per_process(
     assert facts["stopped"] == 24  # EMFILE: the descriptors ran out, not the connections
     assert facts["queued"] <= bound, (facts, bound)
     assert facts["queued"] >= bound // 4  # the probe really did fill them
+
+
+def _eight_holding(mib: int, seconds: float) -> str:
+    """8 processes, each holding `mib` MiB for `seconds`, then "finished" (waits for them, not the bridge)."""
+    hold = f"python3 -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep({seconds})'"
+    return f'p=; for i in $(seq 8); do {hold} & p="$p $!"; done; wait $p; echo finished'
+
+
+def _without_cgroup(settings, monkeypatch, memory_mib: int) -> None:
+    from sandboxes import cgroup
+
+    settings.GALLEY_SANDBOX_CGROUPS = "off"
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = memory_mib << 20
+    monkeypatch.setattr(cgroup, "_mode", None)
+
+
+def test_without_a_memory_cgroup_processes_past_the_memory_limit_together_are_killed(
+    make_sandbox_session, settings, monkeypatch
+):
+    """No memory cgroup: RLIMIT_AS bounds each process, not their sum. 8 processes of 100 MiB each (800 MiB)
+    under a 512 MiB limit are killed by the worker's memory watch, and the tool result says why."""
+    _without_cgroup(settings, monkeypatch, 512)
+    session = make_sandbox_session()
+    run(session, "bash", command="cd /tmp && export KEPT=yes")
+    assert services._registry[session.id].cgroup is None
+    started = time.monotonic()
+    out = run(session, "bash", command=_eight_holding(100, 60), timeout_ms=60000)
+    print(text(out), f"killed after {time.monotonic() - started:.2f}s")
+    assert out.is_error
+    assert "finished" not in text(out)
+    assert "[killed: the sandbox's processes held" in text(out)
+    assert "past its limit of 536870912 bytes" in text(out)
+    assert time.monotonic() - started < 20
+    after = run(session, "bash", command='pwd; echo "$KEPT"; ps -e --no-headers | wc -l')
+    assert not after.is_error
+    lines = text(after).split("\n")
+    assert lines[:2] == ["/tmp", "yes"] and int(lines[2]) < 6  # none of the 8 is left
+
+
+def test_without_a_memory_cgroup_memory_held_between_commands_is_killed_and_reported(
+    make_sandbox_session, settings, monkeypatch
+):
+    _without_cgroup(settings, monkeypatch, 512)
+    session = make_sandbox_session()
+    run(session, "bash", command=f"({_eight_holding(100, 60)}) >/dev/null 2>&1 & echo started")
+    deadline = time.monotonic() + 20
+    while services._registry[session.id].shell is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert services._registry[session.id].shell is None  # killed by the watch, no command running
+    out = run(session, "bash", command="echo next")
+    assert out.is_error and text(out).startswith("next\n[killed: the sandbox's processes held")
+    assert "while no command ran" in text(out)
+    assert not run(session, "bash", command="true").is_error  # said once
+
+
+def test_without_a_memory_cgroup_a_sandbox_under_its_memory_limit_is_not_killed(
+    make_sandbox_session, settings, monkeypatch
+):
+    """8 processes of 40 MiB (320 MiB) under 512 MiB run to the end; so does one of 200 MiB that forks 7
+    children sharing its pages (1.6 GiB resident counted per process, 200 MiB held: proportional counting)."""
+    _without_cgroup(settings, monkeypatch, 512)
+    session = make_sandbox_session()
+    out = run(session, "bash", command=_eight_holding(40, 2))
+    assert not out.is_error and text(out).endswith("finished"), text(out)
+    forked = (
+        'python3 -c \'import os, time; b = b"x" * (200 << 20); kids = [os.fork() for _ in range(3)]; '
+        'time.sleep(2); print("done", flush=True) if all(kids) else None\''
+    )
+    out = run(session, "bash", command=forked)
+    assert not out.is_error and text(out) == "done", text(out)
