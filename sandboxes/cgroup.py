@@ -50,6 +50,24 @@ class SandboxCgroup:
                     logger.warning("could not move sandbox process %d into %s (%s)", pid, path, exc)
                     return
 
+    def memory_limit_hit(self) -> bool:
+        """Whether the kernel refused or reclaimed memory at the limit (an OOM kill among them)."""
+        try:
+            if self.version == 2:
+                text = (self.paths[0] / "memory.events").read_text()
+                events = dict(line.split() for line in text.splitlines())
+                return int(events.get("max", 0)) > 0 or int(events.get("oom_kill", 0)) > 0
+            memory = self.paths[0]
+            if any(
+                (memory / name).exists() and int((memory / name).read_text()) > 0
+                for name in ("memory.failcnt", "memory.memsw.failcnt")
+            ):
+                return True
+            control = dict(line.split() for line in (memory / "memory.oom_control").read_text().splitlines())
+            return int(control.get("oom_kill", 0)) > 0
+        except (OSError, ValueError):
+            return False
+
     def release(self) -> None:
         """Remove the cgroups (their processes are gone or going: retry briefly while they exit)."""
         for path in self.paths:

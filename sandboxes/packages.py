@@ -389,8 +389,10 @@ def _build_commands(prefix: str, lists: dict[str, list[str]], log: list[str]) ->
 
 def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> bool:
     lists = {manager: list(lists.get(manager, ())) for manager in MANAGERS}  # callers name only theirs
-    from sandboxes.backends import Limits, SandboxSpec, backend_get, sandbox_uid, spawn_done
+    from sandboxes.backends import BwrapBackend, Limits, SandboxSpec, backend_get, sandbox_uid
+    from sandboxes.cgroup import cgroup_create
     from sandboxes.egress import PACKAGE_REGISTRIES, EgressProxy, EgressRules
+    from sandboxes.quota import volume_claim, volume_unclaim
     from sandboxes.services import BRIDGE_SOURCE, sandbox_provision
 
     backend = backend_get()
@@ -406,6 +408,18 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
     build_root = Path(settings.GALLEY_SANDBOX_ROOT) / f"_b.{short}"
     sandbox_provision(root=build_root, uid=uid, quota=False)  # a build's size is bounded by its own limits
     limits = Limits.from_settings()
+    # Claimed like a session's volume while the build runs: the sweep for a killed worker's leftovers then
+    # leaves this build's cgroup alone (and removes it, killing what is left, once the claim is gone).
+    claim = volume_claim(build_root)
+    # The same memory and process bounds as a session's sandbox: a cgroup for the build as a whole where
+    # the host gives one, else the no-cgroup limits and the memory watch of `_run_bounded`.
+    group = None
+    if isinstance(backend, BwrapBackend):
+        group = cgroup_create(
+            key=f"_b.{short}", memory_bytes=limits.memory_bytes, max_processes=limits.max_processes
+        )
+        if group is None:
+            limits = limits.without_cgroup()
     probe = SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits)
     prefix = backend.packages_path(
         SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits, package_dir=staging)
@@ -467,7 +481,10 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         egress.listen(spec.egress / "egress.sock", uid=uid)
         inside = backend.egress_path(spec)
         state = backend.state_path(spec)
+        # Nothing runs before the build's processes are in its cgroup: the command waits for `started`.
         bridge = (
+            f": > {state}/waiting; "
+            f"for i in $(seq 1000); do [ -e {state}/started ] && break; sleep 0.005; done; "
             f"/usr/bin/python3 -I {inside}/bridge.py {BUILD_PROXY_PORT} {inside}/egress.sock "
             f"{state}/bridge.ready </dev/null >/dev/null 2>&1 & "
             f"for i in $(seq 500); do [ -e {state}/bridge.ready ] && break; "
@@ -475,37 +492,121 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         )
         for cmd in commands:
             log.append("$ " + " ".join(cmd) + "\n")
-            (spec.state / "bridge.ready").unlink(missing_ok=True)  # each command starts its own bridge
+            for name in ("bridge.ready", "waiting", "started"):  # each command starts its own bridge
+                (spec.state / name).unlink(missing_ok=True)
             argv, kwargs = backend.command(spec, ["/bin/bash", "-c", bridge, "build", *cmd])
-            try:
-                done = subprocess.run(
-                    argv,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=BUILD_TIMEOUT_SECONDS,
-                    **kwargs,
-                )
-            except subprocess.TimeoutExpired:
-                log.append(f"timed out after {BUILD_TIMEOUT_SECONDS}s\n")
-                return False
-            finally:
-                spawn_done(kwargs)
-            log.append(done.stdout.decode(errors="replace"))
+            code, output = _run_bounded(argv, kwargs, spec, group, log)
+            log.append(output)
             denials, dropped = egress.drain_denials()
             for host, reason in denials:
                 log.append(f"egress refused: {host}: {reason}\n")
             if dropped:
                 log.append(f"egress refused {dropped} more connection(s) not listed\n")
-            if done.returncode != 0:
-                log.append(f"exit code {done.returncode}\n")
+            if code is None:
+                return False
+            if code != 0:
+                if group is not None and group.memory_limit_hit():
+                    log.append(
+                        f"the build's processes reached its memory limit of {limits.memory_bytes} bytes "
+                        "(GALLEY_SANDBOX_MEMORY_BYTES)\n"
+                    )
+                log.append(f"exit code {code}\n")
                 return False
         log.append("build succeeded\n")
         return True
     finally:
         if egress is not None:
             egress.close()
+        if group is not None:
+            group.release()
+        volume_unclaim(claim)
         shutil.rmtree(build_root, ignore_errors=True)
+
+
+BUILD_MEMORY_WATCH_SECONDS = 0.25
+
+
+def _run_bounded(
+    argv: list[str], kwargs: dict[str, Any], spec: Any, group: Any, log: list[str]
+) -> tuple[int | None, str]:
+    """Run one build command to its end: (exit code, output), or (None, output) when it was stopped (the
+    time limit, or the memory watch of a build no cgroup bounds), the reason appended to `log`."""
+    import tempfile
+
+    from sandboxes.backends import spawn_done
+    from sandboxes.cgroup import process_tree
+    from sandboxes.memory import sandbox_memory_used
+
+    limit = spec.limits.memory_bytes
+    with tempfile.TemporaryFile() as out:  # a file, not a pipe: nothing to drain while we watch
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs
+        )
+        spawn_done(kwargs)
+        try:
+            if group is not None:
+                # Once the command waits (its processes made), every later one descends from those attached.
+                waited = time.monotonic() + 5
+                while (
+                    not (spec.state / "waiting").exists()
+                    and proc.poll() is None
+                    and time.monotonic() < waited
+                ):
+                    time.sleep(0.002)
+                group.attach(process_tree(proc.pid))
+            (spec.state / "started").touch()
+            deadline = time.monotonic() + BUILD_TIMEOUT_SECONDS
+            code, stopped = None, None
+            while code is None:
+                try:
+                    code = proc.wait(timeout=BUILD_MEMORY_WATCH_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.monotonic() > deadline:
+                    stopped = f"timed out after {BUILD_TIMEOUT_SECONDS}s\n"
+                elif group is None and spec.limits.fixed_socket_buffers:
+                    try:
+                        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+                        inner = int(children[0]) if children else 0
+                        used = sandbox_memory_used(inner, own_network=True, limit=limit) if inner else 0
+                    except (OSError, ValueError):
+                        used = 0  # it ended meanwhile
+                    if used > limit:
+                        stopped = (
+                            f"killed: the build's processes held {used} bytes, past its memory limit of "
+                            f"{limit} bytes (GALLEY_SANDBOX_MEMORY_BYTES)\n"
+                        )
+                if stopped:
+                    _kill_group(proc)
+                    break
+        finally:
+            if proc.poll() is None and code is None and not stopped:
+                _kill_group(proc)
+        size = out.tell()
+        out.seek(0)
+        if size <= LOG_LIMIT:
+            output = out.read().decode(errors="replace")
+        else:  # the log keeps a head and a tail anyway (`_finish`)
+            head = out.read(LOG_LIMIT // 2)
+            out.seek(size - LOG_LIMIT // 2)
+            output = (head + b"\n[output truncated]\n" + out.read()).decode(errors="replace")
+    if stopped:
+        log.append(output)
+        log.append(stopped)
+        return None, ""
+    return code, output
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.kill()
+    proc.wait()
 
 
 def configured_registry_hosts() -> list[str]:

@@ -393,3 +393,33 @@ def test_cargo_needs_a_system_wide_toolchain(make_sandbox_session):
                 "14.1.0",
             ]
         ]
+
+
+# Five processes of 100 MiB each: every one is under RLIMIT_AS (the memory limit), together they are not.
+_HOG = (
+    "p=; for i in 1 2 3 4 5; do python3 -c 'import time; x = bytearray(100 * 1024 * 1024); time.sleep(4)' & "
+    'p="$p $!"; done; fail=0; for q in $p; do wait $q || fail=1; done; exit $fail'
+)
+
+
+@pytest.mark.parametrize("with_cgroup", [True, False], ids=["host-cgroup", "no-cgroup"])
+def test_a_build_is_bounded_by_the_sandbox_memory_limit_as_a_whole(
+    make_sandbox_session, monkeypatch, settings, with_cgroup
+):
+    from sandboxes import cgroup, packages
+
+    if with_cgroup and cgroup.cgroup_mode() == "none":
+        pytest.skip("this host gives the worker no writable memory cgroup (the no-cgroup case runs)")
+    if not with_cgroup:
+        monkeypatch.setattr(cgroup, "cgroup_create", lambda **kwargs: None)
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
+    monkeypatch.setattr(packages, "_build_commands", lambda prefix, lists, log: [["/bin/bash", "-c", _HOG]])
+    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
+    assert packages_build(environment_id=session.environment.id) == "failed"
+    session.environment.refresh_from_db()
+    log = session.environment.build_log
+    assert "memory limit" in log and str(256 * 1024 * 1024) in log, log
+    assert not [key for key in cgroup.cgroups_left() if key.startswith("_b.")], (
+        "the build's cgroup is removed"
+    )
+    assert not any(Path(settings_packages_root()).glob("[!.]*")), "nothing half-built is kept"
