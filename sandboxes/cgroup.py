@@ -34,10 +34,18 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 _mode: tuple[str, tuple[Path, ...]] | None = None
 
 
+# cgroup v1 charges TCP buffers to a memory cgroup only once its own TCP limit is set, and then to a
+# counter of their own, outside memory.usage_in_bytes: this share of the memory limit, on top of it.
+V1_TCP_SHARE = 4
+
+
 @dataclass(frozen=True)
 class SandboxCgroup:
     version: int
     paths: tuple[Path, ...]  # v2: one directory; v1: the memory one, then the pids one
+    # Whether the kernel charges the sandbox's socket buffers here (v2 always; v1 with a TCP limit set): if
+    # not, the sandbox also gets the limits of one without a memory cgroup (`Limits.without_cgroup`).
+    charges_sockets: bool = True
 
     def attach(self, pids: list[int]) -> None:
         for path in self.paths:
@@ -159,10 +167,25 @@ def cgroup_create(*, key: str, memory_bytes: int, max_processes: int) -> Sandbox
         if (memory / "memory.memsw.limit_in_bytes").exists():
             (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))  # no swap either
         (pids / "pids.max").write_text(str(max_processes))
-        return SandboxCgroup(1, (memory, pids))
+        return SandboxCgroup(
+            1, (memory, pids), charges_sockets=_v1_tcp_limit(memory, memory_bytes // V1_TCP_SHARE)
+        )
     except OSError as exc:
         logger.warning("could not set up the cgroups of sandbox %s (%s); rlimits only", key, exc)
         return None
+
+
+def _v1_tcp_limit(memory: Path, limit: int) -> bool:
+    """Set a v1 memory cgroup's TCP buffer limit (before any socket of it exists). Without it a sandbox could
+    queue the host's whole TCP memory (`net.ipv4.tcp_mem`), charged nowhere."""
+    try:
+        (memory / "memory.kmem.tcp.limit_in_bytes").write_text(str(limit))
+        return True
+    except OSError as exc:
+        logger.warning(
+            "could not limit the TCP buffers of cgroup %s (%s): no-cgroup socket limits", memory, exc
+        )
+        return False
 
 
 def cgroups_left() -> dict[str, list[Path]]:

@@ -418,7 +418,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         group = cgroup_create(
             key=f"_b.{short}", memory_bytes=limits.memory_bytes, max_processes=limits.max_processes
         )
-        if group is None:
+        if group is None or not group.charges_sockets:
             limits = limits.without_cgroup()
     probe = SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits)
     prefix = backend.packages_path(

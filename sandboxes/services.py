@@ -385,7 +385,7 @@ def _start_shell(live: LiveSandbox) -> Shell:
         live.cgroup = cgroup_create(
             key=live.key, memory_bytes=spec.limits.memory_bytes, max_processes=spec.limits.max_processes
         )
-        if live.cgroup is None:
+        if live.cgroup is None or not live.cgroup.charges_sockets:
             # No memory cgroup will charge its socket buffers: the limits that bound them instead.
             spec = live.spec = replace(spec, limits=spec.limits.without_cgroup())
     argv, kwargs = live.backend.command(spec, ["/bin/bash", "--noprofile", "--norc"], rlimits=False)

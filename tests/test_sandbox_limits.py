@@ -554,6 +554,57 @@ def test_unix_socket_buffers_are_charged_to_the_sandbox_and_stop_at_its_memory_l
     assert text(run(session, "bash", command="echo fine")) == "fine"
 
 
+# Queues unread data in N TCP connections over the sandbox's own loopback (each end kept open, nothing read).
+_TCP_FILL = r"""
+import socket, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
+held, total, chunk = [], 0, b"x" * 65536
+for i in range(int(sys.argv[1])):
+    c = socket.create_connection(("127.0.0.1", srv.getsockname()[1])); s, _ = srv.accept()
+    held += [c, s]
+    c.setblocking(False)
+    while True:
+        try:
+            total += c.send(chunk)
+        except BlockingIOError:
+            break
+print("queued", total, flush=True)
+time.sleep(60)
+"""
+
+
+def test_tcp_buffers_a_sandbox_queues_are_bounded_by_its_memory_cgroup(make_sandbox_session, settings):
+    """cgroup v1 charges TCP buffers to a memory cgroup only once its TCP limit is set: without it, 200
+    loopback connections of a sandbox limited to 256 MiB queued 782 MB (tcp_wmem's 4 MiB each), charged
+    nowhere and taken from the host's `net.ipv4.tcp_mem`. v2 charges them to the memory limit itself."""
+    from sandboxes.cgroup import V1_TCP_SHARE, cgroup_mode
+
+    if cgroup_mode() == "none":
+        pytest.skip(
+            "this host gives the worker no memory cgroup (the no-cgroup socket limits are tested below)"
+        )
+    limit = 256 * 1024 * 1024
+    settings.GALLEY_SANDBOX_MEMORY_BYTES = limit
+    session = make_sandbox_session(networking={"type": "limited", "allowed_hosts": []})
+    run(session, "bash", command=f"cat > /tmp/tcp.py <<'PY'\n{_TCP_FILL}\nPY")
+    group = services._registry[session.id].cgroup
+    assert group is not None and group.charges_sockets
+    run(session, "bash", command="(python3 /tmp/tcp.py 200 > /tmp/tcp.out 2>&1 &); sleep 0.1")
+    deadline = time.monotonic() + 60
+    while "queued" not in (out := text(run(session, "bash", command="cat /tmp/tcp.out"))):
+        assert time.monotonic() < deadline and "Error" not in out, out
+        time.sleep(0.3)
+    queued = int(out.split()[1])
+    # The kernel lets each socket past the limit by its minimum (a few pages) before it stops sending.
+    bound = (limit // V1_TCP_SHARE if group.version == 1 else limit) + 400 * 65536
+    assert queued <= bound, (queued, bound)
+    if group.version == 1:
+        charged = int((group.paths[0] / "memory.kmem.tcp.usage_in_bytes").read_text())
+        assert charged >= 0.9 * queued, (charged, queued)  # charged, not merely capped
+    run(session, "bash", command="pkill -f tcp.py; true")
+    assert text(run(session, "bash", command="echo fine")) == "fine"
+
+
 # Pins as much Unix socket buffer memory as one process can: every descriptor a listening socket whose queued
 # connections each hold a full send buffer of unread data (their clients closed), after asking for the
 # largest buffers; also measures each mechanism on its own. Prints one JSON line, then holds everything.
