@@ -342,6 +342,8 @@ GALLEY_SESSION_LOG_BYTES = env_int("GALLEY_SESSION_LOG_BYTES", 1024**3, minimum=
 # Total bytes of files captured from one session's /mnt/session/outputs (each distinct content stored once).
 GALLEY_SESSION_OUTPUTS_BYTES = env_int("GALLEY_SESSION_OUTPUTS_BYTES", 1024**3, minimum=1024**2)
 GALLEY_PACKAGES_ROOT = Path(env_str("GALLEY_PACKAGES_ROOT", str(DATA_DIR / "packages")) or "").resolve()
+# What one package build may write: its prefix and its own /tmp and home together (past it the build fails).
+GALLEY_PACKAGES_BUILD_BYTES = env_int("GALLEY_PACKAGES_BUILD_BYTES", 10 * 1024**3, minimum=1024**2)
 GALLEY_PIP_INDEX_URL = env_str("GALLEY_PIP_INDEX_URL")
 GALLEY_NPM_REGISTRY = env_str("GALLEY_NPM_REGISTRY")
 # Mirrors for the other package managers (unset: their public registries).

@@ -392,7 +392,7 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
     from sandboxes.backends import BwrapBackend, Limits, SandboxSpec, backend_get, sandbox_uid
     from sandboxes.cgroup import cgroup_create
     from sandboxes.egress import PACKAGE_REGISTRIES, EgressProxy, EgressRules
-    from sandboxes.quota import volume_claim, volume_unclaim
+    from sandboxes.quota import volume_claim, volume_path, volume_unclaim
     from sandboxes.services import BRIDGE_SOURCE, sandbox_provision
 
     backend = backend_get()
@@ -495,7 +495,9 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
             for name in ("bridge.ready", "waiting", "started"):  # each command starts its own bridge
                 (spec.state / name).unlink(missing_ok=True)
             argv, kwargs = backend.command(spec, ["/bin/bash", "-c", bridge, "build", *cmd])
-            code, output = _run_bounded(argv, kwargs, spec, group, log)
+            code, output = _run_bounded(
+                argv, kwargs, spec, group, log, writes=(staging, volume_path(build_root))
+            )
             log.append(output)
             denials, dropped = egress.drain_denials()
             for host, reason in denials:
@@ -526,23 +528,37 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
 BUILD_MEMORY_WATCH_SECONDS = 0.25
 
 
+BUILD_DISK_WATCH_SECONDS = 1.0
+
+
 def _run_bounded(
-    argv: list[str], kwargs: dict[str, Any], spec: Any, group: Any, log: list[str]
+    argv: list[str],
+    kwargs: dict[str, Any],
+    spec: Any,
+    group: Any,
+    log: list[str],
+    *,
+    writes: tuple[Path, ...],
 ) -> tuple[int | None, str]:
     """Run one build command to its end: (exit code, output), or (None, output) when it was stopped (the
-    time limit, or the memory watch of a build no cgroup bounds), the reason appended to `log`."""
+    time limit, the bytes written under `writes` past GALLEY_PACKAGES_BUILD_BYTES, or the memory watch of a
+    build no cgroup bounds), the reason appended to `log`."""
     import tempfile
 
     from sandboxes.backends import spawn_done
     from sandboxes.cgroup import process_tree
     from sandboxes.memory import sandbox_memory_used
+    from sandboxes.quota import walk_bytes
 
     limit = spec.limits.memory_bytes
+    disk_limit = settings.GALLEY_PACKAGES_BUILD_BYTES
+    next_disk_check = time.monotonic() + BUILD_DISK_WATCH_SECONDS
     with tempfile.TemporaryFile() as out:  # a file, not a pipe: nothing to drain while we watch
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs
         )
         spawn_done(kwargs)
+        code, stopped = None, None
         try:
             if group is not None:
                 # Once the command waits (its processes made), every later one descends from those attached.
@@ -556,16 +572,24 @@ def _run_bounded(
                 group.attach(process_tree(proc.pid))
             (spec.state / "started").touch()
             deadline = time.monotonic() + BUILD_TIMEOUT_SECONDS
-            code, stopped = None, None
             while code is None:
                 try:
                     code = proc.wait(timeout=BUILD_MEMORY_WATCH_SECONDS)
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     stopped = f"timed out after {BUILD_TIMEOUT_SECONDS}s\n"
-                elif group is None and spec.limits.fixed_socket_buffers:
+                elif now > next_disk_check:
+                    next_disk_check = now + BUILD_DISK_WATCH_SECONDS
+                    written = sum(walk_bytes(path, stop_after=disk_limit) for path in writes)
+                    if written > disk_limit:
+                        stopped = (
+                            f"killed: the build wrote {written} bytes, past its limit of {disk_limit} bytes "
+                            "(GALLEY_PACKAGES_BUILD_BYTES)\n"
+                        )
+                if not stopped and group is None and spec.limits.fixed_socket_buffers:
                     try:
                         children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
                         inner = int(children[0]) if children else 0
@@ -580,6 +604,13 @@ def _run_bounded(
                 if stopped:
                     _kill_group(proc)
                     break
+            if code == 0:  # the last write may have come after the last look
+                written = sum(walk_bytes(path, stop_after=disk_limit) for path in writes)
+                if written > disk_limit:
+                    stopped = (
+                        f"the build wrote {written} bytes, past its limit of {disk_limit} bytes "
+                        "(GALLEY_PACKAGES_BUILD_BYTES)\n"
+                    )
         finally:
             if proc.poll() is None and code is None and not stopped:
                 _kill_group(proc)

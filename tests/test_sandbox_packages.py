@@ -423,3 +423,23 @@ def test_a_build_is_bounded_by_the_sandbox_memory_limit_as_a_whole(
         "the build's cgroup is removed"
     )
     assert not any(Path(settings_packages_root()).glob("[!.]*")), "nothing half-built is kept"
+
+
+def test_a_build_that_writes_past_its_limit_is_stopped(make_sandbox_session, monkeypatch, settings):
+    from sandboxes import packages
+
+    settings.GALLEY_PACKAGES_BUILD_BYTES = 64 * 1024 * 1024
+    # 320 MiB in files of 4 MiB (each under the file size limit), into the build's /tmp and into its prefix.
+    writer = (
+        "for i in $(seq 40); do head -c 4M /dev/zero > /tmp/f$i; head -c 4M /dev/zero > $GEM_HOME/g$i; "
+        "sleep 0.05; done"
+    )
+    monkeypatch.setattr(packages, "_build_commands", lambda prefix, lists, log: [["/bin/bash", "-c", writer]])
+    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
+    assert packages_build(environment_id=session.environment.id) == "failed"
+    session.environment.refresh_from_db()
+    log = session.environment.build_log
+    assert "GALLEY_PACKAGES_BUILD_BYTES" in log and str(64 * 1024 * 1024) in log, log
+    written = int(log.split("the build wrote ")[1].split()[0])
+    assert written < 200 * 1024 * 1024, log  # stopped on the way, not at the end
+    assert not any(Path(settings_packages_root()).glob("[!.]*")), "nothing half-built is kept"
