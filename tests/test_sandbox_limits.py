@@ -761,6 +761,58 @@ def test_without_a_memory_cgroup_processes_past_the_memory_limit_together_are_ki
     assert lines[:2] == ["/tmp", "yes"] and int(lines[2]) < 6  # none of the 8 is left
 
 
+# Holds Unix socket buffers: socket pairs filled and never read, and connections queued on a listener with
+# the data their clients sent before closing. Prints the bytes queued, then holds them.
+_UNIX_HOLD = r"""
+import socket, sys, time
+pairs, queued = [], 0
+def fill(s):
+    global queued
+    s.setblocking(False)
+    try:
+        while True:
+            queued += s.send(b"x" * 65536)
+    except OSError:
+        pass
+for i in range(int(sys.argv[1])):
+    a, b = socket.socketpair()
+    fill(a)
+    pairs.append((a, b))
+listener = socket.socket(socket.AF_UNIX)
+listener.bind("\0galley-hold-%s" % sys.argv[2])
+listener.listen(8)
+for i in range(8):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect("\0galley-hold-%s" % sys.argv[2])
+    fill(c)
+    c.close()
+print("queued", queued, flush=True)
+time.sleep(60)
+"""
+
+
+def test_without_a_memory_cgroup_unix_socket_buffers_count_toward_the_memory_limit(
+    make_sandbox_session, settings, monkeypatch
+):
+    """No memory cgroup: each process may hold its socket buffers (bounded per process), but not the sandbox
+    as a whole past its limit. 12 processes queue about 30 MiB each in Unix sockets (socket pairs, and a
+    listener's queued connections): the memory watch counts them and kills the command."""
+    if os.geteuid() != 0:
+        pytest.skip("only a root worker can enter the sandbox's network namespace to read its Unix sockets")
+    _without_cgroup(settings, monkeypatch, 256)
+    session = make_sandbox_session(networking={"type": "limited", "allowed_hosts": []})
+    run(session, "bash", command=f"cat > /tmp/hold.py <<'PY'\n{_UNIX_HOLD}\nPY")
+    one = text(run(session, "bash", command="timeout 5 python3 /tmp/hold.py 100 probe | head -1"))
+    assert one.startswith("queued") and int(one.split()[1]) > 20 << 20, one  # what one process can queue
+    hold = 'p=; for i in $(seq 12); do python3 /tmp/hold.py 100 $i & p="$p $!"; done; wait $p; echo finished'
+    started = time.monotonic()
+    out = run(session, "bash", command=hold, timeout_ms=60000)
+    assert out.is_error and "finished" not in text(out), text(out)
+    assert "[killed: the sandbox's processes held" in text(out) and "past its limit of 268435456" in text(out)
+    assert time.monotonic() - started < 30
+    assert text(run(session, "bash", command="echo fine")) == "fine"
+
+
 def test_without_a_memory_cgroup_memory_held_between_commands_is_killed_and_reported(
     make_sandbox_session, settings, monkeypatch
 ):
