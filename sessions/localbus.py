@@ -1,17 +1,23 @@
 """The embedded default's cross-process bus: stream wake-ups and live previews between the worker
 and the web process on one host, with no Redis.
 
-Every process that has stream subscribers binds one Unix datagram socket in `<data dir>/bus/`; a
-publisher sends each message to every socket there (one `send` each on a socket connected once). A
-datagram is a hint, like a Redis pub/sub message: when it is lost (a full buffer, a process not yet
-listening) the subscriber's poll of the log still finds the events, so only latency is lost.
+Every process that has stream subscribers binds one Unix datagram socket in `<data dir>/bus/`, and
+marks each session it has subscribers for with an empty file `<data dir>/bus/watch/<socket>/<session>`
+while it has them. A publisher sends a session's message only to the sockets that mark it (one `stat`
+per listening process, then one `send` each on a socket connected once): a web process with no stream
+of that session is neither sent to nor woken. A datagram is a hint, like a Redis pub/sub message: when
+it is lost (a full buffer, a process not yet listening, a mark made just after the publish) the
+subscriber's poll of the log still finds the events, and a subscriber marks before it reads the log,
+so only latency is lost.
 """
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -71,10 +77,57 @@ def listen(deliver: Callable[[str, dict[str, Any]], None]) -> None:
     with _lock:
         if _listener is None or _listener.pid != os.getpid():
             _listener = Listener(deliver)
+            _watched.clear()
+
+
+_watched: dict[str, int] = {}  # key -> this process's subscribers of it (the mark exists while > 0)
+
+
+def _mark_name(key: str) -> str:
+    """A file name for a subscription key (session ids and `workq-<environment>` are already safe)."""
+    if key and len(key) <= 200 and all(c.isalnum() or c in "_-." for c in key) and not key.startswith("."):
+        return key
+    return "h-" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def watch(key: str) -> None:
+    """Count a subscriber of `key` in this process (after `listen`); the first one makes the mark that
+    lets publishers send here. Call before reading the log, so that no append is missed."""
+    with _lock:
+        listener = _listener
+        if listener is None or listener.pid != os.getpid():
+            return
+        count = _watched.get(key, 0)
+        _watched[key] = count + 1
+        if count:
+            return
+        folder = bus_dir() / "watch" / listener.path.name
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (folder / _mark_name(key)).touch(mode=0o600)
+        except OSError:
+            log.warning("could not mark a stream subscription for %s", key, exc_info=True)
+
+
+def unwatch(key: str) -> None:
+    """The end of a subscriber of `key`; the last one removes the mark."""
+    with _lock:
+        listener = _listener
+        count = _watched.get(key, 0)
+        if listener is None or listener.pid != os.getpid() or count == 0:
+            return
+        if count > 1:
+            _watched[key] = count - 1
+            return
+        del _watched[key]
+        try:
+            os.unlink(bus_dir() / "watch" / listener.path.name / _mark_name(key))
+        except OSError:
+            pass
 
 
 def send(session_id: str, message: dict[str, Any]) -> None:
-    """Send a message to every other listening process on this host. Never raises."""
+    """Send a message to every other process on this host that subscribes to `session_id`. Never raises."""
     data = json.dumps([session_id, message], separators=(",", ":")).encode()
     if len(data) > MAX_DATAGRAM:
         if message.get("kind") == "preview":
@@ -82,10 +135,16 @@ def send(session_id: str, message: dict[str, Any]) -> None:
         data = json.dumps([session_id, {"kind": "wake", "seq": 0}]).encode()
     try:
         with _lock:
-            peers = _peers().current()
+            peer_set = _peers()
+            peers = peer_set.current()
     except OSError:
         return
+    mark = _mark_name(session_id)
     for name, sock in peers:
+        try:
+            os.stat(f"watch/{name}/{mark}", dir_fd=peer_set.fd)
+        except OSError:
+            continue  # no subscriber of this session there
         try:
             sock.send(data)
         except OSError as exc:
@@ -155,10 +214,12 @@ class _Peers:
             self._unlink(name)
 
     def _unlink(self, name: str) -> None:
+        """Remove a listener nobody is bound at any more, and its marks."""
         try:
             os.unlink(name, dir_fd=self.fd)
         except OSError:
             pass
+        shutil.rmtree(os.path.join(self.path, "watch", name), ignore_errors=True)
 
     def close(self) -> None:
         for name in list(self.socks):

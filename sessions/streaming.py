@@ -134,9 +134,11 @@ async def subscribe(session_id: str) -> AsyncIterator[Subscription]:
     localbus.listen(_local_publish)
     _local.setdefault(session_id, set()).add(queue)
     _local_loops[id(queue)] = asyncio.get_running_loop()
+    localbus.watch(session_id)
     try:
         yield Subscription(queue)
     finally:
+        localbus.unwatch(session_id)
         _local.get(session_id, set()).discard(queue)
         _local_loops.pop(id(queue), None)
         if not _local.get(session_id):
@@ -186,9 +188,11 @@ def wakeups(session_id: str) -> Iterator[Wakeups]:
     localbus.listen(_local_publish)
     flag = threading.Event()
     _local_threads.setdefault(session_id, set()).add(flag)
+    localbus.watch(session_id)
     try:
         yield Wakeups(flag=flag)
     finally:
+        localbus.unwatch(session_id)
         waiters = _local_threads.get(session_id, set())
         waiters.discard(flag)
         if not waiters:
