@@ -720,11 +720,29 @@ def _release_connection() -> None:
 
 
 class _Previews:
-    """Publishes event_start / event_delta previews for text and thinking blocks as they stream."""
+    """Publishes event_start / event_delta previews for text and thinking blocks as they stream: each at
+    once, or, once the provider has called `hold()`, what one network read brought as one message at its
+    `read_done()` (a read often carries several deltas; each message wakes every subscribing process)."""
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         self.ids: dict[int, str] = {}
+        self.held = False
+        self.frames: list[dict[str, Any]] = []
+
+    def hold(self) -> None:
+        self.held = True
+
+    def read_done(self) -> None:
+        frames, self.frames = self.frames, []
+        if frames:
+            streaming.publish_previews(self.session_id, None, frames)
+
+    def _emit(self, frame: dict[str, Any]) -> None:
+        if self.held:
+            self.frames.append(frame)
+        else:
+            streaming.publish_preview(self.session_id, None, frame)
 
     def block_start(self, index: int, block_type: str) -> None:
         if block_type not in ("text", "thinking"):
@@ -732,22 +750,18 @@ class _Previews:
         event_id = new_id("sevt")
         self.ids[index] = event_id
         kind = "agent.message" if block_type == "text" else "agent.thinking"
-        streaming.publish_preview(
-            self.session_id, None, {"type": "event_start", "event": {"type": kind, "id": event_id}}
-        )
+        self._emit({"type": "event_start", "event": {"type": kind, "id": event_id}})
 
     def text_delta(self, index: int, text: str) -> None:
         event_id = self.ids.get(index)
         if event_id is None or not text:
             return
-        streaming.publish_preview(
-            self.session_id,
-            None,
+        self._emit(
             {
                 "type": "event_delta",
                 "event_id": event_id,
                 "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": text}},
-            },
+            }
         )
 
 

@@ -130,7 +130,7 @@ def send(session_id: str, message: dict[str, Any]) -> None:
     """Send a message to every other process on this host that subscribes to `session_id`. Never raises."""
     data = json.dumps([session_id, message], separators=(",", ":")).encode()
     if len(data) > MAX_DATAGRAM:
-        if message.get("kind") == "preview":
+        if message.get("kind") in ("preview", "previews"):
             return  # previews are best effort
         data = json.dumps([session_id, {"kind": "wake", "seq": 0}]).encode()
     try:

@@ -65,6 +65,51 @@ def publish_preview(session_id: str, thread_id: str | None, frame: dict[str, Any
     _publish(session_id, {"kind": "preview", "thread_id": thread_id, "frame": frame})
 
 
+# What one message of previews may carry: a datagram of the local bus holds at most 64 KiB, and a character
+# of text takes at most 12 bytes of JSON (an escaped surrogate pair).
+_PREVIEWS_BYTES = 48 * 1024
+
+
+def publish_previews(session_id: str, thread_id: str | None, frames: list[dict[str, Any]]) -> None:
+    """Send several preview frames in as few messages as fit (subscribers see each frame as from
+    `publish_preview`, in order)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for frame in frames:
+        content = (frame.get("delta") or {}).get("content") or {}
+        cost = 200 + 12 * len(content.get("text") or "")
+        if batch and size + cost > _PREVIEWS_BYTES:
+            _publish_batch(session_id, thread_id, batch)
+            batch, size = [], 0
+        batch.append(frame)
+        size += cost
+    if batch:
+        _publish_batch(session_id, thread_id, batch)
+
+
+def _publish_batch(session_id: str, thread_id: str | None, frames: list[dict[str, Any]]) -> None:
+    if len(frames) == 1:
+        publish_preview(session_id, thread_id, frames[0])
+    else:
+        _publish(session_id, {"kind": "previews", "thread_id": thread_id, "frames": frames})
+
+
+def _expanded(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `previews` message as the `preview` messages it carries; any other message as itself."""
+    if message.get("kind") != "previews":
+        return [message]
+    thread_id = message.get("thread_id")
+    frames = message.get("frames")
+    return [
+        {"kind": "preview", "thread_id": thread_id, "frame": frame}
+        for frame in (frames if isinstance(frames, list) else [])
+        if isinstance(frame, dict)
+    ]
+
+
+_PREVIEW_KINDS = frozenset({"preview", "previews"})
+
+
 def publish_deleted(session_id: str, event: dict[str, Any]) -> None:
     """Hand the `session.deleted` event to open streams: the log it would be read from is gone."""
     _publish(session_id, {"kind": "deleted", "event": event})
@@ -77,7 +122,7 @@ _local_threads: dict[str, set[threading.Event]] = {}  # sync waiters (`wakeups`)
 
 
 def _local_publish(session_id: str, message: dict[str, Any]) -> None:
-    if message.get("kind") != "preview":
+    if message.get("kind") not in _PREVIEW_KINDS:
         for flag in list(_local_threads.get(session_id, ())):
             flag.set()
     for queue in list(_local.get(session_id, ())):
@@ -91,21 +136,34 @@ def _local_publish(session_id: str, message: dict[str, Any]) -> None:
 
 
 class Subscription:
-    """Yields wake and preview messages; `get(timeout)` returns None when nothing came in time."""
+    """Yields wake and preview messages (one per preview frame, also of a `previews` message); `get(timeout)`
+    returns None when nothing came in time."""
 
     def __init__(self, queue: "asyncio.Queue[dict[str, Any]]", pubsub: Any = None) -> None:
         self._queue = queue
         self._pubsub = pubsub
+        self._pending: list[dict[str, Any]] = []
 
     async def get(self, timeout: float) -> dict[str, Any] | None:
+        if not self._pending:
+            message = await self._next(timeout)
+            if message is None:
+                return None
+            self._pending = _expanded(message)[::-1]
+            if not self._pending:
+                return None
+        return self._pending.pop()
+
+    async def _next(self, timeout: float) -> dict[str, Any] | None:
         if self._pubsub is not None:
             msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
             if msg is None or msg.get("type") != "message":
                 return None
             try:
-                return json.loads(msg["data"])
+                decoded = json.loads(msg["data"])
             except (ValueError, TypeError):
                 return None
+            return decoded if isinstance(decoded, dict) else None
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
@@ -162,7 +220,7 @@ class Wakeups:
         msg = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
         while msg is not None:
             try:
-                if msg.get("type") == "message" and json.loads(msg["data"]).get("kind") != "preview":
+                if msg.get("type") == "message" and json.loads(msg["data"]).get("kind") not in _PREVIEW_KINDS:
                     return True
             except (ValueError, TypeError, AttributeError):
                 return True  # unreadable: treat it as a hint, the caller reads the log anyway

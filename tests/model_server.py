@@ -33,6 +33,7 @@ class Reply:
     error_message: str = "scripted error"
     delay: float = 0.0  # seconds before the first byte
     chunk_delay: float = 0.0  # seconds between streamed events
+    one_write: bool = False  # the whole stream in one write (a network read then brings every event)
     stream_error: str | None = None  # an `error` event of this type right after message_start
 
     def final_stop_reason(self) -> str:
@@ -213,8 +214,13 @@ class ScriptedModel:
                 self.end_headers()
                 self.close_connection = True
                 try:
-                    for event in self._events(body, reply):
-                        frame = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+                    frames = (
+                        f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+                        for event in self._events(body, reply)
+                    )
+                    if reply.one_write:
+                        frames = iter([b"".join(frames)])
+                    for frame in frames:
                         self.wfile.write(frame)
                         self.wfile.flush()
                         if reply.chunk_delay:

@@ -332,6 +332,31 @@ def test_live_previews_carry_the_final_message_id(model: ScriptedModel) -> None:
     assert not Event.objects.filter(session_id=session.pk, type__in=["event_start", "event_delta"]).exists()
 
 
+@pytest.mark.parametrize(("reply", "messages"), [({"one_write": True}, 1), ({"chunk_delay": 0.05}, 6)])
+def test_previews_of_one_network_read_go_out_as_one_message(
+    model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, reply: dict[str, Any], messages: int
+) -> None:
+    """Each message wakes every process that streams the session: what one read of the model's stream
+    brought (a start and five deltas here) is one message; events read one by one are one each."""
+    from sessions import streaming
+
+    published: list[dict[str, Any]] = []
+    original = streaming._publish
+    monkeypatch.setattr(
+        streaming, "_publish", lambda sid, message: (published.append(message), original(sid, message))
+    )
+    session = make_session()
+    model.push(text("Streaming words arrive in pieces.", **reply))  # 33 characters: 5 deltas
+    say(session, "hi")
+    step(session)
+    previews = [m for m in published if m["kind"] in ("preview", "previews")]
+    frames = [f for m in previews for f in (m["frames"] if m["kind"] == "previews" else [m["frame"]])]
+    final = events_of(session, "agent.message")[0]
+    assert frames[0] == {"type": "event_start", "event": {"type": "agent.message", "id": final.id}}
+    assert "".join(f["delta"]["content"]["text"] for f in frames[1:]) == "Streaming words arrive in pieces."
+    assert len(frames) == 6 and len(previews) == messages, [m["kind"] for m in previews]
+
+
 @pytest.mark.sandbox
 def test_interrupt_stops_a_running_tool_within_two_seconds(model: ScriptedModel) -> None:
     from tests.harness_helpers import TOOLSET_ALL

@@ -5,7 +5,7 @@ import random
 
 from anthropic._streaming import SSEDecoder
 
-from harness.providers.anthropic import _server_sent_events
+from harness.providers.anthropic import _READ_DONE, _server_sent_events
 
 STREAMS = [
     b'event: message_start\ndata: {"type":"message_start"}\n\nevent: ping\ndata: {"type": "ping"}\n\n',
@@ -32,7 +32,10 @@ def test_the_lean_reader_yields_what_the_sdk_decoder_yields_for_any_chunking() -
         whole = _sdk([stream])
         for _ in range(200):
             chunks = _cut(stream, rng)
-            assert list(_server_sent_events(iter(chunks))) == _sdk(chunks) == whole, chunks
+            read = list(_server_sent_events(iter(chunks)))
+            assert [e for e in read if e[0] is not _READ_DONE] == _sdk(chunks) == whole, chunks
+            # A marker after what each chunk brought, and one at the end.
+            assert [e for e in read if e[0] is _READ_DONE] == [(_READ_DONE, "")] * (len(chunks) + 1)
     assert [len(_sdk([stream])) for stream in STREAMS] == [2, 2, 2, 2, 0, 1]
 
 

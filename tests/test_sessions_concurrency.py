@@ -2,6 +2,7 @@
 cleanup on disconnect). Runs on whichever database/Redis the environment selects."""
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -133,7 +134,10 @@ def test_the_stream_releases_its_subscription_when_the_client_goes_away(session)
     assert (during, after) == (1, 0)
 
 
-def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(session, settings):
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "one-message"])
+def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(session, settings, together):
+    """Previews arrive one per message, or several in one (what one read of the model's stream brought):
+    the stream forwards the same frames in the same order either way."""
     settings.GALLEY_SSE_HEARTBEAT_SECONDS = 0.2
 
     async def scenario() -> tuple[list[bytes], list[bytes]]:
@@ -148,7 +152,7 @@ def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(sessio
             asyncio.create_task(_collect(without, plain, "session.status_terminated")),
         ]
         await asyncio.sleep(0.5)
-        for frame in [
+        frames = [
             {"type": "event_start", "event": {"type": "agent.thinking", "id": "sevt_T"}},
             {"type": "event_start", "event": {"type": "agent.message", "id": "sevt_M"}},
             {
@@ -157,7 +161,11 @@ def test_the_stream_sends_heartbeats_and_forwards_only_requested_previews(sessio
                 "delta": {"type": "content_delta", "index": 0, "content": {"type": "text", "text": "Hi"}},
             },
             {"type": "event_delta", "event_id": "sevt_T", "delta": {}},
-        ]:
+        ]
+        if together:
+            await asyncio.to_thread(streaming.publish_previews, session.pk, "sthr_other", frames)
+            await asyncio.to_thread(streaming.publish_previews, session.pk, None, frames)
+        for frame in frames if not together else []:
             await asyncio.to_thread(streaming.publish_preview, session.pk, "sthr_other", frame)
             await asyncio.to_thread(streaming.publish_preview, session.pk, None, frame)
 
@@ -209,3 +217,17 @@ def test_a_failing_read_ends_the_stream_with_an_error_frame_and_releases_it(sess
     assert frames[-1].startswith(b"event: error\ndata: ") and b'"api_error"' in frames[-1]
     assert b"boom" not in frames[-1]
     assert _subscribers(session.pk) == 0
+
+
+def test_many_previews_are_split_into_messages_that_fit_a_datagram(session, monkeypatch):
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(streaming, "_publish", lambda session_id, message: sent.append(message))
+    text = "\U0001f600" * 1000  # 12 bytes of JSON each, escaped
+    frames = [
+        {"type": "event_delta", "event_id": "e", "delta": {"content": {"type": "text", "text": text}}}
+        for _ in range(10)
+    ]
+    streaming.publish_previews(session.pk, None, frames)
+    assert len(sent) > 1
+    assert [f for m in sent for f in m.get("frames", [m.get("frame")])] == frames
+    assert all(len(json.dumps([session.pk, m], separators=(",", ":"))) <= 64 * 1024 for m in sent)

@@ -84,6 +84,9 @@ class AnthropicProvider:
                 response.read()
                 raise client._make_status_error_from_response(response)
             for name, data in _server_sent_events(response.iter_bytes()):
+                if name is _READ_DONE:
+                    yield _READ_DONE_EVENT
+                    continue
                 if name is None or name == "ping":
                     continue
                 if name == "error":
@@ -143,11 +146,19 @@ class AnthropicProvider:
         partial_json: dict[int, list[str]] = {}
         stop_reason: str | None = None
         model = request.model
+        hold = getattr(listener, "hold", None)
+        read_done = getattr(listener, "read_done", None) if callable(hold) else None
+        if read_done is not None:
+            hold()  # type: ignore[misc]
         try:
             for event in self._events(params, cancel):
                 if cancel.is_set():
                     raise ModelCancelled()
                 kind = event.get("type")
+                if kind is _READ_DONE:
+                    if read_done is not None:
+                        read_done()
+                    continue
                 if kind == "message_start":
                     message = event.get("message") or {}
                     model = model if named else (message.get("model") or model)
@@ -204,6 +215,9 @@ class AnthropicProvider:
                     error.message = error.message.replace(self.api_key, "[redacted]")
                 error.args = (error.message,)
             raise error from None
+        finally:
+            if read_done is not None:
+                read_done()
         if cancel.is_set():
             raise ModelCancelled()
         ordered = [blocks[index] for index in sorted(blocks)]
@@ -274,11 +288,17 @@ def _on_cancel(cancel: threading.Event, close: Any) -> None:
         on_cancel(close)
 
 
+# The marker `_server_sent_events` yields (as an event name) once it has handed on the events of one
+# network read, and `_events` (as an event type): the listener may then send what that read brought.
+_READ_DONE = "\0read-done"
+_READ_DONE_EVENT = {"type": _READ_DONE}
+
+
 def _server_sent_events(chunks: Iterator[bytes]) -> Iterator[tuple[str | None, str]]:
     """(event name, data) of each server-sent event, read as the SDK's SSEDecoder reads them: a
     line ends at \\n, \\r or \\r\\n (also split across chunks), a blank line ends an event, its
     data lines are joined with \\n, comments and other fields are skipped, and an event the stream
-    ends before its blank line is dropped."""
+    ends before its blank line is dropped. After the events of each chunk: (`_READ_DONE`, "")."""
     name: str | None = None
     data: list[str] = []
     pending = b""
@@ -299,6 +319,7 @@ def _server_sent_events(chunks: Iterator[bytes]) -> Iterator[tuple[str | None, s
             elif name is not None or data:
                 yield name, "\n".join(data)
                 name, data = None, []
+        yield _READ_DONE, ""
 
 
 def _sse_field(line: bytes, name: str | None, data: list[str]) -> str | None:

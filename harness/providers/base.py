@@ -80,6 +80,10 @@ class ModelCancelled(Exception):
 
 
 class StreamListener(Protocol):
+    """What a provider tells while it streams. A listener may also have `hold()` and `read_done()`: a
+    provider that calls `hold()` once promises `read_done()` after handling each network read and at
+    the end, so the listener may send what one read brought together (`harness.services._Previews`)."""
+
     def block_start(self, index: int, block_type: str) -> None: ...
     def text_delta(self, index: int, text: str) -> None: ...
 
