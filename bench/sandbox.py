@@ -7,7 +7,9 @@ the read tool, 50 busy sandboxes.
   answer: bubblewrap, the shell, its init, the proxy's listener and the call's own bookkeeping;
 - per call: the bash tool in a warm sandbox against `Shell.run` of the same command in a warm
   persistent bash started the same way without bubblewrap (the same Shell class, the same framing),
-  interleaved; the overhead is the p50 of the per-pair differences.
+  interleaved. The overhead cannot be read as a difference of two noisy timings (at a tenth of a
+  millisecond it comes out negative as often as not): what is reported is its bound, the sandboxed
+  call's own time (the overhead is part of it, so it is never more), and the ratio of the two p50s.
 
 Run: `python -m bench.sandbox` (part of `make bench`). Needs bubblewrap. Prints a Markdown table and
 writes var/bench/sandbox.json.
@@ -35,6 +37,9 @@ BUSY_COMMAND = "python3 -c 'print(sum(i * i for i in range(300000)))'"
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+_NOT_SECONDS = frozenset({"busy_wall", "ratio_to_plain_shell_p50"})  # kept as they are in the results file
 
 
 def _ms(seconds: float) -> str:
@@ -97,7 +102,6 @@ def main() -> dict[str, Any]:
             plain.append(time.perf_counter() - started)
             assert answer.exit_code == 0, answer
         bare.kill()
-        overheads = [t - p for t, p in zip(tool, plain, strict=True)]
         reads: list[float] = []
         _run_bash(live, {"command": "seq 1 100 > numbers.txt"}, None)
         for _ in range(CALLS // 4):
@@ -138,8 +142,9 @@ def main() -> dict[str, Any]:
             "bash_call_p95": _pct(tool, 0.95),
             "warm_plain_shell_p50": _pct(plain, 0.5),
             "warm_plain_shell_p95": _pct(plain, 0.95),
-            "overhead_p50": _pct(overheads, 0.5),
-            "overhead_p95": _pct(overheads, 0.95),
+            # The overhead is part of the sandboxed call: never more than the call itself.
+            "overhead_bound_p50": _pct(tool, 0.5),
+            "ratio_to_plain_shell_p50": round(_pct(tool, 0.5) / max(_pct(plain, 0.5), 1e-6), 2),
             "cold_starts_with_egress_proxy": cold_limited,
             "cold_starts": COLD_STARTS,
             "unrestricted_network_mode": settings.GALLEY_SANDBOX_UNRESTRICTED_NETWORK,
@@ -168,8 +173,8 @@ def main() -> dict[str, Any]:
             f"{_ms(results['warm_plain_shell_p95'])} |"
         )
         print(
-            f"| per-call overhead (tool - warm plain shell, per pair) | {_ms(results['overhead_p50'])} | "
-            f"{_ms(results['overhead_p95'])} |"
+            f"| per-call overhead: at most the sandboxed call itself (ratio to the plain shell) | "
+            f"< {_ms(results['overhead_bound_p50'])} ({results['ratio_to_plain_shell_p50']}x) | |"
         )
         print(
             f"| read tool call (forked into the sandbox's mounts) | {_ms(results['read_p50'])} | "
@@ -186,13 +191,13 @@ def main() -> dict[str, Any]:
         if failures:
             print("first failure:", failures[0], file=sys.stderr)
         figures = {
-            k: round(v * 1000, 2) if isinstance(v, float) and k != "busy_wall" else v
+            k: round(v * 1000, 2) if isinstance(v, float) and k not in _NOT_SECONDS else v
             for k, v in results.items()
         }
         figures["when"] = datetime.now().isoformat(timespec="seconds")
         figures["load_average"] = [round(x, 2) for x in os.getloadavg()]
         RESULT.parent.mkdir(parents=True, exist_ok=True)
-        RESULT.write_text(json.dumps({"unit": "ms (busy_wall: s)", **figures}, indent=2))
+        RESULT.write_text(json.dumps({"unit": "ms (busy_wall: s; ratios: x)", **figures}, indent=2))
         return results
     finally:
         from sandboxes.quota import volumes_release_under
