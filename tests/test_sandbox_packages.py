@@ -406,40 +406,41 @@ _HOG = (
 def test_a_build_is_bounded_by_the_sandbox_memory_limit_as_a_whole(
     make_sandbox_session, monkeypatch, settings, with_cgroup
 ):
-    from sandboxes import cgroup, packages
+    from sandboxes import cgroup
 
     if with_cgroup and cgroup.cgroup_mode() == "none":
         pytest.skip("this host gives the worker no writable memory cgroup (the no-cgroup case runs)")
     if not with_cgroup:
         monkeypatch.setattr(cgroup, "cgroup_create", lambda **kwargs: None)
     settings.GALLEY_SANDBOX_MEMORY_BYTES = 256 * 1024 * 1024
-    monkeypatch.setattr(packages, "_build_commands", lambda prefix, lists, log: [["/bin/bash", "-c", _HOG]])
-    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
-    assert packages_build(environment_id=session.environment.id) == "failed"
-    session.environment.refresh_from_db()
-    log = session.environment.build_log
+    log = _failed_build_of(make_sandbox_session, monkeypatch, _HOG)
     assert "memory limit" in log and str(256 * 1024 * 1024) in log, log
     assert not [key for key in cgroup.cgroups_left() if key.startswith("_b.")], (
         "the build's cgroup is removed"
     )
+
+
+def _failed_build_of(make_sandbox_session, monkeypatch, script: str) -> str:  # type: ignore[no-untyped-def]
+    """The build log of an environment whose build runs `script` (in place of the package managers) and
+    fails; nothing of it is kept."""
+    from sandboxes import packages
+
+    monkeypatch.setattr(packages, "_build_commands", lambda prefix, lists, log: [["/bin/bash", "-c", script]])
+    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
+    assert packages_build(environment_id=session.environment.id) == "failed"
     assert not any(Path(settings_packages_root()).glob("[!.]*")), "nothing half-built is kept"
+    session.environment.refresh_from_db()
+    return session.environment.build_log
 
 
 def test_a_build_that_writes_past_its_limit_is_stopped(make_sandbox_session, monkeypatch, settings):
-    from sandboxes import packages
-
     settings.GALLEY_PACKAGES_BUILD_BYTES = 64 * 1024 * 1024
     # 320 MiB in files of 4 MiB (each under the file size limit), into the build's /tmp and into its prefix.
     writer = (
         "for i in $(seq 40); do head -c 4M /dev/zero > /tmp/f$i; head -c 4M /dev/zero > $GEM_HOME/g$i; "
         "sleep 0.05; done"
     )
-    monkeypatch.setattr(packages, "_build_commands", lambda prefix, lists, log: [["/bin/bash", "-c", writer]])
-    session = make_sandbox_session(packages={"pip": ["galleydemo==1.0"]})
-    assert packages_build(environment_id=session.environment.id) == "failed"
-    session.environment.refresh_from_db()
-    log = session.environment.build_log
+    log = _failed_build_of(make_sandbox_session, monkeypatch, writer)
     assert "GALLEY_PACKAGES_BUILD_BYTES" in log and str(64 * 1024 * 1024) in log, log
     written = int(log.split("the build wrote ")[1].split()[0])
     assert written < 200 * 1024 * 1024, log  # stopped on the way, not at the end
-    assert not any(Path(settings_packages_root()).glob("[!.]*")), "nothing half-built is kept"
