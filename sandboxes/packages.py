@@ -411,60 +411,60 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
     # Claimed like a session's volume while the build runs: the sweep for a killed worker's leftovers then
     # leaves this build's cgroup alone (and removes it, killing what is left, once the claim is gone).
     claim = volume_claim(build_root)
-    # The same memory and process bounds as a session's sandbox: a cgroup for the build as a whole where
-    # the host gives one, else the no-cgroup limits and the memory watch of `_run_bounded`.
-    group = None
-    if isinstance(backend, BwrapBackend):
-        group = cgroup_create(
-            key=f"_b.{short}", memory_bytes=limits.memory_bytes, max_processes=limits.max_processes
-        )
-        if group is None or not group.charges_sockets:
-            limits = limits.without_cgroup()
-    probe = SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits)
-    prefix = backend.packages_path(
-        SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits, package_dir=staging)
-    )
-    proxy = f"http://127.0.0.1:{BUILD_PROXY_PORT}"
-    env = {
-        "HOME": backend.workspace_path(probe),
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "TMPDIR": "/tmp",
-        "GOBIN": f"{prefix}/go/bin",
-        "GOPATH": "/tmp/go",
-        "GOMODCACHE": "/tmp/go/mod",
-        "GOFLAGS": "-modcacherw",
-        "GOCACHE": "/tmp/go/cache",
-        "CARGO_HOME": "/tmp/cargo",
-        "GEM_HOME": f"{prefix}/gem",
-    }
-    if settings.GALLEY_GOPROXY:
-        env["GOPROXY"] = settings.GALLEY_GOPROXY
-    if settings.GALLEY_GOSUMDB:
-        env["GOSUMDB"] = settings.GALLEY_GOSUMDB
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        env[name] = proxy
-    env["NO_PROXY"] = env["no_proxy"] = (
-        ""  # registries on this host (tests, mirrors) go through the proxy too
-    )
-    # apt reads the host's package lists and configuration; everything else stays out of the build.
-    mounts = tuple(
-        (d, d)
-        for d in ("/etc/apt", "/var/lib/apt/lists", "/var/lib/dpkg")
-        if lists["apt"] and Path(d).is_dir()
-    )
-    spec = SandboxSpec(
-        root=build_root,
-        uid=uid,
-        share_network=False,
-        limits=limits,
-        package_dir=staging,
-        writable_packages=True,
-        env=env,
-        mounts=mounts,
-    )
+    group: Any = None
     egress: Any = None
     try:
+        # The same memory and process bounds as a session's sandbox: a cgroup for the build as a whole where
+        # the host gives one, else the no-cgroup limits and the memory watch of `_run_bounded`.
+        if isinstance(backend, BwrapBackend):
+            group = cgroup_create(
+                key=f"_b.{short}", memory_bytes=limits.memory_bytes, max_processes=limits.max_processes
+            )
+            if group is None or not group.charges_sockets:
+                limits = limits.without_cgroup()
+        probe = SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits)
+        prefix = backend.packages_path(
+            SandboxSpec(root=build_root, uid=uid, share_network=False, limits=limits, package_dir=staging)
+        )
+        proxy = f"http://127.0.0.1:{BUILD_PROXY_PORT}"
+        env = {
+            "HOME": backend.workspace_path(probe),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            "GOBIN": f"{prefix}/go/bin",
+            "GOPATH": "/tmp/go",
+            "GOMODCACHE": "/tmp/go/mod",
+            "GOFLAGS": "-modcacherw",
+            "GOCACHE": "/tmp/go/cache",
+            "CARGO_HOME": "/tmp/cargo",
+            "GEM_HOME": f"{prefix}/gem",
+        }
+        if settings.GALLEY_GOPROXY:
+            env["GOPROXY"] = settings.GALLEY_GOPROXY
+        if settings.GALLEY_GOSUMDB:
+            env["GOSUMDB"] = settings.GALLEY_GOSUMDB
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            env[name] = proxy
+        env["NO_PROXY"] = env["no_proxy"] = (
+            ""  # registries on this host (tests, mirrors) go through the proxy too
+        )
+        # apt reads the host's package lists and configuration; everything else stays out of the build.
+        mounts = tuple(
+            (d, d)
+            for d in ("/etc/apt", "/var/lib/apt/lists", "/var/lib/dpkg")
+            if lists["apt"] and Path(d).is_dir()
+        )
+        spec = SandboxSpec(
+            root=build_root,
+            uid=uid,
+            share_network=False,
+            limits=limits,
+            package_dir=staging,
+            writable_packages=True,
+            env=env,
+            mounts=mounts,
+        )
         try:
             commands = _build_commands(prefix, lists, log)
         except BuildError as exc:
@@ -525,10 +525,8 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         shutil.rmtree(build_root, ignore_errors=True)
 
 
-BUILD_MEMORY_WATCH_SECONDS = 0.25
-
-
-BUILD_DISK_WATCH_SECONDS = 1.0
+BUILD_MEMORY_WATCH_SECONDS = 0.25  # as often as the sessions' memory watch
+BUILD_DISK_WATCH_SECONDS = 1.0  # a walk of the prefix and the build's own files
 
 
 def _run_bounded(
