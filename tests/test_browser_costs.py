@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from tests.live import LiveGalley
-from tests.test_browser_console import _login, _shot, browser, model, server  # noqa: F401 (fixtures)
+from tests.test_browser_console import (  # noqa: F401 (fixtures)
+    _login,
+    _shot,
+    browser,
+    failed_request,
+    model,
+    server,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -49,11 +56,9 @@ class _Problems:
         page.on("response", self._response)
 
     def _failed(self, request: Any) -> None:
-        # The page's icon, still loading when a form submit navigates away, is cancelled by Chromium
-        # (net::ERR_ABORTED): nothing the server did. Every other failed request counts.
-        if request.url.endswith("/favicon.svg") and "ERR_ABORTED" in (request.failure or ""):
-            return
-        self.found.append(f"request failed: {request.url} ({request.failure})")
+        problem = failed_request(request)
+        if problem is not None:
+            self.found.append(problem)
 
     def _response(self, response: Any) -> None:
         if response.status == 400 and self.expected_400 > 0:
