@@ -147,9 +147,8 @@ def _unix_socket_bytes(inner_pid: int) -> int:
                 if state == _TCP_LISTEN_STATE:
                     total += queue * per_connection  # connections queued, not bytes
                 elif stype in _SOCK_STREAM_TYPES:
-                    total += (
-                        queue  # what it has not read, whoever sent it (the sender's memory is the same bytes)
-                    )
+                    # What it has not read, whoever sent it (the sender's memory is the same bytes).
+                    total += queue
                 else:
                     total += held + queue  # datagrams: what it sent, and the first of its queue
                 offset += (length + 3) & ~3

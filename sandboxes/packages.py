@@ -525,7 +525,6 @@ def _build_into(staging: Path, lists: dict[str, list[str]], log: list[str]) -> b
         shutil.rmtree(build_root, ignore_errors=True)
 
 
-BUILD_MEMORY_WATCH_SECONDS = 0.25  # as often as the sessions' memory watch
 BUILD_DISK_WATCH_SECONDS = 1.0  # a walk of the prefix and the build's own files
 
 
@@ -547,10 +546,22 @@ def _run_bounded(
     from sandboxes.cgroup import process_tree
     from sandboxes.memory import sandbox_memory_used
     from sandboxes.quota import walk_bytes
+    from sandboxes.services import MEMORY_WATCH_SECONDS
+    from sandboxes.shell import inner_pid, kill_sandbox
 
     limit = spec.limits.memory_bytes
     disk_limit = settings.GALLEY_PACKAGES_BUILD_BYTES
     next_disk_check = time.monotonic() + BUILD_DISK_WATCH_SECONDS
+
+    def over_disk() -> str | None:
+        written = sum(walk_bytes(path, stop_after=disk_limit) for path in writes)
+        if written <= disk_limit:
+            return None
+        return (
+            f"the build wrote {written} bytes, past its limit of {disk_limit} bytes "
+            "(GALLEY_PACKAGES_BUILD_BYTES)\n"
+        )
+
     with tempfile.TemporaryFile() as out:  # a file, not a pipe: nothing to drain while we watch
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs
@@ -572,7 +583,7 @@ def _run_bounded(
             deadline = time.monotonic() + BUILD_TIMEOUT_SECONDS
             while code is None:
                 try:
-                    code = proc.wait(timeout=BUILD_MEMORY_WATCH_SECONDS)
+                    code = proc.wait(timeout=MEMORY_WATCH_SECONDS)
                     break
                 except subprocess.TimeoutExpired:
                     pass
@@ -581,18 +592,12 @@ def _run_bounded(
                     stopped = f"timed out after {BUILD_TIMEOUT_SECONDS}s\n"
                 elif now > next_disk_check:
                     next_disk_check = now + BUILD_DISK_WATCH_SECONDS
-                    written = sum(walk_bytes(path, stop_after=disk_limit) for path in writes)
-                    if written > disk_limit:
-                        stopped = (
-                            f"killed: the build wrote {written} bytes, past its limit of {disk_limit} bytes "
-                            "(GALLEY_PACKAGES_BUILD_BYTES)\n"
-                        )
+                    over = over_disk()
+                    stopped = f"killed: {over}" if over else None
                 if not stopped and group is None and spec.limits.fixed_socket_buffers:
                     try:
-                        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
-                        inner = int(children[0]) if children else 0
-                        used = sandbox_memory_used(inner, own_network=True, limit=limit) if inner else 0
-                    except (OSError, ValueError):
+                        used = sandbox_memory_used(inner_pid(proc), own_network=True, limit=limit)
+                    except (OSError, RuntimeError, ValueError):
                         used = 0  # it ended meanwhile
                     if used > limit:
                         stopped = (
@@ -600,18 +605,13 @@ def _run_bounded(
                             f"{limit} bytes (GALLEY_SANDBOX_MEMORY_BYTES)\n"
                         )
                 if stopped:
-                    _kill_group(proc)
+                    kill_sandbox(proc)
                     break
             if code == 0:  # the last write may have come after the last look
-                written = sum(walk_bytes(path, stop_after=disk_limit) for path in writes)
-                if written > disk_limit:
-                    stopped = (
-                        f"the build wrote {written} bytes, past its limit of {disk_limit} bytes "
-                        "(GALLEY_PACKAGES_BUILD_BYTES)\n"
-                    )
+                stopped = over_disk()
         finally:
-            if proc.poll() is None and code is None and not stopped:
-                _kill_group(proc)
+            if proc.poll() is None:
+                kill_sandbox(proc)
         size = out.tell()
         out.seek(0)
         if size <= LOG_LIMIT:
@@ -625,17 +625,6 @@ def _run_bounded(
         log.append(stopped)
         return None, ""
     return code, output
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.kill()
-    proc.wait()
 
 
 def configured_registry_hosts() -> list[str]:

@@ -75,29 +75,10 @@ class Shell:
 
     def inner_pid(self) -> int:
         """A process inside the sandbox's namespaces (bubblewrap's child); file tools enter its mounts."""
-        pid = self.proc.pid
-        try:
-            children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-        except OSError:
-            children = []
-        if not children:
-            raise RuntimeError("the sandbox process has no child")
-        return int(children[0])
+        return inner_pid(self.proc)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_sandbox(self.proc)
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 try:
@@ -202,3 +183,32 @@ def _assemble(head: bytearray, tail: bytearray, end: int, cap: int, stream_total
         f"showing the first {cap} and the last {len(kept)} bytes]\n\n"
     )
     return head.decode(errors="replace") + marker + kept.decode(errors="replace")
+
+
+def inner_pid(proc: "subprocess.Popen[bytes]") -> int:
+    """The first process inside the namespaces of a sandbox started as `proc` (bubblewrap's child)."""
+    pid = proc.pid
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    if not children:
+        raise RuntimeError("the sandbox process has no child")
+    return int(children[0])
+
+
+def kill_sandbox(proc: "subprocess.Popen[bytes]") -> None:
+    """Kill a sandbox started as `proc` (its own session: the whole group) and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass

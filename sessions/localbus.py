@@ -30,6 +30,8 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 64 * 1024
+# Live previews, one frame or several: best effort, dropped rather than sent past MAX_DATAGRAM.
+PREVIEW_KINDS = frozenset({"preview", "previews"})
 
 _lock = threading.Lock()
 _listener: "Listener | None" = None
@@ -130,7 +132,7 @@ def send(session_id: str, message: dict[str, Any]) -> None:
     """Send a message to every other process on this host that subscribes to `session_id`. Never raises."""
     data = json.dumps([session_id, message], separators=(",", ":")).encode()
     if len(data) > MAX_DATAGRAM:
-        if message.get("kind") in ("preview", "previews"):
+        if message.get("kind") in PREVIEW_KINDS:
             return  # previews are best effort
         data = json.dumps([session_id, {"kind": "wake", "seq": 0}]).encode()
     try:

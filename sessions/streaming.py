@@ -107,9 +107,6 @@ def _expanded(message: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-_PREVIEW_KINDS = frozenset({"preview", "previews"})
-
-
 def publish_deleted(session_id: str, event: dict[str, Any]) -> None:
     """Hand the `session.deleted` event to open streams: the log it would be read from is gone."""
     _publish(session_id, {"kind": "deleted", "event": event})
@@ -122,7 +119,7 @@ _local_threads: dict[str, set[threading.Event]] = {}  # sync waiters (`wakeups`)
 
 
 def _local_publish(session_id: str, message: dict[str, Any]) -> None:
-    if message.get("kind") not in _PREVIEW_KINDS:
+    if message.get("kind") not in localbus.PREVIEW_KINDS:
         for flag in list(_local_threads.get(session_id, ())):
             flag.set()
     for queue in list(_local.get(session_id, ())):
@@ -220,7 +217,10 @@ class Wakeups:
         msg = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
         while msg is not None:
             try:
-                if msg.get("type") == "message" and json.loads(msg["data"]).get("kind") not in _PREVIEW_KINDS:
+                if (
+                    msg.get("type") == "message"
+                    and json.loads(msg["data"]).get("kind") not in localbus.PREVIEW_KINDS
+                ):
                     return True
             except (ValueError, TypeError, AttributeError):
                 return True  # unreadable: treat it as a hint, the caller reads the log anyway
