@@ -13,6 +13,9 @@ Figures per configuration (p50 / p95 unless said otherwise):
 - text turn: `events.send` -> `session.status_idle` on a stream opened before, one model call;
 - send -> model: `events.send` -> the scripted model receives the request (same host clock);
 - tool turn: one `bash` call (`echo hi`) in the sandbox with the default networking, two model calls;
+  its tool call as the client sees it: `agent.tool_use` read on the stream -> `agent.tool_result` read;
+- cold first tool call: the same, in new sessions (the first tool call of each: its sandbox, volume and
+  egress proxy start inside it), the stream opened before the send;
 - burst of N sessions sent at once (N = 100 and 1,000) with a 1 s model: time for every
   `events.send` to be accepted, time until all are idle, server CPU (every process under serve),
   peak RSS of those processes, model requests in flight (peak, median), worker CPU per model call,
@@ -239,6 +242,7 @@ def _turns(
     time.sleep(0.3)
     turns: list[float] = []
     to_model: list[float] = []
+    tool_calls: list[float] = []
     calls = 0
     cpu_before = 0.0
     for i in range(n + 3):
@@ -249,23 +253,60 @@ def _turns(
         sent = time.perf_counter()
         sent_mono = time.monotonic()
         client.beta.sessions.events.send(session_id, events=_message("Hi"))
-        while True:
-            kind, at = events.get(timeout=60)
-            if kind in ("session.status_idle", "session.status_terminated"):
-                break
-        assert kind == "session.status_idle", kind
+        kind, at, tool_call = _until_idle(events)
         if i >= 3:
             turns.append(at - sent)
+            if tool_call is not None:
+                tool_calls.append(tool_call)
             first = min(start for start, _end in model.timings[before:])
             to_model.append(first - sent_mono)
     calls = len(model.timings) - calls_before
     cpu = server.worker_cpu() - cpu_before
-    return {
+    result = {
         "send_to_idle": _stats_ms(turns),
         "send_to_model_request": _stats_ms(to_model),
         "model_calls": calls,
         "worker_cpu_ms_per_model_call": round(cpu * 1000 / max(1, calls), 2),
     }
+    if tool_calls:
+        result["tool_use_to_tool_result"] = _stats_ms(tool_calls)
+    return result
+
+
+def _until_idle(events: "queue.Queue[tuple[str, float]]") -> tuple[str, float, float | None]:
+    """Reads the stream up to the turn's end: its kind and arrival, and the first tool call's time as the
+    client saw it (`agent.tool_use` arrived -> its `agent.tool_result` arrived; None without one)."""
+    used: float | None = None
+    tool_call: float | None = None
+    while True:
+        kind, at = events.get(timeout=60)
+        if kind == "agent.tool_use" and used is None:
+            used = at
+        elif kind == "agent.tool_result" and used is not None and tool_call is None:
+            tool_call = at - used
+        elif kind in ("session.status_idle", "session.status_terminated"):
+            assert kind == "session.status_idle", kind
+            return kind, at, tool_call
+
+
+def _cold_tool_calls(client: anthropic.Anthropic, agent: str, environment: str, n: int) -> dict[str, Any]:
+    """The first tool call of n new sessions, each with its stream opened before its one send."""
+    calls: list[float] = []
+    turns: list[float] = []
+    for _ in range(n):
+        session_id = client.beta.sessions.create(agent=agent, environment_id=environment).id
+        events: queue.Queue[tuple[str, float]] = queue.Queue()
+        ready = threading.Event()
+        threading.Thread(target=_reader, args=(client, session_id, events, ready), daemon=True).start()
+        assert ready.wait(30), "the stream did not open"
+        time.sleep(0.2)
+        sent = time.perf_counter()
+        client.beta.sessions.events.send(session_id, events=_message("Hi"))
+        _kind, at, tool_call = _until_idle(events)
+        assert tool_call is not None, "the turn made no tool call"
+        calls.append(tool_call)
+        turns.append(at - sent)
+    return {"tool_use_to_tool_result": _stats_ms(calls), "send_to_idle": _stats_ms(turns)}
 
 
 def _create_sessions(
@@ -466,6 +507,9 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
                 )
                 tool_session = client.beta.sessions.create(agent=tool_agent.id, environment_id=environment.id)
                 result["tool_turn"] = _turns(client, model, server, tool_session.id, max(5, turns // 2))
+                result["cold_tool_call"] = _cold_tool_calls(
+                    client, tool_agent.id, environment.id, 5 if QUICK else 15
+                )
 
                 model.responder = lambda body: text("Done.", delay=1.0)
                 for size in sizes:
