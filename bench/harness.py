@@ -15,7 +15,9 @@ Figures per configuration (p50 / p95 unless said otherwise):
 - tool turn: one `bash` call (`echo hi`) in the sandbox with the default networking, two model calls;
   its tool call as the client sees it: `agent.tool_use` read on the stream -> `agent.tool_result` read;
 - cold first tool call: the same, in new sessions (the first tool call of each: its sandbox, volume and
-  egress proxy start inside it), the stream opened before the send;
+  egress proxy start inside it unless the start the harness begins when it asks the model has finished),
+  the stream opened before the send; once with the scripted model answering at once, once with its
+  first byte after THINKING_SECONDS (a real model's time to its first byte is longer);
 - burst of N sessions sent at once (N = 100 and 1,000) with a 1 s model: time for every
   `events.send` to be accepted, time until all are idle, server CPU (every process under serve),
   peak RSS of those processes, model requests in flight (peak, median), worker CPU per model call,
@@ -289,6 +291,9 @@ def _until_idle(events: "queue.Queue[tuple[str, float]]") -> tuple[str, float, f
             return kind, at, tool_call
 
 
+THINKING_SECONDS = 0.3
+
+
 def _cold_tool_calls(client: anthropic.Anthropic, agent: str, environment: str, n: int) -> dict[str, Any]:
     """The first tool call of n new sessions, each with its stream opened before its one send."""
     calls: list[float] = []
@@ -510,6 +515,17 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
                 result["cold_tool_call"] = _cold_tool_calls(
                     client, tool_agent.id, environment.id, 5 if QUICK else 15
                 )
+
+                def thinking_tool_responder(body: dict[str, Any]) -> Reply:
+                    reply = tool_responder(body)
+                    reply.delay = THINKING_SECONDS  # before its first byte, as a real model takes longer
+                    return reply
+
+                model.responder = thinking_tool_responder
+                result["cold_tool_call_thinking_model"] = _cold_tool_calls(
+                    client, tool_agent.id, environment.id, 5 if QUICK else 10
+                )
+                result["cold_tool_call_thinking_model"]["model_first_byte_s"] = THINKING_SECONDS
 
                 model.responder = lambda body: text("Done.", delay=1.0)
                 for size in sizes:

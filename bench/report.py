@@ -155,6 +155,17 @@ def rows() -> list[tuple[str, str, list[str]]]:
     )
     out.append(
         (
+            "the same, the model's first byte after 0.3 s",
+            "",
+            per_config(
+                lambda c: _fmt(
+                    _get(c, "cold_tool_call_thinking_model", "tool_use_to_tool_result", "p50_ms"), " ms"
+                )
+            ),
+        )
+    )
+    out.append(
+        (
             "100 idle streams, server CPU",
             "< 1% of a core",
             per_config(lambda c: _fmt(_get(c, "idle_streams_100", "server_cpu_percent_of_one_core"), " %")),

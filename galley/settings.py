@@ -313,6 +313,9 @@ if GALLEY_SANDBOX_UNRESTRICTED_NETWORK not in ("proxy", "host"):
         f"got {GALLEY_SANDBOX_UNRESTRICTED_NETWORK!r}"
     )
 GALLEY_SANDBOX_IDLE_SECONDS = env_float("GALLEY_SANDBOX_IDLE_SECONDS", 600.0, minimum=1.0)
+# Start a session's sandbox while the model is asked, when its agent has a sandbox tool, so that the first
+# tool call finds its shell running; at most this many starts at once per worker process (0: never).
+GALLEY_SANDBOX_PREWARM_AT_ONCE = env_int("GALLEY_SANDBOX_PREWARM_AT_ONCE", 2, minimum=0)
 GALLEY_SANDBOX_TIMEOUT_SECONDS = env_float("GALLEY_SANDBOX_TIMEOUT_SECONDS", 120.0, minimum=0.1)
 GALLEY_SANDBOX_OUTPUT_BYTES = env_int("GALLEY_SANDBOX_OUTPUT_BYTES", 100 * 1024, minimum=1024)
 GALLEY_SANDBOX_MEMORY_BYTES = env_int("GALLEY_SANDBOX_MEMORY_BYTES", 4 * 1024**3, minimum=64 * 1024**2)

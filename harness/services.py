@@ -36,6 +36,7 @@ from harness.tools import (
     ToolSpec,
     mcp_servers,
     mcp_specs,
+    prewarm_builtin,
     run_builtin,
     tool_catalog,
 )
@@ -848,6 +849,8 @@ def _model_request(
         cancel = state.handle.fresh_cancel()
         previews = _Previews(session_id)
         _release_connection()
+        if attempt == 0 and not state.remote:
+            prewarm_builtin(session_id=session_id, agent=state.agent)
         try:
             answer = provider.complete(request, listener=previews, cancel=cancel)
             answer.text_event_ids = previews.ids

@@ -197,3 +197,13 @@ def run_builtin(
     except Exception as exc:  # the contract says run_tool never raises; a bug must not kill the turn
         return ToolRun([{"type": "text", "text": f"{name} failed: {type(exc).__name__}"}], True)
     return ToolRun(list(outcome.content), bool(outcome.is_error))
+
+
+def prewarm_builtin(*, session_id: str, agent: dict[str, Any]) -> None:
+    """While the model is asked, start the session's sandbox if its agent has a sandbox tool
+    (sandboxes.toolset.sandbox_prewarm): the first tool call then finds its shell running."""
+    try:
+        toolset = importlib.import_module("sandboxes.toolset")
+    except ImportError:
+        return
+    toolset.sandbox_prewarm(session_id=session_id, agent=agent)

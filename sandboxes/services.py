@@ -492,6 +492,14 @@ def sandbox_get(*, session: Session, thread_id: str | None = None) -> LiveSandbo
     return live
 
 
+def sandbox_running(session_id: str) -> bool:
+    """Whether this worker process has a live shell of the session's sandbox."""
+    with _registry_lock:
+        live = _registry.get(session_id)
+    shell = live.shell if live is not None else None
+    return shell is not None and shell.alive()
+
+
 def sandbox_shell(live: LiveSandbox) -> Shell:
     """The live shell, started (or restarted after it died) on demand. Call with live.lock held."""
     if live.shell is None or not live.shell.alive():

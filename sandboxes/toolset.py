@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,69 @@ def run_tool(
     except Exception:
         logger.exception("tool %s failed unexpectedly (session %s)", name, session.id)
         return _text(f"{name}: internal error while running the tool", True)
+
+
+_prewarming: set[str] = set()
+_prewarming_lock = threading.Lock()
+# Long-lived threads: bubblewrap dies with the thread that started it (--die-with-parent is the parent
+# death signal, which follows the thread), so a start must not run on a thread that ends after it.
+_prewarmer: ThreadPoolExecutor | None = None
+
+
+def sandbox_prewarm(*, session_id: str, agent: dict[str, Any]) -> bool:
+    """Start the session's sandbox on a background thread while the model is asked: its first tool call
+    then finds the shell running (or waits on the start under way, on the sandbox's lock) instead of
+    starting bubblewrap, the volume and the egress proxy after the model has asked. Only for an agent
+    with an enabled sandbox tool, when this process has no shell of the session, with at most
+    GALLEY_SANDBOX_PREWARM_AT_ONCE starts under way. True when a start was begun. Never raises."""
+    at_once = settings.GALLEY_SANDBOX_PREWARM_AT_ONCE
+    if at_once <= 0:
+        return False
+    configs = toolset_configs(agent)
+    if not any(configs.get(name, {}).get("enabled") for name in SANDBOX_TOOLS):
+        return False
+    from sandboxes.services import sandbox_running
+
+    if sandbox_running(session_id):
+        return False
+    with _prewarming_lock:
+        if session_id in _prewarming or len(_prewarming) >= at_once:
+            return False
+        _prewarming.add(session_id)
+    global _prewarmer
+    try:
+        with _prewarming_lock:
+            if _prewarmer is None:
+                _prewarmer = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="sandbox-prewarm")
+        _prewarmer.submit(_prewarm, session_id)
+    except RuntimeError:  # no thread to be had (the process is exiting): the first tool call starts it
+        with _prewarming_lock:
+            _prewarming.discard(session_id)
+        return False
+    return True
+
+
+def _prewarm(session_id: str) -> None:
+    from django.db import connection
+
+    from agents.models import BuildStatus
+    from sandboxes.services import sandbox_get, sandbox_shell
+    from sessions.models import Status
+
+    try:
+        session = Session.objects.select_related("environment").get(pk=session_id)
+        if session.status == Status.TERMINATED or session.environment.build_status != BuildStatus.READY:
+            return  # a terminated session starts nothing; a build is waited for by the tool call itself
+        live = sandbox_get(session=session)
+        with live.lock:
+            if live.shell is None or not live.shell.alive():
+                sandbox_shell(live)
+    except Exception:  # the first tool call starts it again and reports what fails
+        logger.info("sandbox prewarm of session %s failed", session_id, exc_info=True)
+    finally:
+        with _prewarming_lock:
+            _prewarming.discard(session_id)
+        connection.close()
 
 
 def _report_repository_error(session: Session, exc: RepositoryError) -> None:
@@ -477,6 +541,7 @@ def _run_file_tool(live: Any, name: str, tool_input: dict[str, Any]) -> ToolOutc
 
 
 WRITING_TOOLS = frozenset({"bash", "write", "edit"})
+SANDBOX_TOOLS = frozenset({"bash", *FILE_TOOLS})  # the tools that run in the session's sandbox
 
 
 def _memory_pull(session: Session, live: Any) -> bool:

@@ -282,6 +282,10 @@ def test_a_worker_runs_two_children_on_different_worker_threads(worker_model: Sc
         say(session, "Research and write.")
         session_kick(session.pk)
         wait_for(lambda: Session.objects.get(pk=session.pk).stop_reason == {"type": "end_turn"}, timeout=60)
+        # A child kicks the session with its answer before its step ends and lets go of its lease: the
+        # worker (killed when this block ends) gets the moment it needs.
+        children = SessionThread.objects.filter(session=session, parent__isnull=False)
+        wait_for(lambda: not children.exclude(lease_owner=None).exists(), timeout=10)
     _assert_answered_in_call_order(session)
 
 
