@@ -190,7 +190,9 @@ if IS_SQLITE:
 GALLEY_WORKER_CONCURRENCY = env_int("GALLEY_WORKER_CONCURRENCY", 256, minimum=1)
 # The harness sweeper re-enqueues sessions whose step lease expired (a crashed worker) or whose
 # queued input was never picked up.
-GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 5.0, minimum=0.1)
+# A step's kick is sent when its input commits and a lease lasts GALLEY_LEASE_SECONDS: the sweep is a
+# backstop, and each sweep costs an idle server a task (beat, the broker, the worker, its queries).
+GALLEY_SWEEP_SECONDS = env_float("GALLEY_SWEEP_SECONDS", 15.0, minimum=0.1)
 # --- Webhooks and deployments (webhooks/, deployments/) ---------------------------------------------
 # Loopback, private and link-local receivers (and plain http:// URLs) are refused unless this is set.
 GALLEY_WEBHOOK_ALLOW_PRIVATE = env_bool("GALLEY_WEBHOOK_ALLOW_PRIVATE", False)
@@ -205,7 +207,8 @@ GALLEY_WEBHOOK_DISABLE_AFTER_FAILURES = env_int("GALLEY_WEBHOOK_DISABLE_AFTER_FA
 GALLEY_WEBHOOK_SECRET_GRACE_SECONDS = env_float("GALLEY_WEBHOOK_SECRET_GRACE_SECONDS", 86400.0, minimum=0)
 # A worker's claim on a delivery; a worker that dies mid-delivery leaves it to be retried after it.
 GALLEY_WEBHOOK_CLAIM_SECONDS = env_float("GALLEY_WEBHOOK_CLAIM_SECONDS", 60.0, minimum=0.5)
-GALLEY_WEBHOOK_SWEEP_SECONDS = env_float("GALLEY_WEBHOOK_SWEEP_SECONDS", 5.0, minimum=0.1)
+# The sweeper is a backstop: a retry due within 10 minutes is enqueued for its time (webhooks/services.py).
+GALLEY_WEBHOOK_SWEEP_SECONDS = env_float("GALLEY_WEBHOOK_SWEEP_SECONDS", 30.0, minimum=0.1)
 # Delivered and failed webhook events (and their delivery log) are deleted after this many days.
 GALLEY_WEBHOOK_RETENTION_DAYS = env_float("GALLEY_WEBHOOK_RETENTION_DAYS", 30.0, minimum=0.01)
 # Galley has no organizations; this is the organization_id webhook payloads carry.

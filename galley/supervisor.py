@@ -7,6 +7,7 @@ is waiting in accept) and a restarted web process takes over without the port ev
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -21,6 +22,8 @@ BACKOFF_MAX = 30.0
 # A child that ran this long before dying is considered healthy again: its backoff starts over.
 HEALTHY_AFTER = 30.0
 STOP_GRACE = 10.0
+# A child's exit wakes the supervisor at once (SIGCHLD); this bounds a wake-up that was missed.
+SAFETY_POLL = 5.0
 
 
 @dataclass
@@ -75,8 +78,15 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> None:
+        # Woken by a signal (a child's exit, a stop), not by polling: a signal's number lands on this
+        # pair and ends the wait; the wait is otherwise bounded by the next restart and a safety poll.
+        wake, wake_in = socket.socketpair()
+        wake.setblocking(False)
+        wake_in.setblocking(False)
+        previous = signal.set_wakeup_fd(wake_in.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
         for child in self.children:
             child.start()
         if self.on_ready is not None:
@@ -84,9 +94,24 @@ class Supervisor:
         try:
             while not self.stopping:
                 self.check()
-                time.sleep(0.1)
+                select.select([wake], [], [], self._wait())
+                try:
+                    while wake.recv(64):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
         finally:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(previous)
+            wake.close()
+            wake_in.close()
             self.shutdown()
+
+    def _wait(self) -> float:
+        """Seconds until the next restart is due, at most SAFETY_POLL."""
+        now = time.monotonic()
+        due = [c.restart_at - now for c in self.children if c.restart_at is not None]
+        return max(0.0, min([SAFETY_POLL, *due]))
 
     def check(self) -> None:
         now = time.monotonic()

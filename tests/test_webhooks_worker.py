@@ -66,3 +66,20 @@ def test_a_worker_killed_mid_delivery_delivers_it_later(workspace: Workspace) ->
     parsed = sdk.beta.webhooks.unwrap(rx.received[-1].body, headers=rx.received[-1].headers, key=secret)
     assert parsed.id == event.pk and parsed.data.id == "agent_x"
     assert WebhookDelivery.objects.get().attempts == 1  # the killed attempt never recorded an outcome
+
+
+def test_a_retry_is_made_at_its_time_not_at_the_next_sweep(workspace: Workspace) -> None:
+    env = {**WORKER_ENV, "GALLEY_WEBHOOK_SWEEP_SECONDS": "3600", "GALLEY_WEBHOOK_RETRY_SCHEDULE": "1"}
+    with webhook_receiver(script=[500]) as rx:
+        services.endpoint_create(
+            workspace=workspace, body={"url": rx.url, "enabled_events": ["agent.created"]}
+        )
+        with celery_worker(env):
+            with transaction.atomic():
+                services.webhook_event_emit(workspace=workspace, type="agent.created", data={"id": "agent_x"})
+            # No sweep for an hour: the retry was enqueued for its time when the first attempt failed.
+            wait_for(lambda: WebhookDelivery.objects.get().state == DeliveryState.DELIVERED, timeout=30)
+        assert [r.answered for r in rx.received] == [500, 200]
+    attempts = list(WebhookDelivery.objects.get().attempt_rows.order_by("number"))
+    gap = (attempts[1].started_at - attempts[0].started_at).total_seconds()
+    assert 0.9 * 1 <= gap < 10, gap  # the schedule's 1 s (+-10 % jitter), not the sweep's hour

@@ -158,11 +158,16 @@ def _event_insert(
     return event
 
 
-def _enqueue(endpoint_id: str, ordering_key: str) -> None:
+# A retry due within this many seconds is enqueued for its time (the worker holds it until then); later
+# ones, and any whose enqueue is lost, the sweeper (`webhooks.sweep`) hands out when they are due.
+EXACT_RETRY_WITHIN = 600.0
+
+
+def _enqueue(endpoint_id: str, ordering_key: str, countdown: float | None = None) -> None:
     from webhooks.tasks import deliver
 
     try:
-        deliver.delay(endpoint_id, ordering_key)
+        deliver.apply_async((endpoint_id, ordering_key), countdown=countdown)
     except Exception:  # the broker is down: the sweeper delivers it later, the caller must not fail
         log.warning("could not enqueue webhook delivery for %s; the sweeper will", endpoint_id, exc_info=True)
 
@@ -587,6 +592,7 @@ def _record(
         if ok:
             fields: dict[str, Any] = {"state": DeliveryState.DELIVERED, "delivered_at": now}
             next_at = None
+            delay = None
         else:
             delay = _retry_delay(number)
             next_at = now + timedelta(seconds=delay) if delay is not None else None
@@ -607,6 +613,10 @@ def _record(
             next_retry_at=next_at,
         )
         endpoint_id = delivery.endpoint_id
+        if delay is not None and next_at is not None and delay <= EXACT_RETRY_WITHIN:
+            # A little after its time: a run before it finds the delivery not yet due and leaves it.
+            retry = functools.partial(_enqueue, endpoint_id, delivery.ordering_key, countdown=delay + 0.05)
+            transaction.on_commit(retry)
         if ok:
             WebhookEndpoint.objects.filter(pk=endpoint_id).exclude(consecutive_failures=0).update(
                 consecutive_failures=0
