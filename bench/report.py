@@ -36,7 +36,7 @@ def _ratio(value: Any, base: Any) -> str:
 
 def rows() -> list[tuple[str, str, list[str]]]:
     harness = _load("harness")
-    sandbox = _load("sandbox")
+    sandbox = _load("sandbox").get("sandbox", {})  # its figures in ms (bench/sandbox.py)
     configs = harness.get("configs", {})
     names = list(configs)
     bare = _get(harness, "bare_client", "text_turn", "p50_ms")
@@ -56,6 +56,13 @@ def rows() -> list[tuple[str, str, list[str]]]:
                     f" ({_ratio(_get(c, 'text_turn', 'send_to_idle', 'p50_ms'), bare)})"
                 )
             ),
+        )
+    )
+    out.append(
+        (
+            "the new server's first text turn",
+            "",
+            per_config(lambda c: _fmt(_get(c, "text_turn", "first_turn_ms"), " ms")),
         )
     )
     out.append(
