@@ -47,5 +47,6 @@ def worker_argv(
     return [
         sys.executable, "-m", "celery", "-A", "galley", "worker", *(["--beat"] if beat else []),
         "--pool", "threads", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--schedule", schedule,
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--schedule", schedule,
     ]  # fmt: skip

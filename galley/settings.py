@@ -150,6 +150,9 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
         "visibility_timeout": 3600,
         "global_keyprefix": GALLEY_REDIS_PREFIX + ":",
+        # How long one BRPOP waits (kombu's default is 1 s): a task pushed meanwhile answers it at once; an
+        # idle worker re-asks every 5 s instead of every second.
+        "polling_interval": 5.0,
     }
     CHANNEL_LAYERS = {
         "default": {
