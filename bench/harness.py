@@ -544,6 +544,9 @@ def _run_config(name: str, workers: int, env_overrides: dict[str, str]) -> dict[
                     client, tool_agent.id, environment.id, 5 if QUICK else 10
                 )
                 result["cold_tool_call_thinking_model"]["model_first_byte_s"] = THINKING_SECONDS
+                # The streams those phases opened end here: the idle-stream figures count only their own.
+                client.close()
+                client = live.client(timeout=120, max_retries=0)
 
                 model.responder = lambda body: text("Done.", delay=1.0)
                 for size in sizes:

