@@ -161,7 +161,10 @@ def test_two_concurrent_streams_both_receive_every_event(client, ids):
         worker.join(20)
         assert not worker.is_alive()
     assert results["0"] == results["1"]
-    assert results["0"][:3] == ["user.message", "session.status_running", "user.interrupt"]
+    assert results["0"][:2] == ["user.message", "session.status_running"]
+    # Whether the worker's step asked the model before the interrupt landed depends on timing: the interrupt
+    # is there either way, once.
+    assert results["0"].count("user.interrupt") == 1
     assert results["0"][-1] == "session.status_terminated"
 
 
