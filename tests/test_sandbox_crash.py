@@ -40,6 +40,9 @@ def test_a_sigkilled_worker_s_sandbox_is_released_by_the_next_worker_and_the_ses
             "GALLEY_SANDBOX_ROOT": str(base),
             "GALLEY_LEASE_SECONDS": "2",
             "GALLEY_SWEEP_SECONDS": "0.5",
+            # The volume must be left only by the killed command: no start while the model is asked
+            # (tests/test_sandbox_prewarm.py covers that).
+            "GALLEY_SANDBOX_PREWARM_AT_ONCE": "0",
         }
         try:
             with celery_worker(env) as first:
