@@ -212,16 +212,16 @@ def sandbox_prewarm(*, session_id: str, agent: dict[str, Any]) -> bool:
 
     if sandbox_running(session_id):
         return False
+    global _prewarmer
     with _prewarming_lock:
         if session_id in _prewarming or len(_prewarming) >= at_once:
             return False
         _prewarming.add(session_id)
-    global _prewarmer
+        if _prewarmer is None:
+            _prewarmer = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="sandbox-prewarm")
+        prewarmer = _prewarmer
     try:
-        with _prewarming_lock:
-            if _prewarmer is None:
-                _prewarmer = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="sandbox-prewarm")
-        _prewarmer.submit(_prewarm, session_id)
+        prewarmer.submit(_prewarm, session_id)
     except RuntimeError:  # no thread to be had (the process is exiting): the first tool call starts it
         with _prewarming_lock:
             _prewarming.discard(session_id)
@@ -242,8 +242,7 @@ def _prewarm(session_id: str) -> None:
             return  # a terminated session starts nothing; a build is waited for by the tool call itself
         live = sandbox_get(session=session)
         with live.lock:
-            if live.shell is None or not live.shell.alive():
-                sandbox_shell(live)
+            sandbox_shell(live)  # starts it unless a tool call already has
     except Exception:  # the first tool call starts it again and reports what fails
         logger.info("sandbox prewarm of session %s failed", session_id, exc_info=True)
     finally:

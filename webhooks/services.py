@@ -613,7 +613,7 @@ def _record(
             next_retry_at=next_at,
         )
         endpoint_id = delivery.endpoint_id
-        if delay is not None and next_at is not None and delay <= EXACT_RETRY_WITHIN:
+        if delay is not None and delay <= EXACT_RETRY_WITHIN:  # a retry is due (next_at is set)
             # A little after its time: a run before it finds the delivery not yet due and leaves it.
             retry = functools.partial(_enqueue, endpoint_id, delivery.ordering_key, countdown=delay + 0.05)
             transaction.on_commit(retry)
