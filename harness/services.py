@@ -817,7 +817,9 @@ def _call_model(session: Session, state: StepState, *, take: list[Event], refres
     if not isinstance(result, tuple):
         return False
     answer, span_id = result
-    allowed = _record_answer(session_id, owner, answer, span_id, catalog, state=state)
+    allowed, idled = _record_answer(session_id, owner, answer, span_id, catalog, state=state)
+    if idled:
+        return False  # the turn ended with the answer's own append
     state.own_uses.update(e.id for e in allowed)
     state.turn_over = not any(block.get("type") == "tool_use" for block in answer.blocks)
     if not answer.blocks:
@@ -989,8 +991,9 @@ def _record_answer(
     catalog: dict[str, ToolSpec],
     *,
     state: StepState | None = None,
-) -> list[Event]:
-    """Append the answer's events and its span end in one transaction; return tool calls to run now."""
+) -> tuple[list[Event], bool]:
+    """Append the answer's events and its span end in one transaction. Returns the tool calls to run
+    now, and whether the session went idle with them (a turn that ended with nothing else to do)."""
     events: list[NewEvent] = []
     refusals: list[int] = []
     for index, block in enumerate(answer.blocks):
@@ -1056,18 +1059,49 @@ def _record_answer(
         )
     events.append(_span_end(span_id, answer.usage))
     increments, cost = _usage_increments(answer.model, answer.usage)
+    ends_turn = (
+        state is not None
+        and state.thread is None
+        and not any(block.get("type") == "tool_use" for block in answer.blocks)
+        and any(event.type == "agent.message" for event in events)
+    )
     with transaction.atomic():
-        # One UPDATE checks the lease, reserves the seqs and adds the usage counters.
-        rows = events_append(session=session_id, events=events, row_increments=increments, owner=owner)
+        quiet = _quiet_row(session_id, owner, state) if ends_turn and state is not None else None
+        if quiet is not None:
+            # The turn is over and nothing came meanwhile: the answer and the idle are one append,
+            # as the next (locked) move would have decided, without its transaction and its wake-up.
+            rows = session_set_status(
+                session=quiet,
+                status=Status.IDLE,
+                stop_reason={"type": "end_turn"},
+                extra_events=events,
+                row_increments=increments,
+            )
+        else:
+            # One UPDATE checks the lease, reserves the seqs and adds the usage counters.
+            rows = events_append(session=session_id, events=events, row_increments=increments, owner=owner)
         _usage_update(session_id, answer.model, answer.usage, counted=cost)
     if state is not None:
         state.absorb(rows)
-    return [
+    allowed = [
         row
         for row in rows
         if row.type in ("agent.tool_use", "agent.mcp_tool_use")
         and row.payload.get("evaluated_permission") == "allow"
     ]
+    return allowed, quiet is not None
+
+
+def _quiet_row(session_id: str, owner: str, state: StepState) -> Session | None:
+    """The locked session row when a turn that ends now may idle at once: it still runs, nothing was
+    appended since this step's last read (no message, interrupt or archive to look at), nothing it read
+    waits to be taken, and no outcome is open to grade. Otherwise None, and the locked move decides."""
+    if state.queued() or state.children_at_work or outcomes.outcome_open(state.events) is not None:
+        return None
+    session = _locked(session_id, owner)
+    if session.last_seq != state.last_seq or session.status != Status.RUNNING or session.archived_at:
+        return None
+    return session
 
 
 # --- compaction ------------------------------------------------------------------------------------------

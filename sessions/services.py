@@ -202,6 +202,7 @@ def session_set_status(
     status: str,
     stop_reason: dict[str, Any] | None = None,
     extra_events: list[NewEvent] | None = None,
+    row_increments: dict[str, int] | None = None,
 ) -> list[Event]:
     """Change a session's status and append the matching `session.status_*` event (in the caller's
     transaction). Running time is counted only while the status is `running` (spec 16)."""
@@ -232,9 +233,11 @@ def session_set_status(
         session_id = session.pk
         transaction.on_commit(lambda: _release_sandbox(session_id))
         with log_limit_waived():
-            return events_append(session=session, events=new, row_updates=fields)
-    # The status fields ride on the seq allocator's UPDATE: one statement for the row.
-    return events_append(session=session, events=new, row_updates=fields)
+            return events_append(
+                session=session, events=new, row_updates=fields, row_increments=row_increments
+            )
+    # The status fields (and the caller's counters) ride on the seq allocator's UPDATE: one statement.
+    return events_append(session=session, events=new, row_updates=fields, row_increments=row_increments)
 
 
 # === Sessions: create, read, update, archive, delete (spec 5) ======================================
@@ -964,6 +967,10 @@ def _append_client_events(
     """Append validated client events and, if they give an idle session work, start it. Runs in the
     caller's transaction with the session row locked."""
     _check_references(session=session, events=events, environment=environment)
+    session_id = session.pk
+    # Registered before the appends register their stream wake-ups: after the commit the step is
+    # handed to a worker first, and this process serves the streams while that worker starts.
+    transaction.on_commit(lambda: _kick(session_id))
     new: list[NewEvent] = []
     for event in events:
         payload = {k: v for k, v in event.items() if k != "type"}
@@ -980,8 +987,6 @@ def _append_client_events(
         rows = session_set_status(session=session, status="running", extra_events=new)[: len(new)]
     else:
         rows = events_append(session=session, events=new)
-    session_id = session.pk
-    transaction.on_commit(lambda: _kick(session_id))
     return rows
 
 

@@ -14,6 +14,8 @@ from tests.harness_helpers import (
     say,
     send,
     step,
+    step_in_background,
+    wait_for,
 )
 from tests.model_server import ScriptedModel, text, tool_call
 
@@ -56,6 +58,52 @@ def test_a_message_runs_one_turn_and_ends_idle(model: ScriptedModel) -> None:
     end = events_of(session, "span.model_request_end")[0]
     start = events_of(session, "span.model_request_start")[0]
     assert end.payload["model_request_start_id"] == start.id
+
+
+def test_a_final_answer_and_its_idle_commit_together_with_the_turns_usage(model: ScriptedModel) -> None:
+    """A turn that ends with nothing else to do idles in the answer's own append: the idle's seq
+    follows the span's end, the row's counters hold the call's usage and its running time."""
+    session = make_session()
+    model.push(text("Done.", usage={"input_tokens": 120, "output_tokens": 7}))
+    say(session, "Hi")
+    step(session)
+    end = events_of(session, "span.model_request_end")[0]
+    idle = events_of(session, "session.status_idle")[0]
+    assert idle.seq == end.seq + 1 and idle.created_at == end.created_at  # one append
+    row = Session.objects.get(pk=session.pk)
+    assert (row.input_tokens, row.output_tokens) == (120, 7)
+    assert row.token_cost_micros > 0 and row.running_since is None and row.active_seconds > 0
+    assert row.status == "idle" and row.stop_reason == {"type": "end_turn"}
+
+
+def test_a_message_sent_while_the_model_answers_gets_its_own_call_before_the_idle(
+    model: ScriptedModel,
+) -> None:
+    """The turn cannot end with its answer when something came meanwhile: the locked move takes
+    the new message to the model, and the session idles once, after the second answer."""
+    session = make_session()
+    model.push(text("First.", delay=0.6), text("Second."))
+    say(session, "Hi")
+    worker = step_in_background(session)
+    wait_for(lambda: len(model.requests) == 1)
+    say(session, "And this")
+    worker.join(30)
+    assert not worker.is_alive()
+    assert log_types(session) == [
+        "user.message",
+        "session.status_running",
+        "span.model_request_start",
+        "user.message",
+        "agent.message",
+        "span.model_request_end",
+        "span.model_request_start",
+        "agent.message",
+        "span.model_request_end",
+        "session.status_idle",
+    ]
+    assert len(model.requests) == 2
+    assert "And this" in str(model.requests[1]["messages"][-1])
+    assert all(e.processed_at is not None for e in events_of(session, "user.message"))
 
 
 def test_custom_tool_idles_with_requires_action_and_resumes_on_the_result(model: ScriptedModel) -> None:

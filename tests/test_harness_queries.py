@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # thread, self-hosted, memory mounts), the budget and webhook checks use the locked row, the answer's
 # append is its own lease check and adds the usage counters, the step keeps what it appended instead
 # of reading it back, and the move after a final answer skips the unlocked look.
-TEXT_TURN_QUERIES = 23
+# 23 -> 19: a turn that ends with nothing else to do idles in its answer's own transaction (the idle
+# move's transaction, its locked read, its append and its webhook lookup are gone).
+TEXT_TURN_QUERIES = 19
 PER_TOOL_ROUND = 11  # the tool_use + result transaction and the next model call (+ ledger)
 # events.send of one user.message to an idle session: the API key, the session, and one
 # transaction (the locked row, its environment, one UPDATE for the seqs and the status, one INSERT,
