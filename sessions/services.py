@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -1051,18 +1051,58 @@ def events_list(
     return paginate(qs, fields=("seq", "id"), limit=size, order=order, page=page)  # type: ignore[arg-type]
 
 
-def events_after(
-    *,
-    session_id: str,
-    thread: SessionThread | None,
-    after_seq: int,
-    upto_seq: int | None = None,
-    limit: int = 500,
-) -> list[Event]:
-    qs = Event.objects.filter(session_id=session_id, seq__gt=after_seq).filter(_primary_filter(thread))
-    if upto_seq is not None:
-        qs = qs.filter(seq__lte=upto_seq)
-    return list(qs.order_by("seq")[:limit])
+def events_since(
+    *, session_id: str, thread: SessionThread | None, after_seq: int, woken: bool = False, limit: int = 500
+) -> tuple[list[Event], int, str | None]:
+    """What a stream reads: the events after `after_seq` of one thread (the primary's for None) up to
+    the session's committed last_seq, that last_seq and the session's status; ([], after_seq, None)
+    once the session is gone. A committed last_seq implies its events are committed, so a reader
+    never sees a gap: the events are read with the head in one statement, or after it.
+
+    `woken`: a wake-up said events were appended, so the one statement that reads them with the
+    head comes first; otherwise (a stream opening, a safety poll) the head alone usually shows
+    there is nothing to read. Both statements are compiled once per process (galley/prepared.py)."""
+    if woken:
+        found = _events_with_head(session_id, thread, after_seq, limit)
+        if found is not None:
+            return found
+    head = prepared_rows(
+        "sessions.head", lambda pk: Session.objects.only("last_seq", "status").filter(pk=pk), session_id
+    )
+    if not head:
+        return [], after_seq, None
+    last_seq, status = int(head[0].last_seq), str(head[0].status)
+    if last_seq <= after_seq:
+        return [], after_seq, status
+    found = _events_with_head(session_id, thread, after_seq, limit)
+    # None: no event of this thread up to a head at least as new as the one just read.
+    return found if found is not None else ([], last_seq, status)
+
+
+def _events_with_head(
+    session_id: str, thread: SessionThread | None, after_seq: int, limit: int
+) -> tuple[list[Event], int, str] | None:
+    """One statement: the thread's events after `after_seq` up to the session's last_seq, each with
+    that last_seq and the status as read by the same statement. None when it finds no event."""
+
+    def build(pk: Any, seq: Any, *thread_id: Any) -> QuerySet[Event]:
+        head = Session.objects.filter(pk=pk)
+        return (
+            Event.objects.filter(session_id=pk, seq__gt=seq, seq__lte=Subquery(head.values("last_seq")[:1]))
+            .filter(Q(thread_id=thread_id[0]) if thread_id else _primary_filter(None))
+            .annotate(
+                head_seq=Subquery(head.values("last_seq")[:1]),
+                head_status=Subquery(head.values("status")[:1]),
+            )
+            .order_by("seq")[:limit]
+        )
+
+    child = () if thread is None or thread.parent_id is None else (thread.pk,)
+    key = f"sessions.events_with_head:{'thread' if child else 'primary'}:{limit}"
+    rows: list[Event] = prepared_rows(key, build, session_id, after_seq, *child)
+    if not rows:
+        return None
+    return rows, int(rows[0].head_seq), str(rows[0].head_status)  # type: ignore[attr-defined]
 
 
 # --- threads -----------------------------------------------------------------------------------------

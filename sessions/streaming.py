@@ -269,24 +269,19 @@ def sse_frame(event_type: str, data: dict[str, Any], seq: int | None = None) -> 
     return (text + "\n").encode()
 
 
-def _read_log(session_id: str, thread: Any, after: int) -> tuple[list[Any], int, str | None]:
+def _read_log(
+    session_id: str, thread: Any, after: int, woken: bool = False
+) -> tuple[list[Any], int, str | None]:
     """Events after `after` for the stream's thread, the seq read up to, and the session's status
-    with that read (None once it is deleted). The allocator row is read first: a committed last_seq
-    implies its events are committed, so a reader never sees a gap."""
+    with that read (None once it is deleted; "reading" when a full batch leaves more to read).
+    `woken`: a wake-up announced new events (sessions.services.events_since)."""
     from django.db import InterfaceError, OperationalError, connection
 
-    from sessions.models import Session
-    from sessions.services import events_after
+    from sessions.services import events_since
 
     try:
-        head = Session.objects.filter(pk=session_id).values_list("last_seq", "status").first()
-        if head is None:
-            return [], after, None
-        last_seq, status = head
-        if last_seq <= after:
-            return [], after, status
-        rows = events_after(
-            session_id=session_id, thread=thread, after_seq=after, upto_seq=last_seq, limit=_READ_BATCH
+        rows, last_seq, status = events_since(
+            session_id=session_id, thread=thread, after_seq=after, woken=woken, limit=_READ_BATCH
         )
     except (OperationalError, InterfaceError):
         log.warning("a stream could not read the log; retrying", exc_info=True)
@@ -344,11 +339,13 @@ async def _log_frames(
     thread_id = getattr(thread, "pk", None)
     previewing: set[str] = set()
     last = after_seq
+    woken = False
     async with subscribe(session_id) as sub:
         yield b": connected\n\n"
         next_beat = loop.time() + heartbeat
         while True:
-            rows, last, status = await read(session_id, thread, last)
+            rows, last, status = await read(session_id, thread, last, woken)
+            woken = False
             for row in rows:
                 yield sse_frame(row.type, row.wire(), row.seq)
                 previewing.discard(row.pk)
@@ -362,6 +359,7 @@ async def _log_frames(
             if status == "terminated":
                 return  # caught up with a session that can never produce another event
             if status == "reading":
+                woken = True  # a full batch: more is there to read
                 continue
             next_poll = loop.time() + poll
             while True:
@@ -385,6 +383,7 @@ async def _log_frames(
                 kind = message.get("kind")
                 if kind == "wake":
                     if int(message.get("seq", 0)) > last:
+                        woken = True
                         break
                 elif kind == "deleted":
                     event = message.get("event") or {}
