@@ -88,6 +88,14 @@ MEMORY_WATCH_SECONDS = 0.25
 REAP_SECONDS = 1.0
 
 
+_shell_started = threading.Event()  # wakes a reaper that waits with no shell in this process
+
+
+def _any_shell() -> bool:
+    with _registry_lock:
+        return any(live.shell is not None for live in _registry.values())
+
+
 def _start_reaper() -> None:
     """One daemon thread per worker process stops idle shells, whether or not a beat schedule exists, and
     kills the shells of sandboxes without a memory cgroup that hold more than their memory limit."""
@@ -99,7 +107,14 @@ def _start_reaper() -> None:
     def loop() -> None:
         swept = reaped = time.monotonic()
         while True:
-            time.sleep(MEMORY_WATCH_SECONDS)  # scans of this process's registry: cheap
+            if _any_shell():
+                time.sleep(MEMORY_WATCH_SECONDS)  # scans of this process's registry: cheap
+            else:
+                # No shell to watch or reap: sleep until one starts, or until the orphan sweep is due
+                # (an idle worker process wakes every ORPHAN_SWEEP_SECONDS, not 4 times a second).
+                due = swept + ORPHAN_SWEEP_SECONDS - time.monotonic() if _sweep_orphans else None
+                _shell_started.wait(None if due is None else max(0.0, due))
+                _shell_started.clear()
             try:
                 sandboxes_watch_memory()
             except Exception:  # the reaper must outlive any one bad sandbox
@@ -506,6 +521,7 @@ def sandbox_shell(live: LiveSandbox) -> Shell:
         if live.shell is not None:
             live.shell.kill()
         live.shell = _start_shell(live)
+        _shell_started.set()
     elif live.image and not _volume_mounted(live):
         # Another worker process stopped its shell of this session and unmounted the volume on the host. This
         # shell still sees it through its own mount namespace; the worker's host-side reads (usage, outputs)

@@ -78,6 +78,34 @@ def test_the_background_reaper_stops_idle_shells(make_sandbox_session, settings)
     assert live.shell is None
 
 
+def test_the_reaper_sleeps_while_its_process_has_no_shell_and_wakes_for_one(
+    make_sandbox_session, settings, monkeypatch
+):
+    """An idle worker process's reaper does not poll: with no shell it waits for one to start (or for
+    the orphan sweep), and a shell that starts is watched and reaped as before."""
+    import time
+
+    settings.GALLEY_SANDBOX_IDLE_SECONDS = 1.0
+    services.sandbox_reap_idle(idle_seconds=0)  # no shell left from earlier tests in this process
+    with services._registry_lock:
+        services._start_reaper()
+    watched: list[float] = []
+    original = services.sandboxes_watch_memory
+    monkeypatch.setattr(services, "sandboxes_watch_memory", lambda: watched.append(time.monotonic()) or 0)
+    time.sleep(0.6)  # a reaper still in its last shell's 0.25 s cycle settles into its wait
+    watched.clear()
+    time.sleep(1.2)
+    assert watched == []  # it polled four times a second before
+    monkeypatch.setattr(services, "sandboxes_watch_memory", original)
+    session = make_sandbox_session()
+    run(session, "bash", command="true")
+    live = services._registry[session.id]
+    deadline = time.monotonic() + 8
+    while live.shell is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live.shell is None  # woken by the start, it reaped the shell once idle
+
+
 def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_sandbox_session, settings, sandbox_root):
     import os
 
