@@ -100,6 +100,7 @@ class StepState:
     system: str | None = None
     system_ready: bool = False
     turn_over: bool = False  # the model's last answer asked for no tool: its turn is over
+    look: Session | None = None  # the row as the step's load read it, for its first unlocked look
     # The context of the events read so far, built only from what came since the last build.
     context_cache: ContextCache = field(default_factory=ContextCache)
 
@@ -316,12 +317,12 @@ def session_step(*, session_id: str) -> None:
 
 def _step_load(session_id: str, state: StepState) -> int:
     """What a step reads once, in one query: the agent snapshot, the vaults, the primary thread,
-    whether the environment is self-hosted and whether the session mounts memory stores. Returns
-    the log's last seq."""
+    whether the environment is self-hosted and whether the session mounts memory stores, with the
+    row's ROW_FIELDS for the first move's unlocked look. Returns the log's last seq."""
     rows = prepared_rows(
         "harness.step_load",
         lambda pk: (
-            Session.objects.only("agent_snapshot", "vault_ids", "last_seq")
+            Session.objects.only("agent_snapshot", "vault_ids", *ROW_FIELDS)
             .annotate(
                 primary_thread=Subquery(
                     SessionThread.objects.filter(session_id=OuterRef("pk"), parent=None).values("id")[:1]
@@ -343,6 +344,7 @@ def _step_load(session_id: str, state: StepState) -> int:
     config = session.environment_config  # a raw annotation: JSON text
     config = json.loads(config) if isinstance(config, (str, bytes)) else config
     state.remote = Environment(config=config or {}).is_self_hosted
+    state.look = session
     return int(session.last_seq)
 
 
@@ -353,10 +355,12 @@ def _advance(session_id: str, state: StepState) -> bool:
         # The model has just ended its turn: only the locked move can idle (or grade an outcome, or
         # take what was sent meanwhile), so the unlocked look below would be a wasted read.
         state.turn_over = False
+        state.look = None
         return _advance_after_look(session_id, state)
     # Fast path, without the write lock: a running session with only new messages (or tool
     # results) to send goes straight to the model; the request's own transaction re-checks the lease.
-    session = _row(session_id, lock=False)
+    session = state.look or _row(session_id, lock=False)  # the step's first move: read with its load
+    state.look = None
     state.refresh(session_id, session.last_seq)
     queued = state.queued()
     if (

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # of reading it back, and the move after a final answer skips the unlocked look.
 # 23 -> 19: a turn that ends with nothing else to do idles in its answer's own transaction (the idle
 # move's transaction, its locked read, its append and its webhook lookup are gone).
-TEXT_TURN_QUERIES = 19
+# 19 -> 18: the step's first unlocked look is the row its load read.
+TEXT_TURN_QUERIES = 18
 PER_TOOL_ROUND = 11  # the tool_use + result transaction and the next model call (+ ledger)
 # events.send of one user.message to an idle session: the API key, the session, and one
 # transaction (the locked row, its environment, one UPDATE for the seqs and the status, one INSERT,
