@@ -65,17 +65,22 @@ def test_process_backend_runs_and_says_it_is_unsafe(make_sandbox_session, settin
     assert text(run(session, "read", file_path="a.txt")) == "hello"
 
 
-def test_the_background_reaper_stops_idle_shells(make_sandbox_session, settings):
+def _reaped_within(live: services.LiveSandbox, seconds: float) -> bool:
+    """Whether the background reaper stopped the sandbox's shell within `seconds`."""
     import time
+
+    deadline = time.monotonic() + seconds
+    while live.shell is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return live.shell is None
+
+
+def test_the_background_reaper_stops_idle_shells(make_sandbox_session, settings):
 
     settings.GALLEY_SANDBOX_IDLE_SECONDS = 1.0
     session = make_sandbox_session()
     run(session, "bash", command="true")
-    live = services._registry[session.id]
-    deadline = time.monotonic() + 8
-    while live.shell is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert live.shell is None
+    assert _reaped_within(services._registry[session.id], 8)
 
 
 def test_the_reaper_sleeps_while_its_process_has_no_shell_and_wakes_for_one(
@@ -99,11 +104,7 @@ def test_the_reaper_sleeps_while_its_process_has_no_shell_and_wakes_for_one(
     monkeypatch.setattr(services, "sandboxes_watch_memory", original)
     session = make_sandbox_session()
     run(session, "bash", command="true")
-    live = services._registry[session.id]
-    deadline = time.monotonic() + 8
-    while live.shell is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert live.shell is None  # woken by the start, it reaped the shell once idle
+    assert _reaped_within(services._registry[session.id], 8)  # woken by the start, it reaped it once idle
 
 
 def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_sandbox_session, settings, sandbox_root):
