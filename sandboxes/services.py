@@ -88,12 +88,17 @@ MEMORY_WATCH_SECONDS = 0.25
 REAP_SECONDS = 1.0
 
 
-_shell_started = threading.Event()  # wakes a reaper that waits with no shell in this process
+_shell_started = threading.Event()  # a shell started: the reaper's wait ends
 
 
-def _any_shell() -> bool:
+def _reaper_interval() -> float | None:
+    """How long the reaper may sleep: MEMORY_WATCH_SECONDS while a shell no memory cgroup bounds runs,
+    REAP_SECONDS while only others do, None (until a shell starts) with no shell in this process."""
     with _registry_lock:
-        return any(live.shell is not None for live in _registry.values())
+        shells = [live for live in _registry.values() if live.shell is not None]
+    if any(live.spec.limits.fixed_socket_buffers for live in shells):
+        return MEMORY_WATCH_SECONDS
+    return REAP_SECONDS if shells else None
 
 
 def _start_reaper() -> None:
@@ -107,14 +112,13 @@ def _start_reaper() -> None:
     def loop() -> None:
         swept = reaped = time.monotonic()
         while True:
-            if _any_shell():
-                time.sleep(MEMORY_WATCH_SECONDS)  # scans of this process's registry: cheap
-            else:
-                # No shell to watch or reap: sleep until one starts, or until the orphan sweep is due
-                # (an idle worker process wakes every ORPHAN_SWEEP_SECONDS, not 4 times a second).
-                due = swept + ORPHAN_SWEEP_SECONDS - time.monotonic() if _sweep_orphans else None
-                _shell_started.wait(None if due is None else max(0.0, due))
-                _shell_started.clear()
+            # Until the interval passes or a shell starts (then the interval is looked at again). With no
+            # shell, until the orphan sweep is due: an idle worker process wakes every ORPHAN_SWEEP_SECONDS.
+            interval = _reaper_interval()
+            if interval is None and _sweep_orphans:
+                interval = max(0.0, swept + ORPHAN_SWEEP_SECONDS - time.monotonic())
+            _shell_started.wait(interval)
+            _shell_started.clear()
             try:
                 sandboxes_watch_memory()
             except Exception:  # the reaper must outlive any one bad sandbox

@@ -107,6 +107,26 @@ def test_the_reaper_sleeps_while_its_process_has_no_shell_and_wakes_for_one(
     assert _reaped_within(services._registry[session.id], 8)  # woken by the start, it reaped it once idle
 
 
+def test_the_reaper_watches_memory_four_times_a_second_only_for_a_shell_without_a_cgroup(
+    make_sandbox_session, monkeypatch
+):
+    """A shell a memory cgroup bounds needs no memory watch: the reaper then wakes once a second, to reap."""
+    import time
+
+    session = make_sandbox_session()
+    run(session, "bash", command="true")
+    live = services._registry[session.id]
+    watched: list[float] = []
+    monkeypatch.setattr(services, "sandboxes_watch_memory", lambda: watched.append(time.monotonic()) or 0)
+    time.sleep(1.1)
+    watched.clear()
+    time.sleep(2.0)
+    if live.spec.limits.fixed_socket_buffers:  # no memory cgroup on this host: watched every 0.25 s
+        assert len(watched) >= 5
+    else:
+        assert 1 <= len(watched) <= 3  # (8 when it polled four times a second)
+
+
 def test_an_unreachable_sandbox_root_is_a_clear_tool_error(make_sandbox_session, settings, sandbox_root):
     import os
 
