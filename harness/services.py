@@ -1070,7 +1070,7 @@ def _record_answer(
         and any(event.type == "agent.message" for event in events)
     )
     with transaction.atomic():
-        quiet = _quiet_row(session_id, owner, state) if ends_turn and state is not None else None
+        quiet = _quiet_row(session_id, owner, state) if ends_turn and state else None
         if quiet is not None:
             # The turn is over and nothing came meanwhile: the answer and the idle are one append,
             # as the next (locked) move would have decided, without its transaction and its wake-up.

@@ -76,7 +76,6 @@ def _reaped_within(live: services.LiveSandbox, seconds: float) -> bool:
 
 
 def test_the_background_reaper_stops_idle_shells(make_sandbox_session, settings):
-
     settings.GALLEY_SANDBOX_IDLE_SECONDS = 1.0
     session = make_sandbox_session()
     run(session, "bash", command="true")
